@@ -1,0 +1,170 @@
+"""The paper's two networks (Lu et al. 2023), built from small composable ``torch.nn`` blocks.
+
+* :class:`LocalizerUNet` - 3D UNet with the same channel count at every one of its encoder levels whose
+  decoder fuses encoder features of all finer scales with the upsampled coarser features; it regresses a
+  heatmap of the lumbar spine (stage 1).
+* :class:`XUNet` - encoder (w, 2w, 4w), a convolution and an :class:`InceptionBlock` at the bottom
+  (8w channels), a decoder whose every level concatenates encoder features of several scales with the
+  upsampled features; softmax over background + L1..L5 (stage 2).
+
+One topology serves two configurations (:data:`CONFIGS`): ``paper`` (the published widths and input
+sizes) and ``cpu`` (narrower, for the bundled model that must run in seconds on a laptop CPU).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .constants import NUM_CLASSES
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    name: str
+    localizer_channels: int
+    localizer_levels: int
+    localizer_input: tuple[int, int, int]  # (x, y, z) voxels
+    xunet_base: int  # encoder widths are base, 2*base, 4*base; bottom 8*base
+    xunet_input: tuple[int, int, int]  # (x, y, z) voxels
+    window_level: float = 400.0
+    window_width: float = 1800.0
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "ModelConfig":
+        d = dict(d)
+        d["localizer_input"] = tuple(d["localizer_input"])
+        d["xunet_input"] = tuple(d["xunet_input"])
+        return cls(**d)
+
+
+CONFIGS = {
+    "paper": ModelConfig("paper", localizer_channels=64, localizer_levels=5, localizer_input=(96, 96, 128),
+                         xunet_base=32, xunet_input=(64, 64, 128)),
+    "cpu": ModelConfig("cpu", localizer_channels=8, localizer_levels=5, localizer_input=(64, 64, 96),
+                       xunet_base=8, xunet_input=(64, 64, 128)),
+}
+
+
+class ConvNormAct(nn.Sequential):
+    """Conv3d -> InstanceNorm3d -> LeakyReLU, nnU-Net's basic unit (instance norm suits batch size 1-2)."""
+
+    def __init__(self, in_ch: int, out_ch: int, kernel: int = 3):
+        super().__init__(
+            nn.Conv3d(in_ch, out_ch, kernel, padding=kernel // 2, bias=False),
+            nn.InstanceNorm3d(out_ch, affine=True),
+            nn.LeakyReLU(0.01, inplace=True),
+        )
+
+
+class DoubleConv(nn.Sequential):
+    def __init__(self, in_ch: int, out_ch: int):
+        super().__init__(ConvNormAct(in_ch, out_ch), ConvNormAct(out_ch, out_ch))
+
+
+class InceptionBlock(nn.Module):
+    """Four parallel branches concatenated along channels (paper: 64 + 128 + 32 + 32 = 256 channels).
+
+    1x1x1(out/4) | 1x1x1(out/8) -> 3x3x3(out/2) | 3x3x3(out/16) -> 5x5x5(out/8) | maxpool -> 1x1x1(out/8)
+    """
+
+    def __init__(self, in_ch: int, out_ch: int = 256):
+        super().__init__()
+        if out_ch % 16:
+            raise ValueError(f"InceptionBlock needs out_ch divisible by 16, got {out_ch}")
+        self.branch_widths = (out_ch // 4, out_ch // 2, out_ch // 8, out_ch // 8)
+        self.branch1 = ConvNormAct(in_ch, out_ch // 4, kernel=1)
+        self.branch3 = nn.Sequential(ConvNormAct(in_ch, out_ch // 8, kernel=1),
+                                     ConvNormAct(out_ch // 8, out_ch // 2, kernel=3))
+        self.branch5 = nn.Sequential(ConvNormAct(in_ch, out_ch // 16, kernel=3),
+                                     ConvNormAct(out_ch // 16, out_ch // 8, kernel=5))
+        self.branch_pool = nn.Sequential(nn.MaxPool3d(3, stride=1, padding=1),
+                                         ConvNormAct(in_ch, out_ch // 8, kernel=1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.cat([self.branch1(x), self.branch3(x), self.branch5(x), self.branch_pool(x)], dim=1)
+
+
+def _resize_to(x: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """Bring a feature map to another level's grid: max-pool finer maps, trilinear-upsample coarser ones."""
+    if x.shape[2:] == like.shape[2:]:
+        return x
+    if x.shape[2] > like.shape[2]:
+        return F.adaptive_max_pool3d(x, like.shape[2:])
+    return F.interpolate(x, size=like.shape[2:], mode="trilinear", align_corners=False)
+
+
+class MultiScaleDecoderLevel(nn.Module):
+    """Concatenate the upsampled coarser features with encoder features of several scales, then fuse."""
+
+    def __init__(self, up_ch: int, skip_chs: list[int], out_ch: int):
+        super().__init__()
+        self.fuse = DoubleConv(up_ch + sum(skip_chs), out_ch)
+
+    def forward(self, coarse: torch.Tensor, skips: list[torch.Tensor], target: torch.Tensor) -> torch.Tensor:
+        parts = [_resize_to(coarse, target)] + [_resize_to(s, target) for s in skips]
+        return self.fuse(torch.cat(parts, dim=1))
+
+
+class LocalizerUNet(nn.Module):
+    """Stage 1: regresses a lumbar-spine heatmap in [0, 1] from the whole (downsampled) CT."""
+
+    def __init__(self, channels: int = 64, levels: int = 5, in_ch: int = 1):
+        super().__init__()
+        self.levels = levels
+        self.encoders = nn.ModuleList(
+            [DoubleConv(in_ch if i == 0 else channels, channels) for i in range(levels)])
+        # Decoder level i (0 = finest) sees the coarser result plus every encoder level 0..i.
+        self.decoders = nn.ModuleList(
+            [MultiScaleDecoderLevel(channels, [channels] * (i + 1), channels) for i in range(levels - 1)])
+        self.head = nn.Conv3d(channels, 1, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        feats = []
+        for i, enc in enumerate(self.encoders):
+            x = enc(x if i == 0 else F.max_pool3d(x, 2))
+            feats.append(x)
+        for i in reversed(range(self.levels - 1)):
+            x = self.decoders[i](x, feats[: i + 1], feats[i])
+        return torch.sigmoid(self.head(x))
+
+
+class XUNet(nn.Module):
+    """Stage 2: per-voxel logits over background + L1..L5 on the lumbar crop."""
+
+    def __init__(self, base: int = 32, in_ch: int = 1, num_classes: int = NUM_CLASSES):
+        super().__init__()
+        widths = [base, 2 * base, 4 * base]
+        bottom = 8 * base
+        self.enc = nn.ModuleList([DoubleConv(in_ch, widths[0]), DoubleConv(widths[0], widths[1]),
+                                  DoubleConv(widths[1], widths[2])])
+        self.bottom_conv = ConvNormAct(widths[2], bottom)
+        self.inception = InceptionBlock(bottom, bottom)
+        # Decoder level i concatenates the upsampled deeper features with all three encoder levels.
+        self.dec = nn.ModuleList([
+            MultiScaleDecoderLevel(bottom if i == 2 else widths[i + 1], widths, widths[i]) for i in range(3)])
+        self.head = nn.Conv3d(widths[0], num_classes, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        feats = []
+        for i, enc in enumerate(self.enc):
+            x = enc(x if i == 0 else F.max_pool3d(x, 2))
+            feats.append(x)
+        x = self.inception(self.bottom_conv(F.max_pool3d(x, 2)))
+        for i in reversed(range(3)):
+            x = self.dec[i](x, feats, feats[i])
+        return self.head(x)
+
+
+def build_networks(config: ModelConfig) -> tuple[LocalizerUNet, XUNet]:
+    return (LocalizerUNet(config.localizer_channels, config.localizer_levels), XUNet(config.xunet_base))
+
+
+def count_parameters(module: nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())
