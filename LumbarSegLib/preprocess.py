@@ -114,10 +114,20 @@ def heatmap_box(heatmap: np.ndarray, image_size, threshold: float = 0.3, grow: f
     return lo, hi
 
 
-def probabilities_to_box(probs: torch.Tensor, box_size_xyz) -> torch.Tensor:
-    """Trilinearly resample class probabilities (C, z, y, x) from the network grid to the crop's voxels.
+def probabilities_to_labels(probs: torch.Tensor, box_size_xyz) -> np.ndarray:
+    """Argmax of class probabilities (C, z, y, x) trilinearly resampled from the network grid to the box.
 
-    Interpolating probabilities (not label integers) gives smooth, sub-voxel-accurate boundaries.
+    Interpolating probabilities (not label integers) gives smooth, sub-voxel-accurate boundaries. Classes
+    are resampled one at a time with a running maximum, so memory stays at a few box-sized arrays.
     """
     size_zyx = tuple(int(s) for s in np.asarray(box_size_xyz)[::-1])
-    return F.interpolate(probs[None], size=size_zyx, mode="trilinear", align_corners=False)[0]
+    best = labels = None
+    for c in range(probs.shape[0]):
+        p = F.interpolate(probs[c][None, None], size=size_zyx, mode="trilinear", align_corners=False)[0, 0]
+        if best is None:
+            best, labels = p, torch.zeros(size_zyx, dtype=torch.uint8)
+        else:
+            better = p > best
+            best = torch.where(better, p, best)
+            labels[better] = c
+    return labels.numpy()

@@ -1,0 +1,201 @@
+"""The two-stage inference pipeline: localize the lumbar spine, crop, segment L1-L5, post-process.
+
+Every result is written back on the input's own grid. ``segment`` takes a SimpleITK image (already
+read and validated by :mod:`LumbarSegLib.io`) so the CLI, the tests and the Slicer module share it.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import SimpleITK as sitk
+import torch
+from scipy import ndimage
+
+from . import preprocess
+from .constants import LABEL_NAMES, NUM_CLASSES
+from .errors import Cancelled, InputError
+from .models import LumbarSegModel, load_model, resolve_device
+
+# Below this heatmap peak the localizer saw no lumbar spine (a trained localizer peaks near 1 on one).
+MIN_HEATMAP_PEAK = 0.35
+# Connected pieces smaller than this are islands, and a vertebra smaller than this is not reported:
+# a whole lumbar vertebra is 25-90 mL, so 1 mL is a sliver at the edge of the field of view or noise.
+MIN_VERTEBRA_ML = 1.0
+
+
+@dataclass
+class SegmentationResult:
+    labels: sitk.Image  # uint8 on the input's grid: 0 background, 1..5 = L1..L5
+    found: list[str]
+    box_index: tuple | None  # (lo, hi) voxel indices (x, y, z) in the canonical LPS image, hi exclusive
+    box_lps: tuple | None  # (min_xyz, max_xyz) physical LPS bounds of the crop box, mm
+    heatmap_peak: float
+    timings: dict[str, float] = field(default_factory=dict)
+    messages: list[str] = field(default_factory=list)
+    trained: bool = True
+
+
+class _Stages:
+    """Times stages, reports progress and honours cancellation between (and inside) stages."""
+
+    def __init__(self, progress, cancel):
+        self.progress, self.cancel, self.timings = progress, cancel, {}
+        self._name, self._t0 = None, 0.0
+
+    def check(self):
+        if self.cancel is not None and self.cancel():
+            raise Cancelled("Segmentation cancelled by the user.")
+
+    def start(self, name: str):
+        self.finish()
+        self.check()
+        self._name, self._t0 = name, time.perf_counter()
+        if self.progress:
+            self.progress(name, 0.0)
+
+    def finish(self):
+        if self._name is not None:
+            self.timings[self._name] = time.perf_counter() - self._t0
+            if self.progress:
+                self.progress(self._name, 1.0)
+            self._name = None
+
+
+def index_box_to_lps(image: sitk.Image, lo, hi) -> tuple[tuple, tuple]:
+    """Axis-aligned LPS bounds (mm) of the voxel box [lo, hi), measured at the voxels' outer faces."""
+    lo, hi = np.asarray(lo, float) - 0.5, np.asarray(hi, float) - 0.5
+    corners = [image.TransformContinuousIndexToPhysicalPoint([(lo, hi)[bx][0], (lo, hi)[by][1], (lo, hi)[bz][2]])
+               for bx in (0, 1) for by in (0, 1) for bz in (0, 1)]
+    corners = np.asarray(corners)
+    return tuple(corners.min(axis=0).tolist()), tuple(corners.max(axis=0).tolist())
+
+
+def lps_box_to_index(image: sitk.Image, box_lps) -> tuple[np.ndarray, np.ndarray]:
+    """Voxel box [lo, hi) of ``image`` covering LPS bounds (min_xyz, max_xyz), clipped to the image."""
+    mn, mx = (np.asarray(v, float) for v in box_lps)
+    if mn.shape != (3,) or mx.shape != (3,) or not np.all(np.isfinite([mn, mx])) or np.any(mx <= mn):
+        raise InputError(f"Crop box {box_lps} is not a valid (min_xyz, max_xyz) box in mm.")
+    corners = [image.TransformPhysicalPointToContinuousIndex([(mn, mx)[bx][0], (mn, mx)[by][1], (mn, mx)[bz][2]])
+               for bx in (0, 1) for by in (0, 1) for bz in (0, 1)]
+    corners = np.asarray(corners)
+    size = np.asarray(image.GetSize())
+    lo = np.clip(np.floor(corners.min(axis=0) + 0.5), 0, size).astype(int)
+    hi = np.clip(np.ceil(corners.max(axis=0) + 0.5), 0, size).astype(int)
+    if np.any(hi - lo < 2):
+        raise InputError(f"Crop box {box_lps} lies outside the image or is thinner than 2 voxels.")
+    return lo, hi
+
+
+def run_localizer(canonical: sitk.Image, model: LumbarSegModel, device: torch.device) -> np.ndarray:
+    x = preprocess.localizer_input(canonical, model.config)
+    with torch.inference_mode():
+        heat = model.localizer(torch.from_numpy(x)[None, None].to(device))
+    return heat[0, 0].float().cpu().numpy()
+
+
+def run_xunet(canonical: sitk.Image, lo, hi, model: LumbarSegModel, device: torch.device) -> np.ndarray:
+    """Labels (z, y, x) uint8 of the box [lo, hi) at the canonical image's resolution."""
+    x = preprocess.crop_input(canonical, lo, hi, model.config)
+    with torch.inference_mode():
+        probs = torch.softmax(model.xunet(torch.from_numpy(x)[None, None].to(device)), dim=1)[0].float().cpu()
+        return preprocess.probabilities_to_labels(probs, np.asarray(hi) - np.asarray(lo))
+
+
+def clean_labels(labels: np.ndarray, spacing_xyz, messages: list[str]) -> np.ndarray:
+    """Keep each vertebra's largest connected piece; drop islands and slivers; enforce L1-above-L5 order.
+
+    ``labels`` is (z, y, x) in LPS orientation, so a larger z index is more superior.
+    """
+    voxel_ml = float(np.prod(spacing_xyz)) / 1000.0
+    min_voxels = max(1, int(MIN_VERTEBRA_ML / voxel_ml))
+    out = np.zeros_like(labels)
+    centroids_z = {}
+    objects = ndimage.find_objects(labels, max_label=NUM_CLASSES - 1)
+    for label, region in enumerate(objects, start=1):
+        if region is None:
+            continue
+        mask = labels[region] == label
+        components, n = ndimage.label(mask)
+        if n > 1:
+            sizes = np.bincount(components.ravel())[1:]
+            mask = components == (int(np.argmax(sizes)) + 1)
+        if mask.sum() < min_voxels:
+            continue
+        out[region][mask] = label
+        centroids_z[label] = ndimage.center_of_mass(mask)[0] + region[0].start
+    # Anatomical order: L1 must be the most superior. If the network swapped identities, keep its set of
+    # labels but hand them out again from superior to inferior.
+    by_height = sorted(centroids_z, key=lambda lab: -centroids_z[lab])
+    if by_height != sorted(centroids_z):
+        messages.append("Vertebra identities were out of anatomical order (" +
+                        ", ".join(LABEL_NAMES[lab] for lab in by_height) + " from superior to inferior); "
+                        "they were renumbered from superior to inferior. Check the labels.")
+        remap = np.zeros(NUM_CLASSES, dtype=np.uint8)
+        for new, old in zip(sorted(centroids_z), by_height):
+            remap[old] = new
+        out = remap[out]
+    return out
+
+
+def segment(image: sitk.Image, model: LumbarSegModel | None = None, device: str = "auto", box_lps=None,
+            progress=None, cancel=None) -> SegmentationResult:
+    """Segment L1-L5 in a CT (HU). ``box_lps`` = (min_xyz, max_xyz) in LPS mm skips the localizer.
+
+    ``progress(stage, fraction)`` is called as stages start and end; ``cancel()`` returning True stops
+    the run with :class:`Cancelled` at the next check.
+    """
+    stages = _Stages(progress, cancel)
+    messages: list[str] = []
+    stages.start("load")
+    torch_device = resolve_device(device)
+    model = (model or load_model()).to(torch_device)
+    if not model.trained:
+        messages.append("WARNING: running with randomly initialised weights (no trained model found); "
+                        "the segmentation is meaningless.")
+    canonical = preprocess.to_canonical(image)
+    size = np.asarray(canonical.GetSize())
+
+    peak = float("nan")
+    if box_lps is None:
+        stages.start("localize")
+        heatmap = run_localizer(canonical, model, torch_device)
+        peak = float(heatmap.max())
+        box = preprocess.heatmap_box(heatmap, size) if peak >= MIN_HEATMAP_PEAK else None
+    else:
+        box = lps_box_to_index(canonical, box_lps)
+        messages.append("Used the given crop box; the localizer was skipped.")
+
+    labels_canonical = np.zeros(canonical.GetSize()[::-1], dtype=np.uint8)
+    if box is not None:
+        lo, hi = box
+        stages.start("segment")
+        box_labels = run_xunet(canonical, lo, hi, model, torch_device)
+        stages.start("postprocess")
+        box_labels = clean_labels(box_labels, canonical.GetSpacing(), messages)
+        labels_canonical[lo[2]:hi[2], lo[1]:hi[1], lo[0]:hi[0]] = box_labels
+    else:
+        stages.start("postprocess")
+
+    found = [LABEL_NAMES[lab] for lab in sorted(set(np.unique(labels_canonical).tolist()) - {0})]
+    if not found:
+        messages.append("No lumbar spine found in this image: no L1-L5 vertebra was detected "
+                        "(e.g. a thoracic-only or non-spine field of view).")
+    elif len(found) < 5:
+        missing = [n for n in LABEL_NAMES.values() if n not in found]
+        messages.append(f"Partial field of view: found {', '.join(found)}; not found: {', '.join(missing)}.")
+
+    out = sitk.GetImageFromArray(labels_canonical)
+    out.CopyInformation(canonical)
+    if out.GetDirection() != image.GetDirection() or out.GetSize() != image.GetSize():
+        # A pure axis permutation/flip: nearest-neighbour resampling onto the input grid is exact.
+        out = sitk.Resample(out, image, sitk.Transform(), sitk.sitkNearestNeighbor, 0, sitk.sitkUInt8)
+    stages.finish()
+
+    box_index = box_lps_out = None
+    if box is not None:
+        box_index = (tuple(int(v) for v in box[0]), tuple(int(v) for v in box[1]))
+        box_lps_out = index_box_to_lps(canonical, *box)
+    return SegmentationResult(out, found, box_index, box_lps_out, peak, stages.timings, messages, model.trained)

@@ -1,0 +1,72 @@
+"""Shapes, Inception branch widths and parameter counts of the paper configuration."""
+
+import pytest
+import torch
+
+from LumbarSegLib.networks import CONFIGS, InceptionBlock, LocalizerUNet, XUNet, build_networks, count_parameters
+
+
+def conv_norm_act(cin, cout, k=3):
+    """Parameters of Conv3d (no bias, followed by a norm) + affine InstanceNorm3d."""
+    return k ** 3 * cin * cout + 2 * cout
+
+
+def double_conv(cin, cout):
+    return conv_norm_act(cin, cout) + conv_norm_act(cout, cout)
+
+
+def test_inception_branch_widths_match_paper():
+    block = InceptionBlock(128, 256)
+    assert block.branch_widths == (64, 128, 32, 32)
+    out = block(torch.zeros(1, 128, 4, 4, 4))
+    assert out.shape == (1, 256, 4, 4, 4)
+    # 3x3x3(16) -> 5x5x5(32) branch and 1x1x1(32) -> 3x3x3(128) branch as in the paper
+    assert block.branch5[0][0].out_channels == 16 and block.branch5[1][0].kernel_size == (5, 5, 5)
+    assert block.branch3[0][0].out_channels == 32 and block.branch3[1][0].out_channels == 128
+
+
+def test_inception_rejects_widths_that_do_not_split():
+    with pytest.raises(ValueError, match="divisible by 16"):
+        InceptionBlock(8, 40)
+
+
+def test_paper_localizer_parameter_count():
+    c = 64
+    expected = double_conv(1, c) + 4 * double_conv(c, c)
+    expected += sum(double_conv(c + c * (i + 1), c) for i in range(4))  # decoders fuse all finer encoders
+    expected += c + 1  # 1x1x1 head with bias
+    localizer, _ = build_networks(CONFIGS["paper"])
+    assert count_parameters(localizer) == expected
+
+
+def test_paper_xunet_parameter_count():
+    w, bottom = [32, 64, 128], 256
+    expected = double_conv(1, 32) + double_conv(32, 64) + double_conv(64, 128)
+    expected += conv_norm_act(128, bottom)
+    expected += (conv_norm_act(bottom, 64, 1) + conv_norm_act(bottom, 32, 1) + conv_norm_act(32, 128, 3)
+                 + conv_norm_act(bottom, 16, 3) + conv_norm_act(16, 32, 5) + conv_norm_act(bottom, 32, 1))
+    expected += double_conv(bottom + sum(w), 128) + double_conv(128 + sum(w), 64) + double_conv(64 + sum(w), 32)
+    expected += 32 * 6 + 6
+    _, xunet = build_networks(CONFIGS["paper"])
+    assert count_parameters(xunet) == expected
+
+
+@pytest.mark.parametrize("name", ["paper", "cpu"])
+def test_output_shapes(name):
+    config = CONFIGS[name]
+    localizer, xunet = build_networks(config)
+    # Smaller spatial grids than the real inputs keep the test fast; the nets are fully convolutional.
+    with torch.no_grad():
+        heat = localizer(torch.rand(1, 1, 32, 32, 48))
+        logits = xunet(torch.rand(2, 1, 32, 16, 16))
+    assert heat.shape == (1, 1, 32, 32, 48)
+    assert 0.0 <= float(heat.min()) and float(heat.max()) <= 1.0
+    assert logits.shape == (2, 6, 32, 16, 16)
+
+
+def test_cpu_config_is_narrower_than_paper():
+    paper = [count_parameters(n) for n in build_networks(CONFIGS["paper"])]
+    cpu = [count_parameters(n) for n in build_networks(CONFIGS["cpu"])]
+    assert all(c < p / 10 for c, p in zip(cpu, paper))
+    assert isinstance(build_networks(CONFIGS["cpu"])[0], LocalizerUNet)
+    assert isinstance(build_networks(CONFIGS["cpu"])[1], XUNet)

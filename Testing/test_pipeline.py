@@ -1,0 +1,120 @@
+"""The inference pipeline's geometry, crop rule, post-processing and cancellation (random weights)."""
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from LumbarSegLib import pipeline, preprocess
+from LumbarSegLib.errors import Cancelled, InputError
+
+
+@pytest.fixture(scope="module")
+def untrained():
+    # Random weights: these tests check geometry and plumbing, not accuracy.
+    return _random_model()
+
+
+def _random_model():
+    import torch
+
+    from LumbarSegLib.models import LumbarSegModel
+    from LumbarSegLib.networks import CONFIGS, build_networks
+
+    torch.manual_seed(0)
+    loc, xu = build_networks(CONFIGS["cpu"])
+    return LumbarSegModel(CONFIGS["cpu"], loc.eval(), xu.eval(), trained=False)
+
+
+def small_ct(orientation="RAS"):
+    a = np.full((60, 50, 40), -1000, np.int16)
+    a[10:50, 20:30, 15:25] = 700
+    img = sitk.GetImageFromArray(a)
+    img.SetSpacing((1.5, 1.25, 2.0))
+    img.SetOrigin((10.0, -20.0, 30.0))
+    return sitk.DICOMOrient(img, orientation)
+
+
+def test_result_is_on_the_input_grid_for_any_orientation(untrained):
+    for orientation in ("RAS", "LPS", "PIR"):
+        img = small_ct(orientation)
+        result = pipeline.segment(img, model=untrained, device="cpu")
+        assert result.labels.GetSize() == img.GetSize()
+        assert result.labels.GetDirection() == img.GetDirection()
+        assert np.allclose(result.labels.GetOrigin(), img.GetOrigin())
+        assert result.labels.GetPixelID() == sitk.sitkUInt8
+        assert not result.trained and any("randomly initialised" in m for m in result.messages)
+        assert set(result.timings) >= {"load", "localize", "postprocess"}
+
+
+def test_user_box_skips_localizer_and_round_trips(untrained):
+    img = small_ct("RAS")
+    canonical = preprocess.to_canonical(img)
+    box_lps = pipeline.index_box_to_lps(canonical, (5, 8, 10), (30, 40, 50))
+    # faces: origin 10 - 0.75 + 5 * 1.5 = 16.75 in x
+    assert box_lps[0][0] == pytest.approx(10 - 0.75 + 5 * 1.5)
+    assert box_lps[1][2] == pytest.approx(30 - 1.0 + 50 * 2.0)
+    result = pipeline.segment(img, model=untrained, device="cpu", box_lps=box_lps)
+    assert "localize" not in result.timings
+    assert result.box_index == ((5, 8, 10), (30, 40, 50))
+    assert np.allclose(result.box_lps, box_lps)
+    labels = sitk.GetArrayFromImage(preprocess.to_canonical(result.labels))
+    outside = np.ones_like(labels, bool)
+    outside[10:50, 8:40, 5:30] = False
+    assert labels[outside].max() == 0  # nothing outside the user's box
+
+
+def test_box_outside_image_is_a_clear_error(untrained):
+    with pytest.raises(InputError, match="outside the image"):
+        pipeline.segment(small_ct(), model=untrained, device="cpu", box_lps=((500, 500, 500), (600, 600, 600)))
+
+
+def test_cancel_stops_the_run(untrained):
+    calls = []
+
+    def cancel():
+        calls.append(1)
+        return len(calls) > 1
+
+    with pytest.raises(Cancelled):
+        pipeline.segment(small_ct(), model=untrained, device="cpu", cancel=cancel)
+
+
+def test_heatmap_box_follows_paper_rule():
+    heat = np.zeros((20, 10, 10), np.float32)  # (z, y, x) on the localizer grid
+    heat[5:15, 4:6, 3:7] = 1.0
+    heat[0, 0, 0] = 0.9  # a smaller bright region is ignored (largest component only)
+    heat[5:15, 2:4, 3:7] = 0.2  # below 0.3 x max
+    lo, hi = preprocess.heatmap_box(heat, image_size=(100, 100, 40))
+    # x: voxels 3..6 of 10 -> 30..70 of 100, grown by 10 -> 20..80; z: 5..14 of 20 -> 10..30 of 40, +-4
+    assert lo.tolist() == [20, 30, 6] and hi.tolist() == [80, 70, 34]
+    assert preprocess.heatmap_box(np.zeros((4, 4, 4)), (8, 8, 8)) is None
+
+
+def test_clean_labels_keeps_largest_piece_and_fixes_order():
+    labels = np.zeros((60, 20, 20), np.uint8)
+    labels[40:50, 5:15, 5:15] = 2  # superior block wrongly called L2
+    labels[10:20, 5:15, 5:15] = 1  # inferior block wrongly called L1
+    labels[0:2, 0:2, 0:2] = 1  # an island of L1
+    messages = []
+    out = pipeline.clean_labels(labels, (1.0, 1.0, 1.0), messages)
+    assert out[45, 10, 10] == 1 and out[15, 10, 10] == 2
+    assert out[0, 0, 0] == 0
+    assert any("out of anatomical order" in m for m in messages)
+
+
+def test_clean_labels_drops_slivers():
+    labels = np.zeros((30, 30, 30), np.uint8)
+    labels[0:5, 0:10, 0:10] = 3  # 500 mm^3 = 0.5 mL < 1 mL
+    assert pipeline.clean_labels(labels, (1.0, 1.0, 1.0), []).max() == 0
+
+
+def test_probabilities_to_labels_resamples_smoothly():
+    import torch
+
+    probs = torch.zeros(6, 4, 4, 4)
+    probs[0] = 1.0
+    probs[3, :, :, 2:] = 1.0
+    probs[0, :, :, 2:] = 0.0
+    labels = preprocess.probabilities_to_labels(probs, (8, 8, 8))
+    assert labels.shape == (8, 8, 8)
+    assert (labels[:, :, :4] == 0).all() and (labels[:, :, 4:] == 3).all()
