@@ -1,0 +1,386 @@
+"""``lumbarseg`` command line: segment, evaluate, phantom, demo (+ training's commands when installed).
+
+Every user-fixable problem (:class:`errors.LumbarSegError`) ends as one ``lumbarseg: error: ...`` line on
+stderr with exit code 2 - no traceback, because a traceback tells a clinician-user nothing they can act on.
+Running with untrained (random) weights is allowed so the tool works end to end before a model ships,
+but is announced loudly, since such labels are meaningless.
+
+Subcommand handlers are registered with ``parser.set_defaults(func=handler)`` and return an exit code
+(``None`` counts as 0); other modules adding subcommands (``training.register_cli``) follow the same rule.
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk
+
+from . import __version__
+from .errors import InputError, LumbarSegError
+
+PROG = "lumbarseg"
+DEMO_SHAPE = (256, 256, 200)
+DEMO_SPACING = (1.5, 1.5, 1.5)
+
+
+def _err(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def _untrained_banner() -> None:
+    bar = "!" * 78
+    _err(f"{bar}\nWARNING: no trained model was found - LumbarSeg is running with RANDOM weights.\n"
+         f"WARNING: the segmentation below is MEANINGLESS. Install the bundled model or pass --model PATH.\n{bar}")
+
+
+class _StageProgress:
+    """Stage lines on stderr ('localize ... 1.23 s'): readable in logs, unlike redrawn progress bars."""
+
+    def __init__(self, quiet: bool = False):
+        self.quiet = quiet
+        self._t0: dict[str, float] = {}
+
+    def __call__(self, stage: str, fraction: float) -> None:
+        if self.quiet:
+            return
+        if fraction <= 0.0:
+            self._t0[stage] = time.perf_counter()
+            _err(f"{PROG}: {stage} ...")
+        elif fraction >= 1.0:
+            dt = time.perf_counter() - self._t0.get(stage, time.perf_counter())
+            _err(f"{PROG}: {stage} done ({dt:.2f} s)")
+
+    def step(self, stage: str):
+        """Context manager-free helper for our own (non-pipeline) stages: returns a finisher."""
+        self(stage, 0.0)
+        return lambda: self(stage, 1.0)
+
+
+def _geometry(image: sitk.Image) -> dict:
+    return {
+        "size": list(image.GetSize()),
+        "spacing_mm": [float(v) for v in image.GetSpacing()],
+        "origin_lps_mm": [float(v) for v in image.GetOrigin()],
+        "direction": [float(v) for v in image.GetDirection()],
+        "pixel_type": image.GetPixelIDTypeAsString(),
+    }
+
+
+def _load_model(path):
+    from .models import load_model
+
+    model = load_model(path)
+    if not model.trained:
+        _untrained_banner()
+    return model
+
+
+def _run_segmentation(image: sitk.Image, *, input_desc: dict, outdir: Path, stem: str, model, device: str,
+                      fmt: str, stl: bool, preview: bool, reference: sitk.Image | None, reference_desc: dict | None,
+                      smoothing: float, quiet: bool, extra_timings: dict | None = None) -> dict:
+    """Segment an already validated CT, write every requested output and return the report dict."""
+    from . import io, metrics, pipeline, surfaces
+    from .models import resolve_device
+
+    progress = _StageProgress(quiet)
+    t_start = time.perf_counter()
+    result = pipeline.segment(image, model=model, device=device, progress=progress)
+    timings = dict(extra_timings or {})
+    timings.update(result.timings)
+
+    outdir.mkdir(parents=True, exist_ok=True)
+    outputs: dict = {}
+    t0 = time.perf_counter()
+    labels_path = outdir / f"{stem}_labels.{fmt}"
+    io.write_labelmap(result.labels, labels_path)
+    outputs["labels"] = str(labels_path)
+    label_array = sitk.GetArrayViewFromImage(result.labels)
+    measurements = metrics.measure(label_array, sitk.GetArrayViewFromImage(image), image)
+    timings["write"] = time.perf_counter() - t0
+
+    if stl:
+        done = progress.step("stl")
+        t0 = time.perf_counter()
+        outputs["stl"] = {k: str(v) for k, v in surfaces.write_stl(result.labels, outdir / "stl", smoothing).items()}
+        timings["stl"] = time.perf_counter() - t0
+        done()
+
+    comparison = None
+    notes: list[str] = []
+    if reference is not None:
+        comparison = metrics.compare_images(result.labels, reference, resample=True, notes=notes)
+
+    if preview:
+        from .preview import write_preview
+
+        t0 = time.perf_counter()
+        outputs["preview"] = str(write_preview(image, result.labels, outdir / f"{stem}_preview.png",
+                                               box_index=result.box_index,
+                                               title=f"LumbarSeg: {stem} - found {', '.join(result.found) or 'none'}"))
+        timings["preview"] = time.perf_counter() - t0
+    timings["total"] = time.perf_counter() - t_start + sum((extra_timings or {}).values())
+
+    messages = list(result.messages) + notes
+    report = {
+        "lumbarseg_version": __version__,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "host": {"python": platform.python_version(), "platform": platform.platform()},
+        "input": input_desc,
+        "model": {"path": str(model.path) if model.path else None, "trained": bool(model.trained),
+                  "config": model.config.to_dict(), "metadata": model.metadata},
+        "device": str(resolve_device(device)),
+        "found": list(result.found),
+        "crop_box": None if result.box_index is None else {
+            "index_lo_xyz": list(result.box_index[0]), "index_hi_xyz": list(result.box_index[1]),
+            "index_space": "canonical LPS-reoriented image, hi exclusive",
+            "lps_min_mm": list(result.box_lps[0]) if result.box_lps else None,
+            "lps_max_mm": list(result.box_lps[1]) if result.box_lps else None,
+        },
+        "heatmap_peak": result.heatmap_peak,
+        "timings_s": timings,
+        "measurements": measurements,
+        "reference": reference_desc,
+        "metrics": comparison,
+        "metrics_summary": metrics.summary(comparison) if comparison else None,
+        "outputs": outputs,
+        "stl_coordinate_system": surfaces.STL_COORDINATE_SYSTEM if stl else None,
+        "messages": messages,
+    }
+    report_path = outdir / "report.json"
+    outputs["report"] = str(report_path)
+    metrics.write_json(report, report_path)
+    _print_summary(report, comparison)
+    return report
+
+
+def _print_summary(report: dict, comparison) -> None:
+    from . import metrics
+
+    for msg in report["messages"]:
+        _err(f"{PROG}: {msg}" if msg.upper().startswith("WARNING") else f"{PROG}: note: {msg}")
+    found = report["found"]
+    print(f"Found vertebrae: {', '.join(found) if found else 'none - no lumbar spine found in this image'}")
+    if report["measurements"]:
+        print(metrics.format_measurements(report["measurements"]))
+    if comparison is not None:
+        print("\nAgreement with the reference:")
+        print(metrics.format_table(comparison))
+    print()
+    for key, value in report["outputs"].items():
+        if isinstance(value, dict):
+            if value:
+                print(f"{key:>8}: {Path(next(iter(value.values()))).parent}/ ({', '.join(value)})")
+        else:
+            print(f"{key:>8}: {value}")
+
+
+# --------------------------------------------------------------------------------------------------
+# Subcommands
+# --------------------------------------------------------------------------------------------------
+
+def cmd_segment(args) -> int:
+    from . import io
+
+    progress = _StageProgress(args.quiet)
+    done = progress.step("read")
+    t0 = time.perf_counter()
+    image = io.read_ct(args.input)
+    read_s = time.perf_counter() - t0
+    done()
+    reference = reference_desc = None
+    if args.reference:
+        reference = io.read_labelmap(args.reference, scheme=args.reference_labels)
+        reference_desc = {"path": str(Path(args.reference).resolve()), "label_scheme": io.label_scheme_of(reference),
+                          "geometry": _geometry(reference)}
+    model = _load_model(args.model)
+    input_desc = {"path": str(Path(args.input).resolve()), **_geometry(image)}
+    _run_segmentation(image, input_desc=input_desc, outdir=Path(args.output), stem=io.output_stem(args.input),
+                      model=model, device=args.device, fmt=args.format, stl=args.stl, preview=args.preview,
+                      reference=reference, reference_desc=reference_desc, smoothing=args.smoothing,
+                      quiet=args.quiet, extra_timings={"read": read_s})
+    return 0
+
+
+def cmd_evaluate(args) -> int:
+    from . import io, metrics
+
+    pred = io.read_labelmap(args.pred, scheme=args.pred_labels)
+    ref = io.read_labelmap(args.ref, scheme=args.ref_labels)
+    notes: list[str] = []
+    result = metrics.compare_images(pred, ref, resample=not args.strict_grid, notes=notes)
+    for note in notes:
+        _err(f"{PROG}: note: {note}")
+    print(metrics.format_table(result))
+    if args.output:
+        metrics.write_json({
+            "prediction": {"path": str(Path(args.pred).resolve()), "label_scheme": io.label_scheme_of(pred)},
+            "reference": {"path": str(Path(args.ref).resolve()), "label_scheme": io.label_scheme_of(ref)},
+            "metrics": result, "summary": metrics.summary(result), "notes": notes,
+        }, args.output)
+        print(f"JSON: {args.output}")
+    if args.csv:
+        metrics.write_metrics_csv(result, args.csv)
+        print(f"CSV: {args.csv}")
+    return 0
+
+
+def _phantoms():
+    try:
+        from . import phantoms
+    except ImportError as exc:
+        raise LumbarSegError(f"The phantom generator is not available in this installation ({exc}).") from None
+    return phantoms
+
+
+def cmd_phantom(args) -> int:
+    phantoms = _phantoms()
+    if args.n < 1:
+        raise InputError("--n must be at least 1.")
+    kwargs = {"shape": tuple(args.shape) if args.shape else None,
+              "spacing": tuple(args.spacing) if args.spacing else None, "fov": args.fov}
+
+    def progress(*values, **_):
+        if not args.quiet:
+            _err(f"{PROG}: phantom " + " ".join(str(v) for v in values))
+
+    out = phantoms.write_verse_dataset(args.output, args.n, args.seed, progress=progress, **kwargs)
+    print(f"Wrote {args.n} phantom case(s) to {out if out is not None else args.output}")
+    return 0
+
+
+def cmd_demo(args) -> int:
+    """Phantom -> segment with the bundled model -> metrics against the phantom's truth, all offline."""
+    from . import io
+
+    phantoms = _phantoms()
+    outdir = Path(args.output)
+    progress = _StageProgress(args.quiet)
+    done = progress.step("phantom")
+    t0 = time.perf_counter()
+    ct, truth_verse = phantoms.generate_phantom(args.seed, shape=DEMO_SHAPE, spacing=DEMO_SPACING)
+    gen_s = time.perf_counter() - t0
+    done()
+    outdir.mkdir(parents=True, exist_ok=True)
+    ct_path = outdir / "demo_ct.nii.gz"
+    sitk.WriteImage(ct, str(ct_path), useCompression=True)
+    truth = sitk.GetImageFromArray(io.to_internal_labels(sitk.GetArrayViewFromImage(truth_verse), "verse"))
+    truth.CopyInformation(truth_verse)
+    truth_path = io.write_labelmap(truth, outdir / "demo_truth.nii.gz")
+    io.validate_ct(ct, name="The demo phantom")
+    model = _load_model(args.model)
+    _run_segmentation(ct, input_desc={"path": str(ct_path.resolve()), "phantom_seed": args.seed, **_geometry(ct)},
+                      outdir=outdir, stem="demo", model=model, device=args.device, fmt="nii.gz", stl=True,
+                      preview=True, reference=truth,
+                      reference_desc={"path": str(truth_path.resolve()), "label_scheme": "phantom truth"},
+                      smoothing=args.smoothing, quiet=args.quiet, extra_timings={"phantom": gen_s})
+    print(f"\nOpen {ct_path} with {outdir / 'demo_labels.nii.gz'} in 3D Slicer, or look at "
+          f"{outdir / 'demo_preview.png'}.")
+    return 0
+
+
+# --------------------------------------------------------------------------------------------------
+# Parser
+# --------------------------------------------------------------------------------------------------
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog=PROG, description="Automatic L1-L5 lumbar vertebra segmentation in CT.")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    def common(p, model=True):
+        if model:
+            p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"],
+                           help="where the networks run; auto picks CUDA, then Apple MPS, then CPU")
+            p.add_argument("--model", default=None, metavar="PATH",
+                           help="model bundle (default: the bundled model)")
+            p.add_argument("--smoothing", type=float, default=0.5, help="STL smoothing factor 0..1 (default 0.5)")
+        p.add_argument("-q", "--quiet", action="store_true", help="no progress lines on stderr")
+
+    p = sub.add_parser("segment", help="segment L1-L5 in a CT",
+                       description="Segment L1-L5 in a CT (NIfTI, NRRD, MHA or a DICOM folder) in Hounsfield units.")
+    p.add_argument("input", help="CT file or DICOM series folder")
+    p.add_argument("-o", "--output", required=True, metavar="OUTDIR")
+    p.add_argument("--stl", action="store_true", help="also write one STL per vertebra (LPS mm) to OUTDIR/stl/")
+    p.add_argument("--reference", metavar="REF", help="reference label map to compare against")
+    p.add_argument("--reference-labels", default="auto", choices=["auto", "internal", "verse", "totalseg"],
+                   help="label codes of REF (auto-detected by default)")
+    p.add_argument("--format", default="nii.gz", choices=["nii.gz", "seg.nrrd"], help="label map format")
+    p.add_argument("--preview", action="store_true", help="also write a PNG with three orthogonal slices")
+    common(p)
+    p.set_defaults(func=cmd_segment)
+
+    p = sub.add_parser("evaluate", help="compare a label map with a reference",
+                       description="Per-vertebra DSC, FND, FPD (4 decimals) and MSD, ASD, HD95 in mm (2 decimals).")
+    p.add_argument("pred")
+    p.add_argument("ref")
+    p.add_argument("-o", "--output", metavar="OUT.json")
+    p.add_argument("--csv", metavar="OUT.csv")
+    p.add_argument("--pred-labels", default="auto", choices=["auto", "internal", "verse", "totalseg"])
+    p.add_argument("--ref-labels", default="auto", choices=["auto", "internal", "verse", "totalseg"])
+    p.add_argument("--strict-grid", action="store_true",
+                   help="fail when the grids differ instead of resampling REF onto PRED's grid")
+    p.set_defaults(func=cmd_evaluate)
+
+    try:
+        from .phantoms import FOV_CHOICES as fov_choices
+    except ImportError:
+        fov_choices = None
+    p = sub.add_parser("phantom", help="write synthetic CTs with VerSe-style labels")
+    p.add_argument("-o", "--output", required=True, metavar="DIR")
+    p.add_argument("--n", type=int, default=1)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--shape", type=int, nargs=3, metavar=("NX", "NY", "NZ"))
+    p.add_argument("--spacing", type=float, nargs=3, metavar=("SX", "SY", "SZ"))
+    p.add_argument("--fov", default=None, choices=list(fov_choices) if fov_choices else None)
+    common(p, model=False)
+    p.set_defaults(func=cmd_phantom)
+
+    p = sub.add_parser("demo", help="phantom -> segmentation -> metrics, no download needed")
+    p.add_argument("-o", "--output", default="lumbarseg_demo", metavar="OUTDIR")
+    p.add_argument("--seed", type=int, default=0)
+    common(p)
+    p.set_defaults(func=cmd_demo)
+
+    try:
+        from . import training
+    except ImportError:
+        training = None
+    if training is not None and hasattr(training, "register_cli"):
+        training.register_cli(sub)
+    return parser
+
+
+def main(argv=None) -> int:
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # --help, --version, usage errors: argparse has printed its message
+        return exc.code if isinstance(exc.code, int) else 0 if exc.code is None else 2
+    handler = getattr(args, "func", None) or getattr(args, "handler", None)
+    if handler is None:
+        parser.print_help(sys.stderr)
+        return 2
+    try:
+        rc = handler(args)
+    except LumbarSegError as exc:
+        _err(f"{PROG}: error: {exc}")
+        return 2
+    except KeyboardInterrupt:
+        _err(f"{PROG}: interrupted")
+        return 130
+    except MemoryError:
+        _err(f"{PROG}: error: ran out of memory. Crop the CT to the lumbar region or downsample it and retry.")
+        return 1
+    except OSError as exc:  # disk full, permission denied, read-only output folder ...
+        _err(f"{PROG}: error: {exc.strerror or exc}{': ' + str(exc.filename) if exc.filename else ''}")
+        return 1
+    return int(rc or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

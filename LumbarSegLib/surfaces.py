@@ -1,0 +1,133 @@
+"""Closed surface meshes (STL) of each vertebra, in physical LPS coordinates.
+
+Coordinate system: STL files carry no coordinate-system field, so the choice is a convention. We write
+**LPS millimetres** (the CT's own physical space, as in DICOM/ITK), which is what 3D Slicer assumes for
+STL files since Slicer 4.11 ("Model files are now saved in LPS coordinate system"), and we also put
+``SPACE=LPS`` in the 80-byte STL header, which Slicer's model reader recognises. A mesh therefore loads
+in Slicer exactly on top of the CT. The choice is recorded as :data:`STL_COORDINATE_SYSTEM` in reports.
+
+Meshing runs in voxel-index space on a padded crop around each vertebra (fast, and the padding closes the
+surface where a vertebra touches the image border), is smoothed there, and is then mapped to physical
+space with the full index-to-LPS matrix (origin, spacing and direction, so oblique scans are right).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk
+import vtk
+from vtk.util import numpy_support
+
+from .constants import LABEL_NAMES
+
+STL_COORDINATE_SYSTEM = "LPS"
+DEFAULT_SMOOTHING = 0.5
+
+
+def index_to_lps_matrix(image: sitk.Image) -> np.ndarray:
+    """4x4 matrix mapping (continuous) voxel index (x, y, z, 1) to LPS mm."""
+    direction = np.asarray(image.GetDirection(), dtype=float).reshape(3, 3)
+    m = np.eye(4)
+    m[:3, :3] = direction @ np.diag(image.GetSpacing())
+    m[:3, 3] = image.GetOrigin()
+    return m
+
+
+def _vtk_image(mask_zyx: np.ndarray, origin_index_xyz) -> vtk.vtkImageData:
+    img = vtk.vtkImageData()
+    nz, ny, nx = mask_zyx.shape
+    img.SetDimensions(nx, ny, nz)
+    img.SetSpacing(1.0, 1.0, 1.0)
+    img.SetOrigin(*[float(v) for v in origin_index_xyz])
+    scalars = numpy_support.numpy_to_vtk(np.ascontiguousarray(mask_zyx, dtype=np.uint8).ravel(), deep=True,
+                                         array_type=vtk.VTK_UNSIGNED_CHAR)
+    img.GetPointData().SetScalars(scalars)
+    return img
+
+
+def label_surface(labels_zyx: np.ndarray, label: int, image: sitk.Image,
+                  smoothing: float = DEFAULT_SMOOTHING) -> vtk.vtkPolyData | None:
+    """Triangle mesh of one label in LPS mm, or None if the label is absent.
+
+    ``smoothing`` in [0, 1] follows Slicer's "smoothing factor": a windowed-sinc low-pass with pass band
+    10^(-4 * smoothing); 0 keeps the voxel staircase.
+    """
+    from scipy import ndimage
+
+    mask = labels_zyx == label
+    found = ndimage.find_objects(mask.astype(np.uint8))
+    if not found or found[0] is None:
+        return None
+    region = found[0]
+    crop = np.pad(mask[region], 1)
+    lo_index_xyz = [s.start - 1 for s in region][::-1]
+
+    surface = vtk.vtkDiscreteFlyingEdges3D()
+    surface.SetInputData(_vtk_image(crop, lo_index_xyz))
+    surface.SetValue(0, 1)
+    surface.ComputeNormalsOff()
+    surface.ComputeGradientsOff()
+    surface.ComputeScalarsOff()
+    output = surface.GetOutputPort()
+
+    if smoothing > 0:
+        smoother = vtk.vtkWindowedSincPolyDataFilter()
+        smoother.SetInputConnection(output)
+        smoother.SetNumberOfIterations(20)
+        smoother.SetPassBand(10.0 ** (-4.0 * float(smoothing)))
+        smoother.BoundarySmoothingOff()
+        smoother.FeatureEdgeSmoothingOff()
+        smoother.NonManifoldSmoothingOn()
+        smoother.NormalizeCoordinatesOn()
+        output = smoother.GetOutputPort()
+
+    matrix = index_to_lps_matrix(image)
+    transform = vtk.vtkTransform()
+    transform.SetMatrix(matrix.ravel().tolist())
+    to_lps = vtk.vtkTransformPolyDataFilter()
+    to_lps.SetInputConnection(output)
+    to_lps.SetTransform(transform)
+    output = to_lps.GetOutputPort()
+
+    if np.linalg.det(matrix[:3, :3]) < 0:
+        # A mirroring index-to-LPS map turns the triangles inside out; flip them back so normals point
+        # outwards (3D printers and volume computations rely on that).
+        reverse = vtk.vtkReverseSense()
+        reverse.SetInputConnection(output)
+        reverse.ReverseCellsOn()
+        reverse.ReverseNormalsOn()
+        output = reverse.GetOutputPort()
+
+    cleaner = vtk.vtkTriangleFilter()
+    cleaner.SetInputConnection(output)
+    cleaner.Update()
+    poly = vtk.vtkPolyData()
+    poly.DeepCopy(cleaner.GetOutput())
+    return poly if poly.GetNumberOfPoints() else None
+
+
+def write_stl(labels: sitk.Image, outdir, smoothing: float = DEFAULT_SMOOTHING, binary: bool = True) -> dict[str, Path]:
+    """One STL per vertebra present (``L1.stl`` ... ``L5.stl``) in LPS mm; returns {name: path}."""
+    outdir = Path(outdir)
+    outdir.mkdir(parents=True, exist_ok=True)
+    array = sitk.GetArrayViewFromImage(labels)
+    written: dict[str, Path] = {}
+    for label, name in LABEL_NAMES.items():
+        poly = label_surface(array, label, labels, smoothing)
+        if poly is None:
+            continue
+        path = outdir / f"{name}.stl"
+        writer = vtk.vtkSTLWriter()
+        writer.SetFileName(str(path))
+        writer.SetInputData(poly)
+        writer.SetHeader(f"SPACE={STL_COORDINATE_SYSTEM} LumbarSeg {name} vertebra (mm)")
+        if binary:
+            writer.SetFileTypeToBinary()
+        else:
+            writer.SetFileTypeToASCII()
+        if not writer.Write():
+            raise OSError(f"Could not write {path}")
+        written[name] = path
+    return written

@@ -1,0 +1,185 @@
+"""Metrics against hand-computed values (counting voxels) and brute-force surface distances."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+from scipy import ndimage
+from scipy.spatial.distance import cdist
+
+from LumbarSegLib import metrics
+from LumbarSegLib.errors import InputError
+
+
+def _cubes(offset_zyx=(0, 0, 2), shape=(20, 20, 20)):
+    a = np.zeros(shape, np.uint8)
+    b = np.zeros(shape, np.uint8)
+    a[2:12, 2:12, 2:12] = 1
+    dz, dy, dx = offset_zyx
+    b[2 + dz:12 + dz, 2 + dy:12 + dy, 2 + dx:12 + dx] = 1
+    return a, b
+
+
+def _brute_force_distances(a, b, spacing):
+    """Independent reference: all-pairs distances between surface voxel centres (small masks only)."""
+    def surface_points(m):
+        m = np.pad(m.astype(bool), 1)
+        surf = m & ~ndimage.binary_erosion(m, ndimage.generate_binary_structure(3, 1))
+        return np.argwhere(surf) * np.asarray(spacing, float)
+    pa, pb = surface_points(a), surface_points(b)
+    d = cdist(pa, pb)
+    return d.min(axis=1), d.min(axis=0)
+
+
+def test_identical_masks():
+    a, _ = _cubes()
+    m = metrics.compare(a, a, (1.0, 1.0, 1.0))["L1"]
+    assert m["DSC"] == 1.0 and m["FND"] == 0.0 and m["FPD"] == 0.0
+    assert m["MSD"] == 0.0 and m["ASD"] == 0.0 and m["HD95"] == 0.0
+    assert m["status"] == "ok"
+
+
+def test_offset_cubes_exact_overlap_and_distances():
+    a, b = _cubes((0, 0, 2))
+    m = metrics.compare(a, b, (1.0, 1.0, 1.0))["L1"]
+    # |P| = |R| = 1000, overlap 10*10*8 = 800, FN = FP = 200:
+    assert m["DSC"] == pytest.approx(2 * 800 / 2000)
+    assert m["FND"] == pytest.approx(200 / 2000)
+    assert m["FPD"] == pytest.approx(200 / 2000)
+    assert m["DSC"] + m["FND"] + m["FPD"] == pytest.approx(1.0)
+    assert m["MSD"] == pytest.approx(2.0)  # the x-faces moved by 2 voxels
+    da, db = _brute_force_distances(a, b, (1, 1, 1))
+    pooled = np.concatenate([da, db])
+    assert m["ASD"] == pytest.approx(pooled.mean())
+    assert m["HD95"] == pytest.approx(np.percentile(pooled, 95))
+
+
+def test_anisotropic_spacing():
+    a, b = _cubes((2, 0, 0))  # shift along z, where voxels are 3 mm
+    spacing = (3.0, 0.8, 0.5)
+    m = metrics.compare(a, b, spacing)["L1"]
+    assert m["DSC"] == pytest.approx(0.8)
+    assert m["MSD"] == pytest.approx(6.0)
+    da, db = _brute_force_distances(a, b, spacing)
+    pooled = np.concatenate([da, db])
+    assert m["ASD"] == pytest.approx(pooled.mean())
+    assert m["HD95"] == pytest.approx(np.percentile(pooled, 95))
+    # The same shift along x (0.5 mm voxels) is 6x smaller in mm.
+    a2, b2 = _cubes((0, 0, 2))
+    assert metrics.compare(a2, b2, spacing)["L1"]["MSD"] == pytest.approx(1.0)
+
+
+def test_concentric_spheres_asd_is_radius_difference():
+    z, y, x = np.mgrid[:48, :48, :48]
+    r = np.sqrt((z - 24) ** 2 + (y - 24) ** 2 + (x - 24) ** 2)
+    inner, outer = (r <= 12).astype(np.uint8), (r <= 16).astype(np.uint8)
+    m = metrics.compare(inner, outer, (1.0, 1.0, 1.0))["L1"]
+    assert m["ASD"] == pytest.approx(4.0, abs=1.0)
+    assert m["MSD"] == pytest.approx(4.0, abs=1.0)
+    assert m["FPD"] == 0.0  # inner is inside outer: nothing added, only missed
+    expected_dsc = 2 * inner.sum() / (inner.sum() + outer.sum())
+    assert m["DSC"] == pytest.approx(expected_dsc)
+
+
+def test_missed_and_extra_vertebrae():
+    ref = np.zeros((10, 10, 10), np.uint8)
+    pred = np.zeros_like(ref)
+    ref[1:4] = 2          # L2 only in the reference
+    pred[6:9] = 3         # L3 only in the prediction
+    result = metrics.compare(pred, ref, (1, 1, 1))
+    assert list(result) == ["L2", "L3"]
+    missed, extra = result["L2"], result["L3"]
+    assert missed["status"] == "missed" and extra["status"] == "extra"
+    assert missed["DSC"] == 0 and missed["FND"] == 1 and missed["FPD"] == 0
+    assert extra["DSC"] == 0 and extra["FND"] == 0 and extra["FPD"] == 1
+    assert all(math.isnan(missed[k]) for k in metrics.DISTANCE_KEYS)
+    table = metrics.format_table(result)
+    assert "missed" in table and "extra" in table
+
+
+def test_identity_holds_on_random_masks():
+    rng = np.random.default_rng(1)
+    pred = rng.integers(0, 6, (12, 12, 12)).astype(np.uint8)
+    ref = rng.integers(0, 6, (12, 12, 12)).astype(np.uint8)
+    for m in metrics.compare(pred, ref, (1, 2, 3)).values():
+        assert m["DSC"] + m["FND"] + m["FPD"] == pytest.approx(1.0)
+
+
+def test_mask_touching_array_border_has_a_surface():
+    a = np.zeros((6, 6, 6), np.uint8)
+    a[:, :, :3] = 1
+    b = np.zeros_like(a)
+    b[:, :, :4] = 1
+    m = metrics.compare(a, b, (1, 1, 1))["L1"]
+    assert m["MSD"] == pytest.approx(1.0)
+
+
+def _img(arr, spacing=(1.0, 1.0, 1.0), origin=(0, 0, 0)):
+    img = sitk.GetImageFromArray(arr)
+    img.SetSpacing(spacing)
+    img.SetOrigin(origin)
+    return img
+
+
+def test_compare_images_same_grid_and_resampled():
+    a, b = _cubes()
+    direct = metrics.compare_images(_img(a), _img(b))
+    assert direct["L1"]["DSC"] == pytest.approx(0.8)
+    # Reference on a grid twice as fine covering the same space: resampled onto the prediction's grid.
+    fine = np.repeat(np.repeat(np.repeat(b, 2, 0), 2, 1), 2, 2)
+    notes: list[str] = []
+    resampled = metrics.compare_images(_img(a), _img(fine, (0.5, 0.5, 0.5), (-0.25, -0.25, -0.25)), notes=notes)
+    assert resampled["L1"]["DSC"] == pytest.approx(0.8)
+    assert notes and "resampled" in notes[0]
+    with pytest.raises(InputError, match="different voxel grids"):
+        metrics.compare_images(_img(a), _img(fine, (0.5, 0.5, 0.5)), resample=False)
+
+
+def test_compare_images_without_overlap_is_an_error():
+    a, b = _cubes()
+    with pytest.raises(InputError, match="does not overlap"):
+        metrics.compare_images(_img(a), _img(b, origin=(500, 0, 0)))
+
+
+def test_measure_volume_centroid_hu_with_direction():
+    labels = np.zeros((10, 12, 14), np.uint8)  # (z, y, x)
+    labels[2:4, 3:6, 4:8] = 4                   # 2*3*4 = 24 voxels
+    hu = np.zeros(labels.shape, np.float32)
+    hu[2:4, 3:6, 4:8] = np.arange(24).reshape(2, 3, 4) * 10.0
+    img = _img(hu, spacing=(0.5, 2.0, 3.0), origin=(100.0, 50.0, -20.0))
+    img.SetDirection((-1, 0, 0, 0, -1, 0, 0, 0, 1))
+    m = metrics.measure(labels, hu, img)
+    assert list(m) == ["L4"]
+    m = m["L4"]
+    assert m["voxels"] == 24
+    assert m["volume_ml"] == pytest.approx(24 * 0.5 * 2.0 * 3.0 / 1000.0)
+    # centroid index (x, y, z) = (5.5, 4, 2.5) -> LPS: origin + direction * (index * spacing)
+    assert m["centroid_mm"] == pytest.approx([100.0 - 5.5 * 0.5, 50.0 - 4 * 2.0, -20.0 + 2.5 * 3.0])
+    assert m["mean_hu"] == pytest.approx(115.0)
+    assert m["median_hu"] == pytest.approx(115.0)
+
+
+def test_table_format_and_writers(tmp_path):
+    a, b = _cubes()
+    result = metrics.compare(a, b, (1.0, 1.0, 1.0))
+    result.update(metrics.compare(np.zeros_like(a), a * 5, (1, 1, 1)))  # L5 missed
+    table = metrics.format_table(result)
+    lines = table.splitlines()
+    assert lines[0].split()[:4] == ["Vertebra", "DSC", "FND", "FPD"]
+    l1 = lines[2].split()
+    assert l1[:5] == ["L1", "0.8000", "0.1000", "0.1000", "2.00"]
+    assert f"{result['L1']['ASD']:.2f}" in lines[2]
+    assert lines[-1].startswith("Mean")
+
+    metrics.write_json(result, tmp_path / "m.json")
+    data = json.loads((tmp_path / "m.json").read_text())
+    assert data["L5"]["MSD"] is None and data["L1"]["DSC"] == pytest.approx(0.8)
+    metrics.write_metrics_csv(result, tmp_path / "m.csv")
+    rows = list(csv.DictReader((tmp_path / "m.csv").open()))
+    assert rows[0]["vertebra"] == "L1" and float(rows[0]["DSC"]) == pytest.approx(0.8)
+    assert rows[1]["vertebra"] == "L5" and rows[1]["MSD"] == "" and rows[1]["status"] == "missed"
