@@ -347,11 +347,16 @@ def _build_spine(rng, g, has_l6, lib, use_lib):
         verts.append(_Vert(_T[i], "T", W, D, H, disc))
     # library shapes replace procedural ones per level
     if use_lib and lib is not None:
+        # one source subject preferred for all levels (consistent sizes), others fill its gaps
+        sources = sorted({s.source for c in lib.shapes for s in lib.shapes[c]})
+        pref = sources[int(rng.integers(len(sources)))]
+        sc0 = rng.uniform(0.85, 1.15) * (0.5 + 0.5 * g)
         for vt in verts:
             cands = lib.get(vt.code if vt.code != 25 else 24)
-            if cands and rng.random() < 0.9:
-                sh = cands[int(rng.integers(len(cands)))]
-                sc = rng.uniform(0.85, 1.15) * (0.5 + 0.5 * g)
+            if cands and rng.random() < 0.95:
+                own = [c for c in cands if c.source == pref]
+                sh = own[0] if own else cands[int(rng.integers(len(cands)))]
+                sc = sc0 * rng.uniform(0.97, 1.03)
                 vt.shape, vt.scale = sh, sc
                 vt.W, vt.D, vt.H = sh.W * sc, sh.D * sc, sh.H * sc
     # positions along the curve parameter s (S1 superior endplate at s = 0)
@@ -1167,13 +1172,12 @@ class _Phantom:
             canc, cort, ct = rng.uniform(40, 140), rng.uniform(600, 1000), rng.uniform(0.8, 1.3)
         else:
             canc, cort, ct = rng.uniform(140, 330), rng.uniform(800, 1500), rng.uniform(1.0, 2.0)
-        ctex = _smooth_field(self.grid, rng, 2.0, smooth=0.6)
         d = -sdf[bone]
         wcort = np.clip(1.0 - d / ct, 0, 1) ** 0.8
-        vals = canc + 45 * ctex[bone] + (cort - canc) * wcort
+        # trabecular speckle (white, correlated later by the PSF) + slow heterogeneity
+        vals = canc + 45 * rng.standard_normal(d.shape, dtype=np.float32) + 25 * self.tex[bone] + (cort - canc) * wcort
         # femoral shafts / rib marrow vary a bit: keep simple
         hu[bone] = vals
-        del ctex
         if self.screws:
             self.add_screws()
 
