@@ -1,0 +1,294 @@
+"""The scripted module without Qt: import guards, .ui consistency, the Logic class on a real MRML scene,
+and the extension's CMake files (configured against a stand-in for Slicer's CMake macros)."""
+
+import ast
+import importlib.util
+import os
+import re
+import shutil
+import subprocess
+import sys
+import textwrap
+import xml.etree.ElementTree as ET
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+MODULE_FILE = ROOT / "LumbarSeg" / "LumbarSeg.py"
+UI_FILE = ROOT / "LumbarSeg" / "Resources" / "UI" / "LumbarSeg.ui"
+
+
+def load_module():
+    spec = importlib.util.spec_from_file_location("LumbarSegModuleUnderTest", MODULE_FILE)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def ui_widgets():
+    root = ET.parse(UI_FILE).getroot()
+    return {w.get("name"): w.get("class") for w in root.iter("widget")}, root
+
+
+# --------------------------------------------------------------------------------------------------
+# .ui and widget names
+
+
+def test_ui_parses_and_declares_its_custom_widgets():
+    widgets, root = ui_widgets()
+    assert root.tag == "ui" and root.find("class").text == "LumbarSeg"
+    assert widgets["LumbarSeg"] == "qMRMLWidget"
+    declared = {c.find("class").text for c in root.iter("customwidget")}
+    qt_builtin = {"QLabel", "QComboBox", "QPushButton", "QProgressBar", "QWidget"}
+    for name, cls in widgets.items():
+        assert cls in declared or cls in qt_builtin, f"{name}: {cls} is not declared as a custom widget"
+    for connection in root.iter("connection"):
+        assert connection.find("sender").text in widgets
+        assert connection.find("receiver").text in widgets
+    # every qMRML widget gets the scene
+    receivers = {c.find("receiver").text for c in root.iter("connection")
+                 if c.find("slot").text == "setMRMLScene(vtkMRMLScene*)"}
+    assert {n for n, c in widgets.items() if c in ("qMRMLNodeComboBox", "qMRMLTableView")} <= receivers
+
+
+def test_every_widget_the_module_uses_exists_in_the_ui():
+    widgets, _ = ui_widgets()
+    used = set(re.findall(r"self\.ui\.(\w+)", MODULE_FILE.read_text()))
+    assert used, "the Widget should use self.ui.*"
+    missing = sorted(used - set(widgets))
+    assert not missing, f"used by LumbarSeg.py but absent from the .ui: {missing}"
+    # the selectors restrict to the right node types
+    root = ET.parse(UI_FILE).getroot()
+    types = {w.get("name"): [s.text for s in w.iter("string")] for w in root.iter("widget")
+             if w.get("class") == "qMRMLNodeComboBox"}
+    assert "vtkMRMLScalarVolumeNode" in types["inputVolumeSelector"]
+    assert "vtkMRMLSegmentationNode" in types["referenceSegmentationSelector"]
+    # device and crop-box combo boxes match the lists the module indexes into
+    module = load_module()
+    items = {w.get("name"): [i.find("property/string").text for i in w.findall("item")]
+             for w in root.iter("widget") if w.get("class") == "QComboBox"}
+    assert [s.lower() for s in items["deviceComboBox"]] == module.DEVICES
+    assert len(items["roiModeComboBox"]) == len(module.ROI_MODES)
+
+
+# --------------------------------------------------------------------------------------------------
+# Import without Qt / without work
+
+
+def _run_python(code: str, cwd=None):
+    env = dict(os.environ)
+    return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True,
+                          cwd=cwd or ROOT, env=env, timeout=120)
+
+
+def test_module_imports_without_qt_and_does_no_work_at_import():
+    # qt, ctk and slicer.ScriptedLoadableModule are made unimportable even if present.
+    code = f"""
+        import sys, importlib.util
+        for name in ("qt", "ctk", "slicer.ScriptedLoadableModule"):
+            sys.modules[name] = None
+        before = set(sys.modules)
+        path0 = list(sys.path)
+        spec = importlib.util.spec_from_file_location("LumbarSeg", {str(MODULE_FILE)!r})
+        m = importlib.util.module_from_spec(spec); spec.loader.exec_module(m)
+        assert m.SLICER_GUI is False
+        heavy = {{"torch", "SimpleITK", "scipy", "LumbarSegLib"}} & (set(sys.modules) - before)
+        assert not heavy, heavy
+        assert sys.path == path0
+        for cls in ("LumbarSeg", "LumbarSegWidget", "LumbarSegLogic", "LumbarSegTest"):
+            assert hasattr(m, cls), cls
+        print("ok")
+    """
+    result = _run_python(code, cwd="/")
+    assert result.returncode == 0 and "ok" in result.stdout, result.stderr[-2000:]
+
+
+def test_module_file_is_valid_python_with_slicer_structure():
+    tree = ast.parse(MODULE_FILE.read_text())
+    classes = {n.name: [b.id if isinstance(b, ast.Name) else None for b in n.bases]
+               for n in tree.body if isinstance(n, ast.ClassDef)}
+    assert classes["LumbarSeg"] == ["ScriptedLoadableModule"]
+    assert "ScriptedLoadableModuleWidget" in classes["LumbarSegWidget"]
+    assert classes["LumbarSegLogic"] == ["ScriptedLoadableModuleLogic"]
+    assert classes["LumbarSegTest"] == ["ScriptedLoadableModuleTest"]
+    module = load_module()
+    parent = SimpleNamespace()
+    module.LumbarSeg(parent)
+    assert parent.title == "LumbarSeg" and parent.categories == ["Segmentation"]
+    assert "L1-L5" in parent.helpText
+    assert hasattr(module.LumbarSegTest, "runTest")
+
+
+def test_lib_is_found_from_source_tree_and_installed_layout(tmp_path):
+    module = load_module()
+    assert Path(module.ensureLibImportable()) == ROOT  # source checkout: repository root
+    # Installed extension: LumbarSegLib beside LumbarSeg.py (qt-scripted-modules/).
+    installed = tmp_path / "qt-scripted-modules"
+    installed.mkdir()
+    shutil.copy(MODULE_FILE, installed / "LumbarSeg.py")
+    shutil.copytree(ROOT / "LumbarSegLib", installed / "LumbarSegLib",
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    code = f"""
+        import sys, importlib.util
+        sys.modules["qt"] = None
+        spec = importlib.util.spec_from_file_location("LumbarSeg", {str(installed / 'LumbarSeg.py')!r})
+        m = importlib.util.module_from_spec(spec); spec.loader.exec_module(m)
+        print(m.ensureLibImportable())
+        sl = m.slicerLogic()
+        print(sl.__file__)
+    """
+    result = _run_python(code, cwd=str(tmp_path))
+    assert result.returncode == 0, result.stderr[-2000:]
+    lines = result.stdout.split()
+    assert lines[0] == str(installed)
+    assert lines[1].startswith(str(installed / "LumbarSegLib"))
+
+
+def test_missing_packages_detection(monkeypatch):
+    module = load_module()
+    assert module.missingPackages() == []  # this environment has everything
+    import importlib.util as iu
+
+    real = iu.find_spec
+    monkeypatch.setattr(iu, "find_spec", lambda name, *a: None if name == "torch" else real(name, *a))
+    assert module.missingPackages() == ["torch"]
+    assert module.PYTHON_REQUIREMENTS["torch"].startswith("torch")
+
+
+# --------------------------------------------------------------------------------------------------
+# Logic class on a real scene (slicer-core)
+
+
+def test_logic_class_runs_the_flow_on_a_real_scene(tmp_path):
+    slicer = pytest.importorskip("slicer")
+    import SimpleITK as sitk
+    from test_slicer_logic import fake_engine, labels_box_lps, new_scene, phantom
+
+    from LumbarSegLib import slicer_logic as sl
+
+    module = load_module()
+    logic = module.LumbarSegLogic()
+    node = slicer.vtkMRMLScriptedModuleNode()
+    logic.setDefaultParameters(node)
+    assert node.GetParameter("Device") == "auto" and node.GetParameter("ROIMode") == "auto"
+
+    ct, labels = phantom(seed=7)
+    scene = new_scene()
+    volume = sl.sitk_to_volume_node(scene, ct, "CT")
+    engine = fake_engine(labels, labels_box_lps(labels))
+    # Synchronous path.
+    result, outcome = logic.process(scene, volume, device="cpu", segmentFunction=engine)
+    assert sorted(result.found) == ["L1", "L2", "L3", "L4", "L5"]
+    assert outcome.roi_node.GetName() == sl.ROI_NAME
+    # Background path, as the Widget uses it (start, poll until done, finish on the main thread).
+    context = logic.startSegmentation(scene, volume, segmentationNode=outcome.segmentation_node,
+                                      segmentFunction=engine)
+    assert context["worker"].wait(60) and context["worker"].error is None
+    again = logic.finishSegmentation(scene, context)
+    assert again.segmentation_node is outcome.segmentation_node  # untouched result is reused
+    assert not logic.isUserEdited(again.segmentation_node)
+    # Smoothing change keeps voxels (and the edit detection) intact.
+    logic.setSmoothing(again.segmentation_node, 0.2)
+    assert again.segmentation_node.GetSegmentation().GetConversionParameter("Smoothing factor") == "0.2"
+    assert not logic.isUserEdited(again.segmentation_node)
+    # Metrics and export.
+    table = logic.computeMetrics(scene, again.segmentation_node, volume)
+    assert table.GetNumberOfRows() == 5
+    assert len(logic.exportStl(again.segmentation_node, tmp_path)) == 5
+    path = logic.exportLabelmap(scene, again.segmentation_node, volume, tmp_path / "labels.nii.gz")
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(sitk.ReadImage(str(path))),
+                                  sitk.GetArrayViewFromImage(labels))
+    # Model cache: the same object for the same path.
+    assert logic.loadModel(None) is logic.loadModel(None)
+
+
+def test_logic_reports_a_non_ct_volume_clearly():
+    slicer = pytest.importorskip("slicer")
+    import SimpleITK as sitk
+
+    from LumbarSegLib import slicer_logic as sl
+    from LumbarSegLib.errors import InputError
+
+    module = load_module()
+    scene = slicer.vtkMRMLScene()
+    mr = sitk.GetImageFromArray(np.random.default_rng(1).uniform(0, 800, (16, 16, 16)).astype(np.int16))
+    volume = sl.sitk_to_volume_node(scene, mr, "MR")
+    with pytest.raises(InputError, match="Hounsfield"):
+        module.LumbarSegLogic().startSegmentation(scene, volume)
+
+
+# --------------------------------------------------------------------------------------------------
+# CMake: configure the extension against a stand-in for Slicer's macros
+
+
+SLICER_STUB = r"""
+set(Slicer_FOUND 1)
+set(Slicer_USE_FILE ${CMAKE_CURRENT_LIST_DIR}/UseSlicer.cmake)
+set(Slicer_EXTENSION_GENERATE_CONFIG ${CMAKE_CURRENT_LIST_DIR}/empty.cmake)
+set(Slicer_EXTENSION_CPACK ${CMAKE_CURRENT_LIST_DIR}/cpack.cmake)
+set(Slicer_QTSCRIPTEDMODULES_LIB_DIR lib/Slicer-5.13/qt-scripted-modules)
+set(Slicer_INSTALL_QTSCRIPTEDMODULES_LIB_DIR lib/Slicer-5.13/qt-scripted-modules)
+function(slicerMacroBuildScriptedModule)
+  cmake_parse_arguments(MY "WITH_GENERIC_TESTS;WITH_SUBDIR" "NAME" "SCRIPTS;RESOURCES" ${ARGN})
+  set(out "NAME ${MY_NAME}\n")
+  foreach(f ${MY_SCRIPTS})
+    if(IS_ABSOLUTE ${f})
+      file(RELATIVE_PATH tgt ${CMAKE_CURRENT_BINARY_DIR} ${f})
+      set(src ${f})
+    else()
+      set(tgt ${f})
+      set(src ${CMAKE_CURRENT_SOURCE_DIR}/${f})
+    endif()
+    if(NOT EXISTS ${src})
+      message(FATAL_ERROR "missing script ${src}")
+    endif()
+    string(APPEND out "SCRIPT ${tgt}\n")
+  endforeach()
+  foreach(f ${MY_RESOURCES})
+    if(NOT EXISTS ${CMAKE_CURRENT_SOURCE_DIR}/${f})
+      message(FATAL_ERROR "missing resource ${f}")
+    endif()
+    string(APPEND out "RESOURCE ${f}\n")
+  endforeach()
+  file(WRITE ${CMAKE_BINARY_DIR}/manifest.txt "${out}")
+endfunction()
+function(slicer_add_python_unittest)
+  cmake_parse_arguments(MY "" "SCRIPT" "" ${ARGN})
+  file(WRITE ${CMAKE_BINARY_DIR}/unittest.txt "${MY_SCRIPT}")
+endfunction()
+"""
+
+
+def test_cmake_extension_configures(tmp_path):
+    if shutil.which("cmake") is None:
+        pytest.skip("cmake not installed")
+    stub = tmp_path / "SlicerStub"
+    stub.mkdir()
+    (stub / "SlicerConfig.cmake").write_text(SLICER_STUB)
+    (stub / "UseSlicer.cmake").write_text("")
+    (stub / "empty.cmake").write_text("")
+    (stub / "cpack.cmake").write_text(
+        'file(WRITE ${CMAKE_BINARY_DIR}/meta.txt "${EXTENSION_CATEGORY}|${EXTENSION_HOMEPAGE}|'
+        '${EXTENSION_ICONURL}|${EXTENSION_SCREENSHOTURLS}|${EXTENSION_CONTRIBUTORS}|${EXTENSION_DESCRIPTION}")\n')
+    build = tmp_path / "build"
+    result = subprocess.run(["cmake", "-S", str(ROOT), "-B", str(build), f"-DSlicer_DIR={stub}",
+                             "-DBUILD_TESTING=ON"], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    manifest = (build / "manifest.txt").read_text().split("\n")
+    scripts = {line.split(" ", 1)[1] for line in manifest if line.startswith("SCRIPT ")}
+    lib = {f"LumbarSegLib/{p.name}" for p in (ROOT / "LumbarSegLib").glob("*.py")}
+    assert scripts == {"LumbarSeg.py"} | lib  # every engine file installs beside the module
+    for rel in lib:
+        assert (build / "LumbarSeg" / rel).read_bytes() == (ROOT / rel).read_bytes()
+    resources = {line.split(" ", 1)[1] for line in manifest if line.startswith("RESOURCE ")}
+    assert resources == {"Resources/Icons/LumbarSeg.png", "Resources/UI/LumbarSeg.ui"}
+    assert (build / "unittest.txt").read_text() == "LumbarSeg.py"
+    category, homepage, icon, screenshot, contributors, description = (build / "meta.txt").read_text().split("|")
+    assert category == "Segmentation" and contributors and "L1-L5" in description
+    assert homepage.startswith("https://") and icon.endswith("LumbarSeg/Resources/Icons/LumbarSeg.png")
+    assert screenshot.endswith("docs/screenshot.png")
+    for url_path in ("LumbarSeg/Resources/Icons/LumbarSeg.png", "docs/screenshot.png"):
+        assert (ROOT / url_path).is_file()
