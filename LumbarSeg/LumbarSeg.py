@@ -361,6 +361,9 @@ class LumbarSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 overwrite = True
             elif box.clickedButton() != keep:
                 return
+        if p.GetParameter("ModelMode") == "file" and not os.path.isfile(p.GetParameter("ModelPath")):
+            slicer.util.errorDisplay("Choose an existing model file (.pt), or select 'Bundled model'.")
+            return
         try:
             context = self.logic.startSegmentation(
                 slicer.mrmlScene, volume, segmentationNode=segmentation, roiMode=p.GetParameter("ROIMode"),
@@ -380,12 +383,7 @@ class LumbarSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def modelPath(self):
         p = self._parameterNode
-        if p.GetParameter("ModelMode") == "file":
-            path = p.GetParameter("ModelPath")
-            if not path:
-                raise ValueError("Choose a model file, or select 'Bundled model'.")
-            return path
-        return None
+        return p.GetParameter("ModelPath") if p.GetParameter("ModelMode") == "file" else None
 
     def onCancelButton(self):
         if self._worker is not None:
@@ -433,10 +431,12 @@ class LumbarSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def showResult(self, volume, outcome, result):
         p = self._parameterNode
-        p.SetNodeReferenceID("OutputSegmentation", outcome.segmentation_node.GetID())
+        if outcome.segmentation_node is not None:
+            p.SetNodeReferenceID("OutputSegmentation", outcome.segmentation_node.GetID())
         if outcome.roi_node is not None:
             p.SetNodeReferenceID("CropROI", outcome.roi_node.GetID())
-        self.onRecomputeMetrics()
+        if result.found:
+            self.onRecomputeMetrics()
         slicer.util.setSliceViewerLayers(background=volume)
         layoutManager = slicer.app.layoutManager()
         if layoutManager is not None and layoutManager.threeDViewCount > 0:
@@ -699,9 +699,12 @@ class LumbarSegTest(ScriptedLoadableModuleTest):
         self.delayDisplay("Segmenting with the engine (bundled model, else random weights)")
         result, outcome = logic.process(slicer.mrmlScene, volume, device="cpu")
         segmentation = outcome.segmentation_node
-        names = [segmentation.GetSegmentation().GetNthSegment(i).GetName()
-                 for i in range(segmentation.GetSegmentation().GetNumberOfSegments())]
-        self.assertEqual(sorted(names), sorted(result.found))
+        if result.found:
+            names = [segmentation.GetSegmentation().GetNthSegment(i).GetName()
+                     for i in range(segmentation.GetSegmentation().GetNumberOfSegments())]
+            self.assertEqual(sorted(names), sorted(result.found))
+        else:
+            self.assertIsNone(segmentation)
 
         self.delayDisplay("Known labels into the scene")
         box = pipeline.index_box_to_lps(ct, (5, 5, 5), (50, 43, 75))
@@ -745,7 +748,7 @@ class LumbarSegTest(ScriptedLoadableModuleTest):
             slicer.app.processEvents()  # the GUI keeps running while the engine works
             time.sleep(0.02)
         outcome = logic.finishSegmentation(slicer.mrmlScene, context)
-        self.assertIsNotNone(outcome.segmentation_node)
+        self.assertEqual(outcome.segmentation_node is not None, bool(context["worker"].result.found))
 
         context = logic.startSegmentation(slicer.mrmlScene, volume, device="cpu")
         context["worker"].cancel()

@@ -752,6 +752,11 @@ def apply_result(scene, volume_node, result, segmentation_node=None, roi_node=No
         _remember_box(roi_node, volume_node, user_box_lps, "user")
     elif result.box_lps is not None:
         roi_node = set_crop_roi(scene, volume_node, result.box_lps, roi_node)
+    if not result.found:
+        # Nothing to show: no empty node is created, and an existing result is left as it was.
+        if segmentation_node is not None:
+            messages.append(f"'{segmentation_node.GetName()}' was left unchanged.")
+        return ApplyOutcome(None if created_new else segmentation_node, roi_node, False, messages)
     segmentation_node = labels_to_segmentation(scene, result.labels, volume_node, segmentation_node,
                                                smoothing=smoothing)
     return ApplyOutcome(segmentation_node, roi_node, created_new, messages)

@@ -78,7 +78,8 @@ def test_slice_overlay_shows_labels():
 
 def test_make_screenshot_writes_png(tmp_path):
     tool = _load_tool()
-    path = tool.make_screenshot(tmp_path / "shot.png", width=480, height=320, use_model=False)
+    path = tool.make_screenshot(tmp_path / "shot.png", width=480, height=320, use_model=False,
+                                shape=(64, 56, 80), spacing=(3.0, 3.0, 3.0))
     reader = vtk.vtkPNGReader()
     reader.SetFileName(str(path))
     reader.Update()

@@ -353,11 +353,14 @@ def test_whole_flow_with_the_real_engine(data):
     result, outcome = sl.run_segmentation(scene, volume, model=model, device="cpu",
                                           progress=lambda s, f: stages.append(s))
     assert "load" in stages and "localize" in stages
-    assert sorted(segments(outcome.segmentation_node)) == sorted(result.found)
     if not model.trained:
         assert any("randomly initialised" in m for m in outcome.messages)
-    if not result.found:
+    if result.found:
+        assert sorted(segments(outcome.segmentation_node)) == sorted(result.found)
+    else:  # no empty node clutters the scene
         assert any("No lumbar spine" in m for m in outcome.messages)
+        assert outcome.segmentation_node is None
+        assert scene.GetNumberOfNodesByClass("vtkMRMLSegmentationNode") == 0
 
     # Then with a user-drawn ROI around the spine: the engine gets the box and skips the localizer.
     roi = outcome.roi_node or scene.AddNewNodeByClass("vtkMRMLMarkupsROINode", sl.ROI_NAME)
@@ -378,6 +381,8 @@ def test_whole_flow_with_the_real_engine(data):
     np.testing.assert_allclose(calls[0], box, atol=1e-9)
     assert "localize" not in stages and "segment" in stages
     assert any("localizer was skipped" in m for m in outcome2.messages)
+    if result2.found:
+        assert sorted(segments(outcome2.segmentation_node)) == sorted(result2.found)
     # The engine's voxel box covers the drawn one; the ROI stays as drawn and keeps being used.
     assert np.all(np.array(result2.box_lps[0]) <= np.array(box[0]) + 1e-6)
     assert np.all(np.array(result2.box_lps[1]) >= np.array(box[1]) - 1e-6)
@@ -416,3 +421,20 @@ def test_terminology_and_name_matching():
     assert sl.vertebra_label_from_name("T12") is None
     assert sl.vertebra_label_from_name("L12") is None
     json.dumps(sl.STAGE_TEXT)  # plain data
+
+
+def test_nothing_found_creates_no_node_and_keeps_an_existing_one(data):
+    ct, labels = data
+    scene = new_scene()
+    volume = sl.sitk_to_volume_node(scene, ct, "CT")
+    empty = sitk.Image(ct.GetSize(), sitk.sitkUInt8)
+    empty.CopyInformation(ct)
+    nothing = pipeline.SegmentationResult(empty, [], None, None, 0.1, {}, ["No lumbar spine found in this image."],
+                                          True)
+    outcome = sl.apply_result(scene, volume, nothing)
+    assert outcome.segmentation_node is None and outcome.roi_node is None
+    assert scene.GetNumberOfNodesByClass("vtkMRMLSegmentationNode") == 0
+    seg = sl.labels_to_segmentation(scene, labels, volume)
+    outcome = sl.apply_result(scene, volume, nothing, seg)
+    assert outcome.segmentation_node is seg and len(segments(seg)) == 5
+    assert any("left unchanged" in m for m in outcome.messages)

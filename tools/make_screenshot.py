@@ -57,7 +57,7 @@ def make_icon(path: Path, size: int = 128) -> Path:
     return sl.write_png((icon * 255).round().astype(np.uint8), path)
 
 
-def build_scene(seed: int = 5, use_model: bool | None = None):
+def build_scene(seed: int = 5, use_model: bool | None = None, shape=(192, 160, 200), spacing=(1.1, 1.1, 1.6)):
     """(scene, volume node, outcome, caption) for the picture, through the module's own scene logic."""
     import SimpleITK as sitk
     import slicer
@@ -66,16 +66,19 @@ def build_scene(seed: int = 5, use_model: bool | None = None):
     from LumbarSegLib.constants import VERSE_LUMBAR
     from LumbarSegLib.models import default_model_path, load_model
 
-    ct, verse = phantoms.generate_phantom(seed, shape=(192, 160, 200), spacing=(1.1, 1.1, 1.6), fov="lumbar")
+    ct, verse = phantoms.generate_phantom(seed, shape=shape, spacing=spacing, fov="lumbar")
     scene = slicer.vtkMRMLScene()
     sl.ensure_segmentations_logic(scene)
     volume = sl.sitk_to_volume_node(scene, ct, "Phantom CT")
     if use_model is None:
         use_model = default_model_path().is_file()
+    outcome = None
     if use_model:
         result, outcome = sl.run_segmentation(scene, volume, model=load_model(), device="cpu")
-        caption = f"bundled model on a synthetic CT: found {', '.join(result.found) or 'nothing'}"
-    else:
+        caption = f"bundled model on a synthetic CT: found {', '.join(result.found)}"
+        if not result.found:  # nothing to picture: fall back to the reference labels
+            outcome = None
+    if outcome is None:
         lut = np.zeros(256, np.uint8)
         for code, label in VERSE_LUMBAR.items():
             lut[code] = label
@@ -94,10 +97,11 @@ def build_scene(seed: int = 5, use_model: bool | None = None):
     return scene, volume, outcome, caption
 
 
-def make_screenshot(path: Path, width: int = 1200, height: int = 800, use_model: bool | None = None) -> Path:
+def make_screenshot(path: Path, width: int = 1200, height: int = 800, use_model: bool | None = None,
+                    **scene_options) -> Path:
     from LumbarSegLib import slicer_logic as sl
 
-    _, volume, outcome, caption = build_scene(use_model=use_model)
+    _, volume, outcome, caption = build_scene(use_model=use_model, **scene_options)
     left_w = int(width * 0.62)
     render = sl.render_segmentation_3d(outcome.segmentation_node, outcome.roi_node, size=(left_w, height))
     gap = np.full((height, 8, 3), 20, np.uint8)
