@@ -603,6 +603,8 @@ class LumbarSegLogic(ScriptedLoadableModuleLogic):
         The scene is read here, on the calling (main) thread; the worker thread only runs the engine.
         """
         sl = slicerLogic()
+        from LumbarSegLib import pipeline  # noqa: F401  (first torch import on the main thread, not the worker)
+
         roiNode = sl.find_crop_roi(scene, volumeNode)
         inputs = sl.prepare_run(volumeNode, roiNode, roiMode or "auto")
         worker = sl.SegmentationWorker(segment_fn=segmentFunction, model_loader=self.loadModel)
