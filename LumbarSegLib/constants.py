@@ -26,4 +26,4 @@ SNOMED_VERTEBRA = {
     4: ("11994002", "L4 vertebra"),
     5: ("49668003", "L5 vertebra"),
 }
-SNOMED_BONE_CATEGORY = ("91723000", "Anatomical Structure")
+SNOMED_BONE_CATEGORY = ("123037004", "Anatomical Structure")
