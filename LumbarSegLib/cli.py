@@ -24,8 +24,11 @@ from . import __version__
 from .errors import InputError, LumbarSegError
 
 PROG = "lumbarseg"
+# The demo phantom: an abdominal field of view (T11-ish to sacrum, so all of L1-L5 is in it) on a
+# 256x256x200 grid; the phantom fits the spacing (about 1.5 mm) to that field of view.
 DEMO_SHAPE = (256, 256, 200)
-DEMO_SPACING = (1.5, 1.5, 1.5)
+DEMO_SPACING = None
+DEMO_FOV = "abdomen"
 
 
 def _err(msg: str) -> None:
@@ -56,7 +59,7 @@ class _StageProgress:
             _err(f"{PROG}: {stage} done ({dt:.2f} s)")
 
     def step(self, stage: str):
-        """Context manager-free helper for our own (non-pipeline) stages: returns a finisher."""
+        """Announce one of our own (non-pipeline) stages; call the returned function when it ends."""
         self(stage, 0.0)
         return lambda: self(stage, 1.0)
 
@@ -185,7 +188,9 @@ def _print_summary(report: dict, comparison) -> None:
 
 def cmd_segment(args) -> int:
     from . import io
+    from .models import resolve_device
 
+    resolve_device(args.device)  # an unavailable device fails now, not after reading a large CT
     progress = _StageProgress(args.quiet)
     done = progress.step("read")
     t0 = time.perf_counter()
@@ -257,12 +262,16 @@ def cmd_demo(args) -> int:
     """Phantom -> segment with the bundled model -> metrics against the phantom's truth, all offline."""
     from . import io
 
+    from .models import resolve_device
+
     phantoms = _phantoms()
+    resolve_device(args.device)
     outdir = Path(args.output)
     progress = _StageProgress(args.quiet)
     done = progress.step("phantom")
     t0 = time.perf_counter()
-    ct, truth_verse = phantoms.generate_phantom(args.seed, shape=DEMO_SHAPE, spacing=DEMO_SPACING)
+    ct, truth_verse = phantoms.generate_phantom(args.seed, shape=DEMO_SHAPE, spacing=DEMO_SPACING,
+                                                fov=DEMO_FOV if DEMO_FOV in phantoms.FOV_CHOICES else None)
     gen_s = time.perf_counter() - t0
     done()
     outdir.mkdir(parents=True, exist_ok=True)

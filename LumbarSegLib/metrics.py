@@ -154,7 +154,9 @@ def measure(labels: np.ndarray, ct_hu: np.ndarray, image: sitk.Image) -> dict[st
     ct_hu = np.asarray(ct_hu)
     voxel_ml = float(np.prod(image.GetSpacing())) / 1000.0
     out = {}
-    objects = ndimage.find_objects(labels.astype(np.int32), max_label=max(LABEL_NAMES))
+    if not np.issubdtype(labels.dtype, np.integer):
+        labels = labels.astype(np.int32)
+    objects = ndimage.find_objects(labels, max_label=max(LABEL_NAMES))
     for label, region in enumerate(objects, start=1):
         if region is None or label not in LABEL_NAMES:
             continue

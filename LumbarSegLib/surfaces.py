@@ -47,21 +47,28 @@ def _vtk_image(mask_zyx: np.ndarray, origin_index_xyz) -> vtk.vtkImageData:
     return img
 
 
+def _label_regions(labels_zyx: np.ndarray) -> list:
+    from scipy import ndimage
+
+    if not np.issubdtype(labels_zyx.dtype, np.integer):
+        labels_zyx = labels_zyx.astype(np.int32)
+    return ndimage.find_objects(labels_zyx, max_label=max(LABEL_NAMES))
+
+
 def label_surface(labels_zyx: np.ndarray, label: int, image: sitk.Image,
-                  smoothing: float = DEFAULT_SMOOTHING) -> vtk.vtkPolyData | None:
+                  smoothing: float = DEFAULT_SMOOTHING, region=None) -> vtk.vtkPolyData | None:
     """Triangle mesh of one label in LPS mm, or None if the label is absent.
 
     ``smoothing`` in [0, 1] follows Slicer's "smoothing factor": a windowed-sinc low-pass with pass band
-    10^(-4 * smoothing); 0 keeps the voxel staircase.
+    10^(-4 * smoothing); 0 keeps the voxel staircase. ``region`` (the label's bounding slices) saves a
+    full-volume scan when the caller already knows it.
     """
-    from scipy import ndimage
-
-    mask = labels_zyx == label
-    found = ndimage.find_objects(mask.astype(np.uint8))
-    if not found or found[0] is None:
+    if region is None:
+        regions = _label_regions(labels_zyx)
+        region = regions[label - 1] if 0 < label <= len(regions) else None
+    if region is None:
         return None
-    region = found[0]
-    crop = np.pad(mask[region], 1)
+    crop = np.pad(labels_zyx[region] == label, 1)
     lo_index_xyz = [s.start - 1 for s in region][::-1]
 
     surface = vtk.vtkDiscreteFlyingEdges3D()
@@ -113,9 +120,13 @@ def write_stl(labels: sitk.Image, outdir, smoothing: float = DEFAULT_SMOOTHING, 
     outdir = Path(outdir)
     outdir.mkdir(parents=True, exist_ok=True)
     array = sitk.GetArrayViewFromImage(labels)
+    regions = _label_regions(array)
     written: dict[str, Path] = {}
     for label, name in LABEL_NAMES.items():
-        poly = label_surface(array, label, labels, smoothing)
+        region = regions[label - 1] if label <= len(regions) else None
+        if region is None:
+            continue
+        poly = label_surface(array, label, labels, smoothing, region=region)
         if poly is None:
             continue
         path = outdir / f"{name}.stl"
