@@ -1,0 +1,416 @@
+"""Held-out evaluation of a model bundle and its model card (JSON + Markdown).
+
+``lumbarseg evaluate-model`` generates phantoms with seeds that training never uses (training phantoms:
+seeds 0-99999, see :data:`training.EVAL_SEED_START`; evaluation: 100000 and up), runs the full inference
+pipeline (:func:`pipeline.segment`) on each and compares with the phantom's labels (:func:`metrics.compare`):
+
+* per vertebra: DSC, FND, FPD, MSD, ASD, HD95 as mean ± sd over the cases whose truth contains that
+  vertebra (a missed vertebra counts DSC 0, FND 1; distances only where both exist);
+* identity: every predicted vertebra is matched to the truth vertebra it overlaps most; it is *correct*
+  when that is the same name, *wrong identity* otherwise (e.g. predicted L2 lying on the true L3);
+* invented vertebrae: a predicted name absent from the truth (e.g. any "L1" on a thoracic-only FOV);
+* missed vertebrae: a truth vertebra with no prediction of that name;
+* per field of view and timing.
+
+When ``<repo>/../shared/data`` exists, two real-CT sanity checks are added: ``tptbox_l3`` (labels 21-23 =
+L2-L4: metrics for those) and ``ts_dicom`` (a thoracic DICOM series: the number of lumbar vertebrae
+reported must be 0).
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import math
+import shlex
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk
+
+from .constants import LABEL_NAMES
+from .errors import InputError, LumbarSegError
+
+EVAL_SEED_START = 100_000
+REPO_ROOT = Path(__file__).resolve().parent.parent
+SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
+TARGETS = {"mean_dsc": 0.95, "min_vertebra_dsc": 0.92, "max_asd_mm": 0.5, "identity": 0.98,
+           "invented_partial_fov": 0}
+METRICS = ("DSC", "FND", "FPD", "MSD", "ASD", "HD95")
+
+
+def _mean_sd(values) -> dict:
+    v = np.array([x for x in values if x is not None and math.isfinite(x)], float)
+    return {"mean": float(v.mean()) if v.size else float("nan"), "sd": float(v.std()) if v.size else float("nan"),
+            "n": int(v.size)}
+
+
+def identity_analysis(pred: np.ndarray, ref: np.ndarray) -> dict:
+    """Match each predicted vertebra to the truth vertebra it overlaps most (see module docstring)."""
+    pred_labels = sorted(set(np.unique(pred).tolist()) & set(LABEL_NAMES))
+    ref_labels = sorted(set(np.unique(ref).tolist()) & set(LABEL_NAMES))
+    out = {"correct": [], "wrong": [], "invented": [], "missed": [], "no_overlap": []}
+    for k in pred_labels:
+        overlap = np.bincount(ref[pred == k].astype(np.int64), minlength=6)[1:6]
+        name = LABEL_NAMES[k]
+        if k not in ref_labels:
+            out["invented"].append(name)
+        if overlap.sum() == 0:
+            out["no_overlap"].append(name)
+            continue
+        best = int(np.argmax(overlap)) + 1
+        if best == k:
+            out["correct"].append(name)
+        else:
+            out["wrong"].append(f"{name}->{LABEL_NAMES[best]}")
+    out["missed"] = [LABEL_NAMES[k] for k in ref_labels if k not in pred_labels]
+    return out
+
+
+def _labels_array(image: sitk.Image) -> np.ndarray:
+    from .training import map_verse_labels
+
+    return map_verse_labels(sitk.GetArrayFromImage(image))
+
+
+def evaluate_case(ct: sitk.Image, ref: np.ndarray, model, device: str = "cpu") -> dict:
+    from . import metrics, pipeline
+
+    t0 = time.perf_counter()
+    res = pipeline.segment(ct, model=model, device=device)
+    seconds = time.perf_counter() - t0
+    pred = sitk.GetArrayFromImage(res.labels)
+    m = metrics.compare(pred, ref, ct.GetSpacing()[::-1])
+    return {"metrics": m, "identity": identity_analysis(pred, ref), "found": res.found,
+            "truth": [LABEL_NAMES[k] for k in sorted(set(np.unique(ref).tolist()) & set(LABEL_NAMES))],
+            "seconds": seconds, "timings": res.timings, "heatmap_peak": res.heatmap_peak,
+            "messages": res.messages}
+
+
+def aggregate(cases: list[dict]) -> dict:
+    per_vertebra = {}
+    for name in LABEL_NAMES.values():
+        rows = [c["metrics"][name] for c in cases if name in c["truth"]]
+        per_vertebra[name] = {k: _mean_sd([r[k] for r in rows]) for k in METRICS}
+        per_vertebra[name]["cases"] = len(rows)
+    all_rows = [c["metrics"][n] for c in cases for n in c["truth"]]
+    overall = {k: _mean_sd([r[k] for r in all_rows]) for k in METRICS}
+    correct = sum(len(c["identity"]["correct"]) for c in cases)
+    wrong = sum(len(c["identity"]["wrong"]) for c in cases)
+    invented = sum(len(c["identity"]["invented"]) for c in cases)
+    missed = sum(len(c["identity"]["missed"]) for c in cases)
+    no_overlap = sum(len(c["identity"]["no_overlap"]) for c in cases)
+    predicted = correct + wrong + no_overlap
+    partial = [c for c in cases if c.get("fov") != "abdomen"]
+    by_fov: dict[str, dict] = {}
+    for fov in sorted({c.get("fov", "?") for c in cases}):
+        sub = [c for c in cases if c.get("fov", "?") == fov]
+        rows = [c["metrics"][n] for c in sub for n in c["truth"]]
+        by_fov[fov] = {
+            "cases": len(sub),
+            "truth_vertebrae": len(rows),
+            "DSC": _mean_sd([r["DSC"] for r in rows]),
+            "ASD": _mean_sd([r["ASD"] for r in rows]),
+            "correct": sum(len(c["identity"]["correct"]) for c in sub),
+            "wrong_identity": sum(len(c["identity"]["wrong"]) for c in sub),
+            "invented": sum(len(c["identity"]["invented"]) for c in sub),
+            "missed": sum(len(c["identity"]["missed"]) for c in sub),
+            "lumbar_reported_on_negatives": sum(len(c["found"]) for c in sub if not c["truth"]),
+        }
+    secs = [c["seconds"] for c in cases]
+    return {
+        "per_vertebra": per_vertebra, "overall": overall,
+        "identity": {"predicted": predicted, "correct": correct, "wrong_identity": wrong,
+                     "no_overlap": no_overlap, "accuracy": correct / predicted if predicted else float("nan"),
+                     "invented": invented, "invented_in_partial_fovs": sum(len(c["identity"]["invented"]) for c in partial),
+                     "missed": missed},
+        "by_fov": by_fov,
+        "timing": {"mean_s": float(np.mean(secs)) if secs else float("nan"),
+                   "max_s": float(np.max(secs)) if secs else float("nan")},
+    }
+
+
+def targets_status(agg: dict) -> dict:
+    pv = agg["per_vertebra"]
+    mean_dsc = agg["overall"]["DSC"]["mean"]
+    dscs = [pv[n]["DSC"]["mean"] for n in LABEL_NAMES.values() if pv[n]["cases"]]
+    asd = agg["overall"]["ASD"]["mean"]
+    ident = agg["identity"]["accuracy"]
+    inv = agg["identity"]["invented_in_partial_fovs"]
+    return {
+        "mean_dsc": {"target": f">= {TARGETS['mean_dsc']}", "value": mean_dsc, "met": bool(mean_dsc >= TARGETS["mean_dsc"])},
+        "min_vertebra_dsc": {"target": f">= {TARGETS['min_vertebra_dsc']} each", "value": min(dscs) if dscs else float("nan"),
+                             "met": bool(dscs and min(dscs) >= TARGETS["min_vertebra_dsc"])},
+        "asd_mm": {"target": f"<= {TARGETS['max_asd_mm']}", "value": asd, "met": bool(asd <= TARGETS["max_asd_mm"])},
+        "identity": {"target": f">= {TARGETS['identity']:.0%}", "value": ident, "met": bool(ident >= TARGETS["identity"])},
+        "invented_partial_fov": {"target": "0", "value": inv, "met": inv == 0},
+    }
+
+
+def real_ct_checks(model, device: str = "cpu", data_dir: Path | None = None) -> dict:
+    """Sanity checks on the few real CTs under ../shared/data (absent folders are skipped)."""
+    from . import io, metrics
+
+    data_dir = Path(data_dir) if data_dir else SHARED_DATA
+    out: dict = {}
+    tpt = data_dir / "tptbox_l3"
+    cts = sorted(tpt.glob("*_ct.nii.gz")) if tpt.is_dir() else []
+    if cts:
+        ct_path = cts[0]
+        seg_path = next(iter(sorted(tpt.glob("*seg-vert*_msk.nii.gz"))), None)
+        try:
+            ct = io.read_ct(ct_path)
+            seg = sitk.ReadImage(str(seg_path))
+            ref = _labels_array(seg)
+            r = evaluate_case(ct, ref, model, device)
+            m = {n: r["metrics"][n] for n in ("L2", "L3", "L4") if n in r["metrics"]}
+            out["tptbox_l3"] = {
+                "what": "real CT crop (1.5 mm, PIR) with labels 21-23 = L2-L4; metrics for L2-L4",
+                "file": str(ct_path.relative_to(data_dir.parent.parent)) if data_dir.parent.parent in ct_path.parents else str(ct_path),
+                "found": r["found"], "truth": r["truth"], "metrics": m,
+                "mean_dsc_L2_L4": float(np.mean([v["DSC"] for v in m.values()])) if m else float("nan"),
+                "identity": r["identity"], "heatmap_peak": r["heatmap_peak"], "seconds": r["seconds"],
+                "messages": r["messages"],
+            }
+        except Exception as exc:  # noqa: BLE001 - a sanity check must not hide the phantom results
+            out["tptbox_l3"] = {"error": str(exc)}
+    dcm = data_dir / "ts_dicom"
+    if dcm.is_dir():
+        from . import pipeline
+
+        try:
+            ct = io.read_ct(dcm)
+            t0 = time.perf_counter()
+            res = pipeline.segment(ct, model=model, device=device)
+            out["ts_dicom"] = {
+                "what": "real thoracic CT DICOM series (20 slices, T11/T12 level, no lumbar vertebra); "
+                        "must report 0 lumbar vertebrae",
+                "lumbar_vertebrae_reported": len(res.found), "found": res.found, "passed": len(res.found) == 0,
+                "heatmap_peak": res.heatmap_peak, "seconds": time.perf_counter() - t0, "messages": res.messages,
+            }
+        except Exception as exc:  # noqa: BLE001
+            out["ts_dicom"] = {"error": str(exc)}
+    return out
+
+
+def evaluate_model(model_path=None, n: int = 20, seed: int = EVAL_SEED_START, fovs=None, spacing=None,
+                   device: str = "cpu", real_ct: bool = True, log=print) -> dict:
+    """Run the held-out phantom evaluation (and real-CT checks); returns the model card dictionary."""
+    from . import phantoms
+    from .models import load_model
+
+    if seed < EVAL_SEED_START:
+        raise InputError(f"Evaluation phantom seeds must be >= {EVAL_SEED_START} (lower seeds are training seeds); "
+                         f"got --seed {seed}.")
+    fovs = list(fovs) if fovs else list(phantoms.FOV_CHOICES)
+    for f in fovs:
+        if f not in phantoms.FOV_CHOICES:
+            raise InputError(f"Unknown field of view '{f}': choose from {', '.join(phantoms.FOV_CHOICES)}.")
+    model = load_model(model_path, allow_untrained=False)
+    lib = phantoms.load_shape_library()
+    t_start = time.time()
+    cases = []
+    for i in range(n):
+        s = seed + i
+        fov = fovs[i % len(fovs)]
+        t0 = time.perf_counter()
+        ct, lab = phantoms.generate_phantom(s, spacing=spacing, fov=fov, shape_library=lib)
+        gen_s = time.perf_counter() - t0
+        r = evaluate_case(ct, _labels_array(lab), model, device)
+        r.update(seed=s, fov=fov, size=list(ct.GetSize()), spacing=[round(v, 3) for v in ct.GetSpacing()],
+                 generate_seconds=gen_s)
+        cases.append(r)
+        dsc = [r["metrics"][n_]["DSC"] for n_ in r["truth"]]
+        log(f"[{i + 1}/{n}] seed {s} {fov:9s} size {tuple(ct.GetSize())} truth {','.join(r['truth']) or '-':15s} "
+            f"found {','.join(r['found']) or '-':15s} mean DSC {np.mean(dsc) if dsc else float('nan'):.3f}  "
+            f"wrong {r['identity']['wrong'] or '-'} invented {r['identity']['invented'] or '-'}  {r['seconds']:.1f} s")
+    agg = aggregate(cases)
+    real = real_ct_checks(model, device) if real_ct else {}
+    path = Path(model.path)
+    card = {
+        "model": {"file": path.name, "bytes": path.stat().st_size,
+                  "sha256": hashlib.sha256(path.read_bytes()).hexdigest(),
+                  "config": model.config.to_dict()},
+        "training": {k: model.metadata.get(k) for k in ("config", "training_data", "training_minutes", "finished",
+                                                         "command", "created", "torch", "git_commit", "options")},
+        "training_networks": {k: {kk: v.get(kk) for kk in ("steps", "epochs_completed", "training_minutes",
+                                                            "final_train_loss", "final_validation")}
+                              for k, v in model.metadata.get("networks", {}).items()},
+        "evaluation": {
+            "phantoms": n, "seeds": [seed, seed + n - 1], "fovs": fovs,
+            "spacing": list(spacing) if spacing else "generator default (random clinical spacings)",
+            "seed_policy": f"training phantoms use seeds 0-{EVAL_SEED_START - 1}; evaluation seeds start at "
+                           f"{EVAL_SEED_START}, so no evaluation phantom was seen in training",
+            "device": device, "minutes": round((time.time() - t_start) / 60, 2),
+            **agg,
+        },
+        "targets": targets_status(agg),
+        "real_ct": real,
+        "cases": [{k: c[k] for k in ("seed", "fov", "size", "spacing", "truth", "found", "identity", "seconds",
+                                     "heatmap_peak", "metrics")} for c in cases],
+    }
+    return card
+
+
+def _f(v, digits=3):
+    return "-" if v is None or (isinstance(v, float) and not math.isfinite(v)) else f"{v:.{digits}f}"
+
+
+def _ms(d, digits=3):
+    return "-" if not d["n"] else f"{_f(d['mean'], digits)} ± {_f(d['sd'], digits)}"
+
+
+def card_markdown(card: dict) -> str:
+    ev, tr, model = card["evaluation"], card["training"], card["model"]
+    td = tr.get("training_data") or {}
+    ph = td.get("phantoms") or {}
+    lines = [f"# Model card: {model['file']}", ""]
+    lines += ["## Model", "",
+              f"- Configuration `{model['config']['name']}`: localizer {model['config']['localizer_channels']} channels, "
+              f"input {tuple(model['config']['localizer_input'])} (x, y, z); XUNet base width {model['config']['xunet_base']}, "
+              f"input {tuple(model['config']['xunet_input'])}; bone window level {model['config']['window_level']:g} / "
+              f"width {model['config']['window_width']:g} HU.",
+              f"- File size {model['bytes'] / 1e6:.2f} MB (half-precision weights), SHA-256 `{model['sha256'][:16]}…`.",
+              f"- Method: two-stage localizer heatmap + crop + XUNet of Lu et al. 2023, retrained here on synthetic data.",
+              ""]
+    lines += ["## Training data", ""]
+    if ph:
+        lines.append(f"- {ph.get('count')} synthetic phantoms from `LumbarSegLib.phantoms` (seeds {ph['seeds'][0]}–"
+                     f"{ph['seeds'][1]}), fields of view {ph.get('fov_counts')}, in-plane spacing "
+                     f"{ph['spacing_xy_mm'][0]}–{ph['spacing_xy_mm'][1]} mm, slice spacing {ph.get('spacing_z_mm')} mm.")
+    if td.get("data_dir"):
+        lines.append(f"- {td.get('data_dir_cases')} cases from {td['data_dir']}.")
+    lines.append(f"- {td.get('train_cases')} training / {td.get('validation_cases')} validation cases "
+                 f"({td.get('with_lumbar')} with and {td.get('without_lumbar')} without lumbar vertebrae), "
+                 f"{td.get('crops_per_case')} XUNet crops per case (exact + jittered ground-truth boxes).")
+    lines.append("- No real CT was used for training.")
+    lines += ["", "## Training", ""]
+    lines.append(f"- Wall time {tr.get('training_minutes')} min on a shared 2-core CPU "
+                 f"(torch {tr.get('torch')}), finished: {tr.get('finished')}; git {tr.get('git_commit')}.")
+    for k, v in card.get("training_networks", {}).items():
+        fv = v.get("final_validation") or {}
+        extra = ""
+        if k == "xunet" and fv:
+            extra = " validation Dice (crops) " + ", ".join(f"{n} {_f(fv.get(f'dice_{n}'))}" for n in LABEL_NAMES.values())
+        elif fv:
+            extra = f" validation box IoU {_f(fv.get('box_iou'))}, lumbar found {_f(fv.get('pos_found'), 2)}, " \
+                    f"negatives fired {_f(fv.get('neg_fired'), 2)}"
+        lines.append(f"- {k}: {v.get('steps')} steps, {v.get('epochs_completed')} epochs, "
+                     f"{v.get('training_minutes')} min, final train loss {_f(v.get('final_train_loss'), 4)};{extra}")
+    lines.append(f"- Command: `{tr.get('command')}` (see `tools/train_bundled.sh`).")
+    lines += ["", "## Held-out evaluation (synthetic phantoms)", "",
+              f"{ev['phantoms']} phantoms, seeds {ev['seeds'][0]}–{ev['seeds'][1]} ({ev['seed_policy']}); "
+              f"fields of view cycled over {', '.join(ev['fovs'])}; spacing: {ev['spacing']}; full pipeline "
+              f"(`pipeline.segment`) on {ev['device']}; metrics on the input grid.", "",
+              "| Vertebra | cases | DSC | FND | FPD | MSD mm | ASD mm | HD95 mm |",
+              "|---|---|---|---|---|---|---|---|"]
+    for name, d in ev["per_vertebra"].items():
+        lines.append(f"| {name} | {d['cases']} | {_ms(d['DSC'])} | {_ms(d['FND'])} | {_ms(d['FPD'])} | "
+                     f"{_ms(d['MSD'], 2)} | {_ms(d['ASD'], 2)} | {_ms(d['HD95'], 2)} |")
+    o = ev["overall"]
+    lines.append(f"| **all** | {o['DSC']['n']} | {_ms(o['DSC'])} | {_ms(o['FND'])} | {_ms(o['FPD'])} | "
+                 f"{_ms(o['MSD'], 2)} | {_ms(o['ASD'], 2)} | {_ms(o['HD95'], 2)} |")
+    idn = ev["identity"]
+    lines += ["", "Per vertebra: mean ± sd over the cases whose truth contains it (a missed vertebra counts DSC 0; "
+              "distances only where both exist).", "",
+              f"- Identity: {idn['correct']} of {idn['predicted']} predicted vertebrae overlap the true vertebra of the "
+              f"same name best (accuracy {_f(idn['accuracy'])}); wrong identity {idn['wrong_identity']}; "
+              f"predicted with no overlap {idn['no_overlap']}.",
+              f"- Invented vertebrae (predicted name absent from the truth): {idn['invented']} "
+              f"({idn['invented_in_partial_fovs']} on partial/thoracic fields of view). Missed: {idn['missed']}.",
+              f"- Time per case (pipeline.segment): mean {_f(ev['timing']['mean_s'], 1)} s, max "
+              f"{_f(ev['timing']['max_s'], 1)} s; evaluation took {ev['minutes']} min.", "",
+              "| FOV | cases | truth vertebrae | DSC | ASD mm | correct | wrong identity | invented | missed | lumbar reported on negatives |",
+              "|---|---|---|---|---|---|---|---|---|---|"]
+    for fov, d in ev["by_fov"].items():
+        lines.append(f"| {fov} | {d['cases']} | {d['truth_vertebrae']} | {_ms(d['DSC'])} | {_ms(d['ASD'], 2)} | "
+                     f"{d['correct']} | {d['wrong_identity']} | {d['invented']} | {d['missed']} | "
+                     f"{d['lumbar_reported_on_negatives']} |")
+    lines += ["", "## Targets (product owner)", "", "| target | required | value | met |", "|---|---|---|---|"]
+    for k, t in card["targets"].items():
+        v = t["value"]
+        lines.append(f"| {k} | {t['target']} | {_f(v) if isinstance(v, float) else v} | {'yes' if t['met'] else '**no**'} |")
+    lines += ["", "## Real-CT sanity checks", ""]
+    real = card.get("real_ct") or {}
+    if not real:
+        lines.append("- Not run (no `../shared/data`).")
+    t = real.get("tptbox_l3")
+    if t:
+        if "error" in t:
+            lines.append(f"- tptbox_l3: failed: {t['error']}")
+        else:
+            ms = ", ".join(f"{n} DSC {_f(m['DSC'])} / ASD {_f(m['ASD'], 2)} mm" for n, m in t["metrics"].items())
+            lines.append(f"- tptbox_l3 ({t['what']}): found {', '.join(t['found']) or 'nothing'} "
+                         f"(truth {', '.join(t['truth'])}); {ms or 'no overlap'}; mean DSC L2-L4 {_f(t['mean_dsc_L2_L4'])}; "
+                         f"heatmap peak {_f(t['heatmap_peak'], 2)}; wrong identity {t['identity']['wrong'] or 'none'}.")
+    t = real.get("ts_dicom")
+    if t:
+        if "error" in t:
+            lines.append(f"- ts_dicom: failed: {t['error']}")
+        else:
+            lines.append(f"- ts_dicom ({t['what']}): {t['lumbar_vertebrae_reported']} lumbar vertebrae reported "
+                         f"({', '.join(t['found']) or 'none'}) -> {'PASS' if t['passed'] else '**FAIL**'}; "
+                         f"heatmap peak {_f(t['heatmap_peak'], 2)}.")
+    lines += ["", "## Limitations", "",
+              "- Trained and evaluated on synthetic phantoms only; the phantom numbers do not transfer to clinical CT. "
+              "The two real-CT checks above are sanity checks on two small images, not a validation.",
+              "- The bundled `cpu` configuration is narrow and was trained for about an hour on a CPU; "
+              "it is meant to make the extension usable out of the box, not to match the paper's results.",
+              "", "## Reproduce", "", f"```\n{card.get('command', '')}\n```", ""]
+    return "\n".join(lines)
+
+
+def write_card(card: dict, json_path=None, md_path=None):
+    from .metrics import write_json
+
+    if json_path:
+        write_json(card, json_path)
+    if md_path:
+        Path(md_path).parent.mkdir(parents=True, exist_ok=True)
+        Path(md_path).write_text(card_markdown(card))
+
+
+def run_evaluate_model(args) -> int:
+    card = evaluate_model(args.model, n=args.phantoms, seed=args.seed, fovs=args.fov,
+                          spacing=tuple(args.spacing) if args.spacing else None, device=args.device,
+                          real_ct=not args.no_real_ct, log=lambda s: print(s, flush=True))
+    argv = sys.argv[sys.argv.index("evaluate-model"):] if "evaluate-model" in sys.argv else sys.argv[1:]
+    card["command"] = "lumbarseg " + " ".join(shlex.quote(a) for a in argv)
+    write_card(card, args.output, args.card)
+    print(card_markdown(card))
+    return 0
+
+
+def register_cli(subparsers):
+    p = subparsers.add_parser("evaluate-model", help="held-out phantom evaluation of a model + model card",
+                              description=(__doc__ or "").split("\n\n")[0])
+    p.add_argument("--model", help="model bundle (default: the bundled model)")
+    p.add_argument("--phantoms", type=int, default=20, help="number of held-out phantoms (default 20)")
+    p.add_argument("--seed", type=int, default=EVAL_SEED_START,
+                   help=f"first phantom seed, >= {EVAL_SEED_START} (default {EVAL_SEED_START})")
+    p.add_argument("--fov", nargs="+", help="fields of view to cycle through (default: all five)")
+    p.add_argument("--spacing", type=float, nargs=3, metavar=("SX", "SY", "SZ"),
+                   help="fixed phantom spacing in mm (default: the generator's random clinical spacings)")
+    p.add_argument("--device", default="cpu", help="inference device (default cpu)")
+    p.add_argument("--no-real-ct", action="store_true", help="skip the real-CT sanity checks")
+    p.add_argument("-o", "--output", help="model card JSON to write")
+    p.add_argument("--card", help="model card Markdown to write")
+    p.set_defaults(func=run_evaluate_model)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m LumbarSegLib.evaluation")
+    sub = parser.add_subparsers(dest="command", required=True)
+    register_cli(sub)
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except LumbarSegError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,220 @@
+"""Training data, targets, augmentation, the train/resume loop, evaluation bookkeeping, the bundled model.
+
+Fast (a few seconds each): tiny stand-in phantoms (stacked boxes with VerSe codes) and a tiny network
+configuration; the real phantom generator and the 'cpu' networks are exercised by the bundled model's
+own training (tools/train_bundled.sh).
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+import torch
+import torch.nn.functional as F
+
+from LumbarSegLib import training
+from LumbarSegLib.models import default_model_path, load_model
+from LumbarSegLib.networks import CONFIGS, ModelConfig
+
+TINY = ModelConfig("tiny", localizer_channels=4, localizer_levels=3, localizer_input=(16, 16, 24),
+                   xunet_base=4, xunet_input=(16, 16, 32))
+
+
+def standin_phantom(codes=(18, 19, 20, 21, 22, 23, 24, 26), orientation="LPS", spacing=(4.0, 4.0, 4.0)):
+    """A CT with a 'spine' of bone boxes, one per VerSe code, superior (larger z in LPS) first."""
+    nz = 4 + 6 * len(codes)
+    ct = np.full((nz, 24, 24), -1000, np.int16)
+    ct[:, 4:20, 4:20] = 40  # body
+    lab = np.zeros_like(ct, dtype=np.uint8)
+    z = 2
+    for code in reversed(codes):  # inferior first
+        lab[z:z + 5, 12:17, 9:15] = code
+        ct[z:z + 5, 12:17, 9:15] = 700
+        z += 6
+    images = []
+    for arr in (ct, lab):
+        img = sitk.GetImageFromArray(arr)
+        img.SetSpacing(spacing)
+        img.SetOrigin((-40.0, -30.0, 100.0))
+        images.append(sitk.DICOMOrient(img, orientation))
+    return images[0], images[1]
+
+
+def write_case(folder, stem, codes=(18, 19, 20, 21, 22, 23, 24, 26), seg_stem=None, seg_folder=None,
+               orientation="RAS"):
+    ct, lab = standin_phantom(codes, orientation)
+    folder.mkdir(parents=True, exist_ok=True)
+    (seg_folder or folder).mkdir(parents=True, exist_ok=True)
+    sitk.WriteImage(ct, str(folder / f"{stem}_ct.nii.gz"))
+    sitk.WriteImage(lab, str((seg_folder or folder) / f"{seg_stem or stem + '_seg-vert'}_msk.nii.gz"))
+
+
+def test_finds_flat_nested_and_entity_layouts(tmp_path):
+    write_case(tmp_path, "sub-a")
+    write_case(tmp_path / "rawdata" / "sub-b", "sub-b", seg_folder=tmp_path / "derivatives" / "sub-b")
+    write_case(tmp_path / "x", "sub-c_label-22", seg_stem="sub-c_seg-vert_label-22")
+    (tmp_path / "sub-d_ct.nii.gz").write_bytes(b"")  # no mask: ignored
+    cases = training.find_cases(tmp_path)
+    by_key = {c.ct.name: c.seg for c in cases}
+    assert len(cases) == 3
+    assert by_key["sub-a_ct.nii.gz"].name == "sub-a_seg-vert_msk.nii.gz"
+    assert by_key["sub-b_ct.nii.gz"] == tmp_path / "derivatives" / "sub-b" / "sub-b_seg-vert_msk.nii.gz"
+    assert by_key["sub-c_label-22_ct.nii.gz"].name == "sub-c_seg-vert_label-22_msk.nii.gz"
+    assert len({c.case_id for c in cases}) == 3
+
+
+def test_verse_label_mapping():
+    codes = np.array([0, 17, 19, 20, 21, 22, 23, 24, 25, 26, 28, 300, -5], np.int16)
+    assert training.map_verse_labels(codes).tolist() == [0, 0, 0, 1, 2, 3, 4, 5, 0, 0, 0, 0, 0]
+
+
+def test_heatmap_target_peaks_on_lumbar_spine_and_is_zero_without_it():
+    config = CONFIGS["cpu"]
+    ct, lab = standin_phantom()
+    data = training.precompute_case(ct, lab, config, n_crops=2, seed=1)
+    heat = data["loc_y"].astype(np.float32)
+    assert heat.shape == config.localizer_input[::-1]
+    assert heat.max() == pytest.approx(1.0, abs=1e-3)
+    # The bright region lies on the lumbar boxes (z between L5 and L1), not on T11/T12 or the sacrum.
+    lab_c = training.map_verse_labels(sitk.GetArrayFromImage(training.preprocess.to_canonical(lab)))
+    zs = np.flatnonzero(lab_c.any(axis=(1, 2)))
+    nz = lab_c.shape[0]
+    zpeak = np.flatnonzero((heat >= 0.99).any(axis=(1, 2)))
+    scale = heat.shape[0] / nz
+    assert zpeak.min() >= (zs[0] - 1) * scale and zpeak.max() <= (zs[-1] + 2) * scale
+    assert bool(data["positive"]) and data["present"].tolist() == [1, 2, 3, 4, 5]
+    # Crop 0 is the inference crop rule on the target: it contains all five vertebrae, L1 above L5.
+    y0 = data["crop_y"][0]
+    assert set(np.unique(y0).tolist()) == {0, 1, 2, 3, 4, 5}
+    zc = {k: np.argwhere(y0 == k)[:, 0].mean() for k in range(1, 6)}
+    assert zc[1] > zc[2] > zc[3] > zc[4] > zc[5]
+
+    ct_t, lab_t = standin_phantom(codes=(14, 15, 16, 17, 18, 19))
+    neg = training.precompute_case(ct_t, lab_t, config, n_crops=2, seed=1)
+    assert not neg["loc_y"].any() and not bool(neg["positive"])
+    assert not neg["crop_y"].any()
+    # The negative crop sits on the lowest visible vertebrae (where a localizer would fire).
+    lo, hi = neg["boxes"][0]
+    assert lo[2] == 0 and np.all(hi > lo)
+
+
+def test_augmentation_keeps_labels_aligned_and_z_order():
+    rng = np.random.default_rng(0)
+    img = torch.zeros(1, 1, 32, 24, 24)
+    lab = torch.zeros(1, 1, 32, 24, 24, dtype=torch.long)
+    img[..., 18:26, 8:16, 8:16] = 1.0
+    lab[..., 18:26, 8:16, 8:16] = 1  # superior cube = L1
+    img[..., 6:14, 8:16, 8:16] = 1.0
+    lab[..., 6:14, 8:16, 8:16] = 2  # inferior cube = L2
+    for _ in range(8):
+        grid = training.random_grid(img.shape[2:], rng, elastic=0.015)
+        im2 = F.grid_sample(img, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+        lb2 = F.grid_sample(lab.float(), grid, mode="nearest", padding_mode="zeros", align_corners=False).long()
+        fg_img, fg_lab = (im2 > 0.5)[0, 0], (lb2 > 0)[0, 0]
+        dice = 2 * (fg_img & fg_lab).sum() / (fg_img.sum() + fg_lab.sum())
+        assert dice > 0.85
+        z1 = torch.nonzero(lb2[0, 0] == 1)[:, 0].float().mean()
+        z2 = torch.nonzero(lb2[0, 0] == 2)[:, 0].float().mean()
+        assert z1 > z2  # no flip along z: L1 stays above L2
+    # augment_pair returns a label tensor of the same shape and only known labels; intensities in [0, 1]
+    x, y = training.augment_pair(img, lab, rng, labels=True, p_spatial=1.0)
+    assert y.shape == lab.shape and set(torch.unique(y).tolist()) <= {0, 1, 2}
+    assert float(x.min()) >= 0.0 and float(x.max()) <= 1.0
+
+
+def test_losses_behave():
+    labels = torch.zeros(1, 8, 8, 8, dtype=torch.long)
+    labels[:, 2:6, 2:6, 2:6] = 3
+    perfect = F.one_hot(labels, 6).permute(0, 4, 1, 2, 3).float() * 20
+    assert training.dice_ce_loss(perfect, labels) < 0.05
+    assert training.dice_ce_loss(torch.zeros(1, 6, 8, 8, 8), labels) > 1.0
+    t = torch.zeros(1, 1, 4, 4, 4)
+    assert training.localizer_loss(t, t) == 0
+
+
+def _tiny_cli(monkeypatch):
+    monkeypatch.setitem(training.CONFIGS, "tiny", TINY)
+
+
+def test_two_step_training_writes_loadable_bundle_and_resumes(tmp_path, monkeypatch):
+    _tiny_cli(monkeypatch)
+    data = tmp_path / "data"
+    write_case(data, "sub-001")
+    write_case(data, "sub-002", codes=(14, 15, 16, 17, 18, 19), orientation="LPS")  # thoracic-only negative
+    write_case(data, "sub-003", orientation="LAS")
+    out = tmp_path / "out" / "model.pt"
+    common = [str(data), "-o", str(out), "--config", "tiny", "--cache", str(tmp_path / "cache"),
+              "--checkpoint-dir", str(tmp_path / "ckpt"), "--sequential", "--jobs", "1", "--val-fraction", "0.34",
+              "--crops", "2"]
+    assert training.main(["train", *common, "--max-steps", "2", "--epochs", "5"]) == 0
+    model = load_model(out)
+    assert model.trained and model.config == TINY
+    meta = model.metadata
+    assert meta["training_data"]["cases"] == 3 and meta["training_data"]["without_lumbar"] == 1
+    assert meta["networks"]["xunet"]["steps"] == 2 and meta["finished"]
+    ckpt = tmp_path / "ckpt" / "model.xunet.ckpt"
+    state = torch.load(ckpt, map_location="cpu", weights_only=True)  # plain data only
+    assert state["step"] == 2 and state["done"]
+    assert list((tmp_path / "cache" / "precomputed").glob("*.npz"))
+
+    assert training.main(["train", *common, "--max-steps", "4", "--epochs", "5", "--resume", str(ckpt)]) == 0
+    assert torch.load(ckpt, map_location="cpu", weights_only=True)["step"] == 4
+    assert load_model(out).metadata["networks"]["localizer"]["steps"] == 4
+
+
+def test_seed_ranges_are_disjoint(tmp_path):
+    from LumbarSegLib import evaluation
+
+    with pytest.raises(training.InputError):
+        training.generate_phantoms(tmp_path, 2, training.EVAL_SEED_START - 1)
+    with pytest.raises(training.InputError):
+        evaluation.evaluate_model(None, n=1, seed=5)
+    assert evaluation.EVAL_SEED_START == training.EVAL_SEED_START
+    fov, spacing = training.phantom_spec(3)
+    assert fov in training.TRAIN_FOV_PROBS and 1.6 <= spacing[0] <= 2.4
+    assert training.phantom_spec(3) == (fov, spacing)  # deterministic
+
+
+def test_identity_analysis_counts_wrong_invented_and_missed():
+    from LumbarSegLib.evaluation import identity_analysis
+
+    ref = np.zeros((30, 4, 4), np.uint8)
+    ref[0:10] = 3
+    ref[10:20] = 2
+    pred = np.zeros_like(ref)
+    pred[0:10] = 3  # correct
+    pred[10:20] = 1  # true L2 called L1: wrong identity
+    pred[22:28] = 5  # L5 where the truth has nothing: invented, no overlap
+    r = identity_analysis(pred, ref)
+    assert r["correct"] == ["L3"] and r["wrong"] == ["L1->L2"]
+    assert r["invented"] == ["L1", "L5"] and r["missed"] == ["L2"] and r["no_overlap"] == ["L5"]
+
+
+def test_evaluation_card_on_a_tiny_model(tmp_path, monkeypatch):
+    from LumbarSegLib import evaluation, phantoms
+    from LumbarSegLib.models import save_model
+    from LumbarSegLib.networks import build_networks
+
+    loc, xu = build_networks(TINY)
+    path = save_model(tmp_path / "tiny.pt", TINY, loc, xu, {"training_data": {"cases": 0}})
+    monkeypatch.setattr(phantoms, "load_shape_library", lambda *a, **k: None)
+    card = evaluation.evaluate_model(path, n=1, seed=evaluation.EVAL_SEED_START, fovs=["thoracic"],
+                                     spacing=(6.0, 6.0, 6.0), real_ct=False, log=lambda s: None)
+    assert card["evaluation"]["seeds"] == [100000, 100000]
+    assert set(card["targets"]) == {"mean_dsc", "min_vertebra_dsc", "asd_mm", "identity", "invented_partial_fov"}
+    evaluation.write_card(card, tmp_path / "card.json", tmp_path / "card.md")
+    assert json.loads((tmp_path / "card.json").read_text())["model"]["file"] == "tiny.pt"
+    assert "Held-out evaluation" in (tmp_path / "card.md").read_text()
+
+
+def test_bundled_model_loads_and_is_small():
+    path = default_model_path()
+    if not path.is_file():
+        pytest.skip("bundled model not trained yet")
+    assert path.stat().st_size < 30e6
+    model = load_model(path, allow_untrained=False)
+    assert model.trained and model.config.name == "cpu"
+    assert model.metadata.get("training_data", {}).get("phantoms", {}).get("count", 0) > 0
