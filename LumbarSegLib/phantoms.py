@@ -29,8 +29,11 @@ from scipy import ndimage
 
 __all__ = ["FOV_CHOICES", "generate_phantom", "write_verse_dataset", "load_shape_library", "ShapeLibrary"]
 
-FOV_CHOICES = ("abdomen", "lumbar", "lower", "upper", "thoracic")
-_FOV_PROBS = (0.35, 0.25, 0.15, 0.15, 0.10)
+# "slab": a thin axial slab (20-60 mm) at the thoracolumbar junction above L1, like a limited chest or
+# upper-abdomen series: a negative where T12 must not be called L1. "tight": a small spine-targeted box
+# around two or three lumbar vertebrae, where little context tells which vertebrae they are.
+FOV_CHOICES = ("abdomen", "lumbar", "lower", "upper", "thoracic", "slab", "tight")
+_FOV_PROBS = (0.33, 0.24, 0.14, 0.14, 0.08, 0.04, 0.03)
 
 # VerSe codes
 _T = {i: 7 + i for i in range(1, 13)}  # T1..T12 -> 8..19
@@ -540,6 +543,12 @@ class _Phantom:
             return sac_tip - rng.uniform(0, 80), zc(22) - rng.uniform(0, 10), "top"
         if f == "upper":
             return zc(22) + rng.uniform(-5, 8), zc(17) + rng.uniform(0, 30), "bottom"
+        if f == "slab":
+            lo = top(20) + rng.uniform(1, 30)
+            return lo, lo + rng.uniform(20, 60), "bottom"
+        if f == "tight":
+            first = int(rng.choice([20, 21, 22]))
+            return zc(first + 2) - rng.uniform(0, 12), zc(first) + rng.uniform(0, 12), "mid"
         lo = zc(19) + rng.uniform(8, 20)
         return lo, lo + rng.uniform(90, 220), "bottom"
 
@@ -550,8 +559,11 @@ class _Phantom:
         vm = self.vmap
         spine_c = vm[22].center
         body_w = 2 * self.body_a * 1.08
-        spine_target = self.fov in ("lumbar", "lower") and rng.random() < 0.3
-        fov_xy = rng.uniform(140, 240) if spine_target else body_w + rng.uniform(-30, 90)
+        spine_target = self.fov == "tight" or (self.fov in ("lumbar", "lower") and rng.random() < 0.3)
+        if self.fov == "tight":
+            fov_xy = rng.uniform(90, 140)
+        else:
+            fov_xy = rng.uniform(140, 240) if spine_target else body_w + rng.uniform(-30, 90)
         if spacing is None:
             if shape is not None:
                 sxy = fov_xy / max(shape[0], shape[1])
@@ -1274,7 +1286,7 @@ class _Phantom:
         for attempt in range(4):
             self.slice_tables()
             self.build_bones()
-            if self.fov != "thoracic":
+            if self.fov not in ("thoracic", "slab"):
                 break
             lum = np.isin(self.lab, (20, 21, 22, 23, 24, 25))
             if not lum.any():

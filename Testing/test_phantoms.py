@@ -88,7 +88,25 @@ def test_lower_and_upper_fov():
 def test_random_grid_and_fov():
     ct, lab = phantoms.generate_phantom(41, shape=(64, 64, 48))
     assert ct.GetSize() == (64, 64, 48) == lab.GetSize()
-    assert set(phantoms.FOV_CHOICES) == {"abdomen", "lumbar", "lower", "upper", "thoracic"}
+    assert set(phantoms.FOV_CHOICES) == {"abdomen", "lumbar", "lower", "upper", "thoracic", "slab", "tight"}
+
+
+def test_slab_is_a_thin_negative_above_l1():
+    for seed in (51, 52):
+        ct, lab = phantoms.generate_phantom(seed, spacing=(3.0, 3.0, 2.5), fov="slab")
+        extent_z = ct.GetSize()[2] * ct.GetSpacing()[2]
+        assert extent_z <= 70.0
+        present = set(np.unique(sitk.GetArrayViewFromImage(lab)).tolist())
+        assert not present & {20, 21, 22, 23, 24, 25}
+        assert present & {17, 18, 19}
+
+
+def test_tight_box_shows_two_or_three_lumbar_vertebrae():
+    ct, lab = phantoms.generate_phantom(61, spacing=(2.0, 2.0, 2.0), fov="tight")
+    extent = np.asarray(ct.GetSize()) * np.asarray(ct.GetSpacing())
+    assert extent[0] <= 150 and extent[1] <= 150
+    present = set(np.unique(sitk.GetArrayViewFromImage(lab)).tolist()) & {20, 21, 22, 23, 24}
+    assert 2 <= len(present) <= 4
 
 
 def test_write_verse_dataset(tmp_path):
