@@ -1224,8 +1224,52 @@ class _Phantom:
                     metal[sl] |= np.broadcast_to(_capsule(X, Y, Z, a, b, 2.8) < 0, metal[sl].shape)
         self.metal = metal
 
+    def add_arms(self):
+        """Arms down beside the trunk (common in chest and trauma CT): unlabelled bone near the spine's level."""
+        rng, grid, hu = self.rng, self.grid, self.hu
+        X = grid.x[None, :]
+        Y = grid.y[:, None]
+        r_arm = rng.uniform(35, 50) * self.g
+        r_bone = rng.uniform(9, 13) * self.g
+        gap = rng.uniform(2, 25)
+        for k in range(grid.zyx[0]):
+            a, cy = float(self.t_a[k]), float(self.t_cy[k])
+            for side in (-1.0, 1.0):
+                cx = float(self.t_cx[k]) + side * (a + gap + r_arm)
+                d = np.hypot(X - cx, Y - (cy + rng.normal(0, 1.0)))
+                outside = self.dist_in[k] <= 0
+                arm = (d < r_arm) & outside
+                if not arm.any():
+                    continue
+                sl = hu[k]
+                sl[arm] = np.where(d[arm] > r_arm - rng.uniform(4, 10), self.fat_hu, self.muscle_hu)
+                bone = arm & (d < r_bone)
+                sl[bone] = np.where(d[bone] > r_bone - 2.5, rng.uniform(900, 1400), rng.uniform(-40, 80))
+
+    def add_table(self):
+        """Scanner table under the back: carbon-fibre skins around a foam core, curved across."""
+        rng, grid, hu = self.rng, self.grid, self.hu
+        X = grid.x[None, None, :]
+        Y = grid.y[None, :, None]
+        top = float(np.max(self.t_cy + self.t_b)) + rng.uniform(0.0, 6.0)
+        cx = float(np.mean(self.t_cx))
+        curve = rng.uniform(0.0, 1.0 / 900.0)
+        half_width = rng.uniform(200, 260)
+        depth = (Y - top) - curve * (X - cx) ** 2  # mm below the table's upper surface
+        inside = (depth >= 0) & (np.abs(X - cx) < half_width)
+        skin, core = rng.uniform(1.5, 3.0), rng.uniform(25, 50)
+        shell = inside & ((depth < skin) | ((depth >= skin + core) & (depth < 2 * skin + core)))
+        foam = inside & (depth >= skin) & (depth < skin + core)
+        free = self.dist_in <= 0
+        hu[np.broadcast_to(foam, hu.shape) & free] = rng.uniform(-950, -800)
+        hu[np.broadcast_to(shell, hu.shape) & free] = rng.uniform(150, 500)
+
     def physics(self):
         rng, grid = self.rng, self.grid
+        if rng.random() < 0.6:
+            self.add_table()
+        if rng.random() < (0.5 if self.fov in ("thoracic", "slab", "upper") else 0.15):
+            self.add_arms()
         img = grid.image(self.hu)
         del self.hu
         psf_xy = rng.uniform(0.5, 1.2)
