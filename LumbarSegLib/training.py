@@ -293,25 +293,29 @@ def prepare_cache(cases: list[Case], cache_dir, config: ModelConfig, n_crops: in
 # Phantoms
 # ------------------------------------------------------------------------------------------------------
 
-def phantom_spec(seed: int, spacing_xy=(1.6, 2.4)) -> tuple[str, tuple[float, float, float]]:
-    """Deterministic field of view and (coarse) spacing of training phantom ``seed``."""
+def phantom_spec(seed: int, spacing_xy=(1.6, 2.4), fovs=None) -> tuple[str, tuple[float, float, float]]:
+    """Deterministic field of view and (coarse) spacing of training phantom ``seed``.
+
+    ``fovs`` restricts the mix to those fields of view, drawn uniformly (e.g. extra hard negatives).
+    """
     rng = np.random.default_rng([int(seed), 7919])
-    fovs = list(TRAIN_FOV_PROBS)
-    fov = str(rng.choice(fovs, p=[TRAIN_FOV_PROBS[f] for f in fovs]))
+    probs = {f: 1.0 / len(fovs) for f in fovs} if fovs else TRAIN_FOV_PROBS
+    names = list(probs)
+    fov = str(rng.choice(names, p=[probs[f] for f in names]))
     sxy = float(rng.uniform(*spacing_xy))
     sz = float(rng.choice(TRAIN_Z_SPACINGS))
     return fov, (round(sxy, 3), round(sxy, 3), sz)
 
 
 def _write_phantom(job):
-    seed, outdir, spacing_xy = job
+    seed, outdir, spacing_xy, fovs = job
     from . import phantoms
 
     stem = Path(outdir) / f"sub-ph{seed:06d}"
     ct_path, seg_path = Path(f"{stem}_ct.nii.gz"), Path(f"{stem}_seg-vert_msk.nii.gz")
     if ct_path.is_file() and seg_path.is_file():
         return seed, None
-    fov, spacing = phantom_spec(seed, spacing_xy)
+    fov, spacing = phantom_spec(seed, spacing_xy, fovs)
     try:
         ct, lab = phantoms.generate_phantom(seed, spacing=spacing, fov=fov,
                                             shape_library=phantoms.load_shape_library())
@@ -326,14 +330,14 @@ def _write_phantom(job):
         return seed, f"phantom {seed}: {exc}"
 
 
-def generate_phantoms(outdir, n: int, seed: int, workers: int = 1, spacing_xy=(1.6, 2.4)) -> Path:
+def generate_phantoms(outdir, n: int, seed: int, workers: int = 1, spacing_xy=(1.6, 2.4), fovs=None) -> Path:
     """Write phantoms ``seed .. seed+n-1`` (VerSe layout) into ``outdir``; existing ones are reused."""
     if seed < 0 or seed + n > EVAL_SEED_START:
         raise InputError(f"Training phantom seeds must lie in 0..{EVAL_SEED_START - 1} (seeds from "
                          f"{EVAL_SEED_START} up are reserved for held-out evaluation); got {seed}..{seed + n - 1}.")
     outdir = Path(outdir)
     outdir.mkdir(parents=True, exist_ok=True)
-    jobs = [(s, str(outdir), tuple(spacing_xy)) for s in range(seed, seed + n)]
+    jobs = [(s, str(outdir), tuple(spacing_xy), tuple(fovs) if fovs else None) for s in range(seed, seed + n)]
     for _, err in _pool_map(_write_phantom, jobs, workers, "phantoms"):
         if err:
             print(f"WARNING: {err}", file=sys.stderr)
@@ -917,6 +921,9 @@ def add_train_arguments(p: argparse.ArgumentParser):
     p.add_argument("--seed", type=int, default=0, help="first phantom seed and random seed (default 0)")
     p.add_argument("--phantom-spacing", type=float, nargs=2, default=(1.6, 2.4), metavar=("MIN", "MAX"),
                    help="in-plane spacing range of training phantoms in mm (default 1.6 2.4; z from 1.5-3 mm)")
+    p.add_argument("--phantom-fovs", nargs="+", metavar="FOV",
+                   help="restrict the generated phantoms to these fields of view, drawn uniformly "
+                   "(default: the training mix); e.g. slab tight thoracic for extra hard cases")
     p.add_argument("--cache", help="cache folder for phantoms and precomputed inputs "
                    "(default DATA_DIR/.lumbarseg_cache, or $TMPDIR/lumbarseg_cache with --phantoms only)")
     p.add_argument("--checkpoint-dir", help="folder for resumable checkpoints (default: next to --output)")
@@ -958,14 +965,15 @@ def run_train(args) -> int:
         data_desc["data_dir_cases"] = len(found)
     if args.phantoms:
         sp = tuple(float(s) for s in args.phantom_spacing)
-        ph_dir = cache / f"phantoms_seed{args.seed}_sp{sp[0]:g}-{sp[1]:g}"
-        generate_phantoms(ph_dir, args.phantoms, args.seed, workers=args.jobs, spacing_xy=sp)
+        fov_mix = tuple(args.phantom_fovs) if args.phantom_fovs else None
+        ph_dir = cache / (f"phantoms_seed{args.seed}_sp{sp[0]:g}-{sp[1]:g}" + ("_" + "-".join(fov_mix) if fov_mix else ""))
+        generate_phantoms(ph_dir, args.phantoms, args.seed, workers=args.jobs, spacing_xy=sp, fovs=fov_mix)
         wanted = {f"sub-ph{s:06d}" for s in range(args.seed, args.seed + args.phantoms)}
         ph_cases = [c for c in find_cases(ph_dir) if c.case_id in wanted]
         cases += ph_cases
         fovs: dict[str, int] = {}
         for s in range(args.seed, args.seed + args.phantoms):
-            fov = phantom_spec(s, sp)[0]
+            fov = phantom_spec(s, sp, fov_mix)[0]
             fovs[fov] = fovs.get(fov, 0) + 1
         data_desc["phantoms"] = {"count": len(ph_cases), "seeds": [args.seed, args.seed + args.phantoms - 1],
                                  "fov_counts": fovs, "spacing_xy_mm": list(sp), "spacing_z_mm": list(TRAIN_Z_SPACINGS),
