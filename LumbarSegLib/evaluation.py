@@ -246,6 +246,7 @@ def evaluate_model(model_path=None, n: int = 20, seed: int = EVAL_SEED_START, fo
             "device": device, "minutes": round((time.time() - t_start) / 60, 2),
             **agg,
         },
+        "training_notes": model.metadata.get("notes") or [],
         "targets": targets_status(agg),
         "real_ct": real,
         "cases": [{k: c[k] for k in ("seed", "fov", "size", "spacing", "truth", "found", "identity", "seconds",
@@ -280,8 +281,12 @@ def card_markdown(card: dict) -> str:
         lines.append(f"- {ph.get('count')} synthetic phantoms from `LumbarSegLib.phantoms` (seeds {ph['seeds'][0]}–"
                      f"{ph['seeds'][1]}), fields of view {ph.get('fov_counts')}, in-plane spacing "
                      f"{ph['spacing_xy_mm'][0]}–{ph['spacing_xy_mm'][1]} mm, slice spacing {ph.get('spacing_z_mm')} mm.")
-    if td.get("data_dir"):
+    for folder, count in (td.get("data_dirs") or {}).items():
+        lines.append(f"- {count} cases from `{folder}`.")
+    if td.get("data_dir") and not td.get("data_dirs"):
         lines.append(f"- {td.get('data_dir_cases')} cases from {td['data_dir']}.")
+    for note in (card.get("training_notes") or []):
+        lines.append(f"- {note}")
     lines.append(f"- {td.get('train_cases')} training / {td.get('validation_cases')} validation cases "
                  f"({td.get('with_lumbar')} with and {td.get('without_lumbar')} without lumbar vertebrae), "
                  f"{td.get('crops_per_case')} XUNet crops per case (exact + jittered ground-truth boxes).")

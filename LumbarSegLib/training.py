@@ -646,12 +646,12 @@ def train_worker(kind: str, train_paths, val_paths, config_dict: dict, opts: dic
                 if kind == "localizer":
                     x = torch.from_numpy(it["x"].astype(np.float32))[None, None]
                     y = torch.from_numpy(it["y"].astype(np.float32))[None, None]
-                    x, y = augment_pair(x, y, rng, labels=False, p_spatial=0.6)
+                    x, y = augment_pair(x, y, rng, labels=False, p_spatial=opts.get("spatial_p") or 0.6)
                 else:
                     k = int(rng.integers(len(it["x"])))
                     x = torch.from_numpy(it["x"][k].astype(np.float32))[None, None]
                     y = torch.from_numpy(it["y"][k].astype(np.int64))[None, None]
-                    x, y = augment_pair(x, y, rng, labels=True, p_spatial=0.7)
+                    x, y = augment_pair(x, y, rng, labels=True, p_spatial=opts.get("spatial_p") or 0.7)
                     y = y[:, 0]
                 xs.append(x)
                 ys.append(y)
@@ -901,7 +901,7 @@ def format_mean_sd_table(table: dict, keys=("DSC", "FND", "FPD", "MSD", "ASD")) 
 # ------------------------------------------------------------------------------------------------------
 
 def add_train_arguments(p: argparse.ArgumentParser):
-    p.add_argument("data_dir", nargs="?", help="folder in VerSe layout (*_ct.nii.gz + *_seg-vert_msk.nii.gz); "
+    p.add_argument("data_dir", nargs="*", help="folder(s) in VerSe layout (*_ct.nii.gz + *_seg-vert_msk.nii.gz); "
                    "optional with --phantoms")
     p.add_argument("-o", "--output", required=True, help="model bundle to write (.pt)")
     p.add_argument("--config", choices=sorted(CONFIGS), default="cpu", help="network configuration (default cpu)")
@@ -936,6 +936,9 @@ def add_train_arguments(p: argparse.ArgumentParser):
     p.add_argument("--batch-localizer", type=int, default=2, help="localizer batch size (default 2)")
     p.add_argument("--jobs", type=int, default=2, help="processes for phantom generation / precomputation (default 2)")
     p.add_argument("--max-threads", type=int, default=2, help="threads of the XUNet once the localizer is done (default 2)")
+    p.add_argument("--spatial-p", type=float, help="probability of the spatial augmentation per sample "
+                   "(default 0.6 localizer / 0.7 XUNet)")
+    p.add_argument("--note", action="append", default=[], help="free-text provenance note stored in the bundle (repeatable)")
     p.add_argument("--sequential", action="store_true", help="train the networks one after the other in this process")
 
 
@@ -949,20 +952,20 @@ def run_train(args) -> int:
     if args.cache:
         cache = Path(args.cache)
     elif args.data_dir:
-        cache = Path(args.data_dir) / ".lumbarseg_cache"
+        cache = Path(args.data_dir[0]) / ".lumbarseg_cache"
     else:
         import tempfile
         cache = Path(tempfile.gettempdir()) / "lumbarseg_cache"
     t0 = time.time()
     cases: list[Case] = []
     data_desc: dict = {}
-    if args.data_dir:
-        found = find_cases(args.data_dir)
+    for data_dir in args.data_dir or []:
+        found = find_cases(data_dir)
         if not found:
-            raise InputError(f"No CT + vertebra mask pairs (*_ct.nii.gz + *_seg-vert_msk.nii.gz) in {args.data_dir}.")
+            raise InputError(f"No CT + vertebra mask pairs (*_ct.nii.gz + *_seg-vert_msk.nii.gz) in {data_dir}.")
         cases += found
-        data_desc["data_dir"] = str(Path(args.data_dir).resolve())
-        data_desc["data_dir_cases"] = len(found)
+        data_desc.setdefault("data_dirs", {})[str(Path(data_dir).resolve())] = len(found)
+        data_desc["data_dir_cases"] = data_desc.get("data_dir_cases", 0) + len(found)
     if args.phantoms:
         sp = tuple(float(s) for s in args.phantom_spacing)
         fov_mix = tuple(args.phantom_fovs) if args.phantom_fovs else None
@@ -979,6 +982,10 @@ def run_train(args) -> int:
                                  "fov_counts": fovs, "spacing_xy_mm": list(sp), "spacing_z_mm": list(TRAIN_Z_SPACINGS),
                                  "generator": "LumbarSegLib.phantoms.generate_phantom (default shape library)",
                                  "folder": str(ph_dir)}
+    ids = [c.case_id for c in cases]
+    if len(set(ids)) != len(ids):
+        dup = sorted({i for i in ids if ids.count(i) > 1})
+        raise InputError(f"Case names occur twice across the training folders: {', '.join(dup[:5])}.")
     t_data = time.time()
     paths = prepare_cache(cases, cache / "precomputed", config, n_crops=args.crops, workers=args.jobs)
     cache_by_case = {c.case_id: cache_path(cache / "precomputed", c, config, args.crops) for c in cases}
@@ -993,14 +1000,14 @@ def run_train(args) -> int:
     opts = {"lr": args.lr, "lr_localizer": args.lr_localizer, "batch_xunet": args.batch,
             "batch_localizer": args.batch_localizer, "minutes": args.minutes, "epochs": args.epochs,
             "max_steps": args.max_steps, "localizer_share": args.localizer_share,
-            "ckpt_minutes": args.checkpoint_minutes, "val_minutes": args.val_minutes, "seed": args.seed, "max_threads": args.max_threads,
+            "ckpt_minutes": args.checkpoint_minutes, "val_minutes": args.val_minutes, "spatial_p": args.spatial_p, "seed": args.seed, "max_threads": args.max_threads,
             "sequential": args.sequential, "val_fraction": args.val_fraction, "device": args.device}
     metadata = {
         "config": args.config, "training_data": data_desc, "command": "lumbarseg " + " ".join(
             shlex.quote(a) for a in (sys.argv[sys.argv.index("train"):] if "train" in sys.argv else sys.argv[1:])),
         "options": opts, "created": time.strftime("%Y-%m-%d %H:%M:%S"), "torch": torch.__version__,
         "python": platform.python_version(), "git_commit": _git_commit(),
-        "eval_seed_start": EVAL_SEED_START, "data_preparation_minutes": round((time.time() - t0) / 60, 2),
+        "eval_seed_start": EVAL_SEED_START, "notes": list(args.note or []), "data_preparation_minutes": round((time.time() - t0) / 60, 2),
     }
     ckpt_dir = Path(args.checkpoint_dir) if args.checkpoint_dir else out.parent
     if args.folds and args.folds > 1:

@@ -160,9 +160,14 @@ def test_two_step_training_writes_loadable_bundle_and_resumes(tmp_path, monkeypa
     assert state["step"] == 2 and state["done"]
     assert list((tmp_path / "cache" / "precomputed").glob("*.npz"))
 
-    assert training.main(["train", *common, "--max-steps", "4", "--epochs", "5", "--resume", str(ckpt)]) == 0
+    # Resume with more data (a second folder) and a larger step budget: the step count continues.
+    write_case(tmp_path / "more", "sub-101", orientation="LPI")
+    assert training.main(["train", str(tmp_path / "more"), *common, "--max-steps", "4", "--epochs", "5",
+                          "--resume", str(ckpt), "--spatial-p", "0.3", "--note", "continued"]) == 0
     assert torch.load(ckpt, map_location="cpu", weights_only=True)["step"] == 4
-    assert load_model(out).metadata["networks"]["localizer"]["steps"] == 4
+    meta = load_model(out).metadata
+    assert meta["networks"]["localizer"]["steps"] == 4 and meta["notes"] == ["continued"]
+    assert meta["training_data"]["cases"] == 4 and len(meta["training_data"]["data_dirs"]) == 2
 
 
 def test_seed_ranges_are_disjoint(tmp_path):
@@ -218,3 +223,19 @@ def test_bundled_model_loads_and_is_small():
     model = load_model(path, allow_untrained=False)
     assert model.trained and model.config.name == "cpu"
     assert model.metadata.get("training_data", {}).get("phantoms", {}).get("count", 0) > 0
+
+
+def test_cross_validation_runs_the_pipeline_on_held_out_folds(tmp_path, monkeypatch, capsys):
+    _tiny_cli(monkeypatch)
+    data = tmp_path / "data"
+    for i in range(4):
+        write_case(data, f"sub-{i:03d}", orientation=("RAS", "LPS")[i % 2])
+    out = tmp_path / "cv" / "model.pt"
+    assert training.main(["train", str(data), "-o", str(out), "--config", "tiny", "--cache", str(tmp_path / "c"),
+                          "--sequential", "--jobs", "1", "--crops", "1", "--max-steps", "1", "--epochs", "1",
+                          "--folds", "2", "--device", "cpu"]) == 0
+    cv = json.loads((tmp_path / "cv" / "model.cv.json").read_text())
+    assert cv["folds"] == 2 and len(cv["cases"]) == 4
+    assert set(cv["table"]) == {"L1", "L2", "L3", "L4", "L5"}
+    assert (tmp_path / "cv" / "model.fold1.pt").is_file() and (tmp_path / "cv" / "model.fold2.pt").is_file()
+    assert "DSC" in capsys.readouterr().out
