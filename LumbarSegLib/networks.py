@@ -32,6 +32,10 @@ class ModelConfig:
     xunet_input: tuple[int, int, int]  # (x, y, z) voxels
     window_level: float = 400.0
     window_width: float = 1800.0
+    # Give XUNet its normalised z position as an extra input channel (CoordConv). Which vertebra is L1
+    # depends on where it sits in the crop; a narrow net trained briefly on a CPU learns that slowly
+    # from padding effects alone. Off for the paper configuration (one CT channel, as published).
+    xunet_coords: bool = False
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -48,7 +52,7 @@ CONFIGS = {
     "paper": ModelConfig("paper", localizer_channels=64, localizer_levels=5, localizer_input=(96, 96, 128),
                          xunet_base=32, xunet_input=(64, 64, 128)),
     "cpu": ModelConfig("cpu", localizer_channels=8, localizer_levels=5, localizer_input=(64, 64, 96),
-                       xunet_base=8, xunet_input=(64, 64, 128)),
+                       xunet_base=8, xunet_input=(64, 64, 128), xunet_coords=True),
 }
 
 
@@ -138,8 +142,10 @@ class LocalizerUNet(nn.Module):
 class XUNet(nn.Module):
     """Stage 2: per-voxel logits over background + L1..L5 on the lumbar crop."""
 
-    def __init__(self, base: int = 32, in_ch: int = 1, num_classes: int = NUM_CLASSES):
+    def __init__(self, base: int = 32, in_ch: int = 1, num_classes: int = NUM_CLASSES, coords: bool = False):
         super().__init__()
+        self.coords = coords
+        in_ch += int(coords)
         widths = [base, 2 * base, 4 * base]
         bottom = 8 * base
         self.enc = nn.ModuleList([DoubleConv(in_ch, widths[0]), DoubleConv(widths[0], widths[1]),
@@ -152,6 +158,10 @@ class XUNet(nn.Module):
         self.head = nn.Conv3d(widths[0], num_classes, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.coords:  # z from -1 (inferior face of the crop) to +1 (superior face)
+            n, _, d, h, w = x.shape
+            z = torch.linspace(-1.0, 1.0, d, dtype=x.dtype, device=x.device).view(1, 1, d, 1, 1)
+            x = torch.cat([x, z.expand(n, 1, d, h, w)], dim=1)
         feats = []
         for i, enc in enumerate(self.enc):
             x = enc(x if i == 0 else F.max_pool3d(x, 2))
@@ -163,7 +173,27 @@ class XUNet(nn.Module):
 
 
 def build_networks(config: ModelConfig) -> tuple[LocalizerUNet, XUNet]:
-    return (LocalizerUNet(config.localizer_channels, config.localizer_levels), XUNet(config.xunet_base))
+    return (LocalizerUNet(config.localizer_channels, config.localizer_levels),
+            XUNet(config.xunet_base, coords=config.xunet_coords))
+
+
+def load_compatible_state(module: nn.Module, state: dict):
+    """Load weights; input channels the checkpoint lacks (e.g. a newly added coordinate channel) start at 0.
+
+    With zero weights on the new channel the network computes exactly what the checkpoint did, so
+    training can continue from it.
+    """
+    own = module.state_dict()
+    adapted = {}
+    for k, v in state.items():
+        v = v.float() if v.is_floating_point() else v
+        if k in own and v.dim() == 5 and own[k].dim() == 5 and v.shape[1] < own[k].shape[1] \
+                and v.shape[0] == own[k].shape[0] and v.shape[2:] == own[k].shape[2:]:
+            pad = torch.zeros_like(own[k])
+            pad[:, : v.shape[1]] = v
+            v = pad
+        adapted[k] = v
+    module.load_state_dict(adapted)
 
 
 def count_parameters(module: nn.Module) -> int:

@@ -48,7 +48,7 @@ import torch.nn.functional as F
 from . import preprocess
 from .constants import LABEL_NAMES, NUM_CLASSES, VERSE_LUMBAR
 from .errors import InputError, LumbarSegError
-from .networks import CONFIGS, ModelConfig, build_networks
+from .networks import CONFIGS, ModelConfig, build_networks, load_compatible_state
 
 CACHE_VERSION = 1
 EVAL_SEED_START = 100_000  # phantom seeds >= this are reserved for held-out evaluation
@@ -579,7 +579,7 @@ def train_worker(kind: str, train_paths, val_paths, config_dict: dict, opts: dic
         print(f"[{kind}] resumed from {resume_path}: step {state['step']}, epoch {state['epoch']}, "
               f"{state['elapsed'] / 60:.1f} min done", file=sys.stderr, flush=True)
     elif init_state is not None:
-        net.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in init_state.items()})
+        load_compatible_state(net, init_state)
 
     train_items = _load_items(train_paths, kind)
     val_items = _load_items(val_paths, kind)

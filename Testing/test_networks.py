@@ -70,3 +70,26 @@ def test_cpu_config_is_narrower_than_paper():
     assert all(c < p / 10 for c, p in zip(cpu, paper))
     assert isinstance(build_networks(CONFIGS["cpu"])[0], LocalizerUNet)
     assert isinstance(build_networks(CONFIGS["cpu"])[1], XUNet)
+
+
+def test_xunet_coordinate_channel_and_warm_start():
+    from LumbarSegLib.networks import load_compatible_state
+
+    torch.manual_seed(0)
+    plain = XUNet(8).eval()
+    with_coords = XUNet(8, coords=True).eval()
+    assert with_coords.enc[0][0][0].in_channels == 2
+    # Warm start: the coordinate channel's weights start at zero, so the output is unchanged ...
+    load_compatible_state(with_coords, plain.state_dict())
+    x = torch.rand(1, 1, 32, 16, 16)
+    with torch.no_grad():
+        assert torch.allclose(with_coords(x), plain(x), atol=1e-6)
+        # ... and once they are not zero, the network knows where along z each voxel is.
+        with_coords.enc[0][0][0].weight[:, 1].fill_(0.5)
+        out = with_coords(torch.zeros(1, 1, 32, 16, 16))
+    assert not torch.allclose(out[:, :, 0], out[:, :, -1])
+
+
+def test_cpu_config_uses_coordinates_and_paper_does_not():
+    assert CONFIGS["cpu"].xunet_coords and not CONFIGS["paper"].xunet_coords
+    assert build_networks(CONFIGS["paper"])[1].enc[0][0][0].in_channels == 1
