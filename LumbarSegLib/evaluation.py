@@ -234,7 +234,8 @@ def evaluate_model(model_path=None, n: int = 20, seed: int = EVAL_SEED_START, fo
                   "sha256": hashlib.sha256(path.read_bytes()).hexdigest(),
                   "config": model.config.to_dict()},
         "training": {k: model.metadata.get(k) for k in ("config", "training_data", "training_minutes", "finished",
-                                                         "command", "created", "torch", "git_commit", "options")},
+                                                         "command", "created", "torch", "git_commit", "options",
+                                                         "initialised_from")},
         "training_networks": {k: {kk: v.get(kk) for kk in ("steps", "epochs_completed", "training_minutes",
                                                             "final_train_loss", "final_validation")}
                               for k, v in model.metadata.get("networks", {}).items()},
@@ -304,6 +305,13 @@ def card_markdown(card: dict) -> str:
                     f"negatives fired {_f(fv.get('neg_fired'), 2)}"
         lines.append(f"- {k}: {v.get('steps')} steps, {v.get('epochs_completed')} epochs, "
                      f"{v.get('training_minutes')} min, final train loss {_f(v.get('final_train_loss'), 4)};{extra}")
+    init = tr.get("initialised_from")
+    while init:
+        nets = ", ".join(f"{k} {v.get('steps')} steps / {v.get('training_minutes')} min"
+                         for k, v in (init.get("networks") or {}).items())
+        lines.append(f"- Warm-started from `{init.get('path')}` (itself trained {init.get('training_minutes')} min: "
+                     f"{nets}; command `{init.get('command')}`).")
+        init = init.get("initialised_from")
     lines.append(f"- Command: `{tr.get('command')}` (see `tools/train_bundled.sh`).")
     lines += ["", "## Held-out evaluation (synthetic phantoms)", "",
               f"{ev['phantoms']} phantoms, seeds {ev['seeds'][0]}–{ev['seeds'][1]} ({ev['seed_policy']}); "

@@ -790,6 +790,14 @@ def train_models(train_paths, val_paths, config: ModelConfig, out: Path, ckpt_di
     name = name or out.stem
     ckpts = checkpoint_paths(ckpt_dir, name)
     resume_ckpts, init_bundle = _resume_paths(resume)
+    if init_bundle is not None:  # keep the starting model's provenance (its training time counts too)
+        prev = json.loads(init_bundle.get("metadata_json", "{}"))
+        metadata = dict(metadata, initialised_from={
+            "path": str(resume), "config": init_bundle.get("config"),
+            "training_minutes": prev.get("training_minutes"), "training_data": prev.get("training_data"),
+            "command": prev.get("command"), "initialised_from": prev.get("initialised_from"),
+            "networks": {k: {kk: v.get(kk) for kk in ("steps", "training_minutes", "final_validation")}
+                         for k, v in (prev.get("networks") or {}).items()}})
     flags = {k: ckpt_dir / f"{name}.{k}.done" for k in ckpts}
     for f in flags.values():
         f.unlink(missing_ok=True)

@@ -169,6 +169,15 @@ def test_two_step_training_writes_loadable_bundle_and_resumes(tmp_path, monkeypa
     assert meta["networks"]["localizer"]["steps"] == 4 and meta["notes"] == ["continued"]
     assert meta["training_data"]["cases"] == 4 and len(meta["training_data"]["data_dirs"]) == 2
 
+    # Warm start from a model bundle (fresh optimisers): the starting model's provenance is kept.
+    out2 = tmp_path / "out" / "model2.pt"
+    assert training.main(["train", str(data), "-o", str(out2), "--config", "tiny", "--cache", str(tmp_path / "cache"),
+                          "--checkpoint-dir", str(tmp_path / "ckpt2"), "--sequential", "--jobs", "1", "--crops", "2",
+                          "--max-steps", "1", "--epochs", "1", "--resume", str(out)]) == 0
+    meta2 = load_model(out2).metadata
+    assert meta2["networks"]["xunet"]["steps"] == 1
+    assert meta2["initialised_from"]["networks"]["xunet"]["steps"] == 4
+
 
 def test_seed_ranges_are_disjoint(tmp_path):
     from LumbarSegLib import evaluation
