@@ -382,7 +382,7 @@ def write_card(card: dict, json_path=None, md_path=None):
         write_json(card, json_path)
     if md_path:
         Path(md_path).parent.mkdir(parents=True, exist_ok=True)
-        Path(md_path).write_text(card_markdown(card))
+        Path(md_path).write_text(card_markdown(card), encoding="utf-8")
 
 
 def run_evaluate_model(args) -> int:

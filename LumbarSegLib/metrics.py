@@ -236,7 +236,7 @@ def to_jsonable(obj):
 def write_json(data, path) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(to_jsonable(data), indent=2, allow_nan=False) + "\n")
+    path.write_text(json.dumps(to_jsonable(data), indent=2, allow_nan=False) + "\n", encoding="utf-8")
     return path
 
 
@@ -245,7 +245,7 @@ def write_metrics_csv(metrics: dict[str, dict], path) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     columns = ["vertebra", *METRIC_KEYS, "status", "pred_voxels", "ref_voxels"]
-    with path.open("w", newline="") as fh:
+    with path.open("w", newline="", encoding="utf-8") as fh:
         writer = csv.writer(fh)
         writer.writerow(columns)
         for name, m in metrics.items():
