@@ -19,7 +19,6 @@ reported must be 0).
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import math
 import shlex
@@ -31,7 +30,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from .constants import LABEL_NAMES
-from .errors import InputError, LumbarSegError
+from .errors import InputError
 
 EVAL_SEED_START = 100_000
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -151,7 +150,7 @@ def targets_status(agg: dict) -> dict:
 
 def real_ct_checks(model, device: str = "cpu", data_dir: Path | None = None) -> dict:
     """Sanity checks on the few real CTs under ../shared/data (absent folders are skipped)."""
-    from . import io, metrics
+    from . import io
 
     data_dir = Path(data_dir) if data_dir else SHARED_DATA
     out: dict = {}
@@ -275,7 +274,7 @@ def card_markdown(card: dict) -> str:
               f"input {tuple(model['config']['xunet_input'])}; bone window level {model['config']['window_level']:g} / "
               f"width {model['config']['window_width']:g} HU.",
               f"- File size {model['bytes'] / 1e6:.2f} MB (half-precision weights), SHA-256 `{model['sha256'][:16]}…`.",
-              f"- Method: two-stage localizer heatmap + crop + XUNet of Lu et al. 2023, retrained here on synthetic data.",
+              "- Method: two-stage localizer heatmap + crop + XUNet of Lu et al. 2023, retrained here on synthetic data.",
               ""]
     lines += ["## Training data", ""]
     if ph:
@@ -403,7 +402,7 @@ def register_cli(subparsers):
     p.add_argument("--phantoms", type=int, default=20, help="number of held-out phantoms (default 20)")
     p.add_argument("--seed", type=int, default=EVAL_SEED_START,
                    help=f"first phantom seed, >= {EVAL_SEED_START} (default {EVAL_SEED_START})")
-    p.add_argument("--fov", nargs="+", help="fields of view to cycle through (default: all five)")
+    p.add_argument("--fov", nargs="+", help="fields of view to cycle through (default: every one the phantom generator has)")
     p.add_argument("--spacing", type=float, nargs=3, metavar=("SX", "SY", "SZ"),
                    help="fixed phantom spacing in mm (default: the generator's random clinical spacings)")
     p.add_argument("--device", default="cpu", help="inference device (default cpu)")
@@ -411,19 +410,3 @@ def register_cli(subparsers):
     p.add_argument("-o", "--output", help="model card JSON to write")
     p.add_argument("--card", help="model card Markdown to write")
     p.set_defaults(func=run_evaluate_model)
-
-
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m LumbarSegLib.evaluation")
-    sub = parser.add_subparsers(dest="command", required=True)
-    register_cli(sub)
-    args = parser.parse_args(argv)
-    try:
-        return int(args.func(args) or 0)
-    except LumbarSegError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -731,7 +731,6 @@ class _Phantom:
                 head = vt.center + vt.R @ np.array([sg * 0.42 * vt.W, 0.35 * vt.D, 0.35 * vt.H])
                 tub = vt.center + vt.R @ np.array([sg * (tip[0] - 2), tip[1] + 3, tip[2] - 2])
                 zc = tub[2]
-                k = int(np.clip(np.searchsorted(self.grid.z, zc), 0, len(self.grid.z) - 1)) if False else None
                 # chest wall ellipse at that height
                 a_in, b_in, cx, cy = self.wall_ellipse(zc)
                 a_in -= self.fat_sc + 14

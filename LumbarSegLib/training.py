@@ -1053,19 +1053,3 @@ def register_cli(subparsers):
         evaluation = None
     if evaluation is not None and hasattr(evaluation, "register_cli"):
         evaluation.register_cli(subparsers)
-
-
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m LumbarSegLib.training")
-    sub = parser.add_subparsers(dest="command", required=True)
-    register_cli(sub)
-    args = parser.parse_args(argv)
-    try:
-        return int(args.func(args) or 0)
-    except LumbarSegError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-
-
-if __name__ == "__main__":
-    sys.exit(main())

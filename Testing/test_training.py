@@ -15,7 +15,7 @@ import SimpleITK as sitk
 import torch
 import torch.nn.functional as F
 
-from LumbarSegLib import training
+from LumbarSegLib import cli, training
 from LumbarSegLib.models import default_model_path, load_model
 from LumbarSegLib.networks import CONFIGS, ModelConfig
 
@@ -149,7 +149,7 @@ def test_two_step_training_writes_loadable_bundle_and_resumes(tmp_path, monkeypa
     common = [str(data), "-o", str(out), "--config", "tiny", "--cache", str(tmp_path / "cache"),
               "--checkpoint-dir", str(tmp_path / "ckpt"), "--sequential", "--jobs", "1", "--val-fraction", "0.34",
               "--crops", "2"]
-    assert training.main(["train", *common, "--max-steps", "2", "--epochs", "5"]) == 0
+    assert cli.main(["train", *common, "--max-steps", "2", "--epochs", "5"]) == 0
     model = load_model(out)
     assert model.trained and model.config == TINY
     meta = model.metadata
@@ -162,7 +162,7 @@ def test_two_step_training_writes_loadable_bundle_and_resumes(tmp_path, monkeypa
 
     # Resume with more data (a second folder) and a larger step budget: the step count continues.
     write_case(tmp_path / "more", "sub-101", orientation="LPI")
-    assert training.main(["train", str(tmp_path / "more"), *common, "--max-steps", "4", "--epochs", "5",
+    assert cli.main(["train", str(tmp_path / "more"), *common, "--max-steps", "4", "--epochs", "5",
                           "--resume", str(ckpt), "--spatial-p", "0.3", "--note", "continued"]) == 0
     assert torch.load(ckpt, map_location="cpu", weights_only=True)["step"] == 4
     meta = load_model(out).metadata
@@ -171,7 +171,7 @@ def test_two_step_training_writes_loadable_bundle_and_resumes(tmp_path, monkeypa
 
     # Warm start from a model bundle (fresh optimisers): the starting model's provenance is kept.
     out2 = tmp_path / "out" / "model2.pt"
-    assert training.main(["train", str(data), "-o", str(out2), "--config", "tiny", "--cache", str(tmp_path / "cache"),
+    assert cli.main(["train", str(data), "-o", str(out2), "--config", "tiny", "--cache", str(tmp_path / "cache"),
                           "--checkpoint-dir", str(tmp_path / "ckpt2"), "--sequential", "--jobs", "1", "--crops", "2",
                           "--max-steps", "1", "--epochs", "1", "--resume", str(out)]) == 0
     meta2 = load_model(out2).metadata
@@ -240,7 +240,7 @@ def test_cross_validation_runs_the_pipeline_on_held_out_folds(tmp_path, monkeypa
     for i in range(4):
         write_case(data, f"sub-{i:03d}", orientation=("RAS", "LPS")[i % 2])
     out = tmp_path / "cv" / "model.pt"
-    assert training.main(["train", str(data), "-o", str(out), "--config", "tiny", "--cache", str(tmp_path / "c"),
+    assert cli.main(["train", str(data), "-o", str(out), "--config", "tiny", "--cache", str(tmp_path / "c"),
                           "--sequential", "--jobs", "1", "--crops", "1", "--max-steps", "1", "--epochs", "1",
                           "--folds", "2", "--device", "cpu"]) == 0
     cv = json.loads((tmp_path / "cv" / "model.cv.json").read_text())

@@ -2,8 +2,6 @@
 # The commands that produced Resources/Models/lumbarseg_cpu.pt and its model card
 # (lumbarseg_cpu.json / lumbarseg_cpu.md). Run from the repository root.
 #
-# `python -m LumbarSegLib.training train ...` is the same as `lumbarseg train ...`, and
-# `python -m LumbarSegLib.evaluation evaluate-model ...` the same as `lumbarseg evaluate-model ...`.
 # Scratch data (phantoms, caches, checkpoints, logs) lives under $WORK, outside the repository.
 #
 # Training data (all synthetic: LumbarSegLib.phantoms with the default shape library ../shared/data/masks;
@@ -21,7 +19,7 @@ mkdir -p "$WORK/v2"
 # Started with a 62-min budget; stopped on purpose after the checkpoint at 32 min (XUNet step 720,
 # localizer finished: 800 steps, 18.6 min) because XUNet only predicted L2/L3. The bundle assembled from
 # those checkpoints was kept as $WORK/phase1_lumbarseg_cpu.pt.
-python -m LumbarSegLib.training train --phantoms 400 --seed 0 --phantom-spacing 1.6 2.4 \
+lumbarseg train --phantoms 400 --seed 0 --phantom-spacing 1.6 2.4 \
     --cache "$WORK/cache" --checkpoint-dir "$WORK/ckpt" -o "$WORK/lumbarseg_cpu.pt" \
     --config cpu --minutes 62 --localizer-share 0.3 --val-fraction 0.1 --jobs 2 \
     2>&1 | tee "$WORK/train.log"   # (stopped after the 32-min checkpoint, see above)
@@ -29,7 +27,7 @@ cp "$WORK/lumbarseg_cpu.pt" "$WORK/phase1_lumbarseg_cpu.pt"
 
 # Phase 2 (v2, run by the lead): cpu config with the XUNet z-coordinate channel, warm-started from the
 # phase-1 weights (the new channel's weights start at 0), 68 min on seeds 0-399 plus the 150 hard cases.
-python -m LumbarSegLib.training train "$WORK/cache/phantoms_seed0_sp1.6-2.4" \
+lumbarseg train "$WORK/cache/phantoms_seed0_sp1.6-2.4" \
     --phantoms 150 --seed 20000 --phantom-fovs slab tight thoracic --cache "$WORK/cache" \
     --checkpoint-dir "$WORK/v2/ckpt" --resume "$WORK/phase1_lumbarseg_cpu.pt" -o "$WORK/v2/lumbarseg_cpu.pt" \
     --config cpu --minutes 68 --localizer-share 0.15 --lr 2e-3 --lr-localizer 1e-3 \
@@ -39,7 +37,7 @@ cp "$WORK/v2/lumbarseg_cpu.pt" Resources/Models/lumbarseg_cpu.pt
 
 # Held-out evaluation + model card: phantoms from seed 100000 (the seven fields of view in turn), plus the
 # real-CT checks in ../shared/data. (1 x 1 x 2 mm keeps 21 cases to ~10 min on 2 shared cores.)
-python -m LumbarSegLib.evaluation evaluate-model --model Resources/Models/lumbarseg_cpu.pt \
+lumbarseg evaluate-model --model Resources/Models/lumbarseg_cpu.pt \
     --phantoms 21 --seed 100000 --spacing 1.0 1.0 2.0 \
     -o Resources/Models/lumbarseg_cpu.json --card Resources/Models/lumbarseg_cpu.md \
     2>&1 | tee "$WORK/evaluate.log"
