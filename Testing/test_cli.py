@@ -152,7 +152,7 @@ def test_segment_end_to_end(capsys, ct_file, synthetic_ct, tmp_path, fmt):
     assert labels.GetSize() == ct.GetSize() and labels.GetPixelID() == sitk.sitkUInt8
     np.testing.assert_allclose(labels.GetOrigin(), ct.GetOrigin(), atol=1e-4)
 
-    report = json.loads((out / "report.json").read_text())
+    report = json.loads((out / "report.json").read_text(encoding="utf-8"))
     for key in ("input", "found", "crop_box", "timings_s", "measurements", "metrics", "messages", "model",
                 "stl_coordinate_system", "outputs"):
         assert key in report
@@ -185,7 +185,7 @@ def test_segment_no_spine_found_exits_0(capsys, ct_file, tmp_path, monkeypatch):
     rc, stdout, err = run(capsys, "segment", ct_file, "-o", tmp_path / "out", "--stl", "--preview")
     assert rc == 0
     assert "none - no lumbar spine found" in stdout and "No lumbar spine found" in err
-    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    report = json.loads((tmp_path / "out" / "report.json").read_text(encoding="utf-8"))
     assert report["found"] == [] and report["crop_box"] is None and report["outputs"]["stl"] == {}
 
 
@@ -206,11 +206,11 @@ def test_evaluate_reproduces_hand_computed_metrics(capsys, tmp_path):
     assert l3[:5] == ["L3", "0.8000", "0.1000", "0.1000", "1.00"]
     l4 = next(line for line in stdout.splitlines() if line.startswith("L4")).split()
     assert l4[:4] == ["L4", "0.0000", "1.0000", "0.0000"] and l4[-1] == "missed"
-    data = json.loads((tmp_path / "m.json").read_text())
+    data = json.loads((tmp_path / "m.json").read_text(encoding="utf-8"))
     assert data["reference"]["label_scheme"] == "verse"
     assert data["metrics"]["L3"]["DSC"] == pytest.approx(0.8)
     assert data["metrics"]["L4"]["ASD"] is None
-    assert (tmp_path / "m.csv").read_text().startswith("vertebra,DSC,FND,FPD,MSD,ASD,HD95")
+    assert (tmp_path / "m.csv").read_text(encoding="utf-8").startswith("vertebra,DSC,FND,FPD,MSD,ASD,HD95")
 
 
 def test_evaluate_ct_as_reference_is_clean_error(capsys, tmp_path):

@@ -177,7 +177,7 @@ def test_table_format_and_writers(tmp_path):
     assert lines[-1].startswith("Mean")
 
     metrics.write_json(result, tmp_path / "m.json")
-    data = json.loads((tmp_path / "m.json").read_text())
+    data = json.loads((tmp_path / "m.json").read_text(encoding="utf-8"))
     assert data["L5"]["MSD"] is None and data["L1"]["DSC"] == pytest.approx(0.8)
     metrics.write_metrics_csv(result, tmp_path / "m.csv")
     rows = list(csv.DictReader((tmp_path / "m.csv").open()))

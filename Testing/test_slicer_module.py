@@ -56,7 +56,7 @@ def test_ui_parses_and_declares_its_custom_widgets():
 
 def test_every_widget_the_module_uses_exists_in_the_ui():
     widgets, _ = ui_widgets()
-    used = set(re.findall(r"self\.ui\.(\w+)", MODULE_FILE.read_text()))
+    used = set(re.findall(r"self\.ui\.(\w+)", MODULE_FILE.read_text(encoding="utf-8")))
     assert used, "the Widget should use self.ui.*"
     missing = sorted(used - set(widgets))
     assert not missing, f"used by LumbarSeg.py but absent from the .ui: {missing}"
@@ -107,7 +107,7 @@ def test_module_imports_without_qt_and_does_no_work_at_import():
 
 
 def test_module_file_is_valid_python_with_slicer_structure():
-    tree = ast.parse(MODULE_FILE.read_text())
+    tree = ast.parse(MODULE_FILE.read_text(encoding="utf-8"))
     classes = {n.name: [b.id if isinstance(b, ast.Name) else None for b in n.bases]
                for n in tree.body if isinstance(n, ast.ClassDef)}
     assert classes["LumbarSeg"] == ["ScriptedLoadableModule"]
@@ -277,7 +277,7 @@ def test_cmake_extension_configures(tmp_path):
     result = subprocess.run(["cmake", "-S", str(ROOT), "-B", str(build), f"-DSlicer_DIR={stub}",
                              "-DBUILD_TESTING=ON"], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    manifest = (build / "manifest.txt").read_text().split("\n")
+    manifest = (build / "manifest.txt").read_text(encoding="utf-8").split("\n")
     scripts = {line.split(" ", 1)[1] for line in manifest if line.startswith("SCRIPT ")}
     lib = {f"LumbarSegLib/{p.name}" for p in (ROOT / "LumbarSegLib").glob("*.py")}
     assert scripts == {"LumbarSeg.py"} | lib  # every engine file installs beside the module
@@ -285,8 +285,8 @@ def test_cmake_extension_configures(tmp_path):
         assert (build / "LumbarSeg" / rel).read_bytes() == (ROOT / rel).read_bytes()
     resources = {line.split(" ", 1)[1] for line in manifest if line.startswith("RESOURCE ")}
     assert resources == {"Resources/Icons/LumbarSeg.png", "Resources/UI/LumbarSeg.ui"}
-    assert (build / "unittest.txt").read_text() == "LumbarSeg.py"
-    category, homepage, icon, screenshot, contributors, description = (build / "meta.txt").read_text().split("|")
+    assert (build / "unittest.txt").read_text(encoding="utf-8") == "LumbarSeg.py"
+    category, homepage, icon, screenshot, contributors, description = (build / "meta.txt").read_text(encoding="utf-8").split("|")
     assert category == "Segmentation" and contributors and "L1-L5" in description
     assert homepage.startswith("https://") and icon.endswith("LumbarSeg/Resources/Icons/LumbarSeg.png")
     assert screenshot.endswith("docs/screenshot.png")

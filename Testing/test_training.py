@@ -220,8 +220,8 @@ def test_evaluation_card_on_a_tiny_model(tmp_path, monkeypatch):
     assert card["evaluation"]["seeds"] == [100000, 100000]
     assert set(card["targets"]) == {"mean_dsc", "min_vertebra_dsc", "asd_mm", "identity", "invented_partial_fov"}
     evaluation.write_card(card, tmp_path / "card.json", tmp_path / "card.md")
-    assert json.loads((tmp_path / "card.json").read_text())["model"]["file"] == "tiny.pt"
-    assert "Held-out evaluation" in (tmp_path / "card.md").read_text()
+    assert json.loads((tmp_path / "card.json").read_text(encoding="utf-8"))["model"]["file"] == "tiny.pt"
+    assert "Held-out evaluation" in (tmp_path / "card.md").read_text(encoding="utf-8")
 
 
 def test_bundled_model_loads_and_is_small():
@@ -243,7 +243,7 @@ def test_cross_validation_runs_the_pipeline_on_held_out_folds(tmp_path, monkeypa
     assert cli.main(["train", str(data), "-o", str(out), "--config", "tiny", "--cache", str(tmp_path / "c"),
                           "--sequential", "--jobs", "1", "--crops", "1", "--max-steps", "1", "--epochs", "1",
                           "--folds", "2", "--device", "cpu"]) == 0
-    cv = json.loads((tmp_path / "cv" / "model.cv.json").read_text())
+    cv = json.loads((tmp_path / "cv" / "model.cv.json").read_text(encoding="utf-8"))
     assert cv["folds"] == 2 and len(cv["cases"]) == 4
     assert set(cv["table"]) == {"L1", "L2", "L3", "L4", "L5"}
     assert (tmp_path / "cv" / "model.fold1.pt").is_file() and (tmp_path / "cv" / "model.fold2.pt").is_file()
