@@ -118,3 +118,18 @@ def test_probabilities_to_labels_resamples_smoothly():
     labels = preprocess.probabilities_to_labels(probs, (8, 8, 8))
     assert labels.shape == (8, 8, 8)
     assert (labels[:, :, :4] == 0).all() and (labels[:, :, 4:] == 3).all()
+
+
+def test_bundled_model_reports_no_lumbar_vertebra_on_real_thoracic_series(shared_data):
+    """The classic failure is calling T12 'L1': the real 20-slice T11/T12 series must give no lumbar label."""
+    from LumbarSegLib import io
+    from LumbarSegLib.models import default_model_path, load_model
+
+    if not default_model_path().is_file():
+        pytest.skip("no bundled model")
+    image = io.read_ct(shared_data / "ts_dicom")
+    result = pipeline.segment(image, model=load_model(), device="cpu")
+    assert result.trained
+    assert result.found == []
+    assert sitk.GetArrayViewFromImage(result.labels).max() == 0
+    assert any("No lumbar spine found" in m for m in result.messages)
