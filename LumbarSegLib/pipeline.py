@@ -117,11 +117,7 @@ def clean_labels(labels: np.ndarray, spacing_xyz, messages: list[str]) -> np.nda
     for label, region in enumerate(objects, start=1):
         if region is None:
             continue
-        mask = labels[region] == label
-        components, n = ndimage.label(mask)
-        if n > 1:
-            sizes = np.bincount(components.ravel())[1:]
-            mask = components == (int(np.argmax(sizes)) + 1)
+        mask = preprocess.largest_component(labels[region] == label)
         if mask.sum() < min_voxels:
             continue
         out[region][mask] = label

@@ -85,6 +85,17 @@ def crop_input(canonical_ct: sitk.Image, lo, hi, config) -> np.ndarray:
     return apply_window(hu, config.window_level, config.window_width)
 
 
+def largest_component(mask: np.ndarray) -> np.ndarray:
+    """The largest face-connected component of a boolean mask (the mask itself when it has one or none)."""
+    from scipy import ndimage
+
+    components, n = ndimage.label(mask)
+    if n <= 1:
+        return components > 0
+    sizes = np.bincount(components.ravel())[1:]
+    return components == (int(np.argmax(sizes)) + 1)
+
+
 def heatmap_box(heatmap: np.ndarray, image_size, threshold: float = 0.3, grow: float = 0.1):
     """Paper's crop rule on a heatmap living on the whole-image grid.
 
@@ -92,16 +103,12 @@ def heatmap_box(heatmap: np.ndarray, image_size, threshold: float = 0.3, grow: f
     grow it by ``grow`` x image size per axis, clip to the image. Returns (lo, hi) voxel indices of the
     full-resolution image in (x, y, z) order, or None when the heatmap has no bright region.
     """
-    from scipy import ndimage
-
     peak = float(heatmap.max())
     if not np.isfinite(peak) or peak <= 0:
         return None
-    components, n = ndimage.label(heatmap >= threshold * peak)
-    if n == 0:
+    largest = largest_component(heatmap >= threshold * peak)
+    if not largest.any():
         return None
-    sizes = np.bincount(components.ravel())[1:]
-    largest = components == (int(np.argmax(sizes)) + 1)
     zs, ys, xs = (np.flatnonzero(largest.any(axis=tuple(a for a in range(3) if a != ax))) for ax in range(3))
     grid = np.asarray(heatmap.shape[::-1], dtype=float)  # (x, y, z) grid size of the heatmap
     image_size = np.asarray(image_size, dtype=float)
