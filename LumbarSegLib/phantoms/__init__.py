@@ -1,0 +1,31 @@
+"""Synthetic lumbar-spine CT phantoms with exact VerSe labels (training data for the bundled model).
+
+Everything is built in physical millimetres in patient LPS coordinates (x = patient left, y = posterior,
+z = superior), so anatomy keeps its size whatever the grid. Bones are composed as signed distance fields
+(SDF, mm, negative inside) in local bounding boxes; the label of a voxel is the bone owning the smallest SDF
+there when that SDF is negative, so labels describe exactly what is drawn. Soft tissue is painted per slice
+with broadcasting; the CT is then blurred (scanner PSF) and noised.
+
+Public API: :func:`generate_phantom`, :func:`write_verse_dataset`, :func:`load_shape_library`,
+:data:`FOV_CHOICES`.
+
+Vertebra shapes come either from a procedural model (body with waist and concave endplates, pedicles,
+laminae, spinous/transverse/articular processes, ribs on thoracic levels) or, when a shape library of real
+masks is available (``<repo>/../shared/data/masks``), from real VerSe / TotalSegmentator vertebra masks
+resampled with random scaling and smooth elastic deformation.
+
+Modules, by concern (imports point down the list):
+
+* :mod:`.geometry` - SDF primitives, rotations, the LPS grid, smooth random fields;
+* :mod:`.shapes`   - the shape library of real vertebra masks, VerSe codes;
+* :mod:`.spine`    - vertebra sizes per level, the spinal curve, the procedural vertebra;
+* :mod:`.anatomy`  - drawing the bones (vertebrae, ribs, sacrum, pelvis, femurs, sternum);
+* :mod:`.tissue`   - soft tissue, organs, muscles, vessels, discs, bone density;
+* :mod:`.scanner`  - table, arms, metal, blur, noise;
+* :mod:`.generator` - field of view, grid, assembly (:func:`generate_phantom`), VerSe datasets.
+"""
+
+from .generator import FOV_CHOICES, generate_phantom, write_verse_dataset
+from .shapes import ShapeLibrary, load_shape_library
+
+__all__ = ["FOV_CHOICES", "generate_phantom", "write_verse_dataset", "load_shape_library", "ShapeLibrary"]
