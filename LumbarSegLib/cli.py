@@ -1,4 +1,4 @@
-"""``lumbarseg`` command line: segment, evaluate, phantom, demo (+ training's commands when installed).
+"""``lumbarseg`` command line: segment, evaluate, phantom, demo, and training's train and evaluate-model.
 
 Every user-fixable problem (:class:`errors.LumbarSegError`) ends as one ``lumbarseg: error: ...`` line on
 stderr with exit code 2 - no traceback, because a traceback tells a clinician-user nothing they can act on.
@@ -6,7 +6,7 @@ Running with untrained (random) weights is allowed so the tool works end to end 
 but is announced loudly, since such labels are meaningless.
 
 Subcommand handlers are registered with ``parser.set_defaults(func=handler)`` and return an exit code
-(``None`` counts as 0); other modules adding subcommands (``training.register_cli``) follow the same rule.
+(``None`` counts as 0); other modules adding subcommands (``training.cli.register_cli``) follow the same rule.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from pathlib import Path
 
 import SimpleITK as sitk
 
-from . import __version__
+from . import __version__, phantoms
 from .errors import InputError, LumbarSegError
 
 PROG = "lumbarseg"
@@ -233,16 +233,7 @@ def cmd_evaluate(args) -> int:
     return 0
 
 
-def _phantoms():
-    try:
-        from . import phantoms
-    except ImportError as exc:
-        raise LumbarSegError(f"The phantom generator is not available in this installation ({exc}).") from None
-    return phantoms
-
-
 def cmd_phantom(args) -> int:
-    phantoms = _phantoms()
     if args.n < 1:
         raise InputError("--n must be at least 1.")
     kwargs = {"shape": tuple(args.shape) if args.shape else None,
@@ -263,7 +254,6 @@ def cmd_demo(args) -> int:
 
     from .models import resolve_device
 
-    phantoms = _phantoms()
     resolve_device(args.device)
     outdir = Path(args.output)
     progress = _StageProgress(args.quiet)
@@ -334,17 +324,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="fail when the grids differ instead of resampling REF onto PRED's grid")
     p.set_defaults(func=cmd_evaluate)
 
-    try:
-        from .phantoms import FOV_CHOICES as fov_choices
-    except ImportError:
-        fov_choices = None
     p = sub.add_parser("phantom", help="write synthetic CTs with VerSe-style labels")
     p.add_argument("-o", "--output", required=True, metavar="DIR")
     p.add_argument("--n", type=int, default=1)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--shape", type=int, nargs=3, metavar=("NX", "NY", "NZ"))
     p.add_argument("--spacing", type=float, nargs=3, metavar=("SX", "SY", "SZ"))
-    p.add_argument("--fov", default=None, choices=list(fov_choices) if fov_choices else None)
+    p.add_argument("--fov", default=None, choices=list(phantoms.FOV_CHOICES))
     common(p, model=False)
     p.set_defaults(func=cmd_phantom)
 
@@ -354,12 +340,9 @@ def build_parser() -> argparse.ArgumentParser:
     common(p)
     p.set_defaults(func=cmd_demo)
 
-    try:
-        from . import training
-    except ImportError:
-        training = None
-    if training is not None and hasattr(training, "register_cli"):
-        training.register_cli(sub)
+    from .training import cli as training_cli
+
+    training_cli.register_cli(sub)  # train, evaluate-model
     return parser
 
 

@@ -311,14 +311,25 @@ def detect_label_scheme(values) -> str:
 
 
 def to_internal_labels(array: np.ndarray, scheme: str) -> np.ndarray:
-    """Map a label array of ``scheme`` to 0..5 (uint8); codes that are not L1..L5 become background."""
+    """Map a label array of ``scheme`` to 0..5 (uint8); codes that are not L1..L5 become background.
+
+    The one place where VerSe / TotalSegmentator codes become LumbarSeg labels (reading references,
+    training targets, evaluation truth). Values outside the code range, and non-integer values, are background.
+    """
     lut_source = {"internal": {k: k for k in LABEL_NAMES}, "verse": VERSE_LUMBAR, "totalseg": TOTALSEG_LUMBAR}
     if scheme not in lut_source:
         raise InputError(f"Unknown label scheme '{scheme}': choose one of {', '.join(LABEL_SCHEMES)}.")
-    array = np.asarray(array)
-    out = np.zeros(array.shape, dtype=np.uint8)
+    lut = np.zeros(256, dtype=np.uint8)
     for code, label in lut_source[scheme].items():
-        out[array == code] = label
+        lut[code] = label
+    array = np.asarray(array)
+    if array.dtype == np.uint8:
+        return lut[array]
+    out = np.zeros(array.shape, dtype=np.uint8)
+    inside = (array >= 0) & (array < 256)
+    if not np.issubdtype(array.dtype, np.integer):
+        inside &= array == np.floor(array)
+    out[inside] = lut[array[inside].astype(np.int64)]
     return out
 
 

@@ -15,7 +15,9 @@ import SimpleITK as sitk
 import torch
 import torch.nn.functional as F
 
-from LumbarSegLib import cli, training
+from LumbarSegLib import cli, io, preprocess, training
+from LumbarSegLib.errors import InputError
+from LumbarSegLib.training import evaluation
 from LumbarSegLib.models import default_model_path, load_model
 from LumbarSegLib.networks import CONFIGS, ModelConfig
 
@@ -68,7 +70,7 @@ def test_finds_flat_nested_and_entity_layouts(tmp_path):
 
 def test_verse_label_mapping():
     codes = np.array([0, 17, 19, 20, 21, 22, 23, 24, 25, 26, 28, 300, -5], np.int16)
-    assert training.map_verse_labels(codes).tolist() == [0, 0, 0, 1, 2, 3, 4, 5, 0, 0, 0, 0, 0]
+    assert io.to_internal_labels(codes, "verse").tolist() == [0, 0, 0, 1, 2, 3, 4, 5, 0, 0, 0, 0, 0]
 
 
 def test_heatmap_target_peaks_on_lumbar_spine_and_is_zero_without_it():
@@ -79,7 +81,7 @@ def test_heatmap_target_peaks_on_lumbar_spine_and_is_zero_without_it():
     assert heat.shape == config.localizer_input[::-1]
     assert heat.max() == pytest.approx(1.0, abs=1e-3)
     # The bright region lies on the lumbar boxes (z between L5 and L1), not on T11/T12 or the sacrum.
-    lab_c = training.map_verse_labels(sitk.GetArrayFromImage(training.preprocess.to_canonical(lab)))
+    lab_c = io.to_internal_labels(sitk.GetArrayFromImage(preprocess.to_canonical(lab)), "verse")
     zs = np.flatnonzero(lab_c.any(axis=(1, 2)))
     nz = lab_c.shape[0]
     zpeak = np.flatnonzero((heat >= 0.99).any(axis=(1, 2)))
@@ -136,7 +138,7 @@ def test_losses_behave():
 
 
 def _tiny_cli(monkeypatch):
-    monkeypatch.setitem(training.CONFIGS, "tiny", TINY)
+    monkeypatch.setitem(CONFIGS, "tiny", TINY)
 
 
 def test_two_step_training_writes_loadable_bundle_and_resumes(tmp_path, monkeypatch):
@@ -180,11 +182,9 @@ def test_two_step_training_writes_loadable_bundle_and_resumes(tmp_path, monkeypa
 
 
 def test_seed_ranges_are_disjoint(tmp_path):
-    from LumbarSegLib import evaluation
-
-    with pytest.raises(training.InputError):
+    with pytest.raises(InputError):
         training.generate_phantoms(tmp_path, 2, training.EVAL_SEED_START - 1)
-    with pytest.raises(training.InputError):
+    with pytest.raises(InputError):
         evaluation.evaluate_model(None, n=1, seed=5)
     assert evaluation.EVAL_SEED_START == training.EVAL_SEED_START
     fov, spacing = training.phantom_spec(3)
@@ -193,8 +193,6 @@ def test_seed_ranges_are_disjoint(tmp_path):
 
 
 def test_identity_analysis_counts_wrong_invented_and_missed():
-    from LumbarSegLib.evaluation import identity_analysis
-
     ref = np.zeros((30, 4, 4), np.uint8)
     ref[0:10] = 3
     ref[10:20] = 2
@@ -202,13 +200,13 @@ def test_identity_analysis_counts_wrong_invented_and_missed():
     pred[0:10] = 3  # correct
     pred[10:20] = 1  # true L2 called L1: wrong identity
     pred[22:28] = 5  # L5 where the truth has nothing: invented, no overlap
-    r = identity_analysis(pred, ref)
+    r = evaluation.identity_analysis(pred, ref)
     assert r["correct"] == ["L3"] and r["wrong"] == ["L1->L2"]
     assert r["invented"] == ["L1", "L5"] and r["missed"] == ["L2"] and r["no_overlap"] == ["L5"]
 
 
 def test_evaluation_card_on_a_tiny_model(tmp_path, monkeypatch):
-    from LumbarSegLib import evaluation, phantoms
+    from LumbarSegLib import phantoms
     from LumbarSegLib.models import save_model
     from LumbarSegLib.networks import build_networks
 

@@ -5,7 +5,7 @@
 # Scratch data (phantoms, caches, checkpoints, logs) lives under $WORK, outside the repository.
 #
 # Training data (all synthetic: LumbarSegLib.phantoms with the default shape library ../shared/data/masks;
-# spacing deterministic per seed, training.phantom_spec: in-plane 1.6-2.4 mm, slices 1.5/2/2.5/3 mm):
+# spacing deterministic per seed, training.data.phantom_spec: in-plane 1.6-2.4 mm, slices 1.5/2/2.5/3 mm):
 #   seeds     0-399   training mix: abdomen 30 % / lumbar 25 % / lower 15 % / upper 15 % / thoracic 15 %
 #                     (generated 17:30-17:42 with the phantoms.py of that time: before the scanner
 #                     table/arms and the 'slab'/'tight' fields of view were added)

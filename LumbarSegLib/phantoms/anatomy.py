@@ -250,4 +250,3 @@ class _Skeleton:
         if self.t_thor.max() > 0.5:
             self.draw_sternum()
         self.lab[self.sdf >= 0] = 0
-

@@ -183,7 +183,7 @@ class _Phantom(_Skeleton, _SoftTissue, _Scanner):
     def body_cy(self):
         return self.vmap[22].center[1] + self.back - self.body_b
 
-
+    # --- assembly: the order of the steps fixes the random stream of a seed ----------------------------
     def run(self):
         rng = self.rng
         self.body_cx_off = rng.normal(0, 8)

@@ -9,6 +9,7 @@ import numpy as np
 import SimpleITK as sitk
 from scipy import ndimage
 
+
 def _smin(a, b, k):
     """Polynomial smooth minimum (union with a fillet of size ~k mm)."""
     if k <= 0:
@@ -127,4 +128,3 @@ def _smooth_field(grid, rng, cell, smooth=1.0, zsl=slice(None)):
     ref.SetOrigin([float(o) for o in org])
     out = sitk.Resample(img, ref, sitk.Transform(), sitk.sitkLinear, 0.0, sitk.sitkFloat32)
     return sitk.GetArrayFromImage(out)
-

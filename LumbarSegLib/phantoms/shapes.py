@@ -49,6 +49,7 @@ class ShapeLibrary:
 def _default_masks_root():
     return Path(__file__).resolve().parents[3] / "shared" / "data" / "masks"
 
+
 def _map_codes(path: Path, arr):
     """Return an int array with VerSe codes (TotalSegmentator v2 codes converted)."""
     name = path.name.lower()
@@ -153,4 +154,3 @@ def load_shape_library(root=None) -> ShapeLibrary | None:
     if not root.is_dir():
         return None
     return _load_library_cached(str(root.resolve()))
-

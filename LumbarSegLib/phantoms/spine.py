@@ -182,4 +182,3 @@ def _elastic(rng, amp):
         return out
 
     return disp
-

@@ -1,7 +1,7 @@
 """Held-out evaluation of a model bundle and its model card (JSON + Markdown).
 
 ``lumbarseg evaluate-model`` generates phantoms with seeds that training never uses (training phantoms:
-seeds 0-99999, see :data:`training.EVAL_SEED_START`; evaluation: 100000 and up), runs the full inference
+seeds 0-99999, see :data:`.data.EVAL_SEED_START`; evaluation: 100000 and up), runs the full inference
 pipeline (:func:`pipeline.segment`) on each and compares with the phantom's labels (:func:`metrics.compare`):
 
 * per vertebra: DSC, FND, FPD, MSD, ASD, HD95 as mean ± sd over the cases whose truth contains that
@@ -29,11 +29,12 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
-from .constants import LABEL_NAMES
-from .errors import InputError
+from ..constants import LABEL_NAMES
+from ..errors import InputError
+from ..io import to_internal_labels
+from .data import EVAL_SEED_START
 
-EVAL_SEED_START = 100_000
-REPO_ROOT = Path(__file__).resolve().parent.parent
+REPO_ROOT = Path(__file__).resolve().parents[2]
 SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
 TARGETS = {"mean_dsc": 0.95, "min_vertebra_dsc": 0.92, "max_asd_mm": 0.5, "identity": 0.98,
            "invented_partial_fov": 0}
@@ -69,13 +70,11 @@ def identity_analysis(pred: np.ndarray, ref: np.ndarray) -> dict:
 
 
 def _labels_array(image: sitk.Image) -> np.ndarray:
-    from .training import map_verse_labels
-
-    return map_verse_labels(sitk.GetArrayFromImage(image))
+    return to_internal_labels(sitk.GetArrayFromImage(image), "verse")
 
 
 def evaluate_case(ct: sitk.Image, ref: np.ndarray, model, device: str = "cpu") -> dict:
-    from . import metrics, pipeline
+    from .. import metrics, pipeline
 
     t0 = time.perf_counter()
     res = pipeline.segment(ct, model=model, device=device)
@@ -150,7 +149,7 @@ def targets_status(agg: dict) -> dict:
 
 def real_ct_checks(model, device: str = "cpu", data_dir: Path | None = None) -> dict:
     """Sanity checks on the few real CTs under ../shared/data (absent folders are skipped)."""
-    from . import io
+    from .. import io
 
     data_dir = Path(data_dir) if data_dir else SHARED_DATA
     out: dict = {}
@@ -177,7 +176,7 @@ def real_ct_checks(model, device: str = "cpu", data_dir: Path | None = None) -> 
             out["tptbox_l3"] = {"error": str(exc)}
     dcm = data_dir / "ts_dicom"
     if dcm.is_dir():
-        from . import pipeline
+        from .. import pipeline
 
         try:
             ct = io.read_ct(dcm)
@@ -197,8 +196,8 @@ def real_ct_checks(model, device: str = "cpu", data_dir: Path | None = None) -> 
 def evaluate_model(model_path=None, n: int = 20, seed: int = EVAL_SEED_START, fovs=None, spacing=None,
                    device: str = "cpu", real_ct: bool = True, log=print) -> dict:
     """Run the held-out phantom evaluation (and real-CT checks); returns the model card dictionary."""
-    from . import phantoms
-    from .models import load_model
+    from .. import phantoms
+    from ..models import load_model
 
     if seed < EVAL_SEED_START:
         raise InputError(f"Evaluation phantom seeds must be >= {EVAL_SEED_START} (lower seeds are training seeds); "
@@ -375,7 +374,7 @@ def card_markdown(card: dict) -> str:
 
 
 def write_card(card: dict, json_path=None, md_path=None):
-    from .metrics import write_json
+    from ..metrics import write_json
 
     if json_path:
         write_json(card, json_path)

@@ -1,0 +1,254 @@
+"""The training loop of one network (:func:`train_worker`): batches, learning-rate schedule, periodic
+validation, resumable checkpoints (``weights_only``-loadable)."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .. import preprocess
+from ..constants import LABEL_NAMES
+from ..networks import ModelConfig, build_networks, load_compatible_state
+from .augmentation import augment_pair
+from .losses import _box_iou, dice_ce_loss, dice_per_label, localizer_loss
+
+
+def _load_items(paths, kind: str):
+    items = []
+    for p in paths:
+        with np.load(p) as z:
+            if kind == "localizer":
+                items.append({"x": z["loc_x"], "y": z["loc_y"], "positive": bool(z["positive"]),
+                              "size": z["image_size"]})
+            else:
+                items.append({"x": z["crop_x"], "y": z["crop_y"], "positive": bool(z["positive"])})
+    return items
+
+
+def _lr(base: float, progress: float, step: int, warmup: int = 20) -> float:
+    warm = min(1.0, (step + 1) / warmup)
+    return base * warm * (0.02 + 0.98 * 0.5 * (1.0 + math.cos(math.pi * min(max(progress, 0.0), 1.0))))
+
+
+def _validate(kind: str, net, items) -> dict:
+    if not items:
+        return {}
+    net.eval()
+    out: dict = {}
+    with torch.inference_mode():
+        if kind == "localizer":
+            losses, ious, pos_peaks, neg_peaks = [], [], [], []
+            for it in items:
+                x = torch.from_numpy(it["x"].astype(np.float32))[None, None]
+                y = torch.from_numpy(it["y"].astype(np.float32))[None, None]
+                p = net(x)
+                losses.append(float(localizer_loss(p, y)))
+                heat = p[0, 0].numpy()
+                if it["positive"]:
+                    pos_peaks.append(float(heat.max()))
+                    a = preprocess.heatmap_box(heat, it["size"])
+                    b = preprocess.heatmap_box(it["y"].astype(np.float32), it["size"])
+                    ious.append(_box_iou(a, b))
+                else:
+                    neg_peaks.append(float(heat.max()))
+            out = {"val_loss": float(np.mean(losses)), "box_iou": float(np.mean(ious)) if ious else float("nan"),
+                   "pos_found": float(np.mean([v >= 0.35 for v in pos_peaks])) if pos_peaks else float("nan"),
+                   "neg_fired": float(np.mean([v >= 0.35 for v in neg_peaks])) if neg_peaks else float("nan")}
+        else:
+            per = {k: [] for k in LABEL_NAMES}
+            losses, neg_fp = [], []
+            for it in items:
+                x = torch.from_numpy(it["x"][0].astype(np.float32))[None, None]
+                y = torch.from_numpy(it["y"][0].astype(np.int64))[None]
+                logits = net(x)
+                losses.append(float(dice_ce_loss(logits, y)))
+                pred = logits.argmax(1)[0].numpy()
+                if it["positive"]:
+                    for k, v in dice_per_label(pred, it["y"][0]).items():
+                        per[k].append(v)
+                else:
+                    neg_fp.append(float((pred > 0).mean()))
+            out = {"val_loss": float(np.mean(losses))}
+            for k, v in per.items():
+                out[f"dice_{LABEL_NAMES[k]}"] = float(np.mean(v)) if v else float("nan")
+            vals = [out[f"dice_{n}"] for n in LABEL_NAMES.values() if math.isfinite(out[f"dice_{n}"])]
+            out["dice_mean"] = float(np.mean(vals)) if vals else float("nan")
+            out["neg_fp_fraction"] = float(np.mean(neg_fp)) if neg_fp else float("nan")
+    net.train()
+    return out
+
+
+def _format_val(kind: str, v: dict) -> str:
+    if not v:
+        return "no validation cases"
+    if kind == "localizer":
+        return (f"val loss {v['val_loss']:.4f}  box IoU {v['box_iou']:.3f}  lumbar found {v['pos_found']:.2f}  "
+                f"negatives fired {v['neg_fired']:.2f}")
+    dice = "  ".join(f"{n} {v[f'dice_{n}']:.3f}" for n in LABEL_NAMES.values())
+    return f"val loss {v['val_loss']:.4f}  Dice {dice}  mean {v['dice_mean']:.3f}  negatives FP {v['neg_fp_fraction']:.4f}"
+
+
+def checkpoint_paths(ckpt_dir, name: str) -> dict[str, Path]:
+    ckpt_dir = Path(ckpt_dir)
+    return {k: ckpt_dir / f"{name}.{k}.ckpt" for k in ("localizer", "xunet")}
+
+
+def _save_ckpt(path: Path, state: dict):
+    tmp = path.with_suffix(".tmp")
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+
+
+def load_checkpoint(path) -> dict:
+    """A training checkpoint (plain tensors/numbers/strings: loads with ``weights_only=True``)."""
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def train_worker(kind: str, train_paths, val_paths, config_dict: dict, opts: dict, ckpt_path: str,
+                 resume_path: str | None, init_state: dict | None = None, done_flag: str | None = None,
+                 other_done_flag: str | None = None):
+    """Train one network; runs in its own process. ``opts``: lr, batch, minutes, epochs, ckpt_minutes, ..."""
+    from tqdm import tqdm
+
+    torch.set_num_threads(int(opts.get("threads", 1)))
+    torch.manual_seed(int(opts.get("seed", 0)) + (0 if kind == "localizer" else 1))
+    rng = np.random.default_rng([int(opts.get("seed", 0)), 0 if kind == "localizer" else 1])
+    config = ModelConfig.from_dict(config_dict)
+    loc, xu = build_networks(config)
+    net = loc if kind == "localizer" else xu
+    net = net.to(memory_format=torch.channels_last_3d)
+    optim = torch.optim.Adam(net.parameters(), lr=opts["lr"])
+    state = {"step": 0, "epoch": 0, "elapsed": 0.0, "history": []}
+    if resume_path and Path(resume_path).is_file():
+        ck = load_checkpoint(resume_path)
+        net.load_state_dict(ck["state"])
+        optim.load_state_dict(ck["optim"])
+        state = {"step": int(ck["step"]), "epoch": int(ck["epoch"]), "elapsed": float(ck["elapsed"]),
+                 "history": json.loads(ck.get("history_json", "[]"))}
+        print(f"[{kind}] resumed from {resume_path}: step {state['step']}, epoch {state['epoch']}, "
+              f"{state['elapsed'] / 60:.1f} min done", file=sys.stderr, flush=True)
+    elif init_state is not None:
+        load_compatible_state(net, init_state)
+
+    train_items = _load_items(train_paths, kind)
+    val_items = _load_items(val_paths, kind)
+    budget_s = float(opts["minutes"]) * 60.0 if opts.get("minutes") else None
+    max_epochs = opts.get("epochs")
+    max_steps = opts.get("max_steps")
+    batch = int(opts.get("batch", 1))
+    steps_per_epoch = max(1, math.ceil(len(train_items) / batch))
+    total_steps = (max_epochs * steps_per_epoch) if max_epochs else None
+    if max_steps:
+        total_steps = min(total_steps, max_steps) if total_steps else max_steps
+
+    def progress() -> float:
+        fr = []
+        if budget_s:
+            fr.append(state["elapsed"] / budget_s)
+        if total_steps:
+            fr.append(state["step"] / total_steps)
+        return max(fr) if fr else 0.0
+
+    def finished() -> bool:
+        return progress() >= 1.0
+
+    def save(done: bool, last_val: dict | None = None, train_loss: float | None = None):
+        _save_ckpt(Path(ckpt_path), {
+            "kind": kind, "config": config.to_dict(), "state": net.state_dict(), "optim": optim.state_dict(),
+            "step": state["step"], "epoch": state["epoch"], "elapsed": state["elapsed"], "done": done,
+            "history_json": json.dumps(state["history"]), "opts_json": json.dumps(opts),
+            "last_val_json": json.dumps(last_val or {}), "train_loss": float(train_loss or float("nan")),
+        })
+
+    t_last = time.time()
+    last_ckpt = last_val_time = time.time()
+    ema = None
+    last_val: dict = state["history"][-1]["val"] if state["history"] else {}
+    threads_now = torch.get_num_threads()
+    bar = tqdm(total=total_steps, initial=state["step"], desc=kind, mininterval=float(opts.get("tqdm_interval", 10)),
+               file=sys.stderr, dynamic_ncols=False, ncols=110)
+
+    def validate(label: str):
+        nonlocal last_val, t_last, last_ckpt, last_val_time
+        t0 = time.time()
+        last_val = _validate(kind, net, val_items)
+        state["elapsed"] += time.time() - t0  # validation counts towards the wall-time budget
+        t_last = last_ckpt = last_val_time = time.time()
+        state["history"].append({"epoch": state["epoch"], "step": state["step"],
+                                 "minutes": round(state["elapsed"] / 60, 2), "train_loss": ema, "val": last_val})
+        bar.write(f"[{kind}] {label} epoch {state['epoch']} step {state['step']} {state['elapsed'] / 60:.1f} min  "
+                  f"train loss {ema if ema is not None else float('nan'):.4f}  {_format_val(kind, last_val)}")
+        save(False, last_val, ema)
+
+    net.train()
+    val_every = float(opts.get("val_minutes", 10)) * 60
+    while not finished():
+        order = rng.permutation(len(train_items))
+        epoch_complete = True
+        for start in range(0, len(order), batch):
+            if finished():
+                epoch_complete = False
+                break
+            xs, ys = [], []
+            for i in order[start:start + batch]:
+                it = train_items[i]
+                if kind == "localizer":
+                    x = torch.from_numpy(it["x"].astype(np.float32))[None, None]
+                    y = torch.from_numpy(it["y"].astype(np.float32))[None, None]
+                    x, y = augment_pair(x, y, rng, labels=False, p_spatial=opts.get("spatial_p") or 0.6)
+                else:
+                    k = int(rng.integers(len(it["x"])))
+                    x = torch.from_numpy(it["x"][k].astype(np.float32))[None, None]
+                    y = torch.from_numpy(it["y"][k].astype(np.int64))[None, None]
+                    x, y = augment_pair(x, y, rng, labels=True, p_spatial=opts.get("spatial_p") or 0.7)
+                    y = y[:, 0]
+                xs.append(x)
+                ys.append(y)
+            x = torch.cat(xs).contiguous(memory_format=torch.channels_last_3d)
+            y = torch.cat(ys)
+            for g in optim.param_groups:
+                g["lr"] = _lr(opts["lr"], progress(), state["step"])
+            out = net(x)
+            loss = localizer_loss(out, y) if kind == "localizer" else dice_ce_loss(out, y)
+            optim.zero_grad(set_to_none=True)
+            loss.backward()
+            optim.step()
+            lv = loss.item()
+            ema = lv if ema is None else 0.95 * ema + 0.05 * lv
+            state["step"] += 1
+            now = time.time()
+            state["elapsed"] += now - t_last
+            t_last = now
+            bar.update(1)
+            bar.set_postfix_str(f"ep {state['epoch']} loss {ema:.4f} lr {optim.param_groups[0]['lr']:.1e} "
+                                f"{state['elapsed'] / 60:.0f}min", refresh=False)
+            if val_items and now - last_val_time > val_every and not finished():
+                validate("periodic")
+            elif now - last_ckpt > float(opts.get("ckpt_minutes", 5)) * 60:
+                save(False, last_val, ema)
+                last_ckpt = now
+            if other_done_flag and threads_now < int(opts.get("max_threads", 1)) and Path(other_done_flag).exists():
+                threads_now = int(opts.get("max_threads", 1))
+                torch.set_num_threads(threads_now)
+                bar.write(f"[{kind}] the other network finished: now using {threads_now} threads")
+        if epoch_complete:
+            state["epoch"] += 1
+            if not finished():
+                validate("end of")
+    bar.close()
+    # Final validation (the budget usually ends mid-epoch).
+    last_val = _validate(kind, net, val_items)
+    state["history"].append({"epoch": state["epoch"], "step": state["step"], "minutes": round(state["elapsed"] / 60, 2),
+                             "train_loss": ema, "val": last_val, "final": True})
+    print(f"[{kind}] done: step {state['step']} epoch {state['epoch']} {state['elapsed'] / 60:.1f} min  "
+          f"{_format_val(kind, last_val)}", file=sys.stderr, flush=True)
+    save(True, last_val, ema)
+    if done_flag:
+        Path(done_flag).write_text("done\n")
