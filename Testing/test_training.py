@@ -246,3 +246,71 @@ def test_cross_validation_runs_the_pipeline_on_held_out_folds(tmp_path, monkeypa
     assert set(cv["table"]) == {"L1", "L2", "L3", "L4", "L5"}
     assert (tmp_path / "cv" / "model.fold1.pt").is_file() and (tmp_path / "cv" / "model.fold2.pt").is_file()
     assert "DSC" in capsys.readouterr().out
+
+
+def test_epoch_batches_cover_each_case_once_per_epoch_and_samples_are_keyed():
+    from LumbarSegLib.training.samples import AugmentedSamples, EpochBatches
+
+    batches = EpochBatches(5, 2, seed=3, kind="xunet", first_epoch=4)
+    assert batches.steps_per_epoch() == 3
+    it = iter(batches)
+    first = [next(it) for _ in range(6)]  # two epochs
+    assert [len(b) for b in first] == [2, 2, 1, 2, 2, 1]
+    for epoch, chunk in ((4, first[:3]), (5, first[3:])):
+        keys = [k for b in chunk for k in b]
+        assert {e for e, _ in keys} == {epoch} and sorted(i for _, i in keys) == [0, 1, 2, 3, 4]
+    assert [k for b in first[:3] for k in b] != [(5, i) for _, i in (k for b in first[3:] for k in b)]  # reshuffled
+    rng = np.random.default_rng(0)
+    items = [{"x": rng.random((2, 16, 12, 12)).astype(np.float16),
+              "y": rng.integers(0, 6, (2, 16, 12, 12)).astype(np.uint8), "positive": True}]
+    samples = AugmentedSamples(items, "xunet", seed=1, p_spatial=1.0)
+    x1, y1 = samples[(0, 0)]
+    x2, y2 = samples[(0, 0)]
+    x3, _ = samples[(1, 0)]
+    assert x1.shape == (1, 16, 12, 12) and y1.shape == (16, 12, 12) and y1.dtype == torch.int64
+    assert torch.equal(x1, x2) and torch.equal(y1, y2)  # the key alone decides the augmentation
+    assert not torch.equal(x1, x3)
+
+
+def test_gpu_path_on_the_cpu_loader_workers_and_bfloat16(tmp_path, monkeypatch):
+    """What CUDA runs (networks one after the other, batches augmented in loader worker processes,
+    bfloat16 autocast), exercised on the CPU with tiny settings."""
+    _tiny_cli(monkeypatch)
+    data = tmp_path / "data"
+    write_case(data, "sub-001")
+    write_case(data, "sub-002", codes=(14, 15, 16, 17, 18, 19), orientation="LPS")
+    write_case(data, "sub-003", orientation="LAS")
+
+    def train(name, *extra):
+        out = tmp_path / name / "model.pt"
+        assert cli.main(["train", str(data), "-o", str(out), "--config", "tiny", "--cache", str(tmp_path / "cache"),
+                         "--device", "cpu", "--sequential", "--jobs", "1", "--crops", "2", "--val-fraction", "0.34",
+                         "--batch", "2", "--batch-localizer", "2", "--max-steps", "3", "--epochs", "3",
+                         *extra]) == 0
+        return load_model(out), torch.load(out.with_name("model.xunet.ckpt"), map_location="cpu", weights_only=True)
+
+    # The same batches whoever augments them: no worker or two forked workers train identical weights.
+    _, ck0 = train("w0", "--loader-workers", "0")
+    _, ck2 = train("w2", "--loader-workers", "2")
+    assert ck0["step"] == ck2["step"] == 3
+    assert all(torch.equal(ck0["state"][k], ck2["state"][k]) for k in ck0["state"])
+
+    model, ck = train("bf16", "--loader-workers", "2", "--precision", "bfloat16")
+    meta = model.metadata
+    assert meta["options"]["precision"] == "bfloat16" and meta["options"]["loader_workers"] == 2
+    assert meta["options"]["batch_xunet"] == 2 and meta["finished"]
+    for k in ("localizer", "xunet"):
+        net = meta["networks"][k]
+        assert net["steps"] == 3 and np.isfinite(net["final_train_loss"])
+        assert np.isfinite(net["final_validation"]["val_loss"])
+    assert all(torch.isfinite(v).all() for v in ck["state"].values() if v.is_floating_point())
+
+
+def test_training_device_and_batch_options_are_checked(tmp_path, capsys):
+    rc = cli.main(["train", "--phantoms", "1", "-o", str(tmp_path / "m.pt"), "--minutes", "1", "--batch", "0"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "--batch must be at least 1" in err and "Traceback" not in err
+    if not torch.cuda.is_available():
+        rc = cli.main(["train", "--phantoms", "1", "-o", str(tmp_path / "m.pt"), "--minutes", "1", "--device", "cuda"])
+        err = capsys.readouterr().err
+        assert rc == 2 and "no CUDA GPU" in err

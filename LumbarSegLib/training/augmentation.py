@@ -59,7 +59,7 @@ def _gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
 
 
 def augment_intensity(x: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:
-    """Windowed-domain intensity jitter of a (1, 1, D, H, W) image in [0, 1]."""
+    """Windowed-domain intensity jitter of a (1, 1, D, H, W) image in [0, 1] (all randomness from ``rng``)."""
     if rng.random() < 0.3:
         x = x.clamp(0, 1) ** float(math.exp(rng.uniform(-0.3, 0.3)))
     if rng.random() < 0.5:
@@ -67,7 +67,7 @@ def augment_intensity(x: torch.Tensor, rng: np.random.Generator) -> torch.Tensor
     if rng.random() < 0.2:
         x = _gaussian_blur(x, float(rng.uniform(0.4, 1.0)))
     if rng.random() < 0.3:
-        x = x + torch.randn_like(x) * float(rng.uniform(0.0, 0.03))
+        x = x + torch.from_numpy(rng.standard_normal(tuple(x.shape), dtype=np.float32)) * float(rng.uniform(0.0, 0.03))
     return x.clamp(0.0, 1.0)
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import platform
 import shlex
 import sys
@@ -21,23 +22,39 @@ from .loop import _format_val
 from .orchestration import _git_commit, cross_validate, format_mean_sd_table, train_models
 
 
+def training_device(name: str) -> str:
+    """'cpu' or 'cuda' for ``--device`` (an absent CUDA is an error; Apple MPS, untested for training, is not used)."""
+    from ..models import resolve_device
+
+    return "cuda" if resolve_device(name).type == "cuda" else "cpu"
+
+
+def default_loader_workers(device: str) -> int:
+    """CPU: none (each training process augments its own batches on its one thread). CUDA: all CPUs but two
+    (the training process and the pinning thread), at most 12, which keeps a paper-config GPU step fed."""
+    return 0 if device == "cpu" else max(1, min(12, (os.cpu_count() or 2) - 2))
+
+
 def add_train_arguments(p: argparse.ArgumentParser):
     p.add_argument("data_dir", nargs="*", help="folder(s) in VerSe layout (*_ct.nii.gz + *_seg-vert_msk.nii.gz); "
                    "optional with --phantoms")
     p.add_argument("-o", "--output", required=True, help="model bundle to write (.pt)")
     p.add_argument("--config", choices=sorted(CONFIGS), default="cpu", help="network configuration (default cpu)")
     p.add_argument("--epochs", type=int, help="epochs (passes over the training cases) per network")
-    p.add_argument("--minutes", type=float, help="wall-time budget of the XUNet (the localizer gets "
-                   "--localizer-share of it); training stops at --epochs or --minutes, whichever comes first")
+    p.add_argument("--minutes", type=float, help="wall-time budget of the training; each network stops at --epochs "
+                   "or its share of --minutes, whichever comes first")
     p.add_argument("--localizer-share", type=float, default=0.3,
-                   help="fraction of --minutes for the localizer; afterwards the XUNet uses all threads (default 0.3)")
+                   help="fraction of --minutes for the localizer (default 0.3). CPU: the networks train side by side, "
+                   "the XUNet for all of --minutes, taking all threads once the localizer is done; GPU: one after "
+                   "the other, the XUNet for the rest")
     p.add_argument("--max-steps", type=int, help="stop each network after this many optimiser steps (testing)")
     p.add_argument("--resume", help="checkpoint (*.localizer.ckpt / *.xunet.ckpt, or their folder) to resume, "
                    "or a model bundle to fine-tune")
     p.add_argument("--val-fraction", type=float, default=0.1, help="held-out validation fraction (default 0.1)")
     p.add_argument("--folds", type=int, default=0, help="k-fold cross-validation with the full pipeline (e.g. 5)")
-    p.add_argument("--device", default="auto", help="device for cross-validation inference (training uses the CPU "
-                   "processes; default auto)")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
+                   help="where the networks train (and cross-validation runs); auto: CUDA when PyTorch sees a GPU, "
+                   "else the CPU. CUDA trains in bfloat16 autocast with loader worker processes")
     p.add_argument("--phantoms", type=int, default=0, help="generate N training phantoms (seeds S..S+N-1 < 100000)")
     p.add_argument("--seed", type=int, default=0, help="first phantom seed and random seed (default 0)")
     p.add_argument("--phantom-spacing", type=float, nargs=2, default=(1.6, 2.4), metavar=("MIN", "MAX"),
@@ -53,9 +70,15 @@ def add_train_arguments(p: argparse.ArgumentParser):
     p.add_argument("--crops", type=int, default=3, help="XUNet crops per case (1 exact + jittered; default 3)")
     p.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate of the XUNet (default 1e-3)")
     p.add_argument("--lr-localizer", type=float, default=2e-3, help="Adam learning rate of the localizer (default 2e-3)")
-    p.add_argument("--batch", type=int, default=1, help="XUNet batch size (default 1)")
-    p.add_argument("--batch-localizer", type=int, default=2, help="localizer batch size (default 2)")
-    p.add_argument("--jobs", type=int, default=2, help="processes for phantom generation / precomputation (default 2)")
+    p.add_argument("--batch", type=int, help="XUNet batch size (default 1 on the CPU, 8 on CUDA)")
+    p.add_argument("--batch-localizer", type=int, help="localizer batch size (default 2 on the CPU, 4 on CUDA)")
+    p.add_argument("--jobs", type=int, default=os.cpu_count() or 1,
+                   help=f"processes for phantom generation / precomputation (default: all {os.cpu_count()} CPUs)")
+    p.add_argument("--precision", choices=["auto", "float32", "bfloat16"], default="auto",
+                   help="arithmetic of the forward pass: auto = bfloat16 autocast on CUDA, float32 on the CPU")
+    p.add_argument("--loader-workers", type=int, help="processes that augment training batches ahead of each step "
+                   "(default 0 on the CPU: the training processes augment themselves; on CUDA all CPUs but 2, "
+                   "at most 12)")
     p.add_argument("--max-threads", type=int, default=2, help="threads of the XUNet once the localizer is done (default 2)")
     p.add_argument("--spatial-p", type=float, help="probability of the spatial augmentation per sample "
                    "(default 0.6 localizer / 0.7 XUNet)")
@@ -68,6 +91,12 @@ def run_train(args) -> int:
         raise InputError("Give a training DATA_DIR or --phantoms N.")
     if not args.epochs and not args.minutes and not args.max_steps:
         raise InputError("Give --epochs or --minutes (or both).")
+    for name in ("batch", "batch_localizer", "jobs", "loader_workers"):
+        value = getattr(args, name)
+        if value is not None and value < (0 if name == "loader_workers" else 1):
+            raise InputError(f"--{name.replace('_', '-')} must be at least {0 if name == 'loader_workers' else 1}, "
+                             f"got {value}.")
+    device = training_device(args.device)
     config = CONFIGS[args.config]
     out = Path(args.output)
     if args.cache:
@@ -118,11 +147,15 @@ def run_train(args) -> int:
             n_pos += bool(z["positive"])
     data_desc.update(cases=len(paths), with_lumbar=n_pos, without_lumbar=len(paths) - n_pos,
                      crops_per_case=args.crops, cache=str(cache))
-    opts = {"lr": args.lr, "lr_localizer": args.lr_localizer, "batch_xunet": args.batch,
-            "batch_localizer": args.batch_localizer, "minutes": args.minutes, "epochs": args.epochs,
-            "max_steps": args.max_steps, "localizer_share": args.localizer_share,
-            "ckpt_minutes": args.checkpoint_minutes, "val_minutes": args.val_minutes, "spatial_p": args.spatial_p, "seed": args.seed, "max_threads": args.max_threads,
-            "sequential": args.sequential, "val_fraction": args.val_fraction, "device": args.device}
+    cuda = device == "cuda"
+    opts = {"lr": args.lr, "lr_localizer": args.lr_localizer, "batch_xunet": args.batch or (8 if cuda else 1),
+            "batch_localizer": args.batch_localizer or (4 if cuda else 2), "minutes": args.minutes,
+            "epochs": args.epochs, "max_steps": args.max_steps, "localizer_share": args.localizer_share,
+            "ckpt_minutes": args.checkpoint_minutes, "val_minutes": args.val_minutes, "spatial_p": args.spatial_p,
+            "seed": args.seed, "max_threads": args.max_threads, "sequential": args.sequential,
+            "val_fraction": args.val_fraction, "device": device,
+            "precision": args.precision if args.precision != "auto" else ("bfloat16" if cuda else "float32"),
+            "loader_workers": args.loader_workers if args.loader_workers is not None else default_loader_workers(device)}
     metadata = {
         "config": args.config, "training_data": data_desc, "command": "lumbarseg " + " ".join(
             shlex.quote(a) for a in (sys.argv[sys.argv.index("train"):] if "train" in sys.argv else sys.argv[1:])),

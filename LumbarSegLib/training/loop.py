@@ -1,5 +1,10 @@
-"""The training loop of one network (:func:`train_worker`): batches, learning-rate schedule, periodic
-validation, resumable checkpoints (``weights_only``-loadable)."""
+"""The training loop of one network (:func:`train_worker`): batches from the loader, learning-rate
+schedule, periodic validation, resumable checkpoints (``weights_only``-loadable).
+
+On the CPU it runs in float32 with the given number of threads; on CUDA the forward pass runs under
+bfloat16 autocast (no loss scaling needed), with cuDNN autotuning, and batches come pinned from loader
+worker processes.
+"""
 
 from __future__ import annotations
 
@@ -16,20 +21,8 @@ import torch
 from .. import preprocess
 from ..constants import LABEL_NAMES
 from ..networks import ModelConfig, build_networks, load_compatible_state
-from .augmentation import augment_pair
 from .losses import _box_iou, dice_ce_loss, dice_per_label, localizer_loss
-
-
-def _load_items(paths, kind: str):
-    items = []
-    for p in paths:
-        with np.load(p) as z:
-            if kind == "localizer":
-                items.append({"x": z["loc_x"], "y": z["loc_y"], "positive": bool(z["positive"]),
-                              "size": z["image_size"]})
-            else:
-                items.append({"x": z["crop_x"], "y": z["crop_y"], "positive": bool(z["positive"])})
-    return items
+from .samples import AugmentedSamples, EpochBatches, load_items, make_loader
 
 
 def _lr(base: float, progress: float, step: int, warmup: int = 20) -> float:
@@ -37,18 +30,28 @@ def _lr(base: float, progress: float, step: int, warmup: int = 20) -> float:
     return base * warm * (0.02 + 0.98 * 0.5 * (1.0 + math.cos(math.pi * min(max(progress, 0.0), 1.0))))
 
 
-def _validate(kind: str, net, items) -> dict:
+def _autocast(device: torch.device, precision: str):
+    """bfloat16 autocast of the forward pass (no loss scaling needed, unlike float16), or float32."""
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bfloat16")
+
+
+def _validate(kind: str, net, items, device: torch.device = torch.device("cpu"), precision: str = "float32") -> dict:
     if not items:
         return {}
     net.eval()
     out: dict = {}
+
+    def run(x: torch.Tensor) -> torch.Tensor:
+        with _autocast(device, precision):
+            return net(x.to(device)).float().cpu()
+
     with torch.inference_mode():
         if kind == "localizer":
             losses, ious, pos_peaks, neg_peaks = [], [], [], []
             for it in items:
                 x = torch.from_numpy(it["x"].astype(np.float32))[None, None]
                 y = torch.from_numpy(it["y"].astype(np.float32))[None, None]
-                p = net(x)
+                p = run(x)
                 losses.append(float(localizer_loss(p, y)))
                 heat = p[0, 0].numpy()
                 if it["positive"]:
@@ -67,7 +70,7 @@ def _validate(kind: str, net, items) -> dict:
             for it in items:
                 x = torch.from_numpy(it["x"][0].astype(np.float32))[None, None]
                 y = torch.from_numpy(it["y"][0].astype(np.int64))[None]
-                logits = net(x)
+                logits = run(x)
                 losses.append(float(dice_ce_loss(logits, y)))
                 pred = logits.argmax(1)[0].numpy()
                 if it["positive"]:
@@ -100,6 +103,17 @@ def checkpoint_paths(ckpt_dir, name: str) -> dict[str, Path]:
     return {k: ckpt_dir / f"{name}.{k}.ckpt" for k in ("localizer", "xunet")}
 
 
+def _to_cpu(obj):
+    """Tensors anywhere in a (nested) state dict moved to the CPU, so checkpoints load on any machine."""
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().cpu()
+    if isinstance(obj, dict):
+        return {k: _to_cpu(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_to_cpu(v) for v in obj)
+    return obj
+
+
 def _save_ckpt(path: Path, state: dict):
     tmp = path.with_suffix(".tmp")
     torch.save(state, tmp)
@@ -114,39 +128,52 @@ def load_checkpoint(path) -> dict:
 def train_worker(kind: str, train_paths, val_paths, config_dict: dict, opts: dict, ckpt_path: str,
                  resume_path: str | None, init_state: dict | None = None, done_flag: str | None = None,
                  other_done_flag: str | None = None):
-    """Train one network; runs in its own process. ``opts``: lr, batch, minutes, epochs, ckpt_minutes, ..."""
+    """Train one network (in its own process on the CPU, in the parent's on CUDA).
+
+    ``opts``: lr, batch, minutes, epochs, max_steps, ckpt_minutes, val_minutes, spatial_p, seed, device
+    ('cpu' or 'cuda'), precision ('float32' or 'bfloat16'), threads, max_threads, loader_workers.
+    """
     from tqdm import tqdm
 
-    torch.set_num_threads(int(opts.get("threads", 1)))
-    torch.manual_seed(int(opts.get("seed", 0)) + (0 if kind == "localizer" else 1))
-    rng = np.random.default_rng([int(opts.get("seed", 0)), 0 if kind == "localizer" else 1])
+    device = torch.device(opts.get("device") or "cpu")
+    precision = opts.get("precision") or "float32"
+    if device.type == "cpu":
+        torch.set_num_threads(int(opts.get("threads", 1)))
+    else:
+        torch.backends.cudnn.benchmark = True  # fixed input sizes: let cuDNN pick the fastest kernels
+    seed = int(opts.get("seed", 0))
+    torch.manual_seed(seed + (0 if kind == "localizer" else 1))
     config = ModelConfig.from_dict(config_dict)
     loc, xu = build_networks(config)
     net = loc if kind == "localizer" else xu
-    net = net.to(memory_format=torch.channels_last_3d)
-    optim = torch.optim.Adam(net.parameters(), lr=opts["lr"])
     state = {"step": 0, "epoch": 0, "elapsed": 0.0, "history": []}
-    if resume_path and Path(resume_path).is_file():
-        ck = load_checkpoint(resume_path)
+    ck = load_checkpoint(resume_path) if resume_path and Path(resume_path).is_file() else None
+    if ck is not None:
         net.load_state_dict(ck["state"])
-        optim.load_state_dict(ck["optim"])
         state = {"step": int(ck["step"]), "epoch": int(ck["epoch"]), "elapsed": float(ck["elapsed"]),
                  "history": json.loads(ck.get("history_json", "[]"))}
         print(f"[{kind}] resumed from {resume_path}: step {state['step']}, epoch {state['epoch']}, "
               f"{state['elapsed'] / 60:.1f} min done", file=sys.stderr, flush=True)
     elif init_state is not None:
         load_compatible_state(net, init_state)
+    net = net.to(device, memory_format=torch.channels_last_3d)
+    optim = torch.optim.Adam(net.parameters(), lr=opts["lr"])
+    if ck is not None:
+        optim.load_state_dict(ck["optim"])  # moves the optimiser state onto the parameters' device
 
-    train_items = _load_items(train_paths, kind)
-    val_items = _load_items(val_paths, kind)
+    train_items = load_items(train_paths, kind)
+    val_items = load_items(val_paths, kind)
     budget_s = float(opts["minutes"]) * 60.0 if opts.get("minutes") else None
     max_epochs = opts.get("epochs")
     max_steps = opts.get("max_steps")
     batch = int(opts.get("batch", 1))
-    steps_per_epoch = max(1, math.ceil(len(train_items) / batch))
+    batches = EpochBatches(len(train_items), batch, seed, kind, first_epoch=state["epoch"])
+    steps_per_epoch = batches.steps_per_epoch()
     total_steps = (max_epochs * steps_per_epoch) if max_epochs else None
     if max_steps:
         total_steps = min(total_steps, max_steps) if total_steps else max_steps
+    loader = make_loader(AugmentedSamples(train_items, kind, seed, opts.get("spatial_p")), batches,
+                         workers=int(opts.get("loader_workers", 0)), pin_memory=device.type == "cuda")
 
     def progress() -> float:
         fr = []
@@ -161,7 +188,8 @@ def train_worker(kind: str, train_paths, val_paths, config_dict: dict, opts: dic
 
     def save(done: bool, last_val: dict | None = None, train_loss: float | None = None):
         _save_ckpt(Path(ckpt_path), {
-            "kind": kind, "config": config.to_dict(), "state": net.state_dict(), "optim": optim.state_dict(),
+            "kind": kind, "config": config.to_dict(), "state": _to_cpu(net.state_dict()),
+            "optim": _to_cpu(optim.state_dict()),
             "step": state["step"], "epoch": state["epoch"], "elapsed": state["elapsed"], "done": done,
             "history_json": json.dumps(state["history"]), "opts_json": json.dumps(opts),
             "last_val_json": json.dumps(last_val or {}), "train_loss": float(train_loss or float("nan")),
@@ -178,7 +206,7 @@ def train_worker(kind: str, train_paths, val_paths, config_dict: dict, opts: dic
     def validate(label: str):
         nonlocal last_val, t_last, last_ckpt, last_val_time
         t0 = time.time()
-        last_val = _validate(kind, net, val_items)
+        last_val = _validate(kind, net, val_items, device, precision)
         state["elapsed"] += time.time() - t0  # validation counts towards the wall-time budget
         t_last = last_ckpt = last_val_time = time.time()
         state["history"].append({"epoch": state["epoch"], "step": state["step"],
@@ -189,62 +217,49 @@ def train_worker(kind: str, train_paths, val_paths, config_dict: dict, opts: dic
 
     net.train()
     val_every = float(opts.get("val_minutes", 10)) * 60
+    batch_in_epoch = 0
+    batches_iter = iter(loader) if not finished() else None
     while not finished():
-        order = rng.permutation(len(train_items))
-        epoch_complete = True
-        for start in range(0, len(order), batch):
-            if finished():
-                epoch_complete = False
-                break
-            xs, ys = [], []
-            for i in order[start:start + batch]:
-                it = train_items[i]
-                if kind == "localizer":
-                    x = torch.from_numpy(it["x"].astype(np.float32))[None, None]
-                    y = torch.from_numpy(it["y"].astype(np.float32))[None, None]
-                    x, y = augment_pair(x, y, rng, labels=False, p_spatial=opts.get("spatial_p") or 0.6)
-                else:
-                    k = int(rng.integers(len(it["x"])))
-                    x = torch.from_numpy(it["x"][k].astype(np.float32))[None, None]
-                    y = torch.from_numpy(it["y"][k].astype(np.int64))[None, None]
-                    x, y = augment_pair(x, y, rng, labels=True, p_spatial=opts.get("spatial_p") or 0.7)
-                    y = y[:, 0]
-                xs.append(x)
-                ys.append(y)
-            x = torch.cat(xs).contiguous(memory_format=torch.channels_last_3d)
-            y = torch.cat(ys)
-            for g in optim.param_groups:
-                g["lr"] = _lr(opts["lr"], progress(), state["step"])
+        x, y = next(batches_iter)
+        x = x.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last_3d)
+        y = y.to(device, non_blocking=True)
+        for g in optim.param_groups:
+            g["lr"] = _lr(opts["lr"], progress(), state["step"])
+        with _autocast(device, precision):
             out = net(x)
-            loss = localizer_loss(out, y) if kind == "localizer" else dice_ce_loss(out, y)
-            optim.zero_grad(set_to_none=True)
-            loss.backward()
-            optim.step()
-            lv = loss.item()
-            ema = lv if ema is None else 0.95 * ema + 0.05 * lv
-            state["step"] += 1
-            now = time.time()
-            state["elapsed"] += now - t_last
-            t_last = now
-            bar.update(1)
-            bar.set_postfix_str(f"ep {state['epoch']} loss {ema:.4f} lr {optim.param_groups[0]['lr']:.1e} "
-                                f"{state['elapsed'] / 60:.0f}min", refresh=False)
-            if val_items and now - last_val_time > val_every and not finished():
-                validate("periodic")
-            elif now - last_ckpt > float(opts.get("ckpt_minutes", 5)) * 60:
-                save(False, last_val, ema)
-                last_ckpt = now
-            if other_done_flag and threads_now < int(opts.get("max_threads", 1)) and Path(other_done_flag).exists():
-                threads_now = int(opts.get("max_threads", 1))
-                torch.set_num_threads(threads_now)
-                bar.write(f"[{kind}] the other network finished: now using {threads_now} threads")
-        if epoch_complete:
+        out = out.float()
+        loss = localizer_loss(out, y) if kind == "localizer" else dice_ce_loss(out, y)
+        optim.zero_grad(set_to_none=True)
+        loss.backward()
+        optim.step()
+        lv = loss.item()
+        ema = lv if ema is None else 0.95 * ema + 0.05 * lv
+        state["step"] += 1
+        batch_in_epoch += 1
+        now = time.time()
+        state["elapsed"] += now - t_last
+        t_last = now
+        bar.update(1)
+        bar.set_postfix_str(f"ep {state['epoch']} loss {ema:.4f} lr {optim.param_groups[0]['lr']:.1e} "
+                            f"{state['elapsed'] / 60:.0f}min", refresh=False)
+        if batch_in_epoch == steps_per_epoch:
+            batch_in_epoch = 0
             state["epoch"] += 1
             if not finished():
                 validate("end of")
+        elif val_items and now - last_val_time > val_every and not finished():
+            validate("periodic")
+        elif now - last_ckpt > float(opts.get("ckpt_minutes", 5)) * 60:
+            save(False, last_val, ema)
+            last_ckpt = now
+        if other_done_flag and threads_now < int(opts.get("max_threads", 1)) and Path(other_done_flag).exists():
+            threads_now = int(opts.get("max_threads", 1))
+            torch.set_num_threads(threads_now)
+            bar.write(f"[{kind}] the other network finished: now using {threads_now} threads")
+    del batches_iter, loader  # stops the loader's worker processes
     bar.close()
     # Final validation (the budget usually ends mid-epoch).
-    last_val = _validate(kind, net, val_items)
+    last_val = _validate(kind, net, val_items, device, precision)
     state["history"].append({"epoch": state["epoch"], "step": state["step"], "minutes": round(state["elapsed"] / 60, 2),
                              "train_loss": ema, "val": last_val, "final": True})
     print(f"[{kind}] done: step {state['step']} epoch {state['epoch']} {state['elapsed'] / 60:.1f} min  "

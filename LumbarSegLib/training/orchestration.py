@@ -93,7 +93,15 @@ def _resume_paths(resume) -> tuple[dict[str, Path | None], dict | None]:
 
 def train_models(train_paths, val_paths, config: ModelConfig, out: Path, ckpt_dir: Path, opts: dict,
                  metadata: dict, resume=None, name: str | None = None) -> Path:
-    """Train both networks in parallel processes; write checkpoints and the bundle ``out``."""
+    """Train both networks; write checkpoints and the bundle ``out``.
+
+    On the CPU the two networks train side by side in two processes (one thread each; the XUNet takes
+    ``max_threads`` once the cheaper localizer is done), each for its share of ``minutes``: the localizer
+    ``localizer_share`` of it, the XUNet all of it. On CUDA (and with ``sequential``) they train one after
+    the other in this process, the localizer first for ``localizer_share`` of ``minutes``, then the XUNet
+    for the rest: one GPU runs one network's kernels at a time anyway, so taking turns costs no GPU time,
+    gives each network all the loader workers and the whole GPU memory, and the total stays ``minutes``.
+    """
     out = Path(out)
     ckpt_dir = Path(ckpt_dir)
     ckpt_dir.mkdir(parents=True, exist_ok=True)
@@ -111,10 +119,13 @@ def train_models(train_paths, val_paths, config: ModelConfig, out: Path, ckpt_di
     flags = {k: ckpt_dir / f"{name}.{k}.done" for k in ckpts}
     for f in flags.values():
         f.unlink(missing_ok=True)
+    one_after_other = bool(opts.get("sequential")) or opts.get("device") == "cuda"
+    minutes, share = opts.get("minutes"), float(opts.get("localizer_share", 0.3))
     loc_opts = dict(opts, lr=opts.get("lr_localizer", opts["lr"]), batch=opts.get("batch_localizer", 2),
-                    minutes=(opts["minutes"] * opts.get("localizer_share", 0.3)) if opts.get("minutes") else None,
+                    minutes=minutes * share if minutes else None,
                     epochs=opts.get("localizer_epochs") or opts.get("epochs"), threads=1)
     xu_opts = dict(opts, batch=opts.get("batch_xunet", 1), threads=1,
+                   minutes=(minutes * (1.0 - share) if one_after_other else minutes) if minutes else None,
                    max_threads=opts.get("max_threads", 2))
     jobs = {
         "localizer": (loc_opts, None),
@@ -130,7 +141,7 @@ def train_models(train_paths, val_paths, config: ModelConfig, out: Path, ckpt_di
             resume_path = ckpts[kind]
         args = (kind, [str(p) for p in train_paths], [str(p) for p in val_paths], config.to_dict(), o,
                 str(ckpts[kind]), str(resume_path) if resume_path else None, init, str(flags[kind]), other_flag)
-        if opts.get("sequential"):
+        if one_after_other:
             train_worker(*args)
         else:
             procs[kind] = ctx.Process(target=train_worker, args=args, name=f"lumbarseg-{kind}")

@@ -1,0 +1,85 @@
+"""Training throughput (optimiser steps per second of each network) of ``lumbarseg train`` (not a test).
+
+Runs the real command line on a small, fixed setting and reads the step counts and training minutes that
+the written model bundle records, so two checkouts (before/after a change) can be compared on the same
+machine with the same data: give several ``--repo`` folders and they run in turn, ``--rounds`` times.
+
+    python benchmarks/bench_training.py [--repo . --repo /tmp/old_checkout] [--rounds 2] [--minutes 2]
+        [--phantoms 8] [--config cpu] [--device cpu] [--workdir /tmp/bench_training]
+
+Phantoms and the precomputed cache are made once (in --workdir) and shared by all runs. The XUNet's
+figure mixes its one-thread phase (while the localizer trains) and its two-thread phase, as in real use.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+
+def run_once(repo: Path, args, workdir: Path, tag: str) -> dict:
+    out = workdir / f"{tag}.pt"
+    cmd = [sys.executable, "-m", "LumbarSegLib.cli", "train", "--phantoms", str(args.phantoms), "--seed", "0",
+           "--config", args.config, "--minutes", str(args.minutes), "--cache", str(workdir / "cache"),
+           "--checkpoint-dir", str(workdir / f"ckpt_{tag}"), "-o", str(out), "--val-fraction", "0",
+           "--jobs", "2", "--checkpoint-minutes", "100", "--val-minutes", "100"]
+    if args.device:
+        cmd += ["--device", args.device]
+    t0 = time.time()
+    log = workdir / f"{tag}.log"
+    with open(log, "w") as fh:
+        rc = subprocess.run(cmd, cwd=repo, stdout=fh, stderr=subprocess.STDOUT,
+                            env=dict(os.environ, PYTHONPATH=str(repo))).returncode
+    wall = time.time() - t0
+    if rc != 0:
+        raise SystemExit(f"{repo}: training failed (exit {rc}); see {log}")
+    sys.path.insert(0, str(repo))
+    import torch
+
+    bundle = torch.load(out, map_location="cpu", weights_only=True)
+    meta = json.loads(bundle["metadata_json"])
+    nets = meta["networks"]
+    res = {"repo": str(repo), "wall_s": round(wall, 1)}
+    for k, v in nets.items():
+        res[f"{k}_steps"] = v["steps"]
+        res[f"{k}_minutes"] = v["training_minutes"]
+        res[f"{k}_steps_per_s"] = v["steps"] / max(v["training_minutes"] * 60.0, 1e-9)
+    return res
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--repo", action="append", help="checkout to run (repeatable; default: this one)")
+    p.add_argument("--rounds", type=int, default=1)
+    p.add_argument("--minutes", type=float, default=2.0)
+    p.add_argument("--phantoms", type=int, default=8)
+    p.add_argument("--config", default="cpu")
+    p.add_argument("--device", default=None, help="passed to train --device when given")
+    p.add_argument("--workdir", default="/tmp/bench_training")
+    args = p.parse_args(argv)
+    repos = [Path(r).resolve() for r in (args.repo or [Path(__file__).resolve().parents[1]])]
+    workdir = Path(args.workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    results: dict[str, list[dict]] = {str(r): [] for r in repos}
+    for rnd in range(args.rounds):
+        for i, repo in enumerate(repos):
+            r = run_once(repo, args, workdir, f"r{rnd}_{i}")
+            results[str(repo)].append(r)
+            print(json.dumps(r), flush=True)
+    print(f"\n{args.config} config, {args.phantoms} phantoms, --minutes {args.minutes}, {os.cpu_count()} CPUs "
+          f"(median over {args.rounds} round(s))")
+    for repo, rs in results.items():
+        med = {k: statistics.median(r[k] for r in rs) for k in ("localizer_steps_per_s", "xunet_steps_per_s", "wall_s")}
+        print(f"{repo}: localizer {med['localizer_steps_per_s']:.2f} steps/s, XUNet {med['xunet_steps_per_s']:.2f} "
+              f"steps/s, command wall time {med['wall_s']:.0f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
