@@ -73,10 +73,11 @@ def _geometry(image: sitk.Image) -> dict:
     }
 
 
-def _load_model(path):
-    from .models import load_model
+def _load_model(spec, device: str):
+    """``--model`` (a shipped model's name or a file; default by device) loaded, with the untrained warning."""
+    from .models import choose_model, load_model, resolve_device
 
-    model = load_model(path)
+    model = load_model(choose_model(spec, resolve_device(device)))
     if not model.trained:
         _untrained_banner()
     return model
@@ -133,8 +134,7 @@ def _run_segmentation(image: sitk.Image, *, input_desc: dict, outdir: Path, stem
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "host": {"python": platform.python_version(), "platform": platform.platform()},
         "input": input_desc,
-        "model": {"path": str(model.path) if model.path else None, "trained": bool(model.trained),
-                  "config": model.config.to_dict(), "metadata": model.metadata},
+        "model": {**model.describe(), "metadata": model.metadata},
         "device": str(resolve_device(device)),
         "found": list(result.found),
         "crop_box": None if result.box_index is None else {
@@ -201,7 +201,7 @@ def cmd_segment(args) -> int:
         reference = io.read_labelmap(args.reference, scheme=args.reference_labels)
         reference_desc = {"path": str(Path(args.reference).resolve()), "label_scheme": io.label_scheme_of(reference),
                           "geometry": _geometry(reference)}
-    model = _load_model(args.model)
+    model = _load_model(args.model, args.device)
     input_desc = {"path": str(Path(args.input).resolve()), **_geometry(image)}
     _run_segmentation(image, input_desc=input_desc, outdir=Path(args.output), stem=io.output_stem(args.input),
                       model=model, device=args.device, fmt=args.format, stl=args.stl, preview=args.preview,
@@ -270,7 +270,7 @@ def cmd_demo(args) -> int:
     truth.CopyInformation(truth_verse)
     truth_path = io.write_labelmap(truth, outdir / "demo_truth.nii.gz")
     io.validate_ct(ct, name="The demo phantom")
-    model = _load_model(args.model)
+    model = _load_model(args.model, args.device)
     _run_segmentation(ct, input_desc={"path": str(ct_path.resolve()), "phantom_seed": args.seed, **_geometry(ct)},
                       outdir=outdir, stem="demo", model=model, device=args.device, fmt="nii.gz", stl=True,
                       preview=True, reference=truth,
@@ -294,8 +294,9 @@ def build_parser() -> argparse.ArgumentParser:
         if model:
             p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"],
                            help="where the networks run; auto picks CUDA, then Apple MPS, then CPU")
-            p.add_argument("--model", default=None, metavar="PATH",
-                           help="model bundle (default: the bundled model)")
+            p.add_argument("--model", default=None, metavar="NAME|PATH",
+                           help="a shipped model (cpu, paper) or a model file; default: paper on CUDA when "
+                           "shipped, else cpu")
             p.add_argument("--smoothing", type=float, default=0.5, help="STL smoothing factor 0..1 (default 0.5)")
         p.add_argument("-q", "--quiet", action="store_true", help="no progress lines on stderr")
 

@@ -19,7 +19,6 @@ reported must be 0).
 
 from __future__ import annotations
 
-import hashlib
 import math
 import shlex
 import sys
@@ -197,7 +196,7 @@ def evaluate_model(model_path=None, n: int = 20, seed: int = EVAL_SEED_START, fo
                    device: str = "cpu", real_ct: bool = True, log=print) -> dict:
     """Run the held-out phantom evaluation (and real-CT checks); returns the model card dictionary."""
     from .. import phantoms
-    from ..models import load_model
+    from ..models import choose_model, files_sha256, load_model, resolve_device
 
     if seed < EVAL_SEED_START:
         raise InputError(f"Evaluation phantom seeds must be >= {EVAL_SEED_START} (lower seeds are training seeds); "
@@ -206,7 +205,7 @@ def evaluate_model(model_path=None, n: int = 20, seed: int = EVAL_SEED_START, fo
     for f in fovs:
         if f not in phantoms.FOV_CHOICES:
             raise InputError(f"Unknown field of view '{f}': choose from {', '.join(phantoms.FOV_CHOICES)}.")
-    model = load_model(model_path, allow_untrained=False)
+    model = load_model(choose_model(model_path, resolve_device(device)), allow_untrained=False)
     lib = phantoms.load_shape_library()
     t_start = time.time()
     cases = []
@@ -226,10 +225,9 @@ def evaluate_model(model_path=None, n: int = 20, seed: int = EVAL_SEED_START, fo
             f"wrong {r['identity']['wrong'] or '-'} invented {r['identity']['invented'] or '-'}  {r['seconds']:.1f} s")
     agg = aggregate(cases)
     real = real_ct_checks(model, device) if real_ct else {}
-    path = Path(model.path)
     card = {
-        "model": {"file": path.name, "bytes": path.stat().st_size,
-                  "sha256": hashlib.sha256(path.read_bytes()).hexdigest(),
+        "model": {"file": " + ".join(Path(f).name for f in model.files), "name": model.name,
+                  "bytes": sum(Path(f).stat().st_size for f in model.files), "sha256": files_sha256(model.files),
                   "config": model.config.to_dict()},
         "training": {k: model.metadata.get(k) for k in ("config", "training_data", "training_minutes", "finished",
                                                          "command", "created", "torch", "git_commit", "options",
@@ -397,7 +395,7 @@ def run_evaluate_model(args) -> int:
 def register_cli(subparsers):
     p = subparsers.add_parser("evaluate-model", help="held-out phantom evaluation of a model + model card",
                               description=(__doc__ or "").split("\n\n")[0])
-    p.add_argument("--model", help="model bundle (default: the bundled model)")
+    p.add_argument("--model", help="a shipped model (cpu, paper) or a model file (default: as for segment)")
     p.add_argument("--phantoms", type=int, default=20, help="number of held-out phantoms (default 20)")
     p.add_argument("--seed", type=int, default=EVAL_SEED_START,
                    help=f"first phantom seed, >= {EVAL_SEED_START} (default {EVAL_SEED_START})")
