@@ -4,6 +4,7 @@ with their body frame and size, so the generator can draw real vertebra shapes; 
 from __future__ import annotations
 
 import functools
+import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -46,8 +47,12 @@ class ShapeLibrary:
         return sum(len(v) for v in self.shapes.values())
 
 
+SHAPE_LIBRARY_ENV = "LUMBARSEG_SHAPE_LIBRARY"  # overrides the default folder (e.g. data carried to a GPU machine)
+
+
 def _default_masks_root():
-    return Path(__file__).resolve().parents[3] / "shared" / "data" / "masks"
+    override = os.environ.get(SHAPE_LIBRARY_ENV)
+    return Path(override) if override else Path(__file__).resolve().parents[3] / "shared" / "data" / "masks"
 
 
 def _map_codes(path: Path, arr):
@@ -148,7 +153,8 @@ def _load_library_cached(root: str):
 def load_shape_library(root=None) -> ShapeLibrary | None:
     """Load real vertebra masks (VerSe / TotalSegmentator layouts) from ``root``.
 
-    Default root: ``<repo>/../shared/data/masks``. Returns None when absent or empty. Cached per root.
+    Default root: ``$LUMBARSEG_SHAPE_LIBRARY`` when set, else ``<repo>/../shared/data/masks``. Returns None
+    when absent or empty. Cached per root.
     """
     root = Path(root) if root is not None else _default_masks_root()
     if not root.is_dir():

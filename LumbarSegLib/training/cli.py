@@ -66,7 +66,7 @@ def add_train_arguments(p: argparse.ArgumentParser):
                    "(default DATA_DIR/.lumbarseg_cache, or $TMPDIR/lumbarseg_cache with --phantoms only)")
     p.add_argument("--checkpoint-dir", help="folder for resumable checkpoints (default: next to --output)")
     p.add_argument("--checkpoint-minutes", type=float, default=5.0, help="checkpoint interval (default 5)")
-    p.add_argument("--val-minutes", type=float, default=10.0, help="validate at least this often (default 10)")
+    p.add_argument("--val-minutes", type=float, default=10.0, help="validate every this many minutes, and at the end (default 10)")
     p.add_argument("--crops", type=int, default=3, help="XUNet crops per case (1 exact + jittered; default 3)")
     p.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate of the XUNet (default 1e-3)")
     p.add_argument("--lr-localizer", type=float, default=2e-3, help="Adam learning rate of the localizer (default 2e-3)")
@@ -83,13 +83,15 @@ def add_train_arguments(p: argparse.ArgumentParser):
     p.add_argument("--spatial-p", type=float, help="probability of the spatial augmentation per sample "
                    "(default 0.6 localizer / 0.7 XUNet)")
     p.add_argument("--note", action="append", default=[], help="free-text provenance note stored in the bundle (repeatable)")
+    p.add_argument("--prepare-only", action="store_true", help="generate the phantoms and fill the cache, then "
+                   "stop (a later run with the same data options starts training at once)")
     p.add_argument("--sequential", action="store_true", help="train the networks one after the other in this process")
 
 
 def run_train(args) -> int:
     if not args.data_dir and not args.phantoms:
         raise InputError("Give a training DATA_DIR or --phantoms N.")
-    if not args.epochs and not args.minutes and not args.max_steps:
+    if not args.epochs and not args.minutes and not args.max_steps and not args.prepare_only:
         raise InputError("Give --epochs or --minutes (or both).")
     for name in ("batch", "batch_localizer", "jobs", "loader_workers"):
         value = getattr(args, name)
@@ -141,6 +143,9 @@ def run_train(args) -> int:
     cache_by_case = {c.case_id: cache_path(cache / "precomputed", c, config, args.crops) for c in cases}
     print(f"data ready: {len(paths)} cases in {(time.time() - t0) / 60:.1f} min "
           f"(precompute {(time.time() - t_data) / 60:.1f} min)", file=sys.stderr, flush=True)
+    if args.prepare_only:
+        print(f"prepared {len(paths)} cases in {cache} (--prepare-only: no training)")
+        return 0
     n_pos = 0
     for p in paths:
         with np.load(p) as z:

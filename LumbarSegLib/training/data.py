@@ -233,7 +233,7 @@ def _pool_map(func, jobs, workers: int, desc: str):
         for job in tqdm(jobs, desc=desc, mininterval=5, file=sys.stderr):
             results.append(func(job))
         return results
-    with mp.get_context("spawn").Pool(workers) as pool:
+    with mp.get_context("spawn").Pool(min(workers, len(jobs))) as pool:
         for r in tqdm(pool.imap(func, jobs), total=len(jobs), desc=desc, mininterval=5, file=sys.stderr):
             results.append(r)
     return results
@@ -242,8 +242,11 @@ def _pool_map(func, jobs, workers: int, desc: str):
 def prepare_cache(cases: list[Case], cache_dir, config: ModelConfig, n_crops: int = 3, workers: int = 1) -> list[Path]:
     cache_dir = Path(cache_dir)
     cache_dir.mkdir(parents=True, exist_ok=True)
-    jobs = [(c, cache_dir, config.to_dict(), n_crops) for c in cases]
-    results = _pool_map(_precompute_one, jobs, workers, "precompute")
+    done = [cache_path(cache_dir, c, config, n_crops) for c in cases]
+    done = [(str(p), None) for p in done if p.is_file()]  # cached already: no worker processes needed
+    jobs = [(c, cache_dir, config.to_dict(), n_crops) for c in cases
+            if not cache_path(cache_dir, c, config, n_crops).is_file()]
+    results = done + _pool_map(_precompute_one, jobs, workers, "precompute")
     paths = []
     for path, err in results:
         if err:
@@ -274,12 +277,16 @@ def phantom_spec(seed: int, spacing_xy=(1.6, 2.4), fovs=None) -> tuple[str, tupl
     return fov, (round(sxy, 3), round(sxy, 3), sz)
 
 
+def _phantom_paths(outdir, seed: int) -> tuple[Path, Path]:
+    stem = Path(outdir) / f"sub-ph{seed:06d}"
+    return Path(f"{stem}_ct.nii.gz"), Path(f"{stem}_seg-vert_msk.nii.gz")
+
+
 def _write_phantom(job):
     seed, outdir, spacing_xy, fovs = job
     from .. import phantoms
 
-    stem = Path(outdir) / f"sub-ph{seed:06d}"
-    ct_path, seg_path = Path(f"{stem}_ct.nii.gz"), Path(f"{stem}_seg-vert_msk.nii.gz")
+    ct_path, seg_path = _phantom_paths(outdir, seed)
     if ct_path.is_file() and seg_path.is_file():
         return seed, None
     fov, spacing = phantom_spec(seed, spacing_xy, fovs)
@@ -304,7 +311,8 @@ def generate_phantoms(outdir, n: int, seed: int, workers: int = 1, spacing_xy=(1
                          f"{EVAL_SEED_START} up are reserved for held-out evaluation); got {seed}..{seed + n - 1}.")
     outdir = Path(outdir)
     outdir.mkdir(parents=True, exist_ok=True)
-    jobs = [(s, str(outdir), tuple(spacing_xy), tuple(fovs) if fovs else None) for s in range(seed, seed + n)]
+    jobs = [(s, str(outdir), tuple(spacing_xy), tuple(fovs) if fovs else None) for s in range(seed, seed + n)
+            if not all(p.is_file() for p in _phantom_paths(outdir, s))]
     for _, err in _pool_map(_write_phantom, jobs, workers, "phantoms"):
         if err:
             print(f"WARNING: {err}", file=sys.stderr)

@@ -1,0 +1,74 @@
+"""tools/train_gpu.sh run tiny on the CPU end to end, and tools/pack_gpu_carry.py's data conversion.
+
+The GPU machine itself is not needed: the script's CUDA-only parts (bfloat16 autocast, loader workers,
+networks one after the other) are exercised on the CPU in test_training.py; here the whole command runs
+with DEVICE=cpu and a one-minute budget (about a minute on 2 cores).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from LumbarSegLib.models import load_model
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_train_gpu_script_tiny_on_the_cpu(tmp_path):
+    if shutil.which("bash") is None:
+        pytest.skip("bash is not available")
+    out = tmp_path / "out"
+    env = dict(os.environ, DEVICE="cpu", CONFIG="cpu", MINUTES="1", PHANTOMS="2", REAL_DIRS="",
+               CARRY=str(tmp_path / "no_carry"), OUT=str(out), WORK=str(tmp_path / "work"),
+               EXTRA_ARGS="--max-steps 2 --jobs 2")
+    proc = subprocess.run(["bash", str(REPO / "tools" / "train_gpu.sh")], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    names = sorted(p.name for p in out.iterdir())
+    assert names == ["lumbarseg_cpu.localizer.pt", "lumbarseg_cpu.summary.json", "lumbarseg_cpu.xunet.pt",
+                     "train_gpu.log"]
+    log = (out / "train_gpu.log").read_text(encoding="utf-8")
+    for phase in ("budget 1 min, device cpu", "data ready", "training both networks for", "done:"):
+        assert phase in log, phase
+    model = load_model(out / "lumbarseg_cpu.localizer.pt")
+    assert model.trained and model.config.name == "cpu" and len(model.files) == 2
+    meta = model.metadata
+    assert meta["options"]["device"] == "cpu" and meta["training_data"]["phantoms"]["count"] == 2
+    assert meta["networks"]["xunet"]["steps"] == 2 and meta["finished"]
+    assert any("tools/train_gpu.sh" in n for n in meta["notes"])
+    summary = json.loads((out / "lumbarseg_cpu.summary.json").read_text(encoding="utf-8"))
+    assert summary["model"]["files"] == ["lumbarseg_cpu.localizer.pt", "lumbarseg_cpu.xunet.pt"]
+
+
+def test_pack_gpu_carry_converts_real_data_losslessly(tmp_path):
+    spec = importlib.util.spec_from_file_location("pack_gpu_carry", REPO / "tools" / "pack_gpu_carry.py")
+    pack = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(pack)
+    data = tmp_path / "data"
+    (data / "real").mkdir(parents=True)
+    ct = sitk.GetImageFromArray(np.array([[[-1000.4, 40.2], [700.6, 1999.0]]] * 3, np.float32))
+    ct.SetSpacing((0.8, 0.9, 2.0))
+    ct.SetOrigin((1.0, 2.0, 3.0))
+    ct.SetDirection((0, 1, 0, 1, 0, 0, 0, 0, -1))
+    seg = sitk.GetImageFromArray(np.array([[[0, 20], [24, 28]]] * 3, np.float64))
+    seg.CopyInformation(ct)
+    sitk.WriteImage(ct, str(data / "real" / "sub-a_ct.nii.gz"))
+    sitk.WriteImage(seg, str(data / "real" / "sub-a_seg-vert_msk.nii.gz"))
+    pack.pack_data(data, tmp_path / "carry")
+    ct2 = sitk.ReadImage(str(tmp_path / "carry" / "real" / "sub-a_ct.nii.gz"))
+    seg2 = sitk.ReadImage(str(tmp_path / "carry" / "real" / "sub-a_seg-vert_msk.nii.gz"))
+    assert ct2.GetPixelID() == sitk.sitkInt16 and seg2.GetPixelID() == sitk.sitkUInt8
+    for a, b in ((ct, ct2), (seg, seg2)):
+        assert a.GetOrigin() == b.GetOrigin() and a.GetDirection() == b.GetDirection()
+        assert np.allclose(a.GetSpacing(), b.GetSpacing())
+    assert np.abs(sitk.GetArrayFromImage(ct2) - sitk.GetArrayFromImage(ct)).max() <= 0.5
+    assert np.array_equal(sitk.GetArrayFromImage(seg2), sitk.GetArrayFromImage(seg))
