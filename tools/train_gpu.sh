@@ -22,6 +22,7 @@
 # /tmp/lumbarseg_gpu_work), RESERVE_S (60 on CUDA, 15 on the CPU), EXTRA_ARGS (more `lumbarseg train` options).
 set -euo pipefail
 T0=$(date +%s)
+export PYTHONUNBUFFERED=1  # the log shows progress as it happens
 cd "$(dirname "$0")/.."
 
 MINUTES=${MINUTES:-9}
