@@ -23,6 +23,13 @@ from LumbarSegLib.models import load_model
 REPO = Path(__file__).resolve().parents[1]
 
 
+def _load_pack_tool():
+    spec = importlib.util.spec_from_file_location("pack_gpu_carry", REPO / "tools" / "pack_gpu_carry.py")
+    pack = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(pack)
+    return pack
+
+
 def test_train_gpu_script_tiny_on_the_cpu(tmp_path):
     if shutil.which("bash") is None:
         pytest.skip("bash is not available")
@@ -50,9 +57,7 @@ def test_train_gpu_script_tiny_on_the_cpu(tmp_path):
 
 
 def test_pack_gpu_carry_converts_real_data_losslessly(tmp_path):
-    spec = importlib.util.spec_from_file_location("pack_gpu_carry", REPO / "tools" / "pack_gpu_carry.py")
-    pack = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(pack)
+    pack = _load_pack_tool()
     data = tmp_path / "data"
     (data / "real").mkdir(parents=True)
     ct = sitk.GetImageFromArray(np.array([[[-1000.4, 40.2], [700.6, 1999.0]]] * 3, np.float32))
@@ -72,3 +77,33 @@ def test_pack_gpu_carry_converts_real_data_losslessly(tmp_path):
         assert np.allclose(a.GetSpacing(), b.GetSpacing())
     assert np.abs(sitk.GetArrayFromImage(ct2) - sitk.GetArrayFromImage(ct)).max() <= 0.5
     assert np.array_equal(sitk.GetArrayFromImage(seg2), sitk.GetArrayFromImage(seg))
+
+
+def test_lzma_recompressed_wheel_installs_with_pip_no_index(tmp_path):
+    """The carried wheel is re-compressed with LZMA to save space; pip must still install it offline."""
+    import base64
+    import hashlib
+    import sys
+    import zipfile
+
+    files = {"probe_pkg/__init__.py": b"VALUE = 42\n" + b"# padding\n" * 2000,
+             "probe_pkg-1.0.dist-info/METADATA": b"Metadata-Version: 2.1\nName: probe-pkg\nVersion: 1.0\n",
+             "probe_pkg-1.0.dist-info/WHEEL": b"Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\n"
+                                              b"Tag: py3-none-any\n"}
+    record = "".join(f"{name},sha256={base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b'=').decode()},"
+                     f"{len(data)}\n" for name, data in files.items()) + "probe_pkg-1.0.dist-info/RECORD,,\n"
+    wheel = tmp_path / "probe_pkg-1.0-py3-none-any.whl"
+    with zipfile.ZipFile(wheel, "w", zipfile.ZIP_DEFLATED) as z:
+        for name, data in files.items():
+            z.writestr(name, data)
+        z.writestr("probe_pkg-1.0.dist-info/RECORD", record)
+    _load_pack_tool().recompress_wheel(wheel)
+    with zipfile.ZipFile(wheel) as z:
+        assert {i.compress_type for i in z.infolist()} == {zipfile.ZIP_LZMA}
+    target = tmp_path / "site"
+    proc = subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-index", "--no-deps", "--no-compile",
+                           "--no-cache-dir", "--target", str(target), str(wheel)], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    out = subprocess.run([sys.executable, "-c", "import probe_pkg; print(probe_pkg.VALUE)"], capture_output=True,
+                         text=True, env=dict(os.environ, PYTHONPATH=str(target)))
+    assert out.stdout.strip() == "42"

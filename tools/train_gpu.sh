@@ -47,6 +47,7 @@ command -v nvidia-smi >/dev/null && nvidia-smi -L || true
 if ! python3 -c "import SimpleITK" 2>/dev/null; then
   wheels=("$CARRY"/wheels/*.whl)
   [ -f "${wheels[0]}" ] || { echo "SimpleITK is missing and no wheel is in $CARRY/wheels (run tools/pack_gpu_carry.py)"; exit 2; }
+  python3 -c "import lzma" || { echo "this Python cannot read the LZMA-compressed wheel (no lzma module): pack it with tools/pack_gpu_carry.py --keep-wheel-compression"; exit 2; }
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target "$WORK/site" "${wheels[@]}"
   export PYTHONPATH="$WORK/site${PYTHONPATH:+:$PYTHONPATH}"
   say "installed $(basename "${wheels[0]}")"
