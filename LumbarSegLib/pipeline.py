@@ -146,6 +146,11 @@ def segment(image: sitk.Image, model: LumbarSegModel | None = None, device: str 
     stages = _Stages(progress, cancel)
     messages: list[str] = []
     stages.start("load")
+    if image.GetPixelID() in (sitk.sitkFloat32, sitk.sitkFloat64) and \
+            not np.isfinite(sitk.GetArrayViewFromImage(image)).all():
+        # NaN makes every network output NaN and the run would end in a confident "no lumbar spine".
+        raise InputError("The image holds NaN or infinite voxels; prepare it with io.prepare_ct (which sets "
+                         "them to air and says so) before segmenting.")
     torch_device = resolve_device(device)
     model = (model or load_model()).to(torch_device)
     if not model.trained:

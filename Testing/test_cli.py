@@ -72,8 +72,8 @@ def test_constant_volume(capsys, tmp_path):
 def test_empty_volume(capsys, tmp_path, monkeypatch):
     # A zero-voxel file cannot be written with SimpleITK; feed the reader's result directly.
     path = _write(tmp_path, "ct.nii.gz", _ct_array())
-    monkeypatch.setattr(io, "read_image", lambda p: sitk.Image([0, 0, 0], sitk.sitkInt16))
-    monkeypatch.setattr(io, "image_information", lambda p: ((0, 0, 0), 1))
+    monkeypatch.setattr(io, "read_image", lambda p, *_: sitk.Image([0, 0, 0], sitk.sitkInt16))
+    monkeypatch.setattr(io, "image_information", lambda p, *_: ((0, 0, 0), 1))
     rc, _, err = run(capsys, "segment", path, "-o", tmp_path / "out")
     assert_clean_error(rc, err, "empty")
 
