@@ -237,7 +237,12 @@ def cmd_segment(args) -> int:
                  + (f", chosen from {len(loaded.all_series)} series" if len(loaded.all_series) > 1 else ""))
         reference = reference_desc = None
         if args.reference:
+            from .metrics import fields_of_view_overlap
+
             reference = io.read_labelmap(args.reference, scheme=args.reference_labels)
+            if not fields_of_view_overlap(loaded.image, reference):  # before segmenting, not after
+                raise InputError(f"The reference {args.reference} does not overlap the CT in physical space; "
+                                 f"check that both belong to the same CT.")
             reference_desc = {"path": str(Path(args.reference).resolve()),
                               "label_scheme": io.label_scheme_of(reference), "geometry": _geometry(reference)}
         model = _load_model(args.model)
