@@ -155,10 +155,10 @@ def summary(metrics: dict[str, dict]) -> dict[str, float]:
 # Measurements
 # --------------------------------------------------------------------------------------------------
 
-# Anatomical ranges of a whole adult lumbar vertebra (body and posterior elements). The 31 lumbar
-# vertebrae in the real VerSe / TotalSegmentator label maps of ../shared/data measure 36-86 mL and 46-63 mm
-# in superior-inferior extent (spinous processes and lordotic tilt make this larger than the body
-# height of 22-35 mm); the literature gives 20-90 mL. The ranges are wide enough for large patients and
+# Anatomical ranges of a whole adult lumbar vertebra (body and posterior elements). The 22 lumbar
+# vertebrae not cut by the field of view in the real VerSe / TotalSegmentator label maps of ../shared/data
+# measure 38-86 mL and 46-63 mm in superior-inferior extent (spinous processes and lordotic tilt make this
+# larger than the body height of 22-35 mm); the literature gives about 20-90 mL. The ranges are wide enough for large patients and
 # oblique scans, and narrow enough that a slice spacing written 5 times too large in a header (every
 # volume x5: 180+ mL; heights x5: 200+ mm) is caught.
 VERTEBRA_VOLUME_ML = (15.0, 140.0)
