@@ -447,6 +447,9 @@ class LumbarSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.statusLabel.text = "\n".join(lines)
         if not result.found:
             slicer.util.warningDisplay("\n".join(outcome.messages), windowTitle="LumbarSeg: no lumbar spine found")
+        elif any(m.startswith("WARNING") for m in outcome.messages):  # implausible sizes, NaN voxels
+            slicer.util.warningDisplay("\n".join(m for m in outcome.messages if m.startswith("WARNING")),
+                                       windowTitle="LumbarSeg: check this result")
 
     # --- results ----------------------------------------------------------------------------------
 
@@ -609,9 +612,12 @@ class LumbarSegLogic(ScriptedLoadableModuleLogic):
         inputs = sl.prepare_run(volumeNode, roiNode, roiMode or "auto")
         worker = sl.SegmentationWorker(segment_fn=segmentFunction, model_loader=self.loadModel)
         worker.start(inputs.image, model_path=modelPath, device=device or "auto", box_lps=inputs.box_lps)
+        # Overwriting is agreed for the segmentation as it is now; edits made during the run are kept.
+        overwrite = (sl.segmentation_content_hash(segmentationNode)
+                     if overwriteEdited and segmentationNode is not None else False)
         return {"worker": worker, "volume": volumeNode, "segmentation": segmentationNode, "roi": roiNode,
-                "box_lps": inputs.box_lps, "device": device, "overwrite": overwriteEdited,
-                "smoothing": smoothing}
+                "box_lps": inputs.box_lps, "device": device, "overwrite": overwrite,
+                "smoothing": smoothing, "messages": inputs.messages}
 
     def finishSegmentation(self, scene, context):
         """Main-thread part after the worker finished: put its result into the scene."""
@@ -621,7 +627,7 @@ class LumbarSegLogic(ScriptedLoadableModuleLogic):
             raise worker.error
         return sl.apply_result(scene, context["volume"], worker.result, context["segmentation"], context["roi"],
                                overwrite_edited=context["overwrite"], smoothing=context["smoothing"],
-                               user_box_lps=context["box_lps"])
+                               user_box_lps=context["box_lps"], input_messages=context.get("messages", ()))
 
     def isUserEdited(self, segmentationNode):
         return slicerLogic().is_user_edited(segmentationNode)

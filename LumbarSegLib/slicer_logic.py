@@ -533,6 +533,7 @@ def label_array_to_sitk(array: np.ndarray, volume_node) -> sitk.Image:
 
 MEASURE_COLUMNS = [  # (key in metrics.measure, column title, unit)
     ("volume_ml", "Volume", "mL"),
+    ("height_mm", "Height", "mm"),
     ("mean_hu", "Mean HU", "HU"),
     ("median_hu", "Median HU", "HU"),
 ]
@@ -691,6 +692,7 @@ def export_labelmap(scene, segmentation_node, volume_node, path) -> Path:
 class RunInputs:
     image: sitk.Image
     box_lps: tuple | None
+    messages: list[str] = field(default_factory=list)  # e.g. NaN voxels set to air
 
 
 @dataclass
@@ -704,17 +706,20 @@ class ApplyOutcome:
 def prepare_run(volume_node, roi_node=None, roi_mode: str = "auto", validate: bool = True) -> RunInputs:
     """Main-thread part before a run: the CT as a SimpleITK image and the crop box to use (or None).
 
-    Raises :class:`errors.InputError` with a user-facing message for a missing or non-CT volume.
+    Raises :class:`errors.InputError` with a user-facing message for a missing or non-CT volume. NaN
+    voxels are set to air with a warning, exactly as on the command line (:func:`io.prepare_ct`).
     """
-    from .errors import InputError
+    from . import io
 
     image = volume_node_to_sitk(volume_node)
+    name = f"The volume '{volume_node.GetName()}'"
     if validate:
-        problems = check_ct(image)
-        if problems:
-            raise InputError(problems[0])
+        image, _, messages = io.prepare_ct(image, name=name)
+    else:
+        image, _, warning = io.replace_nonfinite(image, name)
+        messages = [warning] if warning else []
     box = box_for_run(roi_node, volume_node, roi_mode)
-    return RunInputs(image, box)
+    return RunInputs(image, box, messages)
 
 
 def find_crop_roi(scene, volume_node=None):
@@ -730,35 +735,113 @@ def find_crop_roi(scene, volume_node=None):
     return None
 
 
+class _SceneRollback:
+    """Undo this module's scene changes when putting a result into the scene fails half-way: nodes added
+    since entering are removed, and the ROI and a reused segmentation get back their content, so a failed
+    run leaves no half-made nodes and loses nothing."""
+
+    def __init__(self, scene):
+        self.scene = scene
+        self._restore = []
+
+    def __enter__(self):
+        self._before = {self.scene.GetNthNode(i).GetID() for i in range(self.scene.GetNumberOfNodes())}
+        return self
+
+    def keep(self, node):
+        """Remember ``node``'s content (segments or ROI geometry, and its attributes) for a rollback."""
+        if node is None or node.GetScene() is None:
+            return
+        attributes = {name: node.GetAttribute(name) for name in (node.GetAttributeNames() or ())}
+        if node.IsA("vtkMRMLSegmentationNode"):
+            segmentation = _slicer().vtkSegmentation()
+            segmentation.DeepCopy(node.GetSegmentation())
+            restore_content = lambda: node.GetSegmentation().DeepCopy(segmentation)  # noqa: E731
+        else:
+            center, size = list(node.GetCenter()), list(node.GetSize())
+            matrix = _numpy_to_matrix(_matrix_to_numpy(node.GetObjectToNodeMatrix()))
+
+            def restore_content():
+                node.SetAndObserveObjectToNodeMatrix(matrix)
+                node.SetCenter(*center)
+                node.SetSize(*size)
+
+        def restore():
+            for name in set(node.GetAttributeNames() or ()) - set(attributes):
+                node.RemoveAttribute(name)
+            for name, value in attributes.items():
+                node.SetAttribute(name, value)
+            restore_content()
+
+        self._restore.append(restore)
+
+    def __exit__(self, exc_type, exc, tb):
+        if exc_type is None:
+            return False
+        for i in reversed(range(self.scene.GetNumberOfNodes())):
+            node = self.scene.GetNthNode(i)
+            if node is not None and node.GetID() not in self._before:
+                self.scene.RemoveNode(node)
+        for restore in reversed(self._restore):
+            restore()
+        return False
+
+
+def plausibility_warnings(segmentation_node, volume_node) -> list[str]:
+    """Warnings for vertebrae whose volume or height is outside the anatomical ranges
+    (:func:`metrics.plausibility_warnings`; e.g. a slice spacing written wrongly in the header)."""
+    from .metrics import plausibility_warnings as check
+
+    return check(compute_metrics(segmentation_node, volume_node))
+
+
 def apply_result(scene, volume_node, result, segmentation_node=None, roi_node=None,
-                 overwrite_edited: bool = False, smoothing: float = DEFAULT_SMOOTHING,
-                 user_box_lps=None) -> ApplyOutcome:
+                 overwrite_edited: bool | str = False, smoothing: float = DEFAULT_SMOOTHING,
+                 user_box_lps=None, input_messages=()) -> ApplyOutcome:
     """Put an engine :class:`SegmentationResult` into the scene (crop ROI + segmentation).
 
     A ``segmentation_node`` the user has edited since it was created is never overwritten unless
-    ``overwrite_edited``: a new node is created and the edited one is left as it is. When the run used
-    the user's box (``user_box_lps``, taken from ``roi_node``) the ROI is left where the user put it
-    (the engine's voxel-snapped box can be larger on an oblique scan; moving the ROI to it would make it
-    grow on every run); otherwise the ROI is placed on the localizer's box.
+    ``overwrite_edited``: a new node is created and the edited one is left as it is. ``overwrite_edited``
+    may be the node's content hash (:func:`segmentation_content_hash`) at the moment the user agreed to
+    overwrite: edits made after that (while the run was going) are then kept too. A node the user
+    deleted meanwhile is not written into. When the run used the user's box (``user_box_lps``, taken from
+    ``roi_node``) the ROI is left where the user put it (the engine's voxel-snapped box can be larger on an
+    oblique scan; moving the ROI to it would make it grow on every run); otherwise the ROI is placed on the
+    localizer's box. If anything fails half-way the scene is rolled back (:class:`_SceneRollback`).
+    ``input_messages`` (from :func:`prepare_run`) and plausibility warnings join the outcome's messages.
     """
-    messages = list(result.messages)
-    created_new = segmentation_node is None
-    if segmentation_node is not None and not overwrite_edited and is_user_edited(segmentation_node):
-        messages.append(f"'{segmentation_node.GetName()}' was edited since it was created; it was kept and the "
-                        "new result was put in a new segmentation.")
+    messages = list(input_messages) + list(result.messages)
+    if segmentation_node is not None and segmentation_node.GetScene() is None:
+        messages.append("The output segmentation was deleted while the run was going; the result was put in a "
+                        "new segmentation.")
         segmentation_node = None
-        created_new = True
-    if user_box_lps is not None and roi_node is not None:
-        _remember_box(roi_node, volume_node, user_box_lps, "user")
-    elif result.box_lps is not None:
-        roi_node = set_crop_roi(scene, volume_node, result.box_lps, roi_node)
-    if not result.found:
-        # Nothing to show: no empty node is created, and an existing result is left as it was.
-        if segmentation_node is not None:
-            messages.append(f"'{segmentation_node.GetName()}' was left unchanged.")
-        return ApplyOutcome(None if created_new else segmentation_node, roi_node, False, messages)
-    segmentation_node = labels_to_segmentation(scene, result.labels, volume_node, segmentation_node,
-                                               smoothing=smoothing)
+    if roi_node is not None and roi_node.GetScene() is None:
+        roi_node = user_box_lps = None
+    created_new = segmentation_node is None
+    if segmentation_node is not None:
+        edited = is_user_edited(segmentation_node)
+        agreed = overwrite_edited is True or (isinstance(overwrite_edited, str) and
+                                              overwrite_edited == segmentation_content_hash(segmentation_node))
+        if edited and not agreed:
+            messages.append(f"'{segmentation_node.GetName()}' was edited since it was created; it was kept and "
+                            "the new result was put in a new segmentation.")
+            segmentation_node = None
+            created_new = True
+    with _SceneRollback(scene) as rollback:
+        rollback.keep(roi_node)
+        rollback.keep(segmentation_node)
+        if user_box_lps is not None and roi_node is not None:
+            _remember_box(roi_node, volume_node, user_box_lps, "user")
+        elif result.box_lps is not None:
+            roi_node = set_crop_roi(scene, volume_node, result.box_lps, roi_node)
+        if not result.found:
+            # Nothing to show: no empty node is created, and an existing result is left as it was.
+            if segmentation_node is not None:
+                messages.append(f"'{segmentation_node.GetName()}' was left unchanged.")
+            return ApplyOutcome(None if created_new else segmentation_node, roi_node, False, messages)
+        segmentation_node = labels_to_segmentation(scene, result.labels, volume_node, segmentation_node,
+                                                   smoothing=smoothing)
+        messages += plausibility_warnings(segmentation_node, volume_node)
     return ApplyOutcome(segmentation_node, roi_node, created_new, messages)
 
 
@@ -774,7 +857,7 @@ def run_segmentation(scene, volume_node, *, model=None, device: str = "auto", se
     result = segment_fn(inputs.image, model=model, device=device, box_lps=inputs.box_lps,
                         progress=progress, cancel=cancel)
     outcome = apply_result(scene, volume_node, result, segmentation_node, roi_node, overwrite_edited,
-                           user_box_lps=inputs.box_lps)
+                           user_box_lps=inputs.box_lps, input_messages=inputs.messages)
     return result, outcome
 
 

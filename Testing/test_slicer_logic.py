@@ -190,6 +190,7 @@ def test_metrics_table_matches_metrics_module(data):
     assert list(rows) == list(expected) == ["L1", "L2", "L3", "L4", "L5"]
     for name, m in expected.items():
         assert rows[name]["Volume"] == pytest.approx(m["volume_ml"])
+        assert rows[name]["Height"] == pytest.approx(m["height_mm"])
         assert rows[name]["Mean HU"] == pytest.approx(m["mean_hu"])
         x, y, z = m["centroid_mm"]
         assert (rows[name]["Centroid R"], rows[name]["Centroid A"], rows[name]["Centroid S"]) == \
@@ -213,7 +214,7 @@ def test_metrics_table_matches_metrics_module(data):
         for key in ("DSC", "FND", "FPD", "MSD", "ASD", "HD95"):
             assert rows[name][key] == pytest.approx(m[key], nan_ok=True), (name, key)
     assert rows["L1"]["DSC"] == pytest.approx(1.0) and rows["L3"]["DSC"] < 0.9
-    assert table.GetNumberOfColumns() == 1 + 3 + 3 + 6  # segment, volume/mean/median, centroid, 6 agreement
+    assert table.GetNumberOfColumns() == 1 + 4 + 3 + 6  # segment, volume/height/mean/median, centroid, 6 agreement
 
 
 def test_export_stl_and_labelmaps(data, tmp_path):
@@ -438,3 +439,128 @@ def test_nothing_found_creates_no_node_and_keeps_an_existing_one(data):
     outcome = sl.apply_result(scene, volume, nothing, seg)
     assert outcome.segmentation_node is seg and len(segments(seg)) == 5
     assert any("left unchanged" in m for m in outcome.messages)
+
+
+# ---------------------------------------------------------------------------------------------- trustworthy results
+
+def _scene_state(scene):
+    ids = sorted(scene.GetNthNode(i).GetID() for i in range(scene.GetNumberOfNodes()))
+    return ids
+
+
+def _paint(seg, ct, name, block):
+    paint = np.zeros(sitk.GetArrayViewFromImage(ct).shape, np.uint8)
+    paint[block] = 1
+    img = sitk.GetImageFromArray(paint)
+    img.CopyInformation(ct)
+    slicer.vtkSlicerSegmentationsModuleLogic.SetBinaryLabelmapToSegment(
+        sl.sitk_to_oriented_image(img), seg, segment_ids(seg)[name], slicer.vtkSlicerSegmentationsModuleLogic.MODE_MERGE_MAX)
+
+
+def test_a_failed_run_leaves_no_half_made_nodes_and_loses_nothing(data):
+    """Putting a broken result into the scene fails half-way (after the ROI moved and, for a reused node,
+    after its segments were removed): the scene must be exactly as before."""
+    ct, labels = data
+    scene = new_scene()
+    volume = sl.sitk_to_volume_node(scene, ct, "CT")
+    _, first = sl.run_segmentation(scene, volume, segment_fn=fake_engine(labels, labels_box_lps(labels)))
+    seg, roi = first.segmentation_node, first.roi_node
+    state, content = _scene_state(scene), sl.segmentation_content_hash(seg)
+    box, attributes = sl.box_lps_from_roi(roi, volume), {n: roi.GetAttribute(n) for n in roi.GetAttributeNames()}
+    before = sl.segmentation_to_label_array(seg, volume).copy()
+
+    broken_labels = sitk.Compose(labels, labels)  # a two-component image: cannot become a label map
+    moved_box = tuple(tuple(v + 7.0 for v in corner) for corner in box)
+    broken = pipeline.SegmentationResult(broken_labels, ["L1", "L2", "L3", "L4", "L5"], None, moved_box, 0.9,
+                                         {}, [], True)
+    for target in (seg, None):  # replacing the unedited result, and creating a new node
+        with pytest.raises(RuntimeError):
+            sl.apply_result(scene, volume, broken, target, roi)
+        assert _scene_state(scene) == state  # no new segmentation, display or storage node left behind
+        assert sl.segmentation_content_hash(seg) == content and not sl.is_user_edited(seg)
+        np.testing.assert_array_equal(sl.segmentation_to_label_array(seg, volume), before)
+        np.testing.assert_allclose(sl.box_lps_from_roi(roi, volume), box, atol=1e-9)  # the ROI did not move
+        assert {n: roi.GetAttribute(n) for n in roi.GetAttributeNames()} == attributes
+
+
+def test_a_cancelled_run_changes_nothing(data):
+    ct, labels = data
+    scene = new_scene()
+    volume = sl.sitk_to_volume_node(scene, ct, "CT")
+    _, first = sl.run_segmentation(scene, volume, segment_fn=fake_engine(labels, labels_box_lps(labels)))
+    state, content = _scene_state(scene), sl.segmentation_content_hash(first.segmentation_node)
+    with pytest.raises(Cancelled):
+        sl.run_segmentation(scene, volume, model=load_model(), device="cpu",
+                            segmentation_node=first.segmentation_node, cancel=lambda: True)
+    assert _scene_state(scene) == state
+    assert sl.segmentation_content_hash(first.segmentation_node) == content
+
+
+def test_edits_made_during_a_run_are_kept_even_after_agreeing_to_overwrite(data):
+    """The user agreed to overwrite the segmentation as it was when the run started; painting into it
+    while the run is going must not be thrown away."""
+    ct, labels = data
+    scene = new_scene()
+    volume = sl.sitk_to_volume_node(scene, ct, "CT")
+    engine = fake_engine(labels, labels_box_lps(labels))
+    _, first = sl.run_segmentation(scene, volume, segment_fn=engine)
+    seg = first.segmentation_node
+    _paint(seg, ct, "L2", np.s_[5:9, 5:9, 5:9])
+    agreed = sl.segmentation_content_hash(seg)  # the dialog "Overwrite" was answered for this content
+    _paint(seg, ct, "L3", np.s_[12:15, 12:15, 12:15])  # ...and then the user kept painting during the run
+    edited = sl.segmentation_to_label_array(seg, volume).copy()
+    result = engine(sl.volume_node_to_sitk(volume))
+    outcome = sl.apply_result(scene, volume, result, seg, first.roi_node, overwrite_edited=agreed)
+    assert outcome.created_new and outcome.segmentation_node is not seg
+    np.testing.assert_array_equal(sl.segmentation_to_label_array(seg, volume), edited)
+    # Without further edits the agreement holds: the node is overwritten in place.
+    outcome = sl.apply_result(scene, volume, result, seg, first.roi_node,
+                              overwrite_edited=sl.segmentation_content_hash(seg))
+    assert outcome.segmentation_node is seg and not sl.is_user_edited(seg)
+
+
+def test_segmentation_deleted_during_the_run_gets_a_new_node(data):
+    ct, labels = data
+    scene = new_scene()
+    volume = sl.sitk_to_volume_node(scene, ct, "CT")
+    engine = fake_engine(labels, labels_box_lps(labels))
+    _, first = sl.run_segmentation(scene, volume, segment_fn=engine)
+    scene.RemoveNode(first.segmentation_node)
+    outcome = sl.apply_result(scene, volume, engine(sl.volume_node_to_sitk(volume)), first.segmentation_node,
+                              first.roi_node)
+    assert outcome.segmentation_node.GetScene() is scene and outcome.created_new
+    assert any("deleted while the run was going" in m for m in outcome.messages)
+
+
+def test_nan_voxels_in_a_volume_are_air_with_a_warning(data):
+    ct, labels = data
+    arr = sitk.GetArrayFromImage(ct).astype(np.float32)
+    arr[:, :2, :] = np.nan
+    nan_ct = sitk.GetImageFromArray(arr)
+    nan_ct.CopyInformation(ct)
+    scene = new_scene()
+    volume = sl.sitk_to_volume_node(scene, nan_ct, "CT with NaN")
+    calls = []
+    _, outcome = sl.run_segmentation(scene, volume, segment_fn=fake_engine(labels, labels_box_lps(labels), calls))
+    seen = sitk.GetArrayViewFromImage(calls[-1]["image"])
+    assert np.isfinite(seen).all() and np.all(seen[:, :2, :] == -1000)
+    assert any(m.startswith("WARNING: The volume 'CT with NaN' has") and "set to air" in m for m in outcome.messages)
+
+
+@pytest.mark.parametrize("z_factor, plausible", [(1.0, True), (5.0, False)])
+def test_implausible_sizes_are_warned_about_in_the_module(data, z_factor, plausible):
+    """A slice spacing written 5 times too large: every vertebra is 5 times too high and too large."""
+    ct, labels = data
+    ct, labels = sitk.Image(ct), sitk.Image(labels)
+    spacing = list(ct.GetSpacing())
+    spacing[2] *= z_factor
+    ct.SetSpacing(spacing)
+    labels.SetSpacing(spacing)
+    scene = new_scene()
+    volume = sl.sitk_to_volume_node(scene, ct, "CT")
+    _, outcome = sl.run_segmentation(scene, volume, segment_fn=fake_engine(labels, labels_box_lps(labels)))
+    warnings = sl.plausibility_warnings(outcome.segmentation_node, volume)
+    assert [m for m in outcome.messages if "implausible" in m] == warnings
+    assert (warnings == []) is plausible
+    if not plausible:
+        assert len(warnings) == 5 and all("Check the voxel spacing" in w for w in warnings)

@@ -205,6 +205,38 @@ def test_logic_class_runs_the_flow_on_a_real_scene(tmp_path):
     assert logic.loadModel(None) is logic.loadModel(None)
 
 
+def test_logic_keeps_edits_made_while_a_run_is_going(tmp_path):
+    """'Overwrite' was answered for the segmentation as it was at the start; painting during the run
+    is kept (the result goes to a new node), and the module hears about NaN voxels and implausible sizes."""
+    slicer = pytest.importorskip("slicer")
+    import SimpleITK as sitk
+    from test_slicer_logic import _paint, fake_engine, labels_box_lps, new_scene, phantom
+
+    from LumbarSegLib import slicer_logic as sl
+
+    logic = load_module().LumbarSegLogic()
+    ct, labels = phantom(seed=7)
+    arr = sitk.GetArrayFromImage(ct).astype(np.float32)
+    arr[:, :2, :] = np.nan
+    nan_ct = sitk.GetImageFromArray(arr)
+    nan_ct.CopyInformation(ct)
+    scene = new_scene()
+    volume = sl.sitk_to_volume_node(scene, nan_ct, "CT")
+    engine = fake_engine(labels, labels_box_lps(labels))
+    _, outcome = logic.process(scene, volume, device="cpu", segmentFunction=engine)
+    seg = outcome.segmentation_node
+    _paint(seg, ct, "L2", np.s_[5:9, 5:9, 5:9])
+    context = logic.startSegmentation(scene, volume, segmentationNode=seg, overwriteEdited=True,
+                                      segmentFunction=engine)
+    _paint(seg, ct, "L3", np.s_[12:15, 12:15, 12:15])  # while the worker runs
+    edited = sl.segmentation_to_label_array(seg, volume).copy()
+    assert context["worker"].wait(60) and context["worker"].error is None
+    finished = logic.finishSegmentation(scene, context)
+    assert finished.segmentation_node is not seg and finished.created_new
+    np.testing.assert_array_equal(sl.segmentation_to_label_array(seg, volume), edited)
+    assert any("set to air" in m for m in finished.messages)
+
+
 def test_logic_reports_a_non_ct_volume_clearly():
     slicer = pytest.importorskip("slicer")
     import SimpleITK as sitk
