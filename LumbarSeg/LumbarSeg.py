@@ -1,7 +1,7 @@
 """LumbarSeg: automatic L1-L5 segmentation of CT in 3D Slicer (two-stage method of Lu et al. 2023).
 
 This file is the Slicer scripted module (Module, Widget, Logic, Test). All the work on the scene is in
-``LumbarSegLib.slicer_logic`` (plain functions taking the scene, tested headless) and the segmentation
+``LumbarSegLib.slicer`` (plain functions taking the scene, tested headless) and the segmentation
 itself in ``LumbarSegLib.pipeline``; this file adds the GUI, the background run and dependency install.
 
 Importing this file does no work: Slicer-only modules (qt, ctk, slicer.ScriptedLoadableModule) are
@@ -87,11 +87,12 @@ def missingPackages():
     return [name for name in PYTHON_REQUIREMENTS if importlib.util.find_spec(name) is None]
 
 
-def slicerLogic():
+def slicerLib(name):
+    """The ``LumbarSegLib.slicer`` module ``name`` ("volumes", "roi", "segments", "run", ...), imported on first use."""
     ensureLibImportable()
-    from LumbarSegLib import slicer_logic
+    import importlib
 
-    return slicer_logic
+    return importlib.import_module("LumbarSegLib.slicer." + name)
 
 
 #
@@ -370,7 +371,7 @@ class LumbarSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 device=p.GetParameter("Device"), modelPath=self.modelPath(), overwriteEdited=overwrite,
                 smoothing=float(p.GetParameter("Smoothing") or 0.5))
         except Exception as exc:
-            slicer.util.errorDisplay(slicerLogic().friendly_error(exc, p.GetParameter("Device")))
+            slicer.util.errorDisplay(slicerLib("run").friendly_error(exc, p.GetParameter("Device")))
             return
         self._runContext = context
         self._worker = context["worker"]
@@ -396,9 +397,8 @@ class LumbarSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if worker is None:
             self._timer.stop()
             return
-        sl = slicerLogic()
         for stage, fraction in worker.poll():
-            overall, text = sl.overall_progress(stage, fraction)
+            overall, text = slicerLib("worker").overall_progress(stage, fraction)
             self.ui.progressBar.value = int(round(100 * overall))
             if not worker.cancelled:
                 self.ui.statusLabel.text = text
@@ -416,7 +416,7 @@ class LumbarSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             return
         if worker.error is not None:
             logging.error("LumbarSeg failed", exc_info=worker.error)
-            message = sl.friendly_error(worker.error, context["device"])
+            message = slicerLib("run").friendly_error(worker.error, context["device"])
             self.ui.statusLabel.text = message
             slicer.util.errorDisplay(message)
             return
@@ -425,7 +425,7 @@ class LumbarSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 outcome = self.logic.finishSegmentation(slicer.mrmlScene, context)
         except Exception as exc:
             logging.exception("LumbarSeg could not put the result into the scene")
-            slicer.util.errorDisplay(sl.friendly_error(exc))
+            slicer.util.errorDisplay(slicerLib("run").friendly_error(exc))
             return
         self.showResult(context["volume"], outcome, worker.result)
 
@@ -463,7 +463,7 @@ class LumbarSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                                                   p.GetNodeReference("MetricsTable"))
         except Exception as exc:
             logging.exception("LumbarSeg metrics failed")
-            slicer.util.errorDisplay(slicerLogic().friendly_error(exc))
+            slicer.util.errorDisplay(slicerLib("run").friendly_error(exc))
             return
         p.SetNodeReferenceID("MetricsTable", table.GetID())
         self.ui.metricsTableView.setMRMLTableNode(table)
@@ -590,11 +590,10 @@ class LumbarSegLogic(ScriptedLoadableModuleLogic):
     def process(self, scene, volumeNode, segmentationNode=None, roiMode="auto", device="auto", modelPath=None,
                 overwriteEdited=False, progress=None, cancel=None, segmentFunction=None):
         """Synchronous run (scripting, tests): returns (SegmentationResult, ApplyOutcome)."""
-        sl = slicerLogic()
-        return sl.run_segmentation(scene, volumeNode, model=self.loadModel(modelPath), device=device,
-                                   segmentation_node=segmentationNode, roi_mode=roiMode,
-                                   overwrite_edited=overwriteEdited, progress=progress, cancel=cancel,
-                                   segment_fn=segmentFunction)
+        return slicerLib("run").run_segmentation(
+            scene, volumeNode, model=self.loadModel(modelPath), device=device, segmentation_node=segmentationNode,
+            roi_mode=roiMode, overwrite_edited=overwriteEdited, progress=progress, cancel=cancel,
+            segment_fn=segmentFunction)
 
     def startSegmentation(self, scene, volumeNode, segmentationNode=None, roiMode="auto", device="auto",
                           modelPath=None, overwriteEdited=False, smoothing=0.5, segmentFunction=None):
@@ -602,12 +601,12 @@ class LumbarSegLogic(ScriptedLoadableModuleLogic):
 
         The scene is read here, on the calling (main) thread; the worker thread only runs the engine.
         """
-        sl = slicerLogic()
+        ensureLibImportable()
         from LumbarSegLib import pipeline  # noqa: F401  (first torch import on the main thread, not the worker)
 
-        roiNode = sl.find_crop_roi(scene, volumeNode)
-        inputs = sl.prepare_run(volumeNode, roiNode, roiMode or "auto")
-        worker = sl.SegmentationWorker(segment_fn=segmentFunction, model_loader=self.loadModel)
+        roiNode = slicerLib("roi").find_crop_roi(scene, volumeNode)
+        inputs = slicerLib("run").prepare_run(volumeNode, roiNode, roiMode or "auto")
+        worker = slicerLib("worker").SegmentationWorker(segment_fn=segmentFunction, model_loader=self.loadModel)
         worker.start(inputs.image, model_path=modelPath, device=device or "auto", box_lps=inputs.box_lps)
         return {"worker": worker, "volume": volumeNode, "segmentation": segmentationNode, "roi": roiNode,
                 "box_lps": inputs.box_lps, "device": device, "overwrite": overwriteEdited,
@@ -615,16 +614,15 @@ class LumbarSegLogic(ScriptedLoadableModuleLogic):
 
     def finishSegmentation(self, scene, context):
         """Main-thread part after the worker finished: put its result into the scene."""
-        sl = slicerLogic()
         worker = context["worker"]
         if worker.error is not None:
             raise worker.error
-        return sl.apply_result(scene, context["volume"], worker.result, context["segmentation"], context["roi"],
-                               overwrite_edited=context["overwrite"], smoothing=context["smoothing"],
-                               user_box_lps=context["box_lps"])
+        return slicerLib("run").apply_result(
+            scene, context["volume"], worker.result, context["segmentation"], context["roi"],
+            overwrite_edited=context["overwrite"], smoothing=context["smoothing"], user_box_lps=context["box_lps"])
 
     def isUserEdited(self, segmentationNode):
-        return slicerLogic().is_user_edited(segmentationNode)
+        return slicerLib("segments").is_user_edited(segmentationNode)
 
     def setSmoothing(self, segmentationNode, value):
         segmentation = segmentationNode.GetSegmentation()
@@ -638,16 +636,15 @@ class LumbarSegLogic(ScriptedLoadableModuleLogic):
     # --- results
 
     def computeMetrics(self, scene, segmentationNode, volumeNode, referenceNode=None, tableNode=None):
-        sl = slicerLogic()
-        rows = sl.compute_metrics(segmentationNode, volumeNode, referenceNode)
+        rows = slicerLib("metrics_table").compute_metrics(segmentationNode, volumeNode, referenceNode)
         name = segmentationNode.GetName() + " metrics"
-        return sl.fill_metrics_table(scene, rows, tableNode, name=name)
+        return slicerLib("metrics_table").fill_metrics_table(scene, rows, tableNode, name=name)
 
     def exportStl(self, segmentationNode, folder):
-        return slicerLogic().export_stl(segmentationNode, folder)
+        return slicerLib("export").export_stl(segmentationNode, folder)
 
     def exportLabelmap(self, scene, segmentationNode, volumeNode, path):
-        return slicerLogic().export_labelmap(scene, segmentationNode, volumeNode, path)
+        return slicerLib("export").export_labelmap(scene, segmentationNode, volumeNode, path)
 
 
 #
@@ -691,11 +688,11 @@ class LumbarSegTest(ScriptedLoadableModuleTest):
         import SimpleITK as sitk
 
         self.delayDisplay("Synthetic CT")
-        sl = slicerLogic()
+        ensureLibImportable()
         from LumbarSegLib import pipeline
 
         ct, labels = self._phantom()
-        volume = sl.sitk_to_volume_node(slicer.mrmlScene, ct, "LumbarSeg test CT")
+        volume = slicerLib("volumes").sitk_to_volume_node(slicer.mrmlScene, ct, "LumbarSeg test CT")
         logic = LumbarSegLogic()
 
         self.delayDisplay("Segmenting with the engine (bundled model, else random weights)")
@@ -711,17 +708,17 @@ class LumbarSegTest(ScriptedLoadableModuleTest):
         self.delayDisplay("Known labels into the scene")
         box = pipeline.index_box_to_lps(ct, (5, 5, 5), (50, 43, 75))
         known = pipeline.SegmentationResult(labels, ["L1", "L2", "L3", "L4", "L5"], None, box, 1.0, {}, [], True)
-        outcome = sl.apply_result(slicer.mrmlScene, volume, known, segmentation, outcome.roi_node,
+        outcome = slicerLib("run").apply_result(slicer.mrmlScene, volume, known, segmentation, outcome.roi_node,
                                   overwrite_edited=True)
         segmentation = outcome.segmentation_node
         self.assertEqual(segmentation.GetSegmentation().GetNumberOfSegments(), 5)
-        np.testing.assert_array_equal(sl.segmentation_to_label_array(segmentation, volume),
+        np.testing.assert_array_equal(slicerLib("segments").segmentation_to_label_array(segmentation, volume),
                                       sitk.GetArrayViewFromImage(labels))
-        self.assertEqual(outcome.roi_node.GetName(), sl.ROI_NAME)
+        self.assertEqual(outcome.roi_node.GetName(), slicerLib("roi").ROI_NAME)
 
         self.delayDisplay("Metrics against itself as reference")
         table = logic.computeMetrics(slicer.mrmlScene, segmentation, volume, segmentation)
-        rows = sl.table_to_dict(table)
+        rows = slicerLib("metrics_table").table_to_dict(table)
         self.assertEqual(sorted(rows), ["L1", "L2", "L3", "L4", "L5"])
         for row in rows.values():
             self.assertAlmostEqual(row["DSC"], 1.0)
@@ -739,11 +736,10 @@ class LumbarSegTest(ScriptedLoadableModuleTest):
     def test_LumbarSeg_BackgroundRunAndCancel(self):
         import time
 
-        sl = slicerLogic()
+        ct, _ = self._phantom()  # makes LumbarSegLib importable
         from LumbarSegLib.errors import Cancelled
 
-        ct, _ = self._phantom()
-        volume = sl.sitk_to_volume_node(slicer.mrmlScene, ct, "LumbarSeg test CT")
+        volume = slicerLib("volumes").sitk_to_volume_node(slicer.mrmlScene, ct, "LumbarSeg test CT")
         logic = LumbarSegLogic()
         context = logic.startSegmentation(slicer.mrmlScene, volume, device="cpu")
         while context["worker"].running():

@@ -137,8 +137,7 @@ def test_lib_is_found_from_source_tree_and_installed_layout(tmp_path):
         spec = importlib.util.spec_from_file_location("LumbarSeg", {str(installed / 'LumbarSeg.py')!r})
         m = importlib.util.module_from_spec(spec); spec.loader.exec_module(m)
         print(m.ensureLibImportable())
-        sl = m.slicerLogic()
-        print(sl.__file__)
+        print(m.slicerLib("run").__file__)
     """
     result = _run_python(code, cwd=str(tmp_path))
     assert result.returncode == 0, result.stderr[-2000:]
@@ -167,7 +166,8 @@ def test_logic_class_runs_the_flow_on_a_real_scene(tmp_path):
     import SimpleITK as sitk
     from test_slicer_logic import fake_engine, labels_box_lps, new_scene, phantom
 
-    from LumbarSegLib import slicer_logic as sl
+    from LumbarSegLib.slicer.roi import ROI_NAME
+    from LumbarSegLib.slicer.volumes import sitk_to_volume_node
 
     module = load_module()
     logic = module.LumbarSegLogic()
@@ -177,12 +177,12 @@ def test_logic_class_runs_the_flow_on_a_real_scene(tmp_path):
 
     ct, labels = phantom(seed=7)
     scene = new_scene()
-    volume = sl.sitk_to_volume_node(scene, ct, "CT")
+    volume = sitk_to_volume_node(scene, ct, "CT")
     engine = fake_engine(labels, labels_box_lps(labels))
     # Synchronous path.
     result, outcome = logic.process(scene, volume, device="cpu", segmentFunction=engine)
     assert sorted(result.found) == ["L1", "L2", "L3", "L4", "L5"]
-    assert outcome.roi_node.GetName() == sl.ROI_NAME
+    assert outcome.roi_node.GetName() == ROI_NAME
     # Background path, as the Widget uses it (start, poll until done, finish on the main thread).
     context = logic.startSegmentation(scene, volume, segmentationNode=outcome.segmentation_node,
                                       segmentFunction=engine)
@@ -209,13 +209,13 @@ def test_logic_reports_a_non_ct_volume_clearly():
     slicer = pytest.importorskip("slicer")
     import SimpleITK as sitk
 
-    from LumbarSegLib import slicer_logic as sl
     from LumbarSegLib.errors import InputError
+    from LumbarSegLib.slicer.volumes import sitk_to_volume_node
 
     module = load_module()
     scene = slicer.vtkMRMLScene()
     mr = sitk.GetImageFromArray(np.random.default_rng(1).uniform(0, 800, (16, 16, 16)).astype(np.int16))
-    volume = sl.sitk_to_volume_node(scene, mr, "MR")
+    volume = sitk_to_volume_node(scene, mr, "MR")
     with pytest.raises(InputError, match="Hounsfield"):
         module.LumbarSegLogic().startSegmentation(scene, volume)
 
@@ -279,7 +279,8 @@ def test_cmake_extension_configures(tmp_path):
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     manifest = (build / "manifest.txt").read_text(encoding="utf-8").split("\n")
     scripts = {line.split(" ", 1)[1] for line in manifest if line.startswith("SCRIPT ")}
-    lib = {f"LumbarSegLib/{p.name}" for p in (ROOT / "LumbarSegLib").glob("*.py")}
+    lib = {p.relative_to(ROOT).as_posix() for p in (ROOT / "LumbarSegLib").rglob("*.py")}
+    assert "LumbarSegLib/slicer/run.py" in lib  # subpackages are part of the engine
     assert scripts == {"LumbarSeg.py"} | lib  # every engine file installs beside the module
     for rel in lib:
         assert (build / "LumbarSeg" / rel).read_bytes() == (ROOT / rel).read_bytes()

@@ -1,0 +1,107 @@
+"""Running the engine on a volume node: prepare on the main thread, segment (here or in a
+:class:`~LumbarSegLib.slicer.worker.SegmentationWorker`), apply the result on the main thread."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import SimpleITK as sitk
+
+from .roi import box_for_run, find_crop_roi, remember_box, set_crop_roi
+from .segments import DEFAULT_SMOOTHING, is_user_edited, labels_to_segmentation
+from .volumes import check_ct, volume_node_to_sitk
+
+
+@dataclass
+class RunInputs:
+    image: sitk.Image
+    box_lps: tuple | None
+
+
+@dataclass
+class ApplyOutcome:
+    segmentation_node: object
+    roi_node: object
+    created_new: bool
+    messages: list[str] = field(default_factory=list)
+
+
+def prepare_run(volume_node, roi_node=None, roi_mode: str = "auto", validate: bool = True) -> RunInputs:
+    """Main-thread part before a run: the CT as a SimpleITK image and the crop box to use (or None).
+
+    Raises :class:`errors.InputError` with a user-facing message for a missing or non-CT volume.
+    """
+    from ..errors import InputError
+
+    image = volume_node_to_sitk(volume_node)
+    if validate:
+        problems = check_ct(image)
+        if problems:
+            raise InputError(problems[0])
+    box = box_for_run(roi_node, volume_node, roi_mode)
+    return RunInputs(image, box)
+
+
+def apply_result(scene, volume_node, result, segmentation_node=None, roi_node=None,
+                 overwrite_edited: bool = False, smoothing: float = DEFAULT_SMOOTHING,
+                 user_box_lps=None) -> ApplyOutcome:
+    """Put an engine :class:`SegmentationResult` into the scene (crop ROI + segmentation).
+
+    A ``segmentation_node`` the user has edited since it was created is never overwritten unless
+    ``overwrite_edited``: a new node is created and the edited one is left as it is. When the run used
+    the user's box (``user_box_lps``, taken from ``roi_node``) the ROI is left where the user put it
+    (the engine's voxel-snapped box can be larger on an oblique scan; moving the ROI to it would make it
+    grow on every run); otherwise the ROI is placed on the localizer's box.
+    """
+    messages = list(result.messages)
+    created_new = segmentation_node is None
+    if segmentation_node is not None and not overwrite_edited and is_user_edited(segmentation_node):
+        messages.append(f"'{segmentation_node.GetName()}' was edited since it was created; it was kept and the "
+                        "new result was put in a new segmentation.")
+        segmentation_node = None
+        created_new = True
+    if user_box_lps is not None and roi_node is not None:
+        remember_box(roi_node, volume_node, user_box_lps, "user")
+    elif result.box_lps is not None:
+        roi_node = set_crop_roi(scene, volume_node, result.box_lps, roi_node)
+    if not result.found:
+        # Nothing to show: no empty node is created, and an existing result is left as it was.
+        if segmentation_node is not None:
+            messages.append(f"'{segmentation_node.GetName()}' was left unchanged.")
+        return ApplyOutcome(None if created_new else segmentation_node, roi_node, False, messages)
+    segmentation_node = labels_to_segmentation(scene, result.labels, volume_node, segmentation_node,
+                                               smoothing=smoothing)
+    return ApplyOutcome(segmentation_node, roi_node, created_new, messages)
+
+
+def run_segmentation(scene, volume_node, *, model=None, device: str = "auto", segmentation_node=None,
+                     roi_node=None, roi_mode: str = "auto", overwrite_edited: bool = False,
+                     progress=None, cancel=None, segment_fn=None):
+    """Synchronous whole flow (tests, scripting, the self-test): returns (result, ApplyOutcome)."""
+    if segment_fn is None:
+        from ..pipeline import segment as segment_fn
+    if roi_node is None:
+        roi_node = find_crop_roi(scene, volume_node)
+    inputs = prepare_run(volume_node, roi_node, roi_mode)
+    result = segment_fn(inputs.image, model=model, device=device, box_lps=inputs.box_lps,
+                        progress=progress, cancel=cancel)
+    outcome = apply_result(scene, volume_node, result, segmentation_node, roi_node, overwrite_edited,
+                           user_box_lps=inputs.box_lps)
+    return result, outcome
+
+
+def friendly_error(exc: BaseException, device: str = "auto") -> str:
+    """A message the user can act on for an exception from the engine."""
+    from ..errors import LumbarSegError
+
+    text = str(exc)
+    if isinstance(exc, MemoryError) or "out of memory" in text.lower() or type(exc).__name__ == "OutOfMemoryError":
+        return ("Out of memory while segmenting" + (f" on {device}" if device not in ("auto", "") else "") +
+                ". Close other applications, choose the CPU device (if the GPU ran out), or draw a smaller "
+                "crop box around the lumbar spine and run again.")
+    if isinstance(exc, ModuleNotFoundError):
+        return (f"A Python package is missing: {exc.name}. Use 'Install dependencies' in the LumbarSeg module "
+                "(or the PyTorch Utils module for torch) and try again.")
+    if isinstance(exc, LumbarSegError):
+        return text
+    return f"Unexpected error: {type(exc).__name__}: {text}"
