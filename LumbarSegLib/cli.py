@@ -303,7 +303,7 @@ def build_parser() -> argparse.ArgumentParser:
     def common(p, model=True):
         if model:
             p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"],
-                           help="where the networks run; auto picks CUDA, then Apple MPS, then CPU")
+                           help="where the networks run; auto picks CUDA when present, else the CPU (mps only by name)")
             p.add_argument("--model", default=None, metavar="PATH",
                            help="model bundle (default: the bundled model)")
             p.add_argument("--smoothing", type=float, default=0.5, help="STL smoothing factor 0..1 (default 0.5)")
