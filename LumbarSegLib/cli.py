@@ -84,8 +84,10 @@ def _load_model(path):
 
 def _run_segmentation(image: sitk.Image, *, input_desc: dict, outdir: Path, stem: str, model, device: str,
                       fmt: str, stl: bool, preview: bool, reference: sitk.Image | None, reference_desc: dict | None,
-                      smoothing: float, quiet: bool, extra_timings: dict | None = None) -> dict:
-    """Segment an already validated CT, write every requested output and return the report dict."""
+                      smoothing: float, quiet: bool, extra_timings: dict | None = None, dicom_source=None) -> dict:
+    """Segment an already validated CT, write every requested output and return the report dict.
+
+    ``dicom_source``: the source series' datasets (``dicom_seg.read_source_series``) to write a DICOM SEG."""
     from . import io, metrics, pipeline, surfaces
     from .models import resolve_device
 
@@ -114,6 +116,14 @@ def _run_segmentation(image: sitk.Image, *, input_desc: dict, outdir: Path, stem
 
     comparison = None
     notes: list[str] = []
+    if dicom_source is not None:
+        from .dicom_seg import write_dicom_seg
+
+        seg_path = write_dicom_seg(result.labels, dicom_source, outdir / f"{stem}_seg.dcm")
+        if seg_path is None:
+            notes.append("No vertebra was found, so no DICOM SEG was written (a SEG needs at least one segment).")
+        else:
+            outputs["dicom_seg"] = str(seg_path)
     if reference is not None:
         comparison = metrics.compare_images(result.labels, reference, resample=True, notes=notes)
 
@@ -190,6 +200,11 @@ def cmd_segment(args) -> int:
     from .models import resolve_device
 
     resolve_device(args.device)  # an unavailable device fails now, not after reading a large CT
+    dicom_source = None
+    if args.dicom_seg:  # a SEG that cannot reference its source fails now, before the segmentation runs
+        from .dicom_seg import read_source_series
+
+        dicom_source = read_source_series(args.input)
     progress = _StageProgress(args.quiet)
     done = progress.step("read")
     t0 = time.perf_counter()
@@ -206,7 +221,7 @@ def cmd_segment(args) -> int:
     _run_segmentation(image, input_desc=input_desc, outdir=Path(args.output), stem=io.output_stem(args.input),
                       model=model, device=args.device, fmt=args.format, stl=args.stl, preview=args.preview,
                       reference=reference, reference_desc=reference_desc, smoothing=args.smoothing,
-                      quiet=args.quiet, extra_timings={"read": read_s})
+                      quiet=args.quiet, extra_timings={"read": read_s}, dicom_source=dicom_source)
     return 0
 
 
@@ -319,6 +334,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="label codes of REF (auto-detected by default)")
     p.add_argument("--format", default="nii.gz", choices=["nii.gz", "seg.nrrd"], help="label map format")
     p.add_argument("--preview", action="store_true", help="also write a PNG with three orthogonal slices")
+    p.add_argument("--dicom-seg", action="store_true",
+                   help="also write a DICOM Segmentation (OUTDIR/<name>_seg.dcm) referencing the input DICOM series")
     common(p)
     p.set_defaults(func=cmd_segment)
 

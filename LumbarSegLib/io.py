@@ -60,7 +60,7 @@ def _accepted_formats() -> str:
 # Reading
 # --------------------------------------------------------------------------------------------------
 
-def _dicom_series_files(folder: Path) -> list[str]:
+def dicom_series_files(folder: Path) -> list[str]:
     """File names of the largest DICOM series in ``folder`` (a folder may hold a scout and the CT)."""
     reader = sitk.ImageSeriesReader()
     try:
@@ -83,7 +83,7 @@ def image_information(path) -> tuple[tuple[int, ...], int]:
     loaded into memory."""
     path = Path(path)
     if path.is_dir():
-        files = _dicom_series_files(path)
+        files = dicom_series_files(path)
         reader = sitk.ImageFileReader()
         reader.SetFileName(files[0])
         reader.ReadImageInformation()
@@ -104,7 +104,7 @@ def read_image(path) -> sitk.Image:
     if not path.exists():
         raise InputError(f"{path}: no such file or folder. Give a CT as {_accepted_formats()}.")
     if path.is_dir():
-        files = _dicom_series_files(path)
+        files = dicom_series_files(path)
         reader = sitk.ImageSeriesReader()
         reader.SetFileNames(files)
         try:
