@@ -18,10 +18,9 @@ import numpy as np
 import SimpleITK as sitk
 
 from . import __version__
-from .constants import LABEL_COLORS, LABEL_NAMES, SNOMED_BONE_CATEGORY, SNOMED_VERTEBRA
+from .constants import LABEL_COLORS, LABEL_NAMES, RESEARCH_NOTICE, SNOMED_BONE_CATEGORY, SNOMED_VERTEBRA
 from .errors import InputError
 
-RESEARCH_NOTICE = "Research use only, not a medical device"
 SERIES_DESCRIPTION = "LumbarSeg L1-L5 (research use)"
 SERIES_NUMBER = 9901  # a high number so the SEG sorts after the scanner's own series
 

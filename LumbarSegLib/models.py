@@ -15,13 +15,9 @@ import torch
 from .errors import ModelError
 from .networks import CONFIGS, LocalizerUNet, ModelConfig, XUNet, build_networks
 
-RESOURCES_DIR = Path(__file__).resolve().parent.parent / "Resources" / "Models"
-DEFAULT_MODEL_NAME = "lumbarseg_cpu.pt"
+from .model_card import default_model_path  # noqa: F401  (defined where torch is not needed)
+
 FORMAT_VERSION = 1
-
-
-def default_model_path() -> Path:
-    return RESOURCES_DIR / DEFAULT_MODEL_NAME
 
 
 @dataclass

@@ -25,7 +25,8 @@ from LumbarSegLib.slicer.roi import (ROI_NAME, box_for_run, box_lps_from_roi,  #
                                      box_lps_to_ras_center_size, roi_was_moved)
 from LumbarSegLib.slicer.run import apply_result, friendly_error, prepare_run, run_segmentation  # noqa: E402
 from LumbarSegLib.slicer.scene import ATTR_BOX_LPS, ensure_segmentations_logic  # noqa: E402
-from LumbarSegLib.slicer.segments import (DEFAULT_SMOOTHING, is_user_edited, labels_to_segmentation,  # noqa: E402
+from LumbarSegLib.slicer.segments import (DEFAULT_SMOOTHING, TERMINOLOGY_CONTEXT, is_user_edited,  # noqa: E402
+                                          labels_to_segmentation,
                                           segmentation_to_label_array, terminology_entry_string,
                                           vertebra_label_from_name)
 from LumbarSegLib.slicer.volumes import (sitk_to_oriented_image, sitk_to_volume_node,  # noqa: E402
@@ -165,7 +166,7 @@ def test_results_into_scene_roi_segments_terminology_surfaces(data):
         segment = found[LABEL_NAMES[label]]
         np.testing.assert_allclose(segment.GetColor(), LABEL_COLORS[label])
         tag = segment.GetTerminology()
-        assert tag.startswith("Segmentation category and type - 3D Slicer General Anatomy list~")
+        assert tag.startswith(TERMINOLOGY_CONTEXT + "~")  # the terminology this extension ships
         assert f"SCT^{SNOMED_VERTEBRA[label][0]}^{SNOMED_VERTEBRA[label][1]}" in tag
         assert f"SCT^{SNOMED_BONE_CATEGORY[0]}^{SNOMED_BONE_CATEGORY[1]}" in tag
         entry = slicer.vtkSlicerTerminologyEntry()

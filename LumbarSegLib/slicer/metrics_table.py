@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 import SimpleITK as sitk
 
-from .scene import ATTR_ROLE, LPS_RAS, unique_name, vtk_module
+from ..constants import RESEARCH_NOTICE
+from .scene import ATTR_NOTICE, ATTR_ROLE, LPS_RAS, place_in_study, unique_name, vtk_module
 from .segments import segmentation_to_label_array, vertebra_label_from_name
 from .volumes import volume_node_to_sitk
 
@@ -48,12 +49,16 @@ def compute_metrics(segmentation_node, volume_node, reference_node=None) -> dict
     return {name: rows[name] for name in sorted(rows, key=lambda n: vertebra_label_from_name(n) or 99)}
 
 
-def fill_metrics_table(scene, rows: dict, table_node=None, name="Lumbar metrics"):
-    """Write ``compute_metrics`` rows into a ``vtkMRMLTableNode`` (one row per vertebra)."""
+def fill_metrics_table(scene, rows: dict, table_node=None, name="Lumbar metrics", volume_node=None):
+    """Write ``compute_metrics`` rows into a ``vtkMRMLTableNode`` (one row per vertebra), placed in the
+    study of ``volume_node`` when given."""
     vtk = vtk_module()
     if table_node is None:
         table_node = scene.AddNewNodeByClass("vtkMRMLTableNode", unique_name(scene, name))
     table_node.SetAttribute(ATTR_ROLE, "metrics")
+    table_node.SetAttribute(ATTR_NOTICE, RESEARCH_NOTICE)
+    if volume_node is not None:
+        place_in_study(table_node, volume_node)
     table = table_node.GetTable()
     was = table_node.StartModify()
     table_node.RemoveAllColumns()

@@ -6,8 +6,8 @@ import json
 
 import numpy as np
 
-from .scene import (ATTR_BOX_LPS, ATTR_BOX_SOURCE, ATTR_ROLE, ATTR_VOLUME_ID, LPS_RAS, matrix_to_numpy, place_like,
-                    slicer_module, unique_name, vtk_module)
+from .scene import (ATTR_BOX_LPS, ATTR_BOX_SOURCE, ATTR_ROLE, ATTR_VOLUME_ID, LPS_RAS, matrix_to_numpy,
+                    place_in_study, place_like, slicer_module, unique_name, vtk_module)
 
 ROI_NAME = "Lumbar crop"
 ROI_MOVED_TOLERANCE_MM = 0.5
@@ -65,6 +65,7 @@ def set_crop_roi(scene, volume_node, box_lps, roi_node=None):
     place_like(roi_node, volume_node)
     remember_box(roi_node, volume_node, box_lps, "localizer")
     roi_node.EndModify(was)
+    place_in_study(roi_node, volume_node)
     if roi_node.GetDisplayNode() is None:
         roi_node.CreateDefaultDisplayNodes()
     display = roi_node.GetDisplayNode()

@@ -11,6 +11,7 @@ ATTR_BOX_LPS = "LumbarSeg.BoxLPS"  # JSON [[min xyz], [max xyz]] of the box as t
 ATTR_BOX_SOURCE = "LumbarSeg.BoxSource"  # "localizer" (placed from the heatmap) | "user" (user's box was used)
 ATTR_VOLUME_ID = "LumbarSeg.VolumeID"  # the volume a crop box or segmentation was computed for
 REF_SOURCE_VOLUME = "LumbarSegSourceVolume"  # node reference role: segmentation -> CT volume
+ATTR_NOTICE = "LumbarSeg.Notice"  # the research-use notice, on every result node
 
 LPS_RAS = np.diag([-1.0, -1.0, 1.0])  # RAS <-> LPS: flip the first two axes
 
@@ -66,3 +67,27 @@ def numpy_to_matrix(array: np.ndarray):
 def place_like(node, volume_node):
     """Put ``node`` under the same parent transform as ``volume_node`` (results share its frame)."""
     node.SetAndObserveTransformNodeID(volume_node.GetTransformNodeID())
+
+
+def place_in_study(node, volume_node) -> int:
+    """Put ``node`` in the subject hierarchy beside ``volume_node``: in the CT's study (or folder).
+
+    A result in the CT's study is what Slicer's own right-click *Export to DICOM* needs to write it as a
+    DICOM object of that study. Returns the parent item ID, or 0 when the volume has no subject
+    hierarchy item (nothing is moved then).
+    """
+    slicer = slicer_module()
+    scene = volume_node.GetScene()
+    hierarchy = slicer.vtkMRMLSubjectHierarchyNode.GetSubjectHierarchyNode(scene) if scene is not None else None
+    if hierarchy is None:
+        return 0
+    volume_item = hierarchy.GetItemByDataNode(volume_node)
+    if not volume_item:
+        return 0
+    parent = hierarchy.GetItemParent(volume_item)
+    item = hierarchy.GetItemByDataNode(node)
+    if not item:  # inside Slicer every node has an item; a bare scene (tests, scripts) may not
+        item = hierarchy.CreateItem(parent, node)
+    if hierarchy.GetItemParent(item) != parent:
+        hierarchy.SetItemParent(item, parent)
+    return parent

@@ -9,15 +9,29 @@ import re
 import numpy as np
 import SimpleITK as sitk
 
-from ..constants import LABEL_COLORS, LABEL_NAMES, SNOMED_BONE_CATEGORY, SNOMED_VERTEBRA
-from .scene import (ATTR_CONTENT_HASH, ATTR_ROLE, ATTR_VOLUME_ID, REF_SOURCE_VOLUME, ensure_segmentations_logic,
-                    matrix_to_numpy, place_like, slicer_module, unique_name, vtk_module)
+from ..constants import LABEL_COLORS, LABEL_NAMES, RESEARCH_NOTICE, SNOMED_BONE_CATEGORY, SNOMED_VERTEBRA
+from .scene import (ATTR_CONTENT_HASH, ATTR_NOTICE, ATTR_ROLE, ATTR_VOLUME_ID, REF_SOURCE_VOLUME,
+                    ensure_segmentations_logic, matrix_to_numpy, place_in_study, place_like, slicer_module,
+                    unique_name, vtk_module)
 from .volumes import reference_oriented_image, sitk_to_oriented_image
 
 SEGMENTATION_SUFFIX = " lumbar vertebrae"
-TERMINOLOGY_CONTEXT = "Segmentation category and type - 3D Slicer General Anatomy list"
+# The terminology this extension ships (LumbarSeg/Resources/<TERMINOLOGY_FILE_NAME>, loaded at Slicer start):
+# L1-L5 with their SNOMED CT codes and colours. Segments are tagged against it.
+TERMINOLOGY_CONTEXT = "Segmentation category and type - LumbarSeg"
+TERMINOLOGY_FILE_NAME = "SegmentationCategoryTypeModifier-LumbarSeg.term.json"
 ANATOMIC_CONTEXT = "Anatomic codes - DICOM master list"
 DEFAULT_SMOOTHING = 0.5
+
+
+def load_terminology(terminologies_logic, path) -> str:
+    """Load the extension's terminology file into a ``vtkSlicerTerminologiesModuleLogic``; returns its
+    context name (Slicer then lists L1-L5 with their codes and colours, and "Use standard segment names"
+    shows "L1 vertebra" ...)."""
+    name = terminologies_logic.LoadTerminologyFromFile(str(path))
+    if name != TERMINOLOGY_CONTEXT:
+        raise RuntimeError(f"Could not load the LumbarSeg terminology from {path} (got context {name!r}).")
+    return name
 
 
 def terminology_entry_string(label: int) -> str:
@@ -118,6 +132,7 @@ def labels_to_segmentation(scene, labels: sitk.Image, volume_node, segmentation_
     segmentation_node.SetReferenceImageGeometryParameterFromVolumeNode(volume_node)
     segmentation_node.SetNodeReferenceID(REF_SOURCE_VOLUME, volume_node.GetID())
     place_like(segmentation_node, volume_node)
+    place_in_study(segmentation_node, volume_node)
 
     labels = sitk.Cast(labels, sitk.sitkUInt8)
     present = sorted(set(np.unique(sitk.GetArrayViewFromImage(labels)).tolist()) & set(LABEL_NAMES))
@@ -151,6 +166,7 @@ def labels_to_segmentation(scene, labels: sitk.Image, volume_node, segmentation_
     segmentation.SetConversionParameter("Smoothing factor", str(float(smoothing)))
     segmentation_node.SetAttribute(ATTR_ROLE, "segmentation")
     segmentation_node.SetAttribute(ATTR_VOLUME_ID, volume_node.GetID() or "")
+    segmentation_node.SetAttribute(ATTR_NOTICE, RESEARCH_NOTICE)
     segmentation_node.EndModify(was)
 
     if segmentation_node.GetDisplayNode() is None:
