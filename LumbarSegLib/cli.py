@@ -90,10 +90,12 @@ def _load_model(path):
 
 def _run_segmentation(loaded, *, input_desc: dict, out, stem: str, model, device: str, fmt: str, stl: bool,
                       preview: bool, reference=None, reference_desc: dict | None = None, smoothing: float,
-                      quiet: bool, extra_timings: dict | None = None) -> dict:
+                      quiet: bool, extra_timings: dict | None = None, dicom_source=None) -> dict:
     """Segment an already validated CT (:class:`io.LoadedCT`), write every requested output into the
     staging folder of ``out`` (:class:`outputs.OutputFolder`), commit it with ``report.json`` and return
-    the report."""
+    the report.
+
+    ``dicom_source``: the source series' datasets (``dicom_seg.read_source_series``) to write a DICOM SEG."""
     import SimpleITK as sitk
 
     from . import io, metrics, pipeline, surfaces
@@ -124,6 +126,14 @@ def _run_segmentation(loaded, *, input_desc: dict, out, stem: str, model, device
 
     comparison = None
     notes: list[str] = []
+    if dicom_source is not None:
+        from .dicom_seg import write_dicom_seg
+
+        seg_path = write_dicom_seg(result.labels, dicom_source, out.staging / f"{stem}_seg.dcm")
+        if seg_path is None:
+            notes.append("No vertebra was found, so no DICOM SEG was written (a SEG needs at least one segment).")
+        else:
+            outputs["dicom_seg"] = str(out.final(seg_path))
     if reference is not None:
         comparison = metrics.compare_images(result.labels, reference, resample=True, notes=notes)
         note = io.reference_without_lumbar_note(reference)
@@ -226,6 +236,11 @@ def cmd_segment(args) -> int:
         raise InputError(f"--series chooses a series in a DICOM folder, but {args.input} is not a folder.")
     # The output folder is checked (and locked) before anything is read or computed.
     with OutputFolder(args.output, overwrite=args.overwrite) as out:
+        dicom_source = None
+        if args.dicom_seg:  # a SEG that cannot reference its source fails now, before the segmentation runs
+            from .dicom_seg import read_source_series
+
+            dicom_source = read_source_series(args.input, series_uid=args.series)
         progress = _StageProgress(args.quiet)
         done = progress.step("read")
         t0 = time.perf_counter()
@@ -250,7 +265,7 @@ def cmd_segment(args) -> int:
         _run_segmentation(loaded, input_desc=input_desc, out=out, stem=io.output_stem(args.input), model=model,
                           device=args.device, fmt=args.format, stl=args.stl, preview=args.preview,
                           reference=reference, reference_desc=reference_desc, smoothing=smoothing,
-                          quiet=args.quiet, extra_timings={"read": read_s})
+                          quiet=args.quiet, extra_timings={"read": read_s}, dicom_source=dicom_source)
     return 0
 
 
@@ -386,7 +401,7 @@ def build_parser() -> argparse.ArgumentParser:
     def common(p, model=True):
         if model:
             p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"],
-                           help="where the networks run; auto picks CUDA, then Apple MPS, then CPU")
+                           help="where the networks run; auto picks CUDA when present, else the CPU (mps only by name)")
             p.add_argument("--model", default=None, metavar="PATH",
                            help="model bundle (default: the bundled model)")
             p.add_argument("--smoothing", type=float, default=0.5, help="STL smoothing factor 0..1 (default 0.5)")
@@ -406,6 +421,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="label codes of REF (auto-detected by default)")
     p.add_argument("--format", default="nii.gz", choices=["nii.gz", "seg.nrrd"], help="label map format")
     p.add_argument("--preview", action="store_true", help="also write a PNG with three orthogonal slices")
+    p.add_argument("--dicom-seg", action="store_true",
+                   help="also write a DICOM Segmentation (OUTDIR/<name>_seg.dcm) referencing the input DICOM series")
     p.add_argument("--series", metavar="UID",
                    help="for a DICOM folder with several series: the SeriesInstanceUID to segment "
                         "(default: the series with the most slices)")

@@ -141,6 +141,11 @@ def select_dicom_series(folder, uid: str | None = None) -> tuple[DicomSeries, li
                      + "; ".join(s.describe() for s in series) + ".")
 
 
+def dicom_series_files(folder, series_uid: str | None = None) -> list[str]:
+    """File names of the series ``series_uid`` in ``folder``, by default the one with the most slices."""
+    return list(select_dicom_series(folder, series_uid)[0].files)
+
+
 def describe_series_choice(folder, chosen: DicomSeries, series: list[DicomSeries]) -> str | None:
     """A note naming the series used when a folder holds several (None when it holds one)."""
     if len(series) < 2:
@@ -155,7 +160,7 @@ def image_information(path, series_uid: str | None = None) -> tuple[tuple[int, .
     loaded into memory."""
     path = Path(path)
     if path.is_dir():
-        files = select_dicom_series(path, series_uid)[0].files
+        files = dicom_series_files(path, series_uid)
         reader = sitk.ImageFileReader()
         reader.SetFileName(files[0])
         reader.ReadImageInformation()
@@ -178,7 +183,7 @@ def read_image(path, series_uid: str | None = None) -> sitk.Image:
     if not path.exists():
         raise InputError(f"{path}: no such file or folder. Give a CT as {_accepted_formats()}.")
     if path.is_dir():
-        files = select_dicom_series(path, series_uid)[0].files
+        files = dicom_series_files(path, series_uid)
         reader = sitk.ImageSeriesReader()
         reader.SetFileNames(list(files))
         try:

@@ -13,7 +13,10 @@ cd "$(dirname "$0")/.."
 
 if command -v apt-get >/dev/null 2>&1; then
   SUDO=""; [ "$(id -u)" -ne 0 ] && command -v sudo >/dev/null 2>&1 && SUDO="sudo"
-  PACKAGES="libegl1 libegl-mesa0 libgl1-mesa-dri fonts-droid-fallback python3-venv"
+  # EGL + Mesa let VTK render the 3D view without a display (tests and the README screenshot);
+  # dicom3tools' dciodvfy validates the DICOM SEG files the tests write; fonts-droid-fallback has the
+  # Chinese/Japanese glyphs for file names in preview titles; python3-venv makes .venv below.
+  PACKAGES="libegl1 libegl-mesa0 libgl1-mesa-dri dicom3tools fonts-droid-fallback python3-venv"
   $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -q $PACKAGES >/dev/null \
     || { $SUDO apt-get update -q >/dev/null && $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -q $PACKAGES >/dev/null; }
 fi
