@@ -29,6 +29,7 @@ import SimpleITK as sitk
 
 from .constants import (LABEL_COLORS, LABEL_NAMES, SNOMED_BONE_CATEGORY, SNOMED_VERTEBRA, VERSE_LUMBAR,
                         VERSE_NAMES)
+from . import nifti
 from .errors import InputError
 
 IMAGE_SUFFIXES = (".nii.gz", ".nii", ".seg.nrrd", ".nrrd", ".mha", ".mhd")
@@ -177,7 +178,7 @@ def read_image(path, series_uid: str | None = None) -> sitk.Image:
 
     A DICOM folder gives the series ``series_uid``, by default the one with the most slices. A missing,
     unreadable or corrupt file is an :class:`InputError` naming the file. Non-finite values of a float
-    NIfTI file are kept as they are in the file (see :func:`_restore_nifti_nonfinite`).
+    NIfTI file are kept as they are in the file (see :func:`nifti.restore_nonfinite`).
     """
     path = Path(path)
     if not path.exists():
@@ -193,142 +194,16 @@ def read_image(path, series_uid: str | None = None) -> sitk.Image:
                              f"Check that the series is complete, or convert it to NIfTI.") from None
     if path.stat().st_size == 0:
         raise InputError(f"{path}: the file is empty (0 bytes). Give a CT as {_accepted_formats()}.")
-    _check_nifti_complete(path)
+    if _suffix(path) in (".nii", ".nii.gz"):
+        nifti.check_complete(path)
     try:
         image = sitk.ReadImage(str(path))
     except RuntimeError as exc:
         raise InputError(f"{path}: the file could not be read as an image - it is corrupt, truncated or not "
                          f"an image format ({_first_line(exc)}). Accepted: {_accepted_formats()}.") from None
     if _suffix(path) in (".nii", ".nii.gz"):
-        image = _restore_nifti_nonfinite(path, image)
+        image = nifti.restore_nonfinite(path, image)
     return image
-
-
-_NIFTI_FLOAT_TYPES = {16: np.float32, 64: np.float64}  # NIfTI datatype codes FLOAT32, FLOAT64
-
-
-def _nifti_layout(header: bytes) -> tuple[str, int, int, int] | None:
-    """(byte order, datatype code, voxel offset, voxel count) of a NIfTI-1/-2 header, or None."""
-    import struct
-
-    for endian in "<>":
-        if len(header) >= 348 and struct.unpack(endian + "i", header[:4])[0] == 348:
-            dims = struct.unpack(endian + "8h", header[40:56])
-            datatype = struct.unpack(endian + "h", header[70:72])[0]
-            offset = int(struct.unpack(endian + "f", header[108:112])[0])
-            break
-        if len(header) >= 540 and struct.unpack(endian + "i", header[:4])[0] == 540:
-            datatype = struct.unpack(endian + "h", header[12:14])[0]
-            dims = struct.unpack(endian + "8q", header[16:80])
-            offset = int(struct.unpack(endian + "q", header[168:176])[0])
-            break
-    else:
-        return None
-    if not 1 <= dims[0] <= 7:
-        return None
-    return endian, int(datatype), offset, int(np.prod(dims[1:dims[0] + 1], dtype=np.int64))
-
-
-def _restore_nifti_nonfinite(path: Path, image: sitk.Image) -> sitk.Image:
-    """Put back the NaN/infinite voxels that ITK's NIfTI reader silently turned into 0.
-
-    ITK reads NIfTI through niftilib, whose ``nifti_read_buffer`` replaces every non-finite float by 0
-    while loading (there is no option to keep them). A 0 looks like water in a CT, so the damage would
-    go unnoticed; reading the voxel bytes of float files once more finds those voxels, so that they are
-    treated like NaN read from any other format (:func:`prepare_ct`). Integer files cannot hold NaN.
-    """
-    import gzip
-
-    opener = gzip.open if path.name.lower().endswith(".gz") else open
-    with opener(path, "rb") as fh:
-        layout = _nifti_layout(fh.read(540))
-        if layout is None or layout[1] not in _NIFTI_FLOAT_TYPES:
-            return image
-        endian, datatype, offset, count = layout
-        if count != image.GetNumberOfPixels() * image.GetNumberOfComponentsPerPixel():
-            return image
-        dtype = np.dtype(_NIFTI_FLOAT_TYPES[datatype]).newbyteorder(endian)
-        fh.seek(offset)
-        chunk_items = (1 << 24) // dtype.itemsize
-        flat = None
-        start = 0
-        while start < count:
-            chunk = np.frombuffer(fh.read(min(chunk_items, count - start) * dtype.itemsize), dtype=dtype)
-            if chunk.size == 0:
-                break
-            bad = ~np.isfinite(chunk)
-            if bad.any():
-                if flat is None:
-                    array = sitk.GetArrayFromImage(image)
-                    flat = array.reshape(-1)
-                flat[start:start + chunk.size][bad] = chunk[bad]
-            start += chunk.size
-    if flat is None:
-        return image
-    restored = sitk.GetImageFromArray(array, isVector=image.GetNumberOfComponentsPerPixel() > 1)
-    restored.CopyInformation(image)
-    for key in image.GetMetaDataKeys():
-        restored.SetMetaData(key, image.GetMetaData(key))
-    return restored
-
-
-def _nifti_expected_bytes(header: bytes) -> int | None:
-    """Header + voxel bytes a complete NIfTI-1/-2 file holds, or None when the header is not parseable."""
-    import struct
-
-    for endian in "<>":
-        if len(header) >= 348 and struct.unpack(endian + "i", header[:4])[0] == 348:
-            dims = struct.unpack(endian + "8h", header[40:56])
-            bitpix = struct.unpack(endian + "h", header[72:74])[0]
-            vox_offset = struct.unpack(endian + "f", header[108:112])[0]
-            break
-        if len(header) >= 540 and struct.unpack(endian + "i", header[:4])[0] == 540:
-            dims = struct.unpack(endian + "8q", header[16:80])
-            bitpix = struct.unpack(endian + "h", header[14:16])[0]
-            vox_offset = struct.unpack(endian + "q", header[168:176])[0]
-            break
-    else:
-        return None
-    ndim = dims[0]
-    if not 1 <= ndim <= 7 or bitpix <= 0 or any(d < 0 for d in dims[1:ndim + 1]):
-        return None
-    return int(vox_offset) + int(np.prod(dims[1:ndim + 1], dtype=np.int64)) * bitpix // 8
-
-
-def _check_nifti_complete(path: Path) -> None:
-    """ITK's NIfTI reader silently zero-fills a truncated file (e.g. an interrupted download), which would
-    give a half-empty CT and a confident wrong result; NRRD and MetaImage readers already fail loudly."""
-    import gzip
-    import zlib
-
-    name = path.name.lower()
-    truncated = False
-    try:
-        if name.endswith(".nii"):
-            with path.open("rb") as fh:
-                expected = _nifti_expected_bytes(fh.read(540))
-            truncated = expected is not None and path.stat().st_size < expected
-        elif name.endswith(".nii.gz"):
-            with gzip.open(path, "rb") as fh:
-                expected = _nifti_expected_bytes(fh.read(540))
-            if expected is None:
-                return
-            with path.open("rb") as fh:  # gzip trailer: uncompressed size mod 2**32 - a cheap first test
-                fh.seek(-4, 2)
-                isize = int.from_bytes(fh.read(4), "little")
-            if isize != expected % 2**32:  # suspicious: decompress to be sure (multi-member gzip also ends here)
-                total = 0
-                with gzip.open(path, "rb") as fh:
-                    while chunk := fh.read(1 << 22):
-                        total += len(chunk)
-                truncated = total < expected
-    except (EOFError, zlib.error):
-        truncated = True
-    except OSError:  # includes gzip.BadGzipFile
-        return  # unreadable header: ITK will give its own, more specific error
-    if truncated:
-        raise InputError(f"{path}: the file is truncated or its compressed data is damaged (shorter than its "
-                         f"header says) - probably an interrupted download or copy. Copy or export it again.")
 
 
 def _first_line(exc: Exception) -> str:
