@@ -578,3 +578,22 @@ def test_implausible_sizes_are_warned_about_in_the_module(data, z_factor, plausi
     assert (warnings == []) is plausible
     if not plausible:
         assert len(warnings) == 5 and all("Check the voxel spacing" in w for w in warnings)
+
+
+def test_slicer_stl_export_refuses_meshes_with_non_finite_vertices(data, tmp_path):
+    """Slicer's closed-surface smoothing with a factor above 1 returns NaN vertices: no STL may be written."""
+    from LumbarSegLib.errors import LumbarSegError
+
+    ct, labels = data
+    scene = new_scene()
+    volume = sitk_to_volume_node(scene, ct, "CT")
+    _, outcome = run_segmentation(scene, volume, segment_fn=fake_engine(labels, labels_box_lps(labels)))
+    seg = outcome.segmentation_node
+    seg.GetSegmentation().SetConversionParameter("Smoothing factor", "5")
+    seg.RemoveClosedSurfaceRepresentation()
+    with pytest.raises(LumbarSegError, match="not finite"):
+        export_stl(seg, tmp_path / "stl")
+    assert not list((tmp_path / "stl").glob("*.stl"))
+    seg.GetSegmentation().SetConversionParameter("Smoothing factor", "0.5")
+    seg.RemoveClosedSurfaceRepresentation()
+    assert len(export_stl(seg, tmp_path / "stl")) == 5

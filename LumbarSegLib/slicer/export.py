@@ -11,7 +11,12 @@ from .volumes import label_array_to_sitk, sitk_to_volume_node
 
 
 def export_stl(segmentation_node, folder, lps: bool = True, segment_ids=None) -> list[Path]:
-    """One STL per segment (closed surface, physical mm; LPS like Slicer's default) in ``folder``."""
+    """One STL per segment (closed surface, physical mm; LPS like Slicer's default) in ``folder``.
+
+    Every surface is checked for non-finite vertices first (a smoothing factor above 1 makes Slicer's
+    smoothing return NaN coordinates); then no file is written at all."""
+    from ..surfaces import check_finite_mesh
+
     slicer = slicer_module()
     vtk = vtk_module()
     folder = Path(folder)
@@ -28,6 +33,10 @@ def export_stl(segmentation_node, folder, lps: bool = True, segment_ids=None) ->
         sid = segmentation.GetNthSegmentID(i)
         if segment_ids is None or sid in segment_ids:
             ids.InsertNextValue(sid)
+    for i in range(ids.GetNumberOfValues()):
+        poly = vtk.vtkPolyData()
+        segmentation_node.GetClosedSurfaceRepresentation(ids.GetValue(i), poly)
+        check_finite_mesh(poly, segmentation.GetSegment(ids.GetValue(i)).GetName())
     before = {p.resolve() for p in folder.glob("*.stl")}
     stamp = time.time() - 1.0
     ok = slicer.vtkSlicerSegmentationsModuleLogic.ExportSegmentsClosedSurfaceRepresentationToFiles(
