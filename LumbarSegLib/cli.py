@@ -99,6 +99,7 @@ def _run_segmentation(loaded, *, input_desc: dict, out, stem: str, model, device
     import SimpleITK as sitk
 
     from . import io, metrics, pipeline, surfaces
+    from .constants import RESEARCH_NOTICE
     from .models import resolve_device
 
     image = loaded.image
@@ -160,6 +161,7 @@ def _run_segmentation(loaded, *, input_desc: dict, out, stem: str, model, device
     outputs["report"] = str(out.target / "report.json")
     report = {
         "lumbarseg_version": __version__,
+        "notice": RESEARCH_NOTICE,
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "host": {"python": platform.python_version(), "platform": platform.platform()},
         "input": {**input_desc, "nonfinite_voxels_set_to_air": nonfinite},

@@ -159,6 +159,7 @@ def test_segment_end_to_end(capsys, ct_file, synthetic_ct, tmp_path, fmt):
                 "stl_coordinate_system", "outputs"):
         assert key in report
     assert report["input"]["size"] == list(ct.GetSize())
+    assert report["notice"] == "Research use only, not a medical device"
     assert set(report["timings_s"]) >= {"read", "load", "postprocess", "total"}
     assert report["outputs"]["labels"] == str(labels_path)
     assert set(report["measurements"]) == set(report["found"])
