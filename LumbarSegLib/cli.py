@@ -155,8 +155,8 @@ def _run_segmentation(loaded, *, input_desc: dict, out, stem: str, model, device
     nonfinite = 0 if loaded.nonfinite_mask is None else int(loaded.nonfinite_mask.sum())
     near = io.nonfinite_near(loaded.nonfinite_mask, label_array, image.GetSpacing())
     if near:
-        notes.append(f"WARNING: {near} of the {nonfinite} voxels that were NaN lie within 10 mm of the vertebrae "
-                     f"found: the image is damaged there and the result is unreliable.")
+        notes.append(f"WARNING: {near} of the {nonfinite} voxels that were not numbers (NaN) lie within 10 mm of "
+                     f"the vertebrae found: the image is damaged there and the result is unreliable.")
     messages = list(loaded.messages) + list(result.messages) + plausibility + notes
     outputs["report"] = str(out.target / "report.json")
     report = {
