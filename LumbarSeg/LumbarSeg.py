@@ -1,7 +1,7 @@
 """LumbarSeg: automatic L1-L5 segmentation of CT in 3D Slicer (two-stage method of Lu et al. 2023).
 
 This file is the Slicer scripted module (Module, Widget, Logic, Test). All the work on the scene is in
-``LumbarSegLib.slicer_logic`` (plain functions taking the scene, tested headless) and the segmentation
+``LumbarSegLib.slicer`` (plain functions taking the scene, tested headless) and the segmentation
 itself in ``LumbarSegLib.pipeline``; this file adds the GUI, the background run and dependency install.
 
 Importing this file does no work: Slicer-only modules (qt, ctk, slicer.ScriptedLoadableModule) are
@@ -29,6 +29,8 @@ try:  # inside 3D Slicer
 
     SLICER_GUI = True
 except ImportError:  # plain Python (tests, slicer-core wheel without Qt): logic only
+    import unittest
+
     SLICER_GUI = False
     ctk = qt = None
     try:
@@ -49,18 +51,30 @@ except ImportError:  # plain Python (tests, slicer-core wheel without Qt): logic
         def __init__(self, *args, **kwargs):
             pass
 
-    class ScriptedLoadableModuleTest:
-        pass
+    class ScriptedLoadableModuleTest(unittest.TestCase):
+        def delayDisplay(self, message, msec=None):
+            logging.info(message)
 
     class VTKObservationMixin:
         def __init__(self):
             pass
 
+try:  # Slicer's translation functions (Slicer >= 5.4); the text itself where they do not exist
+    from slicer.i18n import tr as _
+    from slicer.i18n import translate
+except ImportError:
+    def _(text):
+        return text
+
+    def translate(context, text):
+        return text
+
 
 MODULE_DIR = os.path.dirname(os.path.abspath(__file__))
 
-PYTHON_REQUIREMENTS = {  # import name -> pip requirement
-    "torch": "torch>=2.1",
+TORCH_REQUIREMENT = ">=2.1"  # handed to PyTorchUtils; the engine needs torch 2.x (torch.cuda.OutOfMemoryError)
+PYTHON_REQUIREMENTS = {  # import name -> pip requirement; torch is installed through the PyTorch extension
+    "torch": "torch" + TORCH_REQUIREMENT,
     "SimpleITK": "SimpleITK>=2.3",
     "scipy": "scipy>=1.10",
     "numpy": "numpy>=1.24",
@@ -68,6 +82,7 @@ PYTHON_REQUIREMENTS = {  # import name -> pip requirement
 
 DEVICES = ["auto", "cpu", "cuda"]  # deviceComboBox order
 ROI_MODES = ["auto", "always", "never"]  # roiModeComboBox order
+MODEL_MODES = ["bundled", "file"]  # modelComboBox order
 
 
 def ensureLibImportable():
@@ -87,11 +102,59 @@ def missingPackages():
     return [name for name in PYTHON_REQUIREMENTS if importlib.util.find_spec(name) is None]
 
 
-def slicerLogic():
-    ensureLibImportable()
-    from LumbarSegLib import slicer_logic
+def torchVersionProblem(version, requirement=TORCH_REQUIREMENT):
+    """Why the installed torch ``version`` cannot be used (None when it meets ``requirement``)."""
+    from packaging.specifiers import SpecifierSet
+    from packaging.version import InvalidVersion, Version
 
-    return slicer_logic
+    if version is None:
+        return _("PyTorch is not installed.")
+    try:
+        base = Version(Version(str(version)).base_version)  # "2.13.0+cpu" -> 2.13.0
+    except InvalidVersion:
+        return _("PyTorch reports an unreadable version ({version}).").format(version=version)
+    if base not in SpecifierSet(requirement):
+        return _("PyTorch {version} is installed; LumbarSeg needs torch{requirement}.").format(
+            version=version, requirement=requirement)
+    return None
+
+
+def torchProblem():
+    """Why the model cannot run here (None when PyTorch is importable and recent enough); imports nothing."""
+    import importlib.metadata
+    import importlib.util
+
+    if importlib.util.find_spec("torch") is None:
+        return _("PyTorch is not installed.")
+    try:
+        version = importlib.metadata.version("torch")
+    except importlib.metadata.PackageNotFoundError:
+        version = None
+    return torchVersionProblem(version)
+
+
+def slicerLib(name):
+    """The ``LumbarSegLib.slicer`` module ``name`` ("volumes", "roi", "segments", "run", ...), imported on first use."""
+    ensureLibImportable()
+    import importlib
+
+    return importlib.import_module("LumbarSegLib.slicer." + name)
+
+
+def registerTerminology():
+    """Load the L1-L5 terminology this extension ships into Slicer's Terminologies module."""
+    from LumbarSegLib.slicer.segments import TERMINOLOGY_FILE_NAME
+
+    path = os.path.join(MODULE_DIR, "Resources", TERMINOLOGY_FILE_NAME)
+    return slicerLib("segments").load_terminology(slicer.modules.terminologies.logic(), path)
+
+
+def registerSampleData():
+    """Register the bundled synthetic CT as the *LumbarSeg* sample in Sample Data (offline, checksummed)."""
+    import SampleData
+
+    icon = os.path.join(MODULE_DIR, "Resources", "Icons", "LumbarSeg.png")
+    return slicerLib("sample_data").register_sample_data(SampleData, thumbnail=icon)
 
 
 #
@@ -102,23 +165,54 @@ def slicerLogic():
 class LumbarSeg(ScriptedLoadableModule):
     def __init__(self, parent):
         ScriptedLoadableModule.__init__(self, parent)
-        self.parent.title = "LumbarSeg"
-        self.parent.categories = ["Segmentation"]
+        self.parent.title = _("LumbarSeg")
+        self.parent.categories = [translate("qSlicerAbstractCoreModule", "Segmentation")]
         self.parent.dependencies = []
-        self.parent.contributors = ["LumbarSeg contributors"]
-        self.parent.helpText = (
+        self.parent.contributors = ["LumbarSeg developers (see the repository history)"]
+        self.parent.helpText = _(
             "Automatic segmentation of the lumbar vertebrae L1-L5 in CT. A localizer network finds the lumbar "
             "spine (heatmap) and places a crop box (the 'Lumbar crop' ROI); an XUNet segments L1-L5 inside it "
             "(Lu et al., J Appl Clin Med Phys 2023).<br>"
             "Move or resize the ROI and segment again to use your own box. Edit the result in the Segment "
-            "Editor, recompute metrics, export STL (one file per vertebra) or a label map.<br>"
-            "Research software, not for clinical use."
-        )
-        self.parent.acknowledgementText = (
-            "Method: Lu et al., 'Automatic segmentation of lumbar vertebrae in CT with a two-stage deep learning "
-            "approach', Journal of Applied Clinical Medical Physics, 2023. Module layout follows 3D Slicer's "
-            "scripted module template."
-        )
+            "Editor, recompute metrics, export STL (one file per vertebra) or a label map; right-click the "
+            "segmentation in the Data module and choose Export to DICOM for a DICOM SEG.<br>"
+            "<b>Research use only, not a medical device.</b> The bundled model was trained on synthetic CTs "
+            "only; see its model card under Model.")
+        self.parent.acknowledgementText = _(
+            "Method: Lu H, Li M, Yu K, Zhang Y, Yu L. Lumbar spine segmentation method based on deep learning. "
+            "J Appl Clin Med Phys 2023;24(6):e13996. The method's authors did not take part in this software. "
+            "Module layout follows 3D Slicer's scripted module template.")
+        if SLICER_GUI:
+            slicer.app.connect("startupCompleted()", self.onStartupCompleted)
+
+    def onStartupCompleted(self):
+        for register in (registerTerminology, registerSampleData):
+            try:
+                register()
+            except Exception:  # never block Slicer's start; the log says what went wrong
+                logging.exception(f"LumbarSeg: {register.__name__} failed")
+
+
+if SLICER_GUI:
+    from typing import Annotated
+
+    from slicer.parameterNodeWrapper import Choice, WithinRange, parameterNodeWrapper
+
+    @parameterNodeWrapper
+    class LumbarSegParameterNode:
+        """The module's state, saved with the scene."""
+
+        inputVolume: slicer.vtkMRMLScalarVolumeNode
+        referenceSegmentation: slicer.vtkMRMLSegmentationNode
+        outputSegmentation: slicer.vtkMRMLSegmentationNode
+        metricsTable: slicer.vtkMRMLTableNode
+        cropROI: slicer.vtkMRMLMarkupsROINode
+        device: Annotated[str, Choice(DEVICES)] = "auto"
+        modelMode: Annotated[str, Choice(MODEL_MODES)] = "bundled"
+        modelPath: str = ""
+        roiMode: Annotated[str, Choice(ROI_MODES)] = "auto"
+        smoothing: Annotated[float, WithinRange(0.0, 1.0)] = 0.5
+        exportFolder: str = ""
 
 
 #
@@ -127,6 +221,8 @@ class LumbarSeg(ScriptedLoadableModule):
 
 
 class LumbarSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
+    """Thin GUI: every button calls one :class:`LumbarSegLogic` method; the widget only shows results."""
+
     POLL_MS = 100
 
     def __init__(self, parent=None):
@@ -148,6 +244,7 @@ class LumbarSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui = slicer.util.childWidgetVariables(uiWidget)
         uiWidget.setMRMLScene(slicer.mrmlScene)
         self.logic = LumbarSegLogic()
+        self.logic.logCallback = self.appendLog
 
         self._timer = qt.QTimer()
         self._timer.setInterval(self.POLL_MS)
@@ -157,14 +254,12 @@ class LumbarSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
 
         # Widgets -> parameter node
-        self.ui.inputVolumeSelector.connect("currentNodeChanged(vtkMRMLNode*)", self.updateParameterNodeFromGUI)
-        self.ui.referenceSegmentationSelector.connect("currentNodeChanged(vtkMRMLNode*)",
-                                                      self.updateParameterNodeFromGUI)
-        self.ui.outputSegmentationSelector.connect("currentNodeChanged(vtkMRMLNode*)", self.updateParameterNodeFromGUI)
-        self.ui.deviceComboBox.connect("currentIndexChanged(int)", self.updateParameterNodeFromGUI)
-        self.ui.modelComboBox.connect("currentIndexChanged(int)", self.updateParameterNodeFromGUI)
+        for selector in (self.ui.inputVolumeSelector, self.ui.referenceSegmentationSelector,
+                         self.ui.outputSegmentationSelector):
+            selector.connect("currentNodeChanged(vtkMRMLNode*)", self.updateParameterNodeFromGUI)
+        for combo in (self.ui.deviceComboBox, self.ui.modelComboBox, self.ui.roiModeComboBox):
+            combo.connect("currentIndexChanged(int)", self.updateParameterNodeFromGUI)
         self.ui.modelPathLineEdit.connect("currentPathChanged(QString)", self.updateParameterNodeFromGUI)
-        self.ui.roiModeComboBox.connect("currentIndexChanged(int)", self.updateParameterNodeFromGUI)
         self.ui.smoothingSliderWidget.connect("valueChanged(double)", self.onSmoothingChanged)
         self.ui.exportFolderButton.connect("directoryChanged(QString)", self.updateParameterNodeFromGUI)
 
@@ -176,6 +271,7 @@ class LumbarSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.editButton.connect("clicked(bool)", self.onEditButton)
         self.ui.exportStlButton.connect("clicked(bool)", self.onExportStl)
         self.ui.exportLabelmapButton.connect("clicked(bool)", self.onExportLabelmap)
+        self.ui.copyDiagnosticsButton.connect("clicked(bool)", self.onCopyDiagnostics)
 
         self.ui.progressBar.setVisible(False)
         self.updateDependencyStatus()
@@ -206,14 +302,12 @@ class LumbarSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def initializeParameterNode(self):
         self.setParameterNode(self.logic.getParameterNode())
-        if not self._parameterNode.GetNodeReference("InputVolume"):
+        if not self._parameterNode.inputVolume:
             volume = slicer.mrmlScene.GetFirstNodeByClass("vtkMRMLScalarVolumeNode")
             if volume is not None and not volume.IsA("vtkMRMLLabelMapVolumeNode"):
-                self._parameterNode.SetNodeReferenceID("InputVolume", volume.GetID())
+                self._parameterNode.inputVolume = volume
 
     def setParameterNode(self, inputParameterNode):
-        if inputParameterNode is not None:
-            self.logic.setDefaultParameters(inputParameterNode)
         if self._parameterNode is not None:
             self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self.updateGUIFromParameterNode)
         self._parameterNode = inputParameterNode
@@ -227,25 +321,22 @@ class LumbarSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._updatingGUIFromParameterNode = True
         try:
             p = self._parameterNode
-            self.ui.inputVolumeSelector.setCurrentNode(p.GetNodeReference("InputVolume"))
-            self.ui.referenceSegmentationSelector.setCurrentNode(p.GetNodeReference("ReferenceSegmentation"))
-            self.ui.outputSegmentationSelector.setCurrentNode(p.GetNodeReference("OutputSegmentation"))
-            self.ui.deviceComboBox.setCurrentIndex(max(0, DEVICES.index(p.GetParameter("Device"))
-                                                       if p.GetParameter("Device") in DEVICES else 0))
-            useFile = p.GetParameter("ModelMode") == "file"
-            self.ui.modelComboBox.setCurrentIndex(1 if useFile else 0)
+            self.ui.inputVolumeSelector.setCurrentNode(p.inputVolume)
+            self.ui.referenceSegmentationSelector.setCurrentNode(p.referenceSegmentation)
+            self.ui.outputSegmentationSelector.setCurrentNode(p.outputSegmentation)
+            self.ui.deviceComboBox.setCurrentIndex(DEVICES.index(p.device))
+            self.ui.modelComboBox.setCurrentIndex(MODEL_MODES.index(p.modelMode))
+            useFile = p.modelMode == "file"
             self.ui.modelPathLineEdit.setEnabled(useFile)
             self.ui.modelPathLabel.setEnabled(useFile)
-            if p.GetParameter("ModelPath"):
-                self.ui.modelPathLineEdit.currentPath = p.GetParameter("ModelPath")
-            mode = p.GetParameter("ROIMode")
-            self.ui.roiModeComboBox.setCurrentIndex(ROI_MODES.index(mode) if mode in ROI_MODES else 0)
-            self.ui.smoothingSliderWidget.value = float(p.GetParameter("Smoothing") or 0.5)
-            if p.GetParameter("ExportFolder"):
-                self.ui.exportFolderButton.directory = p.GetParameter("ExportFolder")
-
-            table = p.GetNodeReference("MetricsTable")
-            self.ui.metricsTableView.setMRMLTableNode(table)
+            if p.modelPath:
+                self.ui.modelPathLineEdit.currentPath = p.modelPath
+            self.ui.roiModeComboBox.setCurrentIndex(ROI_MODES.index(p.roiMode))
+            self.ui.smoothingSliderWidget.value = p.smoothing
+            if p.exportFolder:
+                self.ui.exportFolderButton.directory = p.exportFolder
+            self.ui.metricsTableView.setMRMLTableNode(p.metricsTable)
+            self.updateModelInfo()
             self.updateButtonStates()
         finally:
             self._updatingGUIFromParameterNode = False
@@ -254,46 +345,64 @@ class LumbarSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if self._parameterNode is None or self._updatingGUIFromParameterNode:
             return
         p = self._parameterNode
-        wasModified = p.StartModify()
-        p.SetNodeReferenceID("InputVolume", self.ui.inputVolumeSelector.currentNodeID)
-        p.SetNodeReferenceID("ReferenceSegmentation", self.ui.referenceSegmentationSelector.currentNodeID)
-        p.SetNodeReferenceID("OutputSegmentation", self.ui.outputSegmentationSelector.currentNodeID)
-        p.SetParameter("Device", DEVICES[max(0, self.ui.deviceComboBox.currentIndex)])
-        p.SetParameter("ModelMode", "file" if self.ui.modelComboBox.currentIndex == 1 else "bundled")
-        p.SetParameter("ModelPath", self.ui.modelPathLineEdit.currentPath or "")
-        p.SetParameter("ROIMode", ROI_MODES[max(0, self.ui.roiModeComboBox.currentIndex)])
-        p.SetParameter("Smoothing", str(self.ui.smoothingSliderWidget.value))
-        p.SetParameter("ExportFolder", self.ui.exportFolderButton.directory or "")
-        p.EndModify(wasModified)
+        with slicer.util.NodeModify(p.parameterNode):
+            p.inputVolume = self.ui.inputVolumeSelector.currentNode()
+            p.referenceSegmentation = self.ui.referenceSegmentationSelector.currentNode()
+            p.outputSegmentation = self.ui.outputSegmentationSelector.currentNode()
+            p.device = DEVICES[max(0, self.ui.deviceComboBox.currentIndex)]
+            p.modelMode = MODEL_MODES[max(0, self.ui.modelComboBox.currentIndex)]
+            p.modelPath = self.ui.modelPathLineEdit.currentPath or ""
+            p.roiMode = ROI_MODES[max(0, self.ui.roiModeComboBox.currentIndex)]
+            p.smoothing = float(self.ui.smoothingSliderWidget.value)
+            p.exportFolder = self.ui.exportFolderButton.directory or ""
 
     def updateButtonStates(self):
         p = self._parameterNode
         running = self._worker is not None
-        volume = p.GetNodeReference("InputVolume") if p else None
-        segmentation = p.GetNodeReference("OutputSegmentation") if p else None
+        volume = p.inputVolume if p else None
+        segmentation = p.outputSegmentation if p else None
         self.ui.applyButton.enabled = volume is not None and not running
-        self.ui.applyButton.toolTip = ("Locate the lumbar spine, crop, and segment L1-L5." if volume is not None
-                                       else "Select a CT volume first.")
+        self.ui.applyButton.toolTip = (_("Locate the lumbar spine, crop, and segment L1-L5.") if volume is not None
+                                       else _("Select a CT volume first."))
         self.ui.cancelButton.enabled = running
         hasResult = segmentation is not None and not running
         for button in (self.ui.recomputeMetricsButton, self.ui.editButton, self.ui.exportStlButton,
                        self.ui.exportLabelmapButton):
             button.enabled = hasResult
 
+    def updateModelInfo(self):
+        self.ui.modelInfoLabel.text = self.logic.modelInfoHtml(self.modelPath())
+
     def onSmoothingChanged(self, value):
         self.updateParameterNodeFromGUI()
-        segmentation = self._parameterNode.GetNodeReference("OutputSegmentation") if self._parameterNode else None
+        segmentation = self._parameterNode.outputSegmentation if self._parameterNode else None
         if segmentation is not None and self._worker is None:
             self.logic.setSmoothing(segmentation, value)
+
+    # --- log ----------------------------------------------------------------------------------------
+
+    def appendLog(self, line):
+        self.ui.logTextEdit.appendPlainText(line)
+
+    def showStatus(self, text):
+        self.ui.statusLabel.text = text
+        self.logic.log(text)
+        slicer.app.processEvents()
+
+    def onCopyDiagnostics(self):
+        text = self.logic.diagnostics(slicerVersion=slicer.app.applicationVersion, modelPath=self.modelPath())
+        qt.QApplication.clipboard().setText(text)
+        self.ui.statusLabel.text = _("Diagnostics copied to the clipboard: paste them into your bug report.")
 
     # --- dependencies -----------------------------------------------------------------------------
 
     def updateDependencyStatus(self):
         missing = missingPackages()
-        if missing:
-            self.ui.dependencyStatusLabel.text = (
-                "Missing Python packages: " + ", ".join(missing) + ". Click the button below to install them "
-                "(PyTorch is large: about 200 MB for CPU, 2+ GB with CUDA).")
+        problem = torchProblem()
+        if missing or problem:
+            self.ui.dependencyStatusLabel.text = (problem or "") + " " + _(
+                "Missing Python packages: {packages}. Click the button below to install them through the PyTorch "
+                "extension (about 200 MB for CPU, 2+ GB with CUDA).").format(packages=", ".join(missing) or "-")
             self.ui.installDependenciesButton.visible = True
             self.ui.advancedCollapsibleButton.collapsed = False
         else:
@@ -302,58 +411,55 @@ class LumbarSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         return missing
 
     def onInstallDependencies(self):
-        missing = missingPackages()
-        if not missing:
+        if not missingPackages() and not torchProblem():
             self.updateDependencyStatus()
             return True
-        text = ("LumbarSeg needs these Python packages: " + ", ".join(missing) + ".\n\n")
-        if "torch" in missing:
-            text += ("PyTorch will be installed with the PyTorch extension (it picks the CUDA build that fits "
-                     "your GPU driver) if that extension is installed. Otherwise it is installed from PyPI: "
-                     "on Windows and macOS that build runs on the CPU only; on Linux it includes CUDA. The "
-                     "bundled model runs in seconds on a CPU, so a GPU is optional.\n\n")
-        text += "Install now? This can take several minutes."
-        if not slicer.util.confirmOkCancelDisplay(text, windowTitle="LumbarSeg: install dependencies"):
+        text = _("LumbarSeg needs PyTorch ({requirement}). It is installed by the PyTorch extension, which picks "
+                 "the build that fits your GPU driver (or the CPU build). The bundled model runs in seconds on a CPU, "
+                 "so a GPU is optional.\n\nInstall now? The download can take several minutes; Slicer stays usable "
+                 "and the Log section shows the progress.").format(requirement=TORCH_REQUIREMENT)
+        if not slicer.util.confirmOkCancelDisplay(text, windowTitle=_("LumbarSeg: install dependencies")):
             return False
-        self.ui.statusLabel.text = "Installing " + ", ".join(missing) + "..."
+        self.ui.installDependenciesButton.enabled = False
+        self.ui.applyButton.enabled = False
+        self.ui.logCollapsibleButton.collapsed = False
         try:
-            with slicer.util.WaitCursor():
-                self.logic.installDependencies(missing, status=self.showStatus)
+            # PyTorchUtils runs pip through slicer.util.pip_install, which logs pip's output and lets Qt process
+            # events while it runs, so the window repaints and this status text shows the progress.
+            self.logic.installDependencies(status=self.showStatus)
         except Exception as exc:
+            self.logic.recordError(exc)
             logging.exception("LumbarSeg dependency installation failed")
-            slicer.util.errorDisplay(f"Installing {', '.join(missing)} failed: {exc}\n\nInstall PyTorch with the "
-                                     "PyTorch extension (Extensions Manager) or from the Python console with "
-                                     "slicer.util.pip_install('torch').")
+            slicer.util.errorDisplay(_("Installing PyTorch failed: {error}\n\nInstall the PyTorch extension from the "
+                                       "Extensions Manager, restart Slicer, and try again.").format(error=exc))
             return False
         finally:
+            self.ui.installDependenciesButton.enabled = True
             self.updateDependencyStatus()
-        self.ui.statusLabel.text = "Dependencies installed."
-        return not missingPackages()
-
-    def showStatus(self, text):
-        self.ui.statusLabel.text = text
-        slicer.app.processEvents()
+            self.updateButtonStates()
+        self.ui.statusLabel.text = _("Dependencies installed.")
+        return not missingPackages() and not torchProblem()
 
     # --- run --------------------------------------------------------------------------------------
 
     def onApplyButton(self):
-        if missingPackages() and not self.onInstallDependencies():
-            self.ui.statusLabel.text = "PyTorch (and other dependencies) must be installed to segment."
+        if (missingPackages() or torchProblem()) and not self.onInstallDependencies():
+            self.ui.statusLabel.text = _("PyTorch must be installed to segment.")
             return
         p = self._parameterNode
-        volume = p.GetNodeReference("InputVolume")
+        volume = p.inputVolume
         if volume is None:
-            slicer.util.errorDisplay("No volume selected: choose a CT volume in 'CT volume'.")
+            slicer.util.errorDisplay(_("No volume selected: choose a CT volume in 'CT volume'."))
             return
-        segmentation = p.GetNodeReference("OutputSegmentation")
+        segmentation = p.outputSegmentation
         overwrite = False
         if segmentation is not None and self.logic.isUserEdited(segmentation):
             box = qt.QMessageBox(slicer.util.mainWindow())
             box.setWindowTitle("LumbarSeg")
-            box.setText(f"'{segmentation.GetName()}' was edited since LumbarSeg created it.")
-            box.setInformativeText("Keep your edits and put the new result in a new segmentation?")
-            keep = box.addButton("New segmentation (keep edits)", qt.QMessageBox.AcceptRole)
-            overwriteButton = box.addButton("Overwrite", qt.QMessageBox.DestructiveRole)
+            box.setText(_("'{name}' was edited since LumbarSeg created it.").format(name=segmentation.GetName()))
+            box.setInformativeText(_("Keep your edits and put the new result in a new segmentation?"))
+            keep = box.addButton(_("New segmentation (keep edits)"), qt.QMessageBox.AcceptRole)
+            overwriteButton = box.addButton(_("Overwrite"), qt.QMessageBox.DestructiveRole)
             box.addButton(qt.QMessageBox.Cancel)
             box.setDefaultButton(keep)
             box.exec_()
@@ -361,34 +467,34 @@ class LumbarSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 overwrite = True
             elif box.clickedButton() != keep:
                 return
-        if p.GetParameter("ModelMode") == "file" and not os.path.isfile(p.GetParameter("ModelPath")):
-            slicer.util.errorDisplay("Choose an existing model file (.pt), or select 'Bundled model'.")
+        if p.modelMode == "file" and not os.path.isfile(p.modelPath):
+            slicer.util.errorDisplay(_("Choose an existing model file (.pt), or select 'Bundled model'."))
             return
         try:
             context = self.logic.startSegmentation(
-                slicer.mrmlScene, volume, segmentationNode=segmentation, roiMode=p.GetParameter("ROIMode"),
-                device=p.GetParameter("Device"), modelPath=self.modelPath(), overwriteEdited=overwrite,
-                smoothing=float(p.GetParameter("Smoothing") or 0.5))
+                slicer.mrmlScene, volume, segmentationNode=segmentation, roiMode=p.roiMode, device=p.device,
+                modelPath=self.modelPath(), overwriteEdited=overwrite, smoothing=p.smoothing)
         except Exception as exc:
-            slicer.util.errorDisplay(slicerLogic().friendly_error(exc, p.GetParameter("Device")))
+            self.logic.recordError(exc)
+            slicer.util.errorDisplay(slicerLib("run").friendly_error(exc, p.device))
             return
         self._runContext = context
         self._worker = context["worker"]
         self.ui.progressBar.setVisible(True)
         self.ui.progressBar.value = 0
-        self.ui.statusLabel.text = ("Using your crop box (the localizer is skipped)..." if context["box_lps"]
-                                    else "Starting...")
+        self.ui.statusLabel.text = (_("Using your crop box (the localizer is skipped)...") if context["box_lps"]
+                                    else _("Starting..."))
         self.updateButtonStates()
         self._timer.start()
 
     def modelPath(self):
         p = self._parameterNode
-        return p.GetParameter("ModelPath") if p.GetParameter("ModelMode") == "file" else None
+        return p.modelPath if p is not None and p.modelMode == "file" and p.modelPath else None
 
     def onCancelButton(self):
         if self._worker is not None:
             self._worker.cancel()
-            self.ui.statusLabel.text = "Cancelling (stops at the end of the current step)..."
+            self.ui.statusLabel.text = _("Cancelling (stops at the end of the current step)...")
             self.ui.cancelButton.enabled = False
 
     def onPollWorker(self):
@@ -396,10 +502,11 @@ class LumbarSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if worker is None:
             self._timer.stop()
             return
-        sl = slicerLogic()
         for stage, fraction in worker.poll():
-            overall, text = sl.overall_progress(stage, fraction)
+            overall, text = slicerLib("worker").overall_progress(stage, fraction)
             self.ui.progressBar.value = int(round(100 * overall))
+            if fraction <= 0.0:
+                self.logic.log(text)
             if not worker.cancelled:
                 self.ui.statusLabel.text = text
         if worker.running():
@@ -412,29 +519,26 @@ class LumbarSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         from LumbarSegLib.errors import Cancelled
 
         if worker.cancelled or isinstance(worker.error, Cancelled):
-            self.ui.statusLabel.text = "Cancelled. Nothing was changed."
-            return
-        if worker.error is not None:
-            logging.error("LumbarSeg failed", exc_info=worker.error)
-            message = sl.friendly_error(worker.error, context["device"])
-            self.ui.statusLabel.text = message
-            slicer.util.errorDisplay(message)
+            self.ui.statusLabel.text = _("Cancelled. Nothing was changed.")
+            self.logic.log(self.ui.statusLabel.text)
             return
         try:
             with slicer.util.WaitCursor():
                 outcome = self.logic.finishSegmentation(slicer.mrmlScene, context)
         except Exception as exc:
-            logging.exception("LumbarSeg could not put the result into the scene")
-            slicer.util.errorDisplay(sl.friendly_error(exc))
+            logging.exception("LumbarSeg failed")
+            message = slicerLib("run").friendly_error(exc, context["device"])
+            self.ui.statusLabel.text = message
+            slicer.util.errorDisplay(message)
             return
         self.showResult(context["volume"], outcome, worker.result)
 
     def showResult(self, volume, outcome, result):
         p = self._parameterNode
         if outcome.segmentation_node is not None:
-            p.SetNodeReferenceID("OutputSegmentation", outcome.segmentation_node.GetID())
+            p.outputSegmentation = outcome.segmentation_node
         if outcome.roi_node is not None:
-            p.SetNodeReferenceID("CropROI", outcome.roi_node.GetID())
+            p.cropROI = outcome.roi_node
         if result.found:
             self.onRecomputeMetrics()
         slicer.util.setSliceViewerLayers(background=volume)
@@ -442,69 +546,72 @@ class LumbarSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if layoutManager is not None and layoutManager.threeDViewCount > 0:
             layoutManager.threeDWidget(0).threeDView().resetFocalPoint()
         seconds = sum(result.timings.values())
-        found = ", ".join(result.found) if result.found else "none"
-        lines = [f"Found: {found} ({seconds:.1f} s)."] + outcome.messages
+        found = ", ".join(result.found) if result.found else _("none")
+        lines = [_("Found: {found} ({seconds:.1f} s on {device}).").format(
+            found=found, seconds=seconds, device=result.device or "?")] + outcome.messages
+        lines.append(_("Research use only, not a medical device: review every vertebra."))
         self.ui.statusLabel.text = "\n".join(lines)
         if not result.found:
-            slicer.util.warningDisplay("\n".join(outcome.messages), windowTitle="LumbarSeg: no lumbar spine found")
+            slicer.util.warningDisplay("\n".join(outcome.messages), windowTitle=_("LumbarSeg: no lumbar spine found"))
+        elif any(m.startswith("WARNING") for m in outcome.messages):  # implausible sizes, NaN voxels
+            slicer.util.warningDisplay("\n".join(m for m in outcome.messages if m.startswith("WARNING")),
+                                       windowTitle=_("LumbarSeg: check this result"))
 
     # --- results ----------------------------------------------------------------------------------
 
     def onRecomputeMetrics(self):
         p = self._parameterNode
-        segmentation = p.GetNodeReference("OutputSegmentation")
-        volume = p.GetNodeReference("InputVolume")
-        if segmentation is None or volume is None:
+        if p.outputSegmentation is None or p.inputVolume is None:
             return
         try:
             with slicer.util.WaitCursor():
-                table = self.logic.computeMetrics(slicer.mrmlScene, segmentation, volume,
-                                                  p.GetNodeReference("ReferenceSegmentation"),
-                                                  p.GetNodeReference("MetricsTable"))
+                table = self.logic.computeMetrics(slicer.mrmlScene, p.outputSegmentation, p.inputVolume,
+                                                  p.referenceSegmentation, p.metricsTable)
         except Exception as exc:
+            self.logic.recordError(exc)
             logging.exception("LumbarSeg metrics failed")
-            slicer.util.errorDisplay(slicerLogic().friendly_error(exc))
+            slicer.util.errorDisplay(slicerLib("run").friendly_error(exc))
             return
-        p.SetNodeReferenceID("MetricsTable", table.GetID())
+        p.metricsTable = table
         self.ui.metricsTableView.setMRMLTableNode(table)
 
     def onEditButton(self):
         p = self._parameterNode
-        segmentation, volume = p.GetNodeReference("OutputSegmentation"), p.GetNodeReference("InputVolume")
-        if segmentation is None:
+        if p.outputSegmentation is None:
             return
         slicer.util.selectModule("SegmentEditor")
         editor = slicer.modules.SegmentEditorWidget.editor
-        editor.setSegmentationNode(segmentation)
-        if volume is not None:
+        editor.setSegmentationNode(p.outputSegmentation)
+        if p.inputVolume is not None:
             if hasattr(editor, "setSourceVolumeNode"):
-                editor.setSourceVolumeNode(volume)
+                editor.setSourceVolumeNode(p.inputVolume)
             else:  # Slicer < 5.2
-                editor.setMasterVolumeNode(volume)
+                editor.setMasterVolumeNode(p.inputVolume)
 
     def onExportStl(self):
         p = self._parameterNode
-        segmentation = p.GetNodeReference("OutputSegmentation")
         folder = self.ui.exportFolderButton.directory
-        if segmentation is None or not folder:
-            slicer.util.errorDisplay("Choose an export folder first.")
+        if p.outputSegmentation is None or not folder:
+            slicer.util.errorDisplay(_("Choose an export folder first."))
             return
         try:
             with slicer.util.WaitCursor():
-                files = self.logic.exportStl(segmentation, folder)
+                files = self.logic.exportStl(p.outputSegmentation, folder)
         except Exception as exc:
-            slicer.util.errorDisplay(f"STL export failed: {exc}")
+            self.logic.recordError(exc)
+            slicer.util.errorDisplay(_("STL export failed: {error}").format(error=exc))
             return
-        self.ui.statusLabel.text = f"Wrote {len(files)} STL file(s) to {folder}."
+        self.ui.statusLabel.text = _("Wrote {count} STL file(s) to {folder}.").format(count=len(files), folder=folder)
+        self.logic.log(self.ui.statusLabel.text)
 
     def onExportLabelmap(self):
         p = self._parameterNode
-        segmentation, volume = p.GetNodeReference("OutputSegmentation"), p.GetNodeReference("InputVolume")
+        segmentation, volume = p.outputSegmentation, p.inputVolume
         if segmentation is None or volume is None:
             return
         start = os.path.join(self.ui.exportFolderButton.directory or "", segmentation.GetName() + ".nii.gz")
         path = qt.QFileDialog.getSaveFileName(
-            slicer.util.mainWindow(), "Export label map", start,
+            slicer.util.mainWindow(), _("Export label map"), start,
             "NIfTI label map (*.nii.gz);;NRRD label map (*.nrrd);;Slicer segmentation (*.seg.nrrd)")
         if not path:
             return
@@ -512,9 +619,11 @@ class LumbarSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             with slicer.util.WaitCursor():
                 written = self.logic.exportLabelmap(slicer.mrmlScene, segmentation, volume, path)
         except Exception as exc:
-            slicer.util.errorDisplay(f"Label map export failed: {exc}")
+            self.logic.recordError(exc)
+            slicer.util.errorDisplay(_("Label map export failed: {error}").format(error=exc))
             return
-        self.ui.statusLabel.text = f"Wrote {written}."
+        self.ui.statusLabel.text = _("Wrote {path}.").format(path=written)
+        self.logic.log(self.ui.statusLabel.text)
 
 
 #
@@ -526,51 +635,99 @@ class LumbarSegLogic(ScriptedLoadableModuleLogic):
     """Scene-level operations of the module; every method takes the scene (or nodes) explicitly.
 
     Works without the Slicer application (headless tests with the slicer-core wheel); only
-    ``getParameterNode`` (inherited) and ``installDependencies`` need the running application.
+    ``getParameterNode`` and ``installDependencies`` need the running application.
     """
+
+    LOG_LINES = 500
 
     def __init__(self):
         ScriptedLoadableModuleLogic.__init__(self)
-        self._models = {}
+        import collections
         import threading
 
+        self._models = {}
         self._modelLock = threading.Lock()
+        self.logLines = collections.deque(maxlen=self.LOG_LINES)
+        self.logCallback = None
+        self.lastResult = None
+        self.lastError = None
+        self.lastSettings = None
 
-    def setDefaultParameters(self, parameterNode):
-        defaults = {"Device": "auto", "ModelMode": "bundled", "ModelPath": "", "ROIMode": "auto",
-                    "Smoothing": "0.5", "ExportFolder": ""}
-        for name, value in defaults.items():
-            if not parameterNode.GetParameter(name):
-                parameterNode.SetParameter(name, value)
+    def getParameterNode(self):
+        return LumbarSegParameterNode(super().getParameterNode())
+
+    # --- log and diagnostics
+
+    def log(self, text):
+        import time
+
+        line = time.strftime("%H:%M:%S ") + str(text)
+        self.logLines.append(line)
+        logging.info("LumbarSeg: " + str(text))
+        if self.logCallback is not None:
+            self.logCallback(line)
+
+    def recordError(self, exc):
+        self.lastError = exc
+        self.log(f"ERROR {type(exc).__name__}: {exc}")
+
+    def diagnostics(self, slicerVersion=None, modelPath=None):
+        """The "Copy diagnostics" text: versions, device, model, last run's stage timings, last error, log."""
+        return slicerLib("provenance").diagnostics_text(
+            self.modelSummary(modelPath), last_result=self.lastResult, last_error=self.lastError,
+            settings=self.lastSettings, slicer_version=slicerVersion, log_lines=self.logLines)
 
     # --- dependencies
 
-    def installDependencies(self, missing=None, status=None):
-        """Install missing packages; torch through the PyTorch extension (PyTorchUtils) when present."""
-        missing = missingPackages() if missing is None else list(missing)
-        status = status or logging.info
-        if "torch" in missing:
-            status("Installing PyTorch (this can take several minutes)...")
+    def installDependencies(self, status=None):
+        """Install torch through the PyTorch extension (PyTorchUtils, with the version requirement), then any
+        other missing package with pip."""
+        status = status or self.log
+        problem = torchProblem()
+        if problem:
             try:
-                import PyTorchUtils  # the PyTorch extension picks the right CUDA/CPU build
+                import PyTorchUtils  # the PyTorch extension (EXTENSION_DEPENDS) picks the right CUDA/CPU build
             except ImportError:
-                PyTorchUtils = None
-            if PyTorchUtils is not None:
-                torch = PyTorchUtils.PyTorchUtilsLogic().installTorch(
-                    askConfirmation=False, torchVersionRequirement=">=2.1")
-                if torch is None:
-                    raise RuntimeError("the PyTorch extension did not install PyTorch")
-            else:
-                slicer.util.pip_install(PYTHON_REQUIREMENTS["torch"])
-        for name in missing:
+                raise RuntimeError(_("the PyTorch extension is not installed. Install 'PyTorch' from the Extensions "
+                                     "Manager and restart Slicer.")) from None
+            torchLogic = PyTorchUtils.PyTorchUtilsLogic()
+            status(_("Installing PyTorch ({requirement}): {reason}").format(requirement=TORCH_REQUIREMENT,
+                                                                            reason=problem))
+            torch = torchLogic.installTorch(askConfirmation=False, torchVersionRequirement=TORCH_REQUIREMENT)
+            if torch is None:
+                raise RuntimeError(_("the PyTorch extension did not install PyTorch"))
+            status(_("PyTorch {version} installed.").format(version=torch.__version__))
+        for name in missingPackages():
             if name != "torch":
-                status(f"Installing {name}...")
+                status(_("Installing {package}...").format(package=name))
                 slicer.util.pip_install(PYTHON_REQUIREMENTS[name])
         import importlib
 
         importlib.invalidate_caches()
 
     # --- model
+
+    def modelSummary(self, modelPath=None):
+        ensureLibImportable()
+        from LumbarSegLib.model_card import model_summary
+
+        return model_summary(modelPath)
+
+    def modelInfoHtml(self, modelPath=None):
+        """What the panel shows about the model that will run, with a link to its model card."""
+        import html
+
+        summary = self.modelSummary(modelPath)
+        rows = [f"<b>{html.escape(summary['name'])}</b>" + (_(" (bundled)") if summary["bundled"] else "")]
+        for key, title in (("configuration", _("Configuration")), ("trained_on", _("Trained on")),
+                           ("accuracy", _("Measured accuracy"))):
+            if summary.get(key):
+                rows.append(f"{title}: {html.escape(str(summary[key]))}")
+        if summary.get("matches_card") is False:
+            rows.append("<b>" + _("Warning: this file is not the one its model card describes.") + "</b>")
+        if summary.get("card_url"):
+            rows.append(f'<a href="{summary["card_url"]}">' + _("Model card") + "</a>")
+        return "<br>".join(rows)
 
     def loadModel(self, path=None):
         """Load (and cache) a model bundle; ``None`` = bundled model or random weights (warned about)."""
@@ -590,11 +747,13 @@ class LumbarSegLogic(ScriptedLoadableModuleLogic):
     def process(self, scene, volumeNode, segmentationNode=None, roiMode="auto", device="auto", modelPath=None,
                 overwriteEdited=False, progress=None, cancel=None, segmentFunction=None):
         """Synchronous run (scripting, tests): returns (SegmentationResult, ApplyOutcome)."""
-        sl = slicerLogic()
-        return sl.run_segmentation(scene, volumeNode, model=self.loadModel(modelPath), device=device,
-                                   segmentation_node=segmentationNode, roi_mode=roiMode,
-                                   overwrite_edited=overwriteEdited, progress=progress, cancel=cancel,
-                                   segment_fn=segmentFunction)
+        result, outcome = slicerLib("run").run_segmentation(
+            scene, volumeNode, model=self.loadModel(modelPath), device=device, segmentation_node=segmentationNode,
+            roi_mode=roiMode, overwrite_edited=overwriteEdited, progress=progress, cancel=cancel,
+            segment_fn=segmentFunction)
+        settings = {"device_requested": device, "roi_mode": roiMode, "model_path": modelPath}
+        self._recordRun(outcome, result, settings, modelPath)
+        return result, outcome
 
     def startSegmentation(self, scene, volumeNode, segmentationNode=None, roiMode="auto", device="auto",
                           modelPath=None, overwriteEdited=False, smoothing=0.5, segmentFunction=None):
@@ -602,29 +761,50 @@ class LumbarSegLogic(ScriptedLoadableModuleLogic):
 
         The scene is read here, on the calling (main) thread; the worker thread only runs the engine.
         """
-        sl = slicerLogic()
+        ensureLibImportable()
         from LumbarSegLib import pipeline  # noqa: F401  (first torch import on the main thread, not the worker)
 
-        roiNode = sl.find_crop_roi(scene, volumeNode)
-        inputs = sl.prepare_run(volumeNode, roiNode, roiMode or "auto")
-        worker = sl.SegmentationWorker(segment_fn=segmentFunction, model_loader=self.loadModel)
+        roiNode = slicerLib("roi").find_crop_roi(scene, volumeNode)
+        inputs = slicerLib("run").prepare_run(volumeNode, roiNode, roiMode or "auto")
+        worker = slicerLib("worker").SegmentationWorker(segment_fn=segmentFunction, model_loader=self.loadModel)
         worker.start(inputs.image, model_path=modelPath, device=device or "auto", box_lps=inputs.box_lps)
+        self.log(f"Segmenting '{volumeNode.GetName()}' (device {device or 'auto'}, crop box "
+                 f"{'yours' if inputs.box_lps else 'from the localizer'})")
+        # Overwriting is agreed for the segmentation as it is now; edits made during the run are kept.
+        overwrite = (slicerLib("segments").segmentation_content_hash(segmentationNode)
+                     if overwriteEdited and segmentationNode is not None else False)
         return {"worker": worker, "volume": volumeNode, "segmentation": segmentationNode, "roi": roiNode,
-                "box_lps": inputs.box_lps, "device": device, "overwrite": overwriteEdited,
-                "smoothing": smoothing}
+                "box_lps": inputs.box_lps, "device": device, "overwrite": overwrite,
+                "smoothing": smoothing, "model_path": modelPath, "roi_mode": roiMode, "messages": inputs.messages}
 
     def finishSegmentation(self, scene, context):
         """Main-thread part after the worker finished: put its result into the scene."""
-        sl = slicerLogic()
         worker = context["worker"]
         if worker.error is not None:
+            self.recordError(worker.error)
             raise worker.error
-        return sl.apply_result(scene, context["volume"], worker.result, context["segmentation"], context["roi"],
-                               overwrite_edited=context["overwrite"], smoothing=context["smoothing"],
-                               user_box_lps=context["box_lps"])
+        outcome = slicerLib("run").apply_result(
+            scene, context["volume"], worker.result, context["segmentation"], context["roi"],
+            overwrite_edited=context["overwrite"], smoothing=context["smoothing"], user_box_lps=context["box_lps"],
+            input_messages=context.get("messages", ()))
+        settings = {"device_requested": context["device"] or "auto", "roi_mode": context.get("roi_mode"),
+                    "crop_box": "user" if context["box_lps"] else "localizer", "smoothing": context["smoothing"],
+                    "model_path": context.get("model_path")}
+        self._recordRun(outcome, worker.result, settings, context.get("model_path"))
+        return outcome
+
+    def _recordRun(self, outcome, result, settings, modelPath):
+        self.lastResult, self.lastSettings = result, settings
+        if outcome.segmentation_node is not None:
+            slicerLib("provenance").record_provenance(outcome.segmentation_node, self.modelSummary(modelPath),
+                                                      result, settings)
+        timings = ", ".join(f"{k} {v:.2f} s" for k, v in result.timings.items())
+        self.log(f"Found {', '.join(result.found) or 'none'} on {result.device or '?'} ({timings})")
+        for message in outcome.messages:
+            self.log(message)
 
     def isUserEdited(self, segmentationNode):
-        return slicerLogic().is_user_edited(segmentationNode)
+        return slicerLib("segments").is_user_edited(segmentationNode)
 
     def setSmoothing(self, segmentationNode, value):
         segmentation = segmentationNode.GetSegmentation()
@@ -638,28 +818,41 @@ class LumbarSegLogic(ScriptedLoadableModuleLogic):
     # --- results
 
     def computeMetrics(self, scene, segmentationNode, volumeNode, referenceNode=None, tableNode=None):
-        sl = slicerLogic()
-        rows = sl.compute_metrics(segmentationNode, volumeNode, referenceNode)
+        metrics = slicerLib("metrics_table")
+        rows = metrics.compute_metrics(segmentationNode, volumeNode, referenceNode)
         name = segmentationNode.GetName() + " metrics"
-        return sl.fill_metrics_table(scene, rows, tableNode, name=name)
+        return metrics.fill_metrics_table(scene, rows, tableNode, name=name, volume_node=volumeNode)
 
     def exportStl(self, segmentationNode, folder):
-        return slicerLogic().export_stl(segmentationNode, folder)
+        return slicerLib("export").export_stl(segmentationNode, folder)
 
     def exportLabelmap(self, scene, segmentationNode, volumeNode, path):
-        return slicerLogic().export_labelmap(scene, segmentationNode, volumeNode, path)
+        return slicerLib("export").export_labelmap(scene, segmentationNode, volumeNode, path)
 
 
 #
-# Test (runs inside Slicer: Developer mode -> "Reload and Test", or Slicer --python-code)
+# Test (runs inside Slicer: Developer mode -> "Reload and Test", or Slicer --python-code; also headless against
+# slicer-core, see Testing/test_slicer_module.py). The model part needs PyTorch; the extension build servers have
+# none, so there it is skipped and the test says why.
 #
 
 
 class LumbarSegTest(ScriptedLoadableModuleTest):
     def setUp(self):
-        slicer.mrmlScene.Clear()
+        if hasattr(slicer, "mrmlScene"):
+            slicer.mrmlScene.Clear()
+            self.scene = slicer.mrmlScene
+        else:  # slicer-core: no application scene
+            self.scene = slicer.vtkMRMLScene()
+        slicerLib("scene").ensure_segmentations_logic(self.scene)
 
     def runTest(self):
+        self.setUp()
+        self.test_LumbarSeg_SceneLogic()
+        self.modelSkipReason = torchProblem()
+        if self.modelSkipReason:
+            self.delayDisplay(f"Skipped the model part of the LumbarSeg self-test: {self.modelSkipReason}")
+            return
         self.setUp()
         self.test_LumbarSeg_FullFlow()
         self.setUp()
@@ -684,6 +877,46 @@ class LumbarSegTest(ScriptedLoadableModuleTest):
         labels.CopyInformation(ct)
         return ct, labels
 
+    def test_LumbarSeg_SceneLogic(self):
+        """Everything the buttons do after a run, without PyTorch: known labels into the scene (in the CT's
+        study), metrics, smoothing, edit detection, exports, provenance and diagnostics."""
+        import tempfile
+
+        import numpy as np
+        import SimpleITK as sitk
+
+        self.delayDisplay("Scene logic without the model")
+        ct, labels = self._phantom()
+        hierarchy = slicer.vtkMRMLSubjectHierarchyNode.GetSubjectHierarchyNode(self.scene)
+        study = hierarchy.CreateStudyItem(hierarchy.CreateSubjectItem(hierarchy.GetSceneItemID(), "Phantom"), "CT")
+        volume = slicerLib("volumes").sitk_to_volume_node(self.scene, ct, "LumbarSeg test CT")
+        hierarchy.SetItemParent(hierarchy.GetItemByDataNode(volume) or hierarchy.CreateItem(study, volume), study)
+        segmentation = slicerLib("segments").labels_to_segmentation(self.scene, labels, volume)
+        self.assertEqual(segmentation.GetSegmentation().GetNumberOfSegments(), 5)
+        self.assertEqual(hierarchy.GetItemParent(hierarchy.GetItemByDataNode(segmentation)), study)
+        np.testing.assert_array_equal(slicerLib("segments").segmentation_to_label_array(segmentation, volume),
+                                      sitk.GetArrayViewFromImage(labels))
+        logic = LumbarSegLogic()
+        self.assertFalse(logic.isUserEdited(segmentation))
+        logic.setSmoothing(segmentation, 0.3)
+        self.assertFalse(logic.isUserEdited(segmentation))
+        table = logic.computeMetrics(self.scene, segmentation, volume, segmentation)
+        rows = slicerLib("metrics_table").table_to_dict(table)
+        self.assertEqual(sorted(rows), ["L1", "L2", "L3", "L4", "L5"])
+        for row in rows.values():
+            self.assertAlmostEqual(row["DSC"], 1.0)
+        self.assertEqual(hierarchy.GetItemParent(hierarchy.GetItemByDataNode(table)), study)
+        with tempfile.TemporaryDirectory() as folder:
+            self.assertEqual(len(logic.exportStl(segmentation, folder)), 5)
+            path = logic.exportLabelmap(self.scene, segmentation, volume, os.path.join(folder, "l.nii.gz"))
+            np.testing.assert_array_equal(sitk.GetArrayFromImage(sitk.ReadImage(str(path))),
+                                          sitk.GetArrayViewFromImage(labels))
+        self.assertIn("Model", logic.modelInfoHtml())
+        logic.recordError(RuntimeError("self-test error"))
+        text = logic.diagnostics(slicerVersion="self-test")
+        self.assertIn("Last error: RuntimeError: self-test error", text)
+        self.delayDisplay("Scene logic passed")
+
     def test_LumbarSeg_FullFlow(self):
         import tempfile
 
@@ -691,68 +924,58 @@ class LumbarSegTest(ScriptedLoadableModuleTest):
         import SimpleITK as sitk
 
         self.delayDisplay("Synthetic CT")
-        sl = slicerLogic()
+        ct, labels = self._phantom()
         from LumbarSegLib import pipeline
 
-        ct, labels = self._phantom()
-        volume = sl.sitk_to_volume_node(slicer.mrmlScene, ct, "LumbarSeg test CT")
+        volume = slicerLib("volumes").sitk_to_volume_node(self.scene, ct, "LumbarSeg test CT")
         logic = LumbarSegLogic()
 
         self.delayDisplay("Segmenting with the engine (bundled model, else random weights)")
-        result, outcome = logic.process(slicer.mrmlScene, volume, device="cpu")
+        result, outcome = logic.process(self.scene, volume, device="cpu")
         segmentation = outcome.segmentation_node
         if result.found:
             names = [segmentation.GetSegmentation().GetNthSegment(i).GetName()
                      for i in range(segmentation.GetSegmentation().GetNumberOfSegments())]
             self.assertEqual(sorted(names), sorted(result.found))
+            provenance = slicerLib("provenance").read_provenance(segmentation)
+            self.assertEqual(provenance["settings"]["device_used"], "cpu")
+            self.assertIn("not a medical device", provenance["notice"])
         else:
             self.assertIsNone(segmentation)
 
         self.delayDisplay("Known labels into the scene")
         box = pipeline.index_box_to_lps(ct, (5, 5, 5), (50, 43, 75))
         known = pipeline.SegmentationResult(labels, ["L1", "L2", "L3", "L4", "L5"], None, box, 1.0, {}, [], True)
-        outcome = sl.apply_result(slicer.mrmlScene, volume, known, segmentation, outcome.roi_node,
-                                  overwrite_edited=True)
+        outcome = slicerLib("run").apply_result(self.scene, volume, known, segmentation, outcome.roi_node,
+                                                overwrite_edited=True)
         segmentation = outcome.segmentation_node
         self.assertEqual(segmentation.GetSegmentation().GetNumberOfSegments(), 5)
-        np.testing.assert_array_equal(sl.segmentation_to_label_array(segmentation, volume),
+        np.testing.assert_array_equal(slicerLib("segments").segmentation_to_label_array(segmentation, volume),
                                       sitk.GetArrayViewFromImage(labels))
-        self.assertEqual(outcome.roi_node.GetName(), sl.ROI_NAME)
-
-        self.delayDisplay("Metrics against itself as reference")
-        table = logic.computeMetrics(slicer.mrmlScene, segmentation, volume, segmentation)
-        rows = sl.table_to_dict(table)
-        self.assertEqual(sorted(rows), ["L1", "L2", "L3", "L4", "L5"])
-        for row in rows.values():
-            self.assertAlmostEqual(row["DSC"], 1.0)
-            self.assertGreater(row["Volume"], 1.0)
+        self.assertEqual(outcome.roi_node.GetName(), slicerLib("roi").ROI_NAME)
 
         self.delayDisplay("Export")
         with tempfile.TemporaryDirectory() as folder:
-            files = logic.exportStl(segmentation, folder)
-            self.assertEqual(len(files), 5)
-            path = logic.exportLabelmap(slicer.mrmlScene, segmentation, volume, os.path.join(folder, "l.nii.gz"))
-            np.testing.assert_array_equal(sitk.GetArrayFromImage(sitk.ReadImage(str(path))),
-                                          sitk.GetArrayViewFromImage(labels))
+            self.assertEqual(len(logic.exportStl(segmentation, folder)), 5)
         self.delayDisplay("Full flow passed")
 
     def test_LumbarSeg_BackgroundRunAndCancel(self):
         import time
 
-        sl = slicerLogic()
+        ct, _ = self._phantom()  # makes LumbarSegLib importable
         from LumbarSegLib.errors import Cancelled
 
-        ct, _ = self._phantom()
-        volume = sl.sitk_to_volume_node(slicer.mrmlScene, ct, "LumbarSeg test CT")
+        processEvents = getattr(getattr(slicer, "app", None), "processEvents", lambda: None)
+        volume = slicerLib("volumes").sitk_to_volume_node(self.scene, ct, "LumbarSeg test CT")
         logic = LumbarSegLogic()
-        context = logic.startSegmentation(slicer.mrmlScene, volume, device="cpu")
+        context = logic.startSegmentation(self.scene, volume, device="cpu")
         while context["worker"].running():
-            slicer.app.processEvents()  # the GUI keeps running while the engine works
+            processEvents()  # the GUI keeps running while the engine works
             time.sleep(0.02)
-        outcome = logic.finishSegmentation(slicer.mrmlScene, context)
+        outcome = logic.finishSegmentation(self.scene, context)
         self.assertEqual(outcome.segmentation_node is not None, bool(context["worker"].result.found))
 
-        context = logic.startSegmentation(slicer.mrmlScene, volume, device="cpu")
+        context = logic.startSegmentation(self.scene, volume, device="cpu")
         context["worker"].cancel()
         context["worker"].wait(60)
         self.assertIsInstance(context["worker"].error, Cancelled)

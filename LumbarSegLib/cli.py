@@ -11,15 +11,15 @@ Subcommand handlers are registered with ``parser.set_defaults(func=handler)`` an
 
 from __future__ import annotations
 
+# Only light standard-library imports at module level: a Ctrl-C while torch or SimpleITK load must land
+# inside main()'s handler (one line, exit 130), not in an import traceback.
 import argparse
 import platform
 import sys
 import time
 from pathlib import Path
 
-import SimpleITK as sitk
-
-from . import __version__, phantoms
+from . import __version__
 from .errors import InputError, LumbarSegError
 
 PROG = "lumbarseg"
@@ -63,7 +63,7 @@ class _StageProgress:
         return lambda: self(stage, 1.0)
 
 
-def _geometry(image: sitk.Image) -> dict:
+def _geometry(image) -> dict:
     return {
         "size": list(image.GetSize()),
         "spacing_mm": [float(v) for v in image.GetSpacing()],
@@ -71,6 +71,12 @@ def _geometry(image: sitk.Image) -> dict:
         "direction": [float(v) for v in image.GetDirection()],
         "pixel_type": image.GetPixelIDTypeAsString(),
     }
+
+
+def _check_smoothing(value: float) -> float:
+    from .surfaces import check_smoothing
+
+    return check_smoothing(value)
 
 
 def _load_model(spec, device: str):
@@ -83,25 +89,31 @@ def _load_model(spec, device: str):
     return model
 
 
-def _run_segmentation(image: sitk.Image, *, input_desc: dict, outdir: Path, stem: str, model, device: str,
-                      fmt: str, stl: bool, preview: bool, reference: sitk.Image | None, reference_desc: dict | None,
-                      smoothing: float, quiet: bool, extra_timings: dict | None = None) -> dict:
-    """Segment an already validated CT, write every requested output and return the report dict."""
+def _run_segmentation(loaded, *, input_desc: dict, out, stem: str, model, device: str, fmt: str, stl: bool,
+                      preview: bool, reference=None, reference_desc: dict | None = None, smoothing: float,
+                      quiet: bool, extra_timings: dict | None = None, dicom_source=None) -> dict:
+    """Segment an already validated CT (:class:`io.LoadedCT`), write every requested output into the
+    staging folder of ``out`` (:class:`outputs.OutputFolder`), commit it with ``report.json`` and return
+    the report.
+
+    ``dicom_source``: the source series' datasets (``dicom_seg.read_source_series``) to write a DICOM SEG."""
+    import SimpleITK as sitk
+
     from . import io, metrics, pipeline, surfaces
+    from .constants import RESEARCH_NOTICE
     from .models import resolve_device
 
+    image = loaded.image
     progress = _StageProgress(quiet)
     t_start = time.perf_counter()
     result = pipeline.segment(image, model=model, device=device, progress=progress)
     timings = dict(extra_timings or {})
     timings.update(result.timings)
 
-    outdir.mkdir(parents=True, exist_ok=True)
     outputs: dict = {}
     t0 = time.perf_counter()
-    labels_path = outdir / f"{stem}_labels.{fmt}"
-    io.write_labelmap(result.labels, labels_path)
-    outputs["labels"] = str(labels_path)
+    labels_path = io.write_labelmap(result.labels, out.staging / f"{stem}_labels.{fmt}")
+    outputs["labels"] = str(out.final(labels_path))
     label_array = sitk.GetArrayViewFromImage(result.labels)
     measurements = metrics.measure(label_array, sitk.GetArrayViewFromImage(image), image)
     timings["write"] = time.perf_counter() - t0
@@ -109,31 +121,51 @@ def _run_segmentation(image: sitk.Image, *, input_desc: dict, outdir: Path, stem
     if stl:
         done = progress.step("stl")
         t0 = time.perf_counter()
-        outputs["stl"] = {k: str(v) for k, v in surfaces.write_stl(result.labels, outdir / "stl", smoothing).items()}
+        written = surfaces.write_stl(result.labels, out.staging / "stl", smoothing)
+        outputs["stl"] = {k: str(out.final(v)) for k, v in written.items()}
         timings["stl"] = time.perf_counter() - t0
         done()
 
     comparison = None
     notes: list[str] = []
+    if dicom_source is not None:
+        from .dicom_seg import write_dicom_seg
+
+        seg_path = write_dicom_seg(result.labels, dicom_source, out.staging / f"{stem}_seg.dcm")
+        if seg_path is None:
+            notes.append("No vertebra was found, so no DICOM SEG was written (a SEG needs at least one segment).")
+        else:
+            outputs["dicom_seg"] = str(out.final(seg_path))
     if reference is not None:
         comparison = metrics.compare_images(result.labels, reference, resample=True, notes=notes)
+        note = io.reference_without_lumbar_note(reference)
+        if note:
+            notes.append(note)
 
     if preview:
         from .preview import write_preview
 
         t0 = time.perf_counter()
-        outputs["preview"] = str(write_preview(image, result.labels, outdir / f"{stem}_preview.png",
-                                               box_index=result.box_index,
-                                               title=f"LumbarSeg: {stem} - found {', '.join(result.found) or 'none'}"))
+        path = write_preview(image, result.labels, out.staging / f"{stem}_preview.png", box_index=result.box_index,
+                             title=f"LumbarSeg: {stem} - found {', '.join(result.found) or 'none'}")
+        outputs["preview"] = str(out.final(path))
         timings["preview"] = time.perf_counter() - t0
     timings["total"] = time.perf_counter() - t_start + sum((extra_timings or {}).values())
 
-    messages = list(result.messages) + notes
+    plausibility = metrics.plausibility_warnings(measurements)
+    nonfinite = 0 if loaded.nonfinite_mask is None else int(loaded.nonfinite_mask.sum())
+    near = io.nonfinite_near(loaded.nonfinite_mask, label_array, image.GetSpacing())
+    if near:
+        notes.append(f"WARNING: {near} of the {nonfinite} voxels that were not numbers (NaN) lie within 10 mm of "
+                     f"the vertebrae found: the image is damaged there and the result is unreliable.")
+    messages = list(loaded.messages) + list(result.messages) + plausibility + notes
+    outputs["report"] = str(out.target / "report.json")
     report = {
         "lumbarseg_version": __version__,
+        "notice": RESEARCH_NOTICE,
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "host": {"python": platform.python_version(), "platform": platform.platform()},
-        "input": input_desc,
+        "input": {**input_desc, "nonfinite_voxels_set_to_air": nonfinite},
         "model": {**model.describe(), "metadata": model.metadata},
         "device": str(resolve_device(device)),
         "found": list(result.found),
@@ -146,16 +178,19 @@ def _run_segmentation(image: sitk.Image, *, input_desc: dict, outdir: Path, stem
         "heatmap_peak": result.heatmap_peak,
         "timings_s": timings,
         "measurements": measurements,
+        "plausibility": {"volume_ml_range": list(metrics.VERTEBRA_VOLUME_ML),
+                         "height_mm_range": list(metrics.VERTEBRA_HEIGHT_MM),
+                         "plausible": not plausibility, "warnings": plausibility},
         "reference": reference_desc,
         "metrics": comparison,
         "metrics_summary": metrics.summary(comparison) if comparison else None,
         "outputs": outputs,
         "stl_coordinate_system": surfaces.STL_COORDINATE_SYSTEM if stl else None,
+        "replaced_result": ({"input": (out.replaced_report.get("input") or {}).get("path"),
+                             "created": out.replaced_report.get("created")} if out.replaced_report else None),
         "messages": messages,
     }
-    report_path = outdir / "report.json"
-    outputs["report"] = str(report_path)
-    metrics.write_json(report, report_path)
+    out.commit(report)  # report.json last, then the whole folder moves into place
     _print_summary(report, comparison)
     return report
 
@@ -185,38 +220,71 @@ def _print_summary(report: dict, comparison) -> None:
 # Subcommands
 # --------------------------------------------------------------------------------------------------
 
+def _dicom_description(loaded) -> dict:
+    if loaded.series is None:
+        return {}
+    return {"dicom_series": {**loaded.series.to_dict(),
+                             "other_series": [s.to_dict() for s in loaded.all_series if s is not loaded.series]}}
+
+
 def cmd_segment(args) -> int:
     from . import io
     from .models import resolve_device
+    from .outputs import OutputFolder
 
     resolve_device(args.device)  # an unavailable device fails now, not after reading a large CT
-    progress = _StageProgress(args.quiet)
-    done = progress.step("read")
-    t0 = time.perf_counter()
-    image = io.read_ct(args.input)
-    read_s = time.perf_counter() - t0
-    done()
-    reference = reference_desc = None
-    if args.reference:
-        reference = io.read_labelmap(args.reference, scheme=args.reference_labels)
-        reference_desc = {"path": str(Path(args.reference).resolve()), "label_scheme": io.label_scheme_of(reference),
-                          "geometry": _geometry(reference)}
-    model = _load_model(args.model, args.device)
-    input_desc = {"path": str(Path(args.input).resolve()), **_geometry(image)}
-    _run_segmentation(image, input_desc=input_desc, outdir=Path(args.output), stem=io.output_stem(args.input),
-                      model=model, device=args.device, fmt=args.format, stl=args.stl, preview=args.preview,
-                      reference=reference, reference_desc=reference_desc, smoothing=args.smoothing,
-                      quiet=args.quiet, extra_timings={"read": read_s})
+    smoothing = _check_smoothing(args.smoothing)
+    if args.series and not Path(args.input).is_dir():
+        raise InputError(f"--series chooses a series in a DICOM folder, but {args.input} is not a folder.")
+    # The output folder is checked (and locked) before anything is read or computed.
+    with OutputFolder(args.output, overwrite=args.overwrite) as out:
+        dicom_source = None
+        if args.dicom_seg:  # a SEG that cannot reference its source fails now, before the segmentation runs
+            from .dicom_seg import read_source_series
+
+            dicom_source = read_source_series(args.input, series_uid=args.series)
+        progress = _StageProgress(args.quiet)
+        done = progress.step("read")
+        t0 = time.perf_counter()
+        loaded = io.load_ct(args.input, series_uid=args.series)
+        read_s = time.perf_counter() - t0
+        done()
+        if loaded.series is not None and not args.quiet:
+            _err(f"{PROG}: DICOM series {loaded.series.describe()}"
+                 + (f", chosen from {len(loaded.all_series)} series" if len(loaded.all_series) > 1 else ""))
+        reference = reference_desc = None
+        if args.reference:
+            from .metrics import fields_of_view_overlap
+
+            reference = io.read_labelmap(args.reference, scheme=args.reference_labels)
+            if not fields_of_view_overlap(loaded.image, reference):  # before segmenting, not after
+                raise InputError(f"The reference {args.reference} does not overlap the CT in physical space; "
+                                 f"check that both belong to the same CT.")
+            reference_desc = {"path": str(Path(args.reference).resolve()),
+                              "label_scheme": io.label_scheme_of(reference), "geometry": _geometry(reference)}
+        model = _load_model(args.model, args.device)
+        input_desc = {"path": str(Path(args.input).resolve()), **_dicom_description(loaded), **_geometry(loaded.image)}
+        _run_segmentation(loaded, input_desc=input_desc, out=out, stem=io.output_stem(args.input), model=model,
+                          device=args.device, fmt=args.format, stl=args.stl, preview=args.preview,
+                          reference=reference, reference_desc=reference_desc, smoothing=smoothing,
+                          quiet=args.quiet, extra_timings={"read": read_s}, dicom_source=dicom_source)
     return 0
 
 
 def cmd_evaluate(args) -> int:
     from . import io, metrics
+    from .outputs import check_output_file
 
+    for path, what in ((args.output, "JSON output"), (args.csv, "CSV output")):
+        if path:
+            check_output_file(path, what)
     pred = io.read_labelmap(args.pred, scheme=args.pred_labels)
     ref = io.read_labelmap(args.ref, scheme=args.ref_labels)
     notes: list[str] = []
     result = metrics.compare_images(pred, ref, resample=not args.strict_grid, notes=notes)
+    note = io.reference_without_lumbar_note(ref)
+    if note:
+        notes.append(note)
     for note in notes:
         _err(f"{PROG}: note: {note}")
     print(metrics.format_table(result))
@@ -233,51 +301,87 @@ def cmd_evaluate(args) -> int:
     return 0
 
 
+PHANTOM_MIN_VOXELS = 16
+
+
+def _check_phantom_grid(shape, spacing) -> None:
+    """Refuse a phantom grid before generating anything: the generator needs room for a spine, and the
+    result must be a CT that LumbarSeg itself accepts."""
+    from .io import MAX_SPACING_MM, MIN_SPACING_MM, check_memory
+
+    if shape is not None:
+        if any(v < PHANTOM_MIN_VOXELS for v in shape):
+            raise InputError(f"--shape {' '.join(map(str, shape))}: each of NX NY NZ must be at least "
+                             f"{PHANTOM_MIN_VOXELS} voxels (e.g. --shape 256 256 200).")
+        check_memory(shape, what=f"A {'x'.join(map(str, shape))} phantom")
+    if spacing is not None and not all(MIN_SPACING_MM <= v <= MAX_SPACING_MM for v in spacing):
+        raise InputError(f"--spacing {' '.join(f'{v:g}' for v in spacing)}: each of SX SY SZ must be between "
+                         f"{MIN_SPACING_MM:g} and {MAX_SPACING_MM:g} mm (e.g. --spacing 0.8 0.8 1.0).")
+
+
 def cmd_phantom(args) -> int:
+    from .outputs import OutputFolder
+
     if args.n < 1:
         raise InputError("--n must be at least 1.")
-    kwargs = {"shape": tuple(args.shape) if args.shape else None,
-              "spacing": tuple(args.spacing) if args.spacing else None, "fov": args.fov}
+    shape = tuple(args.shape) if args.shape else None
+    spacing = tuple(args.spacing) if args.spacing else None
+    _check_phantom_grid(shape, spacing)
+    from . import phantoms
 
-    def progress(*values, **_):
+    kwargs = {"shape": shape, "spacing": spacing, "fov": args.fov}
+    t0 = time.perf_counter()
+
+    def progress(done, total, *_, **__):
         if not args.quiet:
-            _err(f"{PROG}: phantom " + " ".join(str(v) for v in values))
+            _err(f"{PROG}: phantom {done}/{total} written ({time.perf_counter() - t0:.1f} s)")
 
-    out = phantoms.write_verse_dataset(args.output, args.n, args.seed, progress=progress, **kwargs)
-    print(f"Wrote {args.n} phantom case(s) to {out if out is not None else args.output}")
+    with OutputFolder(args.output, overwrite=args.overwrite) as out:
+        paths = phantoms.write_verse_dataset(out.staging, args.n, args.seed, progress=progress, **kwargs)
+        files = sorted(out.final(p).name for p in paths)
+        out.commit({"lumbarseg_version": __version__, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                    "command": "phantom", "phantoms": args.n, "seeds": [args.seed, args.seed + args.n - 1],
+                    "shape": list(shape) if shape else None, "spacing_mm": list(spacing) if spacing else None,
+                    "fov": args.fov, "files": files})
+    print(f"Wrote {args.n} phantom case(s) ({len(files)} files: CT + vertebra mask each) to {out.target}")
     return 0
 
 
 def cmd_demo(args) -> int:
     """Phantom -> segment with the bundled model -> metrics against the phantom's truth, all offline."""
-    from . import io
+    import SimpleITK as sitk
 
+    from . import io
     from .models import resolve_device
+    from .outputs import OutputFolder
 
     resolve_device(args.device)
-    outdir = Path(args.output)
-    progress = _StageProgress(args.quiet)
-    done = progress.step("phantom")
-    t0 = time.perf_counter()
-    ct, truth_verse = phantoms.generate_phantom(args.seed, shape=DEMO_SHAPE, spacing=DEMO_SPACING,
-                                                fov=DEMO_FOV if DEMO_FOV in phantoms.FOV_CHOICES else None)
-    gen_s = time.perf_counter() - t0
-    done()
-    outdir.mkdir(parents=True, exist_ok=True)
-    ct_path = outdir / "demo_ct.nii.gz"
-    sitk.WriteImage(ct, str(ct_path), useCompression=True)
-    truth = sitk.GetImageFromArray(io.to_internal_labels(sitk.GetArrayViewFromImage(truth_verse), "verse"))
-    truth.CopyInformation(truth_verse)
-    truth_path = io.write_labelmap(truth, outdir / "demo_truth.nii.gz")
-    io.validate_ct(ct, name="The demo phantom")
-    model = _load_model(args.model, args.device)
-    _run_segmentation(ct, input_desc={"path": str(ct_path.resolve()), "phantom_seed": args.seed, **_geometry(ct)},
-                      outdir=outdir, stem="demo", model=model, device=args.device, fmt="nii.gz", stl=True,
-                      preview=True, reference=truth,
-                      reference_desc={"path": str(truth_path.resolve()), "label_scheme": "phantom truth"},
-                      smoothing=args.smoothing, quiet=args.quiet, extra_timings={"phantom": gen_s})
-    print(f"\nOpen {ct_path} with {outdir / 'demo_labels.nii.gz'} in 3D Slicer, or look at "
-          f"{outdir / 'demo_preview.png'}.")
+    smoothing = _check_smoothing(args.smoothing)
+    from . import phantoms
+
+    with OutputFolder(args.output, overwrite=args.overwrite) as out:
+        progress = _StageProgress(args.quiet)
+        done = progress.step("phantom")
+        t0 = time.perf_counter()
+        ct, truth_verse = phantoms.generate_phantom(args.seed, shape=DEMO_SHAPE, spacing=DEMO_SPACING,
+                                                    fov=DEMO_FOV if DEMO_FOV in phantoms.FOV_CHOICES else None)
+        gen_s = time.perf_counter() - t0
+        done()
+        ct_path = out.staging / "demo_ct.nii.gz"
+        sitk.WriteImage(ct, str(ct_path), useCompression=True)
+        truth = sitk.GetImageFromArray(io.to_internal_labels(sitk.GetArrayViewFromImage(truth_verse), "verse"))
+        truth.CopyInformation(truth_verse)
+        truth_path = io.write_labelmap(truth, out.staging / "demo_truth.nii.gz")
+        image, mask, messages = io.prepare_ct(ct, name="The demo phantom")
+        model = _load_model(args.model, args.device)
+        _run_segmentation(io.LoadedCT(image, mask, messages),
+                          input_desc={"path": str(out.final(ct_path)), "phantom_seed": args.seed, **_geometry(ct)},
+                          out=out, stem="demo", model=model, device=args.device, fmt="nii.gz", stl=True,
+                          preview=True, reference=truth,
+                          reference_desc={"path": str(out.final(truth_path)), "label_scheme": "phantom truth"},
+                          smoothing=smoothing, quiet=args.quiet, extra_timings={"phantom": gen_s})
+    print(f"\nOpen {out.target / 'demo_ct.nii.gz'} with {out.target / 'demo_labels.nii.gz'} in 3D Slicer, or look "
+          f"at {out.target / 'demo_preview.png'}.")
     return 0
 
 
@@ -293,12 +397,16 @@ def build_parser() -> argparse.ArgumentParser:
     def common(p, model=True):
         if model:
             p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"],
-                           help="where the networks run; auto picks CUDA, then Apple MPS, then CPU")
+                           help="where the networks run; auto picks CUDA when present, else the CPU (mps only by name)")
             p.add_argument("--model", default=None, metavar="NAME|PATH",
                            help="a shipped model (cpu, paper) or a model file; default: paper on CUDA when "
                            "shipped, else cpu")
             p.add_argument("--smoothing", type=float, default=0.5, help="STL smoothing factor 0..1 (default 0.5)")
         p.add_argument("-q", "--quiet", action="store_true", help="no progress lines on stderr")
+
+    def overwrite(p):
+        p.add_argument("--overwrite", action="store_true",
+                       help="replace an earlier result in the output folder (as a whole; nothing is merged)")
 
     p = sub.add_parser("segment", help="segment L1-L5 in a CT",
                        description="Segment L1-L5 in a CT (NIfTI, NRRD, MHA or a DICOM folder) in Hounsfield units.")
@@ -310,6 +418,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="label codes of REF (auto-detected by default)")
     p.add_argument("--format", default="nii.gz", choices=["nii.gz", "seg.nrrd"], help="label map format")
     p.add_argument("--preview", action="store_true", help="also write a PNG with three orthogonal slices")
+    p.add_argument("--dicom-seg", action="store_true",
+                   help="also write a DICOM Segmentation (OUTDIR/<name>_seg.dcm) referencing the input DICOM series")
+    p.add_argument("--series", metavar="UID",
+                   help="for a DICOM folder with several series: the SeriesInstanceUID to segment "
+                        "(default: the series with the most slices)")
+    overwrite(p)
     common(p)
     p.set_defaults(func=cmd_segment)
 
@@ -325,19 +439,23 @@ def build_parser() -> argparse.ArgumentParser:
                    help="fail when the grids differ instead of resampling REF onto PRED's grid")
     p.set_defaults(func=cmd_evaluate)
 
+    from .phantoms import FOV_CHOICES
+
     p = sub.add_parser("phantom", help="write synthetic CTs with VerSe-style labels")
     p.add_argument("-o", "--output", required=True, metavar="DIR")
     p.add_argument("--n", type=int, default=1)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--shape", type=int, nargs=3, metavar=("NX", "NY", "NZ"))
     p.add_argument("--spacing", type=float, nargs=3, metavar=("SX", "SY", "SZ"))
-    p.add_argument("--fov", default=None, choices=list(phantoms.FOV_CHOICES))
+    p.add_argument("--fov", default=None, choices=list(FOV_CHOICES))
+    overwrite(p)
     common(p, model=False)
     p.set_defaults(func=cmd_phantom)
 
     p = sub.add_parser("demo", help="phantom -> segmentation -> metrics, no download needed")
     p.add_argument("-o", "--output", default="lumbarseg_demo", metavar="OUTDIR")
     p.add_argument("--seed", type=int, default=0)
+    overwrite(p)
     common(p)
     p.set_defaults(func=cmd_demo)
 
@@ -348,6 +466,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
+    try:
+        return _main(argv)
+    except KeyboardInterrupt:  # also during start-up (imports, parser), not only while running
+        _err(f"{PROG}: interrupted")
+        return 130
+
+
+def _main(argv=None) -> int:
     parser = build_parser()
     try:
         args = parser.parse_args(argv)
@@ -362,13 +488,10 @@ def main(argv=None) -> int:
     except LumbarSegError as exc:
         _err(f"{PROG}: error: {exc}")
         return 2
-    except KeyboardInterrupt:
-        _err(f"{PROG}: interrupted")
-        return 130
     except MemoryError:
         _err(f"{PROG}: error: ran out of memory. Crop the CT to the lumbar region or downsample it and retry.")
         return 1
-    except OSError as exc:  # disk full, permission denied, read-only output folder ...
+    except OSError as exc:  # disk full, a file system that fails mid-write ...
         _err(f"{PROG}: error: {exc.strerror or exc}{': ' + str(exc.filename) if exc.filename else ''}")
         return 1
     return int(rc or 0)

@@ -27,3 +27,7 @@ SNOMED_VERTEBRA = {
     5: ("49668003", "L5 vertebra"),
 }
 SNOMED_BONE_CATEGORY = ("123037004", "Anatomical Structure")
+
+# Said on every result (segmentation node, metrics table, DICOM SEG, report): the model is not validated
+# for clinical use.
+RESEARCH_NOTICE = "Research use only, not a medical device"

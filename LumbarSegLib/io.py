@@ -18,14 +18,18 @@ is stored on the returned image under the metadata key :data:`LABEL_SCHEME_KEY`.
 
 from __future__ import annotations
 
+import functools
 import math
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import SimpleITK as sitk
 
-from .constants import LABEL_COLORS, LABEL_NAMES, SNOMED_BONE_CATEGORY, SNOMED_VERTEBRA, VERSE_LUMBAR
+from .constants import (LABEL_COLORS, LABEL_NAMES, SNOMED_BONE_CATEGORY, SNOMED_VERTEBRA, VERSE_LUMBAR,
+                        VERSE_NAMES)
+from . import nifti
 from .errors import InputError
 
 IMAGE_SUFFIXES = (".nii.gz", ".nii", ".seg.nrrd", ".nrrd", ".mha", ".mhd")
@@ -35,6 +39,10 @@ LABELMAP_SUFFIXES = (".nii.gz", ".nii", ".seg.nrrd", ".nrrd")
 TOTALSEG_LUMBAR = {31: 1, 30: 2, 29: 3, 28: 4, 27: 5}
 LABEL_SCHEMES = ("auto", "internal", "verse", "totalseg")
 LABEL_SCHEME_KEY = "lumbarseg_label_scheme"
+SOURCE_LABELS_KEY = "lumbarseg_source_labels"  # label codes of the file before reduction to L1-L5
+# TotalSegmentator v2 vertebra codes: 25 sacrum, 26 S1, 27..31 L5..L1, 32..43 T12..T1, 44..50 C7..C1.
+TOTALSEG_NAMES = {25: "sacrum", 26: "S1", **{27 + i: f"L{5 - i}" for i in range(5)},
+                  **{32 + i: f"T{12 - i}" for i in range(12)}, **{44 + i: f"C{7 - i}" for i in range(7)}}
 
 # Peak working memory of one segmentation, per input voxel: the HU image, its canonical copy, float
 # resampling buffers, the label maps and STL meshing. benchmarks/bench_pipeline.py measured ~21 bytes per
@@ -60,30 +68,100 @@ def _accepted_formats() -> str:
 # Reading
 # --------------------------------------------------------------------------------------------------
 
-def _dicom_series_files(folder: Path) -> list[str]:
-    """File names of the largest DICOM series in ``folder`` (a folder may hold a scout and the CT)."""
+@dataclass(frozen=True)
+class DicomSeries:
+    """One series of a DICOM folder (GDCM's grouping: same SeriesInstanceUID, orientation and size)."""
+
+    uid: str
+    description: str
+    files: tuple[str, ...]
+
+    @property
+    def slices(self) -> int:
+        return len(self.files)
+
+    def describe(self) -> str:
+        return f"{self.uid} ('{self.description or 'no description'}', {self.slices} slices)"
+
+    def to_dict(self) -> dict:
+        return {"uid": self.uid, "description": self.description, "slices": self.slices}
+
+
+@functools.lru_cache(maxsize=8)
+def _scan_dicom_folder(folder: str, _mtime_ns: int) -> tuple[DicomSeries, ...]:
     reader = sitk.ImageSeriesReader()
+    warnings_shown = sitk.ProcessObject.GetGlobalWarningDisplay()
+    sitk.ProcessObject.SetGlobalWarningDisplay(False)  # GDCM's C++ warnings would precede our clean error
     try:
-        series_ids = reader.GetGDCMSeriesIDs(str(folder)) or ()
-    except RuntimeError:
-        series_ids = ()
-    best: list[str] = []
-    for series_id in series_ids:
-        files = list(reader.GetGDCMSeriesFileNames(str(folder), series_id))
-        if len(files) > len(best):
-            best = files
-    if not best:
-        raise InputError(f"{folder}: this folder contains no DICOM series. Give a folder holding the CT's "
-                         f"DICOM files, or a single image file: {_accepted_formats()}.")
-    return best
+        try:
+            series_ids = reader.GetGDCMSeriesIDs(folder) or ()
+        except RuntimeError:
+            series_ids = ()
+        found = []
+        for series_id in series_ids:
+            files = tuple(reader.GetGDCMSeriesFileNames(folder, series_id))
+            if not files:
+                continue
+            description = ""
+            header = sitk.ImageFileReader()
+            header.SetFileName(files[0])
+            try:
+                header.ReadImageInformation()
+                if header.HasMetaDataKey("0008|103e"):
+                    description = header.GetMetaData("0008|103e").strip()
+            except RuntimeError:
+                pass
+            found.append(DicomSeries(series_id, description, files))
+    finally:
+        sitk.ProcessObject.SetGlobalWarningDisplay(warnings_shown)
+    # Most slices first: a folder often holds a scout or a dose report beside the CT.
+    return tuple(sorted(found, key=lambda s: (-s.slices, s.uid)))
 
 
-def image_information(path) -> tuple[tuple[int, ...], int]:
+def list_dicom_series(folder) -> list[DicomSeries]:
+    """Every series in a DICOM folder, most slices first; an :class:`InputError` if there is none."""
+    folder = Path(folder)
+    has_files = any(p.is_file() for p in folder.iterdir())
+    series = list(_scan_dicom_folder(str(folder), folder.stat().st_mtime_ns)) if has_files else []
+    if not series:
+        what = "is empty" if not has_files else "contains no DICOM series"
+        raise InputError(f"{folder}: this folder {what}. Give a folder holding the CT's DICOM files, or a single "
+                         f"image file: {_accepted_formats()}.")
+    return series
+
+
+def select_dicom_series(folder, uid: str | None = None) -> tuple[DicomSeries, list[DicomSeries]]:
+    """(the series to use, all series): the one with ``uid``, else the one with the most slices."""
+    series = list_dicom_series(folder)
+    if uid is None:
+        return series[0], series
+    for candidate in series:
+        if candidate.uid == uid:
+            return candidate, series
+    raise InputError(f"{folder}: no DICOM series with UID {uid}. The folder holds: "
+                     + "; ".join(s.describe() for s in series) + ".")
+
+
+def dicom_series_files(folder, series_uid: str | None = None) -> list[str]:
+    """File names of the series ``series_uid`` in ``folder``, by default the one with the most slices."""
+    return list(select_dicom_series(folder, series_uid)[0].files)
+
+
+def describe_series_choice(folder, chosen: DicomSeries, series: list[DicomSeries]) -> str | None:
+    """A note naming the series used when a folder holds several (None when it holds one)."""
+    if len(series) < 2:
+        return None
+    others = "; ".join(s.describe() for s in series if s is not chosen)
+    return (f"{folder} holds {len(series)} DICOM series; using {chosen.describe()}. Other series: {others}. "
+            f"Choose another with --series UID.")
+
+
+def image_information(path, series_uid: str | None = None) -> tuple[tuple[int, ...], int]:
     """(size, components per voxel) from the file header only, so a huge volume is refused before it is
     loaded into memory."""
     path = Path(path)
     if path.is_dir():
-        files = _dicom_series_files(path)
+        files = dicom_series_files(path, series_uid)
         reader = sitk.ImageFileReader()
         reader.SetFileName(files[0])
         reader.ReadImageInformation()
@@ -95,18 +173,20 @@ def image_information(path) -> tuple[tuple[int, ...], int]:
     return tuple(reader.GetSize()), reader.GetNumberOfComponents()
 
 
-def read_image(path) -> sitk.Image:
+def read_image(path, series_uid: str | None = None) -> sitk.Image:
     """Read an image file or a DICOM series folder, keeping its geometry.
 
-    A missing, unreadable or corrupt file is an :class:`InputError` naming the file.
+    A DICOM folder gives the series ``series_uid``, by default the one with the most slices. A missing,
+    unreadable or corrupt file is an :class:`InputError` naming the file. Non-finite values of a float
+    NIfTI file are kept as they are in the file (see :func:`nifti.restore_nonfinite`).
     """
     path = Path(path)
     if not path.exists():
         raise InputError(f"{path}: no such file or folder. Give a CT as {_accepted_formats()}.")
     if path.is_dir():
-        files = _dicom_series_files(path)
+        files = dicom_series_files(path, series_uid)
         reader = sitk.ImageSeriesReader()
-        reader.SetFileNames(files)
+        reader.SetFileNames(list(files))
         try:
             return reader.Execute()
         except RuntimeError as exc:
@@ -114,71 +194,16 @@ def read_image(path) -> sitk.Image:
                              f"Check that the series is complete, or convert it to NIfTI.") from None
     if path.stat().st_size == 0:
         raise InputError(f"{path}: the file is empty (0 bytes). Give a CT as {_accepted_formats()}.")
-    _check_nifti_complete(path)
+    if _suffix(path) in (".nii", ".nii.gz"):
+        nifti.check_complete(path)
     try:
-        return sitk.ReadImage(str(path))
+        image = sitk.ReadImage(str(path))
     except RuntimeError as exc:
         raise InputError(f"{path}: the file could not be read as an image - it is corrupt, truncated or not "
                          f"an image format ({_first_line(exc)}). Accepted: {_accepted_formats()}.") from None
-
-
-def _nifti_expected_bytes(header: bytes) -> int | None:
-    """Header + voxel bytes a complete NIfTI-1/-2 file holds, or None when the header is not parseable."""
-    import struct
-
-    for endian in "<>":
-        if len(header) >= 348 and struct.unpack(endian + "i", header[:4])[0] == 348:
-            dims = struct.unpack(endian + "8h", header[40:56])
-            bitpix = struct.unpack(endian + "h", header[72:74])[0]
-            vox_offset = struct.unpack(endian + "f", header[108:112])[0]
-            break
-        if len(header) >= 540 and struct.unpack(endian + "i", header[:4])[0] == 540:
-            dims = struct.unpack(endian + "8q", header[16:80])
-            bitpix = struct.unpack(endian + "h", header[14:16])[0]
-            vox_offset = struct.unpack(endian + "q", header[168:176])[0]
-            break
-    else:
-        return None
-    ndim = dims[0]
-    if not 1 <= ndim <= 7 or bitpix <= 0 or any(d < 0 for d in dims[1:ndim + 1]):
-        return None
-    return int(vox_offset) + int(np.prod(dims[1:ndim + 1], dtype=np.int64)) * bitpix // 8
-
-
-def _check_nifti_complete(path: Path) -> None:
-    """ITK's NIfTI reader silently zero-fills a truncated file (e.g. an interrupted download), which would
-    give a half-empty CT and a confident wrong result; NRRD and MetaImage readers already fail loudly."""
-    import gzip
-    import zlib
-
-    name = path.name.lower()
-    truncated = False
-    try:
-        if name.endswith(".nii"):
-            with path.open("rb") as fh:
-                expected = _nifti_expected_bytes(fh.read(540))
-            truncated = expected is not None and path.stat().st_size < expected
-        elif name.endswith(".nii.gz"):
-            with gzip.open(path, "rb") as fh:
-                expected = _nifti_expected_bytes(fh.read(540))
-            if expected is None:
-                return
-            with path.open("rb") as fh:  # gzip trailer: uncompressed size mod 2**32 - a cheap first test
-                fh.seek(-4, 2)
-                isize = int.from_bytes(fh.read(4), "little")
-            if isize != expected % 2**32:  # suspicious: decompress to be sure (multi-member gzip also ends here)
-                total = 0
-                with gzip.open(path, "rb") as fh:
-                    while chunk := fh.read(1 << 22):
-                        total += len(chunk)
-                truncated = total < expected
-    except (EOFError, zlib.error):
-        truncated = True
-    except OSError:  # includes gzip.BadGzipFile
-        return  # unreadable header: ITK will give its own, more specific error
-    if truncated:
-        raise InputError(f"{path}: the file is truncated or its compressed data is damaged (shorter than its "
-                         f"header says) - probably an interrupted download or copy. Copy or export it again.")
+    if _suffix(path) in (".nii", ".nii.gz"):
+        image = nifti.restore_nonfinite(path, image)
+    return image
 
 
 def _first_line(exc: Exception) -> str:
@@ -257,13 +282,13 @@ def validate_ct(image: sitk.Image, memory_limit_bytes: int | None = None, name: 
                          f"the spacing in the file header.")
     check_memory(size, memory_limit_bytes, what=name)
     pixel = image.GetPixelID()
-    stats = sitk.MinimumMaximumImageFilter()
-    stats.Execute(image)
-    lo, hi = stats.GetMinimum(), stats.GetMaximum()
-    if not (math.isfinite(lo) and math.isfinite(hi)):
-        raise InputError(f"{name} contains NaN or infinite values; expected a CT in Hounsfield units.")
+    lo, hi, nonfinite = finite_range(image)
+    if nonfinite == image.GetNumberOfPixels():
+        raise InputError(f"{name} holds no numbers at all: every voxel ({nonfinite}) is NaN (not a number) or "
+                         f"infinite. Check that the right file was given, or export the CT again.")
     if lo == hi:
-        raise InputError(f"{name} is constant (every voxel is {lo:g}); it holds no image data. "
+        what = f"every voxel is {lo:g}" if not nonfinite else f"every voxel that is a number is {lo:g}"
+        raise InputError(f"{name} is constant ({what}); it holds no image data. "
                          f"Check that the right file or series was given.")
     accepted = ("expected a CT in Hounsfield units (air about -1000, bone several hundred and above). Give the "
                 "original CT (DICOM, or NIfTI/NRRD converted with the rescale slope/intercept applied)")
@@ -278,22 +303,125 @@ def validate_ct(image: sitk.Image, memory_limit_bytes: int | None = None, name: 
         raise InputError(f"{name} has intensities {lo:g}..{hi:g}; {accepted}.{hint}")
 
 
-def read_ct(path, memory_limit_bytes: int | None = None) -> sitk.Image:
-    """Read and validate a CT; the size check runs on the header before the voxels are loaded."""
+AIR_HU = -1000.0
+
+
+def finite_range(image: sitk.Image) -> tuple[float, float, int]:
+    """(min, max) over the finite voxels and the number of NaN/infinite voxels.
+
+    ITK's MinimumMaximumImageFilter skips NaN silently (every comparison with NaN is false), so float
+    images are checked with numpy; integer images cannot hold NaN.
+    """
+    if image.GetPixelID() not in (sitk.sitkFloat32, sitk.sitkFloat64):
+        stats = sitk.MinimumMaximumImageFilter()
+        stats.Execute(image)
+        return stats.GetMinimum(), stats.GetMaximum(), 0
+    array = sitk.GetArrayViewFromImage(image)
+    finite = np.isfinite(array)
+    n_finite = int(np.count_nonzero(finite))
+    if n_finite == 0:
+        return float("nan"), float("nan"), int(array.size)
+    if n_finite == array.size:
+        return float(array.min()), float(array.max()), 0
+    values = array[finite]
+    return float(values.min()), float(values.max()), int(array.size - n_finite)
+
+
+def replace_nonfinite(image: sitk.Image, name: str = "The image") -> tuple[sitk.Image, np.ndarray | None, str | None]:
+    """NaN/infinite voxels set to air, with the (z, y, x) mask of those voxels and a warning (None, None
+    when every voxel is a number).
+
+    Air, because NaN in a CT almost always marks "no data": padding outside the scanned field of view
+    left by a resampling or reformatting tool, where a scanner would have reported air. Segmenting after
+    a visible warning is more useful than refusing such common files, and the caller reports how many of
+    those voxels lie near the result (:func:`nonfinite_near` - a CT with NaN inside the spine is damaged).
+    """
+    if image.GetPixelID() not in (sitk.sitkFloat32, sitk.sitkFloat64):
+        return image, None, None
+    array = sitk.GetArrayFromImage(image)
+    mask = ~np.isfinite(array)
+    count = int(np.count_nonzero(mask))
+    if count == 0:
+        return image, None, None
+    n_nan = int(np.count_nonzero(np.isnan(array[mask])))
+    kinds = " and ".join(k for k, n in (("NaN", n_nan), ("infinite", count - n_nan)) if n)
+    array[mask] = AIR_HU
+    clean = sitk.GetImageFromArray(array)
+    clean.CopyInformation(image)
+    warning = (f"WARNING: {name} has {count} voxels ({100.0 * count / array.size:.3g} %) that are not numbers "
+               f"({kinds}); they were set to air ({AIR_HU:g} HU) before segmenting. NaN usually marks padding "
+               f"outside the scanned field of view; where it lies inside the body the result is unreliable.")
+    return clean, mask, warning
+
+
+def nonfinite_near(mask: np.ndarray | None, labels: np.ndarray, spacing_xyz, margin_mm: float = 10.0) -> int:
+    """How many replaced (NaN/infinite) voxels lie within ``margin_mm`` of the found vertebrae's bounding box
+    (0 when there are none or nothing was found)."""
+    if mask is None or not np.any(labels):
+        return 0
+    nz = np.nonzero(labels)
+    margin = [int(math.ceil(margin_mm / float(s))) for s in spacing_xyz[::-1]]
+    box = tuple(slice(max(int(idx.min()) - m, 0), int(idx.max()) + 1 + m) for idx, m in zip(nz, margin))
+    return int(np.count_nonzero(mask[box]))
+
+
+def prepare_ct(image: sitk.Image, memory_limit_bytes: int | None = None,
+               name: str = "The image") -> tuple[sitk.Image, np.ndarray | None, list[str]]:
+    """Validate a CT and make it safe to segment: (image with NaN set to air, mask of those voxels or None,
+    warnings). Raises :class:`InputError` for an image that cannot be segmented (see :func:`validate_ct`)."""
+    validate_ct(image, memory_limit_bytes, name=name)
+    clean, mask, warning = replace_nonfinite(image, name)
+    return clean, mask, [warning] if warning else []
+
+
+@dataclass
+class LoadedCT:
+    """A CT read from disk and made safe to segment (see :func:`load_ct`)."""
+
+    image: sitk.Image
+    nonfinite_mask: np.ndarray | None  # (z, y, x) voxels that were NaN/infinite and are now air
+    messages: list[str]  # warnings and notes for the user (console, report.json)
+    series: DicomSeries | None = None  # the DICOM series read, for a folder
+    all_series: list[DicomSeries] | None = None
+
+
+def load_ct(path, memory_limit_bytes: int | None = None, series_uid: str | None = None) -> LoadedCT:
+    """Read and validate a CT; the size check runs on the header before the voxels are loaded.
+
+    A DICOM folder gives the series ``series_uid``, by default the one with the most slices (named in the
+    messages when the folder holds several). NaN voxels are set to air with a warning (:func:`prepare_ct`).
+    """
     path = Path(path)
     if not path.exists():
         raise InputError(f"{path}: no such file or folder. Give a CT as {_accepted_formats()}.")
+    messages: list[str] = []
+    chosen = series = None
+    if path.is_dir():
+        chosen, series = select_dicom_series(path, series_uid)
+        choice = describe_series_choice(path, chosen, series)
+        if choice:
+            messages.append(choice)
     try:
-        size, _ = image_information(path)
+        size, _ = image_information(path, series_uid)
     except InputError:
         raise
     except RuntimeError:
         size = None  # let read_image produce the specific "corrupt file" message
     if size is not None and len(size) >= 3:
         check_memory(size, memory_limit_bytes, what=str(path))
-    image = read_image(path)
-    validate_ct(image, memory_limit_bytes, name=str(path))
-    return image
+    image = read_image(path, series_uid)
+    image, mask, warnings_ = prepare_ct(image, memory_limit_bytes, name=str(path))
+    return LoadedCT(image, mask, messages + warnings_, chosen, series)
+
+
+def read_ct(path, memory_limit_bytes: int | None = None, series_uid: str | None = None) -> sitk.Image:
+    """:func:`load_ct` for scripts: just the image; its messages are issued as Python warnings."""
+    import warnings
+
+    loaded = load_ct(path, memory_limit_bytes, series_uid)
+    for message in loaded.messages:
+        warnings.warn(message, stacklevel=2)
+    return loaded.image
 
 
 # --------------------------------------------------------------------------------------------------
@@ -366,7 +494,26 @@ def read_labelmap(path, scheme: str = "auto") -> sitk.Image:
     labels = sitk.GetImageFromArray(to_internal_labels(array, scheme))
     labels.CopyInformation(image)
     labels.SetMetaData(LABEL_SCHEME_KEY, scheme)
+    labels.SetMetaData(SOURCE_LABELS_KEY, " ".join(str(int(v)) for v in values if v != 0))
     return labels
+
+
+def label_code_name(code: int, scheme: str) -> str:
+    """'T12' for VerSe 19 or TotalSegmentator 32; 'label N' for codes without a vertebra name."""
+    names = {"internal": LABEL_NAMES, "verse": VERSE_NAMES, "totalseg": TOTALSEG_NAMES}.get(scheme, {})
+    return names.get(int(code), f"label {int(code)}")
+
+
+def reference_without_lumbar_note(reference: sitk.Image) -> str | None:
+    """A note for a reference that holds no L1-L5 (e.g. a thoracic scan's labels), None otherwise."""
+    if sitk.GetArrayViewFromImage(reference).any():
+        return None
+    scheme = label_scheme_of(reference) or "internal"
+    codes = [int(v) for v in reference.GetMetaData(SOURCE_LABELS_KEY).split()] \
+        if reference.HasMetaDataKey(SOURCE_LABELS_KEY) else []
+    held = (f"its labels are {', '.join(label_code_name(c, scheme) for c in codes)} ({scheme} codes)" if codes
+            else "it is empty")
+    return (f"The reference holds no L1-L5 vertebra ({held}); every lumbar vertebra found counts as extra.")
 
 
 def _segment_tags(label: int) -> str:
@@ -416,7 +563,10 @@ def write_labelmap(labels: sitk.Image, path) -> Path:
             out.SetMetaData(prefix + "Extent", extent)
             if label in SNOMED_VERTEBRA:
                 out.SetMetaData(prefix + "Tags", _segment_tags(label))
-    sitk.WriteImage(out, str(path), useCompression=suffix != ".nii")
+    try:
+        sitk.WriteImage(out, str(path), useCompression=suffix != ".nii")
+    except RuntimeError as exc:  # ITK reports a full disk or a vanished folder as RuntimeError
+        raise OSError(f"could not write the label map {path} ({_first_line(exc)})") from None
     return path
 
 

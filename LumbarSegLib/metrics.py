@@ -26,6 +26,7 @@ reference) or ``extra`` (only in the prediction). Means over vertebrae skip NaN.
 from __future__ import annotations
 
 import csv
+import io
 import json
 import math
 from pathlib import Path
@@ -105,6 +106,14 @@ def same_grid(a: sitk.Image, b: sitk.Image, tolerance_mm: float = 1e-3) -> bool:
             and np.allclose(a.GetDirection(), b.GetDirection(), atol=1e-4))
 
 
+def fields_of_view_overlap(a: sitk.Image, b: sitk.Image) -> bool:
+    """True when some voxel centre of ``a`` lies inside ``b``'s field of view (physical space)."""
+    inside = sitk.Image(b.GetSize(), sitk.sitkUInt8) + 1
+    inside.CopyInformation(b)
+    on_a = sitk.Resample(inside, a, sitk.Transform(), sitk.sitkNearestNeighbor, 0, sitk.sitkUInt8)
+    return bool(sitk.GetArrayViewFromImage(on_a).any())
+
+
 def compare_images(pred_img: sitk.Image, ref_img: sitk.Image, resample: bool = True,
                    notes: list[str] | None = None) -> dict[str, dict]:
     """Compare two 0..5 label images.
@@ -119,11 +128,13 @@ def compare_images(pred_img: sitk.Image, ref_img: sitk.Image, resample: bool = T
                              f"(sizes {pred_img.GetSize()} vs {ref_img.GetSize()}, spacings "
                              f"{tuple(round(s, 3) for s in pred_img.GetSpacing())} vs "
                              f"{tuple(round(s, 3) for s in ref_img.GetSpacing())}); resample one onto the other.")
-        ref_img = sitk.Resample(ref_img, pred_img, sitk.Transform(), sitk.sitkNearestNeighbor, 0,
-                                ref_img.GetPixelID())
-        if not sitk.GetArrayViewFromImage(ref_img).any():
+        # Whether the two fields of view overlap is a question about the grids, not about the labels: a
+        # reference of the same CT may hold no L1-L5 at all (a thoracic scan), and that is a valid answer.
+        if not fields_of_view_overlap(pred_img, ref_img):
             raise InputError("The reference does not overlap the prediction's image in physical space; "
                              "check that both belong to the same CT.")
+        ref_img = sitk.Resample(ref_img, pred_img, sitk.Transform(), sitk.sitkNearestNeighbor, 0,
+                                ref_img.GetPixelID())
         if notes is not None:
             notes.append("The reference was on a different voxel grid; it was resampled (nearest neighbour) "
                          "onto the prediction's grid before comparing.")
@@ -144,15 +155,29 @@ def summary(metrics: dict[str, dict]) -> dict[str, float]:
 # Measurements
 # --------------------------------------------------------------------------------------------------
 
+# Anatomical ranges of a whole adult lumbar vertebra (body and posterior elements). The 22 lumbar
+# vertebrae not cut by the field of view in the real VerSe / TotalSegmentator label maps of ../shared/data
+# measure 38-86 mL and 46-63 mm in superior-inferior extent (spinous processes and lordotic tilt make this
+# larger than the body height of 22-35 mm); the literature gives about 20-90 mL. The ranges are wide enough for large patients and
+# oblique scans, and narrow enough that a slice spacing written 5 times too large in a header (every
+# volume x5: 180+ mL; heights x5: 200+ mm) is caught.
+VERTEBRA_VOLUME_ML = (15.0, 140.0)
+VERTEBRA_HEIGHT_MM = (20.0, 90.0)
+
+
 def measure(labels: np.ndarray, ct_hu: np.ndarray, image: sitk.Image) -> dict[str, dict]:
-    """Volume, physical centroid and HU statistics per vertebra present.
+    """Volume, superior-inferior height, physical centroid and HU statistics per vertebra present.
 
     ``labels`` and ``ct_hu`` are (z, y, x) arrays on ``image``'s grid; the centroid is an LPS point in mm
-    computed through the image's origin, spacing and direction (oblique scans included).
+    computed through the image's origin, spacing and direction (oblique scans included). The height is
+    the vertebra's extent along the patient's S axis (voxel centres plus one voxel's extent), and
+    ``touches_image_edge`` says whether the field of view may have cut it.
     """
     labels = np.asarray(labels)
     ct_hu = np.asarray(ct_hu)
     voxel_ml = float(np.prod(image.GetSpacing())) / 1000.0
+    index_to_lps = np.asarray(image.GetDirection(), float).reshape(3, 3) @ np.diag(image.GetSpacing())
+    s_axis = index_to_lps[2]  # S coordinate per unit step of index x, y, z
     out = {}
     if not np.issubdtype(labels.dtype, np.integer):
         labels = labels.astype(np.int32)
@@ -164,17 +189,50 @@ def measure(labels: np.ndarray, ct_hu: np.ndarray, image: sitk.Image) -> dict[st
         count = int(mask.sum())
         if count == 0:
             continue
-        idx_zyx = np.argwhere(mask).mean(axis=0) + [s.start for s in region]
-        centroid = image.TransformContinuousIndexToPhysicalPoint([float(v) for v in idx_zyx[::-1]])
+        idx_zyx = np.argwhere(mask) + [s.start for s in region]
+        centroid = image.TransformContinuousIndexToPhysicalPoint([float(v) for v in idx_zyx.mean(axis=0)[::-1]])
+        s_coord = idx_zyx[:, ::-1] @ s_axis
         hu = ct_hu[region][mask].astype(np.float64)
         out[LABEL_NAMES[label]] = {
             "voxels": count,
             "volume_ml": count * voxel_ml,
+            "height_mm": float(np.ptp(s_coord) + np.abs(s_axis).sum()),
             "centroid_mm": [float(c) for c in centroid],
             "mean_hu": float(hu.mean()),
             "median_hu": float(np.median(hu)),
+            "touches_image_edge": any(sl.start == 0 or sl.stop == n for sl, n in zip(region, labels.shape)),
         }
     return out
+
+
+def plausibility_warnings(measurements: dict[str, dict]) -> list[str]:
+    """One warning per vertebra whose volume or height is outside :data:`VERTEBRA_VOLUME_ML` /
+    :data:`VERTEBRA_HEIGHT_MM`. Too small is not reported for a vertebra at the image edge (the field
+    of view cuts it); too large always is: nothing cut by the edge grows."""
+    (v_lo, v_hi), (h_lo, h_hi) = VERTEBRA_VOLUME_ML, VERTEBRA_HEIGHT_MM
+    warnings = []
+    for name, m in measurements.items():
+        volume, height = m["volume_ml"], m.get("height_mm")
+        cut = m.get("touches_image_edge", False)
+        large, small = [], []
+        if volume > v_hi:
+            large.append(f"{volume:.0f} mL")
+        elif volume < v_lo and not cut:
+            small.append(f"{volume:.1f} mL")
+        if height is not None and height > h_hi:
+            large.append(f"{height:.0f} mm high")
+        elif height is not None and height < h_lo and not cut:
+            small.append(f"{height:.0f} mm high")
+        ranges = f"a whole lumbar vertebra is {v_lo:g}-{v_hi:g} mL and {h_lo:g}-{h_hi:g} mm high"
+        if large:
+            warnings.append(f"WARNING: implausible result: {name} is {' and '.join(large)}, but {ranges}. Check the "
+                            f"voxel spacing in the file header (e.g. a slice spacing written wrongly) before "
+                            f"using this result.")
+        elif small:
+            warnings.append(f"WARNING: implausible result: {name} is only {' and '.join(small)}, but {ranges}. "
+                            f"It is probably segmented incompletely (or the spacing in the header is too "
+                            f"small); correct it before using it.")
+    return warnings
 
 
 # --------------------------------------------------------------------------------------------------
@@ -209,10 +267,11 @@ def format_table(metrics: dict[str, dict], with_mean: bool = True) -> str:
 def format_measurements(measurements: dict[str, dict]) -> str:
     if not measurements:
         return "No vertebra found."
-    lines = [f"{'Vertebra':8}  {'Volume mL':>9}  {'Mean HU':>8}  {'Median HU':>9}  Centroid LPS mm"]
+    lines = [f"{'Vertebra':8}  {'Volume mL':>9}  {'Height mm':>9}  {'Mean HU':>8}  {'Median HU':>9}  Centroid LPS mm"]
     for name, m in measurements.items():
         c = ", ".join(f"{v:.1f}" for v in m["centroid_mm"])
-        lines.append(f"{name:8}  {m['volume_ml']:9.2f}  {m['mean_hu']:8.1f}  {m['median_hu']:9.1f}  ({c})")
+        lines.append(f"{name:8}  {m['volume_ml']:9.2f}  {m.get('height_mm', float('nan')):9.1f}  {m['mean_hu']:8.1f}  "
+                     f"{m['median_hu']:9.1f}  ({c})")
     return "\n".join(lines)
 
 
@@ -234,24 +293,24 @@ def to_jsonable(obj):
 
 
 def write_json(data, path) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(to_jsonable(data), indent=2, allow_nan=False) + "\n", encoding="utf-8")
-    return path
+    """Strict JSON (NaN as null), written whole or not at all."""
+    from .outputs import write_text_atomic
+
+    return write_text_atomic(path, json.dumps(to_jsonable(data), indent=2, allow_nan=False) + "\n")
 
 
 def write_metrics_csv(metrics: dict[str, dict], path) -> Path:
     """One row per vertebra; full precision (formatting is for humans, files are for analysis)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    from .outputs import write_text_atomic
+
     columns = ["vertebra", *METRIC_KEYS, "status", "pred_voxels", "ref_voxels"]
-    with path.open("w", newline="", encoding="utf-8") as fh:
-        writer = csv.writer(fh)
-        writer.writerow(columns)
-        for name, m in metrics.items():
-            row = [name]
-            for key in columns[1:]:
-                v = m.get(key)
-                row.append("" if v is None or (isinstance(v, float) and not math.isfinite(v)) else v)
-            writer.writerow(row)
-    return path
+    text = io.StringIO(newline="")
+    writer = csv.writer(text)
+    writer.writerow(columns)
+    for name, m in metrics.items():
+        row = [name]
+        for key in columns[1:]:
+            v = m.get(key)
+            row.append("" if v is None or (isinstance(v, float) and not math.isfinite(v)) else v)
+        writer.writerow(row)
+    return write_text_atomic(path, text.getvalue())

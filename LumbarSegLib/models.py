@@ -25,15 +25,12 @@ import torch
 from .errors import ModelError
 from .networks import CONFIGS, LocalizerUNet, ModelConfig, XUNet, build_networks
 
-RESOURCES_DIR = Path(__file__).resolve().parent.parent / "Resources" / "Models"
+# Defined where torch is not needed (the Slicer panel reads them before PyTorch is installed).
+from .model_card import RESOURCES_DIR, default_model_path  # noqa: F401
+
 SHIPPED_MODELS = {"cpu": "lumbarseg_cpu", "paper": "lumbarseg_paper"}  # name -> file stem in RESOURCES_DIR
-DEFAULT_MODEL_NAME = "lumbarseg_cpu.pt"
 FORMAT_VERSION = 1
 PARTS = ("localizer", "xunet")
-
-
-def default_model_path() -> Path:
-    return RESOURCES_DIR / DEFAULT_MODEL_NAME
 
 
 def part_paths(path) -> dict[str, Path]:
@@ -127,15 +124,21 @@ class LumbarSegModel:
                 "config": self.config.to_dict()}
 
 
-def resolve_device(name: str = "auto") -> torch.device:
-    """'auto' picks CUDA, then Apple MPS, then CPU; an explicit device that is absent is an error."""
+def resolve_device(name: "str | torch.device" = "auto") -> torch.device:
+    """'auto' picks CUDA when PyTorch sees a GPU, else the CPU; an explicit device that is absent is an error.
+
+    Apple's MPS is used only when asked for by name: PyTorch's MPS backend still lacks or falls back on
+    some 3D operations, so it is never chosen silently. A ``torch.device`` is taken as given.
+    """
+    if isinstance(name, torch.device):
+        return name
     name = (name or "auto").lower()
-    has_mps = hasattr(torch.backends, "mps") and torch.backends.mps.is_available()
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "mps" if has_mps else "cpu")
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name == "cuda" and not torch.cuda.is_available():
         raise ModelError("--device cuda was asked for, but PyTorch sees no CUDA GPU here "
                          "(use --device cpu or auto).")
+    has_mps = hasattr(torch.backends, "mps") and torch.backends.mps.is_available()
     if name == "mps" and not has_mps:
         raise ModelError("--device mps was asked for, but Apple MPS is not available (use --device cpu or auto).")
     if name not in ("cpu", "cuda", "mps"):

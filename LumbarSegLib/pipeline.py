@@ -6,6 +6,7 @@ read and validated by :mod:`LumbarSegLib.io`) so the CLI, the tests and the Slic
 
 from __future__ import annotations
 
+import copy
 import time
 from dataclasses import dataclass, field
 
@@ -36,6 +37,7 @@ class SegmentationResult:
     timings: dict[str, float] = field(default_factory=dict)
     messages: list[str] = field(default_factory=list)
     trained: bool = True
+    device: str = ""  # where the networks actually ran ("cpu" after a GPU out-of-memory fallback)
 
 
 class _Stages:
@@ -141,13 +143,47 @@ def segment(image: sitk.Image, model: LumbarSegModel | None = None, device: str 
     """Segment L1-L5 in a CT (HU). ``box_lps`` = (min_xyz, max_xyz) in LPS mm skips the localizer.
 
     ``progress(stage, fraction)`` is called as stages start and end; ``cancel()`` returning True stops
-    the run with :class:`Cancelled` at the next check.
+    the run with :class:`Cancelled` at the next check. When the GPU runs out of memory the whole run is
+    repeated on the CPU and the result's first message says so (``result.device`` is then "cpu").
     """
     stages = _Stages(progress, cancel)
-    messages: list[str] = []
     stages.start("load")
+    if image.GetPixelID() in (sitk.sitkFloat32, sitk.sitkFloat64) and \
+            not np.isfinite(sitk.GetArrayViewFromImage(image)).all():
+        # NaN makes every network output NaN and the run would end in a confident "no lumbar spine".
+        raise InputError("The image holds NaN or infinite voxels; prepare it with io.prepare_ct (which sets "
+                         "them to air and says so) before segmenting.")
     torch_device = resolve_device(device)
-    model = (model or load_model()).to(torch_device)
+    model = model or load_model()
+    try:
+        return _segment_on(image, _model_on(model, torch_device), torch_device, box_lps, stages)
+    except torch.cuda.OutOfMemoryError as exc:
+        if torch_device.type == "cpu":
+            raise
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else "out of memory"
+        del exc  # drop the traceback's references to the GPU tensors before freeing the cache
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+        stages.start("load")
+        cpu = torch.device("cpu")
+        result = _segment_on(image, _model_on(model, cpu), cpu, box_lps, stages)
+        result.messages.insert(0, f"The GPU ({torch_device}) ran out of memory ({reason}); the segmentation was "
+                                  "run again on the CPU, which is slower but gives the same result.")
+        return result
+
+
+def _model_on(model: LumbarSegModel, device: torch.device) -> LumbarSegModel:
+    """``model`` on ``device``. A CPU model is copied to another device, not moved, so that it is still
+    there (with its weights) for a CPU rerun after an out-of-memory error and for the next caller."""
+    current = next(model.localizer.parameters()).device
+    if current.type == "cpu" and device.type != "cpu":
+        return copy.deepcopy(model).to(device)
+    return model.to(device)  # also puts the networks in eval mode
+
+
+def _segment_on(image: sitk.Image, model: LumbarSegModel, torch_device: torch.device, box_lps,
+                stages: _Stages) -> SegmentationResult:
+    messages: list[str] = []
     if not model.trained:
         messages.append("WARNING: running with randomly initialised weights (no trained model found); "
                         "the segmentation is meaningless.")
@@ -194,4 +230,5 @@ def segment(image: sitk.Image, model: LumbarSegModel | None = None, device: str 
     if box is not None:
         box_index = (tuple(int(v) for v in box[0]), tuple(int(v) for v in box[1]))
         box_lps_out = index_box_to_lps(canonical, *box)
-    return SegmentationResult(out, found, box_index, box_lps_out, peak, stages.timings, messages, model.trained)
+    return SegmentationResult(out, found, box_index, box_lps_out, peak, stages.timings, messages, model.trained,
+                              str(torch_device))

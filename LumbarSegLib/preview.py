@@ -36,6 +36,38 @@ def _slice_centre(labels_zyx: np.ndarray) -> tuple[int, int, int]:
     return tuple(s // 2 for s in labels_zyx.shape)
 
 
+# Fonts known to cover Chinese and Japanese, tried first (Debian: fonts-droid-fallback, which
+# tools/install.sh installs; Noto CJK, WenQuanYi, IPA; macOS Hiragino/PingFang; Windows YaHei/Gothic).
+_CJK_FONT_HINTS = ("droidsansfallback", "notosanscjk", "notoserifcjk", "wqy", "ipag", "ipaexg", "takao",
+                   "hiragino", "pingfang", "msyh", "yahei", "msgothic", "simsun", "simhei", "uming", "ukai")
+
+
+def title_fonts(text: str) -> tuple[list[str], str]:
+    """(font families, text) for a title: DejaVu Sans, plus an installed font for the characters it lacks
+    (a file name in Chinese or Japanese would otherwise show as boxes). Fonts are looked up on disk, not
+    only in matplotlib's font cache, which does not notice fonts installed after it was built. When no
+    installed font has the characters, they are written as \\uXXXX escapes rather than as boxes."""
+    from matplotlib import font_manager, ft2font
+
+    base = "DejaVu Sans"
+    missing = {ord(c) for c in text if not c.isspace()} - set(
+        ft2font.FT2Font(font_manager.findfont(base)).get_charmap())
+    if not missing:
+        return [base], text
+    paths = sorted(set(font_manager.findSystemFonts()) | {f.fname for f in font_manager.fontManager.ttflist},
+                   key=lambda p: not any(h in Path(p).name.lower().replace("-", "").replace("_", "")
+                                         for h in _CJK_FONT_HINTS))
+    for path in paths:
+        try:
+            charmap = ft2font.FT2Font(path).get_charmap()
+        except (OSError, RuntimeError, ValueError):
+            continue
+        if missing <= set(charmap):
+            font_manager.fontManager.addfont(path)
+            return [base, font_manager.FontProperties(fname=path).get_name()], text
+    return [base], "".join(c if ord(c) not in missing else f"\\u{ord(c):04x}" for c in text)
+
+
 def write_preview(ct: sitk.Image, labels: sitk.Image, path, box_index=None, title: str | None = None,
                   window=BONE_WINDOW) -> Path:
     """Write the PNG. ``box_index`` is (lo, hi) (x, y, z) voxel indices in the canonical LPS image, as in
@@ -78,7 +110,8 @@ def write_preview(ct: sitk.Image, labels: sitk.Image, path, box_index=None, titl
         handles.append(Patch(facecolor="none", edgecolor="yellow", linestyle="--", label="crop box"))
     if handles:
         fig.legend(handles=handles, loc="lower center", ncol=len(handles), frameon=False, labelcolor="white")
-    fig.suptitle(title or "LumbarSeg result (radiological view: patient left on the right)", color="white")
+    families, title = title_fonts(title or "LumbarSeg result (radiological view: patient left on the right)")
+    fig.suptitle(title, color="white", fontfamily=families)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=100, facecolor="black")

@@ -21,9 +21,11 @@ import vtk
 from vtk.util import numpy_support
 
 from .constants import LABEL_NAMES
+from .errors import InputError, LumbarSegError
 
 STL_COORDINATE_SYSTEM = "LPS"
 DEFAULT_SMOOTHING = 0.5
+SMOOTHING_RANGE = (0.0, 1.0)
 
 
 def index_to_lps_matrix(image: sitk.Image) -> np.ndarray:
@@ -115,30 +117,61 @@ def label_surface(labels_zyx: np.ndarray, label: int, image: sitk.Image,
     return poly if poly.GetNumberOfPoints() else None
 
 
+def check_smoothing(smoothing: float) -> float:
+    """The smoothing factor must lie in [0, 1]: beyond 1 the windowed-sinc pass band (10^-4s) underflows
+    and every vertex becomes NaN."""
+    smoothing = float(smoothing)
+    if not SMOOTHING_RANGE[0] <= smoothing <= SMOOTHING_RANGE[1]:
+        raise InputError(f"Smoothing factor {smoothing:g} is outside {SMOOTHING_RANGE[0]:g}..{SMOOTHING_RANGE[1]:g} "
+                         f"(0 keeps the voxel staircase, 0.5 is the default, 1 is the smoothest).")
+    return smoothing
+
+
+def check_finite_mesh(poly: vtk.vtkPolyData, name: str) -> None:
+    """Every vertex must be a finite number: a planning system may read NaN coordinates without
+    complaint, and a broken mesh must never reach it."""
+    points = poly.GetPoints()
+    coords = numpy_support.vtk_to_numpy(points.GetData()) if points is not None else np.empty((0, 3))
+    bad = int(np.count_nonzero(~np.isfinite(coords).all(axis=1)))
+    if coords.shape[0] == 0 or bad:
+        raise LumbarSegError(f"The {name} surface has {bad} of {coords.shape[0]} vertices that are not finite "
+                             f"numbers; no STL file was written. Try a smaller smoothing factor.")
+
+
+def write_surface(poly: vtk.vtkPolyData, path, name: str, binary: bool = True) -> Path:
+    """Write one vertebra's mesh as STL (after :func:`check_finite_mesh`)."""
+    check_finite_mesh(poly, name)
+    path = Path(path)
+    writer = vtk.vtkSTLWriter()
+    writer.SetFileName(str(path))
+    writer.SetInputData(poly)
+    writer.SetHeader(f"SPACE={STL_COORDINATE_SYSTEM} LumbarSeg {name} vertebra (mm)")
+    if binary:
+        writer.SetFileTypeToBinary()
+    else:
+        writer.SetFileTypeToASCII()
+    if not writer.Write():
+        raise OSError(f"Could not write {path}")
+    return path
+
+
 def write_stl(labels: sitk.Image, outdir, smoothing: float = DEFAULT_SMOOTHING, binary: bool = True) -> dict[str, Path]:
-    """One STL per vertebra present (``L1.stl`` ... ``L5.stl``) in LPS mm; returns {name: path}."""
+    """One STL per vertebra present (``L1.stl`` ... ``L5.stl``) in LPS mm; returns {name: path}.
+
+    Every mesh is built and checked before the first file is written, so an error leaves no STL files.
+    """
+    smoothing = check_smoothing(smoothing)
     outdir = Path(outdir)
-    outdir.mkdir(parents=True, exist_ok=True)
     array = sitk.GetArrayViewFromImage(labels)
     regions = _label_regions(array)
-    written: dict[str, Path] = {}
+    meshes = {}
     for label, name in LABEL_NAMES.items():
         region = regions[label - 1] if label <= len(regions) else None
         if region is None:
             continue
         poly = label_surface(array, label, labels, smoothing, region=region)
-        if poly is None:
-            continue
-        path = outdir / f"{name}.stl"
-        writer = vtk.vtkSTLWriter()
-        writer.SetFileName(str(path))
-        writer.SetInputData(poly)
-        writer.SetHeader(f"SPACE={STL_COORDINATE_SYSTEM} LumbarSeg {name} vertebra (mm)")
-        if binary:
-            writer.SetFileTypeToBinary()
-        else:
-            writer.SetFileTypeToASCII()
-        if not writer.Write():
-            raise OSError(f"Could not write {path}")
-        written[name] = path
-    return written
+        if poly is not None:
+            check_finite_mesh(poly, name)
+            meshes[name] = poly
+    outdir.mkdir(parents=True, exist_ok=True)
+    return {name: write_surface(poly, outdir / f"{name}.stl", name, binary) for name, poly in meshes.items()}

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import textwrap
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -72,8 +74,8 @@ def test_constant_volume(capsys, tmp_path):
 def test_empty_volume(capsys, tmp_path, monkeypatch):
     # A zero-voxel file cannot be written with SimpleITK; feed the reader's result directly.
     path = _write(tmp_path, "ct.nii.gz", _ct_array())
-    monkeypatch.setattr(io, "read_image", lambda p: sitk.Image([0, 0, 0], sitk.sitkInt16))
-    monkeypatch.setattr(io, "image_information", lambda p: ((0, 0, 0), 1))
+    monkeypatch.setattr(io, "read_image", lambda p, *_: sitk.Image([0, 0, 0], sitk.sitkInt16))
+    monkeypatch.setattr(io, "image_information", lambda p, *_: ((0, 0, 0), 1))
     rc, _, err = run(capsys, "segment", path, "-o", tmp_path / "out")
     assert_clean_error(rc, err, "empty")
 
@@ -157,6 +159,7 @@ def test_segment_end_to_end(capsys, ct_file, synthetic_ct, tmp_path, fmt):
                 "stl_coordinate_system", "outputs"):
         assert key in report
     assert report["input"]["size"] == list(ct.GetSize())
+    assert report["notice"] == "Research use only, not a medical device"
     assert set(report["timings_s"]) >= {"read", "load", "postprocess", "total"}
     assert report["outputs"]["labels"] == str(labels_path)
     assert set(report["measurements"]) == set(report["found"])
@@ -243,3 +246,344 @@ def test_demo_small(capsys, tmp_path, monkeypatch):
 def test_training_commands_registered(capsys):
     rc, out, _ = run(capsys, "--help")
     assert rc == 0 and "train" in out and "evaluate-model" in out
+
+
+# ---------------------------------------------------------------------------------------------- NaN voxels
+
+def _nan_ct(synthetic_ct, nan_value=np.nan):
+    """The synthetic CT as float32 with NaN in the anterior air rows (padding a reformatting tool leaves),
+    and the same CT with those voxels set to air: both must give the same segmentation."""
+    ct = sitk.GetArrayFromImage(synthetic_ct[0]).astype(np.float32)
+    with_nan, with_air = ct.copy(), ct.copy()
+    with_nan[:, :3, :] = nan_value
+    with_air[:, :3, :] = io.AIR_HU
+    images = []
+    for arr in (with_nan, with_air):
+        img = sitk.GetImageFromArray(arr)
+        img.CopyInformation(synthetic_ct[0])
+        images.append(img)
+    return images, int(np.count_nonzero(~np.isfinite(with_nan)))
+
+
+@pytest.mark.parametrize("suffix", [".mha", ".nii.gz"])  # NRRD reads like MHA (test_io)
+def test_nan_voxels_are_air_with_a_warning_in_console_and_report(capsys, tmp_path, synthetic_ct, suffix):
+    (with_nan, with_air), n_nan = _nan_ct(synthetic_ct)
+    nan_path, air_path = tmp_path / f"nan{suffix}", tmp_path / f"air{suffix}"
+    sitk.WriteImage(with_nan, str(nan_path))
+    sitk.WriteImage(with_air, str(air_path))
+    rc, _, err = run(capsys, "segment", nan_path, "-o", tmp_path / "nan_out", "--device", "cpu")
+    assert rc == 0, err
+    assert f"WARNING: {nan_path} has {n_nan} voxels" in err and "set to air" in err
+    rc, _, err_air = run(capsys, "segment", air_path, "-o", tmp_path / "air_out", "--device", "cpu")
+    assert rc == 0, err_air
+    report = json.loads((tmp_path / "nan_out" / "report.json").read_text(encoding="utf-8"))
+    assert report["input"]["nonfinite_voxels_set_to_air"] == n_nan
+    assert any(f"has {n_nan} voxels" in m for m in report["messages"])
+    air_report = json.loads((tmp_path / "air_out" / "report.json").read_text(encoding="utf-8"))
+    assert report["found"] == air_report["found"]
+    stem = nan_path.name[: -len(suffix)]
+    np.testing.assert_array_equal(
+        sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "nan_out" / f"{stem}_labels.nii.gz"))),
+        sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "air_out" / "air_labels.nii.gz"))))
+
+
+@pytest.mark.parametrize("suffix", [".mha", ".nii"])
+def test_all_nan_image_is_described_as_such(capsys, tmp_path, suffix):
+    path = _write(tmp_path, f"allnan{suffix}", np.full((8, 10, 12), np.nan, np.float32))
+    rc, _, err = run(capsys, "segment", path, "-o", tmp_path / "out")
+    assert_clean_error(rc, err, "every voxel (960) is NaN")
+    assert "every voxel is 0" not in err and not (tmp_path / "out").exists()
+
+
+# ---------------------------------------------------------------------------------------------- output folders
+
+def _segment(capsys, ct, out, *extra):
+    return run(capsys, "segment", ct, "-o", out, "--device", "cpu", *extra)
+
+
+def test_reused_output_folder_is_refused_then_replaced_whole_with_overwrite(capsys, tmp_path, ct_file, synthetic_ct):
+    out = tmp_path / "out"
+    rc, _, err = _segment(capsys, ct_file, out, "--stl")
+    assert rc == 0, err
+    first_report = (out / "report.json").read_text(encoding="utf-8")
+    other = tmp_path / "other_ct.nii.gz"
+    sitk.WriteImage(sitk.Flip(synthetic_ct[0], [False, True, False]), str(other))
+
+    rc, _, err = _segment(capsys, other, out)  # a second CT into the same folder
+    assert_clean_error(rc, err, "already holds a LumbarSeg result", str(ct_file), "--overwrite")
+    assert "lumbarseg: read" not in err  # refused before anything was read or computed
+    assert (out / "report.json").read_text(encoding="utf-8") == first_report
+
+    rc, _, err = _segment(capsys, other, out, "--overwrite")  # now without --stl
+    assert rc == 0, err
+    report = json.loads((out / "report.json").read_text(encoding="utf-8"))
+    assert report["input"]["path"] == str(other)
+    assert report["replaced_result"]["input"] == str(ct_file)
+    assert sorted(p.name for p in out.iterdir()) == ["other_ct_labels.nii.gz", "report.json"]  # no stale STLs
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+
+
+def test_folder_with_other_files_is_never_written(capsys, tmp_path, ct_file):
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "L1.stl").write_bytes(b"from another program")
+    rc, _, err = _segment(capsys, ct_file, out, "--overwrite")
+    assert_clean_error(rc, err, "not empty", "holds no LumbarSeg result")
+    assert sorted(p.name for p in out.iterdir()) == ["L1.stl"]
+
+
+def test_ctrl_c_during_the_run_leaves_no_partial_result(capsys, tmp_path, ct_file, monkeypatch):
+    """A real SIGINT arrives right after the STL files were written (before the preview and the report)."""
+    import os
+    import signal
+
+    from LumbarSegLib import surfaces
+
+    real_write_stl = surfaces.write_stl
+
+    def write_stl_then_ctrl_c(*args, **kwargs):
+        written = real_write_stl(*args, **kwargs)
+        assert written  # the STL files exist in the staging folder at this moment
+        os.kill(os.getpid(), signal.SIGINT)
+        return written
+
+    monkeypatch.setattr(surfaces, "write_stl", write_stl_then_ctrl_c)
+    rc, _, err = _segment(capsys, ct_file, tmp_path / "out", "--stl", "--preview")
+    assert rc == 130 and "interrupted" in err and "Traceback" not in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["case01.nii.gz"]  # no out/, no staging, no lock
+
+
+def test_read_only_output_folder_is_a_clean_error(capsys, tmp_path, ct_file):
+    out = tmp_path / "ro"
+    out.mkdir()
+    out.chmod(0o555)
+    try:
+        rc, _, err = _segment(capsys, ct_file, out)
+    finally:
+        out.chmod(0o755)
+    assert_clean_error(rc, err, "read-only")
+    assert list(out.iterdir()) == []
+
+
+def test_output_under_a_regular_file_is_refused_before_computing(capsys, tmp_path, ct_file):
+    regular = tmp_path / "notes.txt"
+    regular.write_text("x", encoding="utf-8")
+    rc, _, err = _segment(capsys, ct_file, regular / "out")
+    assert_clean_error(rc, err, "notes.txt is a file, not a folder")
+    assert "lumbarseg: read" not in err
+
+
+def test_evaluate_checks_its_output_files_before_reading(capsys, tmp_path):
+    pred = _write(tmp_path, "pred.nii.gz", np.zeros((8, 10, 12), np.uint8))
+    regular = tmp_path / "notes.txt"
+    regular.write_text("x", encoding="utf-8")
+    rc, _, err = run(capsys, "evaluate", pred, tmp_path / "absent_ref.nii.gz", "-o", regular / "m.json")
+    assert_clean_error(rc, err, "notes.txt is a file, not a folder")  # not "absent_ref: no such file"
+    locked = tmp_path / "m.csv"
+    locked.write_text("old", encoding="utf-8")
+    locked.chmod(0o444)
+    rc, _, err = run(capsys, "evaluate", pred, pred, "--csv", locked)
+    assert_clean_error(rc, err, "m.csv exists and is read-only")
+    assert locked.read_text(encoding="utf-8") == "old"
+
+
+# ---------------------------------------------------------------------------------------------- references
+
+def _thoracic_reference(tmp_path, synthetic_ct):
+    """VerSe labels T11/T12 (18, 19) on a coarser grid covering the same CT: no L1-L5 at all."""
+    ct = synthetic_ct[0]
+    lab = sitk.GetArrayFromImage(synthetic_ct[1]).astype(np.uint8)
+    lab = np.where(lab == 1, 18, np.where(lab == 2, 19, 0)).astype(np.uint8)
+    img = sitk.GetImageFromArray(lab)
+    img.CopyInformation(ct)
+    coarse = sitk.Resample(img, [s // 2 for s in ct.GetSize()], sitk.Transform(), sitk.sitkNearestNeighbor,
+                           ct.GetOrigin(), [2 * s for s in ct.GetSpacing()], ct.GetDirection(), 0, sitk.sitkUInt8)
+    path = tmp_path / "thoracic_ref.nii.gz"
+    sitk.WriteImage(coarse, str(path))
+    return path
+
+
+def test_reference_without_lumbar_vertebrae_is_compared_not_refused(capsys, tmp_path, ct_file, synthetic_ct):
+    ref = _thoracic_reference(tmp_path, synthetic_ct)
+    rc, _, err = _segment(capsys, ct_file, tmp_path / "out", "--reference", ref)
+    assert rc == 0, err
+    assert "holds no L1-L5 vertebra (its labels are T11, T12 (verse codes))" in err
+    report = json.loads((tmp_path / "out" / "report.json").read_text(encoding="utf-8"))
+    assert all(m["status"] == "extra" for m in report["metrics"].values())
+    assert set(report["metrics"]) == set(report["found"])
+
+
+def test_evaluate_with_a_reference_without_lumbar_vertebrae(capsys, tmp_path, synthetic_ct):
+    ref = _thoracic_reference(tmp_path, synthetic_ct)
+    pred = io.write_labelmap(synthetic_ct[1], tmp_path / "pred.nii.gz")
+    rc, stdout, err = run(capsys, "evaluate", pred, ref, "-o", tmp_path / "m.json")
+    assert rc == 0, err
+    assert "holds no L1-L5 vertebra" in err
+    data = json.loads((tmp_path / "m.json").read_text(encoding="utf-8"))
+    assert sorted(data["metrics"]) == ["L1", "L2", "L3", "L4", "L5"]
+    assert {m["status"] for m in data["metrics"].values()} == {"extra"}
+
+
+def test_reference_outside_the_ct_is_still_refused(capsys, tmp_path, ct_file, synthetic_ct):
+    ref = synthetic_ct[1]
+    far = sitk.Image(ref)
+    far.SetOrigin([o + 5000.0 for o in ref.GetOrigin()])
+    path = io.write_labelmap(far, tmp_path / "far.nii.gz")
+    rc, _, err = _segment(capsys, ct_file, tmp_path / "out", "--reference", path)
+    assert_clean_error(rc, err, "does not overlap")
+    assert "lumbarseg: localize" not in err  # refused before segmenting
+    assert not (tmp_path / "out").exists()
+
+
+def test_real_thoracic_series_with_its_totalsegmentator_labels(capsys, tmp_path, shared_data):
+    dicom, labels = shared_data / "ts_dicom", shared_data / "ts_dicom_totalseg.nii.gz"
+    if not dicom.is_dir() or not labels.is_file():
+        pytest.skip("ts_dicom or its labels are not available")
+    rc, _, err = _segment(capsys, dicom, tmp_path / "out", "--reference", labels)
+    assert rc == 0, err
+    assert "holds no L1-L5 vertebra (its labels are" in err and "T12" in err
+    report = json.loads((tmp_path / "out" / "report.json").read_text(encoding="utf-8"))
+    assert report["reference"]["label_scheme"] == "totalseg"
+    pred = tmp_path / "out" / "ts_dicom_labels.nii.gz"
+    rc, _, err = run(capsys, "evaluate", pred, labels)
+    assert rc == 0 and "holds no L1-L5 vertebra" in err
+
+
+# ---------------------------------------------------------------------------------------------- plausibility
+
+def _phantom_with_truth(tmp_path, spacing, name):
+    from LumbarSegLib import phantoms
+    ct, truth = phantoms.generate_phantom(5, shape=(64, 64, 80), spacing=(3.0, 3.0, 3.0), fov="lumbar")
+    ct.SetSpacing(spacing)  # what a wrong header does: same voxels, other millimetres
+    truth.SetSpacing(spacing)
+    path = tmp_path / name
+    sitk.WriteImage(ct, str(path))
+    return path, truth
+
+
+@pytest.mark.parametrize("spacing, plausible", [((3.0, 3.0, 3.0), True), ((3.0, 3.0, 15.0), False)])
+def test_implausible_vertebra_sizes_are_warned_about(capsys, tmp_path, monkeypatch, spacing, plausible):
+    """The segmenter is replaced by one that returns the phantom's own truth: with the right header every
+    vertebra is plausible; with a slice spacing written 5 times too large every one is flagged."""
+    from LumbarSegLib import pipeline
+
+    path, truth = _phantom_with_truth(tmp_path, spacing, "phantom.nii.gz")
+    labels = sitk.GetImageFromArray(io.to_internal_labels(sitk.GetArrayViewFromImage(truth), "verse"))
+    labels.CopyInformation(truth)
+
+    def perfect(image, **kwargs):
+        return pipeline.SegmentationResult(labels, ["L1", "L2", "L3", "L4", "L5"], None, None, 1.0, {}, [], True)
+
+    monkeypatch.setattr(pipeline, "segment", perfect)
+    rc, _, err = _segment(capsys, path, tmp_path / "out")
+    assert rc == 0, err
+    report = json.loads((tmp_path / "out" / "report.json").read_text(encoding="utf-8"))
+    assert report["plausibility"]["plausible"] is plausible
+    if plausible:
+        assert "implausible" not in err and report["plausibility"]["warnings"] == []
+    else:
+        assert err.count("WARNING: implausible result:") == 5 and "Check the voxel spacing" in err
+        assert len(report["plausibility"]["warnings"]) == 5
+        assert all(w in report["messages"] for w in report["plausibility"]["warnings"])
+        assert all(m["height_mm"] > 200 for m in report["measurements"].values())
+
+
+# ---------------------------------------------------------------------------------------------- DICOM series
+
+def test_dicom_folder_with_several_series(capsys, tmp_path):
+    from test_io import write_dicom_series
+
+    folder = tmp_path / "dicom"
+    write_dicom_series(folder, 24, "1.2.826.0.1.3680043.2.1125.301", description="Abdomen 1.0 B30f")
+    write_dicom_series(folder, 3, "1.2.826.0.1.3680043.2.1125.302", z0=500.0, description="Topogram")
+    rc, _, err = _segment(capsys, folder, tmp_path / "out")
+    assert rc == 0, err
+    assert "holds 2 DICOM series; using 1.2.826.0.1.3680043.2.1125.301 ('Abdomen 1.0 B30f', 24 slices)" in err
+    report = json.loads((tmp_path / "out" / "report.json").read_text(encoding="utf-8"))
+    series = report["input"]["dicom_series"]
+    assert (series["uid"], series["description"], series["slices"]) == \
+        ("1.2.826.0.1.3680043.2.1125.301", "Abdomen 1.0 B30f", 24)
+    assert series["other_series"] == [{"uid": "1.2.826.0.1.3680043.2.1125.302", "description": "Topogram",
+                                       "slices": 3}]
+    assert report["input"]["size"][2] == 24
+
+    rc, _, err = _segment(capsys, folder, tmp_path / "out2", "--series", "1.2.826.0.1.3680043.2.1125.302")
+    assert rc == 0, err
+    report = json.loads((tmp_path / "out2" / "report.json").read_text(encoding="utf-8"))
+    assert report["input"]["dicom_series"]["description"] == "Topogram" and report["input"]["size"][2] == 3
+
+    rc, _, err = _segment(capsys, folder, tmp_path / "out3", "--series", "1.2.3")
+    assert_clean_error(rc, err, "no DICOM series with UID 1.2.3", "Topogram", "24 slices")
+
+
+def test_empty_folder_gives_only_the_clean_error(capfd, tmp_path):
+    """GDCM's C++ warning went straight to the process's stderr before our message (capfd sees it)."""
+    (tmp_path / "empty").mkdir()
+    rc = cli.main(["segment", str(tmp_path / "empty"), "-o", str(tmp_path / "out")])
+    err = capfd.readouterr().err
+    assert_clean_error(rc, err, "this folder is empty")
+    assert "WARNING: In" not in err and "GDCM" not in err
+
+
+# ---------------------------------------------------------------------------------------------- small things
+
+def test_smoothing_outside_0_to_1_is_refused_before_computing(capsys, tmp_path, ct_file):
+    rc, _, err = _segment(capsys, ct_file, tmp_path / "out", "--stl", "--smoothing", "5")
+    assert_clean_error(rc, err, "Smoothing factor 5 is outside 0..1")
+    assert "lumbarseg: read" not in err and not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("option, values, fragment", [
+    ("--shape", ["0", "0", "0"], "--shape 0 0 0: each of NX NY NZ must be at least"),
+    ("--shape", ["64", "-5", "64"], "--shape 64 -5 64"),
+    ("--spacing", ["-1", "1", "1"], "--spacing -1 1 1: each of SX SY SZ must be between 0.1 and 20 mm"),
+    ("--spacing", ["0", "1", "1"], "--spacing 0 1 1"),
+])
+def test_phantom_grid_is_checked(capsys, tmp_path, option, values, fragment):
+    rc, _, err = run(capsys, "phantom", "-o", tmp_path / "ph", option, *values)
+    assert_clean_error(rc, err, fragment)
+    assert not (tmp_path / "ph").exists()
+
+
+def test_phantom_prints_progress_and_the_folder_not_a_python_list(capsys, tmp_path):
+    rc, stdout, err = run(capsys, "phantom", "-o", tmp_path / "ph", "--n", "2", "--shape", "32", "32", "40",
+                          "--spacing", "7", "7", "7", "--fov", "lumbar")
+    assert rc == 0, err
+    assert "[" not in stdout and "PosixPath" not in stdout
+    assert f"Wrote 2 phantom case(s) (4 files: CT + vertebra mask each) to {tmp_path / 'ph'}" in stdout
+    assert "lumbarseg: phantom 1/2 written" in err and "lumbarseg: phantom 2/2 written" in err
+    manifest = json.loads((tmp_path / "ph" / "report.json").read_text(encoding="utf-8"))
+    assert manifest["files"] == sorted(p.name for p in (tmp_path / "ph").glob("sub-*"))
+
+
+def test_ctrl_c_during_start_up_in_process(capsys, monkeypatch):
+    def interrupted():
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli, "build_parser", interrupted)
+    try:
+        rc, _, err = run(capsys, "segment", "ct.nii.gz", "-o", "out")
+    except KeyboardInterrupt:
+        pytest.fail("Ctrl-C during start-up escaped cli.main (a traceback for the user)")
+    assert rc == 130 and err.strip() == "lumbarseg: interrupted"
+
+
+def test_ctrl_c_while_torch_loads_is_one_line(tmp_path):
+    """A real SIGINT, delivered to the real process at the moment start-up imports torch."""
+    script = textwrap.dedent("""
+        import builtins, os, runpy, signal, sys
+        real_import = builtins.__import__
+        def import_(name, *args, **kwargs):
+            if name == "torch" and "torch" not in sys.modules:
+                os.kill(os.getpid(), signal.SIGINT)
+            return real_import(name, *args, **kwargs)
+        builtins.__import__ = import_
+        sys.argv = ["lumbarseg"] + sys.argv[1:]
+        runpy.run_module("LumbarSegLib.cli", run_name="__main__")
+        """)
+    proc = subprocess.run([sys.executable, "-c", script, "segment", str(tmp_path / "ct.nii.gz"), "-o",
+                           str(tmp_path / "out")], capture_output=True, text=True, timeout=300,
+                          cwd=Path(cli.__file__).resolve().parents[1])
+    assert proc.returncode == 130, proc.stderr
+    assert proc.stderr.strip().splitlines()[-1] == "lumbarseg: interrupted"
+    assert "Traceback" not in proc.stderr

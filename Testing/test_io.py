@@ -78,7 +78,8 @@ def test_folder_without_dicom(tmp_path):
         io.read_ct(tmp_path)
 
 
-def _write_dicom_series(folder, n_slices, series_uid, z0=0.0):
+def write_dicom_series(folder, n_slices, series_uid, z0=0.0, description=None):
+    """A synthetic CT series (16x16 slices, air and a bone block) written by SimpleITK/GDCM."""
     folder.mkdir(exist_ok=True)
     for i in range(n_slices):
         arr = np.full((1, 16, 16), -1000, dtype=np.int16)
@@ -89,6 +90,8 @@ def _write_dicom_series(folder, n_slices, series_uid, z0=0.0):
         tags = {"0008|0060": "CT", "0020|000d": "1.2.826.0.1.3680043.2.1125.1", "0020|000e": series_uid,
                 "0020|0013": str(i + 1), "0020|0032": f"0\\0\\{z0 + 2.0 * i}", "0020|0037": "1\\0\\0\\0\\1\\0",
                 "0028|0030": "0.7\\0.7", "0018|0050": "2.0", "0010|0010": "Test^Phantom"}
+        if description is not None:
+            tags["0008|103e"] = description
         for key, value in tags.items():
             img.SetMetaData(key, value)
         writer = sitk.ImageFileWriter()
@@ -99,9 +102,10 @@ def _write_dicom_series(folder, n_slices, series_uid, z0=0.0):
 
 def test_dicom_folder_picks_largest_series(tmp_path):
     folder = tmp_path / "dicom"
-    _write_dicom_series(folder, 3, "1.2.826.0.1.3680043.2.1125.101")
-    _write_dicom_series(folder, 6, "1.2.826.0.1.3680043.2.1125.202", z0=100.0)
-    img = io.read_ct(folder)
+    write_dicom_series(folder, 3, "1.2.826.0.1.3680043.2.1125.101")
+    write_dicom_series(folder, 6, "1.2.826.0.1.3680043.2.1125.202", z0=100.0)
+    with pytest.warns(UserWarning, match="holds 2 DICOM series"):
+        img = io.read_ct(folder)
     assert img.GetSize() == (16, 16, 6)
     np.testing.assert_allclose(img.GetSpacing(), (0.7, 0.7, 2.0), atol=1e-4)
     assert img.GetOrigin()[2] == pytest.approx(100.0)
@@ -327,3 +331,112 @@ def test_output_stem(tmp_path):
     assert io.output_stem("a/case.seg.nrrd") == "case"
     (tmp_path / "series7").mkdir()
     assert io.output_stem(str(tmp_path / "series7") + "/") == "series7"
+
+
+# ---------------------------------------------------------------------------------------------- NaN voxels
+
+def _nan_positions(shape_zyx, seed=0):
+    rng = np.random.default_rng(seed)
+    mask = np.zeros(shape_zyx, bool)
+    mask.reshape(-1)[rng.choice(mask.size, 7, replace=False)] = True
+    return mask
+
+
+def test_itk_reader_turns_nifti_nan_into_zero_and_read_image_restores_it(tmp_path):
+    """niftilib (inside ITK) replaces every non-finite float by 0 while loading; the file still holds NaN."""
+    arr = sitk.GetArrayFromImage(_ct()).astype(np.float32)
+    mask = _nan_positions(arr.shape)
+    arr[mask] = np.nan
+    img = sitk.GetImageFromArray(arr)
+    img.SetSpacing((0.8, 0.9, 2.0))
+    img.SetDirection(OBLIQUE)
+    path = tmp_path / "nan.nii.gz"
+    sitk.WriteImage(img, str(path))
+    plain = sitk.GetArrayFromImage(sitk.ReadImage(str(path)))
+    assert not np.isnan(plain).any() and np.all(plain[mask] == 0)  # what ITK alone gives
+    restored = sitk.GetArrayFromImage(io.read_image(path))
+    np.testing.assert_array_equal(np.isnan(restored), mask)
+    np.testing.assert_array_equal(restored[~mask], arr[~mask])
+
+
+def test_hand_written_big_endian_nifti_with_nan_and_infinity(tmp_path):
+    """A NIfTI-1 file written byte by byte (big-endian float64), as other tools may write it."""
+    import struct
+
+    nx, ny, nz = 6, 5, 4
+    data = np.linspace(-1000, 1500, nx * ny * nz).reshape(nz, ny, nx)
+    data[0, 0, 1], data[2, 3, 4], data[3, 4, 5] = np.nan, np.inf, -np.inf
+    header = bytearray(352)
+    struct.pack_into(">i", header, 0, 348)
+    struct.pack_into(">8h", header, 40, 3, nx, ny, nz, 1, 1, 1, 1)
+    struct.pack_into(">hh", header, 70, 64, 64)  # datatype FLOAT64, bitpix 64
+    struct.pack_into(">8f", header, 76, 1.0, 0.7, 0.7, 2.5, 1, 1, 1, 1)  # qfac, pixdim
+    struct.pack_into(">fff", header, 108, 352.0, 1.0, 0.0)  # vox_offset, scl_slope, scl_inter
+    struct.pack_into(">h", header, 252, 1)  # qform_code: scanner (identity quaternion)
+    header[344:348] = b"n+1\0"
+    path = tmp_path / "big_endian.nii"
+    path.write_bytes(bytes(header) + data.astype(">f8").tobytes())
+    out = sitk.GetArrayFromImage(io.read_image(path))
+    assert out.shape == (nz, ny, nx)
+    assert np.isnan(out[0, 0, 1]) and out[2, 3, 4] == np.inf and out[3, 4, 5] == -np.inf
+    finite = np.isfinite(data)
+    np.testing.assert_allclose(out[finite], data[finite])
+
+
+@pytest.mark.parametrize("suffix", [".mha", ".nrrd", ".nii"])
+def test_load_ct_sets_nan_to_air_and_says_so(tmp_path, suffix):
+    arr = sitk.GetArrayFromImage(_ct()).astype(np.float32)
+    mask = _nan_positions(arr.shape, seed=1)
+    arr[mask] = np.nan
+    img = sitk.GetImageFromArray(arr)
+    path = tmp_path / f"ct{suffix}"
+    sitk.WriteImage(img, str(path))
+    loaded = io.load_ct(path)
+    out = sitk.GetArrayFromImage(loaded.image)
+    assert np.isfinite(out).all() and np.all(out[mask] == io.AIR_HU)
+    np.testing.assert_array_equal(loaded.nonfinite_mask, mask)
+    assert len(loaded.messages) == 1 and f"has {mask.sum()} voxels" in loaded.messages[0]
+    with pytest.warns(UserWarning, match="set to air"):
+        io.read_ct(path)
+
+
+def test_min_max_filter_misses_nan_but_finite_range_counts_it():
+    arr = sitk.GetArrayFromImage(_ct()).astype(np.float32)
+    arr[0, 0, :3] = np.nan
+    img = sitk.GetImageFromArray(arr)
+    stats = sitk.MinimumMaximumImageFilter()
+    stats.Execute(img)
+    assert np.isfinite([stats.GetMinimum(), stats.GetMaximum()]).all()  # why the old check let NaN through
+    assert io.finite_range(img) == (-1000.0, 700.0, 3)
+
+
+def test_all_nan_and_nan_plus_constant_are_described():
+    with pytest.raises(InputError, match=r"every voxel \(960\) is NaN"):
+        io.validate_ct(sitk.GetImageFromArray(np.full((8, 10, 12), np.nan, np.float32)))
+    arr = np.full((8, 10, 12), 40.0, np.float32)
+    arr[0] = np.nan
+    with pytest.raises(InputError, match="every voxel that is a number is 40"):
+        io.validate_ct(sitk.GetImageFromArray(arr))
+
+
+# ---------------------------------------------------------------------------------------------- DICOM series
+
+def test_list_and_select_dicom_series(tmp_path):
+    folder = tmp_path / "dicom"
+    write_dicom_series(folder, 3, "1.2.826.0.1.3680043.2.1125.101", description="Scout")
+    write_dicom_series(folder, 6, "1.2.826.0.1.3680043.2.1125.202", z0=100.0, description="CT 2.0 mm")
+    series = io.list_dicom_series(folder)
+    assert [(s.uid, s.description, s.slices) for s in series] == [
+        ("1.2.826.0.1.3680043.2.1125.202", "CT 2.0 mm", 6), ("1.2.826.0.1.3680043.2.1125.101", "Scout", 3)]
+    chosen, _ = io.select_dicom_series(folder, "1.2.826.0.1.3680043.2.1125.101")
+    assert chosen.description == "Scout"
+    loaded = io.load_ct(folder, series_uid="1.2.826.0.1.3680043.2.1125.101")
+    assert loaded.image.GetSize() == (16, 16, 3) and loaded.series.uid.endswith(".101")
+    assert "holds 2 DICOM series; using 1.2.826.0.1.3680043.2.1125.101 ('Scout', 3 slices)" in loaded.messages[0]
+    with pytest.raises(InputError, match="no DICOM series with UID 9.9"):
+        io.load_ct(folder, series_uid="9.9")
+
+
+def test_empty_folder_is_named_as_empty(tmp_path):
+    with pytest.raises(InputError, match="this folder is empty"):
+        io.read_ct(tmp_path)

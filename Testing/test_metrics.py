@@ -183,3 +183,64 @@ def test_table_format_and_writers(tmp_path):
     rows = list(csv.DictReader((tmp_path / "m.csv").open()))
     assert rows[0]["vertebra"] == "L1" and float(rows[0]["DSC"]) == pytest.approx(0.8)
     assert rows[1]["vertebra"] == "L5" and rows[1]["MSD"] == "" and rows[1]["status"] == "missed"
+
+
+# ---------------------------------------------------------------------------------------------- plausibility
+
+def test_height_is_the_superior_inferior_extent_in_mm_for_any_orientation():
+    arr = np.zeros((40, 20, 30), np.uint8)  # (z, y, x)
+    arr[5:25, 4:12, 6:20] = 3  # 20 slices
+    img = sitk.GetImageFromArray(arr)
+    img.SetSpacing((0.8, 0.9, 2.5))
+    m = metrics.measure(arr, np.zeros(arr.shape, np.int16), img)["L3"]
+    assert m["height_mm"] == pytest.approx(20 * 2.5)
+    assert m["volume_ml"] == pytest.approx(20 * 8 * 14 * 0.8 * 0.9 * 2.5 / 1000)
+    assert m["touches_image_edge"] is False
+    # The same voxels in an image whose x axis points superior (a sagittal acquisition): 14 x 0.8 mm.
+    img.SetDirection((0, 1, 0, 0, 0, 1, 1, 0, 0))  # index x -> S, y -> L, z -> P
+    assert metrics.measure(arr, np.zeros(arr.shape, np.int16), img)["L3"]["height_mm"] == pytest.approx(14 * 0.8)
+    arr[0:3, 4:12, 6:20] = 3
+    img = sitk.GetImageFromArray(arr)
+    assert metrics.measure(arr, np.zeros(arr.shape, np.int16), img)["L3"]["touches_image_edge"] is True
+
+
+def _measurement(volume_ml, height_mm, edge=False):
+    return {"volume_ml": volume_ml, "height_mm": height_mm, "touches_image_edge": edge}
+
+
+def test_plausibility_warnings():
+    assert metrics.plausibility_warnings({"L1": _measurement(45, 50), "L5": _measurement(85, 60)}) == []
+    (large,) = metrics.plausibility_warnings({"L3": _measurement(260, 250)})
+    assert "L3 is 260 mL and 250 mm high" in large and "voxel spacing" in large
+    (small,) = metrics.plausibility_warnings({"L2": _measurement(3.0, 12)})
+    assert "L2 is only 3.0 mL and 12 mm high" in small and "incompletely" in small
+    # Cut by the edge of the field of view: small is expected, large is not.
+    assert metrics.plausibility_warnings({"L5": _measurement(3.0, 12, edge=True)}) == []
+    assert len(metrics.plausibility_warnings({"L5": _measurement(300, 50, edge=True)})) == 1
+
+
+def test_real_vertebrae_are_plausible_and_a_5x_spacing_error_is_not(shared_data):
+    """Every lumbar vertebra of the real label maps passes; the same masks with a slice spacing written
+    5 times too large all fail."""
+    from LumbarSegLib import io
+
+    paths = sorted((shared_data / "real").glob("*_seg-vert_msk.nii.gz")) + \
+        sorted((shared_data / "masks").glob("*/*_seg-vert_msk.nii.gz"))
+    if not paths:
+        pytest.skip("no VerSe label maps in the shared data")
+    checked = 0
+    for path in paths:
+        img = sitk.ReadImage(str(path))
+        lab = io.to_internal_labels(sitk.GetArrayViewFromImage(img), "verse")
+        zeros = np.zeros(lab.shape, np.int16)
+        measured = metrics.measure(lab, zeros, img)
+        assert metrics.plausibility_warnings(measured) == [], path.name
+        wrong = sitk.Image(img)
+        index_to_lps = np.asarray(img.GetDirection()).reshape(3, 3)
+        slice_axis = int(np.argmax(np.abs(index_to_lps[2])))  # the axis closest to superior-inferior
+        spacing = list(img.GetSpacing())
+        spacing[slice_axis] *= 5
+        wrong.SetSpacing(spacing)
+        assert len(metrics.plausibility_warnings(metrics.measure(lab, zeros, wrong))) == len(measured), path.name
+        checked += len(measured)
+    assert checked >= 20

@@ -133,3 +133,12 @@ def test_bundled_model_reports_no_lumbar_vertebra_on_real_thoracic_series(shared
     assert result.found == []
     assert sitk.GetArrayViewFromImage(result.labels).max() == 0
     assert any("No lumbar spine found" in m for m in result.messages)
+
+
+def test_nan_voxels_are_refused_not_segmented(untrained):
+    """NaN makes every network output NaN: the run must not end in a confident 'no lumbar spine found'."""
+    arr = sitk.GetArrayFromImage(small_ct()).astype(np.float32)
+    arr[0, 0, 0] = np.nan
+    img = sitk.GetImageFromArray(arr)
+    with pytest.raises(InputError, match="NaN or infinite voxels; prepare it with io.prepare_ct"):
+        pipeline.segment(img, model=untrained, device="cpu")

@@ -13,8 +13,10 @@ import pytest
 slicer = pytest.importorskip("slicer")
 vtk = pytest.importorskip("vtk")
 
-from LumbarSegLib import slicer_logic as sl  # noqa: E402
 from LumbarSegLib.constants import LABEL_COLORS  # noqa: E402
+from LumbarSegLib.slicer.render import render_segmentation_3d, render_slice_overlay  # noqa: E402
+from LumbarSegLib.slicer.run import run_segmentation  # noqa: E402
+from LumbarSegLib.slicer.volumes import sitk_to_volume_node  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -31,8 +33,8 @@ def _segmented_scene():
 
     ct, labels = phantom(seed=3)
     scene = new_scene()
-    volume = sl.sitk_to_volume_node(scene, ct, "CT")
-    _, outcome = sl.run_segmentation(scene, volume, segment_fn=fake_engine(labels, labels_box_lps(labels)))
+    volume = sitk_to_volume_node(scene, ct, "CT")
+    _, outcome = run_segmentation(scene, volume, segment_fn=fake_engine(labels, labels_box_lps(labels)))
     return scene, volume, outcome
 
 
@@ -43,7 +45,7 @@ def colour_pixels(image: np.ndarray, color, tolerance: int = 2) -> int:
 
 def test_3d_render_shows_the_five_colours():
     _, _, outcome = _segmented_scene()
-    flat = sl.render_segmentation_3d(outcome.segmentation_node, size=(320, 320), flat=True)
+    flat = render_segmentation_3d(outcome.segmentation_node, size=(320, 320), flat=True)
     assert flat.shape == (320, 320, 3) and flat.dtype == np.uint8
     background = np.round(np.array((0.10, 0.11, 0.16)) * 255).astype(int)
     foreground = (np.abs(flat.astype(int) - background).max(axis=2) > 3).mean()
@@ -51,7 +53,7 @@ def test_3d_render_shows_the_five_colours():
     for label, color in LABEL_COLORS.items():
         assert colour_pixels(flat, color) > 200, f"L{label} colour missing from the 3D view"
     # The shaded picture (with the crop ROI) differs from the background too and has shading variety.
-    shaded = sl.render_segmentation_3d(outcome.segmentation_node, outcome.roi_node, size=(320, 320))
+    shaded = render_segmentation_3d(outcome.segmentation_node, outcome.roi_node, size=(320, 320))
     assert len(np.unique(shaded.reshape(-1, 3), axis=0)) > 500
     roi_orange = (np.abs(shaded.astype(int) - [255, 166, 0]).max(axis=2) <= 12).sum()
     assert roi_orange > 50  # the ROI's wire box is drawn
@@ -59,7 +61,7 @@ def test_3d_render_shows_the_five_colours():
 
 def test_vertebrae_stack_in_anatomical_order_in_the_anterior_view():
     _, _, outcome = _segmented_scene()
-    flat = sl.render_segmentation_3d(outcome.segmentation_node, size=(300, 400), flat=True, view="anterior")
+    flat = render_segmentation_3d(outcome.segmentation_node, size=(300, 400), flat=True, view="anterior")
     rows = []
     for label in range(1, 6):
         target = np.round(np.asarray(LABEL_COLORS[label]) * 255).astype(int)
@@ -70,7 +72,7 @@ def test_vertebrae_stack_in_anatomical_order_in_the_anterior_view():
 
 def test_slice_overlay_shows_labels():
     _, volume, outcome = _segmented_scene()
-    picture = sl.render_slice_overlay(volume, outcome.segmentation_node, size=(200, 300), plane="sagittal")
+    picture = render_slice_overlay(volume, outcome.segmentation_node, size=(200, 300), plane="sagittal")
     assert picture.shape == (300, 200, 3)
     for label, color in LABEL_COLORS.items():
         assert colour_pixels(picture, color, tolerance=1) > 3, f"L{label} outline missing"

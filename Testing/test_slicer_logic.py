@@ -15,10 +15,24 @@ import SimpleITK as sitk
 slicer = pytest.importorskip("slicer")
 vtk = pytest.importorskip("vtk")
 
-from LumbarSegLib import metrics, pipeline, slicer_logic as sl  # noqa: E402
+from LumbarSegLib import metrics, pipeline  # noqa: E402
 from LumbarSegLib.constants import LABEL_COLORS, LABEL_NAMES, SNOMED_BONE_CATEGORY, SNOMED_VERTEBRA, VERSE_LUMBAR  # noqa: E402
 from LumbarSegLib.errors import Cancelled, InputError  # noqa: E402
 from LumbarSegLib.models import load_model  # noqa: E402
+from LumbarSegLib.slicer.export import export_labelmap, export_stl  # noqa: E402
+from LumbarSegLib.slicer.metrics_table import (compute_metrics, fill_metrics_table,  # noqa: E402
+                                               plausibility_warnings, table_to_dict)
+from LumbarSegLib.slicer.roi import (ROI_NAME, box_for_run, box_lps_from_roi,  # noqa: E402
+                                     box_lps_to_ras_center_size, roi_was_moved)
+from LumbarSegLib.slicer.run import apply_result, friendly_error, prepare_run, run_segmentation  # noqa: E402
+from LumbarSegLib.slicer.scene import ATTR_BOX_LPS, ensure_segmentations_logic  # noqa: E402
+from LumbarSegLib.slicer.segments import (DEFAULT_SMOOTHING, TERMINOLOGY_CONTEXT, is_user_edited,  # noqa: E402
+                                          labels_to_segmentation, segmentation_content_hash,
+                                          segmentation_to_label_array, terminology_entry_string,
+                                          vertebra_label_from_name)
+from LumbarSegLib.slicer.volumes import (sitk_to_oriented_image, sitk_to_volume_node,  # noqa: E402
+                                         volume_ijk_to_ras, volume_node_to_sitk)
+from LumbarSegLib.slicer.worker import STAGE_TEXT, SegmentationWorker, overall_progress  # noqa: E402
 
 # Oblique (rotated 20 degrees about S) and flipped in x: exercises every sign of the LPS <-> RAS handling.
 _A = math.radians(20)
@@ -44,7 +58,7 @@ def phantom(seed=7, drop=()):
 
 def new_scene():
     scene = slicer.vtkMRMLScene()
-    sl.ensure_segmentations_logic(scene)
+    ensure_segmentations_logic(scene)
     return scene
 
 
@@ -91,12 +105,12 @@ def segment_ids(node):
 def test_volume_round_trip_oblique_and_flipped(data):
     ct, _ = data
     scene = new_scene()
-    node = sl.sitk_to_volume_node(scene, ct, "CT")
+    node = sitk_to_volume_node(scene, ct, "CT")
     # IJK -> RAS of voxel (1, 2, 3) equals the LPS point with x, y negated.
-    m = sl.volume_ijk_to_ras(node)
+    m = volume_ijk_to_ras(node)
     lps = np.array(ct.TransformIndexToPhysicalPoint((1, 2, 3)))
     np.testing.assert_allclose(m @ [1, 2, 3, 1], [-lps[0], -lps[1], lps[2], 1], atol=1e-6)
-    back = sl.volume_node_to_sitk(node)
+    back = volume_node_to_sitk(node)
     assert back.GetSize() == ct.GetSize()
     np.testing.assert_allclose(back.GetOrigin(), ct.GetOrigin(), atol=1e-6)
     np.testing.assert_allclose(back.GetSpacing(), ct.GetSpacing(), atol=1e-6)
@@ -114,35 +128,35 @@ def test_volume_round_trip_oblique_and_flipped(data):
 
 def test_clear_messages_for_bad_inputs():
     with pytest.raises(InputError, match="No input volume"):
-        sl.volume_node_to_sitk(None)
+        volume_node_to_sitk(None)
     scene = new_scene()
     mr = sitk.GetImageFromArray(np.random.default_rng(0).uniform(0, 900, (20, 20, 20)).astype(np.int16))
-    node = sl.sitk_to_volume_node(scene, mr, "MR")
+    node = sitk_to_volume_node(scene, mr, "MR")
     with pytest.raises(InputError, match="Hounsfield"):
-        sl.prepare_run(node)
-    assert "out of memory" in sl.friendly_error(MemoryError(), "cuda").lower()
-    assert "torch" in sl.friendly_error(ModuleNotFoundError("No module named 'torch'", name="torch"))
-    assert sl.friendly_error(InputError("No lumbar spine found")) == "No lumbar spine found"
+        prepare_run(node)
+    assert "out of memory" in friendly_error(MemoryError(), "cuda").lower()
+    assert "torch" in friendly_error(ModuleNotFoundError("No module named 'torch'", name="torch"))
+    assert friendly_error(InputError("No lumbar spine found")) == "No lumbar spine found"
 
 
 def test_results_into_scene_roi_segments_terminology_surfaces(data):
     ct, labels = phantom(drop=("L5",))  # partial field of view: L5 absent
     scene = new_scene()
-    volume = sl.sitk_to_volume_node(scene, ct, "CT")
+    volume = sitk_to_volume_node(scene, ct, "CT")
     box = labels_box_lps(labels)
-    result = fake_engine(labels, box)(sl.volume_node_to_sitk(volume))
-    outcome = sl.apply_result(scene, volume, result)
+    result = fake_engine(labels, box)(volume_node_to_sitk(volume))
+    outcome = apply_result(scene, volume, result)
 
     # Crop ROI: named, RAS bounds = LPS box with x and y negated, visible in 2D and 3D.
     roi = outcome.roi_node
-    assert roi.GetName() == sl.ROI_NAME and roi.IsA("vtkMRMLMarkupsROINode")
+    assert roi.GetName() == ROI_NAME and roi.IsA("vtkMRMLMarkupsROINode")
     bounds = [0.0] * 6
     roi.GetRASBounds(bounds)
     (mnx, mny, mnz), (mxx, mxy, mxz) = box
     np.testing.assert_allclose(bounds, [-mxx, -mnx, -mxy, -mny, mnz, mxz], atol=1e-6)
     display = roi.GetDisplayNode()
     assert display.GetVisibility() and display.GetVisibility2D() and display.GetVisibility3D()
-    np.testing.assert_allclose(sl.box_lps_from_roi(roi, volume), box, atol=1e-6)
+    np.testing.assert_allclose(box_lps_from_roi(roi, volume), box, atol=1e-6)
 
     # Segments: only those present, named, coloured, with SNOMED CT terminology.
     seg = outcome.segmentation_node
@@ -153,7 +167,7 @@ def test_results_into_scene_roi_segments_terminology_surfaces(data):
         segment = found[LABEL_NAMES[label]]
         np.testing.assert_allclose(segment.GetColor(), LABEL_COLORS[label])
         tag = segment.GetTerminology()
-        assert tag.startswith("Segmentation category and type - 3D Slicer General Anatomy list~")
+        assert tag.startswith(TERMINOLOGY_CONTEXT + "~")  # the terminology this extension ships
         assert f"SCT^{SNOMED_VERTEBRA[label][0]}^{SNOMED_VERTEBRA[label][1]}" in tag
         assert f"SCT^{SNOMED_BONE_CATEGORY[0]}^{SNOMED_BONE_CATEGORY[1]}" in tag
         entry = slicer.vtkSlicerTerminologyEntry()
@@ -164,12 +178,12 @@ def test_results_into_scene_roi_segments_terminology_surfaces(data):
         assert segment.GetTag(tag_name, value) and str(value) == tag
 
     # Voxels: the segmentation resampled on the CT grid is exactly the label map.
-    np.testing.assert_array_equal(sl.segmentation_to_label_array(seg, volume), sitk.GetArrayViewFromImage(labels))
+    np.testing.assert_array_equal(segmentation_to_label_array(seg, volume), sitk.GetArrayViewFromImage(labels))
 
     # Closed surfaces exist (smoothed), 3D shows them, slices show fill and outline.
     s = seg.GetSegmentation()
     assert s.ContainsRepresentation(slicer.vtkSegmentationConverter.GetClosedSurfaceRepresentationName())
-    assert float(s.GetConversionParameter("Smoothing factor")) == pytest.approx(sl.DEFAULT_SMOOTHING)
+    assert float(s.GetConversionParameter("Smoothing factor")) == pytest.approx(DEFAULT_SMOOTHING)
     for name, sid in segment_ids(seg).items():
         poly = vtk.vtkPolyData()
         seg.GetClosedSurfaceRepresentation(sid, poly)
@@ -182,14 +196,15 @@ def test_results_into_scene_roi_segments_terminology_surfaces(data):
 def test_metrics_table_matches_metrics_module(data):
     ct, labels = data
     scene = new_scene()
-    volume = sl.sitk_to_volume_node(scene, ct, "CT")
-    seg = sl.labels_to_segmentation(scene, labels, volume)
-    table = sl.fill_metrics_table(scene, sl.compute_metrics(seg, volume))
-    rows = sl.table_to_dict(table)
+    volume = sitk_to_volume_node(scene, ct, "CT")
+    seg = labels_to_segmentation(scene, labels, volume)
+    table = fill_metrics_table(scene, compute_metrics(seg, volume))
+    rows = table_to_dict(table)
     expected = metrics.measure(sitk.GetArrayViewFromImage(labels), sitk.GetArrayViewFromImage(ct), ct)
     assert list(rows) == list(expected) == ["L1", "L2", "L3", "L4", "L5"]
     for name, m in expected.items():
         assert rows[name]["Volume"] == pytest.approx(m["volume_ml"])
+        assert rows[name]["Height"] == pytest.approx(m["height_mm"])
         assert rows[name]["Mean HU"] == pytest.approx(m["mean_hu"])
         x, y, z = m["centroid_mm"]
         assert (rows[name]["Centroid R"], rows[name]["Centroid A"], rows[name]["Centroid S"]) == \
@@ -203,25 +218,25 @@ def test_metrics_table_matches_metrics_module(data):
     ref_array[(ref_array == 3) & (np.arange(ref_array.shape[0])[:, None, None] % 2 == 0)] = 0
     ref_labels = sitk.GetImageFromArray(ref_array)
     ref_labels.CopyInformation(labels)
-    ref = sl.labels_to_segmentation(scene, ref_labels, volume, name="reference")
+    ref = labels_to_segmentation(scene, ref_labels, volume, name="reference")
     for name, sid in segment_ids(ref).items():
         ref.GetSegmentation().GetSegment(sid).SetName("vertebrae_" + name)
-    sl.fill_metrics_table(scene, sl.compute_metrics(seg, volume, ref), table)
-    rows = sl.table_to_dict(table)
+    fill_metrics_table(scene, compute_metrics(seg, volume, ref), table)
+    rows = table_to_dict(table)
     expected = metrics.compare(sitk.GetArrayViewFromImage(labels), ref_array, ct.GetSpacing()[::-1])
     for name, m in expected.items():
         for key in ("DSC", "FND", "FPD", "MSD", "ASD", "HD95"):
             assert rows[name][key] == pytest.approx(m[key], nan_ok=True), (name, key)
     assert rows["L1"]["DSC"] == pytest.approx(1.0) and rows["L3"]["DSC"] < 0.9
-    assert table.GetNumberOfColumns() == 1 + 3 + 3 + 6  # segment, volume/mean/median, centroid, 6 agreement
+    assert table.GetNumberOfColumns() == 1 + 4 + 3 + 6  # segment, volume/height/mean/median, centroid, 6 agreement
 
 
 def test_export_stl_and_labelmaps(data, tmp_path):
     ct, labels = data
     scene = new_scene()
-    volume = sl.sitk_to_volume_node(scene, ct, "CT")
-    seg = sl.labels_to_segmentation(scene, labels, volume)
-    files = sl.export_stl(seg, tmp_path / "stl")
+    volume = sitk_to_volume_node(scene, ct, "CT")
+    seg = labels_to_segmentation(scene, labels, volume)
+    files = export_stl(seg, tmp_path / "stl")
     assert len(files) == 5
     ids = segment_ids(seg)
     for name, sid in ids.items():
@@ -244,102 +259,102 @@ def test_export_stl_and_labelmaps(data, tmp_path):
         assert np.all(pts.min(axis=0) > np.array(mesh.GetBounds()[0::2]) - 4)
         assert np.all(pts.max(axis=0) < np.array(mesh.GetBounds()[1::2]) + 4)
 
-    nii = sl.export_labelmap(scene, seg, volume, tmp_path / "labels.nii.gz")
+    nii = export_labelmap(scene, seg, volume, tmp_path / "labels.nii.gz")
     back = sitk.ReadImage(str(nii))
     np.testing.assert_array_equal(sitk.GetArrayViewFromImage(back), sitk.GetArrayViewFromImage(labels))
     np.testing.assert_allclose(back.GetOrigin(), ct.GetOrigin(), atol=1e-4)
     np.testing.assert_allclose(back.GetDirection(), ct.GetDirection(), atol=1e-5)
     assert scene.GetFirstNodeByName("__lumbarseg_export__") is None  # temporary node removed
 
-    segnrrd = sl.export_labelmap(scene, seg, volume, tmp_path / "labels.seg.nrrd")
+    segnrrd = export_labelmap(scene, seg, volume, tmp_path / "labels.seg.nrrd")
     loaded = scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "reloaded")
     storage = slicer.vtkMRMLSegmentationStorageNode()
     storage.SetFileName(str(segnrrd))
     assert storage.ReadData(loaded)
     assert sorted(segments(loaded)) == ["L1", "L2", "L3", "L4", "L5"]
-    np.testing.assert_array_equal(sl.segmentation_to_label_array(loaded, volume), sitk.GetArrayViewFromImage(labels))
+    np.testing.assert_array_equal(segmentation_to_label_array(loaded, volume), sitk.GetArrayViewFromImage(labels))
     with pytest.raises(ValueError):
-        sl.export_labelmap(scene, seg, volume, tmp_path / "labels.png")
+        export_labelmap(scene, seg, volume, tmp_path / "labels.png")
 
 
 def test_moved_roi_is_honoured_and_edits_are_never_overwritten(data):
     ct, labels = data
     scene = new_scene()
-    volume = sl.sitk_to_volume_node(scene, ct, "CT")
+    volume = sitk_to_volume_node(scene, ct, "CT")
     box = labels_box_lps(labels)
     calls = []
     engine = fake_engine(labels, box, calls)
 
     # First run: localizer path (no box given), ROI placed from the engine's box.
-    result, first = sl.run_segmentation(scene, volume, segment_fn=engine)
+    result, first = run_segmentation(scene, volume, segment_fn=engine)
     assert calls[-1]["box_lps"] is None
     roi, seg = first.roi_node, first.segmentation_node
-    assert not sl.is_user_edited(seg) and not sl.roi_was_moved(roi, volume)
+    assert not is_user_edited(seg) and not roi_was_moved(roi, volume)
 
     # Re-run untouched: the localizer runs again and the same node is reused.
-    _, again = sl.run_segmentation(scene, volume, segment_fn=engine, segmentation_node=seg)
+    _, again = run_segmentation(scene, volume, segment_fn=engine, segmentation_node=seg)
     assert calls[-1]["box_lps"] is None and again.segmentation_node is seg and not again.created_new
 
     # The user moves and resizes the ROI: the next run hands exactly that box to the engine.
     roi.SetCenter(*(np.array(roi.GetCenter()) + [4.0, -6.0, 9.0]))
     roi.SetSize(*(np.array(roi.GetSize()) * [1.1, 0.9, 0.8]))
-    moved = sl.box_lps_from_roi(roi, volume)
-    assert sl.roi_was_moved(roi, volume)
-    sl.run_segmentation(scene, volume, segment_fn=engine, segmentation_node=seg)
+    moved = box_lps_from_roi(roi, volume)
+    assert roi_was_moved(roi, volume)
+    run_segmentation(scene, volume, segment_fn=engine, segmentation_node=seg)
     np.testing.assert_allclose(calls[-1]["box_lps"], moved, atol=1e-9)
     assert scene.GetNumberOfNodesByClass("vtkMRMLMarkupsROINode") == 1  # the same ROI, left as moved
-    np.testing.assert_allclose(sl.box_lps_from_roi(roi, volume), moved, atol=1e-9)
+    np.testing.assert_allclose(box_lps_from_roi(roi, volume), moved, atol=1e-9)
     # ...and it keeps being used on later runs, unless the user asks to re-locate.
-    assert sl.box_for_run(roi, volume, "auto") is not None and sl.box_for_run(roi, volume, "never") is None
+    assert box_for_run(roi, volume, "auto") is not None and box_for_run(roi, volume, "never") is None
     # Another volume never inherits this volume's box.
-    other = sl.sitk_to_volume_node(scene, ct, "other CT")
-    assert sl.box_for_run(roi, other, "auto") is None
+    other = sitk_to_volume_node(scene, ct, "other CT")
+    assert box_for_run(roi, other, "auto") is None
 
     # The user edits the segmentation (paints a block into L2, as the Segment Editor would).
-    before = sl.segmentation_to_label_array(seg, volume).copy()
+    before = segmentation_to_label_array(seg, volume).copy()
     sid = segment_ids(seg)["L2"]
     paint = np.zeros(sitk.GetArrayViewFromImage(ct).shape, np.uint8)
     paint[5:9, 5:9, 5:9] = 1
     img = sitk.GetImageFromArray(paint)
     img.CopyInformation(ct)
     slicer.vtkSlicerSegmentationsModuleLogic.SetBinaryLabelmapToSegment(
-        sl.sitk_to_oriented_image(img), seg, sid, slicer.vtkSlicerSegmentationsModuleLogic.MODE_MERGE_MAX)
-    edited = sl.segmentation_to_label_array(seg, volume).copy()
+        sitk_to_oriented_image(img), seg, sid, slicer.vtkSlicerSegmentationsModuleLogic.MODE_MERGE_MAX)
+    edited = segmentation_to_label_array(seg, volume).copy()
     assert (edited != before).sum() == 64
-    assert sl.is_user_edited(seg)
+    assert is_user_edited(seg)
 
-    _, rerun = sl.run_segmentation(scene, volume, segment_fn=engine, segmentation_node=seg)
+    _, rerun = run_segmentation(scene, volume, segment_fn=engine, segmentation_node=seg)
     assert rerun.created_new and rerun.segmentation_node is not seg
     assert any("was edited" in m for m in rerun.messages)
-    np.testing.assert_array_equal(sl.segmentation_to_label_array(seg, volume), edited)  # old content intact
+    np.testing.assert_array_equal(segmentation_to_label_array(seg, volume), edited)  # old content intact
     assert scene.GetNumberOfNodesByClass("vtkMRMLSegmentationNode") == 2
     # Renaming a segment is an edit too; a fresh result is not.
-    assert not sl.is_user_edited(rerun.segmentation_node)
+    assert not is_user_edited(rerun.segmentation_node)
     rerun.segmentation_node.GetSegmentation().GetSegment(segment_ids(rerun.segmentation_node)["L1"]).SetName("X")
-    assert sl.is_user_edited(rerun.segmentation_node)
+    assert is_user_edited(rerun.segmentation_node)
 
 
 def test_rotated_or_transformed_roi_gives_its_bounding_box(data):
     ct, _ = data
     scene = new_scene()
-    volume = sl.sitk_to_volume_node(scene, ct, "CT")
+    volume = sitk_to_volume_node(scene, ct, "CT")
     roi = scene.AddNewNodeByClass("vtkMRMLMarkupsROINode", "hand drawn")
     roi.SetCenter(10, 20, 30)
     roi.SetSize(20, 40, 60)
-    assert sl.box_for_run(roi, volume, "auto") is not None  # drawn by hand: used
-    assert sl.box_for_run(roi, volume, "never") is None
-    np.testing.assert_allclose(sl.box_lps_from_roi(roi, volume), ((-20, -40, 0), (0, 0, 60)), atol=1e-9)
+    assert box_for_run(roi, volume, "auto") is not None  # drawn by hand: used
+    assert box_for_run(roi, volume, "never") is None
+    np.testing.assert_allclose(box_lps_from_roi(roi, volume), ((-20, -40, 0), (0, 0, 60)), atol=1e-9)
     transform = scene.AddNewNodeByClass("vtkMRMLLinearTransformNode")
     m = vtk.vtkMatrix4x4()
     m.SetElement(0, 3, 5.0)  # 5 mm to the right
     transform.SetMatrixTransformToParent(m)
     roi.SetAndObserveTransformNodeID(transform.GetID())
-    np.testing.assert_allclose(sl.box_lps_from_roi(roi, volume), ((-25, -40, 0), (-5, 0, 60)), atol=1e-9)
+    np.testing.assert_allclose(box_lps_from_roi(roi, volume), ((-25, -40, 0), (-5, 0, 60)), atol=1e-9)
     rot = vtk.vtkMatrix4x4()
     rot.SetElement(0, 0, 0.0), rot.SetElement(0, 1, -1.0), rot.SetElement(1, 0, 1.0), rot.SetElement(1, 1, 0.0)
     roi.SetAndObserveTransformNodeID(None)
     roi.SetAndObserveObjectToNodeMatrix(rot)  # rotated 90 degrees about S: x and y extents swap
-    (mn, mx) = sl.box_lps_from_roi(roi, volume)
+    (mn, mx) = box_lps_from_roi(roi, volume)
     np.testing.assert_allclose(np.array(mx) - np.array(mn), (40, 20, 60), atol=1e-9)
 
 
@@ -347,10 +362,10 @@ def test_whole_flow_with_the_real_engine(data):
     """Bundled model if present, else random weights: the scene must match whatever the engine found."""
     ct, labels = data
     scene = new_scene()
-    volume = sl.sitk_to_volume_node(scene, ct, "CT")
+    volume = sitk_to_volume_node(scene, ct, "CT")
     model = load_model()
     stages = []
-    result, outcome = sl.run_segmentation(scene, volume, model=model, device="cpu",
+    result, outcome = run_segmentation(scene, volume, model=model, device="cpu",
                                           progress=lambda s, f: stages.append(s))
     assert "load" in stages and "localize" in stages
     if not model.trained:
@@ -363,12 +378,12 @@ def test_whole_flow_with_the_real_engine(data):
         assert scene.GetNumberOfNodesByClass("vtkMRMLSegmentationNode") == 0
 
     # Then with a user-drawn ROI around the spine: the engine gets the box and skips the localizer.
-    roi = outcome.roi_node or scene.AddNewNodeByClass("vtkMRMLMarkupsROINode", sl.ROI_NAME)
+    roi = outcome.roi_node or scene.AddNewNodeByClass("vtkMRMLMarkupsROINode", ROI_NAME)
     box = labels_box_lps(labels)
-    center, size = sl.box_lps_to_ras_center_size(box)
+    center, size = box_lps_to_ras_center_size(box)
     roi.SetCenter(*center)
     roi.SetSize(*size)
-    roi.RemoveAttribute(sl.ATTR_BOX_LPS)  # as if drawn by hand
+    roi.RemoveAttribute(ATTR_BOX_LPS)  # as if drawn by hand
     calls = []
 
     def recording(image, **kwargs):
@@ -376,7 +391,7 @@ def test_whole_flow_with_the_real_engine(data):
         return pipeline.segment(image, **kwargs)
 
     stages.clear()
-    result2, outcome2 = sl.run_segmentation(scene, volume, model=model, device="cpu", roi_node=roi,
+    result2, outcome2 = run_segmentation(scene, volume, model=model, device="cpu", roi_node=roi,
                                             segment_fn=recording, progress=lambda s, f: stages.append(s))
     np.testing.assert_allclose(calls[0], box, atol=1e-9)
     assert "localize" not in stages and "segment" in stages
@@ -386,22 +401,22 @@ def test_whole_flow_with_the_real_engine(data):
     # The engine's voxel box covers the drawn one; the ROI stays as drawn and keeps being used.
     assert np.all(np.array(result2.box_lps[0]) <= np.array(box[0]) + 1e-6)
     assert np.all(np.array(result2.box_lps[1]) >= np.array(box[1]) - 1e-6)
-    np.testing.assert_allclose(sl.box_lps_from_roi(outcome2.roi_node, volume), box, atol=1e-6)
-    assert sl.box_for_run(roi, volume, "auto") == sl.box_lps_from_roi(roi, volume)
+    np.testing.assert_allclose(box_lps_from_roi(outcome2.roi_node, volume), box, atol=1e-6)
+    assert box_for_run(roi, volume, "auto") == box_lps_from_roi(roi, volume)
 
 
 def test_worker_runs_in_background_reports_progress_and_cancels(data):
     ct, _ = data
     model = load_model()
-    worker = sl.SegmentationWorker().start(ct, model=model, device="cpu")
+    worker = SegmentationWorker().start(ct, model=model, device="cpu")
     assert worker.wait(120)
     assert worker.error is None, worker.error
     events = worker.poll()
     assert [e[0] for e in events if e[1] == 0.0][:2] == ["load", "localize"]
-    fraction, text = sl.overall_progress("segment", 0.5)
+    fraction, text = overall_progress("segment", 0.5)
     assert 0.35 < fraction < 0.9 and "XUNet" in text
 
-    cancelled = sl.SegmentationWorker()
+    cancelled = SegmentationWorker()
     cancelled.cancel()  # the engine's cancel callback returns True at its first check
     cancelled.start(ct, model=model, device="cpu")
     assert cancelled.wait(60)
@@ -412,29 +427,173 @@ def test_terminology_and_name_matching():
     for label in range(1, 6):
         entry = slicer.vtkSlicerTerminologyEntry()
         assert slicer.vtkSlicerTerminologiesModuleLogic.DeserializeTerminologyEntry(
-            sl.terminology_entry_string(label), entry)
+            terminology_entry_string(label), entry)
         assert entry.GetTypeObject().GetCodeMeaning() == SNOMED_VERTEBRA[label][1]
-    assert sl.vertebra_label_from_name("L3") == 3
-    assert sl.vertebra_label_from_name("vertebrae_L4") == 4
-    assert sl.vertebra_label_from_name("l5 vertebra") == 5
-    assert sl.vertebra_label_from_name("L6") is None
-    assert sl.vertebra_label_from_name("T12") is None
-    assert sl.vertebra_label_from_name("L12") is None
-    json.dumps(sl.STAGE_TEXT)  # plain data
+    assert vertebra_label_from_name("L3") == 3
+    assert vertebra_label_from_name("vertebrae_L4") == 4
+    assert vertebra_label_from_name("l5 vertebra") == 5
+    assert vertebra_label_from_name("L6") is None
+    assert vertebra_label_from_name("T12") is None
+    assert vertebra_label_from_name("L12") is None
+    json.dumps(STAGE_TEXT)  # plain data
 
 
 def test_nothing_found_creates_no_node_and_keeps_an_existing_one(data):
     ct, labels = data
     scene = new_scene()
-    volume = sl.sitk_to_volume_node(scene, ct, "CT")
+    volume = sitk_to_volume_node(scene, ct, "CT")
     empty = sitk.Image(ct.GetSize(), sitk.sitkUInt8)
     empty.CopyInformation(ct)
     nothing = pipeline.SegmentationResult(empty, [], None, None, 0.1, {}, ["No lumbar spine found in this image."],
                                           True)
-    outcome = sl.apply_result(scene, volume, nothing)
+    outcome = apply_result(scene, volume, nothing)
     assert outcome.segmentation_node is None and outcome.roi_node is None
     assert scene.GetNumberOfNodesByClass("vtkMRMLSegmentationNode") == 0
-    seg = sl.labels_to_segmentation(scene, labels, volume)
-    outcome = sl.apply_result(scene, volume, nothing, seg)
+    seg = labels_to_segmentation(scene, labels, volume)
+    outcome = apply_result(scene, volume, nothing, seg)
     assert outcome.segmentation_node is seg and len(segments(seg)) == 5
     assert any("left unchanged" in m for m in outcome.messages)
+
+
+# ---------------------------------------------------------------------------------------------- trustworthy results
+
+def _scene_state(scene):
+    ids = sorted(scene.GetNthNode(i).GetID() for i in range(scene.GetNumberOfNodes()))
+    return ids
+
+
+def _paint(seg, ct, name, block):
+    paint = np.zeros(sitk.GetArrayViewFromImage(ct).shape, np.uint8)
+    paint[block] = 1
+    img = sitk.GetImageFromArray(paint)
+    img.CopyInformation(ct)
+    slicer.vtkSlicerSegmentationsModuleLogic.SetBinaryLabelmapToSegment(
+        sitk_to_oriented_image(img), seg, segment_ids(seg)[name], slicer.vtkSlicerSegmentationsModuleLogic.MODE_MERGE_MAX)
+
+
+def test_a_failed_run_leaves_no_half_made_nodes_and_loses_nothing(data):
+    """Putting a broken result into the scene fails half-way (after the ROI moved and, for a reused node,
+    after its segments were removed): the scene must be exactly as before."""
+    ct, labels = data
+    scene = new_scene()
+    volume = sitk_to_volume_node(scene, ct, "CT")
+    _, first = run_segmentation(scene, volume, segment_fn=fake_engine(labels, labels_box_lps(labels)))
+    seg, roi = first.segmentation_node, first.roi_node
+    state, content = _scene_state(scene), segmentation_content_hash(seg)
+    box, attributes = box_lps_from_roi(roi, volume), {n: roi.GetAttribute(n) for n in roi.GetAttributeNames()}
+    before = segmentation_to_label_array(seg, volume).copy()
+
+    broken_labels = sitk.Compose(labels, labels)  # a two-component image: cannot become a label map
+    moved_box = tuple(tuple(v + 7.0 for v in corner) for corner in box)
+    broken = pipeline.SegmentationResult(broken_labels, ["L1", "L2", "L3", "L4", "L5"], None, moved_box, 0.9,
+                                         {}, [], True)
+    for target in (seg, None):  # replacing the unedited result, and creating a new node
+        with pytest.raises(RuntimeError):
+            apply_result(scene, volume, broken, target, roi)
+        assert _scene_state(scene) == state  # no new segmentation, display or storage node left behind
+        assert segmentation_content_hash(seg) == content and not is_user_edited(seg)
+        np.testing.assert_array_equal(segmentation_to_label_array(seg, volume), before)
+        np.testing.assert_allclose(box_lps_from_roi(roi, volume), box, atol=1e-9)  # the ROI did not move
+        assert {n: roi.GetAttribute(n) for n in roi.GetAttributeNames()} == attributes
+
+
+def test_a_cancelled_run_changes_nothing(data):
+    ct, labels = data
+    scene = new_scene()
+    volume = sitk_to_volume_node(scene, ct, "CT")
+    _, first = run_segmentation(scene, volume, segment_fn=fake_engine(labels, labels_box_lps(labels)))
+    state, content = _scene_state(scene), segmentation_content_hash(first.segmentation_node)
+    with pytest.raises(Cancelled):
+        run_segmentation(scene, volume, model=load_model(), device="cpu",
+                            segmentation_node=first.segmentation_node, cancel=lambda: True)
+    assert _scene_state(scene) == state
+    assert segmentation_content_hash(first.segmentation_node) == content
+
+
+def test_edits_made_during_a_run_are_kept_even_after_agreeing_to_overwrite(data):
+    """The user agreed to overwrite the segmentation as it was when the run started; painting into it
+    while the run is going must not be thrown away."""
+    ct, labels = data
+    scene = new_scene()
+    volume = sitk_to_volume_node(scene, ct, "CT")
+    engine = fake_engine(labels, labels_box_lps(labels))
+    _, first = run_segmentation(scene, volume, segment_fn=engine)
+    seg = first.segmentation_node
+    _paint(seg, ct, "L2", np.s_[5:9, 5:9, 5:9])
+    agreed = segmentation_content_hash(seg)  # the dialog "Overwrite" was answered for this content
+    _paint(seg, ct, "L3", np.s_[12:15, 12:15, 12:15])  # ...and then the user kept painting during the run
+    edited = segmentation_to_label_array(seg, volume).copy()
+    result = engine(volume_node_to_sitk(volume))
+    outcome = apply_result(scene, volume, result, seg, first.roi_node, overwrite_edited=agreed)
+    assert outcome.created_new and outcome.segmentation_node is not seg
+    np.testing.assert_array_equal(segmentation_to_label_array(seg, volume), edited)
+    # Without further edits the agreement holds: the node is overwritten in place.
+    outcome = apply_result(scene, volume, result, seg, first.roi_node,
+                              overwrite_edited=segmentation_content_hash(seg))
+    assert outcome.segmentation_node is seg and not is_user_edited(seg)
+
+
+def test_segmentation_deleted_during_the_run_gets_a_new_node(data):
+    ct, labels = data
+    scene = new_scene()
+    volume = sitk_to_volume_node(scene, ct, "CT")
+    engine = fake_engine(labels, labels_box_lps(labels))
+    _, first = run_segmentation(scene, volume, segment_fn=engine)
+    scene.RemoveNode(first.segmentation_node)
+    outcome = apply_result(scene, volume, engine(volume_node_to_sitk(volume)), first.segmentation_node,
+                              first.roi_node)
+    assert outcome.segmentation_node.GetScene() is scene and outcome.created_new
+    assert any("deleted while the run was going" in m for m in outcome.messages)
+
+
+def test_nan_voxels_in_a_volume_are_air_with_a_warning(data):
+    ct, labels = data
+    arr = sitk.GetArrayFromImage(ct).astype(np.float32)
+    arr[:, :2, :] = np.nan
+    nan_ct = sitk.GetImageFromArray(arr)
+    nan_ct.CopyInformation(ct)
+    scene = new_scene()
+    volume = sitk_to_volume_node(scene, nan_ct, "CT with NaN")
+    calls = []
+    _, outcome = run_segmentation(scene, volume, segment_fn=fake_engine(labels, labels_box_lps(labels), calls))
+    seen = sitk.GetArrayViewFromImage(calls[-1]["image"])
+    assert np.isfinite(seen).all() and np.all(seen[:, :2, :] == -1000)
+    assert any(m.startswith("WARNING: The volume 'CT with NaN' has") and "set to air" in m for m in outcome.messages)
+
+
+@pytest.mark.parametrize("z_factor, plausible", [(1.0, True), (5.0, False)])
+def test_implausible_sizes_are_warned_about_in_the_module(data, z_factor, plausible):
+    """A slice spacing written 5 times too large: every vertebra is 5 times too high and too large."""
+    ct, labels = data
+    ct, labels = sitk.Image(ct), sitk.Image(labels)
+    spacing = list(ct.GetSpacing())
+    spacing[2] *= z_factor
+    ct.SetSpacing(spacing)
+    labels.SetSpacing(spacing)
+    scene = new_scene()
+    volume = sitk_to_volume_node(scene, ct, "CT")
+    _, outcome = run_segmentation(scene, volume, segment_fn=fake_engine(labels, labels_box_lps(labels)))
+    warnings = plausibility_warnings(outcome.segmentation_node, volume)
+    assert [m for m in outcome.messages if "implausible" in m] == warnings
+    assert (warnings == []) is plausible
+    if not plausible:
+        assert len(warnings) == 5 and all("Check the voxel spacing" in w for w in warnings)
+
+
+def test_slicer_stl_export_refuses_meshes_with_non_finite_vertices(data, tmp_path):
+    """Slicer's closed-surface smoothing with a factor above 1 returns NaN vertices: no STL may be written."""
+    from LumbarSegLib.errors import LumbarSegError
+
+    ct, labels = data
+    scene = new_scene()
+    volume = sitk_to_volume_node(scene, ct, "CT")
+    _, outcome = run_segmentation(scene, volume, segment_fn=fake_engine(labels, labels_box_lps(labels)))
+    seg = outcome.segmentation_node
+    seg.GetSegmentation().SetConversionParameter("Smoothing factor", "5")
+    seg.RemoveClosedSurfaceRepresentation()
+    with pytest.raises(LumbarSegError, match="not finite"):
+        export_stl(seg, tmp_path / "stl")
+    assert not list((tmp_path / "stl").glob("*.stl"))
+    seg.GetSegmentation().SetConversionParameter("Smoothing factor", "0.5")
+    seg.RemoveClosedSurfaceRepresentation()
+    assert len(export_stl(seg, tmp_path / "stl")) == 5

@@ -42,7 +42,7 @@ def test_ui_parses_and_declares_its_custom_widgets():
     assert root.tag == "ui" and root.find("class").text == "LumbarSeg"
     assert widgets["LumbarSeg"] == "qMRMLWidget"
     declared = {c.find("class").text for c in root.iter("customwidget")}
-    qt_builtin = {"QLabel", "QComboBox", "QPushButton", "QProgressBar", "QWidget"}
+    qt_builtin = {"QLabel", "QComboBox", "QPushButton", "QProgressBar", "QWidget", "QPlainTextEdit"}
     for name, cls in widgets.items():
         assert cls in declared or cls in qt_builtin, f"{name}: {cls} is not declared as a custom widget"
     for connection in root.iter("connection"):
@@ -72,6 +72,7 @@ def test_every_widget_the_module_uses_exists_in_the_ui():
              for w in root.iter("widget") if w.get("class") == "QComboBox"}
     assert [s.lower() for s in items["deviceComboBox"]] == module.DEVICES
     assert len(items["roiModeComboBox"]) == len(module.ROI_MODES)
+    assert len(items["modelComboBox"]) == len(module.MODEL_MODES)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -137,8 +138,7 @@ def test_lib_is_found_from_source_tree_and_installed_layout(tmp_path):
         spec = importlib.util.spec_from_file_location("LumbarSeg", {str(installed / 'LumbarSeg.py')!r})
         m = importlib.util.module_from_spec(spec); spec.loader.exec_module(m)
         print(m.ensureLibImportable())
-        sl = m.slicerLogic()
-        print(sl.__file__)
+        print(m.slicerLib("run").__file__)
     """
     result = _run_python(code, cwd=str(tmp_path))
     assert result.returncode == 0, result.stderr[-2000:]
@@ -167,22 +167,21 @@ def test_logic_class_runs_the_flow_on_a_real_scene(tmp_path):
     import SimpleITK as sitk
     from test_slicer_logic import fake_engine, labels_box_lps, new_scene, phantom
 
-    from LumbarSegLib import slicer_logic as sl
+    from LumbarSegLib.slicer import provenance as sl_provenance
+    from LumbarSegLib.slicer.roi import ROI_NAME
+    from LumbarSegLib.slicer.volumes import sitk_to_volume_node
 
     module = load_module()
     logic = module.LumbarSegLogic()
-    node = slicer.vtkMRMLScriptedModuleNode()
-    logic.setDefaultParameters(node)
-    assert node.GetParameter("Device") == "auto" and node.GetParameter("ROIMode") == "auto"
 
     ct, labels = phantom(seed=7)
     scene = new_scene()
-    volume = sl.sitk_to_volume_node(scene, ct, "CT")
+    volume = sitk_to_volume_node(scene, ct, "CT")
     engine = fake_engine(labels, labels_box_lps(labels))
     # Synchronous path.
     result, outcome = logic.process(scene, volume, device="cpu", segmentFunction=engine)
     assert sorted(result.found) == ["L1", "L2", "L3", "L4", "L5"]
-    assert outcome.roi_node.GetName() == sl.ROI_NAME
+    assert outcome.roi_node.GetName() == ROI_NAME
     # Background path, as the Widget uses it (start, poll until done, finish on the main thread).
     context = logic.startSegmentation(scene, volume, segmentationNode=outcome.segmentation_node,
                                       segmentFunction=engine)
@@ -203,19 +202,61 @@ def test_logic_class_runs_the_flow_on_a_real_scene(tmp_path):
                                   sitk.GetArrayViewFromImage(labels))
     # Model cache: the same object for the same path.
     assert logic.loadModel(None) is logic.loadModel(None)
+    # Provenance on the result, the run in the log, and the diagnostics built from both.
+    provenance = sl_provenance.read_provenance(again.segmentation_node)
+    assert provenance["settings"]["crop_box"] == "localizer" and provenance["settings"]["device_requested"] == "auto"
+    assert "not a medical device" in provenance["notice"]
+    assert any("Found L1, L2, L3, L4, L5" in line for line in logic.logLines)
+    text = logic.diagnostics(slicerVersion="test")
+    assert "Last run: found L1, L2, L3, L4, L5" in text and "Last error: none" in text
+    html = logic.modelInfoHtml()
+    assert "lumbarseg_cpu.pt" in html and "Model card" in html and "Measured accuracy" in html
+
+
+def test_logic_keeps_edits_made_while_a_run_is_going(tmp_path):
+    """'Overwrite' was answered for the segmentation as it was at the start; painting during the run
+    is kept (the result goes to a new node), and the module hears about NaN voxels and implausible sizes."""
+    slicer = pytest.importorskip("slicer")
+    import SimpleITK as sitk
+    from test_slicer_logic import _paint, fake_engine, labels_box_lps, new_scene, phantom
+
+    from LumbarSegLib.slicer.segments import segmentation_to_label_array
+    from LumbarSegLib.slicer.volumes import sitk_to_volume_node
+
+    logic = load_module().LumbarSegLogic()
+    ct, labels = phantom(seed=7)
+    arr = sitk.GetArrayFromImage(ct).astype(np.float32)
+    arr[:, :2, :] = np.nan
+    nan_ct = sitk.GetImageFromArray(arr)
+    nan_ct.CopyInformation(ct)
+    scene = new_scene()
+    volume = sitk_to_volume_node(scene, nan_ct, "CT")
+    engine = fake_engine(labels, labels_box_lps(labels))
+    _, outcome = logic.process(scene, volume, device="cpu", segmentFunction=engine)
+    seg = outcome.segmentation_node
+    _paint(seg, ct, "L2", np.s_[5:9, 5:9, 5:9])
+    context = logic.startSegmentation(scene, volume, segmentationNode=seg, overwriteEdited=True,
+                                      segmentFunction=engine)
+    _paint(seg, ct, "L3", np.s_[12:15, 12:15, 12:15])  # while the worker runs
+    edited = segmentation_to_label_array(seg, volume).copy()
+    assert context["worker"].wait(60) and context["worker"].error is None
+    finished = logic.finishSegmentation(scene, context)
+    assert finished.segmentation_node is not seg and finished.created_new
+    np.testing.assert_array_equal(segmentation_to_label_array(seg, volume), edited)
+    assert any("set to air" in m for m in finished.messages)
 
 
 def test_logic_reports_a_non_ct_volume_clearly():
     slicer = pytest.importorskip("slicer")
     import SimpleITK as sitk
 
-    from LumbarSegLib import slicer_logic as sl
     from LumbarSegLib.errors import InputError
+    from LumbarSegLib.slicer.volumes import sitk_to_volume_node
 
     module = load_module()
     scene = slicer.vtkMRMLScene()
     mr = sitk.GetImageFromArray(np.random.default_rng(1).uniform(0, 800, (16, 16, 16)).astype(np.int16))
-    volume = sl.sitk_to_volume_node(scene, mr, "MR")
+    volume = sitk_to_volume_node(scene, mr, "MR")
     with pytest.raises(InputError, match="Hounsfield"):
         module.LumbarSegLogic().startSegmentation(scene, volume)
 
@@ -272,23 +313,158 @@ def test_cmake_extension_configures(tmp_path):
     (stub / "empty.cmake").write_text("")
     (stub / "cpack.cmake").write_text(
         'file(WRITE ${CMAKE_BINARY_DIR}/meta.txt "${EXTENSION_CATEGORY}|${EXTENSION_HOMEPAGE}|'
-        '${EXTENSION_ICONURL}|${EXTENSION_SCREENSHOTURLS}|${EXTENSION_CONTRIBUTORS}|${EXTENSION_DESCRIPTION}")\n')
+        '${EXTENSION_ICONURL}|${EXTENSION_SCREENSHOTURLS}|${EXTENSION_CONTRIBUTORS}|${EXTENSION_DESCRIPTION}|'
+        '${EXTENSION_DEPENDS}")\n')
     build = tmp_path / "build"
     result = subprocess.run(["cmake", "-S", str(ROOT), "-B", str(build), f"-DSlicer_DIR={stub}",
                              "-DBUILD_TESTING=ON"], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     manifest = (build / "manifest.txt").read_text(encoding="utf-8").split("\n")
     scripts = {line.split(" ", 1)[1] for line in manifest if line.startswith("SCRIPT ")}
-    lib = {f"LumbarSegLib/{p.name}" for p in (ROOT / "LumbarSegLib").glob("*.py")}
+    lib = {p.relative_to(ROOT).as_posix() for p in (ROOT / "LumbarSegLib").rglob("*.py")}
+    assert "LumbarSegLib/slicer/run.py" in lib  # subpackages are part of the engine
     assert scripts == {"LumbarSeg.py"} | lib  # every engine file installs beside the module
     for rel in lib:
         assert (build / "LumbarSeg" / rel).read_bytes() == (ROOT / rel).read_bytes()
     resources = {line.split(" ", 1)[1] for line in manifest if line.startswith("RESOURCE ")}
-    assert resources == {"Resources/Icons/LumbarSeg.png", "Resources/UI/LumbarSeg.ui"}
+    assert resources == {"Resources/Icons/LumbarSeg.png", "Resources/UI/LumbarSeg.ui",
+                         "Resources/SegmentationCategoryTypeModifier-LumbarSeg.term.json"}
+    # Model bundles with their cards, and the sample CT with its checksum, beside the engine package.
+    installed = build / "lib" / "Slicer-5.13" / "qt-scripted-modules" / "Resources"
+    for rel in ("Models/lumbarseg_cpu.pt", "Models/lumbarseg_cpu.json", "Models/lumbarseg_cpu.md",
+                "SampleData/LumbarSegSampleCT.nrrd", "SampleData/LumbarSegSampleCT.nrrd.sha256"):
+        if (ROOT / "Resources" / rel).is_file():
+            assert (installed / rel).read_bytes() == (ROOT / "Resources" / rel).read_bytes(), rel
     assert (build / "unittest.txt").read_text(encoding="utf-8") == "LumbarSeg.py"
-    category, homepage, icon, screenshot, contributors, description = (build / "meta.txt").read_text(encoding="utf-8").split("|")
+    meta = (build / "meta.txt").read_text(encoding="utf-8").split("|")
+    category, homepage, icon, screenshot, contributors, description, depends = meta
     assert category == "Segmentation" and contributors and "L1-L5" in description
+    assert "not a medical device" in description and "developers" in contributors
+    assert depends == "PyTorch"  # torch comes through the PyTorch extension's PyTorchUtils
     assert homepage.startswith("https://") and icon.endswith("LumbarSeg/Resources/Icons/LumbarSeg.png")
     assert screenshot.endswith("docs/screenshot.png")
     for url_path in ("LumbarSeg/Resources/Icons/LumbarSeg.png", "docs/screenshot.png"):
         assert (ROOT / url_path).is_file()
+
+
+# --------------------------------------------------------------------------------------------------
+# Parameter node, PyTorch checks, the self-test with and without torch, licence
+
+
+def _parameter_node_fields():
+    """{name: default source or None} of the ``@parameterNodeWrapper`` class in LumbarSeg.py (parsed: the
+    wrapper only exists inside Slicer)."""
+    tree = ast.parse(MODULE_FILE.read_text(encoding="utf-8"))
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ClassDef) and node.name == "LumbarSegParameterNode":
+            assert [ast.unparse(d) for d in node.decorator_list] == ["parameterNodeWrapper"]
+            return {n.target.id: (ast.literal_eval(n.value) if n.value is not None else None, ast.unparse(n.annotation))
+                    for n in node.body if isinstance(n, ast.AnnAssign)}
+    raise AssertionError("no LumbarSegParameterNode class")
+
+
+def test_parameter_node_wrapper_declares_every_parameter_the_widget_uses():
+    fields = _parameter_node_fields()
+    source = MODULE_FILE.read_text(encoding="utf-8")
+    used = set(re.findall(r"\bp\.(\w+)\b", source)) - {"parameterNode"}
+    assert used and used <= set(fields), sorted(used - set(fields))
+    module = load_module()
+    assert fields["device"] == ("auto", "Annotated[str, Choice(DEVICES)]") and module.DEVICES[0] == "auto"
+    assert fields["roiMode"] == ("auto", "Annotated[str, Choice(ROI_MODES)]") and module.ROI_MODES[0] == "auto"
+    assert fields["modelMode"] == ("bundled", "Annotated[str, Choice(MODEL_MODES)]")
+    assert fields["smoothing"] == (0.5, "Annotated[float, WithinRange(0.0, 1.0)]")
+    for node_field in ("inputVolume", "outputSegmentation", "referenceSegmentation", "metricsTable", "cropROI"):
+        assert fields[node_field][1].startswith("slicer.vtkMRML")
+
+
+def test_user_visible_text_goes_through_the_translation_function():
+    source = MODULE_FILE.read_text(encoding="utf-8")
+    for text in ("Choose an export folder first.", "Select a CT volume first.", "Copy diagnostics",
+                 "Diagnostics copied to the clipboard"):
+        if text == "Copy diagnostics":
+            assert text in UI_FILE.read_text(encoding="utf-8")  # .ui strings are translated by Qt
+            continue
+        assert re.search(r'_\(\s*"' + re.escape(text), source), text
+    module = load_module()
+    assert module._("x") == "x" and module.translate("ctx", "y") == "y"  # plain Python: text unchanged
+
+
+def test_torch_version_requirement():
+    module = load_module()
+    assert module.torchVersionProblem("2.13.0+cpu") is None
+    assert module.torchVersionProblem("2.1.0") is None
+    assert "needs torch>=2.1" in module.torchVersionProblem("1.13.1+cu117")
+    assert "not installed" in module.torchVersionProblem(None)
+    assert module.torchProblem() is None  # this environment has torch 2.x
+
+
+SELF_TEST = """
+    import sys, unittest, logging, importlib.util
+    logging.basicConfig(level=logging.INFO, stream=sys.stdout, format="%(message)s")
+    for name in ("qt", "ctk", "slicer.ScriptedLoadableModule"):
+        sys.modules[name] = None
+    {block_torch}
+    spec = importlib.util.spec_from_file_location("LumbarSeg", {module!r})
+    m = importlib.util.module_from_spec(spec); spec.loader.exec_module(m)
+    print("torchProblem:", m.torchProblem())
+    test = m.LumbarSegTest("runTest")
+    result = unittest.TextTestRunner(stream=sys.stdout, verbosity=2).run(test)
+    print("skip reason:", getattr(test, "modelSkipReason", None))
+    print("torch imported:", "torch" in sys.modules and sys.modules["torch"] is not None)
+    {after}
+    sys.exit(0 if result.wasSuccessful() else 1)
+"""
+
+# Makes every "import torch" fail, as on the extension build servers (importlib.util.find_spec raises
+# ValueError for a module set to None in sys.modules, so a finder that reports it absent is used instead).
+BLOCK_TORCH = """
+    import importlib.abc, importlib.machinery
+    class NoTorch(importlib.abc.MetaPathFinder):
+        def find_spec(self, name, path=None, target=None):
+            if name == "torch" or name.startswith("torch."):
+                raise ModuleNotFoundError("No module named 'torch'", name="torch")
+            return None
+    sys.meta_path.insert(0, NoTorch())
+    _find_spec = importlib.util.find_spec
+    importlib.util.find_spec = lambda name, *a: None if name.split(".")[0] == "torch" else _find_spec(name, *a)
+"""
+
+
+def test_self_test_passes_without_torch_and_says_why_the_model_part_was_skipped():
+    pytest.importorskip("slicer")
+    after = """
+    try:
+        m.LumbarSegLogic().installDependencies()
+    except RuntimeError as exc:
+        print("install:", exc)
+    """
+    code = SELF_TEST.format(block_torch=textwrap.indent(textwrap.dedent(BLOCK_TORCH), "    ").strip(),
+                            module=str(MODULE_FILE), after=textwrap.indent(textwrap.dedent(after), "    ").strip())
+    result = _run_python(code, cwd="/")
+    out = result.stdout + result.stderr
+    assert result.returncode == 0, out[-4000:]
+    assert "torchProblem: PyTorch is not installed." in out
+    assert "Skipped the model part of the LumbarSeg self-test: PyTorch is not installed." in out
+    assert "Scene logic passed" in out and "skip reason: PyTorch is not installed." in out
+    assert "torch imported: False" in out
+    assert "install: the PyTorch extension is not installed" in out  # no PyTorchUtils outside Slicer
+    assert "OK" in out
+
+
+def test_self_test_runs_the_model_part_when_torch_is_there():
+    pytest.importorskip("slicer")
+    code = SELF_TEST.format(block_torch="", module=str(MODULE_FILE), after="")
+    result = _run_python(code, cwd="/")
+    out = result.stdout + result.stderr
+    assert result.returncode == 0, out[-4000:]
+    assert "skip reason: None" in out
+    for step in ("Scene logic passed", "Full flow passed", "Background run and cancel passed"):
+        assert step in out, step
+
+
+def test_license_is_the_apache_2_0_text_pyproject_names():
+    text = (ROOT / "LICENSE").read_text(encoding="utf-8")
+    assert "Apache License" in text and "Version 2.0, January 2004" in text
+    assert "TERMS AND CONDITIONS FOR USE, REPRODUCTION, AND DISTRIBUTION" in text
+    assert "END OF TERMS AND CONDITIONS" in text and len(text) > 10000
+    assert 'license = { text = "Apache-2.0" }' in (ROOT / "pyproject.toml").read_text(encoding="utf-8")

@@ -98,3 +98,27 @@ def test_unsmoothed_surface_is_exactly_halfway(tmp_path):
     b = np.asarray(_read(paths["L3"]).GetBounds()).reshape(3, 2)
     np.testing.assert_allclose(b[:, 0], np.array([1.5, 1.5, 1.5]) * (1, 2, 3), atol=1e-5)
     np.testing.assert_allclose(b[:, 1], np.array([5.5, 5.5, 5.5]) * (1, 2, 3), atol=1e-5)
+
+
+@pytest.mark.parametrize("smoothing", [5, -0.1, 1.01])
+def test_smoothing_outside_0_to_1_is_refused(labels, tmp_path, smoothing):
+    from LumbarSegLib.errors import InputError
+
+    with pytest.raises(InputError, match="outside 0..1"):
+        surfaces.write_stl(labels, tmp_path / "stl", smoothing=smoothing)
+    assert not (tmp_path / "stl").exists()
+
+
+def test_a_mesh_with_non_finite_vertices_is_never_written(labels, tmp_path):
+    """Smoothing 5 (outside the accepted range) makes VTK's windowed-sinc filter return NaN vertices."""
+    from LumbarSegLib.errors import LumbarSegError
+
+    array = sitk.GetArrayViewFromImage(labels)
+    poly = surfaces.label_surface(array, 1, labels, smoothing=5)
+    points = numpy_support.vtk_to_numpy(poly.GetPoints().GetData())
+    assert not np.isfinite(points).all()  # the broken mesh the STL writer used to write
+    with pytest.raises(LumbarSegError, match="not finite"):
+        surfaces.write_surface(poly, tmp_path / "L1.stl", "L1")
+    assert not (tmp_path / "L1.stl").exists()
+    good = surfaces.label_surface(array, 1, labels, smoothing=1.0)
+    assert surfaces.write_surface(good, tmp_path / "L1.stl", "L1").stat().st_size > 84

@@ -27,8 +27,8 @@ sys.path.insert(0, str(ROOT))
 
 def make_icon(path: Path, size: int = 128) -> Path:
     """A 128x128 icon: five stacked vertebrae (bodies and spinous processes) in the L1-L5 colours."""
-    from LumbarSegLib import slicer_logic as sl
     from LumbarSegLib.constants import LABEL_COLORS
+    from LumbarSegLib.slicer.render import write_png
 
     ss = 4  # supersampling for anti-aliased edges
     n = size * ss
@@ -54,7 +54,7 @@ def make_icon(path: Path, size: int = 128) -> Path:
         paint(rounded_box(40, cy, 22, 9, 5), color)  # vertebral body
         paint(rounded_box(36, cy - 4, 14, 2, 1.5), np.minimum(color + 0.35, 1.0), 0.6)  # highlight
     icon = rgba.reshape(size, ss, size, ss, 4).mean(axis=(1, 3))
-    return sl.write_png((icon * 255).round().astype(np.uint8), path)
+    return write_png((icon * 255).round().astype(np.uint8), path)
 
 
 def build_scene(seed: int = 5, use_model: bool | None = None, shape=(192, 160, 200), spacing=(1.1, 1.1, 1.6)):
@@ -62,19 +62,22 @@ def build_scene(seed: int = 5, use_model: bool | None = None, shape=(192, 160, 2
     import SimpleITK as sitk
     import slicer
 
-    from LumbarSegLib import phantoms, pipeline, slicer_logic as sl
+    from LumbarSegLib import phantoms, pipeline
     from LumbarSegLib.constants import VERSE_LUMBAR
     from LumbarSegLib.models import default_model_path, load_model
+    from LumbarSegLib.slicer.run import apply_result, run_segmentation
+    from LumbarSegLib.slicer.scene import ensure_segmentations_logic
+    from LumbarSegLib.slicer.volumes import sitk_to_volume_node
 
     ct, verse = phantoms.generate_phantom(seed, shape=shape, spacing=spacing, fov="lumbar")
     scene = slicer.vtkMRMLScene()
-    sl.ensure_segmentations_logic(scene)
-    volume = sl.sitk_to_volume_node(scene, ct, "Phantom CT")
+    ensure_segmentations_logic(scene)
+    volume = sitk_to_volume_node(scene, ct, "Phantom CT")
     if use_model is None:
         use_model = default_model_path().is_file()
     outcome = None
     if use_model:
-        result, outcome = sl.run_segmentation(scene, volume, model=load_model(), device="cpu")
+        result, outcome = run_segmentation(scene, volume, model=load_model(), device="cpu")
         caption = f"bundled model on a synthetic CT: found {', '.join(result.found)}"
         if not result.found:  # nothing to picture: fall back to the reference labels
             outcome = None
@@ -92,23 +95,23 @@ def build_scene(seed: int = 5, use_model: bool | None = None, shape=(192, 160, 2
         found = ["L1", "L2", "L3", "L4", "L5"]
         result = pipeline.SegmentationResult(labels, found, (tuple(lo), tuple(hi)),
                                              pipeline.index_box_to_lps(ct, lo, hi), 1.0, {}, [], True)
-        outcome = sl.apply_result(scene, volume, result)
+        outcome = apply_result(scene, volume, result)
         caption = "no trained model bundled: phantom reference labels through the module's scene logic"
     return scene, volume, outcome, caption
 
 
 def make_screenshot(path: Path, width: int = 1200, height: int = 800, use_model: bool | None = None,
                     **scene_options) -> Path:
-    from LumbarSegLib import slicer_logic as sl
+    from LumbarSegLib.slicer.render import render_segmentation_3d, render_slice_overlay, write_png
 
     _, volume, outcome, caption = build_scene(use_model=use_model, **scene_options)
     left_w = int(width * 0.62)
-    render = sl.render_segmentation_3d(outcome.segmentation_node, outcome.roi_node, size=(left_w, height))
+    render = render_segmentation_3d(outcome.segmentation_node, outcome.roi_node, size=(left_w, height))
     gap = np.full((height, 8, 3), 20, np.uint8)
-    overlay = sl.render_slice_overlay(volume, outcome.segmentation_node, size=(width - left_w - 8, height),
+    overlay = render_slice_overlay(volume, outcome.segmentation_node, size=(width - left_w - 8, height),
                                       plane="sagittal")
     picture = np.concatenate([render, gap, overlay], axis=1)
-    sl.write_png(picture, path)
+    write_png(picture, path)
     print(f"wrote {path} ({caption})")
     return path
 

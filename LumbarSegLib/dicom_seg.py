@@ -1,0 +1,160 @@
+"""DICOM Segmentation (SEG) output for a DICOM CT series, written with highdicom.
+
+One segment per vertebra found, coded with the same SNOMED CT category and types as everywhere else
+(:mod:`constants`), referencing the source series and each of its instances, so a PACS or viewer shows
+the result on the CT it came from. Every frame carries the research-use notice in the series and content
+description.
+
+The label map must be on the grid SimpleITK reads from the series (``io.read_ct`` of the folder), which
+is what ``pipeline.segment`` returns. Frames are matched to source instances by their position in space,
+not by file order, so a series written in any order maps correctly.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk
+
+from . import __version__
+from .constants import LABEL_COLORS, LABEL_NAMES, RESEARCH_NOTICE, SNOMED_BONE_CATEGORY, SNOMED_VERTEBRA
+from .errors import InputError
+
+SERIES_DESCRIPTION = "LumbarSeg L1-L5 (research use)"
+SERIES_NUMBER = 9901  # a high number so the SEG sorts after the scanner's own series
+
+
+def read_source_series(folder, series_uid: str | None = None) -> list:
+    """The DICOM datasets (headers, no pixel data) of the series in ``folder`` that ``io.read_ct`` reads
+    (``series_uid``, by default the series with the most slices)."""
+    import pydicom
+
+    from .io import dicom_series_files
+
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise InputError(f"{folder}: --dicom-seg needs a DICOM series folder as input (a DICOM SEG references "
+                         "the source instances); this input is a file.")
+    datasets = [pydicom.dcmread(f, stop_before_pixels=True) for f in dicom_series_files(folder, series_uid)]
+    check_references(datasets, folder)
+    return datasets
+
+
+def check_references(datasets, where="the DICOM series") -> None:
+    """Make sure a SEG can reference ``datasets``: every instance has its SOP Class and Instance UIDs and
+    all share one Study, Series and Frame of Reference UID. An empty SOP Class/Instance UID is taken from
+    the file's meta information (the same UIDs, kept there by some anonymisers); missing study or series
+    UIDs cannot be recovered, and a SEG with made-up ones would not attach to the CT in a PACS."""
+    for ds in datasets:
+        meta = getattr(ds, "file_meta", None)
+        for attr, meta_attr in (("SOPClassUID", "MediaStorageSOPClassUID"),
+                                ("SOPInstanceUID", "MediaStorageSOPInstanceUID")):
+            if not str(ds.get(attr, "") or "") and meta is not None and str(meta.get(meta_attr, "") or ""):
+                setattr(ds, attr, meta.get(meta_attr))
+    for attr in ("StudyInstanceUID", "SeriesInstanceUID", "FrameOfReferenceUID", "SOPClassUID", "SOPInstanceUID"):
+        values = {str(ds.get(attr, "") or "") for ds in datasets}
+        if "" in values:
+            raise InputError(f"{where}: {attr} is empty in the DICOM files (removed by anonymisation?); a DICOM SEG "
+                             "must reference it, so none can be written. Segment without --dicom-seg.")
+        if attr not in ("SOPInstanceUID",) and len(values) > 1:
+            raise InputError(f"{where}: the instances have {len(values)} different {attr}s; a DICOM SEG needs one "
+                             "series of one study.")
+
+
+def source_slice_indices(labels: sitk.Image, datasets) -> list[int]:
+    """For each dataset, the z index of its slice in ``labels`` (matched by ImagePositionPatient)."""
+    indices = []
+    for ds in datasets:
+        position = [float(v) for v in ds.ImagePositionPatient]
+        index = labels.TransformPhysicalPointToContinuousIndex(position)
+        k = int(round(index[2]))
+        off_grid = abs(index[0]) > 0.01 or abs(index[1]) > 0.01 or abs(index[2] - k) > 0.01
+        if off_grid or not 0 <= k < labels.GetSize()[2]:
+            where = tuple(round(v, 2) for v in index)
+            raise InputError(f"The label map is not on the grid of the DICOM series (instance "
+                             f"{ds.SOPInstanceUID} at {position} mm falls at index {where}).")
+        indices.append(k)
+    if len(set(indices)) != len(indices):
+        raise InputError("Two DICOM instances of the series lie at the same slice position; cannot write a SEG.")
+    return indices
+
+
+def segment_descriptions(labels_present):
+    """highdicom segment descriptions, numbered 1..N in the order of ``labels_present`` (1..5 = L1..L5)."""
+    import highdicom as hd
+    from pydicom.sr.codedict import codes
+    from pydicom.sr.coding import Code
+
+    algorithm = hd.AlgorithmIdentificationSequence(name="LumbarSeg", version=__version__,
+                                                   family=codes.cid7162.ArtificialIntelligence)
+    category = Code(SNOMED_BONE_CATEGORY[0], "SCT", SNOMED_BONE_CATEGORY[1])
+    out = []
+    for number, label in enumerate(labels_present, start=1):
+        code, meaning = SNOMED_VERTEBRA[label]
+        out.append(hd.seg.SegmentDescription(
+            segment_number=number,
+            segment_label=LABEL_NAMES[label],
+            segmented_property_category=category,
+            segmented_property_type=Code(code, "SCT", meaning),
+            algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
+            algorithm_identification=algorithm,
+            tracking_id=f"LumbarSeg {LABEL_NAMES[label]}",
+            tracking_uid=hd.UID(),
+            display_color=hd.color.CIELabColor.from_rgb(
+                *[int(round(255 * c)) for c in LABEL_COLORS[label]]),
+        ))
+    return out
+
+
+def write_dicom_seg(labels: sitk.Image, source, path) -> Path | None:
+    """Write the L1-L5 labels (0..5 on the series' grid) as a DICOM SEG referencing ``source``.
+
+    ``source`` is the series folder or its datasets (:func:`read_source_series`). Returns the path, or
+    None when no vertebra is labelled (a SEG needs at least one segment; nothing is written).
+    """
+    import highdicom as hd
+
+    if isinstance(source, (str, Path)):
+        datasets = read_source_series(source)
+    else:
+        datasets = list(source)
+        check_references(datasets)
+    array = sitk.GetArrayViewFromImage(labels)
+    present = sorted(set(np.unique(array).tolist()) & set(LABEL_NAMES))
+    if not present:
+        return None
+    indices = source_slice_indices(labels, datasets)
+    rows, columns = int(datasets[0].Rows), int(datasets[0].Columns)
+    if array.shape[1:] != (rows, columns):
+        raise InputError(f"The label map has {array.shape[2]}x{array.shape[1]} voxels per slice; the DICOM series "
+                         f"has {columns}x{rows}.")
+    # Segment numbers must run 1..N: renumber the labels present (e.g. L2, L3, L4 -> 1, 2, 3).
+    renumber = np.zeros(256, np.uint8)
+    for number, label in enumerate(present, start=1):
+        renumber[label] = number
+    pixel_array = renumber[np.asarray(array, np.uint8)[indices]]  # one frame per source instance, in order
+
+    first = datasets[0]
+    seg = hd.seg.Segmentation(
+        source_images=datasets,
+        pixel_array=pixel_array,
+        segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
+        segment_descriptions=segment_descriptions(present),
+        series_instance_uid=hd.UID(),
+        series_number=SERIES_NUMBER,
+        sop_instance_uid=hd.UID(),
+        instance_number=1,
+        manufacturer="LumbarSeg",
+        manufacturer_model_name="LumbarSeg",
+        software_versions=__version__,
+        device_serial_number=str(getattr(first, "DeviceSerialNumber", "") or "none"),
+        content_description=f"L1-L5, automatic. {RESEARCH_NOTICE}"[:64],
+        content_label="LUMBARSEG",
+        content_creator_name="LumbarSeg^Automatic",
+    )
+    seg.SeriesDescription = SERIES_DESCRIPTION
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    seg.save_as(str(path))
+    return path

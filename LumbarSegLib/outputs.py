@@ -1,0 +1,289 @@
+"""Output folders that hold one result, whole or not at all.
+
+A result (label map, STL files, preview, report) is written into a hidden staging folder beside the
+target (``.NAME.XXXX.partial``, same file system) and moved into place with one rename at the end, after
+``report.json`` - the completeness mark - was written last. So the target folder is never seen half
+written, never mixes two runs' files, and an interrupted or failed run (Ctrl-C, a full disk, an error)
+leaves the target as it was. Every file a command writes under :attr:`OutputFolder.staging` is covered
+without further work.
+
+Rules, checked before anything is computed:
+
+* a target that does not exist, or an empty folder, is fine;
+* a folder holding a LumbarSeg result (its ``report.json``) is refused unless ``overwrite``; then the whole
+  earlier result is replaced, never merged;
+* a folder holding anything else is refused even with ``overwrite`` (a result replaces a whole folder,
+  and a user's own files must never be deleted);
+* a read-only folder or file (no write permission bit, or not writable for this user) is refused, and so
+  is a path under a regular file;
+* a second run into the same folder is refused while the first holds the lock (an OS file lock on
+  ``.NAME.lumbarseg.lock`` beside the target, released by the OS even if the process is killed).
+
+Staging and replaced folders left behind by a killed process are removed by the next run that holds
+the lock.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+import shutil
+import stat
+import tempfile
+from pathlib import Path
+
+from .errors import InputError
+
+REPORT_NAME = "report.json"
+REPORT_MARKER_KEY = "lumbarseg_version"  # every LumbarSeg report.json has it
+_STAGING_SUFFIX = ".partial"
+_REPLACED_SUFFIX = ".replaced"
+_LOCK_SUFFIX = ".lumbarseg.lock"
+
+
+def is_read_only(path: Path) -> bool:
+    """True when ``path`` may not be written: no write permission bit at all (the owner's intent, which
+    even root honours here), or not writable for this user (permissions, ACLs, read-only mounts)."""
+    try:
+        mode = path.stat().st_mode
+    except OSError:
+        return False
+    return (mode & (stat.S_IWUSR | stat.S_IWGRP | stat.S_IWOTH)) == 0 or not os.access(path, os.W_OK)
+
+
+def _first_existing_ancestor(path: Path) -> Path:
+    for candidate in [path, *path.parents]:
+        if candidate.exists() or candidate.is_symlink():
+            return candidate
+    return Path(path.anchor or ".")
+
+
+def check_writable_location(path: Path, what: str) -> None:
+    """The folder that will hold ``path`` exists or can be created, and is writable.
+
+    Raises :class:`InputError` for a path under a regular file or in a read-only folder, so the problem
+    is reported before any computing, not after.
+    """
+    ancestor = _first_existing_ancestor(path.parent)
+    if not ancestor.is_dir():
+        raise InputError(f"{what} {path} cannot be created: {ancestor} is a file, not a folder. "
+                         f"Choose a path in a folder.")
+    if is_read_only(ancestor):
+        raise InputError(f"{what} {path} cannot be written: the folder {ancestor} is read-only. "
+                         f"Choose a writable location.")
+
+
+def check_output_file(path, what: str = "Output file") -> Path:
+    """Checks for a single output file (e.g. ``evaluate -o metrics.json``) before computing."""
+    path = Path(path)
+    if path.is_dir():
+        raise InputError(f"{what} {path} is an existing folder; give a file name.")
+    check_writable_location(path, what)
+    if path.exists() and is_read_only(path):
+        raise InputError(f"{what} {path} exists and is read-only; LumbarSeg will not replace it. "
+                         f"Choose another file name or make it writable.")
+    return path
+
+
+def write_text_atomic(path, text: str) -> Path:
+    """Write a text file via a temporary file and a rename, so it is whole or absent (never truncated)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8", newline="") as fh:
+            fh.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def read_result_report(folder: Path) -> dict | None:
+    """The LumbarSeg report in ``folder`` (None if there is none or it is not a LumbarSeg report)."""
+    try:
+        data = json.loads((folder / REPORT_NAME).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) and REPORT_MARKER_KEY in data else None
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def _lock_file(fd: int) -> bool:
+    try:
+        import fcntl
+    except ImportError:  # Windows
+        import msvcrt
+
+        try:
+            msvcrt.locking(fd, msvcrt.LK_NBLCK, 1)
+        except OSError:
+            return False
+        return True
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    return True
+
+
+class OutputFolder:
+    """Context manager: ``with OutputFolder(target, overwrite=...) as out:`` write files under
+    ``out.staging``, then call ``out.commit(report)``; leaving the block without ``commit`` (an exception,
+    Ctrl-C) removes everything written and leaves ``target`` untouched.
+    """
+
+    def __init__(self, target, *, overwrite: bool = False, what: str = "Output folder"):
+        self.target = Path(os.path.abspath(os.fspath(target)))
+        self.overwrite = overwrite
+        self.what = what
+        self.staging: Path | None = None
+        self.replaced_report: dict | None = None
+        self._lock_fd: int | None = None
+        self._committed = False
+
+    # ------------------------------------------------------------------ paths
+    @property
+    def _lock_path(self) -> Path:
+        return self.target.parent / f".{self.target.name}{_LOCK_SUFFIX}"
+
+    def final(self, path) -> Path:
+        """Where a file written under :attr:`staging` will be once the result is in place."""
+        return self.target / Path(path).relative_to(self.staging)
+
+    # ------------------------------------------------------------------ checks
+    def check(self) -> None:
+        """Refuse unusable targets (see the module docstring). Called again under the lock."""
+        target = self.target
+        if target.name in ("", ".", ".."):
+            raise InputError(f"{self.what} {target} is not a usable folder name.")
+        if target.exists() and not target.is_dir():
+            raise InputError(f"{self.what} {target} is an existing file, not a folder; give a folder name.")
+        check_writable_location(target, self.what)
+        if not target.is_dir():
+            return
+        if is_read_only(target):
+            raise InputError(f"{self.what} {target} is read-only; LumbarSeg will not write into it. "
+                             f"Choose another folder or make it writable.")
+        entries = sorted(p.name for p in target.iterdir())
+        if not entries:
+            return
+        report = read_result_report(target)
+        if report is None:
+            shown = ", ".join(entries[:3]) + (", ..." if len(entries) > 3 else "")
+            raise InputError(f"{self.what} {target} is not empty ({len(entries)} entries: {shown}) and holds no "
+                             f"LumbarSeg result; a result replaces a whole folder, so LumbarSeg will not write "
+                             f"there. Choose a new or empty folder.")
+        if not self.overwrite:
+            source = (report.get("input") or {}).get("path")
+            of = f" (of {source}, {report.get('created', 'undated')})" if source else ""
+            raise InputError(f"{self.what} {target} already holds a LumbarSeg result{of}. Add --overwrite to "
+                             f"replace it as a whole, or choose another folder.")
+        for path in [target, *target.rglob("*")]:
+            if not path.is_symlink() and is_read_only(path):
+                raise InputError(f"{self.what} {target} holds a read-only entry {path}; LumbarSeg will not "
+                                 f"replace it. Make it writable or choose another folder.")
+        self.replaced_report = report
+
+    # ------------------------------------------------------------------ lock
+    def _acquire_lock(self) -> None:
+        lock_path = self._lock_path
+        while True:
+            fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+            if not _lock_file(fd):
+                try:
+                    holder = os.read(fd, 64).decode("ascii", "replace").strip()
+                finally:
+                    os.close(fd)
+                raise InputError(f"Another LumbarSeg run{f' (process {holder})' if holder else ''} is writing "
+                                 f"to {self.target}; wait for it to finish or choose another folder.")
+            try:  # the previous holder may have removed the file between our open and lock: use the live one
+                same = os.path.samestat(os.fstat(fd), os.stat(lock_path))
+            except FileNotFoundError:
+                same = False
+            if same:
+                os.ftruncate(fd, 0)
+                os.write(fd, str(os.getpid()).encode("ascii"))
+                self._lock_fd = fd
+                return
+            os.close(fd)
+
+    def _release_lock(self) -> None:
+        if self._lock_fd is None:
+            return
+        try:
+            self._lock_path.unlink()  # while still holding the lock (see _acquire_lock)
+        except OSError:
+            pass
+        os.close(self._lock_fd)
+        self._lock_fd = None
+
+    def _remove_stale(self) -> None:
+        """Staging/replaced folders of runs that were killed (we hold the lock, so none is alive)."""
+        prefix = f".{self.target.name}."
+        for path in self.target.parent.glob(f"{glob.escape(prefix)}*"):
+            if path.is_dir() and path.name.endswith((_STAGING_SUFFIX, _REPLACED_SUFFIX)):
+                shutil.rmtree(path, ignore_errors=True)
+
+    # ------------------------------------------------------------------ context
+    def __enter__(self) -> OutputFolder:
+        self.check()
+        try:
+            self.target.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise InputError(f"{self.what} {self.target}: its parent folder cannot be created "
+                             f"({exc.strerror or exc}).") from None
+        try:
+            self._acquire_lock()
+        except PermissionError:
+            raise InputError(f"{self.what} {self.target} cannot be written: the folder {self.target.parent} "
+                             f"is not writable.") from None
+        try:
+            self.check()  # again, under the lock: another run may have finished meanwhile
+            self._remove_stale()
+            self.staging = Path(tempfile.mkdtemp(prefix=f".{self.target.name}.", suffix=_STAGING_SUFFIX,
+                                                 dir=self.target.parent))
+            os.chmod(self.staging, 0o777 & ~_umask())  # mkdtemp's 0700 would make the result private
+        except BaseException:
+            self._release_lock()
+            raise
+        return self
+
+    def commit(self, report: dict) -> Path:
+        """Write ``report.json`` (last) and move the staging folder into place; returns the report's path."""
+        from .metrics import write_json
+
+        write_json(report, self.staging / REPORT_NAME)
+        old = None
+        if self.target.exists():
+            old = Path(tempfile.mkdtemp(prefix=f".{self.target.name}.", suffix=_REPLACED_SUFFIX,
+                                        dir=self.target.parent))
+            os.rmdir(old)
+            os.rename(self.target, old)
+        try:
+            os.rename(self.staging, self.target)
+        except BaseException:
+            if old is not None:
+                os.rename(old, self.target)
+            raise
+        self.staging = self.target
+        self._committed = True
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+        return self.target / REPORT_NAME
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        try:
+            if not self._committed and self.staging is not None:
+                shutil.rmtree(self.staging, ignore_errors=True)
+                if exc_type is None:
+                    raise RuntimeError("OutputFolder left without commit(); nothing was written.")
+        finally:
+            self._release_lock()

@@ -1,0 +1,113 @@
+"""Per-vertebra metrics (volume, HU, centroid; DSC... against a reference) in a ``vtkMRMLTableNode``."""
+
+from __future__ import annotations
+
+import numpy as np
+import SimpleITK as sitk
+
+from ..constants import RESEARCH_NOTICE
+from .scene import ATTR_NOTICE, ATTR_ROLE, LPS_RAS, place_in_study, unique_name, vtk_module
+from .segments import segmentation_to_label_array, vertebra_label_from_name
+from .volumes import volume_node_to_sitk
+
+
+MEASURE_COLUMNS = [  # (key in metrics.measure, column title, unit)
+    ("volume_ml", "Volume", "mL"),
+    ("height_mm", "Height", "mm"),
+    ("mean_hu", "Mean HU", "HU"),
+    ("median_hu", "Median HU", "HU"),
+]
+COMPARE_COLUMNS = [  # (key in metrics.compare, column title, unit)
+    ("DSC", "DSC", ""),
+    ("FND", "FND", ""),
+    ("FPD", "FPD", ""),
+    ("MSD", "MSD", "mm"),
+    ("ASD", "ASD", "mm"),
+    ("HD95", "HD95", "mm"),
+]
+
+
+def compute_metrics(segmentation_node, volume_node, reference_node=None) -> dict:
+    """{"L1": {volume_ml, mean_hu, centroid_ras, ..., dsc, ...}} using :mod:`LumbarSegLib.metrics`."""
+    from .. import metrics
+
+    image = volume_node_to_sitk(volume_node)
+    ct = sitk.GetArrayViewFromImage(image)
+    labels = segmentation_to_label_array(segmentation_node, volume_node)
+    measured = metrics.measure(labels, ct, image)
+    rows = {}
+    for name, values in measured.items():
+        row = dict(values)
+        if "centroid_mm" in row and row["centroid_mm"] is not None:
+            row["centroid_ras"] = tuple((LPS_RAS @ np.asarray(row["centroid_mm"], float)).tolist())
+        rows[name] = row
+    if reference_node is not None:
+        reference = segmentation_to_label_array(reference_node, volume_node)
+        spacing_zyx = tuple(image.GetSpacing()[::-1])
+        compared = metrics.compare(labels, reference, spacing_zyx)
+        for name, values in compared.items():
+            rows.setdefault(name, {}).update(values)
+    return {name: rows[name] for name in sorted(rows, key=lambda n: vertebra_label_from_name(n) or 99)}
+
+
+def plausibility_warnings(segmentation_node, volume_node) -> list[str]:
+    """Warnings for vertebrae whose volume or height is outside the anatomical ranges
+    (:func:`metrics.plausibility_warnings`; e.g. a slice spacing written wrongly in the header)."""
+    from ..metrics import plausibility_warnings as check
+
+    return check(compute_metrics(segmentation_node, volume_node))
+
+
+def fill_metrics_table(scene, rows: dict, table_node=None, name="Lumbar metrics", volume_node=None):
+    """Write ``compute_metrics`` rows into a ``vtkMRMLTableNode`` (one row per vertebra), placed in the
+    study of ``volume_node`` when given."""
+    vtk = vtk_module()
+    if table_node is None:
+        table_node = scene.AddNewNodeByClass("vtkMRMLTableNode", unique_name(scene, name))
+    table_node.SetAttribute(ATTR_ROLE, "metrics")
+    table_node.SetAttribute(ATTR_NOTICE, RESEARCH_NOTICE)
+    if volume_node is not None:
+        place_in_study(table_node, volume_node)
+    table = table_node.GetTable()
+    was = table_node.StartModify()
+    table_node.RemoveAllColumns()
+    has_compare = any(k in row for row in rows.values() for k, _, _ in COMPARE_COLUMNS)
+    columns = [("segment", "Segment", "")]
+    columns += [c for c in MEASURE_COLUMNS if any(c[0] in row for row in rows.values())]
+    columns += [("centroid_r", "Centroid R", "mm"), ("centroid_a", "Centroid A", "mm"),
+                ("centroid_s", "Centroid S", "mm")]
+    if has_compare:
+        columns += COMPARE_COLUMNS
+    arrays = []
+    for key, title, unit in columns:
+        array = vtk.vtkStringArray() if key == "segment" else vtk.vtkDoubleArray()
+        array.SetName(title)
+        table.AddColumn(array)
+        arrays.append(array)
+    for name, row in rows.items():
+        ras = row.get("centroid_ras") or (float("nan"),) * 3
+        values = {"segment": name, "centroid_r": ras[0], "centroid_a": ras[1], "centroid_s": ras[2]}
+        for key, _, _ in columns:
+            if key not in values:
+                v = row.get(key)
+                values[key] = float("nan") if v is None else float(v)
+        for (key, _, _), array in zip(columns, arrays):
+            array.InsertNextValue(values[key])
+    for key, title, unit in columns:
+        if unit:
+            table_node.SetColumnUnitLabel(title, unit)
+    table_node.EndModify(was)
+    table_node.Modified()
+    return table_node
+
+
+def table_to_dict(table_node) -> dict:
+    """{segment: {column title: value}} read back from a metrics table (for tests and display)."""
+    table = table_node.GetTable()
+    names = [table.GetColumn(c).GetName() for c in range(table.GetNumberOfColumns())]
+    out = {}
+    for r in range(table.GetNumberOfRows()):
+        row = {names[c]: table.GetValue(r, c).ToString() if c == 0 else table.GetValue(r, c).ToDouble()
+               for c in range(len(names))}
+        out[row[names[0]]] = row
+    return out

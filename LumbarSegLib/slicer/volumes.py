@@ -1,0 +1,120 @@
+"""Volume nodes <-> SimpleITK images (LPS <-> RAS), oriented images for segmentations, the CT check."""
+
+from __future__ import annotations
+
+import numpy as np
+import SimpleITK as sitk
+
+from .scene import LPS_RAS, matrix_to_numpy, numpy_to_matrix, slicer_module, unique_name, vtk_module
+
+
+def sitk_geometry_to_ijk_to_ras(image: sitk.Image) -> np.ndarray:
+    direction = np.asarray(image.GetDirection(), float).reshape(3, 3)
+    spacing = np.asarray(image.GetSpacing(), float)
+    m = np.eye(4)
+    m[:3, :3] = LPS_RAS @ direction @ np.diag(spacing)
+    m[:3, 3] = LPS_RAS @ np.asarray(image.GetOrigin(), float)
+    return m
+
+
+def _set_sitk_geometry_from_ijk_to_ras(image: sitk.Image, ijk_to_ras: np.ndarray) -> None:
+    lps = LPS_RAS @ ijk_to_ras[:3, :3]
+    spacing = np.linalg.norm(lps, axis=0)
+    image.SetSpacing(spacing.tolist())
+    image.SetDirection((lps / spacing).ravel().tolist())
+    image.SetOrigin((LPS_RAS @ ijk_to_ras[:3, 3]).tolist())
+
+
+def volume_ijk_to_ras(volume_node) -> np.ndarray:
+    m = vtk_module().vtkMatrix4x4()
+    volume_node.GetIJKToRASMatrix(m)
+    return matrix_to_numpy(m)
+
+
+def volume_node_to_sitk(volume_node) -> sitk.Image:
+    """Copy a scalar volume node into a SimpleITK image (LPS physical space, the node's local frame)."""
+    from vtk.util import numpy_support
+
+    from ..errors import InputError
+
+    if volume_node is None:
+        raise InputError("No input volume selected: choose a CT volume.")
+    image_data = volume_node.GetImageData()
+    if image_data is None or image_data.GetPointData().GetScalars() is None:
+        raise InputError(f"Volume '{volume_node.GetName()}' has no voxel data.")
+    dims = image_data.GetDimensions()
+    if image_data.GetNumberOfScalarComponents() != 1:
+        raise InputError(f"Volume '{volume_node.GetName()}' has {image_data.GetNumberOfScalarComponents()} "
+                         "components per voxel; a single-component CT volume is needed.")
+    array = numpy_support.vtk_to_numpy(image_data.GetPointData().GetScalars()).reshape(dims[::-1])
+    image = sitk.GetImageFromArray(np.array(array, copy=True))
+    _set_sitk_geometry_from_ijk_to_ras(image, volume_ijk_to_ras(volume_node))
+    return image
+
+
+def _image_data_from_array(array: np.ndarray, vtk_class=None):
+    from vtk.util import numpy_support
+
+    vtk = vtk_module()
+    array = np.ascontiguousarray(array)
+    image_data = (vtk_class or vtk.vtkImageData)()
+    image_data.SetDimensions(array.shape[2], array.shape[1], array.shape[0])
+    vtk_array = numpy_support.numpy_to_vtk(array.ravel(), deep=True,
+                                           array_type=numpy_support.get_vtk_array_type(array.dtype))
+    image_data.GetPointData().SetScalars(vtk_array)
+    return image_data
+
+
+def sitk_to_volume_node(scene, image: sitk.Image, name: str = "CT", node_class: str = "vtkMRMLScalarVolumeNode",
+                        node=None):
+    """Add (or update) a volume node holding ``image``; its IJK->RAS comes from the LPS header."""
+    if image.GetDimension() != 3 or image.GetNumberOfComponentsPerPixel() != 1:
+        raise ValueError("Only 3D single-component images can be put into a volume node.")
+    m = sitk_geometry_to_ijk_to_ras(image)
+    if node is None:
+        node = scene.AddNewNodeByClass(node_class, unique_name(scene, name))
+    node.SetIJKToRASMatrix(numpy_to_matrix(m))
+    node.SetAndObserveImageData(_image_data_from_array(sitk.GetArrayViewFromImage(image)))
+    node.CreateDefaultDisplayNodes()
+    return node
+
+
+def check_ct(image: sitk.Image) -> list[str]:
+    """Problems that make ``image`` unusable as a CT in Hounsfield units (empty list if none).
+
+    Uses the engine's own validation (:func:`LumbarSegLib.io.validate_ct`: 3D, single channel, plausible
+    spacing, enough memory, HU range with air and bone) so the module and the CLI refuse the same images.
+    """
+    from ..errors import InputError
+    from ..io import validate_ct
+
+    try:
+        validate_ct(image, name="The selected volume")
+    except InputError as exc:
+        return [str(exc)]
+    return []
+
+
+def sitk_to_oriented_image(image: sitk.Image):
+    """A ``vtkOrientedImageData`` (RAS geometry) holding ``image``'s voxels."""
+    slicer = slicer_module()
+    oriented = _image_data_from_array(sitk.GetArrayViewFromImage(image), slicer.vtkOrientedImageData)
+    oriented.SetImageToWorldMatrix(numpy_to_matrix(sitk_geometry_to_ijk_to_ras(image)))
+    return oriented
+
+
+def reference_oriented_image(volume_node):
+    """An empty oriented image with ``volume_node``'s grid (extent and IJK->RAS), for resampling onto it."""
+    slicer = slicer_module()
+    ref = slicer.vtkOrientedImageData()
+    ref.SetExtent(volume_node.GetImageData().GetExtent())
+    m = vtk_module().vtkMatrix4x4()
+    volume_node.GetIJKToRASMatrix(m)
+    ref.SetImageToWorldMatrix(m)
+    return ref
+
+
+def label_array_to_sitk(array: np.ndarray, volume_node) -> sitk.Image:
+    image = sitk.GetImageFromArray(array)
+    _set_sitk_geometry_from_ijk_to_ras(image, volume_ijk_to_ras(volume_node))
+    return image

@@ -1,0 +1,256 @@
+"""DICOM SEG output: written with highdicom, checked with dicom3tools' ``dciodvfy`` (when installed), read
+back with pydicom/highdicom and put back onto the source grid frame by frame via the referenced instances.
+
+A synthetic CT series is written here with pydicom (files in shuffled order) so the main tests always run;
+the real DICOM series in ../shared/data/ts_dicom is used when present.
+"""
+
+import random
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pydicom
+import pytest
+import SimpleITK as sitk
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
+
+from LumbarSegLib import dicom_seg, io
+from LumbarSegLib.cli import main
+from LumbarSegLib.constants import LABEL_NAMES, SNOMED_BONE_CATEGORY, SNOMED_VERTEBRA
+from LumbarSegLib.errors import InputError
+
+
+def write_ct_series(image: sitk.Image, folder: Path, seed: int = 0, **attributes) -> list[Path]:
+    """Write ``image`` (HU, int16) as a CT Image Storage series, one file per slice, under random names."""
+    folder.mkdir(parents=True, exist_ok=True)
+    array = sitk.GetArrayFromImage(image).astype(np.int16)
+    direction = np.asarray(image.GetDirection()).reshape(3, 3)
+    spacing = image.GetSpacing()
+    study, series, frame = generate_uid(), generate_uid(), generate_uid()
+    order = list(range(array.shape[0]))
+    random.Random(seed).shuffle(order)
+    paths = []
+    for n, k in enumerate(order):
+        meta = FileMetaDataset()
+        meta.MediaStorageSOPClassUID = CTImageStorage
+        meta.MediaStorageSOPInstanceUID = generate_uid()
+        meta.TransferSyntaxUID = ExplicitVRLittleEndian
+        ds = Dataset()
+        ds.file_meta = meta
+        ds.SOPClassUID, ds.SOPInstanceUID = CTImageStorage, meta.MediaStorageSOPInstanceUID
+        ds.PatientName, ds.PatientID, ds.PatientBirthDate, ds.PatientSex = "Phantom^Lumbar", "LS0001", "", "O"
+        ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.FrameOfReferenceUID = study, series, frame
+        ds.StudyDate, ds.StudyTime, ds.StudyID, ds.AccessionNumber = "20240101", "120000", "1", ""
+        ds.ReferringPhysicianName, ds.Modality, ds.SeriesNumber, ds.InstanceNumber = "", "CT", 3, k + 1
+        ds.Manufacturer, ds.PositionReferenceIndicator = "LumbarSeg test", ""
+        ds.ImageType = ["ORIGINAL", "PRIMARY", "AXIAL"]
+        ds.ImagePositionPatient = [f"{v:.4f}" for v in image.TransformIndexToPhysicalPoint((0, 0, k))]
+        ds.ImageOrientationPatient = [f"{v:.6f}" for v in list(direction[:, 0]) + list(direction[:, 1])]
+        ds.PixelSpacing = [f"{spacing[1]:.4f}", f"{spacing[0]:.4f}"]
+        ds.SliceThickness = f"{spacing[2]:.4f}"
+        ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+        ds.Rows, ds.Columns = array.shape[1], array.shape[2]
+        ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 1
+        ds.RescaleIntercept, ds.RescaleSlope, ds.RescaleType = "0", "1", "HU"
+        ds.KVP = "120"
+        ds.AcquisitionNumber = 1
+        for key, value in attributes.items():
+            setattr(ds, key, value)
+        ds.PixelData = array[k].tobytes()
+        path = folder / f"IM{n:04d}_{random.Random(seed + n).randrange(10**6)}.dcm"
+        ds.save_as(path, enforce_file_format=True)
+        paths.append(path)
+    return paths
+
+
+def read_back(seg_path: Path, source_folder: Path, grid: sitk.Image) -> tuple[np.ndarray, dict]:
+    """The SEG as a 0..5 label array on ``grid`` (from each frame's referenced source instance) and
+    {segment number: (label, property type code, category code)}."""
+    import highdicom as hd
+
+    seg = hd.seg.segread(str(seg_path))
+    assert seg.SOPClassUID == "1.2.840.10008.5.1.4.1.1.66.4"  # Segmentation Storage
+    segments = {}
+    for number in seg.get_segment_numbers():
+        description = seg.get_segment_description(number)
+        label = next(lab for lab, name in LABEL_NAMES.items() if name == description.segment_label)
+        segments[number] = (label, description.segmented_property_type.value,
+                            description.segmented_property_category.value)
+    slice_of = {}
+    for path in sorted(source_folder.iterdir()):
+        ds = pydicom.dcmread(path, stop_before_pixels=True)
+        uid = ds.SOPInstanceUID or ds.file_meta.MediaStorageSOPInstanceUID  # empty in some anonymised files
+        slice_of[uid] = grid.TransformPhysicalPointToIndex([float(v) for v in ds.ImagePositionPatient])
+    out = np.zeros(grid.GetSize()[::-1], np.uint8)
+    frames = seg.pixel_array if seg.pixel_array.ndim == 3 else seg.pixel_array[None]
+    for frame, item in zip(frames, seg.PerFrameFunctionalGroupsSequence):
+        referenced = item.DerivationImageSequence[0].SourceImageSequence[0].ReferencedSOPInstanceUID
+        number = item.SegmentIdentificationSequence[0].ReferencedSegmentNumber
+        i, j, k = slice_of[referenced]
+        assert (i, j) == (0, 0)
+        position = [float(v) for v in item.PlanePositionSequence[0].ImagePositionPatient]
+        np.testing.assert_allclose(position, grid.TransformIndexToPhysicalPoint((0, 0, k)), atol=1e-3)
+        out[k][frame > 0] = segments[number][0]
+    return out, segments
+
+
+def dciodvfy_errors(path: Path) -> list[str]:
+    tool = shutil.which("dciodvfy")
+    if tool is None:
+        pytest.skip("dciodvfy (Debian package dicom3tools) is not installed; tools/install.sh installs it")
+    run = subprocess.run([tool, str(path)], capture_output=True, text=True, timeout=120)
+    return [line for line in (run.stdout + run.stderr).splitlines() if line.startswith("Error")]
+
+
+@pytest.fixture
+def synthetic_series(tmp_path, synthetic_ct):
+    ct, labels = synthetic_ct
+    folder = tmp_path / "ct_series"
+    write_ct_series(ct, folder)
+    grid = io.read_ct(folder)
+    # The series reads back on the written grid, so the known labels apply voxel for voxel.
+    np.testing.assert_array_equal(sitk.GetArrayViewFromImage(grid), sitk.GetArrayViewFromImage(ct))
+    labels = sitk.Image(labels)
+    labels.CopyInformation(grid)
+    return folder, grid, labels
+
+
+def test_seg_from_a_label_map_reads_back_onto_the_source_grid(tmp_path, synthetic_series):
+    folder, grid, labels = synthetic_series
+    array = sitk.GetArrayFromImage(labels)
+    array[array == 1] = 0  # L1 absent: segment numbers are renumbered 1..4 for L2..L5
+    partial = sitk.GetImageFromArray(array)
+    partial.CopyInformation(labels)
+    path = dicom_seg.write_dicom_seg(partial, folder, tmp_path / "out" / "case_seg.dcm")
+    assert path.is_file()
+    assert dciodvfy_errors(path) == []
+    back, segments = read_back(path, folder, grid)
+    np.testing.assert_array_equal(back, array)
+    assert sorted(segments) == [1, 2, 3, 4]
+    for number, (label, type_code, category_code) in segments.items():
+        assert label == number + 1
+        assert type_code == SNOMED_VERTEBRA[label][0] and category_code == SNOMED_BONE_CATEGORY[0]
+    seg = pydicom.dcmread(path)
+    sources = [pydicom.dcmread(p, stop_before_pixels=True) for p in folder.iterdir()]
+    assert seg.StudyInstanceUID == sources[0].StudyInstanceUID
+    assert seg.FrameOfReferenceUID == sources[0].FrameOfReferenceUID
+    referenced_series = seg.ReferencedSeriesSequence[0]
+    assert referenced_series.SeriesInstanceUID == sources[0].SeriesInstanceUID
+    assert {i.ReferencedSOPInstanceUID for i in referenced_series.ReferencedInstanceSequence} == \
+        {s.SOPInstanceUID for s in sources}
+    assert seg.SeriesInstanceUID != sources[0].SeriesInstanceUID  # a new series in the same study
+    assert "Research use" in seg.ContentDescription and "research use" in seg.SeriesDescription
+    assert seg.SegmentSequence[0].SegmentAlgorithmType == "AUTOMATIC"
+
+
+def test_nothing_found_writes_no_seg(tmp_path, synthetic_series):
+    folder, grid, labels = synthetic_series
+    empty = sitk.Image(labels.GetSize(), sitk.sitkUInt8)
+    empty.CopyInformation(labels)
+    assert dicom_seg.write_dicom_seg(empty, folder, tmp_path / "none.dcm") is None
+    assert not (tmp_path / "none.dcm").exists()
+
+
+def test_label_map_off_the_series_grid_is_refused(tmp_path, synthetic_series):
+    folder, grid, labels = synthetic_series
+    shifted = sitk.Image(labels)
+    shifted.SetOrigin([v + 1.3 for v in labels.GetOrigin()])
+    with pytest.raises(InputError, match="not on the grid"):
+        dicom_seg.write_dicom_seg(shifted, folder, tmp_path / "x.dcm")
+
+
+def test_cli_writes_a_valid_seg_of_what_it_found(tmp_path):
+    from LumbarSegLib import phantoms
+
+    ct, _ = phantoms.generate_phantom(11, shape=(56, 48, 80), spacing=(3.2, 3.2, 3.0), fov="lumbar")
+    folder = tmp_path / "phantom_dicom"
+    write_ct_series(ct, folder, seed=3)
+    out = tmp_path / "out"
+    assert main(["segment", str(folder), "-o", str(out), "--dicom-seg", "--device", "cpu", "-q"]) == 0
+    import json
+
+    report = json.loads((out / "report.json").read_text(encoding="utf-8"))
+    assert report["found"], "the bundled model finds lumbar vertebrae on this lumbar phantom"
+    seg_path = Path(report["outputs"]["dicom_seg"])
+    assert seg_path == out / "phantom_dicom_seg.dcm" and seg_path.is_file()
+    assert dciodvfy_errors(seg_path) == []
+    grid = io.read_ct(folder)
+    back, segments = read_back(seg_path, folder, grid)
+    assert sorted(LABEL_NAMES[label] for label, _, _ in segments.values()) == report["found"]
+    labels = sitk.ReadImage(report["outputs"]["labels"])
+    np.testing.assert_array_equal(back, sitk.GetArrayViewFromImage(labels))
+
+
+def test_cli_refuses_dicom_seg_for_a_file_input(tmp_path, ct_file, capsys):
+    assert main(["segment", str(ct_file), "-o", str(tmp_path / "o"), "--dicom-seg", "-q"]) == 2
+    err = capsys.readouterr().err
+    assert "--dicom-seg needs a DICOM series folder" in err
+    assert not (tmp_path / "o").exists()  # refused before any work
+
+
+def test_real_series_without_study_uids_is_refused_clearly(shared_data, tmp_path, capsys):
+    folder = shared_data / "ts_dicom"
+    if not folder.is_dir():
+        pytest.skip("ts_dicom is not in the shared data folder")
+    assert main(["segment", str(folder), "-o", str(tmp_path / "o"), "--dicom-seg", "-q"]) == 2
+    assert "StudyInstanceUID is empty" in capsys.readouterr().err
+
+
+def test_real_series_headers_give_a_valid_seg(shared_data, tmp_path):
+    """The real CT's headers (Siemens, JPEG 2000 pixel data) with the study/series UIDs its anonymiser
+    removed put back: the SEG references every real instance and reads back onto the real grid."""
+    source = shared_data / "ts_dicom"
+    if not source.is_dir():
+        pytest.skip("ts_dicom is not in the shared data folder")
+    folder = tmp_path / "ts_dicom_uids"
+    folder.mkdir()
+    study, series = generate_uid(), generate_uid()
+    for path in sorted(source.iterdir()):
+        ds = pydicom.dcmread(path)
+        ds.StudyInstanceUID, ds.SeriesInstanceUID = study, series
+        ds.save_as(folder / path.name)
+    grid = io.read_ct(folder)
+    array = np.zeros(grid.GetSize()[::-1], np.uint8)
+    array[2:9, 180:300, 200:320] = 1  # two box "vertebrae" on the real grid
+    array[11:18, 190:290, 210:310] = 2
+    labels = sitk.GetImageFromArray(array)
+    labels.CopyInformation(grid)
+    path = dicom_seg.write_dicom_seg(labels, folder, tmp_path / "real_seg.dcm")
+    assert dciodvfy_errors(path) == []
+    back, segments = read_back(path, folder, grid)
+    np.testing.assert_array_equal(back, array)
+    seg = pydicom.dcmread(path)
+    # Instance UIDs were empty in the datasets and came from the files' meta information.
+    metas = {pydicom.dcmread(p, stop_before_pixels=True).file_meta.MediaStorageSOPInstanceUID
+             for p in folder.iterdir()}
+    assert {i.ReferencedSOPInstanceUID for i in seg.ReferencedSeriesSequence[0].ReferencedInstanceSequence} == metas
+
+
+def test_seg_references_the_series_chosen_with_series(tmp_path):
+    """A folder with two series: the SEG must reference the series that was segmented - the largest by
+    default, or the one given with --series - and be written as part of the one whole result."""
+    import json
+
+    from LumbarSegLib import phantoms
+
+    ct, _ = phantoms.generate_phantom(11, shape=(56, 48, 80), spacing=(3.2, 3.2, 3.0), fov="lumbar")
+    folder = tmp_path / "two_series"
+    write_ct_series(ct, folder, seed=3, SeriesDescription="Lumbar 3.0")
+    small = ct[:, :, 30:60]  # a 30-slice second series of the same study position
+    write_ct_series(small, folder, seed=4, SeriesDescription="Lumbar part")
+    uids = {}
+    for path in folder.iterdir():
+        ds = pydicom.dcmread(path, stop_before_pixels=True)
+        uids[ds.SeriesDescription] = ds.SeriesInstanceUID
+    for extra, chosen in (([], "Lumbar 3.0"), (["--series", uids["Lumbar part"]], "Lumbar part")):
+        out = tmp_path / f"out_{len(extra)}"
+        assert main(["segment", str(folder), "-o", str(out), "--dicom-seg", "--device", "cpu", "-q", *extra]) == 0
+        report = json.loads((out / "report.json").read_text(encoding="utf-8"))
+        assert report["input"]["dicom_series"]["description"] == chosen
+        assert report["found"]  # the bundled model finds vertebrae on this phantom, so a SEG was written
+        seg = pydicom.dcmread(report["outputs"]["dicom_seg"])
+        assert seg.ReferencedSeriesSequence[0].SeriesInstanceUID == uids[chosen]
+        assert report["outputs"]["dicom_seg"] == str(out / "two_series_seg.dcm")
