@@ -38,7 +38,7 @@ def test_train_gpu_script_tiny_on_the_cpu(tmp_path):
                CARRY=str(tmp_path / "no_carry"), OUT=str(out), WORK=str(tmp_path / "work"),
                EXTRA_ARGS="--max-steps 2 --jobs 2")
     proc = subprocess.run(["bash", str(REPO / "tools" / "train_gpu.sh")], cwd=tmp_path, env=env,
-                          capture_output=True, text=True, timeout=900)
+                          capture_output=True, encoding="utf-8", errors="replace", timeout=900)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     names = sorted(p.name for p in out.iterdir())
     assert names == ["lumbarseg_cpu.localizer.pt", "lumbarseg_cpu.summary.json", "lumbarseg_cpu.xunet.pt",
@@ -102,8 +102,9 @@ def test_lzma_recompressed_wheel_installs_with_pip_no_index(tmp_path):
         assert {i.compress_type for i in z.infolist()} == {zipfile.ZIP_LZMA}
     target = tmp_path / "site"
     proc = subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-index", "--no-deps", "--no-compile",
-                           "--no-cache-dir", "--target", str(target), str(wheel)], capture_output=True, text=True)
+                           "--no-cache-dir", "--target", str(target), str(wheel)], capture_output=True,
+                          encoding="utf-8", errors="replace")
     assert proc.returncode == 0, proc.stderr
     out = subprocess.run([sys.executable, "-c", "import probe_pkg; print(probe_pkg.VALUE)"], capture_output=True,
-                         text=True, env=dict(os.environ, PYTHONPATH=str(target)))
+                         encoding="utf-8", errors="replace", env=dict(os.environ, PYTHONPATH=str(target)))
     assert out.stdout.strip() == "42"
