@@ -50,7 +50,8 @@ def test_train_gpu_script_tiny_on_the_cpu(tmp_path):
     assert model.trained and model.config.name == "cpu" and len(model.files) == 2
     meta = model.metadata
     assert meta["options"]["device"] == "cpu" and meta["training_data"]["phantoms"]["count"] == 2
-    assert meta["networks"]["xunet"]["steps"] == 2 and meta["finished"]
+    # --max-steps 2 caps the steps; the 1-minute budget may stop a loaded machine earlier (no timed assertion).
+    assert 1 <= meta["networks"]["xunet"]["steps"] <= 2 and meta["finished"]
     assert any("tools/train_gpu.sh" in n for n in meta["notes"])
     summary = json.loads((out / "lumbarseg_cpu.summary.json").read_text(encoding="utf-8"))
     assert summary["model"]["files"] == ["lumbarseg_cpu.localizer.pt", "lumbarseg_cpu.xunet.pt"]
