@@ -6,6 +6,8 @@ NUM_CLASSES = 6  # background + L1..L5
 
 # VerSe label values (Loeffler et al. 2020): 1-7 C1-C7, 8-19 T1-T12, 20-24 L1-L5, 25 L6, 26 sacrum, 28 T13.
 VERSE_LUMBAR = {20: 1, 21: 2, 22: 3, 23: 4, 24: 5}
+# VerSe codes of the XUNet's context classes (networks.CONTEXT_CLASSES): the neighbours of the lumbar spine.
+VERSE_CONTEXT_CODES = {"thoracic": tuple(range(8, 20)) + (28,), "caudal": (25, 26)}
 VERSE_NAMES = {**{i: f"C{i}" for i in range(1, 8)}, **{i: f"T{i - 7}" for i in range(8, 20)},
                **{i: f"L{i - 19}" for i in range(20, 25)}, 25: "L6", 26: "S", 28: "T13"}
 

@@ -36,6 +36,16 @@ class ModelConfig:
     # depends on where it sits in the crop; a narrow net trained briefly on a CPU learns that slowly
     # from padding effects alone. Off for the paper configuration (one CT channel, as published).
     xunet_coords: bool = False
+    # Extra XUNet output classes for the bones next to the lumbar spine, in this order after L5 (class 6, 7):
+    # "thoracic" (any thoracic vertebra) and "caudal" (sacrum, or an L6). They are trained like L1-L5 and
+    # folded into background on output; naming them makes the network tell T12 from L1 and L5 from S1 by
+    # their own features (ribs, sacral shape), so a partial scan does not shift the lumbar names, and the
+    # post-processing can anchor the names on them (see pipeline.assign_identities).
+    context_classes: tuple[str, ...] = ()
+
+    @property
+    def xunet_outputs(self) -> int:
+        return NUM_CLASSES + len(self.context_classes)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -45,14 +55,17 @@ class ModelConfig:
         d = dict(d)
         d["localizer_input"] = tuple(d["localizer_input"])
         d["xunet_input"] = tuple(d["xunet_input"])
+        d["context_classes"] = tuple(d.get("context_classes", ()))
         return cls(**d)
 
 
+CONTEXT_CLASSES = ("thoracic", "caudal")
 CONFIGS = {
     "paper": ModelConfig("paper", localizer_channels=64, localizer_levels=5, localizer_input=(96, 96, 128),
-                         xunet_base=32, xunet_input=(64, 64, 128)),
+                         xunet_base=32, xunet_input=(64, 64, 128), context_classes=CONTEXT_CLASSES),
     "cpu": ModelConfig("cpu", localizer_channels=8, localizer_levels=5, localizer_input=(64, 64, 96),
-                       xunet_base=8, xunet_input=(64, 64, 128), xunet_coords=True),
+                       xunet_base=8, xunet_input=(64, 64, 128), xunet_coords=True,
+                       context_classes=CONTEXT_CLASSES),
 }
 
 
@@ -174,24 +187,37 @@ class XUNet(nn.Module):
 
 def build_networks(config: ModelConfig) -> tuple[LocalizerUNet, XUNet]:
     return (LocalizerUNet(config.localizer_channels, config.localizer_levels),
-            XUNet(config.xunet_base, coords=config.xunet_coords))
+            XUNet(config.xunet_base, coords=config.xunet_coords, num_classes=config.xunet_outputs))
+
+
+NEW_CLASS_BIAS = -2.0  # logit offset of output classes a checkpoint lacks, relative to its background
 
 
 def load_compatible_state(module: nn.Module, state: dict):
-    """Load weights; input channels the checkpoint lacks (e.g. a newly added coordinate channel) start at 0.
+    """Load weights of a smaller predecessor so that training can continue from it.
 
-    With zero weights on the new channel the network computes exactly what the checkpoint did, so
-    training can continue from it.
+    * Input channels the checkpoint lacks (e.g. a newly added coordinate channel) start at zero weight, so
+      the network computes exactly what the checkpoint did.
+    * Output classes the checkpoint lacks (e.g. context classes added after L5) start as copies of its
+      background class with a lower bias: they begin as "background, but less likely" and split off from
+      background as training shows them.
     """
     own = module.state_dict()
     adapted = {}
     for k, v in state.items():
         v = v.float() if v.is_floating_point() else v
-        if k in own and v.dim() == 5 and own[k].dim() == 5 and v.shape[1] < own[k].shape[1] \
-                and v.shape[0] == own[k].shape[0] and v.shape[2:] == own[k].shape[2:]:
-            pad = torch.zeros_like(own[k])
+        target = own.get(k)
+        if target is not None and v.dim() == 5 and target.dim() == 5 and v.shape[1] < target.shape[1] \
+                and v.shape[0] == target.shape[0] and v.shape[2:] == target.shape[2:]:
+            pad = torch.zeros_like(target)
             pad[:, : v.shape[1]] = v
             v = pad
+        if k.startswith("head.") and target is not None and v.shape[0] < target.shape[0] \
+                and v.shape[1:] == target.shape[1:]:
+            grown = torch.cat([v, v[:1].expand(target.shape[0] - v.shape[0], *v.shape[1:])]).clone()
+            if k.endswith("bias"):
+                grown[v.shape[0]:] += NEW_CLASS_BIAS
+            v = grown
         adapted[k] = v
     module.load_state_dict(adapted)
 

@@ -106,15 +106,17 @@ def run_xunet(canonical: sitk.Image, lo, hi, model: LumbarSegModel, device: torc
         return preprocess.probabilities_to_labels(probs, np.asarray(hi) - np.asarray(lo))
 
 
-def clean_labels(labels: np.ndarray, spacing_xyz, messages: list[str]) -> np.ndarray:
-    """Keep each vertebra's largest connected piece; drop islands and slivers; enforce L1-above-L5 order.
+def clean_labels(labels: np.ndarray, spacing_xyz, messages: list[str], context_classes=()) -> np.ndarray:
+    """Keep each vertebra's largest connected piece; drop islands and slivers; name the vertebrae in order.
 
-    ``labels`` is (z, y, x) in LPS orientation, so a larger z index is more superior.
+    ``labels`` is (z, y, x) in LPS orientation (a larger z index is more superior) with 0 background,
+    1..5 L1..L5 and, after them, the model's ``context_classes`` (networks.CONTEXT_CLASSES), which are
+    used to anchor the names (:func:`anchor_names`) and then folded into background.
     """
     voxel_ml = float(np.prod(spacing_xyz)) / 1000.0
     min_voxels = max(1, int(MIN_VERTEBRA_ML / voxel_ml))
     out = np.zeros_like(labels)
-    centroids_z = {}
+    extents = {}  # label -> (lowest z, centroid z, highest z) of its kept piece
     objects = ndimage.find_objects(labels, max_label=NUM_CLASSES - 1)
     for label, region in enumerate(objects, start=1):
         if region is None:
@@ -123,19 +125,77 @@ def clean_labels(labels: np.ndarray, spacing_xyz, messages: list[str]) -> np.nda
         if mask.sum() < min_voxels:
             continue
         out[region][mask] = label
-        centroids_z[label] = ndimage.center_of_mass(mask)[0] + region[0].start
+        zs = np.flatnonzero(mask.any(axis=(1, 2))) + region[0].start
+        extents[label] = (zs[0], ndimage.center_of_mass(mask)[0] + region[0].start, zs[-1])
     # Anatomical order: L1 must be the most superior. If the network swapped identities, keep its set of
     # labels but hand them out again from superior to inferior.
-    by_height = sorted(centroids_z, key=lambda lab: -centroids_z[lab])
-    if by_height != sorted(centroids_z):
+    by_height = sorted(extents, key=lambda lab: -extents[lab][1])
+    remap = np.arange(NUM_CLASSES, dtype=np.uint8)
+    if by_height != sorted(extents):
         messages.append("Vertebra identities were out of anatomical order (" +
                         ", ".join(LABEL_NAMES[lab] for lab in by_height) + " from superior to inferior); "
                         "they were renumbered from superior to inferior. Check the labels.")
-        remap = np.zeros(NUM_CLASSES, dtype=np.uint8)
-        for new, old in zip(sorted(centroids_z), by_height):
+        for new, old in zip(sorted(extents), by_height):
             remap[old] = new
-        out = remap[out]
-    return out
+        extents = {int(remap[old]): ext for old, ext in extents.items()}
+    shift = anchor_names(labels, extents, spacing_xyz, context_classes, min_voxels, messages)
+    if shift:
+        remap = np.where(remap > 0, remap.astype(int) + shift, 0).astype(np.uint8)
+    return remap[out]
+
+
+# A context vertebra (thoracic above, sacrum/L6 below) this close to the end of the lumbar column counts as
+# its neighbour: intervertebral discs are 5-15 mm high, the predicted surfaces a few mm off.
+ANCHOR_GAP_MM = 20.0
+
+
+def anchor_names(labels: np.ndarray, extents: dict, spacing_xyz, context_classes, min_voxels: int,
+                 messages: list[str]) -> int:
+    """The shift of the lumbar names that the neighbouring context vertebrae call for (0: none).
+
+    The network names each vertebra from its looks and its place in the crop; on a partial scan the place
+    misleads. Its context classes see the neighbours by their own features: a thoracic vertebra (ribs) right
+    above the top lumbar vertebra makes that vertebra L1; a sacrum (or L6) right below the lowest makes it
+    L5. When both anchors are seen they must agree, and a shift must keep every name within L1..L5;
+    otherwise the names stay as predicted and a message says why.
+    """
+    if not extents or not context_classes:
+        return 0
+    sz = float(spacing_xyz[2])
+    first, last = min(extents), max(extents)  # in anatomical order: the most superior and most inferior
+    wanted = {}
+    for k, name in enumerate(context_classes, start=NUM_CLASSES):
+        mask = labels == k
+        if mask.sum() < min_voxels:
+            continue
+        zs = np.flatnonzero(mask.any(axis=(1, 2)))
+        if name == "thoracic":
+            # thoracic voxels above the top lumbar vertebra's centroid, ending near its upper edge
+            above = zs[zs > extents[first][1]]
+            if above.size and (above[0] - extents[first][2]) * sz <= ANCHOR_GAP_MM:
+                wanted[name] = 1 - first
+        elif name == "caudal":
+            below = zs[zs < extents[last][1]]
+            if below.size and (extents[last][0] - below[-1]) * sz <= ANCHOR_GAP_MM:
+                wanted[name] = 5 - last
+    shifts = {v for v in wanted.values() if v}
+    if not shifts:
+        return 0
+    names = ", ".join(LABEL_NAMES[lab] for lab in sorted(extents))
+    if len(set(wanted.values())) > 1:
+        messages.append(f"The vertebra names ({names}) disagree with both neighbours (a thoracic vertebra above "
+                        "and the sacrum below call for different names); they were kept. Check the labels.")
+        return 0
+    shift = shifts.pop()
+    if first + shift < 1 or last + shift > 5:
+        messages.append(f"The vertebra names ({names}) disagree with the {' and '.join(wanted)} neighbour(s), "
+                        "but renaming would leave L1-L5; they were kept. Check the labels.")
+        return 0
+    new = ", ".join(LABEL_NAMES[lab + shift] for lab in sorted(extents))
+    neighbour = " and ".join({"thoracic": "the thoracic vertebra above", "caudal": "the sacrum below"}[n]
+                             for n in wanted)
+    messages.append(f"Vertebrae renamed {names} -> {new} to follow {neighbour}. Check the labels.")
+    return shift
 
 
 def segment(image: sitk.Image, model: LumbarSegModel | None = None, device: str = "auto", box_lps=None,
@@ -206,7 +266,7 @@ def _segment_on(image: sitk.Image, model: LumbarSegModel, torch_device: torch.de
         stages.start("segment")
         box_labels = run_xunet(canonical, lo, hi, model, torch_device)
         stages.start("postprocess")
-        box_labels = clean_labels(box_labels, canonical.GetSpacing(), messages)
+        box_labels = clean_labels(box_labels, canonical.GetSpacing(), messages, model.config.context_classes)
         labels_canonical[lo[2]:hi[2], lo[1]:hi[1], lo[0]:hi[0]] = box_labels
     else:
         stages.start("postprocess")

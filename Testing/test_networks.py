@@ -46,7 +46,8 @@ def test_paper_xunet_parameter_count():
     expected += (conv_norm_act(bottom, 64, 1) + conv_norm_act(bottom, 32, 1) + conv_norm_act(32, 128, 3)
                  + conv_norm_act(bottom, 16, 3) + conv_norm_act(16, 32, 5) + conv_norm_act(bottom, 32, 1))
     expected += double_conv(bottom + sum(w), 128) + double_conv(128 + sum(w), 64) + double_conv(64 + sum(w), 32)
-    expected += 32 * 6 + 6
+    classes = 6 + 2  # background, L1-L5, then the context classes thoracic and caudal
+    expected += 32 * classes + classes
     _, xunet = build_networks(CONFIGS["paper"])
     assert count_parameters(xunet) == expected
 
@@ -61,7 +62,7 @@ def test_output_shapes(name):
         logits = xunet(torch.rand(2, 1, 32, 16, 16))
     assert heat.shape == (1, 1, 32, 32, 48)
     assert 0.0 <= float(heat.min()) and float(heat.max()) <= 1.0
-    assert logits.shape == (2, 6, 32, 16, 16)
+    assert logits.shape == (2, 6 + len(config.context_classes), 32, 16, 16)
 
 
 def test_cpu_config_is_narrower_than_paper():
@@ -93,3 +94,27 @@ def test_xunet_coordinate_channel_and_warm_start():
 def test_cpu_config_uses_coordinates_and_paper_does_not():
     assert CONFIGS["cpu"].xunet_coords and not CONFIGS["paper"].xunet_coords
     assert build_networks(CONFIGS["paper"])[1].enc[0][0][0].in_channels == 1
+
+
+def test_warm_start_grows_the_head_with_context_classes_that_start_below_background():
+    from LumbarSegLib.networks import load_compatible_state
+
+    torch.manual_seed(0)
+    old = XUNet(8).eval()
+    new = XUNet(8, num_classes=8).eval()
+    load_compatible_state(new, old.state_dict())
+    x = torch.rand(1, 1, 32, 16, 16)
+    with torch.no_grad():
+        a, b = old(x), new(x)
+    assert torch.allclose(b[:, :6], a, atol=1e-6)  # the old classes compute exactly what they did
+    assert torch.allclose(b[:, 6:], a[:, :1] - 2.0, atol=1e-5)  # new ones: background's logit, 2 lower
+    assert (b.argmax(1) < 6).all()  # so the warm-started network predicts what the old one did
+
+
+def test_config_round_trip_keeps_context_classes_and_old_bundles_have_none():
+    from LumbarSegLib.networks import ModelConfig
+
+    cfg = CONFIGS["cpu"]
+    assert ModelConfig.from_dict(cfg.to_dict()) == cfg and cfg.xunet_outputs == 8
+    old = {k: v for k, v in cfg.to_dict().items() if k != "context_classes"}  # written before they existed
+    assert ModelConfig.from_dict(old).context_classes == () and ModelConfig.from_dict(old).xunet_outputs == 6

@@ -108,6 +108,56 @@ def test_clean_labels_drops_slivers():
     assert pipeline.clean_labels(labels, (1.0, 1.0, 1.0), []).max() == 0
 
 
+def _column(names_top_down, gap=8, height=25):
+    """A (z, y, x) label column of vertebra blocks 25 voxels high (1 mm) with 8-voxel discs, top first."""
+    n = len(names_top_down)
+    labels = np.zeros((n * (height + gap) + 10, 20, 20), np.uint8)
+    for i, lab in enumerate(names_top_down):
+        z_hi = labels.shape[0] - 5 - i * (height + gap)
+        labels[z_hi - height:z_hi, 5:15, 5:15] = lab
+    return labels
+
+
+CONTEXT = ("thoracic", "caudal")
+THORACIC, CAUDAL = 6, 7
+
+
+def test_context_below_renames_a_shifted_partial_column():
+    # A scan from L2 down to the sacrum that the network called L1-L4: the sacrum right below says L5.
+    labels = _column([1, 2, 3, 4, CAUDAL])
+    messages = []
+    out = pipeline.clean_labels(labels, (1.0, 1.0, 1.0), messages, CONTEXT)
+    assert [int(out[z, 10, 10]) for z in (labels == 1).nonzero()[0][:1]] == [2]
+    assert sorted(set(np.unique(out).tolist()) - {0}) == [2, 3, 4, 5]  # the sacrum is folded into background
+    assert any("renamed L1, L2, L3, L4 -> L2, L3, L4, L5" in m and "sacrum" in m for m in messages)
+
+
+def test_context_above_renames_and_agreeing_context_keeps_names():
+    messages = []
+    out = pipeline.clean_labels(_column([THORACIC, 2, 3, 4]), (1.0, 1.0, 1.0), messages, CONTEXT)
+    assert sorted(set(np.unique(out).tolist()) - {0}) == [1, 2, 3]
+    assert any("thoracic vertebra above" in m for m in messages)
+    messages = []
+    out = pipeline.clean_labels(_column([THORACIC, 1, 2, 3, 4, 5, CAUDAL]), (1.0, 1.0, 1.0), messages, CONTEXT)
+    assert sorted(set(np.unique(out).tolist()) - {0}) == [1, 2, 3, 4, 5] and messages == []
+
+
+def test_context_is_not_trusted_when_far_away_or_contradictory():
+    # A thoracic vertebra 40 mm above the top lumbar vertebra is not its neighbour (one could be missing).
+    labels = _column([THORACIC, 0, 2, 3], gap=8)
+    messages = []
+    out = pipeline.clean_labels(labels, (1.0, 1.0, 1.0), messages, CONTEXT)
+    assert sorted(set(np.unique(out).tolist()) - {0}) == [2, 3] and messages == []
+    # Four lumbar vertebrae between a thoracic one and the sacrum: no single shift fits both.
+    messages = []
+    out = pipeline.clean_labels(_column([THORACIC, 2, 3, 4, 5, CAUDAL]), (1.0, 1.0, 1.0), messages, CONTEXT)
+    assert sorted(set(np.unique(out).tolist()) - {0}) == [2, 3, 4, 5]
+    assert any("disagree with both neighbours" in m for m in messages)
+    # A model without context classes: labels 6 and 7 do not occur, nothing is anchored.
+    out = pipeline.clean_labels(_column([1, 2, 3]), (1.0, 1.0, 1.0), [], ())
+    assert sorted(set(np.unique(out).tolist()) - {0}) == [1, 2, 3]
+
+
 def test_probabilities_to_labels_resamples_smoothly():
     import torch
 

@@ -88,19 +88,89 @@ def test_heatmap_target_peaks_on_lumbar_spine_and_is_zero_without_it():
     scale = heat.shape[0] / nz
     assert zpeak.min() >= (zs[0] - 1) * scale and zpeak.max() <= (zs[-1] + 2) * scale
     assert bool(data["positive"]) and data["present"].tolist() == [1, 2, 3, 4, 5]
-    # Crop 0 is the inference crop rule on the target: it contains all five vertebrae, L1 above L5.
+    # Crop 0 is the inference crop rule on the target: it contains all five vertebrae, L1 above L5, with the
+    # thoracic vertebrae (context class 6) above and the sacrum (7) below.
     y0 = data["crop_y"][0]
-    assert set(np.unique(y0).tolist()) == {0, 1, 2, 3, 4, 5}
-    zc = {k: np.argwhere(y0 == k)[:, 0].mean() for k in range(1, 6)}
-    assert zc[1] > zc[2] > zc[3] > zc[4] > zc[5]
+    assert set(np.unique(y0).tolist()) == {0, 1, 2, 3, 4, 5, 6, 7}
+    zc = {k: np.argwhere(y0 == k)[:, 0].mean() for k in range(1, 8)}
+    assert zc[6] > zc[1] > zc[2] > zc[3] > zc[4] > zc[5] > zc[7]
 
     ct_t, lab_t = standin_phantom(codes=(14, 15, 16, 17, 18, 19))
     neg = training.precompute_case(ct_t, lab_t, config, n_crops=2, seed=1)
     assert not neg["loc_y"].any() and not bool(neg["positive"])
-    assert not neg["crop_y"].any()
+    assert set(np.unique(neg["crop_y"]).tolist()) <= {0, 6}  # thoracic vertebrae only: no L1-L5 target
     # The negative crop sits on the lowest visible vertebrae (where a localizer would fire).
     lo, hi = neg["boxes"][0]
     assert lo[2] == 0 and np.all(hi > lo)
+
+
+def test_training_labels_context_classes_and_ignored_unlabelled_neighbours():
+    # A VerSe crop labelling only L2-L4: bone of the unlabelled L1 above and L5 below is ignored, the
+    # rest of the image (soft tissue, and bone beside the column such as a rib) stays background.
+    z = np.zeros((40, 60, 60), np.int16)
+    hu = np.full(z.shape, 40.0)
+    for i, code in enumerate((24, 23, 22, 21, 20)):  # L5 (inferior, small z) .. L1
+        hu[2 + 8 * i:8 + 8 * i, 26:34, 26:34] = 600
+        if code in (21, 22, 23):
+            z[2 + 8 * i:8 + 8 * i, 26:34, 26:34] = code
+    hu[34:38, 0:2, 0:2] = 600  # a rib far off the column, at L1 height
+    lab = training.data.training_labels(z, hu, (1.0, 1.0, 1.0), ("thoracic", "caudal"))
+    assert lab[20, 30, 30] == 3 and lab[12, 30, 30] == 4
+    assert lab[35, 30, 30] == training.data.IGNORE and lab[4, 30, 30] == training.data.IGNORE
+    assert lab[35, 0, 0] == 0 and lab[20, 30, 2] == 0
+    # Fully labelled neighbours become the context classes; a configuration without them keeps background.
+    z2 = z.copy()
+    z2[34:38, 26:34, 26:34], z2[2:8, 26:34, 26:34] = 19, 26  # T12 above, sacrum below
+    lab2 = training.data.training_labels(z2, hu, (1.0, 1.0, 1.0), ("thoracic", "caudal"))
+    assert lab2[35, 30, 30] == 6 and lab2[4, 30, 30] == 7
+    assert training.data.training_labels(z2, hu, (1.0, 1.0, 1.0), ())[35, 30, 30] == 0
+
+
+def test_losses_leave_ignored_voxels_out():
+    from LumbarSegLib.training.losses import dice_ce_loss, dice_per_label
+
+    logits = torch.randn(1, 8, 4, 6, 6)
+    labels = torch.randint(0, 8, (1, 4, 6, 6))
+    ignored = labels.clone()
+    ignored[:, :2] = training.data.IGNORE
+    other = logits.clone()
+    other[:, :, :2] = torch.randn_like(other[:, :, :2]) * 10  # predictions there must not matter
+    assert torch.isclose(dice_ce_loss(logits, ignored), dice_ce_loss(other, ignored))
+    assert not torch.isclose(dice_ce_loss(logits, labels), dice_ce_loss(other, labels))
+    ref = np.array([1, 1, training.data.IGNORE, 2])
+    assert dice_per_label(np.array([1, 1, 1, 2]), ref) == {1: 1.0, 2: 1.0}
+
+
+def test_real_case_views_re_image_the_case_and_leave_out_works(tmp_path, monkeypatch):
+    from LumbarSegLib.training import real_views
+
+    data = tmp_path / "real"
+    write_case(data, "sub-r1", orientation="PIR")
+    write_case(data, "sub-r2")
+    cases = training.find_cases(data)
+    views = training.data.real_case_views(cases, 3)
+    assert [v.case_id for v in views[:3]] == ["sub-r1~view000", "sub-r1~view001", "sub-r1~view002"]
+    assert {v.source for v in views} == {"sub-r1", "sub-r2"}
+    ct0, seg0 = real_views.view_of(str(views[0].ct), str(views[0].seg), 0)
+    ct1, seg1 = real_views.view_of(str(views[1].ct), str(views[1].seg), 1)
+    again, _ = real_views.view_of(str(views[1].ct), str(views[1].seg), 1)
+    assert ct0.GetSize() != ct1.GetSize() or ct0.GetSpacing() != ct1.GetSpacing()
+    assert np.array_equal(sitk.GetArrayViewFromImage(ct1), sitk.GetArrayViewFromImage(again))  # deterministic
+    # The view keeps labels on its own anatomy: lumbar voxels are bone in the re-imaged CT.
+    a, s = sitk.GetArrayViewFromImage(ct1), sitk.GetArrayViewFromImage(seg1)
+    assert (s == 22).any() and np.median(a[s == 22]) > 300
+    with pytest.raises(InputError, match="no such real case"):
+        cli_main_raise(["train", "--real", str(data), "--leave-out", "sub-zz", "-o", str(tmp_path / "m.pt"),
+                        "--minutes", "1"])
+    with pytest.raises(InputError, match="needs --real"):
+        cli_main_raise(["train", "--phantoms", "1", "--leave-out", "sub-r1", "-o", str(tmp_path / "m.pt"),
+                        "--minutes", "1"])
+
+
+def cli_main_raise(argv):
+    """Run a subcommand's handler directly so that its InputError reaches the test."""
+    args = cli.build_parser().parse_args(argv)
+    return args.func(args)
 
 
 def test_augmentation_keeps_labels_aligned_and_z_order():
@@ -216,10 +286,45 @@ def test_evaluation_card_on_a_tiny_model(tmp_path, monkeypatch):
     card = evaluation.evaluate_model(path, n=1, seed=evaluation.EVAL_SEED_START, fovs=["thoracic"],
                                      spacing=(6.0, 6.0, 6.0), real_ct=False, log=lambda s: None)
     assert card["evaluation"]["seeds"] == [100000, 100000]
-    assert set(card["targets"]) == {"mean_dsc", "min_vertebra_dsc", "asd_mm", "identity", "invented_partial_fov"}
+    assert set(card["targets"]) == {"phantom_mean_dsc", "phantom_identity"}  # real targets only where measured
     evaluation.write_card(card, tmp_path / "card.json", tmp_path / "card.md")
     assert json.loads((tmp_path / "card.json").read_text(encoding="utf-8"))["model"]["file"] == "tiny.pt"
     assert "Held-out evaluation" in (tmp_path / "card.md").read_text(encoding="utf-8")
+
+
+def test_leave_one_real_case_out_scores_only_cases_the_model_never_trained_on(tmp_path, monkeypatch):
+    from LumbarSegLib import phantoms
+    from LumbarSegLib.training import real_evaluation
+
+    _tiny_cli(monkeypatch)
+    monkeypatch.setattr(phantoms, "load_shape_library", lambda *a, **k: None)
+    real = tmp_path / "real"
+    write_case(real, "sub-r1")
+    write_case(real, "sub-r2", orientation="PIR")
+
+    def train(out, *extra):
+        assert cli.main(["train", "--real", str(real), "--views", "2", "-o", str(out), "--config", "tiny",
+                         "--cache", str(tmp_path / "cache"), "--sequential", "--jobs", "1", "--max-steps", "1",
+                         "--epochs", "1", *extra]) == 0
+        return out
+
+    fold = train(tmp_path / "fold.pt", "--leave-out", "sub-r1")
+    meta = load_model(fold).metadata["training_data"]["real"]
+    assert meta["cases"] == ["sub-r2"] and meta["left_out"] == ["sub-r1"] and meta["views_per_case"] == 2
+    loo = real_evaluation.leave_one_out([fold], [real], partial_views=1, log=lambda s: None)
+    assert [r["case"] for r in loo["cases"]] == ["sub-r1"] and len(loo["cases"][0]["partial"]) == 1
+    assert loo["cases"][0]["truth"] == ["L1", "L2", "L3", "L4", "L5"] and loo["summary"]["cases"] == 1
+    # A model that left no real case out has nothing it may be scored on.
+    full = train(tmp_path / "full.pt")
+    with pytest.raises(InputError, match="not trained with"):
+        real_evaluation.leave_one_out([full], [real], partial_views=0, log=lambda s: None)
+    card = evaluation.evaluate_model(fold, n=1, seed=evaluation.EVAL_SEED_START, fovs=["thoracic"],
+                                     spacing=(6.0, 6.0, 6.0), real_ct=False, log=lambda s: None)
+    card["real_leave_one_out"] = loo
+    card["targets"] = evaluation.targets_status(card["evaluation"], loo)
+    assert {"real_left_out_dsc", "real_left_out_names"} <= set(card["targets"])
+    md = evaluation.card_markdown(card)
+    assert "## Real CT, leave one case out" in md and "| sub-r1" in md and "left out: sub-r1" in md
 
 
 def test_bundled_model_loads_and_is_small():
@@ -258,18 +363,35 @@ def test_epoch_batches_cover_each_case_once_per_epoch_and_samples_are_keyed():
     assert [len(b) for b in first] == [2, 2, 1, 2, 2, 1]
     for epoch, chunk in ((4, first[:3]), (5, first[3:])):
         keys = [k for b in chunk for k in b]
-        assert {e for e, _ in keys} == {epoch} and sorted(i for _, i in keys) == [0, 1, 2, 3, 4]
-    assert [k for b in first[:3] for k in b] != [(5, i) for _, i in (k for b in first[3:] for k in b)]  # reshuffled
+        assert {e for e, _, _ in keys} == {epoch} and sorted(i for _, _, i in keys) == [0, 1, 2, 3, 4]
+        assert [slot for _, slot, _ in keys] == [0, 1, 2, 3, 4]
+    assert [i for b in first[:3] for _, _, i in b] != [i for b in first[3:] for _, _, i in b]  # reshuffled
     rng = np.random.default_rng(0)
     items = [{"x": rng.random((2, 16, 12, 12)).astype(np.float16),
               "y": rng.integers(0, 6, (2, 16, 12, 12)).astype(np.uint8), "positive": True}]
     samples = AugmentedSamples(items, "xunet", seed=1, p_spatial=1.0)
-    x1, y1 = samples[(0, 0)]
-    x2, y2 = samples[(0, 0)]
-    x3, _ = samples[(1, 0)]
+    x1, y1 = samples[(0, 0, 0)]
+    x2, y2 = samples[(0, 0, 0)]
+    x3, _ = samples[(1, 0, 0)]
+    x4, _ = samples[(0, 1, 0)]  # the same case drawn again in the same epoch: augmented differently
     assert x1.shape == (1, 16, 12, 12) and y1.shape == (16, 12, 12) and y1.dtype == torch.int64
     assert torch.equal(x1, x2) and torch.equal(y1, y2)  # the key alone decides the augmentation
-    assert not torch.equal(x1, x3)
+    assert not torch.equal(x1, x3) and not torch.equal(x1, x4)
+
+
+def test_weighted_epochs_draw_real_views_at_the_asked_rate():
+    from LumbarSegLib.training.samples import EpochBatches, sampling_weights
+
+    items = [{"source": "sub-a"}] * 4 + [{"source": ""}] * 36  # 4 real views among 40 cases
+    w = sampling_weights(items, 0.5)
+    assert w is not None and np.isclose(w[:4].sum(), 0.5) and np.isclose(w.sum(), 1.0)
+    assert sampling_weights(items, None) is None and sampling_weights(items[:4], 0.5) is None
+    with pytest.raises(ValueError):
+        sampling_weights(items, 1.0)
+    it = iter(EpochBatches(40, 8, seed=0, kind="xunet", weights=w))
+    drawn = [i for _ in range(50) for _, _, i in next(it)]  # 10 epochs of 40 draws
+    real_share = np.mean([i < 4 for i in drawn])
+    assert 0.4 < real_share < 0.6  # without weights it would be 0.1
 
 
 def test_gpu_path_on_the_cpu_loader_workers_and_bfloat16(tmp_path, monkeypatch):

@@ -1,8 +1,13 @@
 """Training data: case discovery (VerSe layout), precomputed network inputs and targets (the ``.npz``
-cache), training phantoms, and the train/validation split.
+cache), training phantoms, views of real cases, and the train/validation split.
 
-A case is a CT plus its VerSe vertebra mask; :func:`io.to_internal_labels` turns VerSe codes 20-24 into
-1-5 (L1-L5) and everything else into background. See the package docstring for the cache's contents.
+A case is a CT plus its VerSe vertebra mask. :func:`training_labels` turns VerSe codes into the XUNet's
+classes: 20-24 -> 1-5 (L1-L5), and for a configuration with context classes thoracic vertebrae -> 6 and
+L6/sacrum -> 7; everything else is background, except unlabelled bone beyond the labelled part of the
+column, which is ignored (see there). See the package docstring for the cache's contents.
+A *real* case (``--real``) is not used as it is but expanded into views (:mod:`.real_views`): view 0 is the
+case itself, views 1.. re-image it with other tilts, grids and fields of view. Its views share the case's
+``source`` so that leaving a case out (cross-validation) leaves out all of them.
 Phantom seeds: training uses seeds below :data:`EVAL_SEED_START`; held-out evaluation uses the rest.
 """
 
@@ -23,11 +28,16 @@ import SimpleITK as sitk
 import torch
 
 from .. import preprocess
+from ..constants import VERSE_CONTEXT_CODES
 from ..errors import InputError
 from ..io import to_internal_labels
 from ..networks import ModelConfig
+from . import real_views
 
-CACHE_VERSION = 1
+CACHE_VERSION = 2
+IGNORE = 255  # target value of voxels no loss is computed on
+BONE_HU = 150.0  # unlabelled voxels above this, beyond the labelled column, are ignored
+COLUMN_MARGIN_MM = 15.0  # in-plane margin around the labelled vertebrae that counts as "the column"
 EVAL_SEED_START = 100_000  # phantom seeds >= this are reserved for held-out evaluation
 # Field-of-view mix of training phantoms: ~15 % thoracic-only negatives, the rest lumbar or partial.
 TRAIN_FOV_PROBS = {"abdomen": 0.30, "lumbar": 0.25, "lower": 0.15, "upper": 0.15, "thoracic": 0.15}
@@ -48,6 +58,16 @@ class Case:
     case_id: str
     ct: Path
     seg: Path
+    view: int | None = None  # a real case's view number (None: the case is used as it is)
+    source: str = ""  # the real case a view was made from ("" for ordinary cases)
+
+
+def real_case_views(cases: list[Case], views: int) -> list[Case]:
+    """Each real case as ``views`` cases: view 0 the case itself, views 1.. re-imaged (see :mod:`.real_views`)."""
+    if views < 1:
+        raise InputError(f"--views must be at least 1, got {views}.")
+    return [Case(f"{c.case_id}~view{v:03d}", c.ct, c.seg, view=v, source=c.case_id)
+            for c in cases for v in range(views)]
 
 
 _CT_RE = re.compile(r"^(?P<key>.+?)_ct\.nii(\.gz)?$")
@@ -155,6 +175,34 @@ def negative_box(spine: np.ndarray, spacing_xyz, image_size, grow: float = 0.1):
     return lo, hi
 
 
+def training_labels(codes: np.ndarray, hu: np.ndarray, spacing_xyz, context_classes=()) -> np.ndarray:
+    """XUNet targets (z, y, x) uint8 from VerSe ``codes`` and the CT's ``hu`` on the same grid.
+
+    L1-L5 -> 1-5; each context class (``networks.CONTEXT_CLASSES``) -> 6, 7, ... from its VerSe codes
+    (:data:`constants.VERSE_CONTEXT_CODES`); the rest -> 0. Real masks label only some vertebrae (a VerSe
+    crop often labels L1-L5 while T12 or the sacrum show at its edge): bone above the topmost or below the
+    lowest labelled vertebra, within the column's in-plane footprint, gets :data:`IGNORE` so that an
+    unlabelled neighbour is not taught as background. Fully labelled phantoms are unaffected.
+    """
+    codes = np.asarray(codes)
+    lab = to_internal_labels(codes, "verse")
+    for k, name in enumerate(context_classes, start=6):
+        lab[np.isin(codes, VERSE_CONTEXT_CODES[name])] = k
+    vertebra = codes > 0
+    if not vertebra.any():
+        return lab
+    from scipy import ndimage
+
+    zs = np.flatnonzero(vertebra.any(axis=(1, 2)))
+    beyond = np.ones(codes.shape[0], bool)
+    beyond[zs[0]:zs[-1] + 1] = False
+    if beyond.any():
+        grow = max(1, int(round(COLUMN_MARGIN_MM / float(spacing_xyz[0]))))
+        column = ndimage.binary_dilation(vertebra.any(axis=0), iterations=grow)
+        lab[(np.asarray(hu) > BONE_HU) & ~vertebra & column[None] & beyond[:, None, None]] = IGNORE
+    return lab
+
+
 def precompute_case(ct: sitk.Image, seg: sitk.Image, config: ModelConfig, n_crops: int = 3,
                     seed: int = 0) -> dict:
     """All network inputs/targets of one case (see the module docstring)."""
@@ -162,14 +210,17 @@ def precompute_case(ct: sitk.Image, seg: sitk.Image, config: ModelConfig, n_crop
     ct_c = preprocess.to_canonical(ct)
     seg_c = _canonical_labels(seg, ct_c)
     raw = sitk.GetArrayFromImage(seg_c)
-    lab = to_internal_labels(raw, "verse")
+    lab = training_labels(raw, sitk.GetArrayViewFromImage(ct_c), ct_c.GetSpacing(), config.context_classes)
     lab_img = sitk.GetImageFromArray(lab)
     lab_img.CopyInformation(ct_c)
     size = np.asarray(ct_c.GetSize())
-    positive = bool(lab.any())
+    lumbar = (lab >= 1) & (lab <= 5)
+    positive = bool(lumbar.any())
+    lumbar_img = sitk.GetImageFromArray(lumbar.astype(np.uint8))
+    lumbar_img.CopyInformation(ct_c)
 
     loc_x = preprocess.localizer_input(ct_c, config)
-    loc_y = heatmap_target(sitk.Cast(lab_img > 0, sitk.sitkUInt8), config)
+    loc_y = heatmap_target(lumbar_img, config)
 
     if positive:
         base = preprocess.heatmap_box(loc_y, size)
@@ -185,7 +236,7 @@ def precompute_case(ct: sitk.Image, seg: sitk.Image, config: ModelConfig, n_crop
                                     default_value=0, antialias=False)
         crops_y.append(y.astype(np.uint8))
         boxes.append(np.stack([lo, hi]))
-    present = sorted(set(np.unique(lab).tolist()) - {0})
+    present = sorted(set(np.unique(lab[lumbar]).tolist()))
     return {
         "loc_x": loc_x.astype(np.float16), "loc_y": loc_y.astype(np.float16),
         "crop_x": np.stack(crops_x).astype(np.float16), "crop_y": np.stack(crops_y),
@@ -197,7 +248,8 @@ def precompute_case(ct: sitk.Image, seg: sitk.Image, config: ModelConfig, n_crop
 
 def _config_tag(config: ModelConfig, n_crops: int) -> str:
     text = json.dumps([config.localizer_input, config.xunet_input, config.window_level, config.window_width,
-                       n_crops, CACHE_VERSION, HEATMAP_SIGMA, JITTER, DISC_BRIDGE_MM])
+                       n_crops, CACHE_VERSION, HEATMAP_SIGMA, JITTER, DISC_BRIDGE_MM, list(config.context_classes),
+                       BONE_HU, COLUMN_MARGIN_MM, real_views.VIEWS_VERSION])
     return hashlib.sha1(text.encode()).hexdigest()[:10]
 
 
@@ -213,10 +265,13 @@ def _precompute_one(job) -> tuple[str, str | None]:
         return str(out), None
     try:
         torch.set_num_threads(1)
-        ct = sitk.ReadImage(str(case.ct))
-        seg = sitk.ReadImage(str(case.seg))
         seed = int(hashlib.sha1(case.case_id.encode()).hexdigest()[:8], 16)
+        if case.view is None:
+            ct, seg = sitk.ReadImage(str(case.ct)), sitk.ReadImage(str(case.seg))
+        else:
+            ct, seg = real_views.view_of(str(case.ct), str(case.seg), case.view)
         data = precompute_case(ct, seg, config, n_crops=n_crops, seed=seed)
+        data["source"] = np.array(case.source)
         tmp = out.with_suffix(".tmp.npz")
         np.savez_compressed(tmp, **data)
         os.replace(tmp, out)

@@ -12,6 +12,7 @@ pipeline (:func:`pipeline.segment`) on each and compares with the phantom's labe
 * missed vertebrae: a truth vertebra with no prediction of that name;
 * per field of view and timing.
 
+With ``--loo`` the card also holds the leave-one-real-case-out scores (:mod:`.real_evaluation`).
 When ``<repo>/../shared/data`` exists, two real-CT sanity checks are added: ``tptbox_l3`` (labels 21-23 =
 L2-L4: metrics for those) and ``ts_dicom`` (a thoracic DICOM series: the number of lumbar vertebrae
 reported must be 0).
@@ -20,8 +21,6 @@ reported must be 0).
 from __future__ import annotations
 
 import math
-import shlex
-import sys
 import time
 from pathlib import Path
 
@@ -35,8 +34,8 @@ from .data import EVAL_SEED_START
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
-TARGETS = {"mean_dsc": 0.95, "min_vertebra_dsc": 0.92, "max_asd_mm": 0.5, "identity": 0.98,
-           "invented_partial_fov": 0}
+# Product targets (issue "Real-CT accuracy"): phantom hold-out, real cases left out of training, negatives.
+TARGETS = {"phantom_mean_dsc": 0.90, "identity": 0.98, "real_case_dsc": 0.85}
 METRICS = ("DSC", "FND", "FPD", "MSD", "ASD", "HD95")
 
 
@@ -94,56 +93,65 @@ def aggregate(cases: list[dict]) -> dict:
         per_vertebra[name]["cases"] = len(rows)
     all_rows = [c["metrics"][n] for c in cases for n in c["truth"]]
     overall = {k: _mean_sd([r[k] for r in all_rows]) for k in METRICS}
-    correct = sum(len(c["identity"]["correct"]) for c in cases)
-    wrong = sum(len(c["identity"]["wrong"]) for c in cases)
-    invented = sum(len(c["identity"]["invented"]) for c in cases)
-    missed = sum(len(c["identity"]["missed"]) for c in cases)
-    no_overlap = sum(len(c["identity"]["no_overlap"]) for c in cases)
-    predicted = correct + wrong + no_overlap
+    ids = identity_counts(cases)
     partial = [c for c in cases if c.get("fov") != "abdomen"]
     by_fov: dict[str, dict] = {}
     for fov in sorted({c.get("fov", "?") for c in cases}):
         sub = [c for c in cases if c.get("fov", "?") == fov]
         rows = [c["metrics"][n] for c in sub for n in c["truth"]]
+        sub_ids = identity_counts(sub)
         by_fov[fov] = {
             "cases": len(sub),
             "truth_vertebrae": len(rows),
             "DSC": _mean_sd([r["DSC"] for r in rows]),
             "ASD": _mean_sd([r["ASD"] for r in rows]),
-            "correct": sum(len(c["identity"]["correct"]) for c in sub),
-            "wrong_identity": sum(len(c["identity"]["wrong"]) for c in sub),
-            "invented": sum(len(c["identity"]["invented"]) for c in sub),
-            "missed": sum(len(c["identity"]["missed"]) for c in sub),
+            "correct": sub_ids["correct"], "wrong_identity": sub_ids["wrong"], "invented": sub_ids["invented"],
+            "missed": sub_ids["missed"],
             "lumbar_reported_on_negatives": sum(len(c["found"]) for c in sub if not c["truth"]),
         }
     secs = [c["seconds"] for c in cases]
     return {
         "per_vertebra": per_vertebra, "overall": overall,
-        "identity": {"predicted": predicted, "correct": correct, "wrong_identity": wrong,
-                     "no_overlap": no_overlap, "accuracy": correct / predicted if predicted else float("nan"),
-                     "invented": invented, "invented_in_partial_fovs": sum(len(c["identity"]["invented"]) for c in partial),
-                     "missed": missed},
+        "identity": {"predicted": ids["predicted"], "correct": ids["correct"], "wrong_identity": ids["wrong"],
+                     "no_overlap": ids["no_overlap"], "accuracy": ids["accuracy"], "invented": ids["invented"],
+                     "invented_in_partial_fovs": identity_counts(partial)["invented"], "missed": ids["missed"]},
         "by_fov": by_fov,
         "timing": {"mean_s": float(np.mean(secs)) if secs else float("nan"),
                    "max_s": float(np.max(secs)) if secs else float("nan")},
     }
 
 
-def targets_status(agg: dict) -> dict:
-    pv = agg["per_vertebra"]
+def targets_status(agg: dict, loo: dict | None = None, real: dict | None = None) -> dict:
+    """Each target with its measured value; real-CT targets only where they were measured."""
     mean_dsc = agg["overall"]["DSC"]["mean"]
-    dscs = [pv[n]["DSC"]["mean"] for n in LABEL_NAMES.values() if pv[n]["cases"]]
-    asd = agg["overall"]["ASD"]["mean"]
     ident = agg["identity"]["accuracy"]
-    inv = agg["identity"]["invented_in_partial_fovs"]
-    return {
-        "mean_dsc": {"target": f">= {TARGETS['mean_dsc']}", "value": mean_dsc, "met": bool(mean_dsc >= TARGETS["mean_dsc"])},
-        "min_vertebra_dsc": {"target": f">= {TARGETS['min_vertebra_dsc']} each", "value": min(dscs) if dscs else float("nan"),
-                             "met": bool(dscs and min(dscs) >= TARGETS["min_vertebra_dsc"])},
-        "asd_mm": {"target": f"<= {TARGETS['max_asd_mm']}", "value": asd, "met": bool(asd <= TARGETS["max_asd_mm"])},
-        "identity": {"target": f">= {TARGETS['identity']:.0%}", "value": ident, "met": bool(ident >= TARGETS["identity"])},
-        "invented_partial_fov": {"target": "0", "value": inv, "met": inv == 0},
+    out = {
+        "phantom_mean_dsc": {"target": f">= {TARGETS['phantom_mean_dsc']}", "value": mean_dsc,
+                             "met": bool(mean_dsc >= TARGETS["phantom_mean_dsc"])},
+        "phantom_identity": {"target": f">= {TARGETS['identity']:.0%}", "value": ident,
+                             "met": bool(ident >= TARGETS["identity"])},
     }
+    if loo:
+        worst = loo["summary"]["min_case_dsc_complete"]
+        out["real_left_out_dsc"] = {"target": f">= {TARGETS['real_case_dsc']} on each held-out real case with L1-L5",
+                                    "value": worst, "met": bool(worst >= TARGETS["real_case_dsc"])}
+        out["real_left_out_names"] = {"target": "every vertebra named right on every held-out real case",
+                                      "value": loo["summary"]["all_names_correct"],
+                                      "met": bool(loo["summary"]["all_names_correct"])}
+    dicom = (real or {}).get("ts_dicom")
+    if dicom and "passed" in dicom:
+        out["thoracic_dicom_no_lumbar"] = {"target": "0 lumbar vertebrae on the real thoracic series",
+                                           "value": dicom["lumbar_vertebrae_reported"], "met": bool(dicom["passed"])}
+    return out
+
+
+def identity_counts(results) -> dict:
+    """Identity tallies over cases (each with an ``identity`` from :func:`identity_analysis`)."""
+    out = {k: sum(len(r["identity"][k]) for r in results) for k in ("correct", "wrong", "invented", "missed",
+                                                                    "no_overlap")}
+    out["predicted"] = out["correct"] + out["wrong"] + out["no_overlap"]
+    out["accuracy"] = out["correct"] / out["predicted"] if out["predicted"] else float("nan")
+    return out
 
 
 def real_ct_checks(model, device: str = "cpu", data_dir: Path | None = None) -> dict:
@@ -154,7 +162,11 @@ def real_ct_checks(model, device: str = "cpu", data_dir: Path | None = None) -> 
     out: dict = {}
     tpt = data_dir / "tptbox_l3"
     cts = sorted(tpt.glob("*_ct.nii.gz")) if tpt.is_dir() else []
-    if cts:
+    trained_on = set(((model.metadata.get("training_data") or {}).get("real") or {}).get("cases") or [])
+    if cts and any(cts[0].name.startswith(c + "_") for c in trained_on):
+        out["tptbox_l3"] = {"skipped": "the model trained on this case: its held-out score is in the "
+                                       "leave-one-case-out table"}
+    elif cts:
         ct_path = cts[0]
         seg_path = next(iter(sorted(tpt.glob("*seg-vert*_msk.nii.gz"))), None)
         try:
@@ -244,7 +256,7 @@ def evaluate_model(model_path=None, n: int = 20, seed: int = EVAL_SEED_START, fo
             **agg,
         },
         "training_notes": model.metadata.get("notes") or [],
-        "targets": targets_status(agg),
+        "targets": targets_status(agg, real=real),
         "real_ct": real,
         "cases": [{k: c[k] for k in ("seed", "fov", "size", "spacing", "truth", "found", "identity", "seconds",
                                      "heatmap_peak", "metrics")} for c in cases],
@@ -282,12 +294,23 @@ def card_markdown(card: dict) -> str:
         lines.append(f"- {count} cases from `{folder}`.")
     if td.get("data_dir") and not td.get("data_dirs"):
         lines.append(f"- {td.get('data_dir_cases')} cases from {td['data_dir']}.")
+    real_td = td.get("real")
+    if real_td:
+        lines.append(f"- Real labelled CT: {len(real_td['cases'])} cases ({', '.join(real_td['cases'])}) from "
+                     f"{', '.join(f'`{d}`' for d in real_td['dirs'])}, each as {real_td['views_per_case']} views (the "
+                     f"case itself and re-imagings with other tilts, grids and fields of view), drawn for "
+                     f"{real_td['sample_share']:.0%} of the training samples"
+                     + (f"; left out: {', '.join(real_td['left_out'])}." if real_td.get("left_out") else "."))
+    if ph and ph.get("shape_library"):
+        lib = ph["shape_library"]
+        lines.append(f"- Phantom vertebra shapes: {'real masks from ' + ', '.join(lib['sources']) if lib.get('sources') else 'procedural only (no real masks)'}.")
     for note in (card.get("training_notes") or []):
         lines.append(f"- {note}")
     lines.append(f"- {td.get('train_cases')} training / {td.get('validation_cases')} validation cases "
                  f"({td.get('with_lumbar')} with and {td.get('without_lumbar')} without lumbar vertebrae), "
                  f"{td.get('crops_per_case')} XUNet crops per case (exact + jittered ground-truth boxes).")
-    lines.append("- No real CT was used for training.")
+    if not real_td:
+        lines.append("- No real CT was used for training.")
     lines += ["", "## Training", ""]
     lines.append(f"- Wall time {tr.get('training_minutes')} min on a shared 2-core CPU "
                  f"(torch {tr.get('torch')}), finished: {tr.get('finished')}; git {tr.get('git_commit')}.")
@@ -337,6 +360,8 @@ def card_markdown(card: dict) -> str:
         lines.append(f"| {fov} | {d['cases']} | {d['truth_vertebrae']} | {_ms(d['DSC'])} | {_ms(d['ASD'], 2)} | "
                      f"{d['correct']} | {d['wrong_identity']} | {d['invented']} | {d['missed']} | "
                      f"{d['lumbar_reported_on_negatives']} |")
+    if card.get("real_leave_one_out"):
+        lines += [""] + _loo_markdown(card["real_leave_one_out"])
     lines += ["", "## Targets (product owner)", "", "| target | required | value | met |", "|---|---|---|---|"]
     for k, t in card["targets"].items():
         v = t["value"]
@@ -347,7 +372,9 @@ def card_markdown(card: dict) -> str:
         lines.append("- Not run (no `../shared/data`).")
     t = real.get("tptbox_l3")
     if t:
-        if "error" in t:
+        if "skipped" in t:
+            lines.append(f"- tptbox_l3: not scored here: {t['skipped']}.")
+        elif "error" in t:
             lines.append(f"- tptbox_l3: failed: {t['error']}")
         else:
             ms = ", ".join(f"{n} DSC {_f(m['DSC'])} / ASD {_f(m['ASD'], 2)} mm" for n, m in t["metrics"].items())
@@ -363,12 +390,47 @@ def card_markdown(card: dict) -> str:
                          f"({', '.join(t['found']) or 'none'}) -> {'PASS' if t['passed'] else '**FAIL**'}; "
                          f"heatmap peak {_f(t['heatmap_peak'], 2)}.")
     lines += ["", "## Limitations", "",
+              "- Phantom numbers do not transfer to clinical CT. The real cases are few, small spine-targeted crops "
+              "(and one bone-only scan given a synthetic body): a left-out score is an estimate from a handful of "
+              "scans, not a validation." if card.get("real_leave_one_out") else
               "- Trained and evaluated on synthetic phantoms only; the phantom numbers do not transfer to clinical CT. "
               "The two real-CT checks above are sanity checks on two small images, not a validation.",
-              "- The bundled `cpu` configuration is narrow and was trained for about an hour on a CPU; "
-              "it is meant to make the extension usable out of the box, not to match the paper's results.",
+              "- The bundled `cpu` configuration is narrow and was trained on a 2-core CPU; it is meant to make the "
+              "extension usable out of the box, not to match the paper's results.",
               "", "## Reproduce", "", f"```\n{card.get('command', '')}\n```", ""]
     return "\n".join(lines)
+
+
+def _loo_markdown(loo: dict) -> list[str]:
+    """The card's section on the leave-one-real-case-out scores (:mod:`.real_evaluation`)."""
+    lines = ["## Real CT, leave one case out", "",
+             "Each real case is scored with the whole pipeline (localizer included) by a model trained with the same "
+             "recipe on everything else (the other real cases and the phantoms), never on this case. Partial views: "
+             "spine-targeted re-imagings of the held-out case (2-5 consecutive vertebrae, another tilt and grid), "
+             "scored the same way.", "",
+             "| case | scored by | truth | found | DSC per vertebra | mean DSC | mean ASD mm | wrong names | "
+             "partial views: mean DSC, names right |", "|---|---|---|---|---|---|---|---|---|"]
+    for r in loo["cases"]:
+        ids = identity_counts(r["partial"])
+        per = ", ".join(f"{n} {_f(d)}" for n, d in r["dsc"].items())
+        part_dsc = float(np.mean([p["mean_dsc"] for p in r["partial"]])) if r["partial"] else float("nan")
+        lines.append(f"| {r['case']}{' (shape seen)' if r.get('shape_seen') else ''} | `{r['model']}` | "
+                     f"{','.join(r['truth'])} | {','.join(r['found']) or '-'} | {per} | {_f(r['mean_dsc'])} | "
+                     f"{_f(r['mean_asd_mm'], 2)} | {', '.join(r['identity']['wrong']) or '-'} | "
+                     f"{_f(part_dsc)}, {ids['correct']}/{ids['predicted']} |")
+    s = loo["summary"]
+    iw, ip = s["identity_whole"], s["identity_partial_views"]
+    lines += ["", f"- Mean DSC over the {s['cases']} held-out cases {_f(s['mean_dsc'])}; worst case with complete "
+              f"L1-L5 {_f(s['min_case_dsc_complete'])}.",
+              f"- Names on whole cases: {iw['correct']} of {iw['predicted']} predicted vertebrae right (wrong "
+              f"{iw['wrong']}, invented {iw['invented']}, missed {iw['missed']}). On partial views: {ip['correct']} of "
+              f"{ip['predicted']} (wrong {ip['wrong']}, invented {ip['invented']}, missed {ip['missed']}), mean DSC "
+              f"{_f(s['partial_views_mean_dsc'])}."]
+    if any(r.get("shape_seen") for r in loo["cases"]):
+        lines.append("- *Shape seen*: the phantoms of that case's model, or of the model it was warm-started from, "
+                     "drew vertebra shapes from real label masks that include this subject's own mask. Its CT was "
+                     "never trained on, but its vertebra shapes were, deformed, inside synthetic phantoms.")
+    return lines
 
 
 def write_card(card: dict, json_path=None, md_path=None):
@@ -379,31 +441,3 @@ def write_card(card: dict, json_path=None, md_path=None):
     if md_path:
         Path(md_path).parent.mkdir(parents=True, exist_ok=True)
         Path(md_path).write_text(card_markdown(card), encoding="utf-8")
-
-
-def run_evaluate_model(args) -> int:
-    card = evaluate_model(args.model, n=args.phantoms, seed=args.seed, fovs=args.fov,
-                          spacing=tuple(args.spacing) if args.spacing else None, device=args.device,
-                          real_ct=not args.no_real_ct, log=lambda s: print(s, flush=True))
-    argv = sys.argv[sys.argv.index("evaluate-model"):] if "evaluate-model" in sys.argv else sys.argv[1:]
-    card["command"] = "lumbarseg " + " ".join(shlex.quote(a) for a in argv)
-    write_card(card, args.output, args.card)
-    print(card_markdown(card))
-    return 0
-
-
-def register_cli(subparsers):
-    p = subparsers.add_parser("evaluate-model", help="held-out phantom evaluation of a model + model card",
-                              description=(__doc__ or "").split("\n\n")[0])
-    p.add_argument("--model", help="a shipped model (cpu, paper) or a model file (default: as for segment)")
-    p.add_argument("--phantoms", type=int, default=20, help="number of held-out phantoms (default 20)")
-    p.add_argument("--seed", type=int, default=EVAL_SEED_START,
-                   help=f"first phantom seed, >= {EVAL_SEED_START} (default {EVAL_SEED_START})")
-    p.add_argument("--fov", nargs="+", help="fields of view to cycle through (default: every one the phantom generator has)")
-    p.add_argument("--spacing", type=float, nargs=3, metavar=("SX", "SY", "SZ"),
-                   help="fixed phantom spacing in mm (default: the generator's random clinical spacings)")
-    p.add_argument("--device", default="cpu", help="inference device (default cpu)")
-    p.add_argument("--no-real-ct", action="store_true", help="skip the real-CT sanity checks")
-    p.add_argument("-o", "--output", help="model card JSON to write")
-    p.add_argument("--card", help="model card Markdown to write")
-    p.set_defaults(func=run_evaluate_model)

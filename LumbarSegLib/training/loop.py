@@ -22,7 +22,7 @@ from .. import preprocess
 from ..constants import LABEL_NAMES
 from ..networks import ModelConfig, build_networks, load_compatible_state
 from .losses import _box_iou, dice_ce_loss, dice_per_label, localizer_loss
-from .samples import AugmentedSamples, EpochBatches, load_items, make_loader
+from .samples import AugmentedSamples, EpochBatches, load_items, make_loader, sampling_weights
 
 
 def _lr(base: float, progress: float, step: int, warmup: int = 20) -> float:
@@ -77,7 +77,7 @@ def _validate(kind: str, net, items, device: torch.device = torch.device("cpu"),
                     for k, v in dice_per_label(pred, it["y"][0]).items():
                         per[k].append(v)
                 else:
-                    neg_fp.append(float((pred > 0).mean()))
+                    neg_fp.append(float(((pred >= 1) & (pred <= 5)).mean()))
             out = {"val_loss": float(np.mean(losses))}
             for k, v in per.items():
                 out[f"dice_{LABEL_NAMES[k]}"] = float(np.mean(v)) if v else float("nan")
@@ -158,6 +158,8 @@ def train_worker(kind: str, train_paths, val_paths, config_dict: dict, opts: dic
         load_compatible_state(net, init_state)
     net = net.to(device, memory_format=torch.channels_last_3d)
     optim = torch.optim.Adam(net.parameters(), lr=opts["lr"])
+    # torch.compile fuses each conv's norm and activation: ~1.5x faster steps on a CPU after a 1-2 minute compile.
+    forward = torch.compile(net) if opts.get("compile") else net
     if ck is not None:
         optim.load_state_dict(ck["optim"])  # moves the optimiser state onto the parameters' device
 
@@ -167,7 +169,8 @@ def train_worker(kind: str, train_paths, val_paths, config_dict: dict, opts: dic
     max_epochs = opts.get("epochs")
     max_steps = opts.get("max_steps")
     batch = int(opts.get("batch", 1))
-    batches = EpochBatches(len(train_items), batch, seed, kind, first_epoch=state["epoch"])
+    batches = EpochBatches(len(train_items), batch, seed, kind, first_epoch=state["epoch"],
+                           weights=sampling_weights(train_items, opts.get("real_weight")))
     steps_per_epoch = batches.steps_per_epoch()
     total_steps = (max_epochs * steps_per_epoch) if max_epochs else None
     if max_steps:
@@ -226,7 +229,7 @@ def train_worker(kind: str, train_paths, val_paths, config_dict: dict, opts: dic
         for g in optim.param_groups:
             g["lr"] = _lr(opts["lr"], progress(), state["step"])
         with _autocast(device, precision):
-            out = net(x)
+            out = forward(x)
         out = out.float()
         loss = localizer_loss(out, y) if kind == "localizer" else dice_ce_loss(out, y)
         optim.zero_grad(set_to_none=True)

@@ -1,8 +1,11 @@
 """Feeding one network: the precomputed cases in memory, augmented samples, epoch-ordered batches and the
 torch ``DataLoader`` that makes them (in worker processes on a GPU machine, in the training process on the CPU).
 
-A sample's augmentation is drawn from ``(seed, network, epoch, case)`` alone, so a batch is the same
-whichever loader worker makes it and however many workers there are.
+A sample's augmentation is drawn from ``(seed, network, epoch, slot, case)`` alone (the slot is the
+sample's place in its epoch), so a batch is the same whichever loader worker makes it and however many
+workers there are. With sampling weights (real-case views drawn more often than phantoms) an epoch is
+as many weighted draws as there are cases, with replacement: the slot keeps repeated draws of one case
+differently augmented.
 """
 
 from __future__ import annotations
@@ -24,12 +27,25 @@ def load_items(paths, kind: str) -> list[dict]:
     items = []
     for p in paths:
         with np.load(p) as z:
+            source = str(z["source"]) if "source" in z else ""
             if kind == "localizer":
                 items.append({"x": z["loc_x"], "y": z["loc_y"], "positive": bool(z["positive"]),
-                              "size": z["image_size"]})
+                              "size": z["image_size"], "source": source})
             else:
-                items.append({"x": z["crop_x"], "y": z["crop_y"], "positive": bool(z["positive"])})
+                items.append({"x": z["crop_x"], "y": z["crop_y"], "positive": bool(z["positive"]), "source": source})
     return items
+
+
+def sampling_weights(items: list[dict], real_weight: float | None) -> np.ndarray | None:
+    """Draw probabilities giving views of real cases (items with a ``source``) ``real_weight`` of all draws
+    together, the other cases the rest; None (uniform epochs) when there is no mix to weight."""
+    real = np.array([bool(it.get("source")) for it in items])
+    if real_weight is None or real.all() or not real.any():
+        return None
+    if not 0.0 < real_weight < 1.0:
+        raise ValueError(f"real_weight must lie strictly between 0 and 1, got {real_weight}")
+    w = np.where(real, real_weight / real.sum(), (1.0 - real_weight) / (~real).sum())
+    return w / w.sum()
 
 
 class AugmentedSamples(Dataset):
@@ -49,8 +65,8 @@ class AugmentedSamples(Dataset):
         return len(self.items)
 
     def __getitem__(self, key):
-        epoch, index = key
-        rng = np.random.default_rng([self.seed, KINDS.index(self.kind), int(epoch), int(index)])
+        epoch, slot, index = key
+        rng = np.random.default_rng([self.seed, KINDS.index(self.kind), int(epoch), int(slot), int(index)])
         it = self.items[index]
         if self.kind == "localizer":
             x = torch.from_numpy(it["x"].astype(np.float32))[None, None]
@@ -65,13 +81,15 @@ class AugmentedSamples(Dataset):
 
 
 class EpochBatches(Sampler):
-    """Endless batches of ``(epoch, index)`` keys: each epoch is a fresh permutation of the cases, cut into
-    batches of ``batch`` (the last one of an epoch may be smaller), starting at epoch ``first_epoch``."""
+    """Endless batches of ``(epoch, slot, index)`` keys: each epoch is a fresh permutation of the cases (or,
+    with ``weights``, as many weighted draws), cut into batches of ``batch`` (the last one of an epoch may
+    be smaller), starting at epoch ``first_epoch``."""
 
-    def __init__(self, n: int, batch: int, seed: int, kind: str, first_epoch: int = 0):
+    def __init__(self, n: int, batch: int, seed: int, kind: str, first_epoch: int = 0, weights=None):
         if n < 1 or batch < 1:
             raise ValueError(f"need at least one case and a batch of at least 1 (got {n} cases, batch {batch})")
         self.n, self.batch, self.seed, self.kind_id, self.first_epoch = n, batch, int(seed), KINDS.index(kind), first_epoch
+        self.weights = None if weights is None else np.asarray(weights, float)
 
     def steps_per_epoch(self) -> int:
         return -(-self.n // self.batch)
@@ -79,9 +97,10 @@ class EpochBatches(Sampler):
     def __iter__(self):
         epoch = self.first_epoch
         while True:
-            order = np.random.default_rng([self.seed, self.kind_id, epoch, 1]).permutation(self.n)
+            rng = np.random.default_rng([self.seed, self.kind_id, epoch, 1])
+            order = rng.permutation(self.n) if self.weights is None else rng.choice(self.n, self.n, p=self.weights)
             for start in range(0, self.n, self.batch):
-                yield [(epoch, int(i)) for i in order[start:start + self.batch]]
+                yield [(epoch, start + j, int(i)) for j, i in enumerate(order[start:start + self.batch])]
             epoch += 1
 
 
