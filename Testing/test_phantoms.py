@@ -131,6 +131,13 @@ def test_missing_library_returns_none(tmp_path):
     assert phantoms.load_shape_library(tmp_path / "nope") is None
 
 
+def test_shape_library_can_be_switched_off(monkeypatch):
+    monkeypatch.setenv("LUMBARSEG_SHAPE_LIBRARY", "none")
+    assert phantoms.load_shape_library() is None
+    if MASKS.is_dir():  # an explicit root still loads
+        assert phantoms.load_shape_library(MASKS) is not None
+
+
 def test_shape_library():
     if not MASKS.is_dir():
         pytest.skip(f"shape library not available at {MASKS}")

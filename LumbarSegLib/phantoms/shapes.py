@@ -153,9 +153,12 @@ def _load_library_cached(root: str):
 def load_shape_library(root=None) -> ShapeLibrary | None:
     """Load real vertebra masks (VerSe / TotalSegmentator layouts) from ``root``.
 
-    Default root: ``$LUMBARSEG_SHAPE_LIBRARY`` when set, else ``<repo>/../shared/data/masks``. Returns None
-    when absent or empty. Cached per root.
+    Default root: ``$LUMBARSEG_SHAPE_LIBRARY`` when set, else ``<repo>/../shared/data/masks``;
+    ``LUMBARSEG_SHAPE_LIBRARY=none`` asks for procedural shapes only (e.g. phantoms for a model scored on real
+    cases whose own masks are in the default library). Returns None when absent or empty. Cached per root.
     """
+    if root is None and os.environ.get(SHAPE_LIBRARY_ENV, "").lower() == "none":
+        return None
     root = Path(root) if root is not None else _default_masks_root()
     if not root.is_dir():
         return None

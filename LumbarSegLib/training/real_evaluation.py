@@ -40,8 +40,9 @@ def _subject(name: str) -> str | None:
 def shape_sources(metadata: dict) -> list[str]:
     """Shape-library folders the model's phantoms drew from, through its whole warm-start chain.
 
-    A model trained before the library was recorded used the default library of its time: reported as
-    ``"default (not recorded)"``.
+    A model trained before the library was recorded drew from the default library of its time,
+    ``<repo>/../shared/data/masks``: its folders now are taken for it ("unknown" when that folder is absent,
+    which flags every case).
     """
     out = []
     node = metadata
@@ -49,9 +50,16 @@ def shape_sources(metadata: dict) -> list[str]:
         ph = (node.get("training_data") or {}).get("phantoms")
         if ph:
             lib = ph.get("shape_library")
-            out += lib["sources"] if isinstance(lib, dict) else ["default (not recorded)"]
+            out += lib["sources"] if isinstance(lib, dict) else _default_library_sources()
         node = node.get("initialised_from")
     return out
+
+
+def _default_library_sources() -> list[str]:
+    from ..phantoms import load_shape_library
+
+    lib = load_shape_library(Path(__file__).resolve().parents[3] / "shared" / "data" / "masks")
+    return sorted({s.source for c in lib.shapes for s in lib.shapes[c]}) if lib else ["unknown"]
 
 
 def _score(ct, seg, model, device) -> dict:
@@ -99,8 +107,7 @@ def leave_one_out(fold_models, real_dirs, device: str = "cpu", partial_views: in
             row = {"case": cid, "model": Path(path).name, "size": list(ct.GetSize()),
                    "spacing": [round(v, 3) for v in ct.GetSpacing()],
                    "bone_only_filled": real_views.is_bone_only_file(str(c.ct)),
-                   "shape_seen": bool(subject and any(subject in s for s in sources)) or
-                   any(s.startswith("default") for s in sources),
+                   "shape_seen": bool(subject and any(subject in s for s in sources)) or "unknown" in sources,
                    **whole, "partial": []}
             rng = np.random.default_rng([PARTIAL_VIEW_SEED, int(np.frombuffer(cid.encode(), np.uint8).sum())])
             for v in range(partial_views):
