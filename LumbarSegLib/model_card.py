@@ -86,8 +86,8 @@ def model_summary(model_path=None) -> dict:
     phantoms = data.get("phantoms") or {}
     if phantoms.get("count") or data.get("data_dir_cases"):
         parts.append("synthetic phantoms (LumbarSegLib.phantoms)")
-    real = card.get("training", {}).get("real_cases") or data.get("real_cases")
-    parts.append(f"{real} real CTs" if real else "no real CT")
+    real = (data.get("real") or {}).get("cases") or []
+    parts.append(f"{len(real)} real labelled CTs (as re-imaged views)" if real else "no real CT")
     summary["trained_on"] = ", ".join(parts)
     evaluation = card.get("evaluation", {})
     overall = evaluation.get("overall", {})
@@ -100,6 +100,11 @@ def model_summary(model_path=None) -> dict:
         if summary["identity_accuracy"] is not None:
             text += f", vertebra identity {100 * summary['identity_accuracy']:.0f} %"
         text += f" on {n} held-out synthetic phantoms" if n else " (held-out evaluation)"
+        loo = (card.get("real_leave_one_out") or {}).get("summary") or {}
+        if loo.get("cases"):
+            summary["real_mean_dsc"] = loo.get("mean_dsc")
+            text += (f"; mean DSC {loo['mean_dsc']:.2f} on {loo['cases']} real CTs, each left out of training "
+                     "(leave-one-case-out)")
         summary["accuracy"] = text
     else:
         summary["accuracy"] = "not measured in the model card"

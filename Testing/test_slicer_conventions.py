@@ -146,7 +146,13 @@ def test_model_summary_of_the_bundled_model():
     assert summary["matches_card"] is True  # the shipped file is the one the card describes
     assert summary["mean_dsc"] == pytest.approx(card["evaluation"]["overall"]["DSC"]["mean"])
     assert f"{card['evaluation']['overall']['DSC']['mean']:.2f}" in summary["accuracy"]
-    assert "no real CT" in summary["trained_on"]
+    real = (card["training"]["training_data"] or {}).get("real")
+    assert ("no real CT" in summary["trained_on"]) == (not real)
+    if real:
+        assert f"{len(real['cases'])} real labelled CTs" in summary["trained_on"]
+    loo = (card.get("real_leave_one_out") or {}).get("summary")
+    if loo:  # the panel quotes the leave-one-case-out real-CT accuracy next to the phantom number
+        assert f"mean DSC {loo['mean_dsc']:.2f} on {loo['cases']} real CTs" in summary["accuracy"]
     assert summary["card_url"].startswith("file://") and summary["card_url"].endswith("lumbarseg_cpu.md")
     text = summary_text(summary)
     assert "Model: lumbarseg_cpu.pt (bundled)" in text and "Accuracy: mean DSC" in text

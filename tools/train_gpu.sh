@@ -17,9 +17,11 @@
 #      loader accepts the split form), a summary JSON, and this log ($OUT/train_gpu.log).
 #
 # Settings (environment): MINUTES (9), DEVICE (cuda), CONFIG (paper), PHANTOMS, SEED (0), CARRY (gpu_carry),
-# REAL_DIRS (the carried real/ and tptbox_l3/; real_boneonly/ is carried too but needs synthesised soft
-# tissue before it looks like a CT), OUT (the device tool's $OUT, else /tmp/lumbarseg_gpu_out), WORK (scratch,
-# /tmp/lumbarseg_gpu_work), RESERVE_S (60 on CUDA, 15 on the CPU), EXTRA_ARGS (more `lumbarseg train` options).
+# REAL_DIRS (the carried real/, tptbox_l3/ and real_boneonly/, trained on as --real: VIEWS re-imaged views each,
+# bone-only CTs given a synthesised body), VIEWS (40), LEAVE_OUT (real case ids to hold out, e.g. sub-verse014,
+# so that the card can score the model on a case it never saw), OUT (the device tool's $OUT, else
+# /tmp/lumbarseg_gpu_out), WORK (scratch, /tmp/lumbarseg_gpu_work), RESERVE_S (60 on CUDA, 15 on the CPU),
+# EXTRA_ARGS (more `lumbarseg train` options).
 set -euo pipefail
 T0=$(date +%s)
 export PYTHONUNBUFFERED=1  # the log shows progress as it happens
@@ -36,6 +38,8 @@ NCPU=$(python3 -c "import os; print(os.cpu_count() or 1)")
 PHANTOMS=${PHANTOMS:-$(python3 -c "print(max(1, round($MINUTES * $NCPU)))")}
 RESERVE_S=${RESERVE_S:-$([ "$DEVICE" = cuda ] && echo 60 || echo 15)}
 EXTRA_ARGS=${EXTRA_ARGS:-}
+VIEWS=${VIEWS:-40}
+LEAVE_OUT=${LEAVE_OUT:-}
 mkdir -p "$OUT" "$WORK"
 exec > >(tee -a "$OUT/train_gpu.log") 2>&1
 
@@ -58,12 +62,17 @@ python3 -c "import torch, SimpleITK; print('torch', torch.__version__, 'cuda', t
 if [ -d "$CARRY/data" ]; then DATA="$CARRY/data"; else DATA="../shared/data"; fi
 if [ -z "${REAL_DIRS+x}" ]; then
   REAL_DIRS=""
-  for d in real tptbox_l3; do [ -d "$DATA/$d" ] && REAL_DIRS="$REAL_DIRS $DATA/$d"; done
+  for d in real tptbox_l3 real_boneonly; do [ -d "$DATA/$d" ] && REAL_DIRS="$REAL_DIRS $DATA/$d"; done
 fi
 if [ -d "$DATA/masks" ]; then export LUMBARSEG_SHAPE_LIBRARY="$DATA/masks"; fi
-say "real data: ${REAL_DIRS:-none}; shape library: ${LUMBARSEG_SHAPE_LIBRARY:-none (procedural vertebrae)}"
-# shellcheck disable=SC2086  # REAL_DIRS and EXTRA_ARGS are lists of words
-TRAIN_ARGS=($REAL_DIRS --phantoms "$PHANTOMS" --seed "$SEED" --config "$CONFIG" --device "$DEVICE"
+say "real data: ${REAL_DIRS:-none} ($VIEWS views each, left out: ${LEAVE_OUT:-none}); shape library: ${LUMBARSEG_SHAPE_LIBRARY:-none (procedural vertebrae)}"
+REAL_ARGS=()
+# shellcheck disable=SC2206  # REAL_DIRS and LEAVE_OUT are lists of words
+[ -n "${REAL_DIRS// /}" ] && REAL_ARGS=(--real $REAL_DIRS --views "$VIEWS")
+# shellcheck disable=SC2206
+[ -n "$LEAVE_OUT" ] && REAL_ARGS+=(--leave-out $LEAVE_OUT)
+# shellcheck disable=SC2086  # EXTRA_ARGS is a list of words
+TRAIN_ARGS=("${REAL_ARGS[@]}" --phantoms "$PHANTOMS" --seed "$SEED" --config "$CONFIG" --device "$DEVICE"
             --cache "$WORK/cache" --checkpoint-dir "$WORK/ckpt" -o "$WORK/lumbarseg_$CONFIG.pt"
             --checkpoint-minutes 1 --val-minutes 1 $EXTRA_ARGS)
 python3 -m LumbarSegLib.cli train "${TRAIN_ARGS[@]}" --prepare-only
