@@ -594,9 +594,17 @@ class LumbarSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if p.outputSegmentation is None or not folder:
             slicer.util.errorDisplay(_("Choose an export folder first."))
             return
+        EarlierExportError = slicerLib("export").EarlierExportError
         try:
-            with slicer.util.WaitCursor():
-                files = self.logic.exportStl(p.outputSegmentation, folder)
+            try:
+                with slicer.util.WaitCursor():
+                    files = self.logic.exportStl(p.outputSegmentation, folder)
+            except EarlierExportError as exc:  # an earlier export's files: replace them all, or keep them
+                if not slicer.util.confirmOkCancelDisplay(str(exc) + "\n\n" + _("Replace them?"),
+                                                          windowTitle=_("LumbarSeg: STL export")):
+                    return
+                with slicer.util.WaitCursor():
+                    files = self.logic.exportStl(p.outputSegmentation, folder, overwrite=True)
         except Exception as exc:
             self.logic.recordError(exc)
             slicer.util.errorDisplay(_("STL export failed: {error}").format(error=exc))
@@ -823,8 +831,10 @@ class LumbarSegLogic(ScriptedLoadableModuleLogic):
         name = segmentationNode.GetName() + " metrics"
         return metrics.fill_metrics_table(scene, rows, tableNode, name=name, volume_node=volumeNode)
 
-    def exportStl(self, segmentationNode, folder):
-        return slicerLib("export").export_stl(segmentationNode, folder)
+    def exportStl(self, segmentationNode, folder, overwrite=False):
+        """One STL per segment; an earlier export of a same-named segmentation there is only replaced (as a
+        whole) with ``overwrite`` (:func:`LumbarSegLib.slicer.export.export_stl`)."""
+        return slicerLib("export").export_stl(segmentationNode, folder, overwrite=overwrite)
 
     def exportLabelmap(self, scene, segmentationNode, volumeNode, path):
         return slicerLib("export").export_labelmap(scene, segmentationNode, volumeNode, path)

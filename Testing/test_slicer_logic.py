@@ -597,3 +597,37 @@ def test_slicer_stl_export_refuses_meshes_with_non_finite_vertices(data, tmp_pat
     seg.GetSegmentation().SetConversionParameter("Smoothing factor", "0.5")
     seg.RemoveClosedSurfaceRepresentation()
     assert len(export_stl(seg, tmp_path / "stl")) == 5
+
+
+def test_slicer_stl_export_never_mixes_two_results_in_one_folder(tmp_path):
+    """Two scans whose segmentations have the same name ('CT lumbar vertebrae'), the second without L5,
+    exported into one folder: the second export is refused (the first scan's L5 would stay beside the new
+    L1-L4), and after agreeing to replace, the folder holds exactly the second export."""
+    from LumbarSegLib.slicer.export import EarlierExportError
+
+    folder = tmp_path / "planning"
+    first_ct, first_labels = phantom(seed=7)
+    second_ct, second_labels = phantom(seed=8, drop=("L5",))
+    exports = []
+    for ct, labels in ((first_ct, first_labels), (second_ct, second_labels)):
+        scene = new_scene()
+        volume = sitk_to_volume_node(scene, ct, "CT")
+        exports.append(labels_to_segmentation(scene, labels, volume))
+    (folder).mkdir()
+    (folder / "notes.stl").write_bytes(b"another program's file")  # not LumbarSeg's: never touched
+
+    first = export_stl(exports[0], folder)
+    assert [p.name for p in first] == [f"CT lumbar vertebrae_L{i}.stl" for i in range(1, 6)]
+    before = {p.name: p.read_bytes() for p in folder.iterdir()}
+
+    with pytest.raises(EarlierExportError, match="already holds 5 STL file.* of a segmentation named "
+                                                 "'CT lumbar vertebrae'") as refused:
+        export_stl(exports[1], folder)
+    assert sorted(p.name for p in refused.value.paths) == sorted(p.name for p in first)
+    assert {p.name: p.read_bytes() for p in folder.iterdir()} == before  # nothing written, nothing hidden left
+
+    second = export_stl(exports[1], folder, overwrite=True)
+    assert [p.name for p in second] == [f"CT lumbar vertebrae_L{i}.stl" for i in range(1, 5)]
+    assert sorted(p.name for p in folder.iterdir()) == sorted([p.name for p in second] + ["notes.stl"])
+    assert all(p.read_bytes() != before[p.name] for p in second)  # the second scan's surfaces
+    assert (folder / "notes.stl").read_bytes() == b"another program's file"

@@ -2,24 +2,55 @@
 
 from __future__ import annotations
 
-import time
+import glob
+import os
+import shutil
+import tempfile
 from pathlib import Path
 
+from ..errors import InputError
+from ..outputs import check_writable_location
 from .scene import ensure_segmentations_logic, slicer_module, vtk_module
 from .segments import segmentation_to_label_array
 from .volumes import label_array_to_sitk, sitk_to_volume_node
 
 
-def export_stl(segmentation_node, folder, lps: bool = True, segment_ids=None) -> list[Path]:
-    """One STL per segment (closed surface, physical mm; LPS like Slicer's default) in ``folder``.
+class EarlierExportError(InputError):
+    """The export folder already holds STL files of a segmentation with the same name (``paths``)."""
+
+    def __init__(self, message: str, paths: list[Path]):
+        super().__init__(message)
+        self.paths = paths
+
+
+def _earlier_export(folder: Path, node_name: str, names: list[str]) -> list[Path]:
+    """STL files in ``folder`` that an export writing ``names`` would replace or leave beside its own: the
+    same names, and every other ``<node name>_*.stl`` (Slicer names files ``<segmentation>_<segment>.stl``),
+    e.g. an L5 of another scan whose segmentation had the same name."""
+    earlier = {folder / name for name in names if (folder / name).exists()}
+    prefix = f"{node_name}_"
+    if all(name.startswith(prefix) for name in names):  # Slicer kept the node name as it is
+        earlier |= set(folder.glob(glob.escape(prefix) + "*.stl"))
+    return sorted(earlier)
+
+
+def export_stl(segmentation_node, folder, lps: bool = True, segment_ids=None, overwrite: bool = False) -> list[Path]:
+    """One STL per segment (closed surface, physical mm; LPS like Slicer's default) in ``folder``; returns
+    the files written.
 
     Every surface is checked for non-finite vertices first (a smoothing factor above 1 makes Slicer's
-    smoothing return NaN coordinates); then no file is written at all."""
+    smoothing return NaN coordinates); then no file is written at all. The files are written into a hidden
+    staging folder inside ``folder`` and moved into place only when all of them were written. STL files of
+    an earlier export of a segmentation with the same name (:func:`_earlier_export`) would mix two results
+    (another scan's L5 beside this one's L1-L4): they raise :class:`EarlierExportError` unless
+    ``overwrite``, which removes all of them before the new files are put in place.
+    """
     from ..surfaces import check_finite_mesh
 
     slicer = slicer_module()
     vtk = vtk_module()
     folder = Path(folder)
+    check_writable_location(folder / "L1.stl", "The STL export folder")
     folder.mkdir(parents=True, exist_ok=True)
     scene = segmentation_node.GetScene()
     if scene is not None:
@@ -37,14 +68,30 @@ def export_stl(segmentation_node, folder, lps: bool = True, segment_ids=None) ->
         poly = vtk.vtkPolyData()
         segmentation_node.GetClosedSurfaceRepresentation(ids.GetValue(i), poly)
         check_finite_mesh(poly, segmentation.GetSegment(ids.GetValue(i)).GetName())
-    before = {p.resolve() for p in folder.glob("*.stl")}
-    stamp = time.time() - 1.0
-    ok = slicer.vtkSlicerSegmentationsModuleLogic.ExportSegmentsClosedSurfaceRepresentationToFiles(
-        str(folder), segmentation_node, ids, "STL", lps, 1.0, False)
-    if not ok:
-        raise RuntimeError(f"Slicer could not write the STL files to {folder}.")
-    written = [p for p in folder.glob("*.stl") if p.resolve() not in before or p.stat().st_mtime >= stamp]
-    return sorted(written)
+    staging = Path(tempfile.mkdtemp(prefix=".lumbarseg-stl.", dir=folder))
+    try:
+        ok = slicer.vtkSlicerSegmentationsModuleLogic.ExportSegmentsClosedSurfaceRepresentationToFiles(
+            str(staging), segmentation_node, ids, "STL", lps, 1.0, False)
+        staged = sorted(staging.glob("*.stl"))
+        if not ok or len(staged) != ids.GetNumberOfValues():
+            raise RuntimeError(f"Slicer could not write the STL files to {folder} ({len(staged)} of "
+                               f"{ids.GetNumberOfValues()} written); nothing was exported.")
+        earlier = _earlier_export(folder, segmentation_node.GetName(), [p.name for p in staged])
+        if earlier and not overwrite:
+            shown = ", ".join(p.name for p in earlier[:6]) + (", ..." if len(earlier) > 6 else "")
+            raise EarlierExportError(
+                f"{folder} already holds {len(earlier)} STL file(s) of a segmentation named "
+                f"'{segmentation_node.GetName()}' ({shown}), perhaps of another scan. Export into an empty "
+                f"folder, or replace them: all of them are removed, none is kept beside the new files.", earlier)
+        for path in earlier:
+            path.unlink()
+        written = []
+        for path in staged:
+            os.replace(path, folder / path.name)
+            written.append(folder / path.name)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return written
 
 
 def export_labelmap(scene, segmentation_node, volume_node, path) -> Path:
