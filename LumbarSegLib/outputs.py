@@ -87,11 +87,13 @@ def check_output_file(path, what: str = "Output file") -> Path:
 
 
 def write_text_atomic(path, text: str) -> Path:
-    """Write a text file via a temporary file and a rename, so it is whole or absent (never truncated)."""
+    """Write a text file via a temporary file and a rename, so it is whole or absent (never truncated).
+    The file gets the permissions of any other new file (mkstemp's 0600 would make it private)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.chmod(tmp, 0o666 & ~_umask())
         with os.fdopen(fd, "w", encoding="utf-8", newline="") as fh:
             fh.write(text)
         os.replace(tmp, path)
@@ -226,11 +228,20 @@ class OutputFolder:
         self._lock_fd = None
 
     def _remove_stale(self) -> None:
-        """Staging/replaced folders of runs that were killed (we hold the lock, so none is alive)."""
+        """Staging/replaced folders of runs that were killed (we hold the lock, so none is alive). A run
+        killed between the two renames of :meth:`commit` left no target and the earlier result in its
+        replaced folder: that result is put back, as an interrupted run must leave the target as it was."""
         prefix = f".{self.target.name}."
-        for path in self.target.parent.glob(f"{glob.escape(prefix)}*"):
-            if path.is_dir() and path.name.endswith((_STAGING_SUFFIX, _REPLACED_SUFFIX)):
-                shutil.rmtree(path, ignore_errors=True)
+        stale = [path for path in self.target.parent.glob(f"{glob.escape(prefix)}*")
+                 if path.is_dir() and not path.is_symlink() and path.name.endswith((_STAGING_SUFFIX, _REPLACED_SUFFIX))]
+        if not self.target.exists():
+            earlier = [path for path in stale if path.name.endswith(_REPLACED_SUFFIX) and read_result_report(path)]
+            if earlier:
+                newest = max(earlier, key=lambda path: path.stat().st_mtime)
+                os.rename(newest, self.target)
+                stale.remove(newest)
+        for path in stale:
+            shutil.rmtree(path, ignore_errors=True)
 
     # ------------------------------------------------------------------ context
     def __enter__(self) -> OutputFolder:
@@ -246,8 +257,8 @@ class OutputFolder:
             raise InputError(f"{self.what} {self.target} cannot be written: the folder {self.target.parent} "
                              f"is not writable.") from None
         try:
-            self.check()  # again, under the lock: another run may have finished meanwhile
             self._remove_stale()
+            self.check()  # again, under the lock: another run may have finished meanwhile
             self.staging = Path(tempfile.mkdtemp(prefix=f".{self.target.name}.", suffix=_STAGING_SUFFIX,
                                                  dir=self.target.parent))
             os.chmod(self.staging, 0o777 & ~_umask())  # mkdtemp's 0700 would make the result private

@@ -38,6 +38,9 @@ def test_result_appears_whole_with_report_last(tmp_path):
     assert json.loads((target / "report.json").read_text(encoding="utf-8"))["lumbarseg_version"] == "test"
     assert _hidden_leftovers(tmp_path) == []  # no staging folder, no lock file
     assert (target.stat().st_mode & 0o777) != 0o700  # the result is not private like a temp folder
+    umask = os.umask(0o022)
+    os.umask(umask)
+    assert ((target / "report.json").stat().st_mode & 0o777) == 0o666 & ~umask  # nor is its report
 
 
 @pytest.mark.parametrize("exc", [RuntimeError("disk full"), KeyboardInterrupt()])
@@ -170,3 +173,20 @@ def test_second_concurrent_run_is_refused_and_a_killed_run_leaves_no_stale_lock(
         out.commit(_report())
     assert _hidden_leftovers(tmp_path) == []
     assert sorted(os.listdir(target)) == ["report.json"]
+
+
+def test_a_run_killed_between_the_two_renames_of_commit_gets_the_earlier_result_back(tmp_path):
+    """commit() moves the earlier result aside, then the new one into place; a kill -9 between the two
+    leaves no target at all. The next run puts the earlier result back (and then refuses to replace it
+    without --overwrite) instead of deleting it as a stale folder."""
+    target = tmp_path / "out"
+    with OutputFolder(target) as out:
+        (out.staging / "L1.stl").write_bytes(b"earlier")
+        out.commit(_report(run=1))
+    os.rename(target, tmp_path / ".out.k1ll3d.replaced")  # what the kill left: the earlier result aside,
+    (tmp_path / ".out.n3w.partial").mkdir()  # and the new run's staging folder
+    with pytest.raises(InputError, match="already holds a LumbarSeg result"):
+        OutputFolder(target).__enter__()
+    assert (target / "L1.stl").read_bytes() == b"earlier"
+    assert json.loads((target / "report.json").read_text(encoding="utf-8"))["run"] == 1
+    assert _hidden_leftovers(tmp_path) == []
