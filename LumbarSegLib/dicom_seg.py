@@ -45,8 +45,14 @@ def check_references(datasets, where="the DICOM series") -> None:
     """Make sure a SEG can reference ``datasets``: every instance has its SOP Class and Instance UIDs and
     all share one Study, Series and Frame of Reference UID. An empty SOP Class/Instance UID is taken from
     the file's meta information (the same UIDs, kept there by some anonymisers); missing study or series
-    UIDs cannot be recovered, and a SEG with made-up ones would not attach to the CT in a PACS."""
+    UIDs cannot be recovered, and a SEG with made-up ones would not attach to the CT in a PACS. Frames are
+    matched to instances by ImagePositionPatient, so each instance must be one slice that has it (an
+    enhanced multi-frame CT keeps its positions per frame instead)."""
     for ds in datasets:
+        if int(ds.get("NumberOfFrames", 1) or 1) != 1 or "ImagePositionPatient" not in ds:
+            raise InputError(f"{where}: --dicom-seg needs a series of single-slice images with an Image Position "
+                             f"(Patient), such as CT Image Storage; instance {ds.get('SOPInstanceUID', '?')} is a "
+                             "multi-frame image or has no position. Segment without --dicom-seg.")
         meta = getattr(ds, "file_meta", None)
         for attr, meta_attr in (("SOPClassUID", "MediaStorageSOPClassUID"),
                                 ("SOPInstanceUID", "MediaStorageSOPInstanceUID")):

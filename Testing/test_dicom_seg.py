@@ -162,6 +162,21 @@ def test_label_map_off_the_series_grid_is_refused(tmp_path, synthetic_series):
         dicom_seg.write_dicom_seg(shifted, folder, tmp_path / "x.dcm")
 
 
+@pytest.mark.parametrize("change", ["no position", "multi-frame"])
+def test_instances_a_seg_cannot_be_matched_to_are_a_clean_error(tmp_path, synthetic_series, change):
+    folder, grid, labels = synthetic_series
+    for path in folder.iterdir():
+        ds = pydicom.dcmread(path)
+        if change == "no position":
+            del ds.ImagePositionPatient
+        else:
+            ds.NumberOfFrames = 2
+        ds.save_as(path)
+    with pytest.raises(InputError, match="needs a series of single-slice images with an Image Position"):
+        dicom_seg.write_dicom_seg(labels, folder, tmp_path / "x.dcm")
+    assert not (tmp_path / "x.dcm").exists()
+
+
 def test_cli_writes_a_valid_seg_of_what_it_found(tmp_path):
     from LumbarSegLib import phantoms
 
