@@ -81,7 +81,8 @@ class DicomSeries:
         return len(self.files)
 
     def describe(self) -> str:
-        return f"{self.uid} ('{self.description or 'no description'}', {self.slices} slices)"
+        uid = self.uid or "(no SeriesInstanceUID)"
+        return f"{uid} ('{self.description or 'no description'}', {self.slices} slices)"
 
     def to_dict(self) -> dict:
         return {"uid": self.uid, "description": self.description, "slices": self.slices}
@@ -511,8 +512,17 @@ def reference_without_lumbar_note(reference: sitk.Image) -> str | None:
     scheme = label_scheme_of(reference) or "internal"
     codes = [int(v) for v in reference.GetMetaData(SOURCE_LABELS_KEY).split()] \
         if reference.HasMetaDataKey(SOURCE_LABELS_KEY) else []
-    held = (f"its labels are {', '.join(label_code_name(c, scheme) for c in codes)} ({scheme} codes)" if codes
-            else "it is empty")
+    # Name the vertebrae; a whole-body map (TotalSegmentator: organs too) would list dozens of bare codes.
+    named = [label_code_name(c, scheme) for c in codes if not label_code_name(c, scheme).startswith("label ")]
+    others = len(codes) - len(named)
+    plural = "s" if others > 1 else ""
+    if not codes:
+        held = "it is empty"
+    elif named:
+        held = (f"its labels are {', '.join(named)}" + (f" and {others} other label{plural}" if others else "")
+                + f" ({scheme} codes)")
+    else:
+        held = f"its {others} label{plural} ({scheme} codes) name no vertebra"
     return (f"The reference holds no L1-L5 vertebra ({held}); every lumbar vertebra found counts as extra.")
 
 

@@ -283,6 +283,29 @@ def test_real_totalsegmentator_map(shared_data):
     assert set(np.unique(sitk.GetArrayViewFromImage(img))) == {0, 1, 2, 3, 4, 5}
 
 
+@pytest.mark.parametrize("codes, scheme, held", [
+    ((18, 19), "verse", "its labels are T11, T12 (verse codes)"),
+    ((1, 5, 32, 33, 52, 90), "totalseg", "its labels are T12, T11 and 4 other labels (totalseg codes)"),
+    ((1, 5, 90), "totalseg", "its 3 labels (totalseg codes) name no vertebra"),
+    ((), "verse", "it is empty"),
+])
+def test_reference_without_lumbar_vertebrae_is_described_by_its_vertebrae(tmp_path, codes, scheme, held):
+    """A whole-body TotalSegmentator map holds dozens of organ codes: the note names the vertebrae and
+    counts the rest instead of listing 'label 52, label 63, ...'."""
+    arr = np.zeros((4, 4, 8), np.uint8)
+    for i, code in enumerate(codes):
+        arr[1, 1, i] = code
+    path = tmp_path / "ref.nii.gz"
+    sitk.WriteImage(sitk.GetImageFromArray(arr), str(path))
+    note = io.reference_without_lumbar_note(io.read_labelmap(path, scheme=scheme))
+    assert note == f"The reference holds no L1-L5 vertebra ({held}); every lumbar vertebra found counts as extra."
+
+
+def test_series_without_uid_is_described_as_such():
+    described = io.DicomSeries("", "CT Body 3.0", ("a", "b")).describe()
+    assert described == "(no SeriesInstanceUID) ('CT Body 3.0', 2 slices)"
+
+
 @pytest.mark.parametrize("suffix", [".nii.gz", ".nii", ".nrrd", ".seg.nrrd"])
 def test_write_labelmap_round_trip(tmp_path, suffix):
     img = _labels({1: 1, 3: 3, 5: 5})
