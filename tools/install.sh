@@ -34,8 +34,16 @@ else
   PY=.venv/bin/python
 fi
 
-# Pinned CPU build: an unpinned torch pulls a multi-GB CUDA build.
-$PY -m pip install -q torch==2.13.0
+# The CPU build of torch 2.13. PyPI's torch for Linux is the CUDA build (several GB of CUDA libraries), so
+# PyTorch's CPU index is added when this machine can reach it: its 2.13.0+cpu sorts above PyPI's 2.13.0.
+# Without it, a 2.13.0+cpu wheel in a local wheel cache (pip's find-links) is used when there is one.
+TORCH_CPU_INDEX=""
+if $PY -c "import socket; socket.getaddrinfo('download.pytorch.org', 443)" >/dev/null 2>&1; then
+  TORCH_CPU_INDEX="--extra-index-url https://download.pytorch.org/whl/cpu"
+fi
+$PY -m pip install -q torch==2.13.0 $TORCH_CPU_INDEX
+$PY -c "import importlib.metadata as m, sys; sys.exit(sys.platform == 'linux' and '+cpu' not in m.version('torch'))" \
+  || echo "Note: PyPI's CUDA build of torch was installed (PyTorch's CPU index was not reachable); it runs on the CPU too."
 $PY -m pip install -q -e ".[test]"
 
 echo "LumbarSeg is installed in $($PY -c 'import sys; print(sys.prefix)')${CREATED:+ (a new virtual environment)}."
