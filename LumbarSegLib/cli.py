@@ -237,7 +237,7 @@ def cmd_segment(args) -> int:
     if args.series and not Path(args.input).is_dir():
         raise InputError(f"--series chooses a series in a DICOM folder, but {args.input} is not a folder.")
     # The output folder is checked (and locked) before anything is read or computed.
-    with OutputFolder(args.output, overwrite=args.overwrite) as out:
+    with OutputFolder(args.output, overwrite=args.overwrite, inputs=(args.input, args.reference)) as out:
         dicom_source = None
         if args.dicom_seg:  # a SEG that cannot reference its source fails now, before the segmentation runs
             from .dicom_seg import read_source_series

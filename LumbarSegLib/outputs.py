@@ -16,6 +16,7 @@ Rules, checked before anything is computed:
   and a user's own files must never be deleted);
 * a read-only folder or file (no write permission bit, or not writable for this user) is refused, and so
   is a path under a regular file;
+* a folder holding one of the command's inputs (``inputs``) is refused: replacing it would delete them;
 * a second run into the same folder is refused while the first holds the lock (an OS file lock on
   ``.NAME.lumbarseg.lock`` beside the target, released by the OS even if the process is killed).
 
@@ -142,9 +143,10 @@ class OutputFolder:
     Ctrl-C) removes everything written and leaves ``target`` untouched.
     """
 
-    def __init__(self, target, *, overwrite: bool = False, what: str = "Output folder"):
+    def __init__(self, target, *, overwrite: bool = False, what: str = "Output folder", inputs=()):
         self.target = Path(os.path.abspath(os.fspath(target)))
         self.overwrite = overwrite
+        self.inputs = [Path(p) for p in inputs if p]  # files the command reads: never inside the replaced folder
         self.what = what
         self.staging: Path | None = None
         self.replaced_report: dict | None = None
@@ -174,6 +176,11 @@ class OutputFolder:
         if is_read_only(target):
             raise InputError(f"{self.what} {target} is read-only; LumbarSeg will not write into it. "
                              f"Choose another folder or make it writable.")
+        real_target = target.resolve()
+        for path in self.inputs:
+            if real_target in Path(os.path.abspath(path)).resolve().parents:
+                raise InputError(f"The input {path} lies inside the output folder {target}, which a new result "
+                                 f"replaces as a whole (the input with it). Choose another output folder.")
         entries = sorted(p.name for p in target.iterdir())
         if not entries:
             return

@@ -323,6 +323,22 @@ def test_reused_output_folder_is_refused_then_replaced_whole_with_overwrite(caps
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
 
 
+def test_an_input_inside_the_folder_that_overwrite_replaces_is_refused(capsys, tmp_path, ct_file):
+    """The demo (or phantom) folder holds a result and its CT: segmenting that CT into the same folder with
+    --overwrite would delete the input together with the earlier result."""
+    out = tmp_path / "demo_out"
+    rc, _, err = _segment(capsys, ct_file, out)
+    assert rc == 0, err
+    ct_inside = out / "case01.nii.gz"
+    ct_inside.write_bytes(ct_file.read_bytes())
+    reference_inside = out / "case01_labels.nii.gz"
+    for extra in ([], ["--reference", str(reference_inside)]):
+        source = ct_file if extra else ct_inside
+        rc, _, err = _segment(capsys, source, out, "--overwrite", *extra)
+        assert_clean_error(rc, err, "lies inside the output folder", "Choose another output folder")
+        assert ct_inside.is_file() and reference_inside.is_file()
+
+
 def test_folder_with_other_files_is_never_written(capsys, tmp_path, ct_file):
     out = tmp_path / "mine"
     out.mkdir()
