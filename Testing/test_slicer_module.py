@@ -217,20 +217,15 @@ def test_logic_keeps_edits_made_while_a_run_is_going(tmp_path):
     """'Overwrite' was answered for the segmentation as it was at the start; painting during the run
     is kept (the result goes to a new node), and the module hears about NaN voxels and implausible sizes."""
     slicer = pytest.importorskip("slicer")
-    import SimpleITK as sitk
-    from test_slicer_logic import _paint, fake_engine, labels_box_lps, new_scene, phantom
+    from test_slicer_logic import _paint, fake_engine, labels_box_lps, new_scene, phantom, with_nan_rows
 
     from LumbarSegLib.slicer.segments import segmentation_to_label_array
     from LumbarSegLib.slicer.volumes import sitk_to_volume_node
 
     logic = load_module().LumbarSegLogic()
     ct, labels = phantom(seed=7)
-    arr = sitk.GetArrayFromImage(ct).astype(np.float32)
-    arr[:, :2, :] = np.nan
-    nan_ct = sitk.GetImageFromArray(arr)
-    nan_ct.CopyInformation(ct)
     scene = new_scene()
-    volume = sitk_to_volume_node(scene, nan_ct, "CT")
+    volume = sitk_to_volume_node(scene, with_nan_rows(ct), "CT")
     engine = fake_engine(labels, labels_box_lps(labels))
     _, outcome = logic.process(scene, volume, device="cpu", segmentFunction=engine)
     seg = outcome.segmentation_node
