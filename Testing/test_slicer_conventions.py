@@ -21,7 +21,8 @@ from LumbarSegLib.slicer.metrics_table import compute_metrics, fill_metrics_tabl
 from LumbarSegLib.slicer.run import run_segmentation  # noqa: E402
 from LumbarSegLib.slicer.scene import ATTR_NOTICE  # noqa: E402
 from LumbarSegLib.slicer.segments import TERMINOLOGY_CONTEXT, TERMINOLOGY_FILE_NAME, load_terminology  # noqa: E402
-from LumbarSegLib.slicer.volumes import check_ct, sitk_to_volume_node  # noqa: E402
+from LumbarSegLib.io import validate_ct  # noqa: E402
+from LumbarSegLib.slicer.volumes import sitk_to_volume_node  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 TERMINOLOGY_FILE = ROOT / "LumbarSeg" / "Resources" / TERMINOLOGY_FILE_NAME
@@ -240,7 +241,7 @@ def test_sample_data_registration_loads_offline_as_sample_data_would(tmp_path):
     from LumbarSegLib.slicer.volumes import volume_node_to_sitk
 
     image = volume_node_to_sitk(volume)
-    assert check_ct(image) == []
+    validate_ct(image)  # a usable CT: raises InputError otherwise
     # Slicer's reader may order the slices differently; in physical space it is the same CT.
     stored = sitk.ReadImage(str(sample_data.SAMPLE_FILE))
     same_grid = sitk.Resample(image, stored, sitk.Transform(), sitk.sitkNearestNeighbor, -2000)

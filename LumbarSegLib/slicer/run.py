@@ -29,7 +29,7 @@ class ApplyOutcome:
     messages: list[str] = field(default_factory=list)
 
 
-def prepare_run(volume_node, roi_node=None, roi_mode: str = "auto", validate: bool = True) -> RunInputs:
+def prepare_run(volume_node, roi_node=None, roi_mode: str = "auto") -> RunInputs:
     """Main-thread part before a run: the CT as a SimpleITK image and the crop box to use (or None).
 
     Raises :class:`errors.InputError` with a user-facing message for a missing or non-CT volume. NaN
@@ -39,11 +39,7 @@ def prepare_run(volume_node, roi_node=None, roi_mode: str = "auto", validate: bo
 
     image = volume_node_to_sitk(volume_node)
     name = f"The volume '{volume_node.GetName()}'"
-    if validate:
-        image, _, messages = io.prepare_ct(image, name=name)
-    else:
-        image, _, warning = io.replace_nonfinite(image, name)
-        messages = [warning] if warning else []
+    image, _, messages = io.prepare_ct(image, name=name)
     box = box_for_run(roi_node, volume_node, roi_mode)
     return RunInputs(image, box, messages)
 

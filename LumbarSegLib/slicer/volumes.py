@@ -79,22 +79,6 @@ def sitk_to_volume_node(scene, image: sitk.Image, name: str = "CT", node_class: 
     return node
 
 
-def check_ct(image: sitk.Image) -> list[str]:
-    """Problems that make ``image`` unusable as a CT in Hounsfield units (empty list if none).
-
-    Uses the engine's own validation (:func:`LumbarSegLib.io.validate_ct`: 3D, single channel, plausible
-    spacing, enough memory, HU range with air and bone) so the module and the CLI refuse the same images.
-    """
-    from ..errors import InputError
-    from ..io import validate_ct
-
-    try:
-        validate_ct(image, name="The selected volume")
-    except InputError as exc:
-        return [str(exc)]
-    return []
-
-
 def sitk_to_oriented_image(image: sitk.Image):
     """A ``vtkOrientedImageData`` (RAS geometry) holding ``image``'s voxels."""
     slicer = slicer_module()
