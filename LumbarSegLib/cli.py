@@ -363,8 +363,7 @@ def cmd_demo(args) -> int:
         progress = _StageProgress(args.quiet)
         done = progress.step("phantom")
         t0 = time.perf_counter()
-        ct, truth_verse = phantoms.generate_phantom(args.seed, shape=DEMO_SHAPE, spacing=DEMO_SPACING,
-                                                    fov=DEMO_FOV if DEMO_FOV in phantoms.FOV_CHOICES else None)
+        ct, truth_verse = phantoms.generate_phantom(args.seed, shape=DEMO_SHAPE, spacing=DEMO_SPACING, fov=DEMO_FOV)
         gen_s = time.perf_counter() - t0
         done()
         ct_path = out.staging / "demo_ct.nii.gz"
@@ -479,7 +478,7 @@ def _main(argv=None) -> int:
         args = parser.parse_args(argv)
     except SystemExit as exc:  # --help, --version, usage errors: argparse has printed its message
         return exc.code if isinstance(exc.code, int) else 0 if exc.code is None else 2
-    handler = getattr(args, "func", None) or getattr(args, "handler", None)
+    handler = getattr(args, "func", None)
     if handler is None:
         parser.print_help(sys.stderr)
         return 2
