@@ -2,8 +2,8 @@
 
 One segment per vertebra found, coded with the same SNOMED CT category and types as everywhere else
 (:mod:`constants`), referencing the source series and each of its instances, so a PACS or viewer shows
-the result on the CT it came from. Every frame carries the research-use notice in the series and content
-description.
+the result on the CT it came from. The SEG carries the research-use notice in its series and content
+descriptions.
 
 The label map must be on the grid SimpleITK reads from the series (``io.read_ct`` of the folder), which
 is what ``pipeline.segment`` returns. Frames are matched to source instances by their position in space,

@@ -20,7 +20,7 @@ import SimpleITK as sitk
 import vtk
 from vtk.util import numpy_support
 
-from .constants import LABEL_NAMES
+from .constants import LABEL_NAMES, RESEARCH_NOTICE
 from .errors import InputError, LumbarSegError
 
 STL_COORDINATE_SYSTEM = "LPS"
@@ -145,7 +145,9 @@ def write_surface(poly: vtk.vtkPolyData, path, name: str, binary: bool = True) -
     writer = vtk.vtkSTLWriter()
     writer.SetFileName(str(path))
     writer.SetInputData(poly)
-    writer.SetHeader(f"SPACE={STL_COORDINATE_SYSTEM} LumbarSeg {name} vertebra (mm)")
+    # 80 bytes in a binary STL: Slicer reads the coordinate system at the start; the notice travels with the file.
+    header = f"SPACE={STL_COORDINATE_SYSTEM} LumbarSeg {name} vertebra (mm), {RESEARCH_NOTICE.lower()}"
+    writer.SetHeader(header[:80])
     if binary:
         writer.SetFileTypeToBinary()
     else:

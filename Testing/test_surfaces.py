@@ -49,7 +49,25 @@ def _physical_bounds(img, label):
 def test_one_file_per_present_vertebra(written):
     assert sorted(written) == ["L1", "L2"]
     assert written["L1"].name == "L1.stl"
-    assert written["L1"].read_bytes()[:9] == b"SPACE=LPS"  # Slicer reads this header as the coordinate system
+    header = written["L1"].read_bytes()[:80]
+    assert header[:9] == b"SPACE=LPS"  # Slicer reads this header as the coordinate system
+    assert b"LumbarSeg L1 vertebra (mm), research use only, not a medical device" in header
+
+
+def test_slicer_reads_the_files_as_lps(written):
+    """The header carries more than the coordinate system (the research notice): Slicer's own model reader
+    must still take it as LPS and show the surface where the STL says (RAS = LPS with x, y negated)."""
+    slicer = pytest.importorskip("slicer")
+    scene = slicer.vtkMRMLScene()
+    model = scene.AddNewNodeByClass("vtkMRMLModelNode")
+    storage = slicer.vtkMRMLModelStorageNode()
+    scene.AddNode(storage)
+    storage.SetFileName(str(written["L1"]))
+    assert storage.ReadData(model)
+    assert storage.GetCoordinateSystem() == slicer.vtkMRMLStorageNode.CoordinateSystemLPS
+    lps = np.asarray(_read(written["L1"]).GetBounds())
+    np.testing.assert_allclose(model.GetPolyData().GetBounds(), [-lps[1], -lps[0], -lps[3], -lps[2], *lps[4:]],
+                               atol=1e-4)
 
 
 @pytest.mark.parametrize("name, label", [("L1", 1), ("L2", 2)])
