@@ -152,6 +152,7 @@ class OutputFolder:
         self.replaced_report: dict | None = None
         self._lock_fd: int | None = None
         self._committed = False
+        self._created_parents: list[Path] = []  # folders made for the target, removed again if nothing is committed
 
     # ------------------------------------------------------------------ paths
     @property
@@ -253,14 +254,17 @@ class OutputFolder:
     # ------------------------------------------------------------------ context
     def __enter__(self) -> OutputFolder:
         self.check()
+        self._created_parents = [p for p in [self.target.parent, *self.target.parent.parents] if not p.exists()]
         try:
             self.target.parent.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
+            self._remove_created_parents()
             raise InputError(f"{self.what} {self.target}: its parent folder cannot be created "
                              f"({exc.strerror or exc}).") from None
         try:
             self._acquire_lock()
         except PermissionError:
+            self._remove_created_parents()
             raise InputError(f"{self.what} {self.target} cannot be written: the folder {self.target.parent} "
                              f"is not writable.") from None
         try:
@@ -271,6 +275,7 @@ class OutputFolder:
             os.chmod(self.staging, 0o777 & ~_umask())  # mkdtemp's 0700 would make the result private
         except BaseException:
             self._release_lock()
+            self._remove_created_parents()
             raise
         return self
 
@@ -297,6 +302,14 @@ class OutputFolder:
             shutil.rmtree(old, ignore_errors=True)
         return self.target / REPORT_NAME
 
+    def _remove_created_parents(self) -> None:
+        """Remove the (still empty) folders :meth:`__enter__` made for a result that never came."""
+        for path in self._created_parents:  # deepest first
+            try:
+                path.rmdir()
+            except OSError:  # not empty (someone else wrote there meanwhile) or already gone
+                break
+
     def __exit__(self, exc_type, exc, tb) -> None:
         try:
             if not self._committed and self.staging is not None:
@@ -305,3 +318,5 @@ class OutputFolder:
                     raise RuntimeError("OutputFolder left without commit(); nothing was written.")
         finally:
             self._release_lock()
+            if not self._committed:
+                self._remove_created_parents()

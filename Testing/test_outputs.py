@@ -54,6 +54,21 @@ def test_failure_or_ctrl_c_leaves_nothing(tmp_path, exc):
     assert _hidden_leftovers(tmp_path) == []
 
 
+def test_a_failed_run_removes_the_parent_folders_it_made(tmp_path):
+    """-o new/deeper/out: the folders made to hold the result go again when no result comes; a parent that
+    existed before stays."""
+    (tmp_path / "new").mkdir()
+    with pytest.raises(RuntimeError):
+        with OutputFolder(tmp_path / "new" / "deeper" / "more" / "out") as out:
+            assert (tmp_path / "new" / "deeper" / "more").is_dir()
+            (out.staging / "L1.stl").write_bytes(b"half")
+            raise RuntimeError("the CT could not be read")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["new"] and not list((tmp_path / "new").iterdir())
+    with OutputFolder(tmp_path / "new" / "deeper" / "out") as out:
+        out.commit(_report())
+    assert (tmp_path / "new" / "deeper" / "out" / "report.json").is_file()
+
+
 def test_interrupted_overwrite_keeps_the_earlier_result(tmp_path):
     target = tmp_path / "out"
     with OutputFolder(target) as out:
