@@ -29,6 +29,10 @@ SNOMED_VERTEBRA = {
     5: ("49668003", "L5 vertebra"),
 }
 SNOMED_BONE_CATEGORY = ("123037004", "Anatomical Structure")
+# The Slicer terminology this extension ships (LumbarSeg/Resources/*.term.json): segments are tagged against
+# it in the module and in the .seg.nrrd files the command line writes.
+TERMINOLOGY_CONTEXT = "Segmentation category and type - LumbarSeg"
+ANATOMIC_CONTEXT = "Anatomic codes - DICOM master list"
 
 # Said on every result (segmentation node, metrics table, DICOM SEG, report): the model is not validated
 # for clinical use.

@@ -27,8 +27,8 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
-from .constants import (LABEL_COLORS, LABEL_NAMES, SNOMED_BONE_CATEGORY, SNOMED_VERTEBRA, VERSE_LUMBAR,
-                        VERSE_NAMES)
+from .constants import (ANATOMIC_CONTEXT, LABEL_COLORS, LABEL_NAMES, SNOMED_BONE_CATEGORY, SNOMED_VERTEBRA,
+                        TERMINOLOGY_CONTEXT, VERSE_LUMBAR, VERSE_NAMES)
 from . import nifti
 from .errors import InputError
 
@@ -527,12 +527,12 @@ def reference_without_lumbar_note(reference: sitk.Image) -> str | None:
 
 
 def _segment_tags(label: int) -> str:
-    """Slicer terminology entry so the segment shows as 'Lx vertebra' in the Segment Editor."""
+    """Segment tags with the Slicer terminology entry (the extension's own terminology, as the module tags
+    its segments) so the segment shows as 'Lx vertebra' in the Segment Editor."""
     code, meaning = SNOMED_VERTEBRA[label]
     cat_code, cat_meaning = SNOMED_BONE_CATEGORY
-    return ("Segmentation.Status:completed|TerminologyEntry:Segmentation category and type - 3D Slicer General "
-            f"Anatomy list~SCT^{cat_code}^{cat_meaning}~SCT^{code}^{meaning}~^^~Anatomic codes - DICOM master "
-            "list~^^~^^|")
+    return (f"Segmentation.Status:completed|TerminologyEntry:{TERMINOLOGY_CONTEXT}~SCT^{cat_code}^{cat_meaning}"
+            f"~SCT^{code}^{meaning}~^^~{ANATOMIC_CONTEXT}~^^~^^|")
 
 
 def write_labelmap(labels: sitk.Image, path) -> Path:

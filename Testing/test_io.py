@@ -347,6 +347,11 @@ def test_seg_nrrd_opens_in_slicer(tmp_path):
     assert set(segments) == {"L1", "L3"}
     assert segments["L3"].GetLabelValue() == 3
     assert segments["L1"].GetColor() == pytest.approx((0.9, 0.1, 0.1))
+    # Tagged exactly as the module tags its segments (Slicer's own serializer, the shipped terminology).
+    from LumbarSegLib.slicer.segments import terminology_entry_string
+
+    for name, segment in segments.items():
+        assert segment.GetTerminology() == terminology_entry_string(int(name[1]))
 
 
 def test_output_stem(tmp_path):

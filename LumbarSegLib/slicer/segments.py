@@ -9,7 +9,8 @@ import re
 import numpy as np
 import SimpleITK as sitk
 
-from ..constants import LABEL_COLORS, LABEL_NAMES, RESEARCH_NOTICE, SNOMED_BONE_CATEGORY, SNOMED_VERTEBRA
+from ..constants import (ANATOMIC_CONTEXT, LABEL_COLORS, LABEL_NAMES, RESEARCH_NOTICE, SNOMED_BONE_CATEGORY,
+                         SNOMED_VERTEBRA, TERMINOLOGY_CONTEXT)
 from .scene import (ATTR_CONTENT_HASH, ATTR_NOTICE, ATTR_ROLE, ATTR_VOLUME_ID, REF_SOURCE_VOLUME,
                     ensure_segmentations_logic, matrix_to_numpy, place_in_study, place_like, slicer_module,
                     unique_name, vtk_module)
@@ -17,10 +18,9 @@ from .volumes import reference_oriented_image, sitk_to_oriented_image
 
 SEGMENTATION_SUFFIX = " lumbar vertebrae"
 # The terminology this extension ships (LumbarSeg/Resources/<TERMINOLOGY_FILE_NAME>, loaded at Slicer start):
-# L1-L5 with their SNOMED CT codes and colours. Segments are tagged against it.
-TERMINOLOGY_CONTEXT = "Segmentation category and type - LumbarSeg"
+# L1-L5 with their SNOMED CT codes and colours, context constants.TERMINOLOGY_CONTEXT. Segments are tagged
+# against it.
 TERMINOLOGY_FILE_NAME = "SegmentationCategoryTypeModifier-LumbarSeg.term.json"
-ANATOMIC_CONTEXT = "Anatomic codes - DICOM master list"
 DEFAULT_SMOOTHING = 0.5
 
 
