@@ -144,7 +144,9 @@ class OutputFolder:
     """
 
     def __init__(self, target, *, overwrite: bool = False, what: str = "Output folder", inputs=()):
-        self.target = Path(os.path.abspath(os.fspath(target)))
+        # A symlinked folder is written where it points (the staging folder goes beside the real folder,
+        # and the link is kept instead of being replaced by a folder).
+        self.target = Path(os.path.realpath(os.fspath(target)))
         self.overwrite = overwrite
         self.inputs = [Path(p) for p in inputs if p]  # files the command reads: never inside the replaced folder
         self.what = what

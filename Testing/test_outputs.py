@@ -205,3 +205,17 @@ def test_a_run_killed_between_the_two_renames_of_commit_gets_the_earlier_result_
     assert (target / "L1.stl").read_bytes() == b"earlier"
     assert json.loads((target / "report.json").read_text(encoding="utf-8"))["run"] == 1
     assert _hidden_leftovers(tmp_path) == []
+
+
+def test_a_symlinked_output_folder_is_written_where_it_points(tmp_path):
+    real = tmp_path / "results" / "case1"
+    real.parent.mkdir()
+    link = tmp_path / "latest"
+    link.symlink_to(real, target_is_directory=True)
+    for run in (1, 2):
+        with OutputFolder(link, overwrite=True) as out:
+            (out.staging / "L1.stl").write_bytes(b"run %d" % run)
+            out.commit(_report(run=run))
+    assert link.is_symlink() and (link / "L1.stl").read_bytes() == b"run 2"
+    assert sorted(p.name for p in real.iterdir()) == ["L1.stl", "report.json"]
+    assert _hidden_leftovers(tmp_path) == [] and _hidden_leftovers(real.parent) == []
