@@ -65,7 +65,11 @@ def check_references(datasets, where="the DICOM series") -> None:
                              "must reference it, so none can be written. Segment without --dicom-seg.")
         if attr not in ("SOPInstanceUID",) and len(values) > 1:
             raise InputError(f"{where}: the instances have {len(values)} different {attr}s; a DICOM SEG needs one "
-                             "series of one study.")
+                             "series of one study. Segment without --dicom-seg.")
+    positions = [tuple(round(float(v), 3) for v in ds.ImagePositionPatient) for ds in datasets]
+    if len(set(positions)) != len(positions):
+        raise InputError(f"{where}: two instances lie at the same position (a duplicated slice?), so a DICOM SEG "
+                         "frame could not name its source image. Remove the duplicate, or segment without --dicom-seg.")
 
 
 def source_slice_indices(labels: sitk.Image, datasets) -> list[int]:
@@ -82,7 +86,8 @@ def source_slice_indices(labels: sitk.Image, datasets) -> list[int]:
                              f"{ds.SOPInstanceUID} at {position} mm falls at index {where}).")
         indices.append(k)
     if len(set(indices)) != len(indices):
-        raise InputError("Two DICOM instances of the series lie at the same slice position; cannot write a SEG.")
+        raise InputError("Two DICOM instances of the series fall on the same slice of the label map; cannot write "
+                         "a DICOM SEG. Segment without --dicom-seg.")
     return indices
 
 

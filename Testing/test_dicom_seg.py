@@ -162,6 +162,20 @@ def test_label_map_off_the_series_grid_is_refused(tmp_path, synthetic_series):
         dicom_seg.write_dicom_seg(shifted, folder, tmp_path / "x.dcm")
 
 
+def test_a_duplicated_slice_is_refused_before_segmenting(tmp_path, synthetic_series, capsys):
+    folder, grid, labels = synthetic_series
+    first = sorted(folder.iterdir())[0]
+    ds = pydicom.dcmread(first)
+    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+    ds.save_as(folder / "copy_of_a_slice.dcm", enforce_file_format=True)
+    with pytest.raises(InputError, match="two instances lie at the same position"):
+        dicom_seg.read_source_series(folder)
+    assert main(["segment", str(folder), "-o", str(tmp_path / "o"), "--dicom-seg", "-q"]) == 2
+    err = capsys.readouterr().err
+    assert "two instances lie at the same position" in err and "Traceback" not in err
+    assert not (tmp_path / "o").exists()
+
+
 @pytest.mark.parametrize("change", ["no position", "multi-frame"])
 def test_instances_a_seg_cannot_be_matched_to_are_a_clean_error(tmp_path, synthetic_series, change):
     folder, grid, labels = synthetic_series
