@@ -20,6 +20,7 @@ import SimpleITK as sitk
 from . import __version__
 from .constants import LABEL_COLORS, LABEL_NAMES, RESEARCH_NOTICE, SNOMED_BONE_CATEGORY, SNOMED_VERTEBRA
 from .errors import InputError
+from .slice_positions import slice_position_problem
 
 SERIES_DESCRIPTION = "LumbarSeg L1-L5 (research use)"
 SERIES_NUMBER = 9901  # a high number so the SEG sorts after the scanner's own series
@@ -47,12 +48,15 @@ def check_references(datasets, where="the DICOM series") -> None:
     the file's meta information (the same UIDs, kept there by some anonymisers); missing study or series
     UIDs cannot be recovered, and a SEG with made-up ones would not attach to the CT in a PACS. Frames are
     matched to instances by ImagePositionPatient, so each instance must be one slice that has it (an
-    enhanced multi-frame CT keeps its positions per frame instead)."""
+    enhanced multi-frame CT keeps its positions per frame instead), and the slices must stack into one
+    regular volume (:func:`slice_positions.slice_position_problem`, as when the CT is read)."""
     for ds in datasets:
-        if int(ds.get("NumberOfFrames", 1) or 1) != 1 or "ImagePositionPatient" not in ds:
+        if int(ds.get("NumberOfFrames", 1) or 1) != 1 or "ImagePositionPatient" not in ds \
+                or "ImageOrientationPatient" not in ds:
             raise InputError(f"{where}: --dicom-seg needs a series of single-slice images with an Image Position "
-                             f"(Patient), such as CT Image Storage; instance {ds.get('SOPInstanceUID', '?')} is a "
-                             "multi-frame image or has no position. Segment without --dicom-seg.")
+                             f"and Orientation (Patient), such as CT Image Storage; instance "
+                             f"{ds.get('SOPInstanceUID', '?')} is a multi-frame image or has no position. Segment "
+                             "without --dicom-seg.")
         meta = getattr(ds, "file_meta", None)
         for attr, meta_attr in (("SOPClassUID", "MediaStorageSOPClassUID"),
                                 ("SOPInstanceUID", "MediaStorageSOPInstanceUID")):
@@ -66,10 +70,10 @@ def check_references(datasets, where="the DICOM series") -> None:
         if attr not in ("SOPInstanceUID",) and len(values) > 1:
             raise InputError(f"{where}: the instances have {len(values)} different {attr}s; a DICOM SEG needs one "
                              "series of one study. Segment without --dicom-seg.")
-    positions = [tuple(round(float(v), 3) for v in ds.ImagePositionPatient) for ds in datasets]
-    if len(set(positions)) != len(positions):
-        raise InputError(f"{where}: two instances lie at the same position (a duplicated slice?), so a DICOM SEG "
-                         "frame could not name its source image. Remove the duplicate, or segment without --dicom-seg.")
+    positions = [[float(v) for v in ds.ImagePositionPatient] for ds in datasets]  # in the order io reads them
+    problem = slice_position_problem(positions, [float(v) for v in datasets[0].ImageOrientationPatient])
+    if problem:
+        raise InputError(f"{where}: the DICOM series is unusable: {problem}")
 
 
 def source_slice_indices(labels: sitk.Image, datasets) -> list[int]:

@@ -31,6 +31,7 @@ from .constants import (ANATOMIC_CONTEXT, LABEL_COLORS, LABEL_NAMES, SNOMED_BONE
                         TERMINOLOGY_CONTEXT, VERSE_LUMBAR, VERSE_NAMES)
 from . import nifti
 from .errors import InputError
+from .slice_positions import check_series_files
 
 IMAGE_SUFFIXES = (".nii.gz", ".nii", ".seg.nrrd", ".nrrd", ".mha", ".mhd")
 LABELMAP_SUFFIXES = (".nii.gz", ".nii", ".seg.nrrd", ".nrrd")
@@ -177,7 +178,8 @@ def image_information(path, series_uid: str | None = None) -> tuple[tuple[int, .
 def read_image(path, series_uid: str | None = None) -> sitk.Image:
     """Read an image file or a DICOM series folder, keeping its geometry.
 
-    A DICOM folder gives the series ``series_uid``, by default the one with the most slices. A missing,
+    A DICOM folder gives the series ``series_uid``, by default the one with the most slices; a series whose
+    slices do not stack into one regular volume is refused (:mod:`slice_positions`). A missing,
     unreadable or corrupt file is an :class:`InputError` naming the file. Non-finite values of a float
     NIfTI file are kept as they are in the file (see :func:`nifti.restore_nonfinite`).
     """
@@ -186,6 +188,7 @@ def read_image(path, series_uid: str | None = None) -> sitk.Image:
         raise InputError(f"{path}: no such file or folder. Give a CT as {_accepted_formats()}.")
     if path.is_dir():
         files = dicom_series_files(path, series_uid)
+        check_series_files(files, path)  # GDCM would stack duplicated or missing slices into a wrong volume
         reader = sitk.ImageSeriesReader()
         reader.SetFileNames(list(files))
         try:

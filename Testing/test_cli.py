@@ -532,6 +532,17 @@ def test_dicom_folder_with_several_series(capsys, tmp_path):
     assert_clean_error(rc, err, "no DICOM series with UID 1.2.3", "Topogram", "24 slices")
 
 
+def test_dicom_series_with_a_missing_slice_is_refused_before_segmenting(capfd, tmp_path):
+    """ITK would spread the gap over the whole volume (and print a C++ warning): every vertebra a little
+    misplaced and mis-measured, with exit 0."""
+    from test_io import _series_with
+
+    rc = cli.main(["segment", str(_series_with(tmp_path, "missing")), "-o", str(tmp_path / "out")])
+    err = capfd.readouterr().err
+    assert_clean_error(rc, err, "slice spacing is not uniform", "slices are missing")
+    assert "lumbarseg: localize" not in err and "WARNING: In" not in err and not (tmp_path / "out").exists()
+
+
 def test_empty_folder_gives_only_the_clean_error(capfd, tmp_path):
     """GDCM's C++ warning went straight to the process's stderr before our message (capfd sees it)."""
     (tmp_path / "empty").mkdir()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 import SimpleITK as sitk
@@ -109,6 +111,54 @@ def test_dicom_folder_picks_largest_series(tmp_path):
     assert img.GetSize() == (16, 16, 6)
     np.testing.assert_allclose(img.GetSpacing(), (0.7, 0.7, 2.0), atol=1e-4)
     assert img.GetOrigin()[2] == pytest.approx(100.0)
+
+
+def _series_with(tmp_path, change):
+    """A 12-slice series with one slice duplicated (as a new instance), one missing, or one without position."""
+    import pydicom
+    from pydicom.uid import generate_uid
+
+    folder = tmp_path / "dicom"
+    write_dicom_series(folder, 12, "1.2.826.0.1.3680043.2.1125.401")
+    path = folder / "401_005.dcm"
+    if change == "duplicated":
+        ds = pydicom.dcmread(path)
+        ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+        ds.save_as(folder / "401_005_again.dcm")
+    elif change == "missing":
+        path.unlink()
+    else:
+        ds = pydicom.dcmread(path)
+        del ds.ImagePositionPatient
+        ds.save_as(path)
+    return folder
+
+
+@pytest.mark.parametrize("change, message", [
+    ("duplicated", "1 of its 13 slices lie at the same position as another one"),
+    ("missing", "slice spacing is not uniform (gaps of 2 to 4 mm, mostly 2 mm): slices are missing"),
+    ("no position", "401_005.dcm has no Image Position/Orientation (Patient)"),
+])
+def test_series_that_does_not_stack_into_one_volume_is_refused(tmp_path, change, message):
+    """GDCM sorts by position; with a duplicated or position-less slice it falls back to file-name order and
+    ITK stacks the slices in that order with a 1 mm spacing; a missing slice is spread over the volume."""
+    folder = _series_with(tmp_path, change)
+    with pytest.raises(InputError, match=re.escape(message)):
+        io.read_ct(folder)
+
+
+def test_slice_position_problem_accepts_oblique_and_descending_series():
+    from LumbarSegLib.slice_positions import slice_position_problem
+
+    tilt = np.deg2rad(20)
+    row, col = np.array([1.0, 0.0, 0.0]), np.array([0.0, np.cos(tilt), np.sin(tilt)])
+    normal = np.cross(row, col)
+    positions = [np.array([5.0, -3.0, 40.0]) + 1.25 * k * normal + 0.3 * k * col for k in range(30)]
+    orientation = [*row, *col]
+    assert slice_position_problem(positions, orientation) is None
+    assert slice_position_problem(positions[::-1], orientation) is None
+    shuffled = positions[:10] + positions[20:] + positions[10:20]
+    assert "not in the order of their positions" in slice_position_problem(shuffled, orientation)
 
 
 def test_real_dicom_series(shared_data):
