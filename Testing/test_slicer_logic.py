@@ -636,3 +636,23 @@ def test_slicer_stl_export_never_mixes_two_results_in_one_folder(tmp_path):
     assert sorted(p.name for p in folder.iterdir()) == sorted([p.name for p in second] + ["notes.stl"])
     assert all(p.read_bytes() != before[p.name] for p in second)  # the second scan's surfaces
     assert (folder / "notes.stl").read_bytes() == b"another program's file"
+
+
+def test_slicer_stl_export_to_an_unwritable_folder_is_one_clear_error(data, tmp_path):
+    from LumbarSegLib.errors import InputError
+
+    ct, labels = data
+    scene = new_scene()
+    seg = labels_to_segmentation(scene, labels, sitk_to_volume_node(scene, ct, "CT"))
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0o555)
+    try:
+        with pytest.raises(InputError, match="the folder .*locked is read-only"):
+            export_stl(seg, locked / "stl")
+    finally:
+        locked.chmod(0o755)
+    assert list(locked.iterdir()) == []
+    (tmp_path / "notes.txt").write_text("x", encoding="utf-8")
+    with pytest.raises(InputError, match="notes.txt is a file, not a folder"):
+        export_stl(seg, tmp_path / "notes.txt" / "stl")

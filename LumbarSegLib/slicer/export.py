@@ -50,7 +50,7 @@ def export_stl(segmentation_node, folder, lps: bool = True, segment_ids=None, ov
     slicer = slicer_module()
     vtk = vtk_module()
     folder = Path(folder)
-    check_writable_location(folder / "L1.stl", "The STL export folder")
+    check_writable_location(folder / "L1.stl", "The STL file")
     folder.mkdir(parents=True, exist_ok=True)
     scene = segmentation_node.GetScene()
     if scene is not None:
