@@ -25,6 +25,9 @@ MIN_HEATMAP_PEAK = 0.35
 # Connected pieces smaller than this are islands, and a vertebra smaller than this is not reported:
 # a whole lumbar vertebra is 25-90 mL, so 1 mL is a sliver at the edge of the field of view or noise.
 MIN_VERTEBRA_ML = 1.0
+# Vertebrae are solid: the network's uncertain voxels inside cancellous bone leave pits and holes in a
+# vertebra that a closing of this radius and a 3D hole fill close (into background voxels only).
+CLOSING_MM = 2.0
 
 
 @dataclass
@@ -117,6 +120,7 @@ def clean_labels(labels: np.ndarray, spacing_xyz, messages: list[str], context_c
     min_voxels = max(1, int(MIN_VERTEBRA_ML / voxel_ml))
     out = np.zeros_like(labels)
     extents = {}  # label -> (lowest z, centroid z, highest z) of its kept piece
+    radius = np.maximum(np.round(CLOSING_MM / np.asarray(spacing_xyz, float)[::-1]).astype(int), 1)  # (z, y, x)
     objects = ndimage.find_objects(labels, max_label=NUM_CLASSES - 1)
     for label, region in enumerate(objects, start=1):
         if region is None:
@@ -125,6 +129,7 @@ def clean_labels(labels: np.ndarray, spacing_xyz, messages: list[str], context_c
         if mask.sum() < min_voxels:
             continue
         out[region][mask] = label
+        _close_and_fill(out, labels, label, region, radius)
         zs = np.flatnonzero(mask.any(axis=(1, 2))) + region[0].start
         extents[label] = (zs[0], ndimage.center_of_mass(mask)[0] + region[0].start, zs[-1])
     # Anatomical order: L1 must be the most superior. If the network swapped identities, keep its set of
@@ -142,6 +147,17 @@ def clean_labels(labels: np.ndarray, spacing_xyz, messages: list[str], context_c
     if shift:
         remap = np.where(remap > 0, remap.astype(int) + shift, 0).astype(np.uint8)
     return remap[out]
+
+
+def _close_and_fill(out: np.ndarray, labels: np.ndarray, label: int, region, radius) -> None:
+    """Close ``label``'s kept piece in ``out`` (ellipsoid of ``radius`` voxels) and fill its enclosed holes,
+    in place, taking only voxels the network called background."""
+    box = tuple(slice(max(r.start - k, 0), min(r.stop + k, n)) for r, k, n in zip(region, radius, labels.shape))
+    mask = out[box] == label
+    zz, yy, xx = np.ogrid[tuple(slice(-k, k + 1) for k in radius)]
+    ball = (zz / radius[0]) ** 2 + (yy / radius[1]) ** 2 + (xx / radius[2]) ** 2 <= 1.0
+    solid = ndimage.binary_fill_holes(ndimage.binary_closing(mask, structure=ball, border_value=0))
+    out[box][solid & (labels[box] == 0) & (out[box] == 0)] = label
 
 
 # A context vertebra (thoracic above, sacrum/L6 below) this close to the end of the lumbar column counts as

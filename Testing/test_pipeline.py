@@ -108,6 +108,19 @@ def test_clean_labels_drops_slivers():
     assert pipeline.clean_labels(labels, (1.0, 1.0, 1.0), []).max() == 0
 
 
+def test_clean_labels_fills_holes_inside_a_vertebra_but_takes_nothing_from_its_neighbours():
+    labels = np.zeros((40, 30, 30), np.uint8)
+    labels[5:20, 5:25, 5:25] = 3
+    labels[10:15, 12:18, 12:18] = 0  # an enclosed hole (uncertain cancellous bone)
+    labels[5:20, 5:20, 14] = 0  # a one-voxel crack most of the way through the block
+    labels[21:35, 5:25, 5:25] = 2  # the neighbour above, 1 voxel away
+    labels[20, 10:12, 10:12] = 6  # a context-class voxel in the gap stays what it was called (folded later)
+    out = pipeline.clean_labels(labels, (1.0, 1.0, 1.0), [])
+    assert (out[10:15, 12:18, 12:18] == 3).all() and (out[6:19, 6:20, 14] == 3).all()
+    assert (out[21:35, 5:25, 5:25] == 2).all() and (out[20] == 0).all()  # the 1-voxel disc is not bridged
+    assert (out[0:4] == 0).all() and (out[:, :4] == 0).all()  # no growth outwards beyond the closing
+
+
 def _column(names_top_down, gap=8, height=25):
     """A (z, y, x) label column of vertebra blocks 25 voxels high (1 mm) with 8-voxel discs, top first."""
     n = len(names_top_down)
