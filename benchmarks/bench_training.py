@@ -6,6 +6,11 @@ machine with the same data: give several ``--repo`` folders and they run in turn
 
     python benchmarks/bench_training.py [--repo . --repo /tmp/old_checkout] [--rounds 2] [--minutes 2]
         [--phantoms 8] [--config cpu] [--device cpu] [--workdir /tmp/bench_training]
+        [--variant "float32=" --variant "bf16+compile=--precision bfloat16 --compile"]
+
+``--variant NAME=OPTIONS`` runs each checkout once per variant with those extra ``train`` options (e.g. the
+CPU's bfloat16 autocast and torch.compile against plain float32); the compile time counts in the first
+steps' time, so give enough --minutes for it to pay off.
 
 Phantoms and the precomputed cache are made once (in --workdir) and shared by all runs. The XUNet's
 figure mixes its one-thread phase (while the localizer trains) and its two-thread phase, as in real use.
@@ -23,7 +28,7 @@ import time
 from pathlib import Path
 
 
-def run_once(repo: Path, args, workdir: Path, tag: str) -> dict:
+def run_once(repo: Path, args, workdir: Path, tag: str, extra: list[str]) -> dict:
     out = workdir / f"{tag}.pt"
     cmd = [sys.executable, "-m", "LumbarSegLib.cli", "train", "--phantoms", str(args.phantoms), "--seed", "0",
            "--config", args.config, "--minutes", str(args.minutes), "--cache", str(workdir / "cache"),
@@ -31,6 +36,7 @@ def run_once(repo: Path, args, workdir: Path, tag: str) -> dict:
            "--jobs", "2", "--checkpoint-minutes", "100", "--val-minutes", "100"]
     if args.device:
         cmd += ["--device", args.device]
+    cmd += extra
     t0 = time.time()
     log = workdir / f"{tag}.log"
     with open(log, "w") as fh:
@@ -62,16 +68,22 @@ def main(argv=None) -> int:
     p.add_argument("--config", default="cpu")
     p.add_argument("--device", default=None, help="passed to train --device when given")
     p.add_argument("--workdir", default="/tmp/bench_training")
+    p.add_argument("--variant", action="append", metavar="NAME=OPTIONS",
+                   help="extra train options to compare (repeatable; default: none)")
     args = p.parse_args(argv)
+    variants = [v.split("=", 1) for v in (args.variant or ["default="])]
+    if any(len(v) != 2 for v in variants):
+        p.error("--variant takes NAME=OPTIONS, e.g. 'bf16=--precision bfloat16'")
     repos = [Path(r).resolve() for r in (args.repo or [Path(__file__).resolve().parents[1]])]
     workdir = Path(args.workdir)
     workdir.mkdir(parents=True, exist_ok=True)
-    results: dict[str, list[dict]] = {str(r): [] for r in repos}
+    results: dict[str, list[dict]] = {}
     for rnd in range(args.rounds):
         for i, repo in enumerate(repos):
-            r = run_once(repo, args, workdir, f"r{rnd}_{i}")
-            results[str(repo)].append(r)
-            print(json.dumps(r), flush=True)
+            for j, (name, options) in enumerate(variants):
+                r = run_once(repo, args, workdir, f"r{rnd}_{i}_{j}", options.split())
+                results.setdefault(f"{repo} [{name}]" if len(variants) > 1 else str(repo), []).append(r)
+                print(json.dumps(dict(r, variant=name)), flush=True)
     print(f"\n{args.config} config, {args.phantoms} phantoms, --minutes {args.minutes}, {os.cpu_count()} CPUs "
           f"(median over {args.rounds} round(s))")
     for repo, rs in results.items():
