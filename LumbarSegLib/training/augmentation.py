@@ -13,7 +13,8 @@ import torch
 import torch.nn.functional as F
 
 
-def _rotation(angles) -> np.ndarray:
+def rotation_matrix(angles) -> np.ndarray:
+    """Rotation by ``angles`` (radians) about x, then y, then z."""
     ax, ay, az = angles
     rx = np.array([[1, 0, 0], [0, math.cos(ax), -math.sin(ax)], [0, math.sin(ax), math.cos(ax)]])
     ry = np.array([[math.cos(ay), 0, math.sin(ay)], [0, 1, 0], [-math.sin(ay), 0, math.cos(ay)]])
@@ -29,7 +30,7 @@ def random_grid(shape_zyx, rng: np.random.Generator, rotate_deg: float = 10.0, s
     """
     d, h, w = shape_zyx
     half = np.array([w, h, d], float) / 2.0  # normalised -> voxel units, (x, y, z)
-    rot = _rotation(np.deg2rad(rng.uniform(-rotate_deg, rotate_deg, 3)))
+    rot = rotation_matrix(np.deg2rad(rng.uniform(-rotate_deg, rotate_deg, 3)))
     s = rng.uniform(*scale) * rng.uniform(0.97, 1.03, 3)
     a_vox = rot @ np.diag(1.0 / s)  # output voxel offset -> input voxel offset
     a = np.diag(1.0 / half) @ a_vox @ np.diag(half)

@@ -26,6 +26,8 @@ import numpy as np
 import SimpleITK as sitk
 from scipy import ndimage
 
+from .augmentation import rotation_matrix
+
 VIEWS_VERSION = 1  # part of the cache key: bump when a view's content changes
 AIR_HU = -1000.0
 OUTSIDE = -32000.0  # marks voxels outside the source image after resampling
@@ -117,14 +119,6 @@ def fill_soft_tissue(ct: sitk.Image, seg: sitk.Image, rng: np.random.Generator) 
 # Views
 # ------------------------------------------------------------------------------------------------------
 
-def _rotation(angles_rad) -> np.ndarray:
-    ax, ay, az = angles_rad
-    rx = np.array([[1, 0, 0], [0, math.cos(ax), -math.sin(ax)], [0, math.sin(ax), math.cos(ax)]])
-    ry = np.array([[math.cos(ay), 0, math.sin(ay)], [0, 1, 0], [-math.sin(ay), 0, math.cos(ay)]])
-    rz = np.array([[math.cos(az), -math.sin(az), 0], [math.sin(az), math.cos(az), 0], [0, 0, 1]])
-    return rz @ ry @ rx
-
-
 def _domain_corners(image: sitk.Image) -> np.ndarray:
     size = np.asarray(image.GetSize(), float)
     return np.array([image.TransformContinuousIndexToPhysicalPoint(
@@ -167,7 +161,7 @@ def make_view(ct: sitk.Image, seg: sitk.Image, rng: np.random.Generator, kind: s
     step = max(1, zz.size // 20000)
     center = _index_to_physical(seg, np.stack([xx[::step], yy[::step], zz[::step]], 1)).mean(0)
     tilt = np.deg2rad([rng.uniform(-15, 15), rng.uniform(-8, 8), rng.uniform(-8, 8)])
-    rot = _rotation(tilt)  # columns = view axes in the source frame
+    rot = rotation_matrix(tilt)  # columns = view axes in the source frame
     boxes = _label_boxes(seg_arr, present, seg, rot, center)
     dom = (_domain_corners(ct) - center) @ rot
     dom_lo, dom_hi = dom.min(0), dom.max(0)
