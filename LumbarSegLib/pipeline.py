@@ -22,9 +22,11 @@ from .models import LumbarSegModel, load_model, resolve_device
 
 # Below this heatmap peak the localizer saw no lumbar spine (a trained localizer peaks near 1 on one).
 MIN_HEATMAP_PEAK = 0.35
-# Connected pieces smaller than this are islands, and a vertebra smaller than this is not reported:
-# a whole lumbar vertebra is 25-90 mL, so 1 mL is a sliver at the edge of the field of view or noise.
-MIN_VERTEBRA_ML = 1.0
+# A vertebra whose largest piece is smaller than this is not reported. A whole lumbar vertebra is 25-90 mL
+# (about 1-2 mL per mm of its height), so 8 mL is the last 5-7 mm of one at the edge of the field of view,
+# too little to name or to plan on. The real thoracic series in ../shared (T11/T12, no lumbar vertebra)
+# drew lumbar pieces of 0.1-4 mL from the networks trained with real CT; whole vertebrae are never that small.
+MIN_VERTEBRA_ML = 8.0
 # Vertebrae are solid: the network's uncertain voxels inside cancellous bone leave pits and holes in a
 # vertebra that a closing of this radius and a 3D hole fill close (into background voxels only).
 CLOSING_MM = 2.0

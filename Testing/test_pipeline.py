@@ -91,9 +91,9 @@ def test_heatmap_box_follows_paper_rule():
 
 
 def test_clean_labels_keeps_largest_piece_and_fixes_order():
-    labels = np.zeros((60, 20, 20), np.uint8)
-    labels[40:50, 5:15, 5:15] = 2  # superior block wrongly called L2
-    labels[10:20, 5:15, 5:15] = 1  # inferior block wrongly called L1
+    labels = np.zeros((60, 40, 40), np.uint8)
+    labels[40:50, 5:35, 5:35] = 2  # superior block (9 mL) wrongly called L2
+    labels[10:20, 5:35, 5:35] = 1  # inferior block wrongly called L1
     labels[0:2, 0:2, 0:2] = 1  # an island of L1
     messages = []
     out = pipeline.clean_labels(labels, (1.0, 1.0, 1.0), messages)
@@ -104,30 +104,34 @@ def test_clean_labels_keeps_largest_piece_and_fixes_order():
 
 def test_clean_labels_drops_slivers():
     labels = np.zeros((30, 30, 30), np.uint8)
-    labels[0:5, 0:10, 0:10] = 3  # 500 mm^3 = 0.5 mL < 1 mL
+    labels[0:5, 0:10, 0:10] = 3  # 500 mm^3 = 0.5 mL: a sliver
     assert pipeline.clean_labels(labels, (1.0, 1.0, 1.0), []).max() == 0
+    labels[0:7, 0:30, 0:30] = 3  # 6.3 mL: the last few millimetres of a vertebra, too little to name
+    assert pipeline.MIN_VERTEBRA_ML > 6.3 and pipeline.clean_labels(labels, (1.0, 1.0, 1.0), []).max() == 0
+    labels[0:10, 0:30, 0:30] = 3  # 9 mL is kept
+    assert pipeline.clean_labels(labels, (1.0, 1.0, 1.0), []).max() == 3
 
 
 def test_clean_labels_fills_holes_inside_a_vertebra_but_takes_nothing_from_its_neighbours():
-    labels = np.zeros((40, 30, 30), np.uint8)
-    labels[5:20, 5:25, 5:25] = 3
+    labels = np.zeros((40, 40, 40), np.uint8)
+    labels[5:20, 5:35, 5:35] = 3
     labels[10:15, 12:18, 12:18] = 0  # an enclosed hole (uncertain cancellous bone)
-    labels[5:20, 5:20, 14] = 0  # a one-voxel crack most of the way through the block
-    labels[21:35, 5:25, 5:25] = 2  # the neighbour above, 1 voxel away
+    labels[5:20, 5:30, 14] = 0  # a one-voxel crack most of the way through the block
+    labels[21:35, 5:35, 5:35] = 2  # the neighbour above, 1 voxel away
     labels[20, 10:12, 10:12] = 6  # a context-class voxel in the gap stays what it was called (folded later)
     out = pipeline.clean_labels(labels, (1.0, 1.0, 1.0), [])
-    assert (out[10:15, 12:18, 12:18] == 3).all() and (out[6:19, 6:20, 14] == 3).all()
-    assert (out[21:35, 5:25, 5:25] == 2).all() and (out[20] == 0).all()  # the 1-voxel disc is not bridged
+    assert (out[10:15, 12:18, 12:18] == 3).all() and (out[6:19, 6:30, 14] == 3).all()
+    assert (out[21:35, 5:35, 5:35] == 2).all() and (out[20] == 0).all()  # the 1-voxel disc is not bridged
     assert (out[0:4] == 0).all() and (out[:, :4] == 0).all()  # no growth outwards beyond the closing
 
 
 def _column(names_top_down, gap=8, height=25):
-    """A (z, y, x) label column of vertebra blocks 25 voxels high (1 mm) with 8-voxel discs, top first."""
+    """A (z, y, x) label column of vertebra blocks 25 voxels high (1 mm, 22.5 mL) with 8-voxel discs, top first."""
     n = len(names_top_down)
-    labels = np.zeros((n * (height + gap) + 10, 20, 20), np.uint8)
+    labels = np.zeros((n * (height + gap) + 10, 40, 40), np.uint8)
     for i, lab in enumerate(names_top_down):
         z_hi = labels.shape[0] - 5 - i * (height + gap)
-        labels[z_hi - height:z_hi, 5:15, 5:15] = lab
+        labels[z_hi - height:z_hi, 5:35, 5:35] = lab
     return labels
 
 
