@@ -283,7 +283,8 @@ def card_markdown(card: dict) -> str:
               f"input {tuple(model['config']['xunet_input'])}; bone window level {model['config']['window_level']:g} / "
               f"width {model['config']['window_width']:g} HU.",
               f"- File size {model['bytes'] / 1e6:.2f} MB (half-precision weights), SHA-256 `{model['sha256'][:16]}…`.",
-              "- Method: two-stage localizer heatmap + crop + XUNet of Lu et al. 2023, retrained here on synthetic data.",
+              "- Method: two-stage localizer heatmap + crop + XUNet of Lu et al. 2023, retrained here on "
+              + ("synthetic phantoms and real labelled CT." if td.get("real") else "synthetic data."),
               ""]
     lines += ["## Training data", ""]
     if ph:
