@@ -50,9 +50,14 @@ class ShapeLibrary:
 SHAPE_LIBRARY_ENV = "LUMBARSEG_SHAPE_LIBRARY"  # overrides the default folder (e.g. data carried to a GPU machine)
 
 
+# The real vertebra masks beside a checkout (../shared/data/masks): the shape library unless
+# $LUMBARSEG_SHAPE_LIBRARY names another.
+DEFAULT_MASKS_ROOT = Path(__file__).resolve().parents[3] / "shared" / "data" / "masks"
+
+
 def _default_masks_root():
     override = os.environ.get(SHAPE_LIBRARY_ENV)
-    return Path(override) if override else Path(__file__).resolve().parents[3] / "shared" / "data" / "masks"
+    return Path(override) if override else DEFAULT_MASKS_ROOT
 
 
 def _map_codes(path: Path, arr):

@@ -56,9 +56,9 @@ def shape_sources(metadata: dict) -> list[str]:
 
 
 def _default_library_sources() -> list[str]:
-    from ..phantoms import load_shape_library
+    from ..phantoms.shapes import DEFAULT_MASKS_ROOT, load_shape_library
 
-    lib = load_shape_library(Path(__file__).resolve().parents[3] / "shared" / "data" / "masks")
+    lib = load_shape_library(DEFAULT_MASKS_ROOT)
     return sorted({s.source for c in lib.shapes for s in lib.shapes[c]}) if lib else ["unknown"]
 
 
