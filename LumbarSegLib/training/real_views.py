@@ -154,8 +154,12 @@ def _index_to_physical(image: sitk.Image, idx: np.ndarray) -> np.ndarray:
 
 
 def make_view(ct: sitk.Image, seg: sitk.Image, rng: np.random.Generator, kind: str | None = None,
-              lumbar_codes=(20, 21, 22, 23, 24, 25)) -> tuple[sitk.Image, sitk.Image, dict]:
-    """One random re-imaging of a real case (see the module docstring). Returns (ct int16, seg uint8, info)."""
+              lumbar_codes=(20, 21, 22, 23, 24, 25), acquisition: tuple | None = None,
+              tilt: bool = True) -> tuple[sitk.Image, sitk.Image, dict]:
+    """One random re-imaging of a real case (see the module docstring). Returns (ct int16, seg uint8, info).
+
+    ``acquisition``: a fixed ``(spacing xyz mm, thick axis 0/1/2)`` instead of a drawn one; ``tilt=False``
+    keeps the source's axes (both for the fixed re-imagings of the leave-one-out report)."""
     kind = kind or str(rng.choice(list(VIEW_KINDS), p=list(VIEW_KINDS.values())))
     seg_arr = sitk.GetArrayViewFromImage(seg)
     present = [int(c) for c in np.unique(seg_arr) if c]
@@ -166,7 +170,7 @@ def make_view(ct: sitk.Image, seg: sitk.Image, rng: np.random.Generator, kind: s
     zz, yy, xx = np.nonzero(np.isin(seg_arr, lumbar))
     step = max(1, zz.size // 20000)
     center = _index_to_physical(seg, np.stack([xx[::step], yy[::step], zz[::step]], 1)).mean(0)
-    tilt = np.deg2rad([rng.uniform(-15, 15), rng.uniform(-8, 8), rng.uniform(-8, 8)])
+    tilt = np.deg2rad([rng.uniform(-15, 15), rng.uniform(-8, 8), rng.uniform(-8, 8)]) * float(tilt)
     rot = rotation_matrix(tilt)  # columns = view axes in the source frame
     boxes = _label_boxes(seg_arr, present, seg, rot, center)
     dom = (_domain_corners(ct) - center) @ rot
@@ -175,7 +179,8 @@ def make_view(ct: sitk.Image, seg: sitk.Image, rng: np.random.Generator, kind: s
     shrink = 0.5 * (dom_hi - dom_lo) * np.abs(np.sin(np.max(np.abs(tilt))))
     use_lo, use_hi = dom_lo + shrink * np.array([0.3, 0.3, 0.3]), dom_hi - shrink * np.array([0.3, 0.3, 0.3])
 
-    spacing, thick_axis = _draw_spacing(rng)
+    spacing, thick_axis = _draw_spacing(rng) if acquisition is None else (np.asarray(acquisition[0], float),
+                                                                          int(acquisition[1]))
     if kind == "tight":
         order = sorted(lumbar)
         n = int(rng.integers(2, len(order) + 1)) if len(order) >= 2 else 1
