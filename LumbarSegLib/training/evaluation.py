@@ -363,6 +363,16 @@ def card_markdown(card: dict) -> str:
                      f"{d['lumbar_reported_on_negatives']} |")
     if card.get("real_leave_one_out"):
         lines += [""] + _loo_markdown(card["real_leave_one_out"])
+    if card.get("real_fit"):
+        fit = card["real_fit"]
+        lines += ["", "## Real CT it trained on (fit, not accuracy)", "",
+                  "The same whole-pipeline scores on the real cases this model trained on. They say how well it fits "
+                  "what it has seen; they are not an estimate of accuracy on new scans (see the held-out table).", "",
+                  "| case (trained on) | found | DSC per vertebra | mean DSC |", "|---|---|---|---|"]
+        for r in fit["cases"]:
+            per = ", ".join(f"{n} {_f(d)}" for n, d in r["dsc"].items())
+            lines.append(f"| {r['case']} | {','.join(r['found']) or '-'} | {per} | {_f(r['mean_dsc'])} |")
+        lines += ["", f"- Mean {_f(fit['mean_dsc'])}, worst case {_f(fit['min_case_dsc'])}."]
     lines += ["", "## Targets (product owner)", "", "| target | required | value | met |", "|---|---|---|---|"]
     for k, t in card["targets"].items():
         v = t["value"]

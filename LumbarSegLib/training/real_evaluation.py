@@ -159,6 +159,26 @@ def leave_one_out(fold_models, real_dirs, device: str = "cpu", partial_views: in
     return {"cases": rows, "summary": summarize(rows)}
 
 
+def training_fit(model_path, real_dirs, device: str = "cpu", log=print) -> dict:
+    """The model's scores on the real cases it trained on (whole case, as stored): how well it fits what it
+    has seen. Never an estimate of accuracy on new scans; kept apart from :func:`leave_one_out`."""
+    from ..models import choose_model, load_model, resolve_device
+
+    model = load_model(choose_model(model_path, resolve_device(device)), allow_untrained=False)
+    trained = set(((model.metadata.get("training_data") or {}).get("real") or {}).get("cases") or [])
+    rows = []
+    for d in real_dirs:
+        for c in find_cases(d):
+            if c.case_id not in trained:
+                continue
+            ct, seg = real_views.load_source(str(c.ct), str(c.seg))
+            row = {"case": c.case_id, **_score(ct, seg, model, device)}
+            rows.append(row)
+            log(f"{c.case_id} (trained on): mean DSC {row['mean_dsc']:.3f}, found {','.join(row['found']) or '-'}")
+    return {"cases": rows, "mean_dsc": float(np.mean([r["mean_dsc"] for r in rows])) if rows else float("nan"),
+            "min_case_dsc": min((r["mean_dsc"] for r in rows), default=float("nan"))}
+
+
 def summarize(rows) -> dict:
     complete = [r for r in rows if len(r["truth"]) == 5]
     partial = [p for r in rows for p in r["partial"]]
