@@ -180,18 +180,21 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--overwrite", action="store_true",
                        help="replace an earlier result in the output folder (as a whole; nothing is merged)")
 
+    def study_outputs(p):  # segment's and batch's
+        p.add_argument("--stl", action="store_true", help="also write one STL per vertebra (LPS mm) to OUTDIR/stl/")
+        p.add_argument("--reference-labels", default="auto", choices=["auto", "internal", "verse", "totalseg"],
+                       help="label codes of REF (auto-detected by default)")
+        p.add_argument("--format", default="nii.gz", choices=["nii.gz", "seg.nrrd"], help="label map format")
+        p.add_argument("--preview", action="store_true", help="also write a PNG with three orthogonal slices")
+        p.add_argument("--dicom-seg", action="store_true",
+                       help="also write a DICOM Segmentation (OUTDIR/<name>_seg.dcm) referencing the input DICOM series")
+
     p = sub.add_parser("segment", help="segment L1-L5 in a CT",
                        description="Segment L1-L5 in a CT (NIfTI, NRRD, MHA or a DICOM folder) in Hounsfield units.")
     p.add_argument("input", help="CT file or DICOM series folder")
     p.add_argument("-o", "--output", required=True, metavar="OUTDIR")
-    p.add_argument("--stl", action="store_true", help="also write one STL per vertebra (LPS mm) to OUTDIR/stl/")
     p.add_argument("--reference", metavar="REF", help="reference label map to compare against")
-    p.add_argument("--reference-labels", default="auto", choices=["auto", "internal", "verse", "totalseg"],
-                   help="label codes of REF (auto-detected by default)")
-    p.add_argument("--format", default="nii.gz", choices=["nii.gz", "seg.nrrd"], help="label map format")
-    p.add_argument("--preview", action="store_true", help="also write a PNG with three orthogonal slices")
-    p.add_argument("--dicom-seg", action="store_true",
-                   help="also write a DICOM Segmentation (OUTDIR/<name>_seg.dcm) referencing the input DICOM series")
+    study_outputs(p)
     p.add_argument("--series", metavar="UID",
                    help="for a DICOM folder with several series: the SeriesInstanceUID to segment "
                         "(default: the series with the most slices)")
@@ -234,6 +237,9 @@ def build_parser() -> argparse.ArgumentParser:
     from .training import cli as training_cli
 
     training_cli.register_cli(sub)  # train, evaluate-model
+    from . import batch
+
+    batch.register_cli(sub, common, overwrite, study_outputs)
     return parser
 
 

@@ -77,12 +77,13 @@ def _check_smoothing(value: float) -> float:
     return check_smoothing(value)
 
 
-def _load_model(spec, device: str):
-    """``--model`` (a shipped model's name or a file; default by device) loaded, with the untrained warning."""
+def _load_model(spec, device: str, warn: bool = True):
+    """``--model`` (a shipped model's name or a file; default by device) loaded, with the untrained warning
+    (``warn``; a batch worker leaves it to the batch, which prints it once)."""
     from .models import choose_model, load_model, resolve_device
 
     model = load_model(choose_model(spec, resolve_device(device)))
-    if not model.trained:
+    if warn and not model.trained:
         _untrained_banner()
     return model
 
