@@ -165,8 +165,10 @@ class BatchProgress:
             self.stream.write(f"\r{PROG}: {self.line()}\x1b[K")
             self.stream.flush()
 
-    def note(self, text: str) -> None:
-        """A message that stays (a failure, a retry), printed above the bar."""
+    def note(self, text: str, always: bool = True) -> None:
+        """A message that stays (a failure, a retry), printed above the bar; ``always=False``: not when quiet."""
+        if self.quiet and not always:
+            return
         if self.tty and not self.quiet:
             self.stream.write("\r\x1b[K")
         print(f"{PROG}: {text}", file=self.stream, flush=True)
@@ -228,7 +230,8 @@ def run_batch(studies, template: StudyOptions, out_root, *, scheduler: str | Non
             link = batch_cluster.dashboard_link(client, local=cluster is not None)
             progress.note(f"{_count(len(to_run), 'study', 'studies')} to run on {_count(n_workers, 'Dask worker')}"
                           + (f"; dashboard: {link}" if link else "")
-                          + (f"; {len(studies) - len(to_run)} already done" if len(to_run) < len(studies) else ""))
+                          + (f"; {len(studies) - len(to_run)} already done" if len(to_run) < len(studies) else ""),
+                          always=False)
             pending = {}
             queue = as_completed()
 

@@ -82,7 +82,9 @@ class StudyWorker(WorkerPlugin):
 
         threads = self.torch_threads
         if threads is None:
-            host = worker.address.rsplit(":", 1)[0]
+            from distributed.comm.addressing import get_address_host
+
+            host = get_address_host(worker.address)
             share = self.workers_per_host.get(host, 1) * max(1, worker.state.nthreads)
             threads = max(1, usable_cpus() // share)
         torch.set_num_threads(threads)
@@ -189,6 +191,9 @@ def run_study_task(study: dict, options: dict) -> dict:
     except (ImportError, ValueError):
         result["worker"] = None
     result["wall_s"] = time.perf_counter() - t0
+    import torch
+
+    result["torch_threads"] = torch.get_num_threads()
     result["peak_mb"] = _peak_memory_mb()
     result["study"] = study
     return result

@@ -196,6 +196,26 @@ def test_a_killed_worker_leaves_no_partial_folder_and_the_study_completes_on_a_r
     _assert_whole(out / "victim", data / "victim.nii.gz")
 
 
+# ------------------------------------------------------------------------------------- an existing cluster
+
+def test_scheduler_runs_the_batch_on_an_existing_cluster(tmp_path, ct_file, capsys):
+    """--scheduler: the batch uses a cluster it did not start (here a 1-worker LocalCluster on 127.0.0.1),
+    and its worker gets this host's cores for torch."""
+    from distributed import LocalCluster
+
+    from LumbarSegLib.batch_cluster import usable_cpus
+
+    with LocalCluster(n_workers=1, threads_per_worker=1, processes=True, host="127.0.0.1",
+                      dashboard_address=None) as cluster:
+        rc = cli.main(["batch", str(ct_file), "-o", str(tmp_path / "out"), "--scheduler", cluster.scheduler_address,
+                       "--device", "cpu", "-q"])
+        worker = next(iter(cluster.scheduler.workers))
+    assert rc == 0, capsys.readouterr().err
+    row = _rows(tmp_path / "out")["case01"]
+    assert row["status"] == "ok" and row["worker"] == worker and row["worker_threads"] == str(usable_cpus())
+    _assert_whole(tmp_path / "out" / "case01", ct_file)
+
+
 # ------------------------------------------------------------------------------------- no cluster needed
 
 def test_folder_search_finds_cts_and_series_and_leaves_out_label_maps_and_results(tmp_path, synthetic_ct):
@@ -212,6 +232,8 @@ def test_folder_search_finds_cts_and_series_and_leaves_out_label_maps_and_result
     studies, skipped = batch_studies.find_studies([tmp_path / "a", tmp_path / "a" / "case1.nii.gz"])
     assert [s.id for s in studies] == ["case1", "sub_case1", "case1-2"]
     assert len(skipped) == 2 and any("label map" in s for s in skipped) and any("LumbarSeg result" in s for s in skipped)
+    studies, skipped = batch_studies.find_studies([tmp_path / "a"], exclude=tmp_path / "a" / "sub")  # OUT_ROOT inside
+    assert [s.id for s in studies] == ["case1"] and any("output folder" in s for s in skipped)
 
 
 def test_manifest_rows_paths_relative_to_it_and_refusals(tmp_path):
