@@ -31,6 +31,7 @@ CONNECT_TIMEOUT_S = 30
 PLUGIN_NAME = "lumbarseg-study-worker"
 
 _MODELS: dict = {}  # (model spec, device) -> loaded model, per worker process
+_LOADS = [0]  # how many models this worker process has read from disk (1 for a whole batch)
 
 
 def usable_cpus() -> int:
@@ -152,6 +153,7 @@ def worker_model(spec, device: str):
     key = (spec, device)
     if key not in _MODELS:
         _MODELS[key] = _load_model(spec, device, warn=False).to(resolve_device(device))
+        _LOADS[0] += 1
     return _MODELS[key]
 
 
@@ -194,6 +196,7 @@ def run_study_task(study: dict, options: dict) -> dict:
     import torch
 
     result["torch_threads"] = torch.get_num_threads()
+    result["model_loads"] = _LOADS[0]
     result["peak_mb"] = _peak_memory_mb()
     result["study"] = study
     return result

@@ -5,8 +5,8 @@ complete result was already there), the error line of a failed study, attempts (
 once), the vertebrae found, per vertebra volume (mL), height (mm) and mean HU - measurements of the
 segmentation, kept apart from agreement with a reference, which stays in each ``report.json`` - and the
 trabecular HU (3D core and single-slice ROI, mean) when the reports hold it, whether the result is
-plausible and its warnings, the timings (s), the model and device, the worker, its torch threads, its
-peak memory so far (MB) and the result folder.
+plausible and its warnings, the timings (s), the model and device, the worker, its torch threads, how often
+it has read a model (once per worker process), its peak memory so far (MB) and the result folder.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ TRABECULAR = (("trabecular_hu_mean", "trabecular_hu"),
 TIMINGS = ("read", "localize", "segment", "postprocess", "write", "stl", "preview", "total")
 HEAD = ("id", "input", "series_uid", "reference", "status", "error", "attempts", "found", "n_found")
 TAIL = ("plausible", "warnings", *(f"time_{t}_s" for t in TIMINGS), "wall_s", "model", "model_sha256",
-        "device", "worker", "worker_threads", "worker_peak_mb", "output", "created")
+        "device", "worker", "worker_threads", "worker_model_loads", "worker_peak_mb", "output", "created")
 
 
 def _round(value, digits):
@@ -55,7 +55,8 @@ def summary_row(study, status: str, *, output: Path, report: dict | None = None,
            "output": str(output) if report else ""}
     if task:
         row.update(wall_s=_round(task.get("wall_s"), 2), worker=task.get("worker") or "",
-                   worker_threads=task.get("torch_threads", ""), worker_peak_mb=_round(task.get("peak_mb"), 0))
+                   worker_threads=task.get("torch_threads", ""), worker_model_loads=task.get("model_loads", ""),
+                   worker_peak_mb=_round(task.get("peak_mb"), 0))
     if not report:
         return row
     found = report.get("found") or []

@@ -259,7 +259,7 @@ def run_study(options: StudyOptions, *, model=None, progress=None) -> dict:
     from .models import resolve_device
     from .outputs import OutputFolder
 
-    args = options
+    args = options  # the body is segment's, moved here as it was (its `args` were these options)
     resolve_device(args.device)  # an unavailable device fails now, not after reading a large CT
     smoothing = _check_smoothing(args.smoothing)
     if args.series and not Path(args.input).is_dir():

@@ -18,6 +18,7 @@ import SimpleITK as sitk
 from LumbarSegLib import batch, batch_studies, batch_summary, cli
 
 pytest.importorskip("distributed")
+from LumbarSegLib import batch_cluster  # noqa: E402  (imports distributed)
 
 REPO = Path(cli.__file__).resolve().parents[1]
 PHANTOM = {"shape": (56, 48, 80), "spacing": (3.2, 3.2, 3.0), "fov": "lumbar"}  # the bundled model finds L1-L5
@@ -77,7 +78,7 @@ def first_batch(tmp_path_factory):
 
 
 def test_four_phantoms_and_a_broken_file_give_four_ok_and_one_failed_row(first_batch):
-    proc, out, data = first_batch["proc"], first_batch["out"], first_batch["data"]
+    proc, out = first_batch["proc"], first_batch["out"]
     assert proc.returncode == 1, proc.stderr  # not every study succeeded
     assert "5 studies: 4 ok, 1 failed, 0 skipped" in proc.stdout
     assert "Traceback" not in proc.stderr
@@ -97,6 +98,8 @@ def test_four_phantoms_and_a_broken_file_give_four_ok_and_one_failed_row(first_b
         assert row["model"] == "cpu" and row["device"] == "cpu" and row["attempts"] == "1"
         assert row["worker"].startswith("tcp://127.0.0.1:") and float(row["worker_peak_mb"]) > 0
     assert len({r["worker"] for r in rows.values()}) == 2, "both workers ran studies"
+    assert {r["worker_model_loads"] for r in rows.values()} == {"1"}, "each worker read the model once, not per study"
+    assert {r["worker_threads"] for r in rows.values()} == {str(max(1, batch_cluster.usable_cpus() // 2))}
     assert not [p for p in out.iterdir() if p.name.endswith(".partial")]
 
 
@@ -278,6 +281,23 @@ def test_a_folder_holding_another_inputs_result_is_a_failed_row_not_replaced(tmp
     (tmp_path / "out" / "p1" / "report.json").write_text(json.dumps(report))
     assert batch.plan([study], tmp_path / "out", overwrite=False)[1]["p1"]["status"] == "skipped"
     assert batch.plan([study], tmp_path / "out", overwrite=True)[0] == [study]
+
+
+def test_progress_lines_say_done_failed_and_eta():
+    import io
+
+    stream = io.StringIO()  # not a terminal: one line per finished study, failures always
+    progress = batch.BatchProgress(total=3, skipped=1, stream=stream)
+    progress.result({"id": "a", "status": "ok", "wall_s": 1.0})
+    progress.result({"id": "b", "status": "failed", "error": "bad file"})
+    lines = stream.getvalue().splitlines()
+    assert lines[0].startswith("lumbarseg: a ok (1.0 s); [") and "1/3 done, 0 failed, 1 skipped, ETA 0:00:0" in lines[0]
+    assert lines[1] == "lumbarseg: b failed: bad file"
+    quiet = io.StringIO()
+    progress = batch.BatchProgress(total=1, skipped=0, quiet=True, stream=quiet)
+    progress.result({"id": "a", "status": "ok", "wall_s": 1.0})
+    progress.note("started", always=False)
+    assert quiet.getvalue() == ""
 
 
 def test_summary_columns_take_trabecular_hu_when_the_reports_hold_it(tmp_path):
