@@ -99,6 +99,14 @@ class _BatchLock:
                              f"choose another output folder.")
         return self
 
+    def remove_with_folder(self) -> None:
+        """Remove the lock file and its (otherwise empty) folder, which this batch created."""
+        self.path.unlink(missing_ok=True)
+        try:
+            self.path.parent.rmdir()
+        except OSError:  # not empty after all
+            pass
+
     def __exit__(self, *exc):
         os.close(self.fd)
 
@@ -211,21 +219,28 @@ def run_batch(studies, template: StudyOptions, out_root, *, scheduler: str | Non
     from .batch_summary import SUMMARY_NAME, summary_row, write_summary
 
     out_root = check_out_root(Path(out_root))
+    created = not out_root.exists()
     out_root.mkdir(parents=True, exist_ok=True)
     summary = out_root / SUMMARY_NAME
-    with _BatchLock(out_root):
+    with _BatchLock(out_root) as lock:
         to_run, rows = plan(studies, out_root, template.overwrite)
 
         def save():
             write_summary(summary, [rows[s.id] for s in studies if s.id in rows])
 
+        if to_run:
+            try:
+                client, cluster, n_workers = batch_cluster.start_client(scheduler, workers, template.device,
+                                                                        len(to_run), dashboard)
+            except BaseException:  # e.g. no scheduler at --scheduler: nothing ran, so leave no new OUT_ROOT
+                if created:
+                    lock.remove_with_folder()
+                raise
         save()
         progress = BatchProgress(len(to_run), len(studies) - len(to_run), quiet)
         if not to_run:
             progress.close()
             return [rows[s.id] for s in studies]
-        client, cluster, n_workers = batch_cluster.start_client(scheduler, workers, template.device, len(to_run),
-                                                                dashboard)
         try:
             link = batch_cluster.dashboard_link(client, local=cluster is not None)
             progress.note(f"{_count(len(to_run), 'study', 'studies')} to run on {_count(n_workers, 'Dask worker')}"
