@@ -14,15 +14,16 @@ from __future__ import annotations
 # Only light standard-library imports at module level: a Ctrl-C while torch or SimpleITK load must land
 # inside main()'s handler (one line, exit 130), not in an import traceback.
 import argparse
-import platform
 import sys
 import time
 from pathlib import Path
 
 from . import __version__
 from .errors import InputError, LumbarSegError
+# The one study runner (segment, batch workers, the engine subprocess) and its console helpers.
+from .runner import PROG, _check_smoothing, _err, _geometry, _load_model, _print_summary, _run_segmentation, \
+    _StageProgress
 
-PROG = "lumbarseg"
 # The demo phantom: an abdominal field of view (T11-ish to sacrum, so all of L1-L5 is in it) on a
 # 256x256x200 grid; the phantom fits the spacing (about 1.5 mm) to that field of view.
 DEMO_SHAPE = (256, 256, 200)
@@ -30,244 +31,15 @@ DEMO_SPACING = None
 DEMO_FOV = "abdomen"
 
 
-def _err(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
-
-
-def _untrained_banner() -> None:
-    bar = "!" * 78
-    _err(f"{bar}\nWARNING: no trained model was found - LumbarSeg is running with RANDOM weights.\n"
-         f"WARNING: the segmentation below is MEANINGLESS. Install the bundled model or pass --model PATH.\n{bar}")
-
-
-class _StageProgress:
-    """Stage lines on stderr ('localize ... 1.23 s'): readable in logs, unlike redrawn progress bars."""
-
-    def __init__(self, quiet: bool = False):
-        self.quiet = quiet
-        self._t0: dict[str, float] = {}
-
-    def __call__(self, stage: str, fraction: float) -> None:
-        if self.quiet:
-            return
-        if fraction <= 0.0:
-            self._t0[stage] = time.perf_counter()
-            _err(f"{PROG}: {stage} ...")
-        elif fraction >= 1.0:
-            dt = time.perf_counter() - self._t0.get(stage, time.perf_counter())
-            _err(f"{PROG}: {stage} done ({dt:.2f} s)")
-
-    def step(self, stage: str):
-        """Announce one of our own (non-pipeline) stages; call the returned function when it ends."""
-        self(stage, 0.0)
-        return lambda: self(stage, 1.0)
-
-
-def _geometry(image) -> dict:
-    return {
-        "size": list(image.GetSize()),
-        "spacing_mm": [float(v) for v in image.GetSpacing()],
-        "origin_lps_mm": [float(v) for v in image.GetOrigin()],
-        "direction": [float(v) for v in image.GetDirection()],
-        "pixel_type": image.GetPixelIDTypeAsString(),
-    }
-
-
-def _check_smoothing(value: float) -> float:
-    from .surfaces import check_smoothing
-
-    return check_smoothing(value)
-
-
-def _load_model(spec, device: str):
-    """``--model`` (a shipped model's name or a file; default by device) loaded, with the untrained warning."""
-    from .models import choose_model, load_model, resolve_device
-
-    model = load_model(choose_model(spec, resolve_device(device)))
-    if not model.trained:
-        _untrained_banner()
-    return model
-
-
-def _run_segmentation(loaded, *, input_desc: dict, out, stem: str, model, device: str, fmt: str, stl: bool,
-                      preview: bool, reference=None, reference_desc: dict | None = None, smoothing: float,
-                      quiet: bool, extra_timings: dict | None = None, dicom_source=None) -> dict:
-    """Segment an already validated CT (:class:`io.LoadedCT`), write every requested output into the
-    staging folder of ``out`` (:class:`outputs.OutputFolder`), commit it with ``report.json`` and return
-    the report.
-
-    ``dicom_source``: the source series' datasets (``dicom_seg.read_source_series``) to write a DICOM SEG."""
-    import SimpleITK as sitk
-
-    from . import io, metrics, pipeline, surfaces
-    from .constants import RESEARCH_NOTICE
-    from .models import resolve_device
-
-    image = loaded.image
-    progress = _StageProgress(quiet)
-    t_start = time.perf_counter()
-    result = pipeline.segment(image, model=model, device=device, progress=progress)
-    timings = dict(extra_timings or {})
-    timings.update(result.timings)
-
-    outputs: dict = {}
-    t0 = time.perf_counter()
-    labels_path = io.write_labelmap(result.labels, out.staging / f"{stem}_labels.{fmt}")
-    outputs["labels"] = str(out.final(labels_path))
-    label_array = sitk.GetArrayViewFromImage(result.labels)
-    measurements = metrics.measure(label_array, sitk.GetArrayViewFromImage(image), image)
-    timings["write"] = time.perf_counter() - t0
-
-    if stl:
-        done = progress.step("stl")
-        t0 = time.perf_counter()
-        written = surfaces.write_stl(result.labels, out.staging / "stl", smoothing)
-        outputs["stl"] = {k: str(out.final(v)) for k, v in written.items()}
-        timings["stl"] = time.perf_counter() - t0
-        done()
-
-    comparison = None
-    notes: list[str] = []
-    if dicom_source is not None:
-        from .dicom_seg import write_dicom_seg
-
-        seg_path = write_dicom_seg(result.labels, dicom_source, out.staging / f"{stem}_seg.dcm")
-        if seg_path is None:
-            notes.append("No vertebra was found, so no DICOM SEG was written (a SEG needs at least one segment).")
-        else:
-            outputs["dicom_seg"] = str(out.final(seg_path))
-    if reference is not None:
-        comparison = metrics.compare_images(result.labels, reference, resample=True, notes=notes)
-        note = io.reference_without_lumbar_note(reference)
-        if note:
-            notes.append(note)
-
-    if preview:
-        from .preview import write_preview
-
-        t0 = time.perf_counter()
-        path = write_preview(image, result.labels, out.staging / f"{stem}_preview.png", box_index=result.box_index,
-                             title=f"LumbarSeg: {stem} - found {', '.join(result.found) or 'none'}")
-        outputs["preview"] = str(out.final(path))
-        timings["preview"] = time.perf_counter() - t0
-    timings["total"] = time.perf_counter() - t_start + sum((extra_timings or {}).values())
-
-    plausibility = metrics.plausibility_warnings(measurements)
-    nonfinite = 0 if loaded.nonfinite_mask is None else int(loaded.nonfinite_mask.sum())
-    near = io.nonfinite_near(loaded.nonfinite_mask, label_array, image.GetSpacing())
-    if near:
-        notes.append(f"WARNING: {near} of the {nonfinite} voxels that were not numbers (NaN) lie within 10 mm of "
-                     f"the vertebrae found: the image is damaged there and the result is unreliable.")
-    messages = list(loaded.messages) + list(result.messages) + plausibility + notes
-    outputs["report"] = str(out.target / "report.json")
-    report = {
-        "lumbarseg_version": __version__,
-        "notice": RESEARCH_NOTICE,
-        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "host": {"python": platform.python_version(), "platform": platform.platform()},
-        "input": {**input_desc, "nonfinite_voxels_set_to_air": nonfinite},
-        "model": {**model.describe(), "metadata": model.metadata},
-        "device": str(resolve_device(device)),
-        "found": list(result.found),
-        "crop_box": None if result.box_index is None else {
-            "index_lo_xyz": list(result.box_index[0]), "index_hi_xyz": list(result.box_index[1]),
-            "index_space": "canonical LPS-reoriented image, hi exclusive",
-            "lps_min_mm": list(result.box_lps[0]) if result.box_lps else None,
-            "lps_max_mm": list(result.box_lps[1]) if result.box_lps else None,
-        },
-        "heatmap_peak": result.heatmap_peak,
-        "timings_s": timings,
-        "measurements": measurements,
-        "plausibility": {"volume_ml_range": list(metrics.VERTEBRA_VOLUME_ML),
-                         "height_mm_range": list(metrics.VERTEBRA_HEIGHT_MM),
-                         "plausible": not plausibility, "warnings": plausibility},
-        "reference": reference_desc,
-        "metrics": comparison,
-        "metrics_summary": metrics.summary(comparison) if comparison else None,
-        "outputs": outputs,
-        "stl_coordinate_system": surfaces.STL_COORDINATE_SYSTEM if stl else None,
-        "replaced_result": ({"input": (out.replaced_report.get("input") or {}).get("path"),
-                             "created": out.replaced_report.get("created")} if out.replaced_report else None),
-        "messages": messages,
-    }
-    out.commit(report)  # report.json last, then the whole folder moves into place
-    _print_summary(report, comparison)
-    return report
-
-
-def _print_summary(report: dict, comparison) -> None:
-    from . import metrics
-
-    for msg in report["messages"]:
-        _err(f"{PROG}: {msg}" if msg.upper().startswith("WARNING") else f"{PROG}: note: {msg}")
-    found = report["found"]
-    print(f"Found vertebrae: {', '.join(found) if found else 'none - no lumbar spine found in this image'}")
-    if report["measurements"]:
-        print(metrics.format_measurements(report["measurements"]))
-    if comparison is not None:
-        print("\nAgreement with the reference:")
-        print(metrics.format_table(comparison))
-    print()
-    for key, value in report["outputs"].items():
-        if isinstance(value, dict):
-            if value:
-                print(f"{key:>8}: {Path(next(iter(value.values()))).parent}/ ({', '.join(value)})")
-        else:
-            print(f"{key:>8}: {value}")
-
-
 # --------------------------------------------------------------------------------------------------
 # Subcommands
 # --------------------------------------------------------------------------------------------------
 
-def _dicom_description(loaded) -> dict:
-    if loaded.series is None:
-        return {}
-    return {"dicom_series": {**loaded.series.to_dict(),
-                             "other_series": [s.to_dict() for s in loaded.all_series if s is not loaded.series]}}
-
-
 def cmd_segment(args) -> int:
-    from . import io
-    from .models import resolve_device
-    from .outputs import OutputFolder
+    from .runner import StudyOptions, run_study
 
-    resolve_device(args.device)  # an unavailable device fails now, not after reading a large CT
-    smoothing = _check_smoothing(args.smoothing)
-    if args.series and not Path(args.input).is_dir():
-        raise InputError(f"--series chooses a series in a DICOM folder, but {args.input} is not a folder.")
-    # The output folder is checked (and locked) before anything is read or computed.
-    with OutputFolder(args.output, overwrite=args.overwrite, inputs=(args.input, args.reference)) as out:
-        dicom_source = None
-        if args.dicom_seg:  # a SEG that cannot reference its source fails now, before the segmentation runs
-            from .dicom_seg import read_source_series
-
-            dicom_source = read_source_series(args.input, series_uid=args.series)
-        progress = _StageProgress(args.quiet)
-        done = progress.step("read")
-        t0 = time.perf_counter()
-        loaded = io.load_ct(args.input, series_uid=args.series)
-        read_s = time.perf_counter() - t0
-        done()
-        if loaded.series is not None and not args.quiet:
-            _err(f"{PROG}: DICOM series {loaded.series.describe()}"
-                 + (f", chosen from {len(loaded.all_series)} series" if len(loaded.all_series) > 1 else ""))
-        reference = reference_desc = None
-        if args.reference:
-            from .metrics import fields_of_view_overlap
-
-            reference = io.read_labelmap(args.reference, scheme=args.reference_labels)
-            if not fields_of_view_overlap(loaded.image, reference):  # before segmenting, not after
-                raise InputError(f"The reference {args.reference} does not overlap the CT in physical space; "
-                                 f"check that both belong to the same CT.")
-            reference_desc = {"path": str(Path(args.reference).resolve()),
-                              "label_scheme": io.label_scheme_of(reference), "geometry": _geometry(reference)}
-        model = _load_model(args.model, args.device)
-        input_desc = {"path": str(Path(args.input).resolve()), **_dicom_description(loaded), **_geometry(loaded.image)}
-        _run_segmentation(loaded, input_desc=input_desc, out=out, stem=io.output_stem(args.input), model=model,
-                          device=args.device, fmt=args.format, stl=args.stl, preview=args.preview,
-                          reference=reference, reference_desc=reference_desc, smoothing=smoothing,
-                          quiet=args.quiet, extra_timings={"read": read_s}, dicom_source=dicom_source)
+    report = run_study(StudyOptions.from_args(args))
+    _print_summary(report, report["metrics"])
     return 0
 
 
@@ -373,12 +145,13 @@ def cmd_demo(args) -> int:
         truth_path = io.write_labelmap(truth, out.staging / "demo_truth.nii.gz")
         image, mask, messages = io.prepare_ct(ct, name="The demo phantom")
         model = _load_model(args.model, args.device)
-        _run_segmentation(io.LoadedCT(image, mask, messages),
+        report = _run_segmentation(io.LoadedCT(image, mask, messages),
                           input_desc={"path": str(out.final(ct_path)), "phantom_seed": args.seed, **_geometry(ct)},
                           out=out, stem="demo", model=model, device=args.device, fmt="nii.gz", stl=True,
                           preview=True, reference=truth,
                           reference_desc={"path": str(out.final(truth_path)), "label_scheme": "phantom truth"},
                           smoothing=smoothing, quiet=args.quiet, extra_timings={"phantom": gen_s})
+        _print_summary(report, report["metrics"])
     print(f"\nOpen {out.target / 'demo_ct.nii.gz'} with {out.target / 'demo_labels.nii.gz'} in 3D Slicer, or look "
           f"at {out.target / 'demo_preview.png'}.")
     return 0
@@ -407,18 +180,21 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--overwrite", action="store_true",
                        help="replace an earlier result in the output folder (as a whole; nothing is merged)")
 
+    def study_outputs(p):  # segment's and batch's
+        p.add_argument("--stl", action="store_true", help="also write one STL per vertebra (LPS mm) to OUTDIR/stl/")
+        p.add_argument("--reference-labels", default="auto", choices=["auto", "internal", "verse", "totalseg"],
+                       help="label codes of REF (auto-detected by default)")
+        p.add_argument("--format", default="nii.gz", choices=["nii.gz", "seg.nrrd"], help="label map format")
+        p.add_argument("--preview", action="store_true", help="also write a PNG with three orthogonal slices")
+        p.add_argument("--dicom-seg", action="store_true",
+                       help="also write a DICOM Segmentation (OUTDIR/<name>_seg.dcm) referencing the input DICOM series")
+
     p = sub.add_parser("segment", help="segment L1-L5 in a CT",
                        description="Segment L1-L5 in a CT (NIfTI, NRRD, MHA or a DICOM folder) in Hounsfield units.")
     p.add_argument("input", help="CT file or DICOM series folder")
     p.add_argument("-o", "--output", required=True, metavar="OUTDIR")
-    p.add_argument("--stl", action="store_true", help="also write one STL per vertebra (LPS mm) to OUTDIR/stl/")
     p.add_argument("--reference", metavar="REF", help="reference label map to compare against")
-    p.add_argument("--reference-labels", default="auto", choices=["auto", "internal", "verse", "totalseg"],
-                   help="label codes of REF (auto-detected by default)")
-    p.add_argument("--format", default="nii.gz", choices=["nii.gz", "seg.nrrd"], help="label map format")
-    p.add_argument("--preview", action="store_true", help="also write a PNG with three orthogonal slices")
-    p.add_argument("--dicom-seg", action="store_true",
-                   help="also write a DICOM Segmentation (OUTDIR/<name>_seg.dcm) referencing the input DICOM series")
+    study_outputs(p)
     p.add_argument("--series", metavar="UID",
                    help="for a DICOM folder with several series: the SeriesInstanceUID to segment "
                         "(default: the series with the most slices)")
@@ -461,6 +237,9 @@ def build_parser() -> argparse.ArgumentParser:
     from .training import cli as training_cli
 
     training_cli.register_cli(sub)  # train, evaluate-model
+    from . import batch
+
+    batch.register_cli(sub, common, overwrite, study_outputs)
     return parser
 
 
