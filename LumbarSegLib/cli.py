@@ -487,9 +487,13 @@ def _main(argv=None) -> int:
     except LumbarSegError as exc:
         _err(f"{PROG}: error: {exc}")
         return 2
-    except MemoryError:
+    except (MemoryError, RuntimeError) as exc:  # torch's CPU allocator reports no memory as a RuntimeError
+        from .errors import is_out_of_memory
+
+        if not is_out_of_memory(exc):
+            raise
         _err(f"{PROG}: error: ran out of memory. Crop the CT to the lumbar region or downsample it and retry.")
-        return 1
+        return 2
     except OSError as exc:  # disk full, a file system that fails mid-write ...
         _err(f"{PROG}: error: {exc.strerror or exc}{': ' + str(exc.filename) if exc.filename else ''}")
         return 1

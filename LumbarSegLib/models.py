@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -195,8 +196,21 @@ def _read_bundle_file(path: Path) -> dict:
         ModelConfig.from_dict(bundle["config"])
         return bundle
     except Exception as exc:  # corrupt file, wrong format, pickled code
-        raise ModelError(f"Cannot read model file {path}: {exc}. Expected a LumbarSeg model bundle "
-                         f"(saved by 'lumbarseg train').") from None
+        raise ModelError(f"Cannot read model file {path}: {_load_failure(exc)}. Expected a LumbarSeg model "
+                         f"bundle (saved by 'lumbarseg train').") from None
+
+
+def _load_failure(exc: Exception) -> str:
+    """Why torch.load refused a file, in one line. torch's refusal of pickled code advises loading with
+    ``weights_only`` turned off, which would run whatever code the file holds: that advice is never shown."""
+    text = str(exc)
+    if "weights only load failed" in text.lower() or "weightsunpickler" in text.lower():
+        found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", text)
+        what = f" ({found.group(1)})" if found else ""
+        return (f"it holds pickled Python objects{what}, not only weights, and LumbarSeg never runs code from a "
+                f"model file")
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip() and "weights_only" not in ln]
+    return (lines[0] if lines else type(exc).__name__)[:200]
 
 
 def _load_state(module: torch.nn.Module, state: dict, what: str, path: Path):

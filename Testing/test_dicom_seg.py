@@ -5,7 +5,6 @@ A synthetic CT series is written here with pydicom (files in shuffled order) so 
 the real DICOM series in ../shared/data/ts_dicom is used when present.
 """
 
-import random
 import shutil
 import subprocess
 from pathlib import Path
@@ -14,10 +13,9 @@ import numpy as np
 import pydicom
 import pytest
 import SimpleITK as sitk
-from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
+from pydicom.uid import generate_uid
 
-from LumbarSegLib import dicom_seg, io
+from LumbarSegLib import dicom_seg, dicom_write, io
 from LumbarSegLib.cli import main
 from LumbarSegLib.constants import LABEL_NAMES, SNOMED_BONE_CATEGORY, SNOMED_VERTEBRA
 from LumbarSegLib.errors import InputError
@@ -25,45 +23,7 @@ from LumbarSegLib.errors import InputError
 
 def write_ct_series(image: sitk.Image, folder: Path, seed: int = 0, **attributes) -> list[Path]:
     """Write ``image`` (HU, int16) as a CT Image Storage series, one file per slice, under random names."""
-    folder.mkdir(parents=True, exist_ok=True)
-    array = sitk.GetArrayFromImage(image).astype(np.int16)
-    direction = np.asarray(image.GetDirection()).reshape(3, 3)
-    spacing = image.GetSpacing()
-    study, series, frame = generate_uid(), generate_uid(), generate_uid()
-    order = list(range(array.shape[0]))
-    random.Random(seed).shuffle(order)
-    paths = []
-    for n, k in enumerate(order):
-        meta = FileMetaDataset()
-        meta.MediaStorageSOPClassUID = CTImageStorage
-        meta.MediaStorageSOPInstanceUID = generate_uid()
-        meta.TransferSyntaxUID = ExplicitVRLittleEndian
-        ds = Dataset()
-        ds.file_meta = meta
-        ds.SOPClassUID, ds.SOPInstanceUID = CTImageStorage, meta.MediaStorageSOPInstanceUID
-        ds.PatientName, ds.PatientID, ds.PatientBirthDate, ds.PatientSex = "Phantom^Lumbar", "LS0001", "", "O"
-        ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.FrameOfReferenceUID = study, series, frame
-        ds.StudyDate, ds.StudyTime, ds.StudyID, ds.AccessionNumber = "20240101", "120000", "1", ""
-        ds.ReferringPhysicianName, ds.Modality, ds.SeriesNumber, ds.InstanceNumber = "", "CT", 3, k + 1
-        ds.Manufacturer, ds.PositionReferenceIndicator = "LumbarSeg test", ""
-        ds.ImageType = ["ORIGINAL", "PRIMARY", "AXIAL"]
-        ds.ImagePositionPatient = [f"{v:.4f}" for v in image.TransformIndexToPhysicalPoint((0, 0, k))]
-        ds.ImageOrientationPatient = [f"{v:.6f}" for v in list(direction[:, 0]) + list(direction[:, 1])]
-        ds.PixelSpacing = [f"{spacing[1]:.4f}", f"{spacing[0]:.4f}"]
-        ds.SliceThickness = f"{spacing[2]:.4f}"
-        ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
-        ds.Rows, ds.Columns = array.shape[1], array.shape[2]
-        ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 1
-        ds.RescaleIntercept, ds.RescaleSlope, ds.RescaleType = "0", "1", "HU"
-        ds.KVP = "120"
-        ds.AcquisitionNumber = 1
-        for key, value in attributes.items():
-            setattr(ds, key, value)
-        ds.PixelData = array[k].tobytes()
-        path = folder / f"IM{n:04d}_{random.Random(seed + n).randrange(10**6)}.dcm"
-        ds.save_as(path, enforce_file_format=True)
-        paths.append(path)
-    return paths
+    return dicom_write.write_ct_series(image, folder, shuffle_seed=seed, **attributes)
 
 
 def read_back(seg_path: Path, source_folder: Path, grid: sitk.Image) -> tuple[np.ndarray, dict]:
