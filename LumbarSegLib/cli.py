@@ -128,13 +128,19 @@ def _run_segmentation(loaded, *, input_desc: dict, out, stem: str, model, device
 
     comparison = None
     notes: list[str] = []
+    seg_failure = None
     if dicom_source is not None:
-        from .dicom_seg import write_dicom_seg
+        from .dicom_seg import DicomSegError, write_dicom_seg
 
-        seg_path = write_dicom_seg(result.labels, dicom_source, out.staging / f"{stem}_seg.dcm")
+        try:  # a header highdicom refuses must not cost the segmentation: it is written, then reported
+            seg_path = write_dicom_seg(result.labels, dicom_source, out.staging / f"{stem}_seg.dcm")
+        except DicomSegError as exc:
+            seg_failure = exc
+            seg_path = False
+            notes.append(f"WARNING: {exc}")
         if seg_path is None:
             notes.append("No vertebra was found, so no DICOM SEG was written (a SEG needs at least one segment).")
-        else:
+        elif seg_path:
             outputs["dicom_seg"] = str(out.final(seg_path))
     if reference is not None:
         comparison = metrics.compare_images(result.labels, reference, resample=True, notes=notes)
@@ -192,6 +198,8 @@ def _run_segmentation(loaded, *, input_desc: dict, out, stem: str, model, device
     }
     out.commit(report)  # report.json last, then the whole folder moves into place
     _print_summary(report, comparison)
+    if seg_failure is not None:
+        raise InputError(f"{seg_failure} The rest of the result is in {out.target}.")
     return report
 
 

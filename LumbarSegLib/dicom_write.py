@@ -37,6 +37,10 @@ def write_ct_series(image: sitk.Image, folder, *, uid_seed: str | None = None, s
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
+    if np.linalg.det(np.asarray(image.GetDirection()).reshape(3, 3)) < 0:
+        # DICOM slices stack along row x column (a right-handed grid): flip the slice order of a left-handed
+        # image, the same voxels in the same places, so that the series reads back as this image.
+        image = sitk.Flip(image, [False, False, True])
     array = sitk.GetArrayFromImage(image).astype(np.int16)
     direction = np.asarray(image.GetDirection()).reshape(3, 3)
     spacing = image.GetSpacing()

@@ -205,7 +205,7 @@ def _load_failure(exc: Exception) -> str:
     ``weights_only`` turned off, which would run whatever code the file holds: that advice is never shown."""
     text = str(exc)
     if "weights only load failed" in text.lower() or "weightsunpickler" in text.lower():
-        found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", text)
+        found = re.search(r"GLOBAL ([\w.]+)", text)  # "Unsupported global: GLOBAL x.y", "unsupported GLOBAL x.y"
         what = f" ({found.group(1)})" if found else ""
         return (f"it holds pickled Python objects{what}, not only weights, and LumbarSeg never runs code from a "
                 f"model file")

@@ -243,3 +243,59 @@ def test_seg_references_the_series_chosen_with_series(tmp_path):
         seg = pydicom.dcmread(report["outputs"]["dicom_seg"])
         assert seg.ReferencedSeriesSequence[0].SeriesInstanceUID == uids[chosen]
         assert report["outputs"]["dicom_seg"] == str(out / "two_series_seg.dcm")
+
+
+def test_a_seg_the_headers_cannot_give_keeps_the_segmentation_and_says_why(tmp_path, capsys):
+    """A multi-valued PatientName (two names in one header) makes highdicom refuse the SEG after segmenting:
+    the label map and report are written as a whole result, then the failure is one clear error line."""
+    import json
+
+    from LumbarSegLib import phantoms
+
+    ct, _ = phantoms.generate_phantom(11, shape=(56, 48, 80), spacing=(3.2, 3.2, 3.0), fov="lumbar")
+    folder = tmp_path / "two_names"
+    write_ct_series(ct, folder, seed=5, PatientName=["Doe^John", "Roe^Jane"])
+    out = tmp_path / "out"
+    rc = main(["segment", str(folder), "-o", str(out), "--dicom-seg", "--device", "cpu", "-q"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "Traceback" not in err
+    error_line = err.rstrip().splitlines()[-1]
+    assert error_line.startswith("lumbarseg: error: No DICOM SEG was written: the source series' PatientName holds "
+                                 "2 values") and str(out) in error_line
+    assert "Doe" not in err  # the names themselves are not printed
+    report = json.loads((out / "report.json").read_text(encoding="utf-8"))
+    assert report["found"] and "dicom_seg" not in report["outputs"]
+    assert any("No DICOM SEG was written" in m for m in report["messages"])
+    assert sitk.GetArrayFromImage(sitk.ReadImage(report["outputs"]["labels"])).any()
+    assert sorted(p.name for p in out.iterdir()) == ["report.json", "two_names_labels.nii.gz"]
+
+
+SAMPLE_DICOM = Path(__file__).resolve().parents[1] / "Resources" / "SampleData" / "LumbarSegSampleCT_DICOM"
+
+
+def test_the_sample_dicom_series_is_valid_and_gives_a_valid_seg(tmp_path):
+    """The shipped synthetic sample series (tools/make_sample_data.py): valid CT Image Storage files, the same
+    voxels as the sample NRRD, and --dicom-seg on it writes a SEG that dciodvfy accepts and that reads back
+    onto the label map."""
+    import json
+
+    files = sorted(SAMPLE_DICOM.glob("*.dcm"))
+    assert len(files) == 90 and sum(f.stat().st_size for f in files) < 4e6
+    for path in (files[0], files[45], files[-1]):
+        assert dciodvfy_errors(path) == []
+    grid = io.read_ct(SAMPLE_DICOM)
+    nrrd = sitk.ReadImage(str(SAMPLE_DICOM.parent / "LumbarSegSampleCT.nrrd"))
+    # The same voxels in the same places (the NRRD's left-handed grid is stored in the other slice order).
+    same, stored = sitk.DICOMOrient(grid, "LPS"), sitk.DICOMOrient(nrrd, "LPS")
+    np.testing.assert_array_equal(sitk.GetArrayViewFromImage(same), sitk.GetArrayViewFromImage(stored))
+    np.testing.assert_allclose(same.GetOrigin(), stored.GetOrigin(), atol=1e-3)
+    np.testing.assert_allclose(same.GetDirection(), stored.GetDirection(), atol=1e-6)
+    out = tmp_path / "out"
+    assert main(["segment", str(SAMPLE_DICOM), "-o", str(out), "--dicom-seg", "--device", "cpu", "-q"]) == 0
+    report = json.loads((out / "report.json").read_text(encoding="utf-8"))
+    assert report["found"] == ["L1", "L2", "L3", "L4", "L5"]
+    seg_path = Path(report["outputs"]["dicom_seg"])
+    assert dciodvfy_errors(seg_path) == []
+    back, segments = read_back(seg_path, SAMPLE_DICOM, grid)
+    np.testing.assert_array_equal(back, sitk.GetArrayFromImage(sitk.ReadImage(report["outputs"]["labels"])))
+    assert pydicom.dcmread(seg_path).StudyInstanceUID == pydicom.dcmread(files[0]).StudyInstanceUID
