@@ -271,7 +271,13 @@ def cmd_segment(args) -> int:
             reference_desc = {"path": str(Path(args.reference).resolve()),
                               "label_scheme": io.label_scheme_of(reference), "geometry": _geometry(reference)}
         model = _load_model(args.model, args.device)
-        input_desc = {"path": str(Path(args.input).resolve()), **_dicom_description(loaded), **_geometry(loaded.image)}
+        from .training_cases import training_case_of, training_data_note
+
+        seen = training_case_of(model.metadata, args.input)  # a score on it would not be a held-out one
+        if seen:
+            loaded.messages.append(training_data_note(seen))
+        input_desc = {"path": str(Path(args.input).resolve()), **_dicom_description(loaded), **_geometry(loaded.image),
+                      "in_model_training_data": seen}
         _run_segmentation(loaded, input_desc=input_desc, out=out, stem=io.output_stem(args.input), model=model,
                           device=args.device, fmt=args.format, stl=args.stl, preview=args.preview,
                           reference=reference, reference_desc=reference_desc, smoothing=smoothing,

@@ -190,6 +190,30 @@ def split_bundle(path, out_stem=None) -> list[Path]:
     return written
 
 
+def set_bundle_metadata(path, metadata: dict) -> list[Path]:
+    """Replace the provenance metadata of the bundle ``path`` (in each part of a split one), weights and
+    configuration untouched; each file is replaced whole (written beside it, then renamed). The file's
+    SHA-256 changes, so a model card written for it must be written again."""
+    files = bundle_files(path)
+    if files is None:
+        raise ModelError(f"Model file not found: {path}")
+    for f in files:
+        bundle = _read_bundle_file(f)
+        bundle["metadata_json"] = json.dumps(metadata)
+        tmp = f.with_name(f.name + ".tmp")
+        torch.save(bundle, tmp)
+        os.replace(tmp, f)
+    return files
+
+
+def bundle_metadata(path) -> dict:
+    """The provenance metadata of the bundle ``path`` (without building the networks)."""
+    files = bundle_files(path)
+    if files is None:
+        raise ModelError(f"Model file not found: {path}")
+    return json.loads(_read_bundle_file(files[-1]).get("metadata_json", "{}"))
+
+
 def _read_bundle_file(path: Path) -> dict:
     try:
         bundle = torch.load(path, map_location="cpu", weights_only=True)
