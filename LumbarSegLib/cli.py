@@ -101,6 +101,7 @@ def _run_segmentation(loaded, *, input_desc: dict, out, stem: str, model, device
 
     from . import io, metrics, pipeline, surfaces
     from .constants import RESEARCH_NOTICE
+    from .machine_paths import names_not_paths
     from .models import resolve_device
 
     image = loaded.image
@@ -172,7 +173,7 @@ def _run_segmentation(loaded, *, input_desc: dict, out, stem: str, model, device
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "host": {"python": platform.python_version(), "platform": platform.platform()},
         "input": {**input_desc, "nonfinite_voxels_set_to_air": nonfinite},
-        "model": {**model.describe(), "metadata": model.metadata},
+        "model": {**model.describe(), "metadata": names_not_paths(model.metadata)},  # not the trainer's paths
         "device": str(resolve_device(device)),
         "found": list(result.found),
         "crop_box": None if result.box_index is None else {
@@ -268,7 +269,7 @@ def cmd_segment(args) -> int:
             if not fields_of_view_overlap(loaded.image, reference):  # before segmenting, not after
                 raise InputError(f"The reference {args.reference} does not overlap the CT in physical space; "
                                  f"check that both belong to the same CT.")
-            reference_desc = {"path": str(Path(args.reference).resolve()),
+            reference_desc = {"path": str(args.reference),  # as given: the user's own path, no more
                               "label_scheme": io.label_scheme_of(reference), "geometry": _geometry(reference)}
         model = _load_model(args.model, args.device)
         from .training_cases import training_case_of, training_data_note
@@ -276,7 +277,7 @@ def cmd_segment(args) -> int:
         seen = training_case_of(model.metadata, args.input)  # a score on it would not be a held-out one
         if seen:
             loaded.messages.append(training_data_note(seen))
-        input_desc = {"path": str(Path(args.input).resolve()), **_dicom_description(loaded), **_geometry(loaded.image),
+        input_desc = {"path": str(args.input), **_dicom_description(loaded), **_geometry(loaded.image),
                       "in_model_training_data": seen}
         _run_segmentation(loaded, input_desc=input_desc, out=out, stem=io.output_stem(args.input), model=model,
                           device=args.device, fmt=args.format, stl=args.stl, preview=args.preview,

@@ -117,11 +117,18 @@ class LumbarSegModel:
         return None
 
     def describe(self) -> dict:
-        """Which model this is, for reports: name, path, files, bytes, SHA-256 (prefix), configuration."""
+        """Which model this is, for reports: name, path, files, bytes, SHA-256, configuration. A shipped
+        model's path is given inside the installation (``Resources/Models/...``), not on this machine; a
+        model file the user gave keeps the path as given."""
         files = [Path(f) for f in self.files]
-        return {"name": self.name, "path": str(self.path) if self.path else None,
+        path = None
+        if self.path:
+            inside = RESOURCES_DIR.resolve() in Path(self.path).resolve().parents
+            path = (Path(RESOURCES_DIR.parent.name, RESOURCES_DIR.name, Path(self.path).name).as_posix() if inside
+                    else str(self.path))
+        return {"name": self.name, "path": path,
                 "files": [f.name for f in files], "bytes": sum(f.stat().st_size for f in files),
-                "sha256": files_sha256(files)[:16] if files else None, "trained": bool(self.trained),
+                "sha256": files_sha256(files) if files else None, "trained": bool(self.trained),
                 "config": self.config.to_dict()}
 
 
