@@ -334,6 +334,17 @@ def _check_phantom_grid(shape, spacing) -> None:
                          f"{MIN_SPACING_MM:g} and {MAX_SPACING_MM:g} mm (e.g. --spacing 0.8 0.8 1.0).")
 
 
+def _phantom_case(ct_path: Path, seed: int) -> dict:
+    """The grid a phantom was drawn on, from its file's header (the generator draws it when not given)."""
+    import SimpleITK as sitk
+
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(ct_path))
+    reader.ReadImageInformation()
+    return {"ct": ct_path.name, "seed": seed, "shape": list(reader.GetSize()),
+            "spacing_mm": [round(float(v), 4) for v in reader.GetSpacing()]}
+
+
 def cmd_phantom(args) -> int:
     from .outputs import OutputFolder
 
@@ -356,8 +367,9 @@ def cmd_phantom(args) -> int:
         files = sorted(out.final(p).name for p in paths)
         out.commit({"lumbarseg_version": __version__, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
                     "command": "phantom", "phantoms": args.n, "seeds": [args.seed, args.seed + args.n - 1],
-                    "shape": list(shape) if shape else None, "spacing_mm": list(spacing) if spacing else None,
-                    "fov": args.fov, "files": files})
+                    "shape": list(shape) if shape else "drawn per case", "spacing_mm": list(spacing) if spacing
+                    else "drawn per case", "fov": args.fov or "drawn per case", "files": files,
+                    "cases": [_phantom_case(p, args.seed + i) for i, p in enumerate(paths[::2])]})
     print(f"Wrote {args.n} phantom case(s) ({len(files)} files: CT + vertebra mask each) to {out.target}")
     return 0
 

@@ -244,14 +244,10 @@ class OutputFolder:
         result is moved into place, after the computing, naming a hidden file: refuse them now."""
         try:
             os.stat(self.target)
-        except FileNotFoundError:
-            pass
-        except OSError as exc:
+        except OSError as exc:  # other failures (absent, under a file, too long) are named by the checks below
             if exc.errno == errno.ELOOP:
                 raise InputError(f"{self.what} {self.given} cannot be used: its path runs through a loop of "
                                  f"symbolic links (a link that leads back to itself). Choose another folder.") from None
-            if exc.errno != errno.ENAMETOOLONG:
-                raise
         ancestor = _first_existing_ancestor(self.target.parent)
         try:
             name_max = os.pathconf(ancestor, "PC_NAME_MAX")
