@@ -63,6 +63,9 @@ def _nrrd(tmp_path: Path, small_ct, name: str, directions: str | None = None, da
     lines = header.split("\n")
     if directions is not None:
         lines = [f"space directions: {directions}" if ln.startswith("space directions:") else ln for ln in lines]
+    elif data_file is None:  # the older form: per-axis spacings, no space or directions
+        lines = [ln for ln in lines if not ln.startswith(("space", "space directions:", "space origin:"))]
+        lines.append("spacings: nan 2.5 2.5")
     if data_file is not None:
         lines.append(f"data file: {data_file}")
         (tmp_path / "data").mkdir(exist_ok=True)
@@ -74,15 +77,16 @@ def _nrrd(tmp_path: Path, small_ct, name: str, directions: str | None = None, da
 
 
 @pytest.mark.parametrize("directions, fragment", [
-    ("(nan,0,0) (0,2.5,0) (0,0,2.5)", "not a number"),
+    ("(nan,0,0) (0,2.5,0) (0,0,2.5)", "'space directions' ((nan,0,0) (0,2.5,0) (0,0,2.5)) hold a value that is not a number"),
     ("(2.5,0,0) (2.5,0,0) (0,0,2.5)", "do not span 3D space"),
     ("(0,-1,1) (0,1,1) (0,-2,2)", "do not span 3D space"),
     ("(0,0,0) (0,2.5,0) (0,0,2.5)", "zero length"),
+    (None, "'spacings' (nan 2.5 2.5)"),
 ])
 def test_nrrd_geometry_that_is_no_grid_is_named(tmp_path, capsys, small_ct, directions, fragment):
     path = _nrrd(tmp_path, small_ct, "bad.nrrd", directions=directions)
     rc, _, err = run(capsys, "segment", path, "-o", tmp_path / "out")
-    line = assert_clean_error(rc, err, "bad.nrrd", "space directions", fragment)
+    line = assert_clean_error(rc, err, "bad.nrrd", fragment)
     assert "corrupt" not in line
 
 
