@@ -208,10 +208,15 @@ def measure(labels: np.ndarray, ct_hu: np.ndarray, image: sitk.Image) -> dict[st
 def plausibility_warnings(measurements: dict[str, dict]) -> list[str]:
     """One warning per vertebra whose volume or height is outside :data:`VERTEBRA_VOLUME_ML` /
     :data:`VERTEBRA_HEIGHT_MM`. Too small is not reported for a vertebra at the image edge (the field
-    of view cuts it); too large always is: nothing cut by the edge grows."""
+    of view cuts it); too large always is: nothing cut by the edge grows. A wrong spacing in the header
+    scales every vertebra alike; one vertebra too large among normal ones is two under one name, which
+    :func:`column_warnings` reports (with the names it may have shifted)."""
     (v_lo, v_hi), (h_lo, h_hi) = VERTEBRA_VOLUME_ML, VERTEBRA_HEIGHT_MM
     warnings = []
+    merged = set(_too_large_alone(measurements))
     for name, m in measurements.items():
+        if name in merged:
+            continue
         volume, height = m["volume_ml"], m.get("height_mm")
         cut = m.get("touches_image_edge", False)
         large, small = [], []
@@ -232,6 +237,70 @@ def plausibility_warnings(measurements: dict[str, dict]) -> list[str]:
             warnings.append(f"WARNING: implausible result: {name} is only {' and '.join(small)}, but {ranges}. "
                             f"It is probably segmented incompletely (or the spacing in the header is too "
                             f"small); correct it before using it.")
+    if not warnings:  # proportions tell merges only when no spacing error scales everything
+        warnings += column_warnings(measurements)
+    return warnings
+
+
+def _too_large_alone(measurements: dict[str, dict]) -> list[str]:
+    """Vertebrae over the size ranges while at least one other vertebra found is within them."""
+    (_, v_hi), (_, h_hi) = VERTEBRA_VOLUME_ML, VERTEBRA_HEIGHT_MM
+    large = [n for n, m in measurements.items() if m["volume_ml"] > v_hi or (m.get("height_mm") or 0) > h_hi]
+    return large if len(large) < len(measurements) else []
+
+
+# The column. In the 11 real spines of ../shared/data (label maps) neighbouring lumbar vertebrae's centroids
+# lie 22-36 mm apart, no lumbar vertebra is taller than 63 mm, none is taller than 1.2 x the median of the
+# whole ones in its spine, and none holds more than 1.2 x the median volume of the others. Two neighbours
+# merged under one name measure 73-96 mm and 1.6-1.9 x the others' volume, and one vertebra split under two
+# names leaves half a vertebra's gap. Either shifts every name beyond it by one level (the classic
+# wrong-level error), so it is flagged. 5 mm slices add at most 5 mm to a height.
+CENTROID_GAP_MM = (17.0, 46.0)
+MERGED_HEIGHT_MM = 72.0
+MERGED_HEIGHT_RATIO = 1.3
+MERGED_VOLUME_RATIO = 1.5
+
+
+def column_warnings(measurements: dict[str, dict]) -> list[str]:
+    """Warnings when the vertebrae found do not form a plausible column (see :data:`CENTROID_GAP_MM`):
+    a vertebra much taller than the others (two bodies under one name?), or neighbouring names whose
+    centroids are too far apart (a vertebra missing or merged) or too close (one vertebra split)."""
+    order = [n for n in LABEL_NAMES.values() if n in measurements]
+    warnings = []
+    shifted = ("The level names from there on may be shifted by one: check them against the ribs and the "
+               "sacrum before using this result.")
+    heights = {n: measurements[n].get("height_mm") for n in order if measurements[n].get("height_mm")}
+    whole = {n: h for n, h in heights.items() if not measurements[n].get("touches_image_edge")}
+    volumes = {n: measurements[n]["volume_ml"] for n in order if measurements[n].get("volume_ml")}
+    for name in order:
+        h, v = heights.get(name), volumes.get(name)
+        taller = [x for k, x in whole.items() if k != name]  # a vertebra cut by the edge is no yardstick here
+        bigger = [x for k, x in volumes.items() if k != name]
+        why = []
+        if h is not None and h > MERGED_HEIGHT_MM:
+            why.append(f"{h:.0f} mm high (no whole lumbar vertebra is over about {MERGED_HEIGHT_MM - 10:g} mm)")
+        elif h is not None and len(taller) >= 2 and h > MERGED_HEIGHT_RATIO * float(np.median(taller)):
+            why.append(f"{h:.0f} mm high, {h / np.median(taller):.1f} x the median of the other whole vertebrae")
+        if v is not None and len(bigger) >= 3 and v > MERGED_VOLUME_RATIO * float(np.median(bigger)):
+            why.append(f"{v:.0f} mL, {v / np.median(bigger):.1f} x the median of the other vertebrae found")
+        if why:
+            warnings.append(f"WARNING: implausible vertebra: {name} is {' and '.join(why)}; it probably holds two "
+                            f"vertebrae under one name. " + shifted)
+    lo, hi = CENTROID_GAP_MM
+    names = list(LABEL_NAMES.values())
+    for a, b in zip(order, order[1:]):
+        ca, cb = measurements[a].get("centroid_mm"), measurements[b].get("centroid_mm")
+        if ca is None or cb is None or names.index(b) != names.index(a) + 1:
+            continue
+        gap = float(np.linalg.norm(np.subtract(ca, cb)))
+        if gap > hi:
+            warnings.append(f"WARNING: implausible column: the centres of {a} and {b} are {gap:.0f} mm apart, but "
+                            f"neighbouring lumbar vertebrae are {lo:g}-{hi:g} mm apart; a vertebra between or in "
+                            f"them is probably merged into one of them or missed. " + shifted)
+        elif gap < lo:
+            warnings.append(f"WARNING: implausible column: the centres of {a} and {b} are only {gap:.0f} mm apart, "
+                            f"but neighbouring lumbar vertebrae are {lo:g}-{hi:g} mm apart; one vertebra is "
+                            f"probably split under two names. " + shifted)
     return warnings
 
 

@@ -244,3 +244,53 @@ def test_real_vertebrae_are_plausible_and_a_5x_spacing_error_is_not(shared_data)
         assert len(metrics.plausibility_warnings(metrics.measure(lab, zeros, wrong))) == len(measured), path.name
         checked += len(measured)
     assert checked >= 20
+
+
+def _shift_names(lab: np.ndarray, merged: int) -> np.ndarray:
+    """Label map as a model that merged vertebra ``merged + 1`` into ``merged`` names it: every name below
+    moves up one level."""
+    out = lab.copy()
+    out[lab == merged + 1] = merged
+    for label in range(merged + 2, 6):
+        out[lab == label] = label - 1
+    return out
+
+
+def test_two_vertebrae_under_one_name_are_flagged_on_real_masks(shared_data):
+    """Issue 14 item 2: the real label maps with two neighbours merged under one name (names below shifted)
+    warn that the names may be shifted; the maps as they are do not (test above)."""
+    from LumbarSegLib import io
+
+    paths = sorted((shared_data / "real").glob("*_seg-vert_msk.nii.gz")) + \
+        sorted((shared_data / "masks").glob("*/*_seg-vert_msk.nii.gz"))
+    checked = 0
+    for path in paths:
+        img = sitk.ReadImage(str(path))
+        lab = io.to_internal_labels(sitk.GetArrayViewFromImage(img), "verse")
+        present = [v for v in range(1, 6) if (lab == v).any()]
+        if len(present) < 4:
+            continue
+        merged = present[1]
+        warnings = metrics.plausibility_warnings(metrics.measure(_shift_names(lab, merged), np.zeros(lab.shape, np.int16), img))
+        assert warnings and all("shifted" in w for w in warnings), path.name
+        checked += 1
+    if not checked:
+        pytest.skip("no real label map with four or more lumbar vertebrae in the shared data")
+
+
+def test_column_warnings_on_centroid_gaps():
+    def m(z, h=55.0):
+        return {"volume_ml": 60.0, "height_mm": h, "touches_image_edge": False, "centroid_mm": [0.0, 0.0, z]}
+
+    assert metrics.column_warnings({"L1": m(0), "L2": m(-32), "L3": m(-64)}) == []
+    (far,) = metrics.column_warnings({"L1": m(0), "L2": m(-52), "L3": m(-84)})
+    assert "L1 and L2 are 52 mm apart" in far and "shifted" in far
+    (close,) = metrics.column_warnings({"L1": m(0), "L2": m(-12), "L3": m(-44)})
+    assert "only 12 mm apart" in close and "split" in close
+    (tall,) = metrics.column_warnings({"L1": m(0, 80), "L2": m(-45, 55), "L3": m(-77, 54)})
+    assert "L1 is 80 mm high" in tall and "two vertebrae" in tall
+    (tall,) = metrics.column_warnings({"L1": m(0, 70), "L2": m(-45, 50), "L3": m(-77, 51)})
+    assert "1.4 x the median" in tall
+    # A vertebra cut by the field of view is no yardstick for the others' heights.
+    cut = {"L1": {**m(0, 25), "touches_image_edge": True}, "L2": m(-32, 56), "L3": {**m(-64, 28), "touches_image_edge": True}}
+    assert metrics.column_warnings(cut) == []

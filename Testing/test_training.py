@@ -316,6 +316,16 @@ def test_leave_one_real_case_out_scores_only_cases_the_model_never_trained_on(tm
     loo = real_evaluation.leave_one_out([fold], [real], partial_views=1, log=lambda s: None)
     assert [r["case"] for r in loo["cases"]] == ["sub-r1"] and len(loo["cases"][0]["partial"]) == 1
     assert loo["cases"][0]["truth"] == ["L1", "L2", "L3", "L4", "L5"] and loo["summary"]["cases"] == 1
+    # The acquisitions hospitals store: each held-out case also re-imaged with a thick axis of its own.
+    reimaged = loo["cases"][0]["reimaged"]
+    assert list(reimaged) == list(real_evaluation.REIMAGINGS)
+    spacings = [r["view"]["spacing"] for r in reimaged.values()]
+    assert spacings[0][2] == 5.0 and spacings[1][0] == 3.0 and spacings[2][1] == 3.0
+    assert [r["view"]["thick_axis"] for r in reimaged.values()] == ["z", "x", "y"]
+    assert set(loo["summary"]["reimaged_mean_dsc"]) == set(real_evaluation.REIMAGINGS)
+    # Fit: only the case the fold trained on, kept apart from the held-out scores.
+    fit = real_evaluation.training_fit(fold, [real], log=lambda s: None)
+    assert [r["case"] for r in fit["cases"]] == ["sub-r2"]
     # A model that left no real case out has nothing it may be scored on.
     full = train(tmp_path / "full.pt")
     with pytest.raises(InputError, match="not trained with"):
@@ -325,8 +335,10 @@ def test_leave_one_real_case_out_scores_only_cases_the_model_never_trained_on(tm
     card["real_leave_one_out"] = loo
     card["targets"] = evaluation.targets_status(card["evaluation"], loo)
     assert {"real_left_out_dsc", "real_left_out_names"} <= set(card["targets"])
+    card["real_fit"] = fit
     md = evaluation.card_markdown(card)
     assert "## Real CT, leave one case out" in md and "| sub-r1" in md and "left out: sub-r1" in md
+    assert "## Real CT it trained on (fit, not accuracy)" in md and "| sub-r2 |" in md
 
 
 def test_bundled_model_loads_and_is_small():

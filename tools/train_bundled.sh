@@ -17,7 +17,7 @@
 set -euo pipefail
 WORK=${WORK:-/tmp/train}
 mkdir -p "$WORK/v2"
-if [ "${PHASE:-1}" != 3 ]; then
+if [ "${PHASE:-1}" != 3 ] && [ "${PHASE:-1}" != 4 ]; then
 
 # Phase 1: both networks from scratch on seeds 0-399 (cpu config without the XUNet coordinate channel).
 # Started with a 62-min budget; stopped on purpose after the checkpoint at 32 min (XUNet step 720,
@@ -40,10 +40,11 @@ lumbarseg train "$WORK/cache/phantoms_seed0_sp1.6-2.4" \
 cp "$WORK/v2/lumbarseg_cpu.pt" "$WORK/phase2_lumbarseg_cpu.pt"
 fi
 
-# Phase 3: real labelled CT. The phase-2 model was the bundled model of commit 1e91985.
-[ -f "$WORK/phase2_lumbarseg_cpu.pt" ] || git show 1e91985:Resources/Models/lumbarseg_cpu.pt > "$WORK/phase2_lumbarseg_cpu.pt"
 DATA=${DATA:-../shared/data}
 REAL=("$DATA/real" "$DATA/tptbox_l3" "$DATA/real_boneonly")
+if [ "${PHASE:-1}" != 4 ]; then
+# Phase 3: real labelled CT. The phase-2 model was the bundled model of commit 1e91985.
+[ -f "$WORK/phase2_lumbarseg_cpu.pt" ] || git show 1e91985:Resources/Models/lumbarseg_cpu.pt > "$WORK/phase2_lumbarseg_cpu.pt"
 # Fine-tuning phantoms use procedural vertebra shapes only: the default shape library holds the label masks of
 # verse005 and s0328, two of the real cases scored below. (The phase-1/2 phantoms did use that library: the
 # card flags those two cases as "shape seen".)
@@ -65,6 +66,31 @@ done
 lumbarseg train "${COMMON[@]}" --minutes ${FINAL_MINUTES:-40} -o "$WORK/lumbarseg_cpu.pt" \
     --checkpoint-dir "$WORK/ckpt-final" 2>&1 | tee "$WORK/final.log"
 cp "$WORK/lumbarseg_cpu.pt" Resources/Models/lumbarseg_cpu.pt
+fi
+
+# Phase 4 (session 3, PHASE=4 runs only this): resume the phase-3 bundle (the shipped model of commit 093021d)
+# on six real cases (sub-verse007, a 3 mm sagittal T9-L3 scan, is new) re-imaged with the thick axis drawn
+# among axial / sagittal / coronal (VIEWS_VERSION 2), plus 40 procedural phantoms. First without
+# sub-verse007 (fold A: the held-out comparison with the phase-3 model, which never saw it either), then
+# fold A's weights go on with sub-verse007 (the shipped model).
+if [ "${PHASE:-1}" = 4 ]; then
+  export LUMBARSEG_SHAPE_LIBRARY=none
+  [ -f "$WORK/phase3_lumbarseg_cpu.pt" ] || git show 093021d:Resources/Models/lumbarseg_cpu.pt > "$WORK/phase3_lumbarseg_cpu.pt"
+  P4=(--real "${REAL[@]}" --views 40 --real-weight 0.7 --phantoms 40 --seed 200 --config cpu --precision bfloat16
+      --compile --batch 2 --lr 1e-3 --lr-localizer 1e-3 --localizer-share 0.25 --val-fraction 0.05
+      --checkpoint-minutes 5 --jobs 2 --cache "$WORK/cache4")
+  lumbarseg train "${P4[@]}" --resume "$WORK/phase3_lumbarseg_cpu.pt" --minutes ${FOLDA_MINUTES:-50} \
+      --leave-out sub-verse007 -o "$WORK/foldA.pt" --checkpoint-dir "$WORK/ckpt-A" 2>&1 | tee "$WORK/foldA.log"
+  lumbarseg train "${P4[@]}" --resume "$WORK/foldA.pt" --minutes ${FINAL4_MINUTES:-35} -o "$WORK/lumbarseg_cpu.pt" \
+      --checkpoint-dir "$WORK/ckpt-final4" 2>&1 | tee "$WORK/final4.log"
+  cp "$WORK/lumbarseg_cpu.pt" Resources/Models/lumbarseg_cpu.pt
+  # Held-out comparison on sub-verse007 (whole, partial views, and its 5 mm axial / 3 mm sagittal / coronal
+  # re-imagings): the phase-3 model and fold A, each scoring only cases it never trained on.
+  for m in "$WORK/phase3_lumbarseg_cpu.pt" "$WORK/foldA.pt"; do
+    lumbarseg evaluate-model --model "$m" --phantoms 0 --no-real-ct --loo "$m" --real "${REAL[@]}" \
+        -o "$WORK/$(basename "$m" .pt)_loo.json" --card "$WORK/$(basename "$m" .pt)_loo.md"
+  done
+fi
 
 # Held-out evaluation + model card: phantoms from seed 100000 (the seven fields of view in turn, default shape
 # library), each real case scored by the fold model that left it out, and the real-CT checks in ../shared/data.

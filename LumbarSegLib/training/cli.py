@@ -243,8 +243,8 @@ def run_train(args) -> int:
 
 
 def run_evaluate_model(args) -> int:
-    if args.loo and not args.real:
-        raise InputError("--loo needs --real DIR: the folder(s) holding the real cases the fold models left out.")
+    if (args.loo or args.fit) and not args.real:
+        raise InputError("--loo and --fit need --real DIR: the folder(s) holding the real cases.")
     card = evaluation.evaluate_model(args.model, n=args.phantoms, seed=args.seed, fovs=args.fov,
                                      spacing=tuple(args.spacing) if args.spacing else None, device=args.device,
                                      real_ct=not args.no_real_ct, log=lambda s: print(s, flush=True))
@@ -253,6 +253,9 @@ def run_evaluate_model(args) -> int:
                                             log=lambda s: print(s, flush=True))
         card["real_leave_one_out"] = loo
         card["targets"] = evaluation.targets_status(card["evaluation"], loo, card["real_ct"])
+    if args.fit:
+        card["real_fit"] = real_evaluation.training_fit(args.model, args.real, device=args.device,
+                                                        log=lambda s: print(s, flush=True))
     argv = sys.argv[sys.argv.index("evaluate-model"):] if "evaluate-model" in sys.argv else sys.argv[1:]
     card["command"] = "lumbarseg " + " ".join(shlex.quote(a) for a in argv)
     evaluation.write_card(card, args.output, args.card)
@@ -275,6 +278,9 @@ def add_evaluate_arguments(p: argparse.ArgumentParser):
                    "and --partial-views spine-targeted views of it); the card gets a leave-one-case-out table")
     p.add_argument("--real", nargs="+", default=[], metavar="DIR", help="folder(s) of the real cases (for --loo)")
     p.add_argument("--partial-views", type=int, default=4, help="partial views scored per held-out case (default 4)")
+    p.add_argument("--fit", action="store_true",
+                   help="also score --model on the real cases in --real that it trained on: how well it fits what it "
+                        "has seen (never an accuracy estimate; the card keeps these apart from the held-out scores)")
     p.add_argument("-o", "--output", help="model card JSON to write")
     p.add_argument("--card", help="model card Markdown to write")
 

@@ -30,6 +30,14 @@ from .evaluation import evaluate_case, identity_counts
 # Real-data subject ids in case ids and shape-library folder names (VerSe "verse005", TotalSegmentator "s0328").
 _SUBJECT = re.compile(r"(verse\d+|s\d{4})")
 PARTIAL_VIEW_SEED = 424242  # partial views are fixed: every model is scored on the same ones
+# The acquisitions hospitals store, as fixed re-imagings of each held-out case (no tilt, the case's own
+# tissue; the 5 mm axial one widened to a body-wide field of view): (view kind, spacing xyz mm, thick axis).
+REIMAGINGS = {
+    "axial 5 mm wide": ("wide", (0.7, 0.7, 5.0), 2),
+    "sagittal 3 mm": ("native", (0.8, 0.8, 0.8), 0),
+    "coronal 3 mm": ("native", (0.8, 0.8, 0.8), 1),
+}
+THICK_MM = 3.0
 
 
 def _subject(name: str) -> str | None:
@@ -76,8 +84,30 @@ def _score(ct, seg, model, device) -> dict:
             "seconds": r["seconds"], "messages": r["messages"]}
 
 
-def leave_one_out(fold_models, real_dirs, device: str = "cpu", partial_views: int = 4, log=print) -> dict:
-    """Score every real case left out by one of ``fold_models`` (see the module docstring)."""
+def reimagings(ct, seg, rng) -> dict:
+    """The case re-imaged as each of :data:`REIMAGINGS`: name -> (ct, seg, info)."""
+    out = {}
+    for name, (kind, spacing, axis) in REIMAGINGS.items():
+        spacing = list(spacing)
+        if axis != 2:
+            spacing[axis] = THICK_MM
+        out[name] = real_views.make_view(ct, seg, rng, kind=kind, acquisition=(spacing, axis), tilt=False)
+    return out
+
+
+def held_out_cases(metadata: dict, case_ids) -> list[str]:
+    """Of ``case_ids``, those the model never trained on: the ones it left out, and any it records no
+    training on (a model records every real case it trained on)."""
+    real = (metadata.get("training_data") or {}).get("real") or {}
+    trained = set(real.get("cases") or [])
+    left_out = list(real.get("left_out") or [])
+    return left_out + [c for c in case_ids if c not in trained and c not in left_out]
+
+
+def leave_one_out(fold_models, real_dirs, device: str = "cpu", partial_views: int = 4, log=print,
+                  reimaged: bool = True) -> dict:
+    """Score every real case left out by one of ``fold_models`` (see the module docstring), also as the
+    :data:`REIMAGINGS` (``reimaged``)."""
     from ..models import load_model
 
     cases = {c.case_id: c for d in real_dirs for c in find_cases(d)}
@@ -87,10 +117,11 @@ def leave_one_out(fold_models, real_dirs, device: str = "cpu", partial_views: in
     for path in fold_models:
         model = load_model(path, allow_untrained=False)
         real = (model.metadata.get("training_data") or {}).get("real") or {}
-        held, trained = list(real.get("left_out") or []), set(real.get("cases") or [])
+        trained = set(real.get("cases") or [])
+        held = held_out_cases(model.metadata, sorted(cases))
         if not held:
-            raise InputError(f"{path}: this model was not trained with --real ... --leave-out CASE, so no real "
-                             "case is held out from it.")
+            raise InputError(f"{path}: this model trained on every real case given and was not trained with "
+                             "--real ... --leave-out CASE, so no real case is held out from it.")
         sources = shape_sources(model.metadata)
         for cid in held:
             if cid in trained:  # cannot happen with lumbarseg train; guards hand-edited metadata
@@ -115,12 +146,37 @@ def leave_one_out(fold_models, real_dirs, device: str = "cpu", partial_views: in
                 part = _score(view_ct, view_seg, model, device)
                 part["view"] = info
                 row["partial"].append(part)
+            row["reimaged"] = {}
+            if reimaged:
+                for name, (view_ct, view_seg, info) in reimagings(ct, seg, rng).items():
+                    row["reimaged"][name] = {**_score(view_ct, view_seg, model, device), "view": info}
             rows.append(row)
             log(f"{cid}: mean DSC {row['mean_dsc']:.3f} ASD {row['mean_asd_mm']:.2f} mm, found "
                 f"{','.join(row['found']) or '-'} (truth {','.join(row['truth'])}), wrong {row['identity']['wrong'] or '-'}"
                 f"; partial views: " + "; ".join(f"{','.join(p['truth'])}->{','.join(p['found']) or '-'}"
-                                                 for p in row["partial"]))
+                                                 for p in row["partial"])
+                + "".join(f"; {k}: {v['mean_dsc']:.3f} {','.join(v['found']) or '-'}" for k, v in row["reimaged"].items()))
     return {"cases": rows, "summary": summarize(rows)}
+
+
+def training_fit(model_path, real_dirs, device: str = "cpu", log=print) -> dict:
+    """The model's scores on the real cases it trained on (whole case, as stored): how well it fits what it
+    has seen. Never an estimate of accuracy on new scans; kept apart from :func:`leave_one_out`."""
+    from ..models import choose_model, load_model, resolve_device
+
+    model = load_model(choose_model(model_path, resolve_device(device)), allow_untrained=False)
+    trained = set(((model.metadata.get("training_data") or {}).get("real") or {}).get("cases") or [])
+    rows = []
+    for d in real_dirs:
+        for c in find_cases(d):
+            if c.case_id not in trained:
+                continue
+            ct, seg = real_views.load_source(str(c.ct), str(c.seg))
+            row = {"case": c.case_id, **_score(ct, seg, model, device)}
+            rows.append(row)
+            log(f"{c.case_id} (trained on): mean DSC {row['mean_dsc']:.3f}, found {','.join(row['found']) or '-'}")
+    return {"cases": rows, "mean_dsc": float(np.mean([r["mean_dsc"] for r in rows])) if rows else float("nan"),
+            "min_case_dsc": min((r["mean_dsc"] for r in rows), default=float("nan"))}
 
 
 def summarize(rows) -> dict:
@@ -134,4 +190,8 @@ def summarize(rows) -> dict:
         "identity_partial_views": identity_counts(partial),
         "partial_views_mean_dsc": float(np.mean([p["mean_dsc"] for p in partial])) if partial else float("nan"),
         "all_names_correct": all(not r["identity"]["wrong"] and not r["identity"]["invented"] for r in rows),
+        "reimaged_mean_dsc": {k: float(np.mean([r["reimaged"][k]["mean_dsc"] for r in rows if k in r.get("reimaged", {})]))
+                              for k in REIMAGINGS if any(k in r.get("reimaged", {}) for r in rows)},
+        "min_reimaged_dsc_complete": min((v["mean_dsc"] for r in complete for v in r.get("reimaged", {}).values()),
+                                         default=float("nan")),
     }

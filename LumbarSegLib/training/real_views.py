@@ -12,6 +12,10 @@ drawn from what users scan:
   tissue synthesised (fat, muscle, skin, air outside an elliptical body) and blended into the real
   tissue at the crop's border, so the localizer sees real vertebrae inside abdominal-size images.
 
+The thick axis is drawn among the three (what hospitals store): axial slices (0.5-5 mm, half of them a
+clinical 5 mm abdomen with 0.5-0.8 mm in-plane), sagittal or coronal reconstructions 2-4 mm thick across
+them. Every thick axis gets the slice profile's blur.
+
 Labels stay VerSe codes; views are deterministic in (case, index) so caches can be shared between
 cross-validation folds (a held-out case's views are simply left out).
 """
@@ -28,12 +32,14 @@ from scipy import ndimage
 
 from .augmentation import rotation_matrix
 
-VIEWS_VERSION = 1  # part of the cache key: bump when a view's content changes
+VIEWS_VERSION = 2  # part of the cache key: bump when a view's content changes
 AIR_HU = -1000.0
 OUTSIDE = -32000.0  # marks voxels outside the source image after resampling
 VIEW_KINDS = {"tight": 0.35, "native": 0.30, "wide": 0.35}
 BONE_ONLY_FILL_HU = 0  # value a bone-only CT uses for "not bone"
 MAX_VIEW_VOXELS = 24e6
+# Which axis is thick: axial (z) slices, sagittal (x: left-right thick), coronal (y: front-back thick).
+THICK_AXES = {2: 0.5, 0: 0.3, 1: 0.2}
 
 
 # ------------------------------------------------------------------------------------------------------
@@ -148,8 +154,12 @@ def _index_to_physical(image: sitk.Image, idx: np.ndarray) -> np.ndarray:
 
 
 def make_view(ct: sitk.Image, seg: sitk.Image, rng: np.random.Generator, kind: str | None = None,
-              lumbar_codes=(20, 21, 22, 23, 24, 25)) -> tuple[sitk.Image, sitk.Image, dict]:
-    """One random re-imaging of a real case (see the module docstring). Returns (ct int16, seg uint8, info)."""
+              lumbar_codes=(20, 21, 22, 23, 24, 25), acquisition: tuple | None = None,
+              tilt: bool = True) -> tuple[sitk.Image, sitk.Image, dict]:
+    """One random re-imaging of a real case (see the module docstring). Returns (ct int16, seg uint8, info).
+
+    ``acquisition``: a fixed ``(spacing xyz mm, thick axis 0/1/2)`` instead of a drawn one; ``tilt=False``
+    keeps the source's axes (both for the fixed re-imagings of the leave-one-out report)."""
     kind = kind or str(rng.choice(list(VIEW_KINDS), p=list(VIEW_KINDS.values())))
     seg_arr = sitk.GetArrayViewFromImage(seg)
     present = [int(c) for c in np.unique(seg_arr) if c]
@@ -160,7 +170,7 @@ def make_view(ct: sitk.Image, seg: sitk.Image, rng: np.random.Generator, kind: s
     zz, yy, xx = np.nonzero(np.isin(seg_arr, lumbar))
     step = max(1, zz.size // 20000)
     center = _index_to_physical(seg, np.stack([xx[::step], yy[::step], zz[::step]], 1)).mean(0)
-    tilt = np.deg2rad([rng.uniform(-15, 15), rng.uniform(-8, 8), rng.uniform(-8, 8)])
+    tilt = np.deg2rad([rng.uniform(-15, 15), rng.uniform(-8, 8), rng.uniform(-8, 8)]) * float(tilt)
     rot = rotation_matrix(tilt)  # columns = view axes in the source frame
     boxes = _label_boxes(seg_arr, present, seg, rot, center)
     dom = (_domain_corners(ct) - center) @ rot
@@ -169,8 +179,8 @@ def make_view(ct: sitk.Image, seg: sitk.Image, rng: np.random.Generator, kind: s
     shrink = 0.5 * (dom_hi - dom_lo) * np.abs(np.sin(np.max(np.abs(tilt))))
     use_lo, use_hi = dom_lo + shrink * np.array([0.3, 0.3, 0.3]), dom_hi - shrink * np.array([0.3, 0.3, 0.3])
 
-    sxy = float(rng.uniform(0.6, 1.6))
-    sz = float(np.exp(rng.uniform(np.log(0.5), np.log(5.0))))
+    spacing, thick_axis = _draw_spacing(rng) if acquisition is None else (np.asarray(acquisition[0], float),
+                                                                          int(acquisition[1]))
     if kind == "tight":
         order = sorted(lumbar)
         n = int(rng.integers(2, len(order) + 1)) if len(order) >= 2 else 1
@@ -196,7 +206,6 @@ def make_view(ct: sitk.Image, seg: sitk.Image, rng: np.random.Generator, kind: s
         zcut = rng.uniform(0, 0.15, 2) * (use_hi[2] - use_lo[2])
         lo[2] += zcut[0]
         hi[2] -= zcut[1]
-    spacing = np.array([sxy, sxy, sz])
     # Keep views to clinical matrix sizes (<= ~24 M voxels): coarsen the grid of very large boxes.
     voxels = np.prod(np.maximum((hi - lo) / spacing, 1))
     if voxels > MAX_VIEW_VOXELS:
@@ -211,12 +220,13 @@ def make_view(ct: sitk.Image, seg: sitk.Image, rng: np.random.Generator, kind: s
     ref.SetDirection(rot.ravel().tolist())
 
     src = sitk.Cast(ct, sitk.sitkFloat32)
-    # Slice profile: thicker slices average along the new z. Blur along the source axis closest to the
-    # view's z (tilts are small); in-plane, linear interpolation from ~1 mm sources to <= 1.6 mm is mild.
-    zaxis = int(np.argmax(np.abs(np.asarray(ct.GetDirection()).reshape(3, 3).T @ rot[:, 2])))
-    sigma_mm = math.sqrt(max(sz ** 2 - ct.GetSpacing()[zaxis] ** 2, 0.0)) / 2.355
+    # Slice profile: thick slices average across them. Blur along the source axis closest to the view's
+    # thick axis (tilts are small); in-plane, linear interpolation from ~1 mm sources to <= 1.6 mm is mild.
+    src_axis = int(np.argmax(np.abs(np.asarray(ct.GetDirection()).reshape(3, 3).T @ rot[:, thick_axis])))
+    thickness = float(spacing[thick_axis])
+    sigma_mm = math.sqrt(max(thickness ** 2 - ct.GetSpacing()[src_axis] ** 2, 0.0)) / 2.355
     if sigma_mm > 0.2:
-        src = _blur_axis(src, zaxis, sigma_mm)
+        src = _blur_axis(src, src_axis, sigma_mm)
     out = sitk.Resample(src, ref, sitk.Transform(), sitk.sitkLinear, OUTSIDE, sitk.sitkFloat32)
     lab = sitk.Resample(seg, ref, sitk.Transform(), sitk.sitkNearestNeighbor, 0, sitk.sitkUInt8)
     a = sitk.GetArrayFromImage(out)
@@ -227,9 +237,22 @@ def make_view(ct: sitk.Image, seg: sitk.Image, rng: np.random.Generator, kind: s
     img.CopyInformation(ref)
     lab.CopyInformation(ref)
     info = {"kind": kind, "spacing": [round(float(v), 3) for v in spacing], "size": [int(s) for s in size],
-            "tilt_deg": [round(float(v), 1) for v in np.rad2deg(tilt)],
+            "tilt_deg": [round(float(v), 1) for v in np.rad2deg(tilt)], "thick_axis": "xyz"[thick_axis],
             "outside_fraction": round(float(outside.mean()), 3)}
     return img, lab, info
+
+
+def _draw_spacing(rng: np.random.Generator) -> tuple[np.ndarray, int]:
+    """A view's voxel spacing (x, y, z mm) and its thick axis (see THICK_AXES)."""
+    thick_axis = int(rng.choice(list(THICK_AXES), p=list(THICK_AXES.values())))
+    if thick_axis == 2:
+        if rng.random() < 0.5:  # clinical abdomen kept as 5 mm axial slices, fine in-plane
+            return np.array([rng.uniform(0.5, 0.8)] * 2 + [5.0]), 2
+        sxy = rng.uniform(0.6, 1.6)
+        return np.array([sxy, sxy, np.exp(rng.uniform(np.log(0.5), np.log(5.0)))]), 2
+    spacing = np.full(3, rng.uniform(0.5, 1.0))  # sagittal/coronal reconstructions: fine within the slice
+    spacing[thick_axis] = rng.uniform(2.0, 4.0)
+    return spacing, thick_axis
 
 
 def _blur_axis(image: sitk.Image, axis: int, sigma_mm: float) -> sitk.Image:
