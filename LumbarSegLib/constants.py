@@ -37,3 +37,7 @@ ANATOMIC_CONTEXT = "Anatomic codes - DICOM master list"
 # Said on every result (segmentation node, metrics table, DICOM SEG, report): the model is not validated
 # for clinical use.
 RESEARCH_NOTICE = "Research use only, not a medical device"
+
+# What a CT may be given as, in every message that refuses one.
+ACCEPTED_CT_FORMATS = ("NIfTI (.nii, .nii.gz), NRRD (.nrrd), MetaImage (.mha, .mhd) or a folder with one DICOM "
+                       "series")

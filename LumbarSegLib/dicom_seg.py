@@ -23,6 +23,13 @@ from .errors import InputError
 from .slice_positions import slice_position_problem
 
 SERIES_DESCRIPTION = "LumbarSeg L1-L5 (research use)"
+# Copied from the source series into the SEG, where each may hold one value only.
+SINGLE_VALUED_COPIES = ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "ReferringPhysicianName",
+                        "StudyID", "AccessionNumber", "StudyDate", "StudyTime")
+
+
+class DicomSegError(InputError):
+    """The segmentation ran, but its DICOM SEG could not be made from the source series' headers."""
 SERIES_NUMBER = 9901  # a high number so the SEG sorts after the scanner's own series
 
 
@@ -151,7 +158,36 @@ def write_dicom_seg(labels: sitk.Image, source, path) -> Path | None:
     pixel_array = renumber[np.asarray(array, np.uint8)[indices]]  # one frame per source instance, in order
 
     first = datasets[0]
-    seg = hd.seg.Segmentation(
+    try:
+        seg = _segmentation(hd, datasets, pixel_array, present, first)
+        seg.SeriesDescription = SERIES_DESCRIPTION
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        seg.save_as(str(path))
+    except (TypeError, ValueError, AttributeError, KeyError) as exc:  # highdicom refuses a source header
+        Path(path).unlink(missing_ok=True)
+        raise DicomSegError(f"No DICOM SEG was written: {_header_problem(first) or _one_line(exc)}.") from None
+    return path
+
+
+def _one_line(exc: Exception) -> str:
+    text = " ".join(str(exc).split())[:200]
+    return f"highdicom refused the source series' headers ({type(exc).__name__}: {text or 'no detail'})"
+
+
+def _header_problem(ds) -> str | None:
+    """Which copied attribute of the source series a SEG cannot hold (named, its values not shown)."""
+    for keyword in SINGLE_VALUED_COPIES:
+        value = ds.get(keyword)
+        if value is not None and not isinstance(value, (str, bytes)) and hasattr(value, "__len__") \
+                and len(value) > 1:
+            return (f"the source series' {keyword} holds {len(value)} values, and a DICOM SEG copies it with "
+                    f"one; correct the header (e.g. with dcmodify) to write a SEG")
+    return None
+
+
+def _segmentation(hd, datasets, pixel_array, present, first):
+    return hd.seg.Segmentation(
         source_images=datasets,
         pixel_array=pixel_array,
         segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
@@ -168,8 +204,3 @@ def write_dicom_seg(labels: sitk.Image, source, path) -> Path | None:
         content_label="LUMBARSEG",
         content_creator_name="LumbarSeg^Automatic",
     )
-    seg.SeriesDescription = SERIES_DESCRIPTION
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    seg.save_as(str(path))
-    return path

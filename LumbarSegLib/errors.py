@@ -15,3 +15,16 @@ class ModelError(LumbarSegError):
 
 class Cancelled(LumbarSegError):
     """The user cancelled a long-running operation."""
+
+
+# How allocators report an exhausted memory without raising MemoryError: torch's CPU allocator raises a
+# RuntimeError ("DefaultCPUAllocator: can't allocate memory" / "not enough memory"), CUDA its
+# OutOfMemoryError ("CUDA out of memory").
+_OUT_OF_MEMORY_TEXTS = ("can't allocate memory", "not enough memory", "out of memory", "cannot allocate memory")
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    """True for any exception that means "ran out of memory" (Python's, torch's CPU or GPU allocator's)."""
+    if isinstance(exc, MemoryError) or type(exc).__name__ == "OutOfMemoryError":
+        return True
+    return isinstance(exc, RuntimeError) and any(t in str(exc).lower() for t in _OUT_OF_MEMORY_TEXTS)

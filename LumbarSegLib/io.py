@@ -18,7 +18,6 @@ is stored on the returned image under the metadata key :data:`LABEL_SCHEME_KEY`.
 
 from __future__ import annotations
 
-import functools
 import math
 import os
 from dataclasses import dataclass
@@ -29,7 +28,10 @@ import SimpleITK as sitk
 
 from .constants import (ANATOMIC_CONTEXT, LABEL_COLORS, LABEL_NAMES, SNOMED_BONE_CATEGORY, SNOMED_VERTEBRA,
                         TERMINOLOGY_CONTEXT, VERSE_LUMBAR, VERSE_NAMES)
-from . import nifti
+from . import nifti, nrrd
+from .constants import ACCEPTED_CT_FORMATS
+from .dicom_folders import (DicomSeries, describe_series_choice, dicom_series_files, list_dicom_series,  # noqa: F401
+                            select_dicom_series)
 from .errors import InputError
 from .slice_positions import check_series_files
 
@@ -62,101 +64,12 @@ def _suffix(path: Path) -> str:
 
 
 def _accepted_formats() -> str:
-    return "NIfTI (.nii, .nii.gz), NRRD (.nrrd), MetaImage (.mha, .mhd) or a folder with one DICOM series"
+    return ACCEPTED_CT_FORMATS
 
 
 # --------------------------------------------------------------------------------------------------
 # Reading
 # --------------------------------------------------------------------------------------------------
-
-@dataclass(frozen=True)
-class DicomSeries:
-    """One series of a DICOM folder (GDCM's grouping: same SeriesInstanceUID, orientation and size)."""
-
-    uid: str
-    description: str
-    files: tuple[str, ...]
-
-    @property
-    def slices(self) -> int:
-        return len(self.files)
-
-    def describe(self) -> str:
-        uid = self.uid or "(no SeriesInstanceUID)"
-        return f"{uid} ('{self.description or 'no description'}', {self.slices} slices)"
-
-    def to_dict(self) -> dict:
-        return {"uid": self.uid, "description": self.description, "slices": self.slices}
-
-
-@functools.lru_cache(maxsize=8)
-def _scan_dicom_folder(folder: str, _mtime_ns: int) -> tuple[DicomSeries, ...]:
-    reader = sitk.ImageSeriesReader()
-    warnings_shown = sitk.ProcessObject.GetGlobalWarningDisplay()
-    sitk.ProcessObject.SetGlobalWarningDisplay(False)  # GDCM's C++ warnings would precede our clean error
-    try:
-        try:
-            series_ids = reader.GetGDCMSeriesIDs(folder) or ()
-        except RuntimeError:
-            series_ids = ()
-        found = []
-        for series_id in series_ids:
-            files = tuple(reader.GetGDCMSeriesFileNames(folder, series_id))
-            if not files:
-                continue
-            description = ""
-            header = sitk.ImageFileReader()
-            header.SetFileName(files[0])
-            try:
-                header.ReadImageInformation()
-                if header.HasMetaDataKey("0008|103e"):
-                    description = header.GetMetaData("0008|103e").strip()
-            except RuntimeError:
-                pass
-            found.append(DicomSeries(series_id, description, files))
-    finally:
-        sitk.ProcessObject.SetGlobalWarningDisplay(warnings_shown)
-    # Most slices first: a folder often holds a scout or a dose report beside the CT.
-    return tuple(sorted(found, key=lambda s: (-s.slices, s.uid)))
-
-
-def list_dicom_series(folder) -> list[DicomSeries]:
-    """Every series in a DICOM folder, most slices first; an :class:`InputError` if there is none."""
-    folder = Path(folder)
-    has_files = any(p.is_file() for p in folder.iterdir())
-    series = list(_scan_dicom_folder(str(folder), folder.stat().st_mtime_ns)) if has_files else []
-    if not series:
-        what = "is empty" if not has_files else "contains no DICOM series"
-        raise InputError(f"{folder}: this folder {what}. Give a folder holding the CT's DICOM files, or a single "
-                         f"image file: {_accepted_formats()}.")
-    return series
-
-
-def select_dicom_series(folder, uid: str | None = None) -> tuple[DicomSeries, list[DicomSeries]]:
-    """(the series to use, all series): the one with ``uid``, else the one with the most slices."""
-    series = list_dicom_series(folder)
-    if uid is None:
-        return series[0], series
-    for candidate in series:
-        if candidate.uid == uid:
-            return candidate, series
-    raise InputError(f"{folder}: no DICOM series with UID {uid}. The folder holds: "
-                     + "; ".join(s.describe() for s in series) + ".")
-
-
-def dicom_series_files(folder, series_uid: str | None = None) -> list[str]:
-    """File names of the series ``series_uid`` in ``folder``, by default the one with the most slices."""
-    return list(select_dicom_series(folder, series_uid)[0].files)
-
-
-def describe_series_choice(folder, chosen: DicomSeries, series: list[DicomSeries]) -> str | None:
-    """A note naming the series used when a folder holds several (None when it holds one)."""
-    if len(series) < 2:
-        return None
-    others = "; ".join(s.describe() for s in series if s is not chosen)
-    return (f"{folder} holds {len(series)} DICOM series; using {chosen.describe()}. Other series: {others}. "
-            f"Choose another with --series UID.")
-
 
 def image_information(path, series_uid: str | None = None) -> tuple[tuple[int, ...], int]:
     """(size, components per voxel) from the file header only, so a huge volume is refused before it is
@@ -200,6 +113,7 @@ def read_image(path, series_uid: str | None = None) -> sitk.Image:
         raise InputError(f"{path}: the file is empty (0 bytes). Give a CT as {_accepted_formats()}.")
     if _suffix(path) in (".nii", ".nii.gz"):
         nifti.check_complete(path)
+    nrrd.check_header(path)  # any file with the NRRD magic, whatever its name
     try:
         image = sitk.ReadImage(str(path))
     except RuntimeError as exc:
@@ -272,6 +186,9 @@ def validate_ct(image: sitk.Image, memory_limit_bytes: int | None = None, name: 
     if image.GetNumberOfComponentsPerPixel() != 1:
         raise InputError(f"{name} has {image.GetNumberOfComponentsPerPixel()} components per voxel (a colour "
                          f"or vector image); LumbarSeg needs a single-channel CT in Hounsfield units.")
+    if image.GetPixelID() in (sitk.sitkComplexFloat32, sitk.sitkComplexFloat64):
+        raise InputError(f"{name} holds complex-valued voxels ({image.GetPixelIDTypeAsString()}, as MR raw or "
+                         f"phase data is stored); LumbarSeg needs a real-valued CT in Hounsfield units.")
     size = image.GetSize()
     if min(size) < 1 or int(np.prod(size)) == 0:
         raise InputError(f"{name} is empty (size {size}); give a 3D CT volume.")

@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -116,11 +117,18 @@ class LumbarSegModel:
         return None
 
     def describe(self) -> dict:
-        """Which model this is, for reports: name, path, files, bytes, SHA-256 (prefix), configuration."""
+        """Which model this is, for reports: name, path, files, bytes, SHA-256, configuration. A shipped
+        model's path is given inside the installation (``Resources/Models/...``), not on this machine; a
+        model file the user gave keeps the path as given."""
         files = [Path(f) for f in self.files]
-        return {"name": self.name, "path": str(self.path) if self.path else None,
+        path = None
+        if self.path:
+            inside = RESOURCES_DIR.resolve() in Path(self.path).resolve().parents
+            path = (Path(RESOURCES_DIR.parent.name, RESOURCES_DIR.name, Path(self.path).name).as_posix() if inside
+                    else str(self.path))
+        return {"name": self.name, "path": path,
                 "files": [f.name for f in files], "bytes": sum(f.stat().st_size for f in files),
-                "sha256": files_sha256(files)[:16] if files else None, "trained": bool(self.trained),
+                "sha256": files_sha256(files) if files else None, "trained": bool(self.trained),
                 "config": self.config.to_dict()}
 
 
@@ -189,14 +197,51 @@ def split_bundle(path, out_stem=None) -> list[Path]:
     return written
 
 
+def set_bundle_metadata(path, metadata: dict) -> list[Path]:
+    """Replace the provenance metadata of the bundle ``path`` (in each part of a split one), weights and
+    configuration untouched; each file is replaced whole (written beside it, then renamed). The file's
+    SHA-256 changes, so a model card written for it must be written again."""
+    files = bundle_files(path)
+    if files is None:
+        raise ModelError(f"Model file not found: {path}")
+    for f in files:
+        bundle = _read_bundle_file(f)
+        bundle["metadata_json"] = json.dumps(metadata)
+        tmp = f.with_name(f.name + ".tmp")
+        torch.save(bundle, tmp)
+        os.replace(tmp, f)
+    return files
+
+
+def bundle_metadata(path) -> dict:
+    """The provenance metadata of the bundle ``path`` (without building the networks)."""
+    files = bundle_files(path)
+    if files is None:
+        raise ModelError(f"Model file not found: {path}")
+    return json.loads(_read_bundle_file(files[-1]).get("metadata_json", "{}"))
+
+
 def _read_bundle_file(path: Path) -> dict:
     try:
         bundle = torch.load(path, map_location="cpu", weights_only=True)
         ModelConfig.from_dict(bundle["config"])
         return bundle
     except Exception as exc:  # corrupt file, wrong format, pickled code
-        raise ModelError(f"Cannot read model file {path}: {exc}. Expected a LumbarSeg model bundle "
-                         f"(saved by 'lumbarseg train').") from None
+        raise ModelError(f"Cannot read model file {path}: {_load_failure(exc)}. Expected a LumbarSeg model "
+                         f"bundle (saved by 'lumbarseg train').") from None
+
+
+def _load_failure(exc: Exception) -> str:
+    """Why torch.load refused a file, in one line. torch's refusal of pickled code advises loading with
+    ``weights_only`` turned off, which would run whatever code the file holds: that advice is never shown."""
+    text = str(exc)
+    if "weights only load failed" in text.lower() or "weightsunpickler" in text.lower():
+        found = re.search(r"GLOBAL ([\w.]+)", text)  # "Unsupported global: GLOBAL x.y", "unsupported GLOBAL x.y"
+        what = f" ({found.group(1)})" if found else ""
+        return (f"it holds pickled Python objects{what}, not only weights, and LumbarSeg never runs code from a "
+                f"model file")
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip() and "weights_only" not in ln]
+    return (lines[0] if lines else type(exc).__name__)[:200]
 
 
 def _load_state(module: torch.nn.Module, state: dict, what: str, path: Path):

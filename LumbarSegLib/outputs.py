@@ -20,15 +20,25 @@ Rules, checked before anything is computed:
 * a second run into the same folder is refused while the first holds the lock (an OS file lock on
   ``.NAME.lumbarseg.lock`` beside the target, released by the OS even if the process is killed).
 
-Staging and replaced folders left behind by a killed process are removed by the next run that holds
-the lock.
+* a folder name too long for the hidden names made from it, or a path through a symbolic-link loop, is
+  refused naming the path as given.
+
+``--overwrite`` swaps the new result and the earlier one in one step on Linux (``renameat2`` with
+``RENAME_EXCHANGE``), so the folder always holds one whole result, even when the process is killed
+during the swap. Where that call is missing (other systems, file systems without it) two renames are
+used; a kill between them leaves the earlier result in a hidden ``.replaced`` folder beside the target,
+which the next run puts back. Staging and replaced folders left behind by a killed process are removed by
+the next run that holds the lock.
 """
 
 from __future__ import annotations
 
+import ctypes
+import errno
 import glob
 import json
 import os
+import sys
 import shutil
 import stat
 import tempfile
@@ -41,6 +51,29 @@ REPORT_MARKER_KEY = "lumbarseg_version"  # every LumbarSeg report.json has it
 _STAGING_SUFFIX = ".partial"
 _REPLACED_SUFFIX = ".replaced"
 _LOCK_SUFFIX = ".lumbarseg.lock"
+# The longest hidden name made from the target's name: "." + NAME + "." + 8 random characters + ".replaced".
+_HIDDEN_NAME_EXTRA = 2 + 8 + len(_REPLACED_SUFFIX)
+_AT_FDCWD = -100
+_RENAME_EXCHANGE = 2
+
+
+def exchange_paths(a, b) -> bool:
+    """Swap two existing paths in one atomic step (Linux ``renameat2(RENAME_EXCHANGE)``). False where the
+    system or the file system does not offer it (nothing was changed then); other failures raise OSError."""
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        renameat2 = ctypes.CDLL(None, use_errno=True).renameat2  # glibc >= 2.28, musl >= 1.2.4
+    except (OSError, AttributeError):
+        return False
+    renameat2.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+    renameat2.restype = ctypes.c_int
+    if renameat2(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE) == 0:
+        return True
+    code = ctypes.get_errno()
+    if code in (errno.ENOSYS, errno.EINVAL, errno.ENOTSUP, errno.EOPNOTSUPP):  # kernel or file system lacks it
+        return False
+    raise OSError(code, os.strerror(code), os.fspath(a), None, os.fspath(b))
 
 
 def is_read_only(path: Path) -> bool:
@@ -146,6 +179,7 @@ class OutputFolder:
     def __init__(self, target, *, overwrite: bool = False, what: str = "Output folder", inputs=()):
         # A symlinked folder is written where it points (the staging folder goes beside the real folder,
         # and the link is kept instead of being replaced by a folder).
+        self.given = Path(target)  # as the user wrote it, for messages
         self.target = Path(os.path.realpath(os.fspath(target)))
         self.overwrite = overwrite
         self.inputs = [Path(p) for p in inputs if p]  # files the command reads: never inside the replaced folder
@@ -171,6 +205,7 @@ class OutputFolder:
         target = self.target
         if target.name in ("", ".", ".."):
             raise InputError(f"{self.what} {target} is not a usable folder name.")
+        self._check_path_resolves()
         if target.exists() and not target.is_dir():
             raise InputError(f"{self.what} {target} is an existing file, not a folder; give a folder name.")
         check_writable_location(target, self.what)
@@ -203,6 +238,27 @@ class OutputFolder:
                 raise InputError(f"{self.what} {target} holds a read-only entry {path}; LumbarSeg will not "
                                  f"replace it. Make it writable or choose another folder.")
         self.replaced_report = report
+
+    def _check_path_resolves(self) -> None:
+        """A symbolic-link loop or a name too long for the hidden names beside it would fail only when the
+        result is moved into place, after the computing, naming a hidden file: refuse them now."""
+        try:
+            os.stat(self.target)
+        except OSError as exc:  # other failures (absent, under a file, too long) are named by the checks below
+            if exc.errno == errno.ELOOP:
+                raise InputError(f"{self.what} {self.given} cannot be used: its path runs through a loop of "
+                                 f"symbolic links (a link that leads back to itself). Choose another folder.") from None
+        ancestor = _first_existing_ancestor(self.target.parent)
+        try:
+            name_max = os.pathconf(ancestor, "PC_NAME_MAX")
+        except (OSError, ValueError, AttributeError):
+            name_max = 255
+        length = len(os.fsencode(self.target.name))
+        if length + _HIDDEN_NAME_EXTRA > name_max:
+            raise InputError(f"{self.what} {self.given} cannot be used: its name is {length} bytes long, and "
+                             f"LumbarSeg needs at most {name_max - _HIDDEN_NAME_EXTRA} (it writes hidden working "
+                             f"folders beside it named after it, and this file system allows {name_max}-byte "
+                             f"names). Choose a shorter name.")
 
     # ------------------------------------------------------------------ lock
     def _acquire_lock(self) -> None:
@@ -287,17 +343,20 @@ class OutputFolder:
 
         write_json(report, self.staging / REPORT_NAME)
         old = None
-        if self.target.exists():
+        if self.target.exists() and exchange_paths(self.staging, self.target):
+            old = self.staging  # holds the earlier result now; a killed run leaves it as a stale staging folder
+        elif self.target.exists():
             old = Path(tempfile.mkdtemp(prefix=f".{self.target.name}.", suffix=_REPLACED_SUFFIX,
                                         dir=self.target.parent))
             os.rmdir(old)
             os.rename(self.target, old)
-        try:
-            os.rename(self.staging, self.target)
-        except BaseException:
-            if old is not None:
-                os.rename(old, self.target)
-            raise
+        if old is not self.staging:
+            try:
+                os.rename(self.staging, self.target)
+            except BaseException:
+                if old is not None:
+                    os.rename(old, self.target)
+                raise
         self.staging = self.target
         self._committed = True
         if old is not None:

@@ -100,6 +100,7 @@ def _run_segmentation(loaded, *, input_desc: dict, out, stem: str, model, device
 
     from . import io, metrics, pipeline, surfaces
     from .constants import RESEARCH_NOTICE
+    from .machine_paths import names_not_paths
     from .models import resolve_device
 
     image = loaded.image
@@ -127,13 +128,19 @@ def _run_segmentation(loaded, *, input_desc: dict, out, stem: str, model, device
 
     comparison = None
     notes: list[str] = []
+    seg_failure = None
     if dicom_source is not None:
-        from .dicom_seg import write_dicom_seg
+        from .dicom_seg import DicomSegError, write_dicom_seg
 
-        seg_path = write_dicom_seg(result.labels, dicom_source, out.staging / f"{stem}_seg.dcm")
+        try:  # a header highdicom refuses must not cost the segmentation: it is written, then reported
+            seg_path = write_dicom_seg(result.labels, dicom_source, out.staging / f"{stem}_seg.dcm")
+        except DicomSegError as exc:
+            seg_failure = exc
+            seg_path = False
+            notes.append(f"WARNING: {exc}")
         if seg_path is None:
             notes.append("No vertebra was found, so no DICOM SEG was written (a SEG needs at least one segment).")
-        else:
+        elif seg_path:
             outputs["dicom_seg"] = str(out.final(seg_path))
     if reference is not None:
         comparison = metrics.compare_images(result.labels, reference, resample=True, notes=notes)
@@ -165,7 +172,7 @@ def _run_segmentation(loaded, *, input_desc: dict, out, stem: str, model, device
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "host": {"python": platform.python_version(), "platform": platform.platform()},
         "input": {**input_desc, "nonfinite_voxels_set_to_air": nonfinite},
-        "model": {**model.describe(), "metadata": model.metadata},
+        "model": {**model.describe(), "metadata": names_not_paths(model.metadata)},  # not the trainer's paths
         "device": str(resolve_device(device)),
         "found": list(result.found),
         "crop_box": None if result.box_index is None else {
@@ -190,6 +197,8 @@ def _run_segmentation(loaded, *, input_desc: dict, out, stem: str, model, device
         "messages": messages,
     }
     out.commit(report)  # report.json last, then the whole folder moves into place
+    if seg_failure is not None:
+        raise InputError(f"{seg_failure} The rest of the result is in {out.target}.")
     return report
 
 
@@ -288,10 +297,16 @@ def run_study(options: StudyOptions, *, model=None, progress=None) -> dict:
             if not fields_of_view_overlap(loaded.image, reference):  # before segmenting, not after
                 raise InputError(f"The reference {args.reference} does not overlap the CT in physical space; "
                                  f"check that both belong to the same CT.")
-            reference_desc = {"path": str(Path(args.reference).resolve()),
+            reference_desc = {"path": str(args.reference),  # as given: the user's own path, no more
                               "label_scheme": io.label_scheme_of(reference), "geometry": _geometry(reference)}
         model = model or _load_model(args.model, args.device)
-        input_desc = {"path": str(Path(args.input).resolve()), **_dicom_description(loaded), **_geometry(loaded.image)}
+        from .training_cases import training_case_of, training_data_note
+
+        seen = training_case_of(model.metadata, args.input)  # a score on it would not be a held-out one
+        if seen:
+            loaded.messages.append(training_data_note(seen))
+        input_desc = {"path": str(args.input), **_dicom_description(loaded), **_geometry(loaded.image),
+                      "in_model_training_data": seen}
         return _run_segmentation(loaded, input_desc=input_desc, out=out, stem=io.output_stem(args.input), model=model,
                                  device=args.device, fmt=args.format, stl=args.stl, preview=args.preview,
                                  reference=reference, reference_desc=reference_desc, smoothing=smoothing,

@@ -5,7 +5,6 @@ A synthetic CT series is written here with pydicom (files in shuffled order) so 
 the real DICOM series in ../shared/data/ts_dicom is used when present.
 """
 
-import random
 import shutil
 import subprocess
 from pathlib import Path
@@ -14,10 +13,9 @@ import numpy as np
 import pydicom
 import pytest
 import SimpleITK as sitk
-from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
+from pydicom.uid import generate_uid
 
-from LumbarSegLib import dicom_seg, io
+from LumbarSegLib import dicom_seg, dicom_write, io
 from LumbarSegLib.cli import main
 from LumbarSegLib.constants import LABEL_NAMES, SNOMED_BONE_CATEGORY, SNOMED_VERTEBRA
 from LumbarSegLib.errors import InputError
@@ -25,45 +23,7 @@ from LumbarSegLib.errors import InputError
 
 def write_ct_series(image: sitk.Image, folder: Path, seed: int = 0, **attributes) -> list[Path]:
     """Write ``image`` (HU, int16) as a CT Image Storage series, one file per slice, under random names."""
-    folder.mkdir(parents=True, exist_ok=True)
-    array = sitk.GetArrayFromImage(image).astype(np.int16)
-    direction = np.asarray(image.GetDirection()).reshape(3, 3)
-    spacing = image.GetSpacing()
-    study, series, frame = generate_uid(), generate_uid(), generate_uid()
-    order = list(range(array.shape[0]))
-    random.Random(seed).shuffle(order)
-    paths = []
-    for n, k in enumerate(order):
-        meta = FileMetaDataset()
-        meta.MediaStorageSOPClassUID = CTImageStorage
-        meta.MediaStorageSOPInstanceUID = generate_uid()
-        meta.TransferSyntaxUID = ExplicitVRLittleEndian
-        ds = Dataset()
-        ds.file_meta = meta
-        ds.SOPClassUID, ds.SOPInstanceUID = CTImageStorage, meta.MediaStorageSOPInstanceUID
-        ds.PatientName, ds.PatientID, ds.PatientBirthDate, ds.PatientSex = "Phantom^Lumbar", "LS0001", "", "O"
-        ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.FrameOfReferenceUID = study, series, frame
-        ds.StudyDate, ds.StudyTime, ds.StudyID, ds.AccessionNumber = "20240101", "120000", "1", ""
-        ds.ReferringPhysicianName, ds.Modality, ds.SeriesNumber, ds.InstanceNumber = "", "CT", 3, k + 1
-        ds.Manufacturer, ds.PositionReferenceIndicator = "LumbarSeg test", ""
-        ds.ImageType = ["ORIGINAL", "PRIMARY", "AXIAL"]
-        ds.ImagePositionPatient = [f"{v:.4f}" for v in image.TransformIndexToPhysicalPoint((0, 0, k))]
-        ds.ImageOrientationPatient = [f"{v:.6f}" for v in list(direction[:, 0]) + list(direction[:, 1])]
-        ds.PixelSpacing = [f"{spacing[1]:.4f}", f"{spacing[0]:.4f}"]
-        ds.SliceThickness = f"{spacing[2]:.4f}"
-        ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
-        ds.Rows, ds.Columns = array.shape[1], array.shape[2]
-        ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 1
-        ds.RescaleIntercept, ds.RescaleSlope, ds.RescaleType = "0", "1", "HU"
-        ds.KVP = "120"
-        ds.AcquisitionNumber = 1
-        for key, value in attributes.items():
-            setattr(ds, key, value)
-        ds.PixelData = array[k].tobytes()
-        path = folder / f"IM{n:04d}_{random.Random(seed + n).randrange(10**6)}.dcm"
-        ds.save_as(path, enforce_file_format=True)
-        paths.append(path)
-    return paths
+    return dicom_write.write_ct_series(image, folder, shuffle_seed=seed, **attributes)
 
 
 def read_back(seg_path: Path, source_folder: Path, grid: sitk.Image) -> tuple[np.ndarray, dict]:
@@ -283,3 +243,59 @@ def test_seg_references_the_series_chosen_with_series(tmp_path):
         seg = pydicom.dcmread(report["outputs"]["dicom_seg"])
         assert seg.ReferencedSeriesSequence[0].SeriesInstanceUID == uids[chosen]
         assert report["outputs"]["dicom_seg"] == str(out / "two_series_seg.dcm")
+
+
+def test_a_seg_the_headers_cannot_give_keeps_the_segmentation_and_says_why(tmp_path, capsys):
+    """A multi-valued PatientName (two names in one header) makes highdicom refuse the SEG after segmenting:
+    the label map and report are written as a whole result, then the failure is one clear error line."""
+    import json
+
+    from LumbarSegLib import phantoms
+
+    ct, _ = phantoms.generate_phantom(11, shape=(56, 48, 80), spacing=(3.2, 3.2, 3.0), fov="lumbar")
+    folder = tmp_path / "two_names"
+    write_ct_series(ct, folder, seed=5, PatientName=["Doe^John", "Roe^Jane"])
+    out = tmp_path / "out"
+    rc = main(["segment", str(folder), "-o", str(out), "--dicom-seg", "--device", "cpu", "-q"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "Traceback" not in err
+    error_line = err.rstrip().splitlines()[-1]
+    assert error_line.startswith("lumbarseg: error: No DICOM SEG was written: the source series' PatientName holds "
+                                 "2 values") and str(out) in error_line
+    assert "Doe" not in err  # the names themselves are not printed
+    report = json.loads((out / "report.json").read_text(encoding="utf-8"))
+    assert report["found"] and "dicom_seg" not in report["outputs"]
+    assert any("No DICOM SEG was written" in m for m in report["messages"])
+    assert sitk.GetArrayFromImage(sitk.ReadImage(report["outputs"]["labels"])).any()
+    assert sorted(p.name for p in out.iterdir()) == ["report.json", "two_names_labels.nii.gz"]
+
+
+SAMPLE_DICOM = Path(__file__).resolve().parents[1] / "Resources" / "SampleData" / "LumbarSegSampleCT_DICOM"
+
+
+def test_the_sample_dicom_series_is_valid_and_gives_a_valid_seg(tmp_path):
+    """The shipped synthetic sample series (tools/make_sample_data.py): valid CT Image Storage files, the same
+    voxels as the sample NRRD, and --dicom-seg on it writes a SEG that dciodvfy accepts and that reads back
+    onto the label map."""
+    import json
+
+    files = sorted(SAMPLE_DICOM.glob("*.dcm"))
+    assert len(files) == 90 and sum(f.stat().st_size for f in files) < 4e6
+    for path in (files[0], files[45], files[-1]):
+        assert dciodvfy_errors(path) == []
+    grid = io.read_ct(SAMPLE_DICOM)
+    nrrd = sitk.ReadImage(str(SAMPLE_DICOM.parent / "LumbarSegSampleCT.nrrd"))
+    # The same voxels in the same places (the NRRD's left-handed grid is stored in the other slice order).
+    same, stored = sitk.DICOMOrient(grid, "LPS"), sitk.DICOMOrient(nrrd, "LPS")
+    np.testing.assert_array_equal(sitk.GetArrayViewFromImage(same), sitk.GetArrayViewFromImage(stored))
+    np.testing.assert_allclose(same.GetOrigin(), stored.GetOrigin(), atol=1e-3)
+    np.testing.assert_allclose(same.GetDirection(), stored.GetDirection(), atol=1e-6)
+    out = tmp_path / "out"
+    assert main(["segment", str(SAMPLE_DICOM), "-o", str(out), "--dicom-seg", "--device", "cpu", "-q"]) == 0
+    report = json.loads((out / "report.json").read_text(encoding="utf-8"))
+    assert report["found"] == ["L1", "L2", "L3", "L4", "L5"]
+    seg_path = Path(report["outputs"]["dicom_seg"])
+    assert dciodvfy_errors(seg_path) == []
+    back, segments = read_back(seg_path, SAMPLE_DICOM, grid)
+    np.testing.assert_array_equal(back, sitk.GetArrayFromImage(sitk.ReadImage(report["outputs"]["labels"])))
+    assert pydicom.dcmread(seg_path).StudyInstanceUID == pydicom.dcmread(files[0]).StudyInstanceUID

@@ -40,8 +40,8 @@ def test_split_bundle_loads_from_either_part_or_its_stem(tmp_path):
     described = models.load_model(parts[1]).describe()
     assert described["files"] == ["m.localizer.pt", "m.xunet.pt"] and described["name"] is None
     assert described["bytes"] == sum(p.stat().st_size for p in parts)
-    assert described["sha256"] == models.files_sha256(parts)[:16]
-    assert whole.describe()["sha256"] == models.files_sha256([single])[:16]
+    assert described["sha256"] == models.files_sha256(parts)
+    assert whole.describe()["sha256"] == models.files_sha256([single])
 
 
 def test_split_parts_of_different_models_or_a_missing_part_are_refused(tmp_path):
@@ -87,7 +87,7 @@ def test_report_names_the_model_that_ran(capsys, ct_file, tmp_path):
     report = json.loads((tmp_path / "out" / "report.json").read_text(encoding="utf-8"))
     m = report["model"]
     assert m["name"] == "cpu" and m["files"] == [path.name] and m["config"]["name"] == "cpu"
-    assert m["sha256"] == models.files_sha256([path])[:16] and m["trained"]
+    assert m["sha256"] == models.files_sha256([path]) and m["trained"]
 
 
 def test_unknown_or_missing_shipped_model_is_a_clean_error(capsys, ct_file, tmp_path):

@@ -311,6 +311,8 @@ def test_leave_one_real_case_out_scores_only_cases_the_model_never_trained_on(tm
     fold = train(tmp_path / "fold.pt", "--leave-out", "sub-r1")
     meta = load_model(fold).metadata["training_data"]["real"]
     assert meta["cases"] == ["sub-r2"] and meta["left_out"] == ["sub-r1"] and meta["views_per_case"] == 2
+    hashes = load_model(fold).metadata["training_data"]["case_hashes"]  # the trained-on CT, by content
+    assert [(h["case"], h["ct_file"]) for h in hashes] == [("sub-r2", "sub-r2_ct.nii.gz")]
     loo = real_evaluation.leave_one_out([fold], [real], partial_views=1, log=lambda s: None)
     assert [r["case"] for r in loo["cases"]] == ["sub-r1"] and len(loo["cases"][0]["partial"]) == 1
     assert loo["cases"][0]["truth"] == ["L1", "L2", "L3", "L4", "L5"] and loo["summary"]["cases"] == 1

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import multiprocessing
+import os
 import platform
 import resource
 import statistics
@@ -123,6 +124,9 @@ def main(argv=None) -> int:
           f"torch threads {__import__('torch').get_num_threads()}; {platform.processor() or platform.machine()}")
     if not model.trained:
         print("WARNING: untrained weights - timings are representative, results are not.")
+    if hasattr(os, "getloadavg"):  # a timing means little without the load it was measured under
+        print(f"Load average before the runs: {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs "
+              f"({'idle' if os.getloadavg()[0] < 0.5 else 'NOT idle: other processes share the CPUs'})")
 
     baseline = peak_rss_mib()  # interpreter + torch + model: paid once, whatever the CT size
     runs = []

@@ -11,15 +11,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-if command -v apt-get >/dev/null 2>&1; then
-  SUDO=""; [ "$(id -u)" -ne 0 ] && command -v sudo >/dev/null 2>&1 && SUDO="sudo"
-  # EGL + Mesa let VTK render the 3D view without a display (tests and the README screenshot);
-  # dicom3tools' dciodvfy validates the DICOM SEG files the tests write; fonts-droid-fallback has the
-  # Chinese/Japanese glyphs for file names in preview titles; python3-venv makes .venv below.
-  PACKAGES="libegl1 libegl-mesa0 libgl1-mesa-dri dicom3tools fonts-droid-fallback python3-venv"
-  $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -q $PACKAGES >/dev/null \
-    || { $SUDO apt-get update -q >/dev/null && $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -q $PACKAGES >/dev/null; }
-fi
+# System libraries (EGL/Mesa, dicom3tools, a CJK font, python3-venv): apt runs only when one is missing, and
+# waits for a dpkg lock another process holds.
+bash tools/install_system_packages.sh
 
 CREATED=""
 if [ -n "${PYTHON:-}" ]; then

@@ -165,10 +165,10 @@ def run_segmentation(scene, volume_node, *, model=None, device: str = "auto", se
 
 def friendly_error(exc: BaseException, device: str = "auto") -> str:
     """A message the user can act on for an exception from the engine."""
-    from ..errors import LumbarSegError
+    from ..errors import LumbarSegError, is_out_of_memory
 
     text = str(exc)
-    if isinstance(exc, MemoryError) or "out of memory" in text.lower() or type(exc).__name__ == "OutOfMemoryError":
+    if is_out_of_memory(exc):
         return ("Out of memory while segmenting" + (f" on {device}" if device not in ("auto", "") else "") +
                 ". Close other applications, choose the CPU device (if the GPU ran out), or draw a smaller "
                 "crop box around the lumbar spine and run again.")

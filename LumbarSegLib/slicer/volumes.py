@@ -17,9 +17,18 @@ def sitk_geometry_to_ijk_to_ras(image: sitk.Image) -> np.ndarray:
     return m
 
 
-def _set_sitk_geometry_from_ijk_to_ras(image: sitk.Image, ijk_to_ras: np.ndarray) -> None:
+def _set_sitk_geometry_from_ijk_to_ras(image: sitk.Image, ijk_to_ras: np.ndarray, name: str = "The volume") -> None:
+    from ..errors import InputError
+
     lps = LPS_RAS @ ijk_to_ras[:3, :3]
     spacing = np.linalg.norm(lps, axis=0)
+    # ITK refuses such a grid with a RuntimeError; say what is wrong with the volume instead.
+    unit_axes = lps / np.where(spacing > 0, spacing, 1.0)
+    if not np.all(np.isfinite(lps)) or np.any(spacing == 0) or abs(np.linalg.det(unit_axes)) < 1e-3:
+        shown = ", ".join(f"{v:g}" for v in spacing)
+        raise InputError(f"{name} has no valid voxel grid (spacing {shown} mm, or its axes do not span 3D space): "
+                         f"a spacing of 0 or not a number cannot be segmented. Fix the spacing in Volumes > "
+                         f"Volume Information, or load the CT again.")
     image.SetSpacing(spacing.tolist())
     image.SetDirection((lps / spacing).ravel().tolist())
     image.SetOrigin((LPS_RAS @ ijk_to_ras[:3, 3]).tolist())
@@ -48,7 +57,7 @@ def volume_node_to_sitk(volume_node) -> sitk.Image:
                          "components per voxel; a single-component CT volume is needed.")
     array = numpy_support.vtk_to_numpy(image_data.GetPointData().GetScalars()).reshape(dims[::-1])
     image = sitk.GetImageFromArray(np.array(array, copy=True))
-    _set_sitk_geometry_from_ijk_to_ras(image, volume_ijk_to_ras(volume_node))
+    _set_sitk_geometry_from_ijk_to_ras(image, volume_ijk_to_ras(volume_node), f"Volume '{volume_node.GetName()}'")
     return image
 
 

@@ -17,6 +17,7 @@ import torch
 
 from ..errors import InputError
 from ..networks import CONFIGS
+from ..training_cases import HASHES_KEY, hash_cases
 from . import evaluation, real_evaluation
 from .data import (EVAL_SEED_START, TRAIN_Z_SPACINGS, Case, cache_path, find_cases, generate_phantoms, phantom_spec,
                    prepare_cache, real_case_views, split_cases)
@@ -142,6 +143,7 @@ def run_train(args) -> int:
         cases += found
         data_desc.setdefault("data_dirs", {})[str(Path(data_dir).resolve())] = len(found)
         data_desc["data_dir_cases"] = data_desc.get("data_dir_cases", 0) + len(found)
+        data_desc.setdefault(HASHES_KEY, []).extend(hash_cases(found))  # to recognise these CTs when scored
     if args.real:
         real_cases = [c for d in args.real for c in find_cases(d)]
         for d in args.real:
@@ -156,6 +158,7 @@ def run_train(args) -> int:
         data_desc["real"] = {"dirs": [str(Path(d).resolve()) for d in args.real],
                              "cases": [c.case_id for c in kept], "left_out": sorted(args.leave_out),
                              "views_per_case": args.views, "sample_share": args.real_weight}
+        data_desc.setdefault(HASHES_KEY, []).extend(hash_cases(kept))
     elif args.leave_out:
         raise InputError("--leave-out needs --real: it leaves real cases out of training.")
     if args.phantoms:

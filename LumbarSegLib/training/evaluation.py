@@ -282,7 +282,7 @@ def card_markdown(card: dict) -> str:
               f"input {tuple(model['config']['localizer_input'])} (x, y, z); XUNet base width {model['config']['xunet_base']}, "
               f"input {tuple(model['config']['xunet_input'])}; bone window level {model['config']['window_level']:g} / "
               f"width {model['config']['window_width']:g} HU.",
-              f"- File size {model['bytes'] / 1e6:.2f} MB (half-precision weights), SHA-256 `{model['sha256'][:16]}…`.",
+              f"- File size {model['bytes'] / 1e6:.2f} MB (half-precision weights), SHA-256 `{model['sha256']}`.",
               "- Method: two-stage localizer heatmap + crop + XUNet of Lu et al. 2023, retrained here on "
               + ("synthetic phantoms and real labelled CT." if td.get("real") else "synthetic data."),
               ""]
@@ -400,16 +400,26 @@ def card_markdown(card: dict) -> str:
             lines.append(f"- ts_dicom ({t['what']}): {t['lumbar_vertebrae_reported']} lumbar vertebrae reported "
                          f"({', '.join(t['found']) or 'none'}) -> {'PASS' if t['passed'] else '**FAIL**'}; "
                          f"heatmap peak {_f(t['heatmap_peak'], 2)}.")
-    lines += ["", "## Limitations", "",
-              "- Phantom numbers do not transfer to clinical CT. The real cases are few, small spine-targeted crops "
-              "(and one bone-only scan given a synthetic body): a left-out score is an estimate from a handful of "
-              "scans, not a validation." if card.get("real_leave_one_out") else
-              "- Trained and evaluated on synthetic phantoms only; the phantom numbers do not transfer to clinical CT. "
-              "The two real-CT checks above are sanity checks on two small images, not a validation.",
+    lines += ["", "## Limitations", "", _limitation(card, real_td),
               "- The bundled `cpu` configuration is narrow and was trained on a 2-core CPU; it is meant to make the "
               "extension usable out of the box, not to match the paper's results.",
               "", "## Reproduce", "", f"```\n{card.get('command', '')}\n```", ""]
     return "\n".join(lines)
+
+
+def _limitation(card: dict, real_training: dict | None) -> str:
+    """What the card's numbers can and cannot say, by what the model trained on and what was scored."""
+    if card.get("real_leave_one_out"):
+        return ("- Phantom numbers do not transfer to clinical CT. The real cases are few, small spine-targeted crops "
+                "(and one bone-only scan given a synthetic body): a left-out score is an estimate from a handful of "
+                "scans, not a validation.")
+    if real_training:
+        return (f"- Trained on synthetic phantoms and {len(real_training.get('cases') or [])} real CTs (listed above), "
+                "but evaluated here on synthetic phantoms only: no real case was scored held out (`evaluate-model "
+                "--loo` does that). The phantom numbers do not transfer to clinical CT, and the real-CT checks above "
+                "are sanity checks, not a validation.")
+    return ("- Trained and evaluated on synthetic phantoms only; the phantom numbers do not transfer to clinical CT. "
+            "The two real-CT checks above are sanity checks on two small images, not a validation.")
 
 
 def _loo_markdown(loo: dict) -> list[str]:
@@ -454,8 +464,11 @@ def _loo_markdown(loo: dict) -> list[str]:
 
 
 def write_card(card: dict, json_path=None, md_path=None):
+    """Write the card as JSON and Markdown, with names instead of the training machine's paths."""
+    from ..machine_paths import names_not_paths
     from ..metrics import write_json
 
+    card = names_not_paths(card)
     if json_path:
         write_json(card, json_path)
     if md_path:
