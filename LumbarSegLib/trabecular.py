@@ -1,0 +1,557 @@
+"""Trabecular attenuation (HU) of each lumbar vertebral body: a measurement, not an agreement metric.
+
+Radiologists read bone quality off routine CT by hand: an oval ROI in the anterior trabecular body of L1
+on the axial slice at mid-height, avoiding the cortex and the basivertebral vein (Pickhardt et al. 2013).
+This module measures that number from a segmentation, per vertebra, in two ways:
+
+* **the 3D core** (``trabecular_hu``) - the vertebral body's trabecular core;
+* **the classic single-slice ROI** (``trabecular_hu_single_slice``) - an ellipse in the anterior body on
+  the mid-height axial section, so numbers compare with the literature; L1's value gives the screening
+  flag (:data:`THRESHOLDS`).
+
+**How the ROI is found** (all in millimetres, in the vertebra's own frame):
+
+1. *Frame.* The superior axis S is the spine's direction at the vertebra: from the centroid of the
+   vertebra below to the one above (one-sided at the ends; the patient's S axis when the vertebra has no
+   neighbour, or when the neighbours point more than 45 degrees away from it). The anterior axis A is the
+   patient's anterior direction made perpendicular to S. Tilted, oblique and permuted grids are handled
+   through the image's direction matrix.
+2. *Body vs. posterior arch.* The vertebra is projected along S onto the axial plane. Walking from its
+   anterior edge backwards along the midline (a strip 3 mm either side of the body's lateral centre),
+   the body is solid bone; the first row where the midline is empty is the spinal canal, whose front is
+   the body's posterior wall. The body is the vertebra anterior of that wall (its largest connected
+   piece). The pedicles, laminae and processes all lie behind the wall. A vertebra whose midline never
+   opens (no canal in the segmentation) gets no value rather than a guess.
+3. *Core.* The body eroded so that each voxel's *whole extent* (its slice thickness included) lies at
+   least :data:`CORE_MARGIN_MM` inside the body's surface: away from the cortex, the endplates and the cut
+   at the posterior wall. Thick slices are eroded by whole slices accordingly.
+4. *Basivertebral vein.* It enters the body through the posterior wall's centre and runs forward: the
+   posterior-central column (the middle :data:`BVV_WIDTH_FRACTION` of the body's width in the posterior
+   :data:`BVV_DEPTH_FRACTION` of its depth, at every height) is left out.
+5. *Classic ROI.* On the mid-height section (one voxel thick, perpendicular to S, at the middle of the
+   body's central height), an ellipse centred :data:`CLASSIC_CENTER_DEPTH` of the depth in front of the
+   posterior wall, with semi-axes :data:`CLASSIC_SEMI_WIDTH` of the width and :data:`CLASSIC_SEMI_DEPTH`
+   of the depth, inside the eroded body.
+
+**No number rather than a wrong one.** A vertebra gets no value, and the reason, when its body is cut by
+the field of view (it touches the image's edge or voxels that were not numbers), when metal (> 2000 HU:
+screws, cement) lies in or within 3 mm of the body, when the slices are too thick for the core (it spans
+fewer than :data:`MIN_CORE_SLICES` slices of the thickest axis), when the core holds too few voxels, or
+when the body cannot be told from the arch.
+
+Median, mean, SD (HU), voxel count and the ROI's volume are reported. Thresholds and caveats
+(:data:`THRESHOLDS`, :data:`CAVEATS`) are kept in this one place; kVp and contrast are read from the
+DICOM header when there is one (:func:`acquisition_from_dicom`).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+import SimpleITK as sitk
+from scipy import ndimage
+
+from .constants import LABEL_NAMES, RESEARCH_NOTICE
+
+# --------------------------------------------------------------------------------------------------
+# The rule's constants (documented in the module docstring and README)
+# --------------------------------------------------------------------------------------------------
+
+CORE_MARGIN_MM = 3.0  # from cortex and endplates to the edge of every core voxel
+MIDLINE_HALF_WIDTH_MM = 3.0  # the strip along the body's midline that finds the canal
+MIN_BODY_DEPTH_MM = 10.0  # solid midline needed before a gap counts as the canal
+BVV_WIDTH_FRACTION = 0.4  # basivertebral vein region: the middle 40 % of the width ...
+BVV_DEPTH_FRACTION = 0.35  # ... in the posterior 35 % of the depth
+CLASSIC_CENTER_DEPTH = 0.6  # ellipse centre, as a fraction of the depth in front of the posterior wall
+CLASSIC_SEMI_DEPTH = 0.22
+CLASSIC_SEMI_WIDTH = 0.3
+METAL_HU = 2000.0
+METAL_SEARCH_MM = 3.0
+MIN_CORE_ML = 1.0
+MIN_CORE_VOXELS = 50
+MIN_CORE_SLICES = 2
+MIN_CLASSIC_AREA_MM2 = 50.0
+MIN_CLASSIC_VOXELS = 20
+MAX_TILT_FROM_PATIENT_S_DEG = 45.0
+
+CORE_ROI_DEFINITION = (
+    f"3D core of the vertebral body (the vertebra in front of the spinal canal), every voxel's whole extent "
+    f"at least {CORE_MARGIN_MM:g} mm inside the body's surface (cortex, endplates, posterior wall), "
+    f"without the basivertebral vein region (middle {BVV_WIDTH_FRACTION:.0%} of the width in the posterior "
+    f"{BVV_DEPTH_FRACTION:.0%} of the depth)")
+CLASSIC_ROI_DEFINITION = (
+    f"single-slice ellipse on the mid-height axial section (one voxel thick, perpendicular to the spine), "
+    f"centred {CLASSIC_CENTER_DEPTH:.0%} of the body's depth in front of the posterior wall, semi-axes "
+    f"{CLASSIC_SEMI_WIDTH:.0%} of the width and {CLASSIC_SEMI_DEPTH:.0%} of the depth, at least "
+    f"{CORE_MARGIN_MM:g} mm inside the cortex")
+
+# --------------------------------------------------------------------------------------------------
+# Published thresholds and caveats: the one place they are kept
+# --------------------------------------------------------------------------------------------------
+
+SOURCES = {
+    "Pickhardt 2013": "Pickhardt PJ, Pooler BD, Lauder T, del Rio AM, Bruce RJ, Binkley N. Opportunistic "
+                      "screening for osteoporosis using abdominal computed tomography scans obtained for other "
+                      "indications. Ann Intern Med. 2013;158(8):588-595.",
+    "Jang 2019": "Jang S, Graffy PM, Ziemlewicz TJ, Lee SJ, Summers RM, Pickhardt PJ. Opportunistic "
+                 "osteoporosis screening at routine abdominal and thoracic CT: normative L1 trabecular "
+                 "attenuation values in more than 20 000 adults. Radiology. 2019;291(2):360-367.",
+}
+# (upper bound HU inclusive, category, what the source says); L1, single-slice ROI mean.
+THRESHOLDS = (
+    (110.0, "osteoporosis likely",
+     "L1 <= 110 HU: more than 90 % specific for DXA-defined osteoporosis (Pickhardt 2013)"),
+    (160.0, "indeterminate",
+     "110-160 HU: between the specific and the sensitive threshold (Pickhardt 2013)"),
+    (math.inf, "osteoporosis unlikely",
+     "L1 > 160 HU: the 160 HU threshold is 90 % sensitive for DXA-defined osteoporosis (Pickhardt 2013)"),
+)
+SCREENING_VERTEBRA = "L1"
+NORMATIVE_VALUES = "normative L1 values by age and sex: Jang 2019"
+CAVEATS = (
+    "The thresholds were derived at 120 kVp on non-contrast CT; another tube voltage changes bone HU.",
+    "Contrast-enhanced phases read about 10-20 HU higher than non-contrast CT of the same bone.",
+    "A CT attenuation in HU is not a DXA T-score; a flag suggests, it does not diagnose, osteoporosis.",
+    "Scanner calibration differs between scanners and over time; no phantom calibration was applied.",
+    RESEARCH_NOTICE + ".",
+)
+STANDARD_KVP = 120.0
+
+
+def screening_category(hu: float) -> str:
+    for upper, category, _ in THRESHOLDS:
+        if hu <= upper:
+            return category
+    return THRESHOLDS[-1][1]
+
+
+# --------------------------------------------------------------------------------------------------
+# Acquisition: kVp and contrast from the DICOM header
+# --------------------------------------------------------------------------------------------------
+
+def acquisition_from_dicom(files) -> dict:
+    """kVp (0018,0060) and contrast agent (0018,0010) from the first file of a DICOM series (None: no file).
+
+    ``contrast`` is "given" (an agent is named), "not recorded" (the Contrast/Bolus module is only written
+    when contrast was used, but anonymisers also remove it) or "unknown" (no DICOM header at all)."""
+    kvp = agent = None
+    read = False
+    if files:
+        reader = sitk.ImageFileReader()
+        reader.SetFileName(str(files[0]))
+        shown = sitk.ProcessObject.GetGlobalWarningDisplay()
+        sitk.ProcessObject.SetGlobalWarningDisplay(False)
+        try:
+            reader.ReadImageInformation()
+            read = True
+            if reader.HasMetaDataKey("0018|0060"):
+                try:
+                    kvp = float(reader.GetMetaData("0018|0060").strip())
+                except ValueError:
+                    kvp = None
+            if reader.HasMetaDataKey("0018|0010"):
+                agent = reader.GetMetaData("0018|0010").strip() or None
+        except RuntimeError:
+            pass
+        finally:
+            sitk.ProcessObject.SetGlobalWarningDisplay(shown)
+    contrast = "given" if agent else "not recorded" if read else "unknown"
+    return {"source": "DICOM header" if read else "none (not a DICOM series)", "kvp": kvp,
+            "contrast": contrast, "contrast_agent": agent}
+
+
+def acquisition_notes(acquisition: dict) -> list[str]:
+    notes = []
+    kvp = acquisition.get("kvp")
+    if kvp is None:
+        notes.append("Tube voltage unknown (no kVp in a DICOM header): the thresholds assume 120 kVp.")
+    elif abs(kvp - STANDARD_KVP) > 0.5:
+        notes.append(f"The CT was acquired at {kvp:g} kVp; the thresholds were derived at 120 kVp and bone HU "
+                     f"differ at other voltages.")
+    contrast = acquisition.get("contrast")
+    if contrast == "given":
+        notes.append(f"Contrast was given ({acquisition.get('contrast_agent')}): expect about 10-20 HU more than "
+                     f"non-contrast CT; the thresholds are for non-contrast CT.")
+    elif contrast == "not recorded":
+        notes.append("No contrast agent is recorded in the DICOM header (probably non-contrast; anonymisation "
+                     "can remove it).")
+    else:
+        notes.append("Contrast unknown (no DICOM header): a contrast phase reads about 10-20 HU higher.")
+    return notes
+
+
+# --------------------------------------------------------------------------------------------------
+# Measuring
+# --------------------------------------------------------------------------------------------------
+
+@dataclass
+class RoiResult:
+    """Statistics of one ROI, or the reason there are none; ``mask`` is (z, y, x) on the crop ``region``."""
+
+    definition: str
+    reason: str | None = None
+    median: float | None = None
+    mean: float | None = None
+    sd: float | None = None
+    voxels: int = 0
+    volume_ml: float | None = None
+    area_mm2: float | None = None
+    region: tuple | None = None
+    mask: np.ndarray | None = None
+
+    def to_dict(self) -> dict:
+        out = {"median": self.median, "mean": self.mean, "sd": self.sd, "voxels": self.voxels,
+               "volume_ml": self.volume_ml, "roi": self.definition, "reason": self.reason}
+        if self.area_mm2 is not None or self.definition == CLASSIC_ROI_DEFINITION:
+            out["area_mm2"] = self.area_mm2
+        return out
+
+    def full_mask(self, shape) -> np.ndarray:
+        out = np.zeros(shape, bool)
+        if self.mask is not None and self.region is not None:
+            out[self.region] = self.mask
+        return out
+
+
+@dataclass
+class VertebraTrabecular:
+    name: str
+    core: RoiResult
+    single_slice: RoiResult
+    frame: dict = field(default_factory=dict)  # axes and body geometry, for figures and debugging
+
+
+def _roi_stats(values: np.ndarray, voxel_ml: float) -> dict:
+    values = values.astype(np.float64)
+    return {"median": float(np.median(values)), "mean": float(values.mean()),
+            "sd": float(values.std(ddof=1)) if values.size > 1 else 0.0, "voxels": int(values.size),
+            "volume_ml": values.size * voxel_ml}
+
+
+def roi_statistics(ct_hu: np.ndarray, mask: np.ndarray, image: sitk.Image, definition: str,
+                   min_voxels: int = MIN_CORE_VOXELS, min_ml: float = MIN_CORE_ML) -> RoiResult:
+    """Statistics in a given ROI mask (e.g. one a reader moved or painted), with the checks that apply to
+    any ROI: metal in it, too few voxels."""
+    mask = np.asarray(mask, bool)
+    voxel_ml = float(np.prod(image.GetSpacing())) / 1000.0
+    values = np.asarray(ct_hu)[mask]
+    if values.size and float(values.max()) > METAL_HU:
+        n = int(np.count_nonzero(values > METAL_HU))
+        return RoiResult(definition, reason=f"metal in the ROI: {n} voxels above {METAL_HU:g} HU "
+                                            f"(max {float(values.max()):.0f} HU)", voxels=int(values.size))
+    if values.size < min_voxels or values.size * voxel_ml < min_ml:
+        return RoiResult(definition, reason=f"too few ROI voxels: {values.size} ({values.size * voxel_ml:.2f} mL); "
+                                            f"at least {min_voxels} and {min_ml:g} mL are needed",
+                         voxels=int(values.size))
+    return RoiResult(definition, **_roi_stats(values, voxel_ml))
+
+
+def _spine_axes(centroids: dict[int, np.ndarray], label: int) -> tuple[np.ndarray, str]:
+    """Unit superior axis (LPS) at vertebra ``label`` from its neighbours' centroids, and how it was found."""
+    patient_s = np.array([0.0, 0.0, 1.0])
+    above, below = centroids.get(label - 1), centroids.get(label + 1)
+    here = centroids[label]
+    if above is not None and below is not None:
+        v, how = above - below, "neighbours above and below"
+    elif above is not None:
+        v, how = above - here, "the neighbour above"
+    elif below is not None:
+        v, how = here - below, "the neighbour below"
+    else:
+        return patient_s, "patient axis (no neighbour)"
+    norm = np.linalg.norm(v)
+    if norm < 1e-6:
+        return patient_s, "patient axis (neighbours coincide)"
+    v = v / norm
+    if v[2] < 0:
+        v = -v
+    if math.degrees(math.acos(min(1.0, float(v @ patient_s)))) > MAX_TILT_FROM_PATIENT_S_DEG:
+        return patient_s, "patient axis (neighbours implausibly oblique)"
+    return v, how
+
+
+def _frame_axes(s_axis: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    anterior = np.array([0.0, -1.0, 0.0])  # LPS: +y is posterior
+    a = anterior - (anterior @ s_axis) * s_axis
+    a /= np.linalg.norm(a)
+    lateral = np.cross(a, s_axis)
+    return a, lateral
+
+
+def _local_coordinates(image: sitk.Image, region, axes) -> list[np.ndarray]:
+    """For each unit axis (LPS), the coordinate (mm) of every voxel of the crop ``region`` (z, y, x)."""
+    index_to_lps = np.asarray(image.GetDirection(), float).reshape(3, 3) @ np.diag(image.GetSpacing())
+    origin = np.asarray(image.GetOrigin(), float)
+    k0, j0, i0 = (s.start for s in region)
+    shape = tuple(s.stop - s.start for s in region)
+    kk = np.arange(shape[0], dtype=np.float32)[:, None, None]
+    jj = np.arange(shape[1], dtype=np.float32)[None, :, None]
+    ii = np.arange(shape[2], dtype=np.float32)[None, None, :]
+    out = []
+    for axis in axes:
+        per_index = axis @ index_to_lps  # coordinate change per unit step of i, j, k
+        base = float(axis @ (origin + index_to_lps @ np.array([i0, j0, k0], float)))
+        out.append(np.float32(base) + np.float32(per_index[0]) * ii + np.float32(per_index[1]) * jj
+                   + np.float32(per_index[2]) * kk)
+    return out
+
+
+def _voxel_extent_along(image: sitk.Image, axis: np.ndarray) -> float:
+    index_to_lps = np.asarray(image.GetDirection(), float).reshape(3, 3) @ np.diag(image.GetSpacing())
+    return float(np.abs(axis @ index_to_lps).sum())
+
+
+def _posterior_wall(l_coord, a_coord, mask, image, lateral, anterior):
+    """(a of the body's posterior wall, lateral midline, a of the anterior edge) from the projection
+    along S, or None when the midline never opens (no canal)."""
+    l_vals, a_vals = l_coord[mask], a_coord[mask]
+    ext_l = max(_voxel_extent_along(image, lateral), 1.0)
+    ext_a = max(_voxel_extent_along(image, anterior), 1.0)
+    bin_mm = 1.0
+    l0, a0 = float(l_vals.min()) - ext_l, float(a_vals.min()) - ext_a
+    li = np.floor((l_vals - l0) / bin_mm).astype(int)
+    ai = np.floor((a_vals - a0) / bin_mm).astype(int)
+    occ = np.zeros((ai.max() + 3 + int(ext_a), li.max() + 3 + int(ext_l)), bool)
+    occ[ai, li] = True
+    # Each voxel covers its footprint: close the gaps a coarse axis leaves between voxel centres.
+    half = (max(int(round(ext_a / 2 / bin_mm)), 0), max(int(round(ext_l / 2 / bin_mm)), 0))
+    if any(half):
+        occ = ndimage.binary_dilation(occ, np.ones((2 * half[0] + 1, 2 * half[1] + 1), bool))
+    rows = np.flatnonzero(occ.any(axis=1))
+    front = int(rows.max())  # most anterior occupied row
+    front_rows = occ[max(front - int(10 / bin_mm), 0): front + 1]
+    cols = np.flatnonzero(front_rows.any(axis=0))
+    mid = 0.5 * (cols.min() + cols.max())  # lateral centre of the body's front
+    strip = slice(max(int(round(mid - MIDLINE_HALF_WIDTH_MM / bin_mm)), 0),
+                  int(round(mid + MIDLINE_HALF_WIDTH_MM / bin_mm)) + 1)
+    filled = occ[:, strip].mean(axis=1)
+    solid = 0
+    for row in range(front, -1, -1):
+        if filled[row] >= 0.5:
+            solid += 1
+            continue
+        if solid * bin_mm >= MIN_BODY_DEPTH_MM:
+            wall = a0 + (row + 1) * bin_mm
+            return wall, l0 + (mid + 0.5) * bin_mm, a0 + (front + 1) * bin_mm
+        return None
+    return None
+
+
+def _erode_by_extent(body: np.ndarray, spacing_zyx, margin_mm: float) -> np.ndarray:
+    """Voxels whose whole extent lies ``margin_mm`` inside ``body``: no outside voxel within the ellipsoid
+    of semi-axes margin + spacing per axis (the surface lies half a voxel beyond the last inside centre)."""
+    padded = np.pad(body, 1)
+    scale = [float(s) / (margin_mm + float(s)) for s in spacing_zyx]
+    dist = ndimage.distance_transform_edt(padded, sampling=scale)
+    return (dist >= 1.0)[1:-1, 1:-1, 1:-1] & body
+
+
+def _largest_component(mask: np.ndarray) -> np.ndarray:
+    lab, n = ndimage.label(mask, structure=np.ones((3, 3, 3), bool))
+    if n <= 1:
+        return mask
+    sizes = np.bincount(lab.ravel())
+    sizes[0] = 0
+    return lab == int(sizes.argmax())
+
+
+def _no_value(name: str, reason: str, frame: dict | None = None) -> VertebraTrabecular:
+    return VertebraTrabecular(name, RoiResult(CORE_ROI_DEFINITION, reason=reason),
+                              RoiResult(CLASSIC_ROI_DEFINITION, reason=reason), frame or {})
+
+
+def measure(labels: np.ndarray, ct_hu: np.ndarray, image: sitk.Image,
+            outside_mask: np.ndarray | None = None) -> dict[str, VertebraTrabecular]:
+    """Trabecular ROIs and their HU for every vertebra L1-L5 in ``labels`` ((z, y, x) 0..5 on ``image``'s
+    grid). ``outside_mask``: voxels that were no numbers (NaN), treated as outside the field of view."""
+    labels = np.asarray(labels)
+    ct_hu = np.asarray(ct_hu)
+    if not np.issubdtype(labels.dtype, np.integer):
+        labels = labels.astype(np.int32)
+    objects = ndimage.find_objects(labels, max_label=max(LABEL_NAMES))
+    present = [k for k, region in enumerate(objects, start=1) if region is not None and k in LABEL_NAMES]
+    centroids = {}
+    for k in present:
+        idx = np.argwhere(labels[objects[k - 1]] == k)[:: max(1, 1)] + [s.start for s in objects[k - 1]]
+        centroids[k] = np.asarray(image.TransformContinuousIndexToPhysicalPoint(
+            [float(v) for v in idx.mean(axis=0)[::-1]]))
+    return {LABEL_NAMES[k]: _measure_one(labels, ct_hu, image, k, objects[k - 1], centroids, outside_mask)
+            for k in present}
+
+
+def _measure_one(labels, ct_hu, image, label, bbox, centroids, outside_mask) -> VertebraTrabecular:
+    name = LABEL_NAMES[label]
+    spacing_zyx = np.asarray(image.GetSpacing(), float)[::-1]
+    margin = np.ceil((CORE_MARGIN_MM + METAL_SEARCH_MM) / spacing_zyx).astype(int) + 1
+    region = tuple(slice(max(s.start - m, 0), min(s.stop + m, n)) for s, m, n in zip(bbox, margin, labels.shape))
+    vertebra = labels[region] == label
+    s_axis, how = _spine_axes(centroids, label)
+    a_axis, l_axis = _frame_axes(s_axis)
+    l_coord, a_coord, s_coord = _local_coordinates(image, region, (l_axis, a_axis, s_axis))
+    frame = {"superior_lps": s_axis.tolist(), "anterior_lps": a_axis.tolist(), "superior_from": how}
+    touches_edge = any(s.start == 0 or s.stop == n for s, n in zip(bbox, labels.shape))
+
+    wall = _posterior_wall(l_coord, a_coord, vertebra, image, l_axis, a_axis)
+    if wall is None:
+        if touches_edge:
+            return _no_value(name, f"{name} is cut by the field of view (it touches the image's edge)", frame)
+        return _no_value(name, f"{name}'s body could not be told from its posterior arch: no spinal canal "
+                               f"behind it in the segmentation", frame)
+    a_wall, l_mid, a_front = wall
+    body = _largest_component(vertebra & (a_coord >= a_wall))
+    depth = a_front - a_wall
+    l_body = l_coord[body]
+    width = float(np.percentile(l_body, 99) - np.percentile(l_body, 1))
+    frame.update({"posterior_wall_mm": a_wall, "anterior_edge_mm": a_front, "midline_mm": l_mid,
+                  "depth_mm": depth, "width_mm": width})
+
+    # The body cut by the field of view: touching the grid's edge, or voxels that were NaN.
+    body_box = ndimage.find_objects(body.astype(np.uint8))[0]
+    full_lo = [r.start + b.start for r, b in zip(region, body_box)]
+    full_hi = [r.start + b.stop for r, b in zip(region, body_box)]
+    cut_axes = [ax for ax, (lo, hi, n) in enumerate(zip(full_lo, full_hi, labels.shape)) if lo == 0 or hi == n]
+    if cut_axes:
+        return _no_value(name, f"{name}'s vertebral body is cut by the field of view (it touches the image's "
+                               f"edge along voxel axis {'/'.join('kji'[a] for a in cut_axes)})", frame)
+    if outside_mask is not None and np.any(outside_mask[region] & ndimage.binary_dilation(body, iterations=2)):
+        return _no_value(name, f"{name}'s vertebral body is cut by the field of view (voxels that were not "
+                               f"numbers (NaN) border it)", frame)
+
+    # Metal in or next to the body.
+    near_body = ndimage.distance_transform_edt(~body, sampling=spacing_zyx) <= METAL_SEARCH_MM
+    hot = ct_hu[region][near_body]
+    if hot.size and float(hot.max()) > METAL_HU:
+        n_hot = int(np.count_nonzero(hot > METAL_HU))
+        return _no_value(name, f"metal in {name}'s body: {n_hot} voxels above {METAL_HU:g} HU (max "
+                               f"{float(hot.max()):.0f} HU); screws or cement make its HU meaningless", frame)
+
+    eroded = _erode_by_extent(body, spacing_zyx, CORE_MARGIN_MM)
+    bvv = (np.abs(l_coord - l_mid) <= 0.5 * BVV_WIDTH_FRACTION * width) & \
+          (a_coord < a_wall + BVV_DEPTH_FRACTION * depth)
+    core = eroded & ~bvv
+    voxel_ml = float(np.prod(spacing_zyx)) / 1000.0
+    thick_axis = int(np.argmax(spacing_zyx))
+    core_slices = int(np.count_nonzero(core.any(axis=tuple(a for a in range(3) if a != thick_axis))))
+    n_core = int(core.sum())
+    if spacing_zyx[thick_axis] > 2.0 and core_slices < MIN_CORE_SLICES and n_core:
+        reason = (f"slices too thick for the core: {name}'s core spans {core_slices} slice(s) of "
+                  f"{spacing_zyx[thick_axis]:g} mm (voxel axis {'kji'[thick_axis]}); at least {MIN_CORE_SLICES} "
+                  f"are needed to keep {CORE_MARGIN_MM:g} mm from the endplates")
+        return _no_value(name, reason, frame)
+    if n_core < MIN_CORE_VOXELS or n_core * voxel_ml < MIN_CORE_ML:
+        thick = spacing_zyx[thick_axis]
+        hint = f" ({thick:g} mm slices: too thick for the core)" if thick > 2.0 and n_core == 0 else ""
+        return _no_value(name, f"too few core voxels in {name}: {n_core} ({n_core * voxel_ml:.2f} mL) after "
+                               f"eroding {CORE_MARGIN_MM:g} mm; at least {MIN_CORE_VOXELS} voxels and "
+                               f"{MIN_CORE_ML:g} mL are needed{hint}", frame)
+    values = ct_hu[region][core]
+    core_result = RoiResult(CORE_ROI_DEFINITION, **_roi_stats(values, voxel_ml), region=region, mask=core)
+    return VertebraTrabecular(name, core_result,
+                              _classic(ct_hu, region, body, eroded, l_coord, a_coord, s_coord, image, s_axis,
+                                       l_mid, a_wall, depth, width, voxel_ml, frame), frame)
+
+
+def _classic(ct_hu, region, body, eroded, l_coord, a_coord, s_coord, image, s_axis, l_mid, a_wall, depth, width,
+             voxel_ml, frame) -> RoiResult:
+    central = body & (np.abs(l_coord - l_mid) <= 0.25 * width) & \
+        (a_coord >= a_wall + 0.3 * depth) & (a_coord <= a_wall + 0.7 * depth)
+    s_vals = s_coord[central] if central.any() else s_coord[body]
+    s_mid = 0.5 * (float(s_vals.min()) + float(s_vals.max()))
+    thickness = _voxel_extent_along(image, s_axis)
+    slab = (s_coord >= s_mid - thickness / 2) & (s_coord < s_mid + thickness / 2)
+    a_c = a_wall + CLASSIC_CENTER_DEPTH * depth
+    ellipse = ((l_coord - l_mid) / (CLASSIC_SEMI_WIDTH * width)) ** 2 + \
+              ((a_coord - a_c) / (CLASSIC_SEMI_DEPTH * depth)) ** 2 <= 1.0
+    roi = eroded & slab & ellipse
+    frame["mid_height_mm"] = s_mid
+    n = int(roi.sum())
+    area = n * voxel_ml * 1000.0 / thickness
+    if n < MIN_CLASSIC_VOXELS or area < MIN_CLASSIC_AREA_MM2:
+        return RoiResult(CLASSIC_ROI_DEFINITION, reason=f"too few voxels in the mid-height ellipse: {n} "
+                                                         f"({area:.0f} mm2); at least {MIN_CLASSIC_VOXELS} and "
+                                                         f"{MIN_CLASSIC_AREA_MM2:g} mm2 are needed", voxels=n)
+    return RoiResult(CLASSIC_ROI_DEFINITION, **_roi_stats(ct_hu[region][roi], voxel_ml), area_mm2=area,
+                     region=region, mask=roi)
+
+
+# --------------------------------------------------------------------------------------------------
+# Into the report
+# --------------------------------------------------------------------------------------------------
+
+def screening(results: dict[str, VertebraTrabecular], acquisition: dict) -> dict:
+    """The study-level block of report.json: the L1 flag from :data:`THRESHOLDS`, sources and caveats."""
+    l1 = results.get(SCREENING_VERTEBRA)
+    flag = {"vertebra": SCREENING_VERTEBRA, "measurement": "mean HU of the single-slice ROI", "hu": None,
+            "category": None, "reason": None}
+    if l1 is None:
+        flag["reason"] = f"{SCREENING_VERTEBRA} was not found"
+    elif l1.single_slice.reason:
+        flag["reason"] = l1.single_slice.reason
+    else:
+        flag["hu"] = l1.single_slice.mean
+        flag["category"] = screening_category(l1.single_slice.mean)
+    return {"screening": flag,
+            "thresholds": [{"up_to_hu": None if math.isinf(u) else u, "category": c, "basis": b}
+                           for u, c, b in THRESHOLDS],
+            "normative_values": NORMATIVE_VALUES, "sources": dict(SOURCES),
+            "acquisition": {**acquisition, "notes": acquisition_notes(acquisition)},
+            "caveats": list(CAVEATS), "core_roi": CORE_ROI_DEFINITION, "single_slice_roi": CLASSIC_ROI_DEFINITION}
+
+
+def add_to_measurements(measurements: dict[str, dict], labels, ct_hu, image: sitk.Image, series=None,
+                        outside_mask=None) -> dict:
+    """Add ``trabecular_hu`` and ``trabecular_hu_single_slice`` to each vertebra's entry of
+    ``metrics.measure``'s result, and return the study-level block (screening flag, thresholds, sources,
+    caveats, acquisition) for report.json. ``series``: the :class:`io.DicomSeries` read, if any."""
+    results = measure(labels, ct_hu, image, outside_mask)
+    for name, result in results.items():
+        if name in measurements:
+            measurements[name]["trabecular_hu"] = result.core.to_dict()
+            measurements[name]["trabecular_hu_single_slice"] = result.single_slice.to_dict()
+    acquisition = acquisition_from_dicom(series.files if series is not None else None)
+    return screening(results, acquisition)
+
+
+# --------------------------------------------------------------------------------------------------
+# Output for people
+# --------------------------------------------------------------------------------------------------
+
+def _fmt(v, digits=0) -> str:
+    return "-" if v is None or (isinstance(v, float) and not math.isfinite(v)) else f"{v:.{digits}f}"
+
+
+def format_table(measurements: dict[str, dict], bone_density: dict | None = None) -> str:
+    """Console table: per vertebra the core's median/mean/SD/voxels and the single-slice mean, or why not."""
+    rows = [(n, m) for n, m in measurements.items() if "trabecular_hu" in m]
+    if not rows:
+        return ""
+    lines = ["Trabecular bone (HU)   core: median    mean    SD  voxels  |  single slice: mean  area mm2",
+             "-" * 92]
+    notes = []
+    for name, m in rows:
+        core, ss = m["trabecular_hu"], m["trabecular_hu_single_slice"]
+        if core["reason"]:
+            lines.append(f"{name:8}  no value ({core['reason']})")
+            continue
+        ss_text = f"{_fmt(ss['mean']):>19}  {_fmt(ss.get('area_mm2')):>8}" if not ss["reason"] else \
+            f"{'-':>19}  {'-':>8}"
+        if ss["reason"]:
+            notes.append(f"{name} single slice: {ss['reason']}")
+        lines.append(f"{name:8}  {_fmt(core['median']):>18}  {_fmt(core['mean']):>6}  {_fmt(core['sd']):>4}  "
+                     f"{core['voxels']:>6}  |{ss_text}")
+    lines += [f"  {n}" for n in notes]
+    if bone_density:
+        flag = bone_density["screening"]
+        if flag["category"]:
+            lines.append(f"Screening flag ({flag['vertebra']}, {flag['measurement']} {flag['hu']:.0f} HU): "
+                         f"{flag['category']}. Thresholds: <= 110 likely, 110-160 indeterminate, > 160 unlikely "
+                         f"(Pickhardt 2013).")
+        else:
+            lines.append(f"Screening flag: none ({flag['reason']}).")
+        lines += [f"  {n}" for n in bone_density["acquisition"]["notes"]]
+        lines.append("  " + " ".join(bone_density["caveats"]))
+    return "\n".join(lines)
