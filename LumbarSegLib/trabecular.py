@@ -35,8 +35,8 @@ This module measures that number from a segmentation, per vertebra, in two ways:
 
 **No number rather than a wrong one.** A vertebra gets no value, and the reason, when its body is cut by
 the field of view (it touches the image's edge or voxels that were not numbers), when metal (> 2000 HU:
-screws, cement) lies in or within 3 mm of the body, when the slices are too thick for the core (it spans
-fewer than :data:`MIN_CORE_SLICES` slices of the thickest axis), when the core holds too few voxels, or
+screws, cement) lies in or within 3 mm of the body, when the slices are too thick for the core (more than
+:data:`MAX_SLICE_MM` apart, or the core spans fewer than :data:`MIN_CORE_SLICES` of them), when the core holds too few voxels, or
 when the body cannot be told from the arch.
 
 Median, mean, SD (HU), voxel count and the ROI's volume are reported. Thresholds and caveats
@@ -46,8 +46,6 @@ DICOM header when there is one (:func:`acquisition_from_dicom`).
 
 from __future__ import annotations
 
-import csv
-import io
 import math
 from dataclasses import dataclass, field
 
@@ -64,6 +62,8 @@ from .constants import LABEL_NAMES, RESEARCH_NOTICE
 CORE_MARGIN_MM = 3.0  # from cortex and endplates to the edge of every core voxel
 MIDLINE_HALF_WIDTH_MM = 3.0  # the strip along the body's midline that finds the canal
 MIN_BODY_DEPTH_MM = 10.0  # solid midline needed before a gap counts as the canal
+MAX_BODY_DEPTH_MM = 60.0  # deeper 'bodies' mean the gap found was not the canal (lumbar: 30-50 mm)
+CANAL_MIN_GAP_MM = 3.0  # the canal: the midline empty for at least this depth
 BVV_WIDTH_FRACTION = 0.4  # basivertebral vein region: the middle 40 % of the width ...
 BVV_DEPTH_FRACTION = 0.35  # ... in the posterior 35 % of the depth
 CLASSIC_CENTER_DEPTH = 0.6  # ellipse centre, as a fraction of the depth in front of the posterior wall
@@ -74,6 +74,7 @@ METAL_SEARCH_MM = 3.0
 MIN_CORE_ML = 1.0
 MIN_CORE_VOXELS = 50
 MIN_CORE_SLICES = 2
+MAX_SLICE_MM = 5.0  # thicker slices: a label boundary uncertain by half a slice comes too close
 MIN_CLASSIC_AREA_MM2 = 50.0
 MIN_CLASSIC_VOXELS = 20
 MAX_TILT_FROM_PATIENT_S_DEG = 45.0
@@ -328,16 +329,23 @@ def _posterior_wall(l_coord, a_coord, mask, image, lateral, anterior):
     mid = 0.5 * (cols.min() + cols.max())  # lateral centre of the body's front
     strip = slice(max(int(round(mid - MIDLINE_HALF_WIDTH_MM / bin_mm)), 0),
                   int(round(mid + MIDLINE_HALF_WIDTH_MM / bin_mm)) + 1)
-    filled = occ[:, strip].mean(axis=1)
-    solid = 0
-    for row in range(front, -1, -1):
-        if filled[row] >= 0.5:
-            solid += 1
+    filled = occ[:, strip].mean(axis=1) >= 0.5
+    # From the front backwards: skip the sparse anterior tip, count solid body rows, and take the first
+    # gap that stays open for CANAL_MIN_GAP_MM (a one-row gap is a sampling artefact, not the canal).
+    gap_rows = max(int(round(CANAL_MIN_GAP_MM / bin_mm)), 1)
+    start = next((r for r in range(front, -1, -1) if filled[r]), None)
+    if start is None or front - start > MIN_BODY_DEPTH_MM / bin_mm:
+        return None
+    for row in range(start, gap_rows - 2, -1):
+        if filled[row]:
             continue
-        if solid * bin_mm >= MIN_BODY_DEPTH_MM:
+        if (start - row) * bin_mm > MAX_BODY_DEPTH_MM:
+            return None
+        if (start - row) * bin_mm >= MIN_BODY_DEPTH_MM and not filled[max(row - gap_rows + 1, 0): row + 1].any():
             wall = a0 + (row + 1) * bin_mm
             return wall, l0 + (mid + 0.5) * bin_mm, a0 + (front + 1) * bin_mm
-        return None
+        if (start - row) * bin_mm < MIN_BODY_DEPTH_MM and not filled[max(row - gap_rows + 1, 0): row + 1].any():
+            return None  # the midline opens before a body's depth: no body in front of a canal
     return None
 
 
@@ -429,12 +437,16 @@ def _measure_one(labels, ct_hu, image, label, bbox, centroids, outside_mask) -> 
         return _no_value(name, f"metal in {name}'s body: {n_hot} voxels above {METAL_HU:g} HU (max "
                                f"{float(hot.max()):.0f} HU); screws or cement make its HU meaningless", frame)
 
+    thick_axis = int(np.argmax(spacing_zyx))
+    if spacing_zyx[thick_axis] > MAX_SLICE_MM + 1e-3:
+        return _no_value(name, f"slices too thick for the core: {spacing_zyx[thick_axis]:g} mm apart along voxel "
+                               f"axis {'kji'[thick_axis]} (at most {MAX_SLICE_MM:g} mm: the body's boundary, "
+                               f"uncertain by half a slice, would bring cortex and endplates into the core)", frame)
     eroded = _erode_by_extent(body, spacing_zyx, CORE_MARGIN_MM)
     bvv = (np.abs(l_coord - l_mid) <= 0.5 * BVV_WIDTH_FRACTION * width) & \
           (a_coord < a_wall + BVV_DEPTH_FRACTION * depth)
     core = eroded & ~bvv
     voxel_ml = float(np.prod(spacing_zyx)) / 1000.0
-    thick_axis = int(np.argmax(spacing_zyx))
     core_slices = int(np.count_nonzero(core.any(axis=tuple(a for a in range(3) if a != thick_axis))))
     n_core = int(core.sum())
     if spacing_zyx[thick_axis] > 2.0 and core_slices < MIN_CORE_SLICES and n_core:
