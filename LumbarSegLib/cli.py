@@ -91,15 +91,16 @@ def _load_model(spec, device: str):
 
 def _run_segmentation(loaded, *, input_desc: dict, out, stem: str, model, device: str, fmt: str, stl: bool,
                       preview: bool, reference=None, reference_desc: dict | None = None, smoothing: float,
-                      quiet: bool, extra_timings: dict | None = None, dicom_source=None) -> dict:
+                      quiet: bool, extra_timings: dict | None = None, dicom_source=None, csv: bool = False) -> dict:
     """Segment an already validated CT (:class:`io.LoadedCT`), write every requested output into the
     staging folder of ``out`` (:class:`outputs.OutputFolder`), commit it with ``report.json`` and return
     the report.
 
-    ``dicom_source``: the source series' datasets (``dicom_seg.read_source_series``) to write a DICOM SEG."""
+    ``dicom_source``: the source series' datasets (``dicom_seg.read_source_series``) to write a DICOM SEG;
+    ``csv``: also write the per-vertebra measurements as ``<stem>_measurements.csv``."""
     import SimpleITK as sitk
 
-    from . import io, metrics, pipeline, surfaces
+    from . import io, metrics, pipeline, surfaces, trabecular
     from .constants import RESEARCH_NOTICE
     from .models import resolve_device
 
@@ -116,6 +117,11 @@ def _run_segmentation(loaded, *, input_desc: dict, out, stem: str, model, device
     outputs["labels"] = str(out.final(labels_path))
     label_array = sitk.GetArrayViewFromImage(result.labels)
     measurements = metrics.measure(label_array, sitk.GetArrayViewFromImage(image), image)
+    bone_density = trabecular.add_to_measurements(measurements, label_array, sitk.GetArrayViewFromImage(image), image,
+                                                  series=loaded.series, outside_mask=loaded.nonfinite_mask)
+    if csv:
+        outputs["csv"] = str(out.final(metrics.write_measurements_csv(
+            measurements, out.staging / f"{stem}_measurements.csv")))
     timings["write"] = time.perf_counter() - t0
 
     if stl:
@@ -131,7 +137,8 @@ def _run_segmentation(loaded, *, input_desc: dict, out, stem: str, model, device
     if dicom_source is not None:
         from .dicom_seg import write_dicom_seg
 
-        seg_path = write_dicom_seg(result.labels, dicom_source, out.staging / f"{stem}_seg.dcm")
+        seg_path = write_dicom_seg(result.labels, dicom_source, out.staging / f"{stem}_seg.dcm",
+                                   roi_segments=bone_density.segments)
         if seg_path is None:
             notes.append("No vertebra was found, so no DICOM SEG was written (a SEG needs at least one segment).")
         else:
@@ -178,6 +185,7 @@ def _run_segmentation(loaded, *, input_desc: dict, out, stem: str, model, device
         "heatmap_peak": result.heatmap_peak,
         "timings_s": timings,
         "measurements": measurements,
+        "bone_density": bone_density.report,
         "plausibility": {"volume_ml_range": list(metrics.VERTEBRA_VOLUME_ML),
                          "height_mm_range": list(metrics.VERTEBRA_HEIGHT_MM),
                          "plausible": not plausibility, "warnings": plausibility},
@@ -203,7 +211,10 @@ def _print_summary(report: dict, comparison) -> None:
     found = report["found"]
     print(f"Found vertebrae: {', '.join(found) if found else 'none - no lumbar spine found in this image'}")
     if report["measurements"]:
+        from .trabecular import format_table
+
         print(metrics.format_measurements(report["measurements"]))
+        print("\n" + format_table(report["measurements"], report.get("bone_density")))
     if comparison is not None:
         print("\nAgreement with the reference:")
         print(metrics.format_table(comparison))
@@ -267,7 +278,8 @@ def cmd_segment(args) -> int:
         _run_segmentation(loaded, input_desc=input_desc, out=out, stem=io.output_stem(args.input), model=model,
                           device=args.device, fmt=args.format, stl=args.stl, preview=args.preview,
                           reference=reference, reference_desc=reference_desc, smoothing=smoothing,
-                          quiet=args.quiet, extra_timings={"read": read_s}, dicom_source=dicom_source)
+                          quiet=args.quiet, extra_timings={"read": read_s}, dicom_source=dicom_source,
+                          csv=args.csv)
     return 0
 
 
@@ -417,6 +429,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="label codes of REF (auto-detected by default)")
     p.add_argument("--format", default="nii.gz", choices=["nii.gz", "seg.nrrd"], help="label map format")
     p.add_argument("--preview", action="store_true", help="also write a PNG with three orthogonal slices")
+    p.add_argument("--csv", action="store_true",
+                   help="also write the per-vertebra measurements (volume, HU, trabecular HU) as "
+                        "OUTDIR/<name>_measurements.csv")
     p.add_argument("--dicom-seg", action="store_true",
                    help="also write a DICOM Segmentation (OUTDIR/<name>_seg.dcm) referencing the input DICOM series")
     p.add_argument("--series", metavar="UID",

@@ -19,8 +19,9 @@ This module measures that number from a segmentation, per vertebra, in two ways:
 2. *Body vs. posterior arch.* The vertebra is projected along S onto the axial plane. Walking from its
    anterior edge backwards along the midline (a strip 3 mm either side of the body's lateral centre),
    the body is solid bone; the first row where the midline is empty is the spinal canal, whose front is
-   the body's posterior wall. The body is the vertebra anterior of that wall (its largest connected
-   piece). The pedicles, laminae and processes all lie behind the wall. A vertebra whose midline never
+   the body's posterior wall. The body is the vertebra anterior of that wall, no wider than the vertebra
+   is in the middle third of that depth (the transverse processes, large at L5, stay out), its largest
+   connected piece. The pedicles, laminae and processes all lie behind the wall. A vertebra whose midline never
    opens (no canal in the segmentation) gets no value rather than a guess.
 3. *Core.* The body eroded so that each voxel's *whole extent* (its slice thickness included) lies at
    least :data:`CORE_MARGIN_MM` inside the body's surface: away from the cortex, the endplates and the cut
@@ -34,7 +35,8 @@ This module measures that number from a segmentation, per vertebra, in two ways:
    of the depth, inside the eroded body.
 
 **No number rather than a wrong one.** A vertebra gets no value, and the reason, when its body is cut by
-the field of view (it touches the image's edge or voxels that were not numbers), when metal (> 2000 HU:
+the field of view (it lies on the image's edge over more than :data:`MAX_EDGE_CONTACT_MM2`, or next to
+voxels that were not numbers), when metal (> 2000 HU:
 screws, cement) lies in or within 3 mm of the body, when the slices are too thick for the core (more than
 :data:`MAX_SLICE_MM` apart, or the core spans fewer than :data:`MIN_CORE_SLICES` of them), when the core holds too few voxels, or
 when the body cannot be told from the arch.
@@ -70,6 +72,7 @@ CLASSIC_CENTER_DEPTH = 0.6  # ellipse centre, as a fraction of the depth in fron
 CLASSIC_SEMI_DEPTH = 0.22
 CLASSIC_SEMI_WIDTH = 0.3
 METAL_HU = 2000.0
+MAX_EDGE_CONTACT_MM2 = 10.0
 METAL_SEARCH_MM = 3.0
 MIN_CORE_ML = 1.0
 MIN_CORE_VOXELS = 50
@@ -349,6 +352,20 @@ def _posterior_wall(l_coord, a_coord, mask, image, lateral, anterior):
     return None
 
 
+def _edge_contact_mm2(body, region, shape, spacing_zyx) -> dict[str, float]:
+    """{image face: area (mm2)} where ``body`` lies on the grid's edge over more than
+    :data:`MAX_EDGE_CONTACT_MM2` (a graze of a few voxels cuts no measurable bone)."""
+    out = {}
+    for ax in range(3):
+        face_area = float(np.prod(np.delete(spacing_zyx, ax)))
+        for end, at_edge in ((0, region[ax].start == 0), (-1, region[ax].stop == shape[ax])):
+            if at_edge:
+                area = float(np.count_nonzero(np.take(body, end, axis=ax))) * face_area
+                if area > MAX_EDGE_CONTACT_MM2:
+                    out[f"{'first' if end == 0 else 'last'} {'kji'[ax]} slice"] = area
+    return out
+
+
 def _erode_by_extent(body: np.ndarray, spacing_zyx, margin_mm: float) -> np.ndarray:
     """Voxels whose whole extent lies ``margin_mm`` inside ``body``: no outside voxel within the ellipsoid
     of semi-axes margin + spacing per axis (the surface lies half a voxel beyond the last inside centre)."""
@@ -410,21 +427,24 @@ def _measure_one(labels, ct_hu, image, label, bbox, centroids, outside_mask) -> 
         return _no_value(name, f"{name}'s body could not be told from its posterior arch: no spinal canal "
                                f"behind it in the segmentation", frame)
     a_wall, l_mid, a_front = wall
-    body = _largest_component(vertebra & (a_coord >= a_wall))
     depth = a_front - a_wall
-    l_body = l_coord[body]
-    width = float(np.percentile(l_body, 99) - np.percentile(l_body, 1))
+    # The width where nothing but the body reaches: its middle third in depth (the transverse processes,
+    # large and forward-reaching at L5, stay behind it); the body is cut laterally there too.
+    in_front = vertebra & (a_coord >= a_wall)
+    middle = in_front & (a_coord >= a_wall + depth / 3) & (a_coord <= a_wall + 2 * depth / 3)
+    l_middle = l_coord[middle] if middle.any() else l_coord[in_front]
+    left, right = float(np.percentile(l_middle, 1)), float(np.percentile(l_middle, 99))
+    width, l_mid = right - left, 0.5 * (left + right)
+    body = _largest_component(in_front & (np.abs(l_coord - l_mid) <= width / 2 + 1.0))
     frame.update({"posterior_wall_mm": a_wall, "anterior_edge_mm": a_front, "midline_mm": l_mid,
                   "depth_mm": depth, "width_mm": width})
 
-    # The body cut by the field of view: touching the grid's edge, or voxels that were NaN.
-    body_box = ndimage.find_objects(body.astype(np.uint8))[0]
-    full_lo = [r.start + b.start for r, b in zip(region, body_box)]
-    full_hi = [r.start + b.stop for r, b in zip(region, body_box)]
-    cut_axes = [ax for ax, (lo, hi, n) in enumerate(zip(full_lo, full_hi, labels.shape)) if lo == 0 or hi == n]
-    if cut_axes:
-        return _no_value(name, f"{name}'s vertebral body is cut by the field of view (it touches the image's "
-                               f"edge along voxel axis {'/'.join('kji'[a] for a in cut_axes)})", frame)
+    # The body cut by the field of view: lying on the grid's edge (more than a graze), or next to NaN voxels.
+    contact = _edge_contact_mm2(body, region, labels.shape, spacing_zyx)
+    if contact:
+        where = ", ".join(f"{area:.0f} mm2 on the {side}" for side, area in contact.items())
+        return _no_value(name, f"{name}'s vertebral body is cut by the field of view (it lies on the image's edge: "
+                               f"{where})", frame)
     if outside_mask is not None and np.any(outside_mask[region] & ndimage.binary_dilation(body, iterations=2)):
         return _no_value(name, f"{name}'s vertebral body is cut by the field of view (voxels that were not "
                                f"numbers (NaN) border it)", frame)
@@ -515,17 +535,64 @@ def screening(results: dict[str, VertebraTrabecular], acquisition: dict) -> dict
 
 
 def add_to_measurements(measurements: dict[str, dict], labels, ct_hu, image: sitk.Image, series=None,
-                        outside_mask=None) -> dict:
+                        outside_mask=None) -> "BoneDensity":
     """Add ``trabecular_hu`` and ``trabecular_hu_single_slice`` to each vertebra's entry of
-    ``metrics.measure``'s result, and return the study-level block (screening flag, thresholds, sources,
-    caveats, acquisition) for report.json. ``series``: the :class:`io.DicomSeries` read, if any."""
+    ``metrics.measure``'s result; returns a :class:`BoneDensity`: the study-level block for report.json
+    (screening flag, thresholds, sources, caveats, acquisition) and the ROIs as segments.
+    ``series``: the :class:`io.DicomSeries` read, if any (its header gives kVp and contrast)."""
     results = measure(labels, ct_hu, image, outside_mask)
     for name, result in results.items():
         if name in measurements:
             measurements[name]["trabecular_hu"] = result.core.to_dict()
             measurements[name]["trabecular_hu_single_slice"] = result.single_slice.to_dict()
     acquisition = acquisition_from_dicom(series.files if series is not None else None)
-    return screening(results, acquisition)
+    return BoneDensity(screening(results, acquisition), roi_segments(results))
+
+
+@dataclass
+class BoneDensity:
+    report: dict  # report.json's "bone_density" block
+    segments: list  # the measured ROIs (:class:`RoiSegment`), for the DICOM SEG
+
+
+# --------------------------------------------------------------------------------------------------
+# ROIs as segments (Slicer, DICOM SEG)
+# --------------------------------------------------------------------------------------------------
+
+CORE_SEGMENT_SUFFIX = " trabecular ROI"
+SINGLE_SLICE_SEGMENT_SUFFIX = " single-slice ROI"
+
+
+@dataclass
+class RoiSegment:
+    name: str  # "L1 trabecular ROI"
+    label: int  # the vertebra, 1..5
+    kind: str  # "core" or "single_slice"
+    region: tuple  # (z, y, x) slices of the crop
+    mask: np.ndarray  # bool, the crop's shape
+
+
+def roi_segments(results: dict[str, VertebraTrabecular]) -> list[RoiSegment]:
+    """The ROIs that were measured, as segments: every vertebra's core, and the screening vertebra's (L1)
+    single-slice ellipse, the one the thresholds apply to."""
+    by_name = {v: k for k, v in LABEL_NAMES.items()}
+    out = []
+    for name, result in results.items():
+        if result.core.mask is not None:
+            out.append(RoiSegment(name + CORE_SEGMENT_SUFFIX, by_name[name], "core", result.core.region,
+                                  result.core.mask))
+        if name == SCREENING_VERTEBRA and result.single_slice.mask is not None:
+            out.append(RoiSegment(name + SINGLE_SLICE_SEGMENT_SUFFIX, by_name[name], "single_slice",
+                                  result.single_slice.region, result.single_slice.mask))
+    return out
+
+
+def roi_segment_kind(segment_name: str) -> tuple[str, str] | None:
+    """("L1", "core") for "L1 trabecular ROI", ("L1", "single_slice") for "L1 single-slice ROI", else None."""
+    for suffix, kind in ((CORE_SEGMENT_SUFFIX, "core"), (SINGLE_SLICE_SEGMENT_SUFFIX, "single_slice")):
+        if segment_name.endswith(suffix) and segment_name[: -len(suffix)] in LABEL_NAMES.values():
+            return segment_name[: -len(suffix)], kind
+    return None
 
 
 # --------------------------------------------------------------------------------------------------

@@ -243,7 +243,13 @@ def test_add_to_measurements_fills_report_entries_and_the_flag(phantom):
     ct, labels = phantom
     lab, hu = sitk.GetArrayViewFromImage(labels), sitk.GetArrayViewFromImage(ct)
     measurements = metrics.measure(lab, hu, ct)
-    block = trabecular.add_to_measurements(measurements, lab, hu, ct)
+    bone = trabecular.add_to_measurements(measurements, lab, hu, ct)
+    block = bone.report
+    assert sorted(seg.name for seg in bone.segments) == sorted(
+        [f"L{k} trabecular ROI" for k in range(1, 6)] + ["L1 single-slice ROI"])
+    assert trabecular.roi_segment_kind("L3 trabecular ROI") == ("L3", "core")
+    assert trabecular.roi_segment_kind("L1 single-slice ROI") == ("L1", "single_slice")
+    assert trabecular.roi_segment_kind("L3") is None
     for name, m in measurements.items():
         entry = m["trabecular_hu"]
         assert set(entry) >= {"median", "mean", "sd", "voxels", "volume_ml", "roi", "reason"}
