@@ -625,12 +625,12 @@ def format_table(measurements: dict[str, dict], bone_density: dict | None = None
     lines += [f"  {n}" for n in notes]
     if bone_density:
         flag = bone_density["screening"]
+        rule = "L1 <= 110 HU osteoporosis likely, 110-160 indeterminate, > 160 unlikely (Pickhardt 2013)"
         if flag["category"]:
             lines.append(f"Screening flag ({flag['vertebra']}, {flag['measurement']} {flag['hu']:.0f} HU): "
-                         f"{flag['category']}. Thresholds: <= 110 likely, 110-160 indeterminate, > 160 unlikely "
-                         f"(Pickhardt 2013).")
+                         f"{flag['category']}. Thresholds: {rule}.")
         else:
-            lines.append(f"Screening flag: none ({flag['reason']}).")
+            lines.append(f"Screening flag: none ({flag['reason']}). Thresholds: {rule}.")
         lines += [f"  {n}" for n in bone_density["acquisition"]["notes"]]
         lines.append("  " + " ".join(bone_density["caveats"]))
     return "\n".join(lines)
