@@ -25,7 +25,9 @@ This module measures that number from a segmentation, per vertebra, in two ways:
    opens (no canal in the segmentation) gets no value rather than a guess.
 3. *Core.* The body eroded so that each voxel's *whole extent* (its slice thickness included) lies at
    least :data:`CORE_MARGIN_MM` inside the body's surface: away from the cortex, the endplates and the cut
-   at the posterior wall. Thick slices are eroded by whole slices accordingly.
+   at the posterior wall. Thick slices are eroded by whole slices accordingly. The subchondral bone next
+   to the endplates is often denser: the core also keeps :data:`ENDPLATE_MARGIN_MM` from the planes of
+   the endplates at the body's centre (perpendicular to S).
 4. *Basivertebral vein.* It enters the body through the posterior wall's centre and runs forward: the
    posterior-central column (the middle :data:`BVV_WIDTH_FRACTION` of the body's width in the posterior
    :data:`BVV_DEPTH_FRACTION` of its depth, at every height) is left out.
@@ -62,6 +64,7 @@ from .constants import LABEL_NAMES, RESEARCH_NOTICE
 # --------------------------------------------------------------------------------------------------
 
 CORE_MARGIN_MM = 3.0  # from cortex and endplates to the edge of every core voxel
+ENDPLATE_MARGIN_MM = 3.0  # more from the endplates (at the body's centre): subchondral bone is denser
 MIDLINE_HALF_WIDTH_MM = 3.0  # the strip along the body's midline that finds the canal
 MIN_BODY_DEPTH_MM = 10.0  # solid midline needed before a gap counts as the canal
 MAX_BODY_DEPTH_MM = 60.0  # deeper 'bodies' mean the gap found was not the canal (lumbar: 30-50 mm)
@@ -465,7 +468,10 @@ def _measure_one(labels, ct_hu, image, label, bbox, centroids, outside_mask) -> 
     eroded = _erode_by_extent(body, spacing_zyx, CORE_MARGIN_MM)
     bvv = (np.abs(l_coord - l_mid) <= 0.5 * BVV_WIDTH_FRACTION * width) & \
           (a_coord < a_wall + BVV_DEPTH_FRACTION * depth)
-    core = eroded & ~bvv
+    s_lo, s_hi = _central_height(body, l_coord, a_coord, s_coord, l_mid, a_wall, depth, width)
+    frame.update({"inferior_endplate_mm": s_lo, "superior_endplate_mm": s_hi})
+    subchondral = (s_coord < s_lo + ENDPLATE_MARGIN_MM) | (s_coord > s_hi - ENDPLATE_MARGIN_MM)
+    core = eroded & ~bvv & ~subchondral
     voxel_ml = float(np.prod(spacing_zyx)) / 1000.0
     core_slices = int(np.count_nonzero(core.any(axis=tuple(a for a in range(3) if a != thick_axis))))
     n_core = int(core.sum())
@@ -487,12 +493,18 @@ def _measure_one(labels, ct_hu, image, label, bbox, centroids, outside_mask) -> 
                                        l_mid, a_wall, depth, width, voxel_ml, frame), frame)
 
 
-def _classic(ct_hu, region, body, eroded, l_coord, a_coord, s_coord, image, s_axis, l_mid, a_wall, depth, width,
-             voxel_ml, frame) -> RoiResult:
+def _central_height(body, l_coord, a_coord, s_coord, l_mid, a_wall, depth, width) -> tuple[float, float]:
+    """The body's lowest and highest S (mm) in its central column (middle half of the width, middle 40 % of
+    the depth): the endplates there, where concave endplates bring them closest together."""
     central = body & (np.abs(l_coord - l_mid) <= 0.25 * width) & \
         (a_coord >= a_wall + 0.3 * depth) & (a_coord <= a_wall + 0.7 * depth)
     s_vals = s_coord[central] if central.any() else s_coord[body]
-    s_mid = 0.5 * (float(s_vals.min()) + float(s_vals.max()))
+    return float(s_vals.min()), float(s_vals.max())
+
+
+def _classic(ct_hu, region, body, eroded, l_coord, a_coord, s_coord, image, s_axis, l_mid, a_wall, depth, width,
+             voxel_ml, frame) -> RoiResult:
+    s_mid = 0.5 * (frame["inferior_endplate_mm"] + frame["superior_endplate_mm"])
     thickness = _voxel_extent_along(image, s_axis)
     slab = (s_coord >= s_mid - thickness / 2) & (s_coord < s_mid + thickness / 2)
     a_c = a_wall + CLASSIC_CENTER_DEPTH * depth
