@@ -211,7 +211,7 @@ def _print_summary(report: dict, comparison) -> None:
     found = report["found"]
     print(f"Found vertebrae: {', '.join(found) if found else 'none - no lumbar spine found in this image'}")
     if report["measurements"]:
-        from .trabecular import format_table
+        from .bone_screening import format_table
 
         print(metrics.format_measurements(report["measurements"]))
         print("\n" + format_table(report["measurements"], report.get("bone_density")))

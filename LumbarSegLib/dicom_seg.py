@@ -1,8 +1,8 @@
 """DICOM Segmentation (SEG) output for a DICOM CT series, written with highdicom.
 
-One segment per vertebra found (and one per measured trabecular ROI, after them), coded with the same SNOMED CT category and types as everywhere else
-(:mod:`constants`), referencing the source series and each of its instances, so a PACS or viewer shows
-the result on the CT it came from. The SEG carries the research-use notice in its series and content
+One segment per vertebra found (and one per measured trabecular ROI, after them), coded with the same
+SNOMED CT category and types as everywhere else (:mod:`constants`), referencing the source series and each
+of its instances, so a PACS or viewer shows the result on the CT it came from. The SEG carries the research-use notice in its series and content
 descriptions.
 
 The label map must be on the grid SimpleITK reads from the series (``io.read_ct`` of the folder), which

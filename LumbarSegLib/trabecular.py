@@ -7,7 +7,7 @@ This module measures that number from a segmentation, per vertebra, in two ways:
 * **the 3D core** (``trabecular_hu``) - the vertebral body's trabecular core;
 * **the classic single-slice ROI** (``trabecular_hu_single_slice``) - an ellipse in the anterior body on
   the mid-height axial section, so numbers compare with the literature; L1's value gives the screening
-  flag (:data:`THRESHOLDS`).
+  flag (:data:`bone_screening.THRESHOLDS`).
 
 **How the ROI is found** (all in millimetres, in the vertebra's own frame):
 
@@ -38,14 +38,13 @@ This module measures that number from a segmentation, per vertebra, in two ways:
 
 **No number rather than a wrong one.** A vertebra gets no value, and the reason, when its body is cut by
 the field of view (it lies on the image's edge over more than :data:`MAX_EDGE_CONTACT_MM2`, or next to
-voxels that were not numbers), when metal (> 2000 HU:
-screws, cement) lies in or within 3 mm of the body, when the slices are too thick for the core (more than
-:data:`MAX_SLICE_MM` apart, or the core spans fewer than :data:`MIN_CORE_SLICES` of them), when the core holds too few voxels, or
-when the body cannot be told from the arch.
+voxels that were not numbers), when metal (> 2000 HU: screws, cement) lies in or within 3 mm of the body,
+when the slices are too thick for the core (more than :data:`MAX_SLICE_MM` apart, or the core spans fewer
+than :data:`MIN_CORE_SLICES` of them), when the core holds too few voxels, or when the body cannot be told
+from the arch.
 
-Median, mean, SD (HU), voxel count and the ROI's volume are reported. Thresholds and caveats
-(:data:`THRESHOLDS`, :data:`CAVEATS`) are kept in this one place; kVp and contrast are read from the
-DICOM header when there is one (:func:`acquisition_from_dicom`).
+Median, mean, SD (HU), voxel count and the ROI's volume are reported. Thresholds, sources and caveats are
+kept in :mod:`bone_screening`, which also reads kVp and contrast from the DICOM header when there is one.
 """
 
 from __future__ import annotations
@@ -57,7 +56,8 @@ import numpy as np
 import SimpleITK as sitk
 from scipy import ndimage
 
-from .constants import LABEL_NAMES, RESEARCH_NOTICE
+from . import bone_screening
+from .constants import LABEL_NAMES
 
 # --------------------------------------------------------------------------------------------------
 # The rule's constants (documented in the module docstring and README)
@@ -95,101 +95,6 @@ CLASSIC_ROI_DEFINITION = (
     f"centred {CLASSIC_CENTER_DEPTH:.0%} of the body's depth in front of the posterior wall, semi-axes "
     f"{CLASSIC_SEMI_WIDTH:.0%} of the width and {CLASSIC_SEMI_DEPTH:.0%} of the depth, at least "
     f"{CORE_MARGIN_MM:g} mm inside the cortex")
-
-# --------------------------------------------------------------------------------------------------
-# Published thresholds and caveats: the one place they are kept
-# --------------------------------------------------------------------------------------------------
-
-SOURCES = {
-    "Pickhardt 2013": "Pickhardt PJ, Pooler BD, Lauder T, del Rio AM, Bruce RJ, Binkley N. Opportunistic "
-                      "screening for osteoporosis using abdominal computed tomography scans obtained for other "
-                      "indications. Ann Intern Med. 2013;158(8):588-595.",
-    "Jang 2019": "Jang S, Graffy PM, Ziemlewicz TJ, Lee SJ, Summers RM, Pickhardt PJ. Opportunistic "
-                 "osteoporosis screening at routine abdominal and thoracic CT: normative L1 trabecular "
-                 "attenuation values in more than 20 000 adults. Radiology. 2019;291(2):360-367.",
-}
-# (upper bound HU inclusive, category, what the source says); L1, single-slice ROI mean.
-THRESHOLDS = (
-    (110.0, "osteoporosis likely",
-     "L1 <= 110 HU: more than 90 % specific for DXA-defined osteoporosis (Pickhardt 2013)"),
-    (160.0, "indeterminate",
-     "110-160 HU: between the specific and the sensitive threshold (Pickhardt 2013)"),
-    (math.inf, "osteoporosis unlikely",
-     "L1 > 160 HU: the 160 HU threshold is 90 % sensitive for DXA-defined osteoporosis (Pickhardt 2013)"),
-)
-SCREENING_VERTEBRA = "L1"
-NORMATIVE_VALUES = "normative L1 values by age and sex: Jang 2019"
-CAVEATS = (
-    "The thresholds were derived at 120 kVp on non-contrast CT; another tube voltage changes bone HU.",
-    "Contrast-enhanced phases read about 10-20 HU higher than non-contrast CT of the same bone.",
-    "A CT attenuation in HU is not a DXA T-score; a flag suggests, it does not diagnose, osteoporosis.",
-    "Scanner calibration differs between scanners and over time; no phantom calibration was applied.",
-    RESEARCH_NOTICE + ".",
-)
-STANDARD_KVP = 120.0
-
-
-def screening_category(hu: float) -> str:
-    for upper, category, _ in THRESHOLDS:
-        if hu <= upper:
-            return category
-    return THRESHOLDS[-1][1]
-
-
-# --------------------------------------------------------------------------------------------------
-# Acquisition: kVp and contrast from the DICOM header
-# --------------------------------------------------------------------------------------------------
-
-def acquisition_from_dicom(files) -> dict:
-    """kVp (0018,0060) and contrast agent (0018,0010) from the first file of a DICOM series (None: no file).
-
-    ``contrast`` is "given" (an agent is named), "not recorded" (the Contrast/Bolus module is only written
-    when contrast was used, but anonymisers also remove it) or "unknown" (no DICOM header at all)."""
-    kvp = agent = None
-    read = False
-    if files:
-        reader = sitk.ImageFileReader()
-        reader.SetFileName(str(files[0]))
-        shown = sitk.ProcessObject.GetGlobalWarningDisplay()
-        sitk.ProcessObject.SetGlobalWarningDisplay(False)
-        try:
-            reader.ReadImageInformation()
-            read = True
-            if reader.HasMetaDataKey("0018|0060"):
-                try:
-                    kvp = float(reader.GetMetaData("0018|0060").strip())
-                except ValueError:
-                    kvp = None
-            if reader.HasMetaDataKey("0018|0010"):
-                agent = reader.GetMetaData("0018|0010").strip() or None
-        except RuntimeError:
-            pass
-        finally:
-            sitk.ProcessObject.SetGlobalWarningDisplay(shown)
-    contrast = "given" if agent else "not recorded" if read else "unknown"
-    return {"source": "DICOM header" if read else "none (not a DICOM series)", "kvp": kvp,
-            "contrast": contrast, "contrast_agent": agent}
-
-
-def acquisition_notes(acquisition: dict) -> list[str]:
-    notes = []
-    kvp = acquisition.get("kvp")
-    if kvp is None:
-        notes.append("Tube voltage unknown (no kVp in a DICOM header): the thresholds assume 120 kVp.")
-    elif abs(kvp - STANDARD_KVP) > 0.5:
-        notes.append(f"The CT was acquired at {kvp:g} kVp; the thresholds were derived at 120 kVp and bone HU "
-                     f"differ at other voltages.")
-    contrast = acquisition.get("contrast")
-    if contrast == "given":
-        notes.append(f"Contrast was given ({acquisition.get('contrast_agent')}): expect about 10-20 HU more than "
-                     f"non-contrast CT; the thresholds are for non-contrast CT.")
-    elif contrast == "not recorded":
-        notes.append("No contrast agent is recorded in the DICOM header (probably non-contrast; anonymisation "
-                     "can remove it).")
-    else:
-        notes.append("Contrast unknown (no DICOM header): a contrast phase reads about 10-20 HU higher.")
-    return notes
-
 
 # --------------------------------------------------------------------------------------------------
 # Measuring
@@ -404,7 +309,7 @@ def measure(labels: np.ndarray, ct_hu: np.ndarray, image: sitk.Image,
     present = [k for k, region in enumerate(objects, start=1) if region is not None and k in LABEL_NAMES]
     centroids = {}
     for k in present:
-        idx = np.argwhere(labels[objects[k - 1]] == k)[:: max(1, 1)] + [s.start for s in objects[k - 1]]
+        idx = np.argwhere(labels[objects[k - 1]] == k) + [s.start for s in objects[k - 1]]
         centroids[k] = np.asarray(image.TransformContinuousIndexToPhysicalPoint(
             [float(v) for v in idx.mean(axis=0)[::-1]]))
     return {LABEL_NAMES[k]: _measure_one(labels, ct_hu, image, k, objects[k - 1], centroids, outside_mask)
@@ -526,26 +431,6 @@ def _classic(ct_hu, region, body, eroded, l_coord, a_coord, s_coord, image, s_ax
 # Into the report
 # --------------------------------------------------------------------------------------------------
 
-def screening(results: dict[str, VertebraTrabecular], acquisition: dict) -> dict:
-    """The study-level block of report.json: the L1 flag from :data:`THRESHOLDS`, sources and caveats."""
-    l1 = results.get(SCREENING_VERTEBRA)
-    flag = {"vertebra": SCREENING_VERTEBRA, "measurement": "mean HU of the single-slice ROI", "hu": None,
-            "category": None, "reason": None}
-    if l1 is None:
-        flag["reason"] = f"{SCREENING_VERTEBRA} was not found"
-    elif l1.single_slice.reason:
-        flag["reason"] = l1.single_slice.reason
-    else:
-        flag["hu"] = l1.single_slice.mean
-        flag["category"] = screening_category(l1.single_slice.mean)
-    return {"screening": flag,
-            "thresholds": [{"up_to_hu": None if math.isinf(u) else u, "category": c, "basis": b}
-                           for u, c, b in THRESHOLDS],
-            "normative_values": NORMATIVE_VALUES, "sources": dict(SOURCES),
-            "acquisition": {**acquisition, "notes": acquisition_notes(acquisition)},
-            "caveats": list(CAVEATS), "core_roi": CORE_ROI_DEFINITION, "single_slice_roi": CLASSIC_ROI_DEFINITION}
-
-
 def add_to_measurements(measurements: dict[str, dict], labels, ct_hu, image: sitk.Image, series=None,
                         outside_mask=None) -> "BoneDensity":
     """Add ``trabecular_hu`` and ``trabecular_hu_single_slice`` to each vertebra's entry of
@@ -557,8 +442,11 @@ def add_to_measurements(measurements: dict[str, dict], labels, ct_hu, image: sit
         if name in measurements:
             measurements[name]["trabecular_hu"] = result.core.to_dict()
             measurements[name]["trabecular_hu_single_slice"] = result.single_slice.to_dict()
-    acquisition = acquisition_from_dicom(series.files if series is not None else None)
-    return BoneDensity(screening(results, acquisition), roi_segments(results))
+    acquisition = bone_screening.acquisition_from_dicom(series.files if series is not None else None)
+    l1 = results.get(bone_screening.SCREENING_VERTEBRA)
+    block = bone_screening.screening(None if l1 is None else l1.single_slice, acquisition, CORE_ROI_DEFINITION,
+                                     CLASSIC_ROI_DEFINITION)
+    return BoneDensity(block, roi_segments(results))
 
 
 @dataclass
@@ -593,7 +481,7 @@ def roi_segments(results: dict[str, VertebraTrabecular]) -> list[RoiSegment]:
         if result.core.mask is not None:
             out.append(RoiSegment(name + CORE_SEGMENT_SUFFIX, by_name[name], "core", result.core.region,
                                   result.core.mask))
-        if name == SCREENING_VERTEBRA and result.single_slice.mask is not None:
+        if name == bone_screening.SCREENING_VERTEBRA and result.single_slice.mask is not None:
             out.append(RoiSegment(name + SINGLE_SLICE_SEGMENT_SUFFIX, by_name[name], "single_slice",
                                   result.single_slice.region, result.single_slice.mask))
     return out
@@ -605,44 +493,3 @@ def roi_segment_kind(segment_name: str) -> tuple[str, str] | None:
         if segment_name.endswith(suffix) and segment_name[: -len(suffix)] in LABEL_NAMES.values():
             return segment_name[: -len(suffix)], kind
     return None
-
-
-# --------------------------------------------------------------------------------------------------
-# Output for people
-# --------------------------------------------------------------------------------------------------
-
-def _fmt(v, digits=0) -> str:
-    return "-" if v is None or (isinstance(v, float) and not math.isfinite(v)) else f"{v:.{digits}f}"
-
-
-def format_table(measurements: dict[str, dict], bone_density: dict | None = None) -> str:
-    """Console table: per vertebra the core's median/mean/SD/voxels and the single-slice mean, or why not."""
-    rows = [(n, m) for n, m in measurements.items() if "trabecular_hu" in m]
-    if not rows:
-        return ""
-    lines = ["Trabecular bone (HU)   core: median    mean    SD  voxels  |  single slice: mean  area mm2",
-             "-" * 92]
-    notes = []
-    for name, m in rows:
-        core, ss = m["trabecular_hu"], m["trabecular_hu_single_slice"]
-        if core["reason"]:
-            lines.append(f"{name:8}  no value ({core['reason']})")
-            continue
-        ss_text = f"{_fmt(ss['mean']):>19}  {_fmt(ss.get('area_mm2')):>8}" if not ss["reason"] else \
-            f"{'-':>19}  {'-':>8}"
-        if ss["reason"]:
-            notes.append(f"{name} single slice: {ss['reason']}")
-        lines.append(f"{name:8}  {_fmt(core['median']):>18}  {_fmt(core['mean']):>6}  {_fmt(core['sd']):>4}  "
-                     f"{core['voxels']:>6}  |{ss_text}")
-    lines += [f"  {n}" for n in notes]
-    if bone_density:
-        flag = bone_density["screening"]
-        rule = "L1 <= 110 HU osteoporosis likely, 110-160 indeterminate, > 160 unlikely (Pickhardt 2013)"
-        if flag["category"]:
-            lines.append(f"Screening flag ({flag['vertebra']}, {flag['measurement']} {flag['hu']:.0f} HU): "
-                         f"{flag['category']}. Thresholds: {rule}.")
-        else:
-            lines.append(f"Screening flag: none ({flag['reason']}). Thresholds: {rule}.")
-        lines += [f"  {n}" for n in bone_density["acquisition"]["notes"]]
-        lines.append("  " + " ".join(bone_density["caveats"]))
-    return "\n".join(lines)

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from LumbarSegLib import io, trabecular
+from LumbarSegLib import bone_screening, io, trabecular
 from LumbarSegLib.phantoms import generate_phantom
 
 KNOWN_HU = 100.0
@@ -217,7 +217,7 @@ def test_edited_roi_statistics_check_metal_and_size(phantom):
                                           (110.5, "indeterminate"), (160, "indeterminate"),
                                           (161, "osteoporosis unlikely")])
 def test_thresholds(hu, category):
-    assert trabecular.screening_category(hu) == category
+    assert bone_screening.screening_category(hu) == category
 
 
 def test_acquisition_from_a_dicom_header(tmp_path, synthetic_ct):
@@ -225,16 +225,16 @@ def test_acquisition_from_a_dicom_header(tmp_path, synthetic_ct):
 
     ct, _ = synthetic_ct
     plain = write_ct_series(ct[:, :, :4], tmp_path / "plain")
-    assert trabecular.acquisition_from_dicom(plain) == {
+    assert bone_screening.acquisition_from_dicom(plain) == {
         "source": "DICOM header", "kvp": 120.0, "contrast": "not recorded", "contrast_agent": None}
     enhanced = write_ct_series(ct[:, :, :4], tmp_path / "enhanced", KVP="100", ContrastBolusAgent="Iomeprol")
-    acquisition = trabecular.acquisition_from_dicom(enhanced)
+    acquisition = bone_screening.acquisition_from_dicom(enhanced)
     assert acquisition["kvp"] == 100.0 and acquisition["contrast"] == "given"
-    notes = " ".join(trabecular.acquisition_notes(acquisition))
+    notes = " ".join(bone_screening.acquisition_notes(acquisition))
     assert "100 kVp" in notes and "Iomeprol" in notes and "10-20 HU" in notes
-    unknown = trabecular.acquisition_from_dicom(None)
+    unknown = bone_screening.acquisition_from_dicom(None)
     assert unknown["kvp"] is None and unknown["contrast"] == "unknown"
-    assert "unknown" in " ".join(trabecular.acquisition_notes(unknown)).lower()
+    assert "unknown" in " ".join(bone_screening.acquisition_notes(unknown)).lower()
 
 
 def test_add_to_measurements_fills_report_entries_and_the_flag(phantom):
@@ -260,5 +260,5 @@ def test_add_to_measurements_fills_report_entries_and_the_flag(phantom):
     assert "Pickhardt" in block["sources"]["Pickhardt 2013"] and "Radiology" in block["sources"]["Jang 2019"]
     assert any("120 kVp" in c for c in block["caveats"]) and any("T-score" in c for c in block["caveats"])
     assert block["acquisition"]["kvp"] is None and block["acquisition"]["contrast"] == "unknown"
-    table = trabecular.format_table(measurements, block)
+    table = bone_screening.format_table(measurements, block)
     assert "L1" in table and "osteoporosis likely" in table and "Research use" in table

@@ -35,7 +35,7 @@ def main(argv=None) -> int:
     import matplotlib.pyplot as plt
     import SimpleITK as sitk
 
-    from LumbarSegLib import io, pipeline, trabecular
+    from LumbarSegLib import bone_screening, io, pipeline, trabecular
     from LumbarSegLib.constants import LABEL_COLORS
     from LumbarSegLib.preprocess import to_canonical
 
@@ -97,7 +97,8 @@ def main(argv=None) -> int:
         lines.append(f"{name} core {core_text}")
     l1 = results.get("L1")
     if l1 is not None and l1.single_slice.reason is None:
-        lines.append(f"L1 single slice {l1.single_slice.mean:.0f} HU: {trabecular.screening_category(l1.single_slice.mean)}")
+        flag = bone_screening.screening_category(l1.single_slice.mean)
+        lines.append(f"L1 single slice {l1.single_slice.mean:.0f} HU: {flag}")
     source = "bundled model's segmentation" if args.labels == "pipeline" else "manual reference label"
     fig.suptitle(f"Trabecular ROIs on real CT {args.case} (VerSe, CC BY-SA 4.0), placed from the {source}\n"
                  + "   ".join(lines) + " (HU; research use only)", color="white", fontsize=9)

@@ -54,7 +54,8 @@ def add_roi_segments(segmentation_node, volume_node) -> list[str]:
         mask[roi.region] = roi.mask
         before = _segment_ids(segmentation)
         oriented = sitk_to_oriented_image(label_array_to_sitk(mask, volume_node))
-        if not slicer.vtkSlicerSegmentationsModuleLogic.ImportLabelmapToSegmentationNode(oriented, segmentation_node, ""):
+        logic = slicer.vtkSlicerSegmentationsModuleLogic
+        if not logic.ImportLabelmapToSegmentationNode(oriented, segmentation_node, ""):
             raise RuntimeError(f"Slicer could not import the {roi.name} into the segmentation node.")
         (segment_id,) = _segment_ids(segmentation) - before
         segment = segmentation.GetSegment(segment_id)
