@@ -198,6 +198,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="label codes of REF (auto-detected by default)")
         p.add_argument("--format", default="nii.gz", choices=["nii.gz", "seg.nrrd"], help="label map format")
         p.add_argument("--preview", action="store_true", help="also write a PNG with three orthogonal slices")
+        p.add_argument("--csv", action="store_true",
+                       help="also write the per-vertebra measurements (volume, HU, trabecular HU) as "
+                            "OUTDIR/<name>_measurements.csv")
         p.add_argument("--dicom-seg", action="store_true",
                        help="also write a DICOM Segmentation (OUTDIR/<name>_seg.dcm) referencing the input DICOM series")
 

@@ -1,8 +1,8 @@
 """DICOM Segmentation (SEG) output for a DICOM CT series, written with highdicom.
 
-One segment per vertebra found, coded with the same SNOMED CT category and types as everywhere else
-(:mod:`constants`), referencing the source series and each of its instances, so a PACS or viewer shows
-the result on the CT it came from. The SEG carries the research-use notice in its series and content
+One segment per vertebra found (and one per measured trabecular ROI, after them), coded with the same
+SNOMED CT category and types as everywhere else (:mod:`constants`), referencing the source series and each
+of its instances, so a PACS or viewer shows the result on the CT it came from. The SEG carries the research-use notice in its series and content
 descriptions.
 
 The label map must be on the grid SimpleITK reads from the series (``io.read_ct`` of the folder), which
@@ -102,8 +102,11 @@ def source_slice_indices(labels: sitk.Image, datasets) -> list[int]:
     return indices
 
 
-def segment_descriptions(labels_present):
-    """highdicom segment descriptions, numbered 1..N in the order of ``labels_present`` (1..5 = L1..L5)."""
+def segment_descriptions(labels_present, roi_segments=()):
+    """highdicom segment descriptions, numbered 1..N in the order of ``labels_present`` (1..5 = L1..L5),
+    then one per measured trabecular ROI (``trabecular.RoiSegment``): labelled with its own name ("L1
+    trabecular ROI") and coded as a structure of its vertebra (the same SNOMED CT code: the ROI is a region
+    of that vertebra's body)."""
     import highdicom as hd
     from pydicom.sr.codedict import codes
     from pydicom.sr.coding import Code
@@ -112,16 +115,17 @@ def segment_descriptions(labels_present):
                                                    family=codes.cid7162.ArtificialIntelligence)
     category = Code(SNOMED_BONE_CATEGORY[0], "SCT", SNOMED_BONE_CATEGORY[1])
     out = []
-    for number, label in enumerate(labels_present, start=1):
+    names = [(label, LABEL_NAMES[label]) for label in labels_present] + [(r.label, r.name) for r in roi_segments]
+    for number, (label, name) in enumerate(names, start=1):
         code, meaning = SNOMED_VERTEBRA[label]
         out.append(hd.seg.SegmentDescription(
             segment_number=number,
-            segment_label=LABEL_NAMES[label],
+            segment_label=name,
             segmented_property_category=category,
             segmented_property_type=Code(code, "SCT", meaning),
             algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
             algorithm_identification=algorithm,
-            tracking_id=f"LumbarSeg {LABEL_NAMES[label]}",
+            tracking_id=f"LumbarSeg {name}",
             tracking_uid=hd.UID(),
             display_color=hd.color.CIELabColor.from_rgb(
                 *[int(round(255 * c)) for c in LABEL_COLORS[label]]),
@@ -129,11 +133,13 @@ def segment_descriptions(labels_present):
     return out
 
 
-def write_dicom_seg(labels: sitk.Image, source, path) -> Path | None:
+def write_dicom_seg(labels: sitk.Image, source, path, roi_segments=()) -> Path | None:
     """Write the L1-L5 labels (0..5 on the series' grid) as a DICOM SEG referencing ``source``.
 
-    ``source`` is the series folder or its datasets (:func:`read_source_series`). Returns the path, or
-    None when no vertebra is labelled (a SEG needs at least one segment; nothing is written).
+    ``source`` is the series folder or its datasets (:func:`read_source_series`). ``roi_segments``
+    (``trabecular.RoiSegment``: name, vertebra, crop region and mask on the same grid) become segments of
+    their own after the vertebrae; they overlap the vertebrae, which a BINARY SEG allows. Returns the path,
+    or None when no vertebra is labelled (a SEG needs at least one segment; nothing is written).
     """
     import highdicom as hd
 
@@ -156,6 +162,19 @@ def write_dicom_seg(labels: sitk.Image, source, path) -> Path | None:
     for number, label in enumerate(present, start=1):
         renumber[label] = number
     pixel_array = renumber[np.asarray(array, np.uint8)[indices]]  # one frame per source instance, in order
+    roi_segments = list(roi_segments)
+    if roi_segments:  # overlapping segments: one binary plane per segment (frames, rows, columns, segments)
+        planes = np.zeros(pixel_array.shape + (len(present) + len(roi_segments),), bool)
+        for number in range(1, len(present) + 1):
+            planes[..., number - 1] = pixel_array == number
+        frame_of_slice = np.full(array.shape[0], -1)
+        frame_of_slice[indices] = np.arange(len(indices))
+        for n, roi in enumerate(roi_segments, start=len(present)):
+            zs = np.arange(roi.region[0].start, roi.region[0].stop)
+            for z, plane in zip(zs, roi.mask):
+                if frame_of_slice[z] >= 0 and plane.any():
+                    planes[frame_of_slice[z], roi.region[1], roi.region[2], n] |= plane
+        pixel_array = planes
 
     first = datasets[0]
     try:
@@ -191,7 +210,7 @@ def _segmentation(hd, datasets, pixel_array, present, first):
         source_images=datasets,
         pixel_array=pixel_array,
         segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
-        segment_descriptions=segment_descriptions(present),
+        segment_descriptions=segment_descriptions(present, roi_segments),
         series_instance_uid=hd.UID(),
         series_number=SERIES_NUMBER,
         sop_instance_uid=hd.UID(),

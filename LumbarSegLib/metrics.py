@@ -383,3 +383,30 @@ def write_metrics_csv(metrics: dict[str, dict], path) -> Path:
             row.append("" if v is None or (isinstance(v, float) and not math.isfinite(v)) else v)
         writer.writerow(row)
     return write_text_atomic(path, text.getvalue())
+
+
+def write_measurements_csv(measurements: dict[str, dict], path) -> Path:
+    """One row per vertebra of :func:`measure`'s result (with the trabecular entries that
+    ``trabecular.add_to_measurements`` adds, flattened as ``trabecular_hu_median`` ...); full precision,
+    empty cells for no value; the long ROI definitions stay in report.json."""
+    from .outputs import write_text_atomic
+
+    rows = []
+    for name, m in measurements.items():
+        row = {"vertebra": name}
+        for key, value in m.items():
+            if key == "centroid_mm":
+                row.update({f"centroid_{axis}_lps_mm": v for axis, v in zip("xyz", value)})
+            elif isinstance(value, dict):
+                row.update({f"{key}_{k}": v for k, v in value.items() if k != "roi"})
+            else:
+                row[key] = value
+        rows.append(row)
+    columns = list(dict.fromkeys(k for row in rows for k in row))
+    text = io.StringIO(newline="")
+    writer = csv.writer(text)
+    writer.writerow(columns)
+    for row in rows:
+        writer.writerow(["" if row.get(c) is None or (isinstance(row.get(c), float) and not math.isfinite(row[c]))
+                         else row[c] for c in columns])
+    return write_text_atomic(path, text.getvalue())

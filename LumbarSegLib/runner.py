@@ -90,7 +90,8 @@ def _load_model(spec, device: str, warn: bool = True):
 
 def _run_segmentation(loaded, *, input_desc: dict, out, stem: str, model, device: str, fmt: str, stl: bool,
                       preview: bool, reference=None, reference_desc: dict | None = None, smoothing: float,
-                      quiet: bool, extra_timings: dict | None = None, dicom_source=None, progress=None) -> dict:
+                      quiet: bool, extra_timings: dict | None = None, dicom_source=None, progress=None,
+                      csv: bool = False) -> dict:
     """Segment an already validated CT (:class:`io.LoadedCT`), write every requested output into the
     staging folder of ``out`` (:class:`outputs.OutputFolder`), commit it with ``report.json`` and return
     the report (the caller prints it: :func:`_print_summary`).
@@ -98,7 +99,7 @@ def _run_segmentation(loaded, *, input_desc: dict, out, stem: str, model, device
     ``dicom_source``: the source series' datasets (``dicom_seg.read_source_series``) to write a DICOM SEG."""
     import SimpleITK as sitk
 
-    from . import io, metrics, pipeline, surfaces
+    from . import io, metrics, pipeline, surfaces, trabecular
     from .constants import RESEARCH_NOTICE
     from .machine_paths import names_not_paths
     from .models import resolve_device
@@ -116,6 +117,11 @@ def _run_segmentation(loaded, *, input_desc: dict, out, stem: str, model, device
     outputs["labels"] = str(out.final(labels_path))
     label_array = sitk.GetArrayViewFromImage(result.labels)
     measurements = metrics.measure(label_array, sitk.GetArrayViewFromImage(image), image)
+    bone_density = trabecular.add_to_measurements(measurements, label_array, sitk.GetArrayViewFromImage(image), image,
+                                                  series=loaded.series, outside_mask=loaded.nonfinite_mask)
+    if csv:
+        outputs["csv"] = str(out.final(metrics.write_measurements_csv(
+            measurements, out.staging / f"{stem}_measurements.csv")))
     timings["write"] = time.perf_counter() - t0
 
     if stl:
@@ -133,7 +139,8 @@ def _run_segmentation(loaded, *, input_desc: dict, out, stem: str, model, device
         from .dicom_seg import DicomSegError, write_dicom_seg
 
         try:  # a header highdicom refuses must not cost the segmentation: it is written, then reported
-            seg_path = write_dicom_seg(result.labels, dicom_source, out.staging / f"{stem}_seg.dcm")
+            seg_path = write_dicom_seg(result.labels, dicom_source, out.staging / f"{stem}_seg.dcm",
+                                       roi_segments=bone_density.segments)
         except DicomSegError as exc:
             seg_failure = exc
             seg_path = False
@@ -184,6 +191,7 @@ def _run_segmentation(loaded, *, input_desc: dict, out, stem: str, model, device
         "heatmap_peak": result.heatmap_peak,
         "timings_s": timings,
         "measurements": measurements,
+        "bone_density": bone_density.report,
         "plausibility": {"volume_ml_range": list(metrics.VERTEBRA_VOLUME_ML),
                          "height_mm_range": list(metrics.VERTEBRA_HEIGHT_MM),
                          "plausible": not plausibility, "warnings": plausibility},
@@ -210,7 +218,10 @@ def _print_summary(report: dict, comparison) -> None:
     found = report["found"]
     print(f"Found vertebrae: {', '.join(found) if found else 'none - no lumbar spine found in this image'}")
     if report["measurements"]:
+        from .bone_screening import format_table
+
         print(metrics.format_measurements(report["measurements"]))
+        print("\n" + format_table(report["measurements"], report.get("bone_density")))
     if comparison is not None:
         print("\nAgreement with the reference:")
         print(metrics.format_table(comparison))
@@ -249,6 +260,7 @@ class StudyOptions:
     series: str | None = None  # the SeriesInstanceUID to segment in a DICOM folder holding several
     overwrite: bool = False  # replace an earlier result in ``output`` as a whole
     quiet: bool = False  # no stage lines on stderr
+    csv: bool = False  # also write the per-vertebra measurements as <name>_measurements.csv
 
     @classmethod
     def from_args(cls, args) -> StudyOptions:
@@ -311,4 +323,4 @@ def run_study(options: StudyOptions, *, model=None, progress=None) -> dict:
                                  device=args.device, fmt=args.format, stl=args.stl, preview=args.preview,
                                  reference=reference, reference_desc=reference_desc, smoothing=smoothing,
                                  quiet=args.quiet, extra_timings={"read": read_s}, dicom_source=dicom_source,
-                                 progress=progress)
+                                 progress=progress, csv=args.csv)

@@ -33,6 +33,7 @@ from LumbarSegLib.slicer.segments import (DEFAULT_SMOOTHING, TERMINOLOGY_CONTEXT
 from LumbarSegLib.slicer.volumes import (sitk_to_oriented_image, sitk_to_volume_node,  # noqa: E402
                                          volume_ijk_to_ras, volume_node_to_sitk)
 from LumbarSegLib.slicer.worker import STAGE_TEXT, SegmentationWorker, overall_progress  # noqa: E402
+from LumbarSegLib.trabecular import roi_segment_kind  # noqa: E402
 
 # Oblique (rotated 20 degrees about S) and flipped in x: exercises every sign of the LPS <-> RAS handling.
 _A = math.radians(20)
@@ -90,13 +91,16 @@ def labels_box_lps(labels):
 
 
 def segments(node):
+    """The node's vertebra segments by name (its trabecular ROI segments are test_trabecular_slicer's)."""
     s = node.GetSegmentation()
-    return {s.GetNthSegment(i).GetName(): s.GetNthSegment(i) for i in range(s.GetNumberOfSegments())}
+    return {s.GetNthSegment(i).GetName(): s.GetNthSegment(i) for i in range(s.GetNumberOfSegments())
+            if roi_segment_kind(s.GetNthSegment(i).GetName()) is None}
 
 
 def segment_ids(node):
     s = node.GetSegmentation()
-    return {s.GetNthSegment(i).GetName(): s.GetNthSegmentID(i) for i in range(s.GetNumberOfSegments())}
+    return {s.GetNthSegment(i).GetName(): s.GetNthSegmentID(i) for i in range(s.GetNumberOfSegments())
+            if roi_segment_kind(s.GetNthSegment(i).GetName()) is None}
 
 
 # --------------------------------------------------------------------------------------------------
@@ -228,7 +232,8 @@ def test_metrics_table_matches_metrics_module(data):
         for key in ("DSC", "FND", "FPD", "MSD", "ASD", "HD95"):
             assert rows[name][key] == pytest.approx(m[key], nan_ok=True), (name, key)
     assert rows["L1"]["DSC"] == pytest.approx(1.0) and rows["L3"]["DSC"] < 0.9
-    assert table.GetNumberOfColumns() == 1 + 4 + 3 + 6  # segment, volume/height/mean/median, centroid, 6 agreement
+    # segment, volume/height/mean/median, centroid, 6 trabecular (test_trabecular_slicer), 6 agreement
+    assert table.GetNumberOfColumns() == 1 + 4 + 3 + 6 + 6
 
 
 def test_export_stl_and_labelmaps(data, tmp_path):

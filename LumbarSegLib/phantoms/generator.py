@@ -28,8 +28,9 @@ _PERM_CODES = ("PIR", "ASL", "RSA", "LIP")
 
 
 class _Phantom(_Skeleton, _SoftTissue, _Scanner):
-    def __init__(self, seed, shape, spacing, fov, shape_library):
+    def __init__(self, seed, shape, spacing, fov, shape_library, trabecular_hu=None):
         self.rng = rng = np.random.default_rng(seed)
+        self.trabecular_hu = trabecular_hu
         self.fov = fov if fov is not None else str(rng.choice(FOV_CHOICES, p=_FOV_PROBS))
         if self.fov not in FOV_CHOICES:
             raise ValueError(f"fov must be one of {FOV_CHOICES}, got {fov!r}")
@@ -219,7 +220,7 @@ class _Phantom(_Skeleton, _SoftTissue, _Scanner):
 
 
 def generate_phantom(seed: int, shape=None, spacing=None, fov: str | None = None,
-                     shape_library=None) -> tuple[sitk.Image, sitk.Image]:
+                     shape_library=None, trabecular_hu: float | None = None) -> tuple[sitk.Image, sitk.Image]:
     """Generate one synthetic CT and its vertebra labels.
 
     Returns ``(ct, labels)``: ``ct`` int16 HU, ``labels`` uint8 with VerSe codes (8-19 T1-T12, 20-24 L1-L5,
@@ -228,6 +229,10 @@ def generate_phantom(seed: int, shape=None, spacing=None, fov: str | None = None
     they are drawn at random. ``fov`` is one of :data:`FOV_CHOICES` or None (random). ``shape_library`` is a
     :class:`ShapeLibrary` (see :func:`load_shape_library`) or None for procedural vertebrae only.
     Deterministic for a given seed (and arguments).
+
+    ``trabecular_hu`` (optional) gives every bone a known cancellous (trabecular) HU: the drawn value and its
+    slow heterogeneity are replaced by it and the scanner's cupping is left out, so the CT's trabecular bone
+    reads that value plus zero-mean noise (the test phantom of :mod:`LumbarSegLib.trabecular`).
     """
     if shape is not None:
         shape = tuple(int(s) for s in shape)
@@ -237,7 +242,8 @@ def generate_phantom(seed: int, shape=None, spacing=None, fov: str | None = None
         spacing = tuple(float(s) for s in spacing)
         if len(spacing) != 3 or min(spacing) <= 0:
             raise ValueError(f"spacing must be 3 positive floats (SX, SY, SZ), got {spacing}")
-    return _Phantom(int(seed), shape, spacing, fov, shape_library).run()
+    return _Phantom(int(seed), shape, spacing, fov, shape_library,
+                    None if trabecular_hu is None else float(trabecular_hu)).run()
 
 
 def write_verse_dataset(outdir, n: int, seed: int, shape=None, spacing=None, fov=None, progress=None,

@@ -112,7 +112,7 @@ class _Scanner:
         hu += sd * noise
         del noise
         # ring/beam-hardening-ish: mild cupping
-        if rng.random() < 0.3:
+        if rng.random() < 0.3 and self.trabecular_hu is None:  # cupping would shift a known trabecular HU
             X = grid.x[None, None, :]
             Y = grid.y[None, :, None]
             r2 = ((X - self.body_cx) ** 2 + (Y - self.body_cy) ** 2) / (self.body_a ** 2)

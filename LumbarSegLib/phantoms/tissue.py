@@ -322,7 +322,10 @@ class _SoftTissue:
         d = -sdf[bone]
         wcort = np.clip(1.0 - d / ct, 0, 1) ** 0.8
         # trabecular speckle (white, correlated later by the PSF) + slow heterogeneity
-        vals = canc + 45 * rng.standard_normal(d.shape, dtype=np.float32) + 25 * self.tex[bone] + (cort - canc) * wcort
+        heterogeneity = 25 * self.tex[bone]
+        if self.trabecular_hu is not None:  # a known trabecular HU: no slow heterogeneity around it
+            canc, heterogeneity = self.trabecular_hu, 0.0
+        vals = canc + 45 * rng.standard_normal(d.shape, dtype=np.float32) + heterogeneity + (cort - canc) * wcort
         # femoral shafts / rib marrow vary a bit: keep simple
         hu[bone] = vals
         if self.screws:

@@ -35,8 +35,8 @@ def _earlier_export(folder: Path, node_name: str, names: list[str]) -> list[Path
 
 
 def export_stl(segmentation_node, folder, lps: bool = True, segment_ids=None, overwrite: bool = False) -> list[Path]:
-    """One STL per segment (closed surface, physical mm; LPS like Slicer's default) in ``folder``; returns
-    the files written.
+    """One STL per segment (closed surface, physical mm; LPS like Slicer's default) in ``folder``, the
+    trabecular ROI segments left out unless named in ``segment_ids``; returns the files written.
 
     Every surface is checked for non-finite vertices first (a smoothing factor above 1 makes Slicer's
     smoothing return NaN coordinates); then no file is written at all. The files are written into a hidden
@@ -60,8 +60,12 @@ def export_stl(segmentation_node, folder, lps: bool = True, segment_ids=None, ov
         raise ValueError("The segmentation has no segments to export.")
     segmentation_node.CreateClosedSurfaceRepresentation()
     ids = vtk.vtkStringArray()
+    from ..trabecular import roi_segment_kind
+
     for i in range(segmentation.GetNumberOfSegments()):
         sid = segmentation.GetNthSegmentID(i)
+        if segment_ids is None and roi_segment_kind(segmentation.GetNthSegment(i).GetName()):
+            continue  # a trabecular ROI is where HU was measured, not a surface to plan on
         if segment_ids is None or sid in segment_ids:
             ids.InsertNextValue(sid)
     for i in range(ids.GetNumberOfValues()):

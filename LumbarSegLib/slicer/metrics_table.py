@@ -17,6 +17,15 @@ MEASURE_COLUMNS = [  # (key in metrics.measure, column title, unit)
     ("mean_hu", "Mean HU", "HU"),
     ("median_hu", "Median HU", "HU"),
 ]
+TRABECULAR_COLUMNS = [  # (key in trabecular_rois.trabecular_rows, flattened; column title, unit)
+    ("trabecular_hu_median", "Trabecular HU", "HU"),
+    ("trabecular_hu_mean", "Trabecular mean HU", "HU"),
+    ("trabecular_hu_sd", "Trabecular SD", "HU"),
+    ("trabecular_hu_voxels", "Trabecular ROI voxels", ""),
+    ("trabecular_hu_single_slice_mean", "Single-slice HU", "HU"),
+    ("trabecular_note", "Trabecular note", ""),
+]
+STRING_COLUMNS = {"segment", "trabecular_note"}
 COMPARE_COLUMNS = [  # (key in metrics.compare, column title, unit)
     ("DSC", "DSC", ""),
     ("FND", "FND", ""),
@@ -27,8 +36,10 @@ COMPARE_COLUMNS = [  # (key in metrics.compare, column title, unit)
 ]
 
 
-def compute_metrics(segmentation_node, volume_node, reference_node=None) -> dict:
-    """{"L1": {volume_ml, mean_hu, centroid_ras, ..., dsc, ...}} using :mod:`LumbarSegLib.metrics`."""
+def compute_metrics(segmentation_node, volume_node, reference_node=None, trabecular: bool = True) -> dict:
+    """{"L1": {volume_ml, mean_hu, centroid_ras, ..., trabecular_hu_median, ..., dsc, ...}} using
+    :mod:`LumbarSegLib.metrics`; the trabecular HU is measured in the ROI segments of the node where there
+    are any (:func:`trabecular_rois.trabecular_rows`), so the table follows a ROI the reader moved."""
     from .. import metrics
 
     image = volume_node_to_sitk(volume_node)
@@ -41,6 +52,19 @@ def compute_metrics(segmentation_node, volume_node, reference_node=None) -> dict
         if "centroid_mm" in row and row["centroid_mm"] is not None:
             row["centroid_ras"] = tuple((LPS_RAS @ np.asarray(row["centroid_mm"], float)).tolist())
         rows[name] = row
+    if trabecular:
+        from .trabecular_rois import trabecular_rows
+
+        for name, entries in trabecular_rows(segmentation_node, volume_node).items():
+            row = rows.setdefault(name, {})
+            notes = []
+            for key, entry in entries.items():
+                row.update({f"{key}_{k}": v for k, v in entry.items() if k in ("median", "mean", "sd", "voxels")})
+                if entry.get("reason"):
+                    notes.append(("single slice: " if key.endswith("single_slice") else "") + entry["reason"])
+                elif entry.get("source") == "segment" and key == "trabecular_hu":
+                    notes.append("from the ROI segment")
+            row["trabecular_note"] = "; ".join(notes)
     if reference_node is not None:
         reference = segmentation_to_label_array(reference_node, volume_node)
         spacing_zyx = tuple(image.GetSpacing()[::-1])
@@ -55,7 +79,7 @@ def plausibility_warnings(segmentation_node, volume_node) -> list[str]:
     (:func:`metrics.plausibility_warnings`; e.g. a slice spacing written wrongly in the header)."""
     from ..metrics import plausibility_warnings as check
 
-    return check(compute_metrics(segmentation_node, volume_node))
+    return check(compute_metrics(segmentation_node, volume_node, trabecular=False))
 
 
 def fill_metrics_table(scene, rows: dict, table_node=None, name="Lumbar metrics", volume_node=None):
@@ -76,11 +100,12 @@ def fill_metrics_table(scene, rows: dict, table_node=None, name="Lumbar metrics"
     columns += [c for c in MEASURE_COLUMNS if any(c[0] in row for row in rows.values())]
     columns += [("centroid_r", "Centroid R", "mm"), ("centroid_a", "Centroid A", "mm"),
                 ("centroid_s", "Centroid S", "mm")]
+    columns += [c for c in TRABECULAR_COLUMNS if any(c[0] in row for row in rows.values())]
     if has_compare:
         columns += COMPARE_COLUMNS
     arrays = []
     for key, title, unit in columns:
-        array = vtk.vtkStringArray() if key == "segment" else vtk.vtkDoubleArray()
+        array = vtk.vtkStringArray() if key in STRING_COLUMNS else vtk.vtkDoubleArray()
         array.SetName(title)
         table.AddColumn(array)
         arrays.append(array)
@@ -90,7 +115,7 @@ def fill_metrics_table(scene, rows: dict, table_node=None, name="Lumbar metrics"
         for key, _, _ in columns:
             if key not in values:
                 v = row.get(key)
-                values[key] = float("nan") if v is None else float(v)
+                values[key] = str(v or "") if key in STRING_COLUMNS else float("nan") if v is None else float(v)
         for (key, _, _), array in zip(columns, arrays):
             array.InsertNextValue(values[key])
     for key, title, unit in columns:
@@ -107,7 +132,7 @@ def table_to_dict(table_node) -> dict:
     names = [table.GetColumn(c).GetName() for c in range(table.GetNumberOfColumns())]
     out = {}
     for r in range(table.GetNumberOfRows()):
-        row = {names[c]: table.GetValue(r, c).ToString() if c == 0 else table.GetValue(r, c).ToDouble()
-               for c in range(len(names))}
+        row = {names[c]: table.GetValue(r, c).ToString() if table.GetColumn(c).IsA("vtkStringArray")
+               else table.GetValue(r, c).ToDouble() for c in range(len(names))}
         out[row[names[0]]] = row
     return out

@@ -11,6 +11,7 @@ from .metrics_table import plausibility_warnings
 from .roi import box_for_run, find_crop_roi, remember_box, set_crop_roi
 from .scene import matrix_to_numpy, numpy_to_matrix, slicer_module
 from .segments import DEFAULT_SMOOTHING, is_user_edited, labels_to_segmentation, segmentation_content_hash
+from .trabecular_rois import add_roi_segments
 from .volumes import volume_node_to_sitk
 
 
@@ -143,6 +144,7 @@ def apply_result(scene, volume_node, result, segmentation_node=None, roi_node=No
             return ApplyOutcome(None if created_new else segmentation_node, roi_node, False, messages)
         segmentation_node = labels_to_segmentation(scene, result.labels, volume_node, segmentation_node,
                                                    smoothing=smoothing)
+        add_roi_segments(segmentation_node, volume_node)  # "L1 trabecular ROI" ...: where the HU is measured
         messages += plausibility_warnings(segmentation_node, volume_node)
     return ApplyOutcome(segmentation_node, roi_node, created_new, messages)
 

@@ -184,11 +184,15 @@ def labels_to_segmentation(scene, labels: sitk.Image, volume_node, segmentation_
 
 
 def segment_ids_by_vertebra(segmentation_node) -> dict[int, str]:
-    """{1..5: segment ID} for segments whose name names a lumbar vertebra (first match wins)."""
+    """{1..5: segment ID} for segments whose name names a lumbar vertebra (first match wins); trabecular
+    ROI segments ("L1 trabecular ROI", :mod:`LumbarSegLib.trabecular`) are regions inside one, not one."""
+    from ..trabecular import roi_segment_kind
+
     segmentation = segmentation_node.GetSegmentation()
     out = {}
     for i in range(segmentation.GetNumberOfSegments()):
-        label = vertebra_label_from_name(segmentation.GetNthSegment(i).GetName())
+        name = segmentation.GetNthSegment(i).GetName()
+        label = None if roi_segment_kind(name) else vertebra_label_from_name(name)
         if label is not None and label not in out:
             out[label] = segmentation.GetNthSegmentID(i)
     return out
@@ -196,49 +200,68 @@ def segment_ids_by_vertebra(segmentation_node) -> dict[int, str]:
 
 def segmentation_to_label_array(segmentation_node, volume_node) -> np.ndarray:
     """uint8 (k, j, i) array on ``volume_node``'s grid: 1..5 where segments named L1..L5 are (by name)."""
-    from vtk.util import numpy_support
-
-    slicer = slicer_module()
     reference = reference_oriented_image(volume_node)
     dims = volume_node.GetImageData().GetDimensions()
     out = np.zeros(dims[::-1], dtype=np.uint8)
     ids = segment_ids_by_vertebra(segmentation_node)
     if not ids:
         return out
-    segmentation = segmentation_node.GetSegmentation()
-    binary_name = slicer.vtkSegmentationConverter.GetBinaryLabelmapRepresentationName()
-    if not segmentation.ContainsRepresentation(binary_name):
-        segmentation_node.CreateBinaryLabelmapRepresentation()
-    transform = None
-    if segmentation_node.GetParentTransformNode() is not volume_node.GetParentTransformNode():
-        transform = vtk_module().vtkGeneralTransform()
-        slicer.vtkMRMLTransformNode.GetTransformBetweenNodes(
-            segmentation_node.GetParentTransformNode(), volume_node.GetParentTransformNode(), transform)
+    transform = _transform_to_volume(segmentation_node, volume_node)
     for label, segment_id in sorted(ids.items()):
-        labelmap = slicer.vtkOrientedImageData()
-        if not segmentation_node.GetBinaryLabelmapRepresentation(segment_id, labelmap):
-            continue
-        if labelmap.GetPointData().GetScalars() is None:
-            continue
-        resampled = slicer.vtkOrientedImageData()
-        if transform is None:
-            ok = slicer.vtkOrientedImageDataResample.ResampleOrientedImageToReferenceOrientedImage(
-                labelmap, reference, resampled, False, True)
-        else:
-            ok = slicer.vtkOrientedImageDataResample.ResampleOrientedImageToReferenceOrientedImage(
-                labelmap, reference, resampled, False, True, transform)
-        if not ok or resampled.GetPointData().GetScalars() is None:
-            continue
-        # Resampling may keep a sub-extent; paste it at its place in the full grid.
-        ext = resampled.GetExtent()
-        ref_ext = reference.GetExtent()
-        rdims = resampled.GetDimensions()
-        values = numpy_support.vtk_to_numpy(resampled.GetPointData().GetScalars()).reshape(rdims[::-1])
-        lo = [ext[4] - ref_ext[4], ext[2] - ref_ext[2], ext[0] - ref_ext[0]]
-        src = [slice(max(0, -l), min(r, o - l)) for l, r, o in zip(lo, rdims[::-1], out.shape)]
-        dst = [slice(max(0, l), max(0, l) + (s.stop - s.start)) for l, s in zip(lo, src)]
-        if any(s.stop <= s.start for s in src):
-            continue
-        mask = values[tuple(src)] != 0
-        out[tuple(dst)][mask] = label
+        mask = segment_mask(segmentation_node, segment_id, volume_node, reference, transform)
+        if mask is not None:
+            out[mask] = label
+    return out
+
+
+def _transform_to_volume(segmentation_node, volume_node):
+    if segmentation_node.GetParentTransformNode() is volume_node.GetParentTransformNode():
+        return None
+    slicer = slicer_module()
+    transform = vtk_module().vtkGeneralTransform()
+    slicer.vtkMRMLTransformNode.GetTransformBetweenNodes(
+        segmentation_node.GetParentTransformNode(), volume_node.GetParentTransformNode(), transform)
+    return transform
+
+
+def segment_mask(segmentation_node, segment_id, volume_node, reference=None, transform=False) -> np.ndarray | None:
+    """bool (k, j, i) array on ``volume_node``'s grid where segment ``segment_id`` is; None when it has no
+    voxels. ``reference`` / ``transform`` may be passed in when called for several segments."""
+    from vtk.util import numpy_support
+
+    slicer = slicer_module()
+    if reference is None:
+        reference = reference_oriented_image(volume_node)
+    if transform is False:
+        transform = _transform_to_volume(segmentation_node, volume_node)
+    binary_name = slicer.vtkSegmentationConverter.GetBinaryLabelmapRepresentationName()
+    if not segmentation_node.GetSegmentation().ContainsRepresentation(binary_name):
+        segmentation_node.CreateBinaryLabelmapRepresentation()
+    labelmap = slicer.vtkOrientedImageData()
+    if not segmentation_node.GetBinaryLabelmapRepresentation(segment_id, labelmap):
+        return None
+    if labelmap.GetPointData().GetScalars() is None:
+        return None
+    resampled = slicer.vtkOrientedImageData()
+    if transform is None:
+        ok = slicer.vtkOrientedImageDataResample.ResampleOrientedImageToReferenceOrientedImage(
+            labelmap, reference, resampled, False, True)
+    else:
+        ok = slicer.vtkOrientedImageDataResample.ResampleOrientedImageToReferenceOrientedImage(
+            labelmap, reference, resampled, False, True, transform)
+    if not ok or resampled.GetPointData().GetScalars() is None:
+        return None
+    # Resampling may keep a sub-extent; paste it at its place in the full grid.
+    dims = volume_node.GetImageData().GetDimensions()
+    out = np.zeros(dims[::-1], dtype=bool)
+    ext = resampled.GetExtent()
+    ref_ext = reference.GetExtent()
+    rdims = resampled.GetDimensions()
+    values = numpy_support.vtk_to_numpy(resampled.GetPointData().GetScalars()).reshape(rdims[::-1])
+    lo = [ext[4] - ref_ext[4], ext[2] - ref_ext[2], ext[0] - ref_ext[0]]
+    src = [slice(max(0, -l), min(r, o - l)) for l, r, o in zip(lo, rdims[::-1], out.shape)]
+    dst = [slice(max(0, l), max(0, l) + (s.stop - s.start)) for l, s in zip(lo, src)]
+    if any(s.stop <= s.start for s in src):
+        return None
+    out[tuple(dst)] = values[tuple(src)] != 0
     return out
