@@ -384,6 +384,46 @@ def test_cmake_extension_configures(tmp_path):
     assert screenshot.endswith("docs/screenshot.png")
     for url_path in ("LumbarSeg/Resources/Icons/LumbarSeg.png", "docs/screenshot.png"):
         assert (ROOT / url_path).is_file()
+    assert "trained on synthetic CTs" not in description and "real" in description
+
+
+# The Extensions Index's checker (Slicer/ExtensionsIndex scripts/check_description_files.py) reads the top-level
+# CMakeLists.txt as plain text with these patterns; CMake variables are not expanded there.
+INDEX_PROJECT = r'project\s*\(\s*([^\s\)\n\r]+)'
+INDEX_ICONURL = r'set\s*\(EXTENSION_ICONURL\s*"([^"]+)"[ ]*\)'
+INDEX_SCREENSHOTURLS = r'set\s*\(EXTENSION_SCREENSHOTURLS\s*"([^"]+)"\)'
+# Slicer's Schemas/slicer-extension-catalog-entry-schema-v1.0.1.json: required keys, allowed keys (no others).
+CATALOG_REQUIRED = {"$schema", "category", "scm_url"}
+CATALOG_ALLOWED = CATALOG_REQUIRED | {"scm_revision", "scm_type", "build_dependencies", "build_subdirectory",
+                                      "enabled", "tier"}
+REPOSITORY = "https://github.com/lumbarseg/SlicerLumbarSeg"
+
+
+def test_extensions_index_reads_the_cmake_file_and_the_catalog_entry_as_it_must():
+    import json
+
+    text = (ROOT / "CMakeLists.txt").read_text(encoding="utf-8")
+    flags = re.IGNORECASE | re.MULTILINE
+    project = re.findall(INDEX_PROJECT, text, flags)[0]
+    entries = sorted((ROOT / "ExtensionsIndex").glob("*.json"))
+    assert [e.name for e in entries] == [f"{project}.json"]  # the entry's file name is the extension's name
+    assert not project.lower().startswith("slicer")  # the Index: the extension name does not start with Slicer,
+    entry = json.loads(entries[0].read_text(encoding="utf-8"))
+    repository_name = entry["scm_url"].rstrip("/").split("/")[-1].removesuffix(".git")
+    assert repository_name == "Slicer" + project  # ... the repository's name does
+    assert entry["$schema"].endswith("slicer-extension-catalog-entry-schema-v1.0.1.json#")
+    assert CATALOG_REQUIRED <= set(entry) <= CATALOG_ALLOWED
+    assert entry["build_dependencies"] == ["PyTorch"] == re.findall(r'set\(EXTENSION_DEPENDS "([^"]*)"\)', text)[0].split()
+    assert entry["category"] == re.findall(r'set\(EXTENSION_CATEGORY "([^"]*)"\)', text)[0]
+    assert entry["scm_url"] == REPOSITORY and entry["scm_revision"] == "main" and entry["tier"] == 1
+    raw = REPOSITORY.replace("https://github.com/", "https://raw.githubusercontent.com/") + "/main/"
+    icon = re.findall(INDEX_ICONURL, text, flags)
+    screenshots = re.findall(INDEX_SCREENSHOTURLS, text, flags)
+    assert icon and screenshots, "the checker finds no icon or screenshot URL"
+    for url in [icon[0], *screenshots[0].split()]:
+        assert url.startswith(raw) and "${" not in url, url
+        assert (ROOT / url[len(raw):]).is_file(), url  # the file the URL will serve once pushed
+    assert re.findall(r'set\(EXTENSION_HOMEPAGE "([^"]*)"\)', text)[0] == REPOSITORY + "#readme"
 
 
 # --------------------------------------------------------------------------------------------------
@@ -418,7 +458,7 @@ def test_parameter_node_wrapper_declares_every_parameter_the_widget_uses():
 
 def test_user_visible_text_goes_through_the_translation_function():
     source = MODULE_FILE.read_text(encoding="utf-8")
-    for text in ("Choose an export folder first.", "Select a CT volume first.", "Copy diagnostics",
+    for text in ("Cancelled. Nothing was changed.", "Select a CT volume first.", "Copy diagnostics",
                  "Diagnostics copied to the clipboard"):
         if text == "Copy diagnostics":
             assert text in UI_FILE.read_text(encoding="utf-8")  # .ui strings are translated by Qt
