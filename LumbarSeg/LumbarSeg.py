@@ -72,14 +72,6 @@ except ImportError:
 
 MODULE_DIR = os.path.dirname(os.path.abspath(__file__))
 
-TORCH_REQUIREMENT = ">=2.1"  # handed to PyTorchUtils; the engine needs torch 2.x (torch.cuda.OutOfMemoryError)
-PYTHON_REQUIREMENTS = {  # import name -> pip requirement; torch is installed through the PyTorch extension
-    "torch": "torch" + TORCH_REQUIREMENT,
-    "SimpleITK": "SimpleITK>=2.3",
-    "scipy": "scipy>=1.10",
-    "numpy": "numpy>=1.24",
-}
-
 DEVICES = ["auto", "cpu", "cuda"]  # deviceComboBox order
 ROI_MODES = ["auto", "always", "never"]  # roiModeComboBox order
 MODEL_MODES = ["bundled", "file"]  # modelComboBox order
@@ -97,40 +89,12 @@ def ensureLibImportable():
 
 def missingPackages():
     """Import names of required Python packages that are not installed (nothing is imported)."""
-    import importlib.util
-
-    return [name for name in PYTHON_REQUIREMENTS if importlib.util.find_spec(name) is None]
-
-
-def torchVersionProblem(version, requirement=TORCH_REQUIREMENT):
-    """Why the installed torch ``version`` cannot be used (None when it meets ``requirement``)."""
-    from packaging.specifiers import SpecifierSet
-    from packaging.version import InvalidVersion, Version
-
-    if version is None:
-        return _("PyTorch is not installed.")
-    try:
-        base = Version(Version(str(version)).base_version)  # "2.13.0+cpu" -> 2.13.0
-    except InvalidVersion:
-        return _("PyTorch reports an unreadable version ({version}).").format(version=version)
-    if base not in SpecifierSet(requirement):
-        return _("PyTorch {version} is installed; LumbarSeg needs torch{requirement}.").format(
-            version=version, requirement=requirement)
-    return None
+    return slicerLib("dependencies").missing_packages()
 
 
 def torchProblem():
     """Why the model cannot run here (None when PyTorch is importable and recent enough); imports nothing."""
-    import importlib.metadata
-    import importlib.util
-
-    if importlib.util.find_spec("torch") is None:
-        return _("PyTorch is not installed.")
-    try:
-        version = importlib.metadata.version("torch")
-    except importlib.metadata.PackageNotFoundError:
-        version = None
-    return torchVersionProblem(version)
+    return slicerLib("dependencies").torch_problem()
 
 
 def slicerLib(name):
@@ -419,10 +383,11 @@ class LumbarSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if not missingPackages() and not torchProblem():
             self.updateDependencyStatus()
             return True
+        requirement = slicerLib("dependencies").TORCH_REQUIREMENT
         text = _("LumbarSeg needs PyTorch ({requirement}). It is installed by the PyTorch extension, which picks "
                  "the build that fits your GPU driver (or the CPU build). The bundled model runs in seconds on a CPU, "
                  "so a GPU is optional.\n\nInstall now? The download can take several minutes; Slicer stays usable "
-                 "and the Log section shows the progress.").format(requirement=TORCH_REQUIREMENT)
+                 "and the Log section shows the progress.").format(requirement=requirement)
         if not slicer.util.confirmOkCancelDisplay(text, windowTitle=_("LumbarSeg: install dependencies")):
             return False
         self.ui.installDependenciesButton.enabled = False
@@ -543,7 +508,7 @@ class LumbarSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         layoutManager = slicer.app.layoutManager()
         if layoutManager is not None and layoutManager.threeDViewCount > 0:
             layoutManager.threeDWidget(0).threeDView().resetFocalPoint()
-        seconds = sum(result.timings.values())
+        seconds = result.timings.get("total", sum(result.timings.values()))  # the command's report has a total
         found = ", ".join(result.found) if result.found else _("none")
         lines = [_("Found: {found} ({seconds:.1f} s on {device}).").format(
             found=found, seconds=seconds, device=result.device or "?")] + outcome.messages
@@ -697,30 +662,9 @@ class LumbarSegLogic(ScriptedLoadableModuleLogic):
     # --- dependencies
 
     def installDependencies(self, status=None):
-        """Install torch through the PyTorch extension (PyTorchUtils, with the version requirement), then any
-        other missing package with pip."""
-        status = status or self.log
-        problem = torchProblem()
-        if problem:
-            try:
-                import PyTorchUtils  # the PyTorch extension (EXTENSION_DEPENDS) picks the right CUDA/CPU build
-            except ImportError:
-                raise RuntimeError(_("the PyTorch extension is not installed. Install 'PyTorch' from the Extensions "
-                                     "Manager and restart Slicer.")) from None
-            torchLogic = PyTorchUtils.PyTorchUtilsLogic()
-            status(_("Installing PyTorch ({requirement}): {reason}").format(requirement=TORCH_REQUIREMENT,
-                                                                            reason=problem))
-            torch = torchLogic.installTorch(askConfirmation=False, torchVersionRequirement=TORCH_REQUIREMENT)
-            if torch is None:
-                raise RuntimeError(_("the PyTorch extension did not install PyTorch"))
-            status(_("PyTorch {version} installed.").format(version=torch.__version__))
-        for name in missingPackages():
-            if name != "torch":
-                status(_("Installing {package}...").format(package=name))
-                slicer.util.pip_install(PYTHON_REQUIREMENTS[name])
-        import importlib
-
-        importlib.invalidate_caches()
+        """Install torch through the PyTorch extension (PyTorchUtils), then any other missing package with pip."""
+        slicerLib("dependencies").install_dependencies(status or self.log,
+                                                       lambda requirement: slicer.util.pip_install(requirement))
 
     # --- model
 
@@ -732,19 +676,7 @@ class LumbarSegLogic(ScriptedLoadableModuleLogic):
 
     def modelInfoHtml(self, modelPath=None):
         """What the panel shows about the model that will run, with a link to its model card."""
-        import html
-
-        summary = self.modelSummary(modelPath)
-        rows = [f"<b>{html.escape(summary['name'])}</b>" + (_(" (bundled)") if summary["bundled"] else "")]
-        for key, title in (("configuration", _("Configuration")), ("trained_on", _("Trained on")),
-                           ("accuracy", _("Measured accuracy"))):
-            if summary.get(key):
-                rows.append(f"{title}: {html.escape(str(summary[key]))}")
-        if summary.get("matches_card") is False:
-            rows.append("<b>" + _("Warning: this file is not the one its model card describes.") + "</b>")
-        if summary.get("card_url"):
-            rows.append(f'<a href="{summary["card_url"]}">' + _("Model card") + "</a>")
-        return "<br>".join(rows)
+        return slicerLib("provenance").model_info_html(self.modelSummary(modelPath))
 
     # --- segmentation: the command line in a subprocess (LumbarSegLib.engine_process)
 

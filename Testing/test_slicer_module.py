@@ -149,13 +149,15 @@ def test_lib_is_found_from_source_tree_and_installed_layout(tmp_path):
 
 def test_missing_packages_detection(monkeypatch):
     module = load_module()
+    from LumbarSegLib.slicer import dependencies
+
     assert module.missingPackages() == []  # this environment has everything
     import importlib.util as iu
 
     real = iu.find_spec
     monkeypatch.setattr(iu, "find_spec", lambda name, *a: None if name == "torch" else real(name, *a))
     assert module.missingPackages() == ["torch"]
-    assert module.PYTHON_REQUIREMENTS["torch"].startswith("torch")
+    assert dependencies.PYTHON_REQUIREMENTS["torch"].startswith("torch")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -469,12 +471,13 @@ def test_user_visible_text_goes_through_the_translation_function():
 
 
 def test_torch_version_requirement():
-    module = load_module()
-    assert module.torchVersionProblem("2.13.0+cpu") is None
-    assert module.torchVersionProblem("2.1.0") is None
-    assert "needs torch>=2.1" in module.torchVersionProblem("1.13.1+cu117")
-    assert "not installed" in module.torchVersionProblem(None)
-    assert module.torchProblem() is None  # this environment has torch 2.x
+    from LumbarSegLib.slicer.dependencies import torch_version_problem
+
+    assert torch_version_problem("2.13.0+cpu") is None
+    assert torch_version_problem("2.1.0") is None
+    assert "needs torch>=2.1" in torch_version_problem("1.13.1+cu117")
+    assert "not installed" in torch_version_problem(None)
+    assert load_module().torchProblem() is None  # this environment has torch 2.x
 
 
 SELF_TEST = """
