@@ -1,8 +1,11 @@
 """LumbarSeg: automatic L1-L5 segmentation of CT in 3D Slicer (two-stage method of Lu et al. 2023).
 
 This file is the Slicer scripted module (Module, Widget, Logic, Test). All the work on the scene is in
-``LumbarSegLib.slicer`` (plain functions taking the scene, tested headless) and the segmentation
-itself in ``LumbarSegLib.pipeline``; this file adds the GUI, the background run and dependency install.
+``LumbarSegLib.slicer`` (plain functions taking the scene, tested headless). The segmentation runs as the
+command line ``lumbarseg segment`` in a subprocess (``LumbarSegLib.engine_process``, started with Slicer's
+PythonSlicer): Slicer's main thread holds Python's GIL in the Qt event loop, so a worker thread would crawl,
+while a process runs at full speed, is polled by a timer without blocking, and ends at once on Cancel.
+This file adds the GUI around that.
 
 Importing this file does no work: Slicer-only modules (qt, ctk, slicer.ScriptedLoadableModule) are
 imported under a guard so that the file also imports (for tests) where they do not exist, and
@@ -212,7 +215,7 @@ class LumbarSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
         self._timer = qt.QTimer()
         self._timer.setInterval(self.POLL_MS)
-        self._timer.connect("timeout()", self.onPollWorker)
+        self._timer.connect("timeout()", self.onPollJob)
 
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
@@ -468,7 +471,7 @@ class LumbarSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.ui.statusLabel.text = _("Cancelled. Nothing was changed.")
             self.updateButtonStates()
 
-    def onPollWorker(self):
+    def onPollJob(self):
         """Timer callback: read the subprocess's progress (never blocks); load its result when it ended."""
         job = self._job
         if job is None:
@@ -487,7 +490,9 @@ class LumbarSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.updateButtonStates()
         try:
             with slicer.util.WaitCursor():
-                outcome = self.logic.finishSegmentation(slicer.mrmlScene, job)
+                p = self._parameterNode
+                outcome = self.logic.finishSegmentation(slicer.mrmlScene, job, p.referenceSegmentation,
+                                                        p.metricsTable)
         except Exception as exc:
             logging.info("LumbarSeg run failed: %s", exc)
             message = slicerLib("run").friendly_error(exc, job.settings.get("device_requested", "auto"))
@@ -502,8 +507,9 @@ class LumbarSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             p.outputSegmentation = outcome.segmentation_node
         if outcome.roi_node is not None:
             p.cropROI = outcome.roi_node
-        if result.found:
-            self.onRecomputeMetrics()
+        if outcome.metrics_table is not None:
+            p.metricsTable = outcome.metrics_table
+            self.ui.metricsTableView.setMRMLTableNode(outcome.metrics_table)
         slicer.util.setSliceViewerLayers(background=volume)
         layoutManager = slicer.app.layoutManager()
         if layoutManager is not None and layoutManager.threeDViewCount > 0:
@@ -692,11 +698,12 @@ class LumbarSegLogic(ScriptedLoadableModuleLogic):
                  f"{'yours' if job.box_lps else 'from the localizer'}) in process {job.process.pid}")
         return job
 
-    def finishSegmentation(self, scene, job):
-        """Main-thread part after the process ended: its result into the scene. Returns the ApplyOutcome;
-        raises Cancelled or the command's one-line error (the scene is then unchanged)."""
+    def finishSegmentation(self, scene, job, referenceNode=None, tableNode=None):
+        """Main-thread part after the process ended: its result into the scene (segments, surfaces, ROI, metrics
+        table in ``outcome.metrics_table``). Returns the ApplyOutcome; raises Cancelled or the command's
+        one-line error (the scene is then unchanged)."""
         try:
-            result, outcome = slicerLib("engine_job").finish_job(scene, job)
+            result, outcome = slicerLib("engine_job").finish_job(scene, job, referenceNode, tableNode)
         except Exception as exc:
             self.recordError(exc)
             raise

@@ -28,13 +28,17 @@ def gone(pid) -> bool:
         return True
 
 
-def test_the_command_line_is_the_users_command_with_machine_readable_progress(tmp_path):
+def test_the_command_line_is_the_users_command_with_machine_readable_progress(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "m.pt").write_bytes(b"")
     command = segment_command("ct.nii.gz", tmp_path / "out", device="cpu", model="m.pt",
                               crop_box_lps=((-10, -20.5, 30), (40, 50, 60.25)), overwrite=True, python="py")
-    assert command == ["py", "-m", "LumbarSegLib.cli", "segment", "ct.nii.gz", "-o", str(tmp_path / "out"),
-                       "--progress-format", "json", "--device", "cpu", "--model", "m.pt",
+    here = Path.cwd()
+    assert command == ["py", "-m", "LumbarSegLib.cli", "segment", str(here / "ct.nii.gz"), "-o", str(tmp_path / "out"),
+                       "--progress-format", "json", "--device", "cpu", "--model", str(here / "m.pt"),
                        "--crop-box", "-10.0", "-20.5", "30.0", "40.0", "50.0", "60.25", "--overwrite"]
     assert segment_command("ct", "out")[0] == sys.executable  # outside Slicer: this interpreter
+    assert segment_command("ct", "out", model="paper")[-2:] == ["--model", "paper"]  # a shipped model's name
 
 
 def test_a_missing_ct_fails_with_the_commands_one_line_error(tmp_path):

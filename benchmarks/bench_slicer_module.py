@@ -2,7 +2,7 @@
 
 The module runs the command line in a subprocess (LumbarSegLib.engine_process), so its extra cost is what it
 does around it: hand the volume over as a file (none for an unchanged file), poll, read the label map, build
-the segmentation (segments and closed surfaces) and ROI, and fill the metrics table. Both are timed here,
+the segmentation (segments and closed surfaces) and ROI, and fill the metrics table (from the report). Both are timed here,
 alternately (the machine may be shared), on a real MRML scene (slicer-core) with this Python standing in for
 PythonSlicer:
 
@@ -10,7 +10,7 @@ PythonSlicer:
 
 ``cli``: ``python -m LumbarSegLib.cli segment CT -o OUT --device cpu`` as a user would type it (wall time).
 ``module``: ``LumbarSegLogic.startSegmentation`` -> ``poll()`` until done (the widget's timer, no sleep) ->
-``finishSegmentation`` -> ``computeMetrics``: from the click to the result in the scene.
+``finishSegmentation`` (segments, surfaces, ROI, metrics table): from the click to the result in the scene.
 ``--in-memory`` makes the volume a node without a file (as after editing), so it is written to a temporary
 NRRD first. Prints one JSON object: the medians and the module - cli difference (the issue asks for <= 2 s).
 """
@@ -74,9 +74,7 @@ def time_module(module, ct: Path, in_memory: bool) -> dict:
         job.process.wait_for_output(0.1)
         job.process.poll()
     t_ended = time.perf_counter()
-    outcome = logic.finishSegmentation(scene, job)
-    if outcome.segmentation_node is not None:
-        logic.computeMetrics(scene, outcome.segmentation_node, volume)
+    logic.finishSegmentation(scene, job)  # segments, surfaces, ROI and the metrics table
     t1 = time.perf_counter()
     return {"total": t1 - t0, "start": t_started - t0, "process": t_ended - t_started, "into_scene": t1 - t_ended,
             "found": list(logic.lastResult.found)}
