@@ -588,11 +588,14 @@ def test_terminology_registers_from_a_source_checkout(tmp_path):
                             and "editable" not in getattr(f, "__name__", "").lower()]
         sys.path[:] = [p for p in sys.path if not p.startswith({str(ROOT)!r})]
         assert importlib.util.find_spec("LumbarSegLib") is None
+        import types
         import slicer
+        logic = slicer.vtkSlicerTerminologiesModuleLogic()  # Slicer's own terminology logic (real)
+        # Inside Slicer it is reached through the application's module registry, which slicer-core has not.
+        slicer.modules = types.SimpleNamespace(terminologies=types.SimpleNamespace(logic=lambda: logic))
         spec = importlib.util.spec_from_file_location("LumbarSeg", {str(checkout / "LumbarSeg" / "LumbarSeg.py")!r})
         m = importlib.util.module_from_spec(spec); spec.loader.exec_module(m)
-        logic = slicer.vtkSlicerTerminologiesModuleLogic()
-        context = m.registerTerminology(logic)
+        context = m.registerTerminology()
         print("context:", context)
         print("lib:", sys.modules["LumbarSegLib"].__file__)
     """
