@@ -752,17 +752,7 @@ class LumbarSegLogic(ScriptedLoadableModuleLogic):
 
     def setSmoothing(self, segmentationNode, value):
         """Set the surface smoothing; surfaces are rebuilt only when the value changes. Returns True then."""
-        segmentation = segmentationNode.GetSegmentation()
-        text = str(float(value))
-        if segmentation.GetConversionParameter("Smoothing factor") == text:
-            return False
-        segmentation.SetConversionParameter("Smoothing factor", text)
-        closed = slicer.vtkSegmentationConverter.GetClosedSurfaceRepresentationName()
-        if segmentation.ContainsRepresentation(closed):
-            segmentationNode.RemoveClosedSurfaceRepresentation()
-            segmentationNode.CreateClosedSurfaceRepresentation()
-        # A smoothing change does not touch voxels, so the content hash (edit detection) stays valid.
-        return True
+        return slicerLib("segments").set_smoothing(segmentationNode, value)
 
     # --- results
 
