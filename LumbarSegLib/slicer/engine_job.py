@@ -110,7 +110,8 @@ def start_job(scene, volume_node, *, segmentation_node=None, roi_mode: str = "au
     """Start ``lumbarseg segment`` on ``volume_node`` (its crop ROI is used as the box per ``roi_mode``).
 
     Raises :class:`errors.InputError` at once for what the scene already shows to be wrong (no volume, no
-    voxels, a crop box outside the CT); everything the command checks is reported by the process.
+    voxels); everything the command checks (a CT not in HU, a crop box outside the CT, ...) is reported by
+    the process as its one-line error (:func:`finish_job`).
     """
     from ..errors import InputError
 
