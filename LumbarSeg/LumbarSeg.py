@@ -1,8 +1,11 @@
 """LumbarSeg: automatic L1-L5 segmentation of CT in 3D Slicer (two-stage method of Lu et al. 2023).
 
 This file is the Slicer scripted module (Module, Widget, Logic, Test). All the work on the scene is in
-``LumbarSegLib.slicer`` (plain functions taking the scene, tested headless) and the segmentation
-itself in ``LumbarSegLib.pipeline``; this file adds the GUI, the background run and dependency install.
+``LumbarSegLib.slicer`` (plain functions taking the scene, tested headless). The segmentation runs as the
+command line ``lumbarseg segment`` in a subprocess (``LumbarSegLib.engine_process``, started with Slicer's
+PythonSlicer): Slicer's main thread holds Python's GIL in the Qt event loop, so a worker thread would crawl,
+while a process runs at full speed, is polled by a timer without blocking, and ends at once on Cancel.
+This file adds the GUI around that.
 
 Importing this file does no work: Slicer-only modules (qt, ctk, slicer.ScriptedLoadableModule) are
 imported under a guard so that the file also imports (for tests) where they do not exist, and
@@ -72,14 +75,6 @@ except ImportError:
 
 MODULE_DIR = os.path.dirname(os.path.abspath(__file__))
 
-TORCH_REQUIREMENT = ">=2.1"  # handed to PyTorchUtils; the engine needs torch 2.x (torch.cuda.OutOfMemoryError)
-PYTHON_REQUIREMENTS = {  # import name -> pip requirement; torch is installed through the PyTorch extension
-    "torch": "torch" + TORCH_REQUIREMENT,
-    "SimpleITK": "SimpleITK>=2.3",
-    "scipy": "scipy>=1.10",
-    "numpy": "numpy>=1.24",
-}
-
 DEVICES = ["auto", "cpu", "cuda"]  # deviceComboBox order
 ROI_MODES = ["auto", "always", "never"]  # roiModeComboBox order
 MODEL_MODES = ["bundled", "file"]  # modelComboBox order
@@ -97,40 +92,12 @@ def ensureLibImportable():
 
 def missingPackages():
     """Import names of required Python packages that are not installed (nothing is imported)."""
-    import importlib.util
-
-    return [name for name in PYTHON_REQUIREMENTS if importlib.util.find_spec(name) is None]
-
-
-def torchVersionProblem(version, requirement=TORCH_REQUIREMENT):
-    """Why the installed torch ``version`` cannot be used (None when it meets ``requirement``)."""
-    from packaging.specifiers import SpecifierSet
-    from packaging.version import InvalidVersion, Version
-
-    if version is None:
-        return _("PyTorch is not installed.")
-    try:
-        base = Version(Version(str(version)).base_version)  # "2.13.0+cpu" -> 2.13.0
-    except InvalidVersion:
-        return _("PyTorch reports an unreadable version ({version}).").format(version=version)
-    if base not in SpecifierSet(requirement):
-        return _("PyTorch {version} is installed; LumbarSeg needs torch{requirement}.").format(
-            version=version, requirement=requirement)
-    return None
+    return slicerLib("dependencies").missing_packages()
 
 
 def torchProblem():
     """Why the model cannot run here (None when PyTorch is importable and recent enough); imports nothing."""
-    import importlib.metadata
-    import importlib.util
-
-    if importlib.util.find_spec("torch") is None:
-        return _("PyTorch is not installed.")
-    try:
-        version = importlib.metadata.version("torch")
-    except importlib.metadata.PackageNotFoundError:
-        version = None
-    return torchVersionProblem(version)
+    return slicerLib("dependencies").torch_problem()
 
 
 def slicerLib(name):
@@ -141,12 +108,12 @@ def slicerLib(name):
     return importlib.import_module("LumbarSegLib.slicer." + name)
 
 
-def registerTerminology():
-    """Load the L1-L5 terminology this extension ships into Slicer's Terminologies module."""
-    from LumbarSegLib.slicer.segments import TERMINOLOGY_FILE_NAME
-
-    path = os.path.join(MODULE_DIR, "Resources", TERMINOLOGY_FILE_NAME)
-    return slicerLib("segments").load_terminology(slicer.modules.terminologies.logic(), path)
+def registerTerminology(terminologiesLogic=None):
+    """Load the L1-L5 terminology this extension ships into Slicer's Terminologies module (its logic, or
+    ``terminologiesLogic``)."""
+    segments = slicerLib("segments")  # makes LumbarSegLib importable first (a source checkout has it one up)
+    path = os.path.join(MODULE_DIR, "Resources", segments.TERMINOLOGY_FILE_NAME)
+    return segments.load_terminology(terminologiesLogic or slicer.modules.terminologies.logic(), path)
 
 
 def registerSampleData():
@@ -174,8 +141,9 @@ class LumbarSeg(ScriptedLoadableModule):
             "spine (heatmap) and places a crop box (the 'Lumbar crop' ROI); an XUNet segments L1-L5 inside it "
             "(Lu et al., J Appl Clin Med Phys 2023).<br>"
             "Move or resize the ROI and segment again to use your own box. Edit the result in the Segment "
-            "Editor, recompute metrics, export STL (one file per vertebra) or a label map; right-click the "
-            "segmentation in the Data module and choose Export to DICOM for a DICOM SEG.<br>"
+            "Editor, recompute metrics, export STL (one file per vertebra) or a label map. For a DICOM SEG, "
+            "right-click the segmentation in the Data module and choose Export to DICOM; on Slicer 5.8 and 5.10 "
+            "this needs the QuantitativeReporting extension (Extensions Manager).<br>"
             "<b>Research use only, not a medical device.</b> The bundled model was trained on synthetic CTs "
             "only; see its model card under Model.")
         self.parent.acknowledgementText = _(
@@ -231,8 +199,7 @@ class LumbarSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.logic = None
         self._parameterNode = None
         self._updatingGUIFromParameterNode = False
-        self._worker = None
-        self._runContext = None
+        self._job = None  # the running segmentation (LumbarSegLib.slicer.engine_job.EngineJob)
         self._timer = None
 
     # --- setup and parameter node -----------------------------------------------------------------
@@ -248,7 +215,7 @@ class LumbarSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
         self._timer = qt.QTimer()
         self._timer.setInterval(self.POLL_MS)
-        self._timer.connect("timeout()", self.onPollWorker)
+        self._timer.connect("timeout()", self.onPollJob)
 
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
@@ -261,7 +228,7 @@ class LumbarSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             combo.connect("currentIndexChanged(int)", self.updateParameterNodeFromGUI)
         self.ui.modelPathLineEdit.connect("currentPathChanged(QString)", self.updateParameterNodeFromGUI)
         self.ui.smoothingSliderWidget.connect("valueChanged(double)", self.onSmoothingChanged)
-        self.ui.exportFolderButton.connect("directoryChanged(QString)", self.updateParameterNodeFromGUI)
+        self.ui.exportFolderButton.connect("directoryChanged(QString)", self.onExportFolderChanged)
 
         # Buttons
         self.ui.applyButton.connect("clicked(bool)", self.onApplyButton)
@@ -278,11 +245,16 @@ class LumbarSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.initializeParameterNode()
 
     def cleanup(self):
-        if self._worker is not None:
-            self._worker.cancel()
+        self.stopRunningJob()
         if self._timer is not None:
             self._timer.stop()
         self.removeObservers()
+
+    def stopRunningJob(self):
+        """End a running segmentation and wait until its process is gone (module reload, scene close, exit)."""
+        job, self._job = self._job, None
+        if job is not None:
+            self.logic.cancelSegmentation(job)
 
     def enter(self):
         self.initializeParameterNode()
@@ -292,8 +264,7 @@ class LumbarSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self.updateGUIFromParameterNode)
 
     def onSceneStartClose(self, caller, event):
-        if self._worker is not None:
-            self._worker.cancel()
+        self.stopRunningJob()
         self.setParameterNode(None)
 
     def onSceneEndClose(self, caller, event):
@@ -333,8 +304,8 @@ class LumbarSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 self.ui.modelPathLineEdit.currentPath = p.modelPath
             self.ui.roiModeComboBox.setCurrentIndex(ROI_MODES.index(p.roiMode))
             self.ui.smoothingSliderWidget.value = p.smoothing
-            if p.exportFolder:
-                self.ui.exportFolderButton.directory = p.exportFolder
+            # The button shows the folder exports go to: the one the user chose, else a real default folder.
+            self.ui.exportFolderButton.directory = str(self.exportFolder())
             self.ui.metricsTableView.setMRMLTableNode(p.metricsTable)
             self.updateModelInfo()
             self.updateButtonStates()
@@ -354,11 +325,10 @@ class LumbarSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             p.modelPath = self.ui.modelPathLineEdit.currentPath or ""
             p.roiMode = ROI_MODES[max(0, self.ui.roiModeComboBox.currentIndex)]
             p.smoothing = float(self.ui.smoothingSliderWidget.value)
-            p.exportFolder = self.ui.exportFolderButton.directory or ""
 
     def updateButtonStates(self):
         p = self._parameterNode
-        running = self._worker is not None
+        running = self._job is not None
         volume = p.inputVolume if p else None
         segmentation = p.outputSegmentation if p else None
         self.ui.applyButton.enabled = volume is not None and not running
@@ -374,9 +344,11 @@ class LumbarSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.modelInfoLabel.text = self.logic.modelInfoHtml(self.modelPath())
 
     def onSmoothingChanged(self, value):
+        if self._updatingGUIFromParameterNode:  # loading settings into the GUI is not a user's change
+            return
         self.updateParameterNodeFromGUI()
         segmentation = self._parameterNode.outputSegmentation if self._parameterNode else None
-        if segmentation is not None and self._worker is None:
+        if segmentation is not None and self._job is None:
             self.logic.setSmoothing(segmentation, value)
 
     # --- log ----------------------------------------------------------------------------------------
@@ -414,10 +386,11 @@ class LumbarSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if not missingPackages() and not torchProblem():
             self.updateDependencyStatus()
             return True
+        requirement = slicerLib("dependencies").TORCH_REQUIREMENT
         text = _("LumbarSeg needs PyTorch ({requirement}). It is installed by the PyTorch extension, which picks "
                  "the build that fits your GPU driver (or the CPU build). The bundled model runs in seconds on a CPU, "
                  "so a GPU is optional.\n\nInstall now? The download can take several minutes; Slicer stays usable "
-                 "and the Log section shows the progress.").format(requirement=TORCH_REQUIREMENT)
+                 "and the Log section shows the progress.").format(requirement=requirement)
         if not slicer.util.confirmOkCancelDisplay(text, windowTitle=_("LumbarSeg: install dependencies")):
             return False
         self.ui.installDependenciesButton.enabled = False
@@ -471,18 +444,17 @@ class LumbarSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             slicer.util.errorDisplay(_("Choose an existing model file (.pt), or select 'Bundled model'."))
             return
         try:
-            context = self.logic.startSegmentation(
+            job = self.logic.startSegmentation(
                 slicer.mrmlScene, volume, segmentationNode=segmentation, roiMode=p.roiMode, device=p.device,
                 modelPath=self.modelPath(), overwriteEdited=overwrite, smoothing=p.smoothing)
         except Exception as exc:
             self.logic.recordError(exc)
             slicer.util.errorDisplay(slicerLib("run").friendly_error(exc, p.device))
             return
-        self._runContext = context
-        self._worker = context["worker"]
+        self._job = job
         self.ui.progressBar.setVisible(True)
         self.ui.progressBar.value = 0
-        self.ui.statusLabel.text = (_("Using your crop box (the localizer is skipped)...") if context["box_lps"]
+        self.ui.statusLabel.text = (_("Using your crop box (the localizer is skipped)...") if job.box_lps
                                     else _("Starting..."))
         self.updateButtonStates()
         self._timer.start()
@@ -492,46 +464,42 @@ class LumbarSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         return p.modelPath if p is not None and p.modelMode == "file" and p.modelPath else None
 
     def onCancelButton(self):
-        if self._worker is not None:
-            self._worker.cancel()
-            self.ui.statusLabel.text = _("Cancelling (stops at the end of the current step)...")
-            self.ui.cancelButton.enabled = False
+        if self._job is not None:
+            self.stopRunningJob()
+            self._timer.stop()
+            self.ui.progressBar.setVisible(False)
+            self.ui.statusLabel.text = _("Cancelled. Nothing was changed.")
+            self.updateButtonStates()
 
-    def onPollWorker(self):
-        worker = self._worker
-        if worker is None:
+    def onPollJob(self):
+        """Timer callback: read the subprocess's progress (never blocks); load its result when it ended."""
+        job = self._job
+        if job is None:
             self._timer.stop()
             return
-        for stage, fraction in worker.poll():
-            overall, text = slicerLib("worker").overall_progress(stage, fraction)
-            self.ui.progressBar.value = int(round(100 * overall))
-            if fraction <= 0.0:
-                self.logic.log(text)
-            if not worker.cancelled:
-                self.ui.statusLabel.text = text
-        if worker.running():
+        for event in job.process.poll():
+            self.ui.progressBar.value = int(round(100 * event.overall))
+            if event.fraction <= 0.0:
+                self.logic.log(event.text)
+            self.ui.statusLabel.text = event.text
+        if job.process.running:
             return
         self._timer.stop()
-        self._worker = None
-        context, self._runContext = self._runContext, None
+        self._job = None
         self.ui.progressBar.setVisible(False)
         self.updateButtonStates()
-        from LumbarSegLib.errors import Cancelled
-
-        if worker.cancelled or isinstance(worker.error, Cancelled):
-            self.ui.statusLabel.text = _("Cancelled. Nothing was changed.")
-            self.logic.log(self.ui.statusLabel.text)
-            return
         try:
             with slicer.util.WaitCursor():
-                outcome = self.logic.finishSegmentation(slicer.mrmlScene, context)
+                p = self._parameterNode
+                outcome = self.logic.finishSegmentation(slicer.mrmlScene, job, p.referenceSegmentation,
+                                                        p.metricsTable)
         except Exception as exc:
-            logging.exception("LumbarSeg failed")
-            message = slicerLib("run").friendly_error(exc, context["device"])
+            logging.info("LumbarSeg run failed: %s", exc)
+            message = slicerLib("run").friendly_error(exc, job.settings.get("device_requested", "auto"))
             self.ui.statusLabel.text = message
             slicer.util.errorDisplay(message)
             return
-        self.showResult(context["volume"], outcome, worker.result)
+        self.showResult(job.volume_node, outcome, self.logic.lastResult)
 
     def showResult(self, volume, outcome, result):
         p = self._parameterNode
@@ -539,13 +507,14 @@ class LumbarSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             p.outputSegmentation = outcome.segmentation_node
         if outcome.roi_node is not None:
             p.cropROI = outcome.roi_node
-        if result.found:
-            self.onRecomputeMetrics()
+        if outcome.metrics_table is not None:
+            p.metricsTable = outcome.metrics_table
+            self.ui.metricsTableView.setMRMLTableNode(outcome.metrics_table)
         slicer.util.setSliceViewerLayers(background=volume)
         layoutManager = slicer.app.layoutManager()
         if layoutManager is not None and layoutManager.threeDViewCount > 0:
             layoutManager.threeDWidget(0).threeDView().resetFocalPoint()
-        seconds = sum(result.timings.values())
+        seconds = result.timings.get("total", sum(result.timings.values()))  # the command's report has a total
         found = ", ".join(result.found) if result.found else _("none")
         lines = [_("Found: {found} ({seconds:.1f} s on {device}).").format(
             found=found, seconds=seconds, device=result.device or "?")] + outcome.messages
@@ -588,11 +557,24 @@ class LumbarSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             else:  # Slicer < 5.2
                 editor.setMasterVolumeNode(p.inputVolume)
 
+    def onExportFolderChanged(self, directory):
+        """Only a folder the user picked is remembered (the button says "." until then)."""
+        if self._parameterNode is None or self._updatingGUIFromParameterNode:
+            return
+        chosen = slicerLib("export").chosen_folder(directory)
+        if chosen is not None:
+            self._parameterNode.exportFolder = str(chosen)
+
+    def exportFolder(self):
+        """Where exports go: the folder the user chose, else Slicer's default scene folder (shown on the button)."""
+        export = slicerLib("export")
+        chosen = export.chosen_folder(self._parameterNode.exportFolder if self._parameterNode else "")
+        return chosen or export.default_export_folder(slicer.app)
+
     def onExportStl(self):
         p = self._parameterNode
-        folder = self.ui.exportFolderButton.directory
-        if p.outputSegmentation is None or not folder:
-            slicer.util.errorDisplay(_("Choose an export folder first."))
+        folder = str(self.exportFolder())
+        if p.outputSegmentation is None:
             return
         EarlierExportError = slicerLib("export").EarlierExportError
         try:
@@ -617,7 +599,7 @@ class LumbarSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         segmentation, volume = p.outputSegmentation, p.inputVolume
         if segmentation is None or volume is None:
             return
-        start = os.path.join(self.ui.exportFolderButton.directory or "", segmentation.GetName() + ".nii.gz")
+        start = os.path.join(str(self.exportFolder()), segmentation.GetName() + ".nii.gz")
         path = qt.QFileDialog.getSaveFileName(
             slicer.util.mainWindow(), _("Export label map"), start,
             "NIfTI label map (*.nii.gz);;NRRD label map (*.nrrd);;Slicer segmentation (*.seg.nrrd)")
@@ -651,10 +633,8 @@ class LumbarSegLogic(ScriptedLoadableModuleLogic):
     def __init__(self):
         ScriptedLoadableModuleLogic.__init__(self)
         import collections
-        import threading
 
-        self._models = {}
-        self._modelLock = threading.Lock()
+        self.pythonExecutable = None  # None: PythonSlicer inside Slicer, else this interpreter
         self.logLines = collections.deque(maxlen=self.LOG_LINES)
         self.logCallback = None
         self.lastResult = None
@@ -688,30 +668,9 @@ class LumbarSegLogic(ScriptedLoadableModuleLogic):
     # --- dependencies
 
     def installDependencies(self, status=None):
-        """Install torch through the PyTorch extension (PyTorchUtils, with the version requirement), then any
-        other missing package with pip."""
-        status = status or self.log
-        problem = torchProblem()
-        if problem:
-            try:
-                import PyTorchUtils  # the PyTorch extension (EXTENSION_DEPENDS) picks the right CUDA/CPU build
-            except ImportError:
-                raise RuntimeError(_("the PyTorch extension is not installed. Install 'PyTorch' from the Extensions "
-                                     "Manager and restart Slicer.")) from None
-            torchLogic = PyTorchUtils.PyTorchUtilsLogic()
-            status(_("Installing PyTorch ({requirement}): {reason}").format(requirement=TORCH_REQUIREMENT,
-                                                                            reason=problem))
-            torch = torchLogic.installTorch(askConfirmation=False, torchVersionRequirement=TORCH_REQUIREMENT)
-            if torch is None:
-                raise RuntimeError(_("the PyTorch extension did not install PyTorch"))
-            status(_("PyTorch {version} installed.").format(version=torch.__version__))
-        for name in missingPackages():
-            if name != "torch":
-                status(_("Installing {package}...").format(package=name))
-                slicer.util.pip_install(PYTHON_REQUIREMENTS[name])
-        import importlib
-
-        importlib.invalidate_caches()
+        """Install torch through the PyTorch extension (PyTorchUtils), then any other missing package with pip."""
+        slicerLib("dependencies").install_dependencies(status or self.log,
+                                                       lambda requirement: slicer.util.pip_install(requirement))
 
     # --- model
 
@@ -723,83 +682,60 @@ class LumbarSegLogic(ScriptedLoadableModuleLogic):
 
     def modelInfoHtml(self, modelPath=None):
         """What the panel shows about the model that will run, with a link to its model card."""
-        import html
+        return slicerLib("provenance").model_info_html(self.modelSummary(modelPath))
 
-        summary = self.modelSummary(modelPath)
-        rows = [f"<b>{html.escape(summary['name'])}</b>" + (_(" (bundled)") if summary["bundled"] else "")]
-        for key, title in (("configuration", _("Configuration")), ("trained_on", _("Trained on")),
-                           ("accuracy", _("Measured accuracy"))):
-            if summary.get(key):
-                rows.append(f"{title}: {html.escape(str(summary[key]))}")
-        if summary.get("matches_card") is False:
-            rows.append("<b>" + _("Warning: this file is not the one its model card describes.") + "</b>")
-        if summary.get("card_url"):
-            rows.append(f'<a href="{summary["card_url"]}">' + _("Model card") + "</a>")
-        return "<br>".join(rows)
-
-    def loadModel(self, path=None):
-        """Load (and cache) a model bundle; ``None`` = bundled model or random weights (warned about)."""
-        key = os.path.abspath(path) if path else ""
-        with self._modelLock:
-            model = self._models.get(key)
-            if model is None:
-                ensureLibImportable()
-                from LumbarSegLib.models import load_model
-
-                model = load_model(path)
-                self._models[key] = model
-            return model
-
-    # --- segmentation
-
-    def process(self, scene, volumeNode, segmentationNode=None, roiMode="auto", device="auto", modelPath=None,
-                overwriteEdited=False, progress=None, cancel=None, segmentFunction=None):
-        """Synchronous run (scripting, tests): returns (SegmentationResult, ApplyOutcome)."""
-        result, outcome = slicerLib("run").run_segmentation(
-            scene, volumeNode, model=self.loadModel(modelPath), device=device, segmentation_node=segmentationNode,
-            roi_mode=roiMode, overwrite_edited=overwriteEdited, progress=progress, cancel=cancel,
-            segment_fn=segmentFunction)
-        settings = {"device_requested": device, "roi_mode": roiMode, "model_path": modelPath}
-        self._recordRun(outcome, result, settings, modelPath)
-        return result, outcome
+    # --- segmentation: the command line in a subprocess (LumbarSegLib.engine_process)
 
     def startSegmentation(self, scene, volumeNode, segmentationNode=None, roiMode="auto", device="auto",
-                          modelPath=None, overwriteEdited=False, smoothing=0.5, segmentFunction=None):
-        """Start a background run; returns a context dict for :meth:`finishSegmentation`.
-
-        The scene is read here, on the calling (main) thread; the worker thread only runs the engine.
-        """
-        ensureLibImportable()
-        from LumbarSegLib import pipeline  # noqa: F401  (first torch import on the main thread, not the worker)
-
-        roiNode = slicerLib("roi").find_crop_roi(scene, volumeNode)
-        inputs = slicerLib("run").prepare_run(volumeNode, roiNode, roiMode or "auto")
-        worker = slicerLib("worker").SegmentationWorker(segment_fn=segmentFunction, model_loader=self.loadModel)
-        worker.start(inputs.image, model_path=modelPath, device=device or "auto", box_lps=inputs.box_lps)
+                          modelPath=None, overwriteEdited=False, smoothing=0.5):
+        """Start ``lumbarseg segment`` on the volume in a subprocess; returns the job. The scene is read here
+        (main thread); poll ``job.process`` from a timer, then call :meth:`finishSegmentation`."""
+        job = slicerLib("engine_job").start_job(
+            scene, volumeNode, segmentation_node=segmentationNode, roi_mode=roiMode or "auto",
+            device=device or "auto", model_path=modelPath, overwrite_edited=overwriteEdited, smoothing=smoothing,
+            python=self.pythonExecutable)
         self.log(f"Segmenting '{volumeNode.GetName()}' (device {device or 'auto'}, crop box "
-                 f"{'yours' if inputs.box_lps else 'from the localizer'})")
-        # Overwriting is agreed for the segmentation as it is now; edits made during the run are kept.
-        overwrite = (slicerLib("segments").segmentation_content_hash(segmentationNode)
-                     if overwriteEdited and segmentationNode is not None else False)
-        return {"worker": worker, "volume": volumeNode, "segmentation": segmentationNode, "roi": roiNode,
-                "box_lps": inputs.box_lps, "device": device, "overwrite": overwrite,
-                "smoothing": smoothing, "model_path": modelPath, "roi_mode": roiMode, "messages": inputs.messages}
+                 f"{'yours' if job.box_lps else 'from the localizer'}) in process {job.process.pid}")
+        return job
 
-    def finishSegmentation(self, scene, context):
-        """Main-thread part after the worker finished: put its result into the scene."""
-        worker = context["worker"]
-        if worker.error is not None:
-            self.recordError(worker.error)
-            raise worker.error
-        outcome = slicerLib("run").apply_result(
-            scene, context["volume"], worker.result, context["segmentation"], context["roi"],
-            overwrite_edited=context["overwrite"], smoothing=context["smoothing"], user_box_lps=context["box_lps"],
-            input_messages=context.get("messages", ()))
-        settings = {"device_requested": context["device"] or "auto", "roi_mode": context.get("roi_mode"),
-                    "crop_box": "user" if context["box_lps"] else "localizer", "smoothing": context["smoothing"],
-                    "model_path": context.get("model_path")}
-        self._recordRun(outcome, worker.result, settings, context.get("model_path"))
+    def finishSegmentation(self, scene, job, referenceNode=None, tableNode=None):
+        """Main-thread part after the process ended: its result into the scene (segments, surfaces, ROI, metrics
+        table in ``outcome.metrics_table``). Returns the ApplyOutcome; raises Cancelled or the command's
+        one-line error (the scene is then unchanged)."""
+        try:
+            result, outcome = slicerLib("engine_job").finish_job(scene, job, referenceNode, tableNode)
+        except Exception as exc:
+            self.recordError(exc)
+            raise
+        self._recordRun(outcome, result, job.settings, job.settings.get("model_path"))
         return outcome
+
+    def cancelSegmentation(self, job):
+        """End a running job's process (and its children) and wait for it; nothing in the scene changes."""
+        slicerLib("engine_job").cancel_job(job)
+        self.log("Segmentation cancelled")
+
+    def process(self, scene, volumeNode, segmentationNode=None, roiMode="auto", device="auto", modelPath=None,
+                overwriteEdited=False, progress=None, cancel=None, smoothing=0.5):
+        """Synchronous run (scripting, tests): the same subprocess as the GUI, waited for. ``progress(stage,
+        fraction)`` gets each progress event; ``cancel()`` returning True ends the run (raises Cancelled).
+        Returns (SegmentationResult, ApplyOutcome)."""
+        job = self.startSegmentation(scene, volumeNode, segmentationNode, roiMode, device, modelPath,
+                                     overwriteEdited, smoothing)
+        try:
+            while job.process.running:
+                job.process.wait_for_output(0.1)  # blocks in the OS on the pipe; no sleep
+                for event in job.process.poll():
+                    if progress is not None:
+                        progress(event.stage, event.fraction)
+                if cancel is not None and cancel():
+                    self.cancelSegmentation(job)
+        except BaseException:
+            if job.process.running:
+                self.cancelSegmentation(job)
+            raise
+        outcome = self.finishSegmentation(scene, job)
+        return self.lastResult, outcome
 
     def _recordRun(self, outcome, result, settings, modelPath):
         self.lastResult, self.lastSettings = result, settings
@@ -815,13 +751,8 @@ class LumbarSegLogic(ScriptedLoadableModuleLogic):
         return slicerLib("segments").is_user_edited(segmentationNode)
 
     def setSmoothing(self, segmentationNode, value):
-        segmentation = segmentationNode.GetSegmentation()
-        segmentation.SetConversionParameter("Smoothing factor", str(float(value)))
-        closed = slicer.vtkSegmentationConverter.GetClosedSurfaceRepresentationName()
-        if segmentation.ContainsRepresentation(closed):
-            segmentationNode.RemoveClosedSurfaceRepresentation()
-            segmentationNode.CreateClosedSurfaceRepresentation()
-        # A smoothing change does not touch voxels, so the content hash (edit detection) stays valid.
+        """Set the surface smoothing; surfaces are rebuilt only when the value changes. Returns True then."""
+        return slicerLib("segments").set_smoothing(segmentationNode, value)
 
     # --- results
 
@@ -842,8 +773,9 @@ class LumbarSegLogic(ScriptedLoadableModuleLogic):
 
 #
 # Test (runs inside Slicer: Developer mode -> "Reload and Test", or Slicer --python-code; also headless against
-# slicer-core, see Testing/test_slicer_module.py). The model part needs PyTorch; the extension build servers have
-# none, so there it is skipped and the test says why.
+# slicer-core, see Testing/test_slicer_module.py). The bodies are in LumbarSegLib.slicer.self_test. The model
+# parts need PyTorch; the extension build servers have none, so there they are skipped and say why - in
+# runTest and in each model test method, which unittest may also run on its own.
 #
 
 
@@ -868,128 +800,19 @@ class LumbarSegTest(ScriptedLoadableModuleTest):
         self.setUp()
         self.test_LumbarSeg_BackgroundRunAndCancel()
 
-    def _phantom(self):
-        ensureLibImportable()
-        import numpy as np
-        import SimpleITK as sitk
-
-        from LumbarSegLib import phantoms
-        from LumbarSegLib.constants import VERSE_LUMBAR
-
-        ct, verse = phantoms.generate_phantom(11, shape=(56, 48, 80), spacing=(3.2, 3.2, 3.0), fov="lumbar")
-        lut = np.zeros(256, np.uint8)
-        for code, label in VERSE_LUMBAR.items():
-            lut[code] = label
-        labels = sitk.GetImageFromArray(lut[sitk.GetArrayFromImage(verse)])
-        direction = (-1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0)  # flipped x: a non-trivial direction
-        for image in (ct, labels):
-            image.SetDirection(direction)
-        labels.CopyInformation(ct)
-        return ct, labels
+    def requireTorch(self):
+        problem = torchProblem()
+        if problem:
+            self.skipTest(f"the model part of the LumbarSeg self-test needs PyTorch: {problem}")
 
     def test_LumbarSeg_SceneLogic(self):
-        """Everything the buttons do after a run, without PyTorch: known labels into the scene (in the CT's
-        study), metrics, smoothing, edit detection, exports, provenance and diagnostics."""
-        import tempfile
-
-        import numpy as np
-        import SimpleITK as sitk
-
-        self.delayDisplay("Scene logic without the model")
-        ct, labels = self._phantom()
-        hierarchy = slicer.vtkMRMLSubjectHierarchyNode.GetSubjectHierarchyNode(self.scene)
-        study = hierarchy.CreateStudyItem(hierarchy.CreateSubjectItem(hierarchy.GetSceneItemID(), "Phantom"), "CT")
-        volume = slicerLib("volumes").sitk_to_volume_node(self.scene, ct, "LumbarSeg test CT")
-        hierarchy.SetItemParent(hierarchy.GetItemByDataNode(volume) or hierarchy.CreateItem(study, volume), study)
-        segmentation = slicerLib("segments").labels_to_segmentation(self.scene, labels, volume)
-        self.assertEqual(segmentation.GetSegmentation().GetNumberOfSegments(), 5)
-        self.assertEqual(hierarchy.GetItemParent(hierarchy.GetItemByDataNode(segmentation)), study)
-        np.testing.assert_array_equal(slicerLib("segments").segmentation_to_label_array(segmentation, volume),
-                                      sitk.GetArrayViewFromImage(labels))
-        logic = LumbarSegLogic()
-        self.assertFalse(logic.isUserEdited(segmentation))
-        logic.setSmoothing(segmentation, 0.3)
-        self.assertFalse(logic.isUserEdited(segmentation))
-        table = logic.computeMetrics(self.scene, segmentation, volume, segmentation)
-        rows = slicerLib("metrics_table").table_to_dict(table)
-        self.assertEqual(sorted(rows), ["L1", "L2", "L3", "L4", "L5"])
-        for row in rows.values():
-            self.assertAlmostEqual(row["DSC"], 1.0)
-        self.assertEqual(hierarchy.GetItemParent(hierarchy.GetItemByDataNode(table)), study)
-        with tempfile.TemporaryDirectory() as folder:
-            self.assertEqual(len(logic.exportStl(segmentation, folder)), 5)
-            path = logic.exportLabelmap(self.scene, segmentation, volume, os.path.join(folder, "l.nii.gz"))
-            np.testing.assert_array_equal(sitk.GetArrayFromImage(sitk.ReadImage(str(path))),
-                                          sitk.GetArrayViewFromImage(labels))
-        self.assertIn("Model", logic.modelInfoHtml())
-        logic.recordError(RuntimeError("self-test error"))
-        text = logic.diagnostics(slicerVersion="self-test")
-        self.assertIn("Last error: RuntimeError: self-test error", text)
-        self.delayDisplay("Scene logic passed")
+        slicerLib("self_test").scene_logic(self, LumbarSegLogic, self.scene)
 
     def test_LumbarSeg_FullFlow(self):
-        import tempfile
-
-        import numpy as np
-        import SimpleITK as sitk
-
-        self.delayDisplay("Synthetic CT")
-        ct, labels = self._phantom()
-        from LumbarSegLib import pipeline
-
-        volume = slicerLib("volumes").sitk_to_volume_node(self.scene, ct, "LumbarSeg test CT")
-        logic = LumbarSegLogic()
-
-        self.delayDisplay("Segmenting with the engine (bundled model, else random weights)")
-        result, outcome = logic.process(self.scene, volume, device="cpu")
-        segmentation = outcome.segmentation_node
-        if result.found:
-            names = [segmentation.GetSegmentation().GetNthSegment(i).GetName()
-                     for i in range(segmentation.GetSegmentation().GetNumberOfSegments())]
-            from LumbarSegLib.trabecular import roi_segment_kind
-
-            vertebrae = [n for n in names if roi_segment_kind(n) is None]  # "L1 trabecular ROI" ... besides
-            self.assertEqual(sorted(vertebrae), sorted(result.found))
-            provenance = slicerLib("provenance").read_provenance(segmentation)
-            self.assertEqual(provenance["settings"]["device_used"], "cpu")
-            self.assertIn("not a medical device", provenance["notice"])
-        else:
-            self.assertIsNone(segmentation)
-
-        self.delayDisplay("Known labels into the scene")
-        box = pipeline.index_box_to_lps(ct, (5, 5, 5), (50, 43, 75))
-        known = pipeline.SegmentationResult(labels, ["L1", "L2", "L3", "L4", "L5"], None, box, 1.0, {}, [], True)
-        outcome = slicerLib("run").apply_result(self.scene, volume, known, segmentation, outcome.roi_node,
-                                                overwrite_edited=True)
-        segmentation = outcome.segmentation_node
-        self.assertEqual(len(slicerLib("segments").segment_ids_by_vertebra(segmentation)), 5)  # + trabecular ROIs
-        np.testing.assert_array_equal(slicerLib("segments").segmentation_to_label_array(segmentation, volume),
-                                      sitk.GetArrayViewFromImage(labels))
-        self.assertEqual(outcome.roi_node.GetName(), slicerLib("roi").ROI_NAME)
-
-        self.delayDisplay("Export")
-        with tempfile.TemporaryDirectory() as folder:
-            self.assertEqual(len(logic.exportStl(segmentation, folder)), 5)
-        self.delayDisplay("Full flow passed")
+        self.requireTorch()
+        slicerLib("self_test").full_flow(self, LumbarSegLogic, self.scene)
 
     def test_LumbarSeg_BackgroundRunAndCancel(self):
-        import time
-
-        ct, _ = self._phantom()  # makes LumbarSegLib importable
-        from LumbarSegLib.errors import Cancelled
-
+        self.requireTorch()
         processEvents = getattr(getattr(slicer, "app", None), "processEvents", lambda: None)
-        volume = slicerLib("volumes").sitk_to_volume_node(self.scene, ct, "LumbarSeg test CT")
-        logic = LumbarSegLogic()
-        context = logic.startSegmentation(self.scene, volume, device="cpu")
-        while context["worker"].running():
-            processEvents()  # the GUI keeps running while the engine works
-            time.sleep(0.02)
-        outcome = logic.finishSegmentation(self.scene, context)
-        self.assertEqual(outcome.segmentation_node is not None, bool(context["worker"].result.found))
-
-        context = logic.startSegmentation(self.scene, volume, device="cpu")
-        context["worker"].cancel()
-        context["worker"].wait(60)
-        self.assertIsInstance(context["worker"].error, Cancelled)
-        self.delayDisplay("Background run and cancel passed")
+        slicerLib("self_test").background_run_and_cancel(self, LumbarSegLogic, self.scene, processEvents)

@@ -313,7 +313,8 @@ def cmd_batch(args) -> int:
     _load_model(args.model, "cpu" if args.scheduler else args.device)
     template = StudyOptions(input="", output="", reference_labels=args.reference_labels, model=args.model,
                             device=args.device, stl=args.stl, dicom_seg=args.dicom_seg, preview=args.preview,
-                            format=args.format, smoothing=args.smoothing, overwrite=args.overwrite, quiet=True)
+                            format=args.format, smoothing=args.smoothing, overwrite=args.overwrite, quiet=True,
+                            csv=args.csv)
     t0 = time.perf_counter()
     rows = run_batch(studies, template, out_root, scheduler=args.scheduler, workers=args.workers,
                      quiet=args.quiet)

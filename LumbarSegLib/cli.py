@@ -213,6 +213,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--series", metavar="UID",
                    help="for a DICOM folder with several series: the SeriesInstanceUID to segment "
                         "(default: the series with the most slices)")
+    p.add_argument("--crop-box", type=float, nargs=6, metavar=("XMIN", "YMIN", "ZMIN", "XMAX", "YMAX", "ZMAX"),
+                   help="segment inside this box (LPS mm, as report.json's crop_box) instead of the localizer's")
+    p.add_argument("--progress-format", default="text", choices=["text", "json"],
+                   help="stage lines for people (default) or one JSON object per line for a front-end")
     overwrite(p)
     common(p)
     p.set_defaults(func=cmd_segment)

@@ -33,13 +33,22 @@ def _untrained_banner() -> None:
 
 
 class _StageProgress:
-    """Stage lines on stderr ('localize ... 1.23 s'): readable in logs, unlike redrawn progress bars."""
+    """Stage lines on stderr ('localize ... 1.23 s'): readable in logs, unlike redrawn progress bars.
 
-    def __init__(self, quiet: bool = False):
-        self.quiet = quiet
+    ``fmt="json"`` (``--progress-format json``) writes one JSON object per event instead
+    (``{"event": "progress", "stage": ..., "fraction": ...}``), for a front-end that runs this command as a
+    subprocess (:mod:`LumbarSegLib.engine_process`)."""
+
+    def __init__(self, quiet: bool = False, fmt: str = "text"):
+        self.quiet, self.fmt = quiet, fmt
         self._t0: dict[str, float] = {}
 
     def __call__(self, stage: str, fraction: float) -> None:
+        if self.fmt == "json":
+            import json
+
+            _err(json.dumps({"event": "progress", "stage": stage, "fraction": float(fraction)}))
+            return
         if self.quiet:
             return
         if fraction <= 0.0:
@@ -91,7 +100,7 @@ def _load_model(spec, device: str, warn: bool = True):
 def _run_segmentation(loaded, *, input_desc: dict, out, stem: str, model, device: str, fmt: str, stl: bool,
                       preview: bool, reference=None, reference_desc: dict | None = None, smoothing: float,
                       quiet: bool, extra_timings: dict | None = None, dicom_source=None, progress=None,
-                      csv: bool = False) -> dict:
+                      csv: bool = False, box_lps=None) -> dict:
     """Segment an already validated CT (:class:`io.LoadedCT`), write every requested output into the
     staging folder of ``out`` (:class:`outputs.OutputFolder`), commit it with ``report.json`` and return
     the report (the caller prints it: :func:`_print_summary`).
@@ -107,7 +116,7 @@ def _run_segmentation(loaded, *, input_desc: dict, out, stem: str, model, device
     image = loaded.image
     progress = progress or _StageProgress(quiet)
     t_start = time.perf_counter()
-    result = pipeline.segment(image, model=model, device=device, progress=progress)
+    result = pipeline.segment(image, model=model, device=device, box_lps=box_lps, progress=progress)
     timings = dict(extra_timings or {})
     timings.update(result.timings)
 
@@ -261,11 +270,24 @@ class StudyOptions:
     overwrite: bool = False  # replace an earlier result in ``output`` as a whole
     quiet: bool = False  # no stage lines on stderr
     csv: bool = False  # also write the per-vertebra measurements as <name>_measurements.csv
+    crop_box: tuple | None = None  # XMIN YMIN ZMIN XMAX YMAX ZMAX (LPS mm): segment there, not the localizer's box
+    progress_format: str = "text"  # "json": one JSON object per progress event (engine_process reads them)
 
     @classmethod
     def from_args(cls, args) -> StudyOptions:
         """The options of a parsed ``segment`` command line."""
         return cls(**{name: getattr(args, name) for name in cls.__dataclass_fields__})
+
+
+def _check_crop_box(values):
+    """``--crop-box`` as ((min x y z), (max x y z)) in LPS mm, or None; each minimum below its maximum."""
+    if values is None:
+        return None
+    lo, hi = tuple(float(v) for v in values[:3]), tuple(float(v) for v in values[3:])
+    if not all(a < b for a, b in zip(lo, hi)):
+        raise InputError(f"--crop-box {' '.join(f'{v:g}' for v in values)}: each minimum (XMIN YMIN ZMIN) must be "
+                         f"below its maximum (XMAX YMAX ZMAX), in LPS millimetres.")
+    return lo, hi
 
 
 def run_study(options: StudyOptions, *, model=None, progress=None) -> dict:
@@ -283,6 +305,7 @@ def run_study(options: StudyOptions, *, model=None, progress=None) -> dict:
     args = options  # the body is segment's, moved here as it was (its `args` were these options)
     resolve_device(args.device)  # an unavailable device fails now, not after reading a large CT
     smoothing = _check_smoothing(args.smoothing)
+    box_lps = _check_crop_box(args.crop_box)
     if args.series and not Path(args.input).is_dir():
         raise InputError(f"--series chooses a series in a DICOM folder, but {args.input} is not a folder.")
     # The output folder is checked (and locked) before anything is read or computed.
@@ -292,7 +315,7 @@ def run_study(options: StudyOptions, *, model=None, progress=None) -> dict:
             from .dicom_seg import read_source_series
 
             dicom_source = read_source_series(args.input, series_uid=args.series)
-        progress = progress or _StageProgress(args.quiet)
+        progress = progress or _StageProgress(args.quiet, args.progress_format)
         done = _step(progress, "read")
         t0 = time.perf_counter()
         loaded = io.load_ct(args.input, series_uid=args.series)
@@ -323,4 +346,4 @@ def run_study(options: StudyOptions, *, model=None, progress=None) -> dict:
                                  device=args.device, fmt=args.format, stl=args.stl, preview=args.preview,
                                  reference=reference, reference_desc=reference_desc, smoothing=smoothing,
                                  quiet=args.quiet, extra_timings={"read": read_s}, dicom_source=dicom_source,
-                                 progress=progress, csv=args.csv)
+                                 progress=progress, csv=args.csv, box_lps=box_lps)

@@ -45,26 +45,9 @@ def compute_metrics(segmentation_node, volume_node, reference_node=None, trabecu
     image = volume_node_to_sitk(volume_node)
     ct = sitk.GetArrayViewFromImage(image)
     labels = segmentation_to_label_array(segmentation_node, volume_node)
-    measured = metrics.measure(labels, ct, image)
-    rows = {}
-    for name, values in measured.items():
-        row = dict(values)
-        if "centroid_mm" in row and row["centroid_mm"] is not None:
-            row["centroid_ras"] = tuple((LPS_RAS @ np.asarray(row["centroid_mm"], float)).tolist())
-        rows[name] = row
+    rows = rows_from_measurements(metrics.measure(labels, ct, image))
     if trabecular:
-        from .trabecular_rois import trabecular_rows
-
-        for name, entries in trabecular_rows(segmentation_node, volume_node).items():
-            row = rows.setdefault(name, {})
-            notes = []
-            for key, entry in entries.items():
-                row.update({f"{key}_{k}": v for k, v in entry.items() if k in ("median", "mean", "sd", "voxels")})
-                if entry.get("reason"):
-                    notes.append(("single slice: " if key.endswith("single_slice") else "") + entry["reason"])
-                elif entry.get("source") == "segment" and key == "trabecular_hu":
-                    notes.append("from the ROI segment")
-            row["trabecular_note"] = "; ".join(notes)
+        add_trabecular_rows(rows, segmentation_node, volume_node)
     if reference_node is not None:
         reference = segmentation_to_label_array(reference_node, volume_node)
         spacing_zyx = tuple(image.GetSpacing()[::-1])
@@ -72,6 +55,36 @@ def compute_metrics(segmentation_node, volume_node, reference_node=None, trabecu
         for name, values in compared.items():
             rows.setdefault(name, {}).update(values)
     return {name: rows[name] for name in sorted(rows, key=lambda n: vertebra_label_from_name(n) or 99)}
+
+
+def rows_from_measurements(measured: dict) -> dict:
+    """:func:`metrics.measure` output (also ``report.json``'s ``measurements``) as table rows: adds the
+    centroid in RAS, orders L1..L5."""
+    rows = {}
+    for name, values in measured.items():
+        row = dict(values)
+        if row.get("centroid_mm") is not None:
+            row["centroid_ras"] = tuple((LPS_RAS @ np.asarray(row["centroid_mm"], float)).tolist())
+        rows[name] = row
+    return {name: rows[name] for name in sorted(rows, key=lambda n: vertebra_label_from_name(n) or 99)}
+
+
+def add_trabecular_rows(rows: dict, segmentation_node, volume_node) -> dict:
+    """Adds to ``rows`` the trabecular HU measured in the node's ROI segments
+    (:func:`trabecular_rois.trabecular_rows`), so the table follows a ROI the reader moved."""
+    from .trabecular_rois import trabecular_rows
+
+    for name, entries in trabecular_rows(segmentation_node, volume_node).items():
+        row = rows.setdefault(name, {})
+        notes = []
+        for key, entry in entries.items():
+            row.update({f"{key}_{k}": v for k, v in entry.items() if k in ("median", "mean", "sd", "voxels")})
+            if entry.get("reason"):
+                notes.append(("single slice: " if key.endswith("single_slice") else "") + entry["reason"])
+            elif entry.get("source") == "segment" and key == "trabecular_hu":
+                notes.append("from the ROI segment")
+        row["trabecular_note"] = "; ".join(notes)
+    return rows
 
 
 def plausibility_warnings(segmentation_node, volume_node) -> list[str]:
