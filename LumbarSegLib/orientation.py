@@ -15,11 +15,13 @@ header cannot tell; the anatomy can. Three pieces of evidence, each from the net
   tenth of the log of the volume ratio at least :data:`MIRROR_SCORE_MARGIN`), the image is upside down.
 
 Any of them refuses the run (:class:`OrientationError`, an :class:`InputError`: nothing is written), because
-reversed names are worse than none. The margin was chosen on the bundled model: the four real CTs of
-``../shared/data/real`` (VerSe 005, 007, 008, 014) mirrored score 0.031-0.089, two of four mirrored phantoms
-0.034 and 0.116; the upright ones (real CTs, phantoms, the sample CT) at most 0.021. The mirror test misses
-some upside-down images (a phantom of L3-sacrum scored 0.014, the sample CT 0.006): it catches the clear
-cases and never names them; it is no proof that an image is upright.
+reversed names are worse than none. The margin was chosen on the bundled model with
+``tools/measure_mirror_scores.py``: the four real CTs of ``../shared/data/real`` (VerSe 005, 007, 008, 014)
+upside down score 0.031-0.089 and an abdominal phantom 0.117; upright, every case (those, the sample CT,
+three phantoms) scores -0.009 or less (an upright phantom on a coarse 2 x 2 x 2.5 mm grid once scored
+0.021). The test misses some upside-down images - the sample CT (0.006) and phantoms of the lumbar spine
+alone (0.010) or L3 to the sacrum (-0.001) - so it catches clear cases and never names them, but it is
+no proof that an image is upright.
 """
 
 from __future__ import annotations

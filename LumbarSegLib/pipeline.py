@@ -33,6 +33,9 @@ MIN_HEATMAP_PEAK = 0.35
 MIN_VERTEBRA_ML = 8.0
 RELATIVE_MIN_VERTEBRA = 0.25
 MIN_SLIVER_ML = 1.0
+# Vertebrae are solid: the network's uncertain voxels inside cancellous bone leave pits and holes in a
+# vertebra that a closing of this radius and a 3D hole fill close (into background voxels only), on a
+# grid bounded in size whatever the spacing (:mod:`morphology`).
 CLOSING_MM = 2.0
 
 
@@ -130,13 +133,6 @@ def xunet_probabilities(canonical: sitk.Image, lo, hi, model: LumbarSegModel, de
         check_finite_output(logits, "XUNet")
         probs = torch.softmax(logits, dim=1)[0].float().cpu()
     return probs.flip(1) if mirror_z else probs
-
-
-def run_xunet(canonical: sitk.Image, lo, hi, model: LumbarSegModel, device: torch.device) -> np.ndarray:
-    """Labels (z, y, x) uint8 of the box [lo, hi) at the canonical image's resolution."""
-    probs = xunet_probabilities(canonical, lo, hi, model, device)
-    with torch.inference_mode():
-        return preprocess.probabilities_to_labels(probs, np.asarray(hi) - np.asarray(lo))
 
 
 def check_head_feet(canonical: sitk.Image, lo, hi, model: LumbarSegModel, device: torch.device,
