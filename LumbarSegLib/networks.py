@@ -26,9 +26,13 @@ from .errors import ModelError
 # (e.g. 10^4 channels or a 2000^3 input) would otherwise allocate gigabytes and run for minutes before
 # failing. The shipped configurations sit well inside them (paper: 64 channels, 96x96x128 input).
 MAX_CHANNELS = 256
+MAX_XUNET_BASE = 64  # its bottom has 8 x base channels
 MAX_LEVELS = 6
 INPUT_AXIS_RANGE = (8, 320)  # voxels per axis of a network input
 MAX_INPUT_VOXELS = 256 ** 3
+# channels x voxels of a network's finest feature map: 2^28 float32 values are 1 GiB per map, and a forward
+# pass holds a dozen of them (paper: localizer 64 x 96x96x128 = 2^26.2, XUNet 32 x 64x64x128 = 2^24)
+MAX_FEATURE_VALUES = 2 ** 28
 
 
 @dataclass(frozen=True)
@@ -64,7 +68,7 @@ class ModelConfig:
 
         lo, hi = INPUT_AXIS_RANGE
         for key, limit in (("localizer_channels", MAX_CHANNELS), ("localizer_levels", MAX_LEVELS),
-                           ("xunet_base", MAX_CHANNELS // 8)):
+                           ("xunet_base", MAX_XUNET_BASE)):
             value = getattr(self, key)
             if not whole(value) or not 1 <= value <= limit:
                 return f"{key} is {value!r}, expected a whole number from 1 to {limit}"
@@ -77,6 +81,12 @@ class ModelConfig:
                 return f"{key} is {size!r}, expected three whole numbers of voxels from {lo} to {hi}"
             if size[0] * size[1] * size[2] > MAX_INPUT_VOXELS:
                 return f"{key} {size!r} has more than {MAX_INPUT_VOXELS} voxels"
+        for key, channels, size in (("localizer", self.localizer_channels, self.localizer_input),
+                                    ("XUNet", self.xunet_base, self.xunet_input)):
+            values = channels * size[0] * size[1] * size[2]
+            if values > MAX_FEATURE_VALUES:
+                return (f"the {key}'s finest feature map would hold {values:.3g} values ({channels} channels x "
+                        f"{'x'.join(map(str, size))} voxels), more than {MAX_FEATURE_VALUES:.3g}: far too large to run")
         if min(self.localizer_input) < 2 ** (self.localizer_levels - 1):
             return (f"localizer_input {tuple(self.localizer_input)!r} is too small for {self.localizer_levels} "
                     f"levels (each axis needs at least {2 ** (self.localizer_levels - 1)} voxels)")

@@ -37,6 +37,7 @@ def _crafted_bundle(path, **config_changes):
     ({"xunet_input": [64, 64]}, "xunet_input"),
     ({"window_width": -5.0}, "window_width"),
     ({"context_classes": ["lungs"]}, "context_classes"),
+    ({"localizer_channels": 256, "localizer_input": [256, 256, 256]}, "finest feature map"),
     ({"depth": 3}, "unknown keys: depth"),
 ])
 def test_absurd_configs_fail_before_any_network_is_built(tmp_path, monkeypatch, changes, named):
