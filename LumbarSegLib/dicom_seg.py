@@ -20,7 +20,7 @@ import SimpleITK as sitk
 from . import __version__
 from .constants import LABEL_COLORS, LABEL_NAMES, RESEARCH_NOTICE, SNOMED_BONE_CATEGORY, SNOMED_VERTEBRA
 from .errors import InputError
-from .slice_positions import slice_position_problem
+from .slice_positions import gantry_tilt_degrees, slice_position_problem
 
 SERIES_DESCRIPTION = "LumbarSeg L1-L5 (research use)"
 # Copied from the source series into the SEG, where each may hold one value only.
@@ -81,6 +81,12 @@ def check_references(datasets, where="the DICOM series") -> None:
     problem = slice_position_problem(positions, [float(v) for v in datasets[0].ImageOrientationPatient])
     if problem:
         raise InputError(f"{where}: the DICOM series is unusable: {problem}")
+    tilt = gantry_tilt_degrees(positions, [float(v) for v in datasets[0].ImageOrientationPatient])
+    if tilt:  # io resamples a tilted series onto a regular grid, whose slices are not the source instances
+        raise InputError(f"{where}: --dicom-seg cannot be used with this series: it was acquired with a gantry tilt "
+                         f"of {tilt:.1f} degrees (its slices are sheared), so it is segmented on a regular grid "
+                         f"resampled from it, and a DICOM SEG must lie on the source slices. Segment without "
+                         f"--dicom-seg (the label map is written on the regular grid).")
 
 
 def source_slice_indices(labels: sitk.Image, datasets) -> list[int]:

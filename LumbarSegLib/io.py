@@ -33,7 +33,8 @@ from .constants import ACCEPTED_CT_FORMATS
 from .dicom_folders import (DicomSeries, describe_series_choice, dicom_series_files, list_dicom_series,  # noqa: F401
                             select_dicom_series)
 from .errors import InputError
-from .slice_positions import check_series_files
+from .input_checks import check_input_kind, check_orthogonal_direction
+from .slice_positions import REGULARIZED_NOTE_KEY, check_series_files, read_tilted_series
 
 IMAGE_SUFFIXES = (".nii.gz", ".nii", ".seg.nrrd", ".nrrd", ".mha", ".mhd")
 LABELMAP_SUFFIXES = (".nii.gz", ".nii", ".seg.nrrd", ".nrrd")
@@ -99,9 +100,12 @@ def read_image(path, series_uid: str | None = None) -> sitk.Image:
     path = Path(path)
     if not path.exists():
         raise InputError(f"{path}: no such file or folder. Give a CT as {_accepted_formats()}.")
+    check_input_kind(path)  # a named pipe would block the reader forever
     if path.is_dir():
         files = dicom_series_files(path, series_uid)
-        check_series_files(files, path)  # GDCM would stack duplicated or missing slices into a wrong volume
+        geometry = check_series_files(files, path)  # GDCM would stack duplicated or missing slices wrongly
+        if geometry is not None and geometry.tilt_degrees():  # sheared slices: onto a regular grid
+            return read_tilted_series(files, geometry, path)
         reader = sitk.ImageSeriesReader()
         reader.SetFileNames(list(files))
         try:
@@ -195,6 +199,7 @@ def validate_ct(image: sitk.Image, memory_limit_bytes: int | None = None, name: 
     if min(size) < 2:
         raise InputError(f"{name} has only one voxel along an axis (size {'x'.join(map(str, size))}); "
                          f"LumbarSeg needs a 3D CT volume, not a single slice.")
+    check_orthogonal_direction(image, name)
     spacing = np.asarray(image.GetSpacing(), dtype=float)
     if not np.all(np.isfinite(spacing)) or np.any(spacing < MIN_SPACING_MM) or np.any(spacing > MAX_SPACING_MM):
         raise InputError(f"{name} has voxel spacing {tuple(round(float(s), 4) for s in spacing)} mm, outside "
@@ -315,6 +320,7 @@ def load_ct(path, memory_limit_bytes: int | None = None, series_uid: str | None 
     path = Path(path)
     if not path.exists():
         raise InputError(f"{path}: no such file or folder. Give a CT as {_accepted_formats()}.")
+    check_input_kind(path)  # before the header is read: a named pipe would block forever
     messages: list[str] = []
     chosen = series = None
     if path.is_dir():
@@ -331,6 +337,8 @@ def load_ct(path, memory_limit_bytes: int | None = None, series_uid: str | None 
     if size is not None and len(size) >= 3:
         check_memory(size, memory_limit_bytes, what=str(path))
     image = read_image(path, series_uid)
+    if image.HasMetaDataKey(REGULARIZED_NOTE_KEY):  # a gantry-tilted series, resampled: say so
+        messages.append(image.GetMetaData(REGULARIZED_NOTE_KEY))
     image, mask, warnings_ = prepare_ct(image, memory_limit_bytes, name=str(path))
     return LoadedCT(image, mask, messages + warnings_, chosen, series)
 

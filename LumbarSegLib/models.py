@@ -224,8 +224,10 @@ def bundle_metadata(path) -> dict:
 def _read_bundle_file(path: Path) -> dict:
     try:
         bundle = torch.load(path, map_location="cpu", weights_only=True)
-        ModelConfig.from_dict(bundle["config"])
+        ModelConfig.from_dict(bundle["config"])  # checks the ranges, before any network is built
         return bundle
+    except ModelError as exc:  # a configuration out of range (networks.ModelConfig.range_problem)
+        raise ModelError(f"{path}: {exc} It is not a usable LumbarSeg model.") from None
     except Exception as exc:  # corrupt file, wrong format, pickled code
         raise ModelError(f"Cannot read model file {path}: {_load_failure(exc)}. Expected a LumbarSeg model "
                          f"bundle (saved by 'lumbarseg train').") from None
@@ -249,6 +251,11 @@ def _load_state(module: torch.nn.Module, state: dict, what: str, path: Path):
         module.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in state.items()})
     except RuntimeError as exc:
         raise ModelError(f"{path}: the {what} weights do not fit the network configuration ({exc}).") from None
+    broken = [k for k, v in module.state_dict().items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    if broken:  # NaN weights make every output NaN, which would read as "no lumbar spine found"
+        raise ModelError(f"{path}: the {what} weights hold values that are not numbers (NaN or infinite) in "
+                         f"{len(broken)} tensor(s), e.g. {broken[0]}; the model file is corrupt. Use another model "
+                         f"file (or the bundled one).")
 
 
 def _read_parts(files: list[Path]) -> dict:

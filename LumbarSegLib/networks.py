@@ -20,6 +20,19 @@ import torch.nn.functional as F
 from torch import nn
 
 from .constants import NUM_CLASSES
+from .errors import ModelError
+
+# Plausible ranges of a configuration, checked before any network is built: a crafted or corrupt config
+# (e.g. 10^4 channels or a 2000^3 input) would otherwise allocate gigabytes and run for minutes before
+# failing. The shipped configurations sit well inside them (paper: 64 channels, 96x96x128 input).
+MAX_CHANNELS = 256
+MAX_XUNET_BASE = 64  # its bottom has 8 x base channels
+MAX_LEVELS = 6
+INPUT_AXIS_RANGE = (8, 320)  # voxels per axis of a network input
+MAX_INPUT_VOXELS = 256 ** 3
+# channels x voxels of a network's finest feature map: 2^28 float32 values are 1 GiB per map, and a forward
+# pass holds a dozen of them (paper: localizer 64 x 96x96x128 = 2^26.2, XUNet 32 x 64x64x128 = 2^24)
+MAX_FEATURE_VALUES = 2 ** 28
 
 
 @dataclass(frozen=True)
@@ -43,6 +56,51 @@ class ModelConfig:
     # post-processing can anchor the names on them (see pipeline.assign_identities).
     context_classes: tuple[str, ...] = ()
 
+    def __post_init__(self):
+        problem = self.range_problem()
+        if problem:
+            raise ModelError(f"Model configuration '{self.name}' is invalid: {problem}.")
+
+    def range_problem(self) -> str | None:
+        """What is out of range in this configuration (None when it is usable)."""
+        def whole(v):
+            return isinstance(v, int) and not isinstance(v, bool)
+
+        lo, hi = INPUT_AXIS_RANGE
+        for key, limit in (("localizer_channels", MAX_CHANNELS), ("localizer_levels", MAX_LEVELS),
+                           ("xunet_base", MAX_XUNET_BASE)):
+            value = getattr(self, key)
+            if not whole(value) or not 1 <= value <= limit:
+                return f"{key} is {value!r}, expected a whole number from 1 to {limit}"
+        if self.xunet_base % 2:
+            return f"xunet_base is {self.xunet_base}, expected an even number (its Inception block needs 8 x base " \
+                   f"divisible by 16)"
+        for key in ("localizer_input", "xunet_input"):
+            size = tuple(getattr(self, key))
+            if len(size) != 3 or not all(whole(v) and lo <= v <= hi for v in size):
+                return f"{key} is {size!r}, expected three whole numbers of voxels from {lo} to {hi}"
+            if size[0] * size[1] * size[2] > MAX_INPUT_VOXELS:
+                return f"{key} {size!r} has more than {MAX_INPUT_VOXELS} voxels"
+        for key, channels, size in (("localizer", self.localizer_channels, self.localizer_input),
+                                    ("XUNet", self.xunet_base, self.xunet_input)):
+            values = channels * size[0] * size[1] * size[2]
+            if values > MAX_FEATURE_VALUES:
+                return (f"the {key}'s finest feature map would hold {values:.3g} values ({channels} channels x "
+                        f"{'x'.join(map(str, size))} voxels), more than {MAX_FEATURE_VALUES:.3g}: far too large to run")
+        if min(self.localizer_input) < 2 ** (self.localizer_levels - 1):
+            return (f"localizer_input {tuple(self.localizer_input)!r} is too small for {self.localizer_levels} "
+                    f"levels (each axis needs at least {2 ** (self.localizer_levels - 1)} voxels)")
+        for key in ("window_level", "window_width"):
+            value = getattr(self, key)
+            if not isinstance(value, (int, float)) or isinstance(value, bool) or not abs(value) < 1e5:
+                return f"{key} is {value!r}, expected a number of HU"
+        if not self.window_width > 0:
+            return f"window_width is {self.window_width!r}, expected a positive number of HU"
+        unknown = [c for c in self.context_classes if c not in CONTEXT_CLASSES]
+        if unknown or len(set(self.context_classes)) != len(self.context_classes):
+            return f"context_classes {tuple(self.context_classes)!r}, expected distinct names out of {CONTEXT_CLASSES}"
+        return None
+
     @property
     def xunet_outputs(self) -> int:
         return NUM_CLASSES + len(self.context_classes)
@@ -52,11 +110,22 @@ class ModelConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> "ModelConfig":
+        """A configuration from a model file's dict; unknown or missing keys and values out of range are a
+        :class:`ModelError` (see :meth:`range_problem`), raised before any network is built."""
+        if not isinstance(d, dict):
+            raise ModelError(f"Model configuration is a {type(d).__name__}, expected a dict.")
         d = dict(d)
-        d["localizer_input"] = tuple(d["localizer_input"])
-        d["xunet_input"] = tuple(d["xunet_input"])
-        d["context_classes"] = tuple(d.get("context_classes", ()))
-        return cls(**d)
+        known = set(cls.__dataclass_fields__)
+        unknown = sorted(str(k) for k in set(d) - known)
+        if unknown:
+            raise ModelError(f"Model configuration has unknown keys: {', '.join(unknown)}.")
+        try:
+            for key in ("localizer_input", "xunet_input", "context_classes"):
+                if key in d:
+                    d[key] = tuple(d[key])
+            return cls(**d)
+        except TypeError as exc:  # a missing key, or a value that is not a sequence
+            raise ModelError(f"Model configuration is incomplete or malformed ({exc}).") from None
 
 
 CONTEXT_CLASSES = ("thoracic", "caudal")

@@ -7,6 +7,7 @@ read and validated by :mod:`LumbarSegLib.io`) so the CLI, the tests and the Slic
 from __future__ import annotations
 
 import copy
+import math
 import time
 from dataclasses import dataclass, field
 
@@ -15,20 +16,26 @@ import SimpleITK as sitk
 import torch
 from scipy import ndimage
 
-from . import preprocess
+from . import morphology, orientation, preprocess
 from .constants import LABEL_NAMES, NUM_CLASSES
-from .errors import Cancelled, InputError
+from .errors import Cancelled, InputError, ModelError
 from .models import LumbarSegModel, load_model, resolve_device
 
 # Below this heatmap peak the localizer saw no lumbar spine (a trained localizer peaks near 1 on one).
 MIN_HEATMAP_PEAK = 0.35
-# A vertebra whose largest piece is smaller than this is not reported. A whole lumbar vertebra is 25-90 mL
-# (about 1-2 mL per mm of its height), so 8 mL is the last 5-7 mm of one at the edge of the field of view,
-# too little to name or to plan on. The real thoracic series in ../shared (T11/T12, no lumbar vertebra)
-# drew lumbar pieces of 0.1-4 mL from the networks trained with real CT; whole vertebrae are never that small.
+# The sizes of vertebrae reported. A whole adult lumbar vertebra is 25-90 mL (about 1-2 mL per mm of its
+# height). At least one piece must reach MIN_VERTEBRA_ML - the last 5-7 mm of an adult vertebra at the edge
+# of the field of view - before anything is reported: the real thoracic series in ../shared (T11/T12, no
+# lumbar vertebra) drew lumbar pieces of 0.1-4 mL from the networks trained with real CT. The other pieces
+# are measured against the vertebrae found, so a child's spine (half the size: an eighth of the volume) keeps
+# its vertebrae: each must reach RELATIVE_MIN_VERTEBRA of the median of those that reach MIN_VERTEBRA_ML,
+# never less than MIN_SLIVER_ML and never more than MIN_VERTEBRA_ML (an adult's rule stays 8 mL).
 MIN_VERTEBRA_ML = 8.0
+RELATIVE_MIN_VERTEBRA = 0.25
+MIN_SLIVER_ML = 1.0
 # Vertebrae are solid: the network's uncertain voxels inside cancellous bone leave pits and holes in a
-# vertebra that a closing of this radius and a 3D hole fill close (into background voxels only).
+# vertebra that a closing of this radius and a 3D hole fill close (into background voxels only), on a
+# grid bounded in size whatever the spacing (:mod:`morphology`).
 CLOSING_MM = 2.0
 
 
@@ -96,42 +103,108 @@ def lps_box_to_index(image: sitk.Image, box_lps) -> tuple[np.ndarray, np.ndarray
     return lo, hi
 
 
+def check_finite_output(output: torch.Tensor, network: str) -> None:
+    """A network output holding NaN or infinity is a broken model (NaN weights, an overflow), never an empty
+    result: every comparison with NaN is false, so its heatmap would read as "no lumbar spine found"."""
+    if not bool(torch.isfinite(output).all()):
+        bad = int((~torch.isfinite(output)).sum())
+        raise ModelError(f"The {network} network produced {bad} of {output.numel()} output values that are not "
+                         f"numbers (NaN or infinite): the model's weights are corrupt or numerically unstable, so "
+                         f"no result can be trusted. Use another model file (or the bundled one).")
+
+
 def run_localizer(canonical: sitk.Image, model: LumbarSegModel, device: torch.device) -> np.ndarray:
     x = preprocess.localizer_input(canonical, model.config)
     with torch.inference_mode():
         heat = model.localizer(torch.from_numpy(x)[None, None].to(device))
+        check_finite_output(heat, "localizer")
     return heat[0, 0].float().cpu().numpy()
 
 
-def run_xunet(canonical: sitk.Image, lo, hi, model: LumbarSegModel, device: torch.device) -> np.ndarray:
-    """Labels (z, y, x) uint8 of the box [lo, hi) at the canonical image's resolution."""
+def xunet_probabilities(canonical: sitk.Image, lo, hi, model: LumbarSegModel, device: torch.device,
+                        mirror_z: bool = False) -> torch.Tensor:
+    """XUNet class probabilities (C, z, y, x) on its own grid for the box [lo, hi); ``mirror_z`` feeds the
+    box mirrored head-to-feet and mirrors the output back (for :mod:`orientation`'s check)."""
     x = preprocess.crop_input(canonical, lo, hi, model.config)
+    if mirror_z:
+        x = np.ascontiguousarray(x[::-1])
     with torch.inference_mode():
-        probs = torch.softmax(model.xunet(torch.from_numpy(x)[None, None].to(device)), dim=1)[0].float().cpu()
-        return preprocess.probabilities_to_labels(probs, np.asarray(hi) - np.asarray(lo))
+        logits = model.xunet(torch.from_numpy(x)[None, None].to(device))
+        check_finite_output(logits, "XUNet")
+        probs = torch.softmax(logits, dim=1)[0].float().cpu()
+    return probs.flip(1) if mirror_z else probs
 
 
-def clean_labels(labels: np.ndarray, spacing_xyz, messages: list[str], context_classes=()) -> np.ndarray:
+def check_head_feet(canonical: sitk.Image, lo, hi, model: LumbarSegModel, device: torch.device,
+                    probs: torch.Tensor, box_labels: np.ndarray) -> None:
+    """Refuse (:class:`orientation.OrientationError`) a CT whose anatomy says head and feet are swapped
+    against its header: context classes on the wrong side, L1-L5 in reversed order, or a crop that the
+    XUNet recognises better mirrored head-to-feet (one more XUNet pass, only when vertebrae were found)."""
+    min_voxels = max(1, int(MIN_VERTEBRA_ML / (float(np.prod(canonical.GetSpacing())) / 1000.0)))
+    reasons = [orientation.context_contradiction(box_labels, model.config.context_classes, min_voxels),
+               orientation.order_contradiction(box_labels, min_voxels)]
+    as_given = orientation.view_score(probs)
+    if as_given.vertebra_voxels:
+        mirrored = orientation.view_score(xunet_probabilities(canonical, lo, hi, model, device, mirror_z=True))
+        reasons.append(orientation.mirror_contradiction(as_given, mirrored))
+    orientation.refuse_if_upside_down(reasons)
+
+
+def vertebra_minimum_ml(volumes_ml) -> float | None:
+    """The smallest piece (mL) to report among pieces of ``volumes_ml``; None when none reaches
+    MIN_VERTEBRA_ML, so nothing is reported (see the constants above)."""
+    whole = [v for v in volumes_ml if v >= MIN_VERTEBRA_ML]
+    if not whole:
+        return None
+    return min(MIN_VERTEBRA_ML, max(MIN_SLIVER_ML, RELATIVE_MIN_VERTEBRA * float(np.median(whole))))
+
+
+def _dropped_message(dropped: dict, minimum: float | None) -> str:
+    pieces = ", ".join(f"{LABEL_NAMES[lab]} ({ml:.1f} mL)" for lab, ml in sorted(dropped.items()))
+    if minimum is None:
+        why = (f"no piece reached {MIN_VERTEBRA_ML:g} mL, the least of a real lumbar vertebra at the edge of the "
+               f"field of view (a whole one is 25-90 mL in an adult)")
+    else:
+        why = (f"each is under {minimum:.1f} mL, the minimum here ({RELATIVE_MIN_VERTEBRA:g} of the median vertebra "
+               f"found, at least {MIN_SLIVER_ML:g} mL, at most {MIN_VERTEBRA_ML:g} mL)")
+    return f"Pieces labelled {pieces} were not reported: {why}."
+
+
+def clean_labels(labels: np.ndarray, spacing_xyz, messages: list[str], context_classes=(), check=None,
+                 dropped: dict | None = None) -> np.ndarray:
     """Keep each vertebra's largest connected piece; drop islands and slivers; name the vertebrae in order.
 
     ``labels`` is (z, y, x) in LPS orientation (a larger z index is more superior) with 0 background,
     1..5 L1..L5 and, after them, the model's ``context_classes`` (networks.CONTEXT_CLASSES), which are
-    used to anchor the names (:func:`anchor_names`) and then folded into background.
+    used to anchor the names (:func:`anchor_names`) and then folded into background. Pieces too small to
+    report (:func:`vertebra_minimum_ml`) are named in ``messages`` and in ``dropped`` (label -> mL).
+    ``check()`` is called before each vertebra's morphology (the pipeline's cancellation check).
     """
     voxel_ml = float(np.prod(spacing_xyz)) / 1000.0
-    min_voxels = max(1, int(MIN_VERTEBRA_ML / voxel_ml))
+    spacing_zyx = np.asarray(spacing_xyz, float)[::-1]
     out = np.zeros_like(labels)
     extents = {}  # label -> (lowest z, centroid z, highest z) of its kept piece
-    radius = np.maximum(np.round(CLOSING_MM / np.asarray(spacing_xyz, float)[::-1]).astype(int), 1)  # (z, y, x)
-    objects = ndimage.find_objects(labels, max_label=NUM_CLASSES - 1)
-    for label, region in enumerate(objects, start=1):
-        if region is None:
+    pieces = {}  # label -> (region, largest piece in it)
+    for label, region in enumerate(ndimage.find_objects(labels, max_label=NUM_CLASSES - 1), start=1):
+        if region is not None:
+            pieces[label] = (region, preprocess.largest_component(labels[region] == label))
+    volumes = {label: float(mask.sum()) * voxel_ml for label, (_, mask) in pieces.items()}
+    minimum = vertebra_minimum_ml(volumes.values())
+    too_small = {lab: v for lab, v in volumes.items() if minimum is None or v < minimum}
+    if too_small:
+        messages.append(_dropped_message(too_small, minimum))
+        if dropped is not None:
+            dropped.update(too_small)
+    # a piece is kept from this many voxels on (the context classes' anchors use the same count)
+    min_voxels = max(1, int(math.ceil((minimum if minimum is not None else MIN_VERTEBRA_ML) / voxel_ml)))
+    margin = np.ceil(CLOSING_MM / spacing_zyx).astype(int)  # room for the closing around each vertebra
+    for label, (region, mask) in pieces.items():
+        if label in too_small:
             continue
-        mask = preprocess.largest_component(labels[region] == label)
-        if mask.sum() < min_voxels:
-            continue
+        if check is not None:
+            check()
         out[region][mask] = label
-        _close_and_fill(out, labels, label, region, radius)
+        _close_and_fill(out, labels, label, region, margin, spacing_zyx, check)
         zs = np.flatnonzero(mask.any(axis=(1, 2))) + region[0].start
         extents[label] = (zs[0], ndimage.center_of_mass(mask)[0] + region[0].start, zs[-1])
     # Anatomical order: L1 must be the most superior. If the network swapped identities, keep its set of
@@ -151,14 +224,12 @@ def clean_labels(labels: np.ndarray, spacing_xyz, messages: list[str], context_c
     return remap[out]
 
 
-def _close_and_fill(out: np.ndarray, labels: np.ndarray, label: int, region, radius) -> None:
-    """Close ``label``'s kept piece in ``out`` (ellipsoid of ``radius`` voxels) and fill its enclosed holes,
-    in place, taking only voxels the network called background."""
-    box = tuple(slice(max(r.start - k, 0), min(r.stop + k, n)) for r, k, n in zip(region, radius, labels.shape))
-    mask = out[box] == label
-    zz, yy, xx = np.ogrid[tuple(slice(-k, k + 1) for k in radius)]
-    ball = (zz / radius[0]) ** 2 + (yy / radius[1]) ** 2 + (xx / radius[2]) ** 2 <= 1.0
-    solid = ndimage.binary_fill_holes(ndimage.binary_closing(mask, structure=ball, border_value=0))
+def _close_and_fill(out: np.ndarray, labels: np.ndarray, label: int, region, margin, spacing_zyx,
+                    check=None) -> None:
+    """Close ``label``'s kept piece in ``out`` (about CLOSING_MM, on a bounded grid: :mod:`morphology`) and
+    fill its enclosed holes, in place, taking only voxels the network called background."""
+    box = tuple(slice(max(r.start - k, 0), min(r.stop + k, n)) for r, k, n in zip(region, margin, labels.shape))
+    solid = morphology.close_and_fill(out[box] == label, spacing_zyx, CLOSING_MM, check)
     out[box][solid & (labels[box] == 0) & (out[box] == 0)] = label
 
 
@@ -279,12 +350,18 @@ def _segment_on(image: sitk.Image, model: LumbarSegModel, torch_device: torch.de
         messages.append("Used the given crop box; the localizer was skipped.")
 
     labels_canonical = np.zeros(canonical.GetSize()[::-1], dtype=np.uint8)
+    dropped: dict = {}  # pieces too small to report (clean_labels says so in the messages)
     if box is not None:
         lo, hi = box
         stages.start("segment")
-        box_labels = run_xunet(canonical, lo, hi, model, torch_device)
+        probs = xunet_probabilities(canonical, lo, hi, model, torch_device)
+        with torch.inference_mode():
+            box_labels = preprocess.probabilities_to_labels(probs, np.asarray(hi) - np.asarray(lo))
+        if model.trained:  # random weights say nothing about anatomy (and are announced as meaningless)
+            check_head_feet(canonical, lo, hi, model, torch_device, probs, box_labels)
         stages.start("postprocess")
-        box_labels = clean_labels(box_labels, canonical.GetSpacing(), messages, model.config.context_classes)
+        box_labels = clean_labels(box_labels, canonical.GetSpacing(), messages, model.config.context_classes,
+                                  check=stages.check, dropped=dropped)
         labels_canonical[lo[2]:hi[2], lo[1]:hi[1], lo[0]:hi[0]] = box_labels
     else:
         stages.start("postprocess")
@@ -295,7 +372,12 @@ def _segment_on(image: sitk.Image, model: LumbarSegModel, torch_device: torch.de
                         "(e.g. a thoracic-only or non-spine field of view).")
     elif len(found) < 5:
         missing = [n for n in LABEL_NAMES.values() if n not in found]
-        messages.append(f"Partial field of view: found {', '.join(found)}; not found: {', '.join(missing)}.")
+        small = [LABEL_NAMES[lab] for lab in sorted(dropped) if LABEL_NAMES[lab] in missing]
+        if small:  # pieces dropped as too small are named as such: a small spine is not a partial view
+            messages.append(f"Found {', '.join(found)}; not found: {', '.join(missing)} ({', '.join(small)} only "
+                            f"as pieces too small to report, see above).")
+        else:
+            messages.append(f"Partial field of view: found {', '.join(found)}; not found: {', '.join(missing)}.")
 
     out = sitk.GetImageFromArray(labels_canonical)
     out.CopyInformation(canonical)

@@ -1,0 +1,102 @@
+"""An upside-down CT (voxels mirrored head-to-feet, header unchanged) must not get reversed names: the
+anatomy (context classes, label order, the XUNet's mirror test) refuses it. End to end with the bundled
+model on a phantom (no data needed) and on real CTs from ../shared/data/real (skipped without them)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from LumbarSegLib import orientation, pipeline, preprocess
+from LumbarSegLib.cli import main
+from LumbarSegLib.constants import NUM_CLASSES
+from LumbarSegLib.orientation import OrientationError, ViewScore
+
+THORACIC, CAUDAL = NUM_CLASSES, NUM_CLASSES + 1
+
+
+def upside_down(image: sitk.Image) -> sitk.Image:
+    """``image`` with its voxels mirrored head-to-feet and its (canonical LPS) header unchanged."""
+    canonical = preprocess.to_canonical(image)
+    flipped = sitk.GetImageFromArray(np.ascontiguousarray(sitk.GetArrayFromImage(canonical)[::-1]))
+    flipped.CopyInformation(canonical)
+    return flipped
+
+
+def column(order_top_down, context_top=None, context_bottom=None):
+    """(z, y, x) labels, LPS (larger z superior): 10-slice vertebrae from the top down, context above/below."""
+    parts = ([context_top] if context_top else []) + list(order_top_down) + ([context_bottom] if context_bottom else [])
+    labels = np.zeros((10 * len(parts), 8, 8), np.uint8)
+    for i, label in enumerate(parts):
+        z_hi = labels.shape[0] - 10 * i
+        labels[z_hi - 9:z_hi - 1, 2:6, 2:6] = label
+    return labels
+
+
+def test_context_classes_on_the_wrong_side_contradict_the_header():
+    classes = ("thoracic", "caudal")
+    assert orientation.context_contradiction(column([1, 2, 3], THORACIC, CAUDAL), classes, 10) is None
+    assert "thoracic vertebrae" in orientation.context_contradiction(column([1, 2, 3], None, THORACIC), classes, 10)
+    assert "sacrum lies above" in orientation.context_contradiction(column([1, 2, 3], CAUDAL, None), classes, 10)
+    assert orientation.context_contradiction(column([1, 2, 3], CAUDAL, None), (), 10) is None  # no such classes
+
+
+def test_fully_reversed_label_order_contradicts_the_header():
+    assert orientation.order_contradiction(column([5, 4, 3]), 10) is not None
+    assert orientation.order_contradiction(column([3, 4, 5]), 10) is None
+    assert orientation.order_contradiction(column([5, 4]), 10) is None  # two vertebrae are too few to tell
+    assert orientation.order_contradiction(column([4, 5, 3]), 10) is None  # a swap, not a reversal
+
+
+def test_mirror_test_needs_a_clear_win():
+    upright = ViewScore(0.80, 50000)
+    assert orientation.mirror_contradiction(upright, ViewScore(0.78, 45000)) is None
+    assert orientation.mirror_contradiction(upright, ViewScore(0.81, 51000)) is None  # too close to call
+    assert "upside down" in orientation.mirror_contradiction(upright, ViewScore(0.83, 56000))
+    assert orientation.mirror_contradiction(ViewScore(0.0, 0), ViewScore(0.9, 100)) is None
+
+
+@pytest.fixture(scope="module")
+def abdomen_phantom():
+    """An abdominal phantom (T12-sacrum, 3.2 mm voxels) from an evaluation seed the model never saw."""
+    from LumbarSegLib import phantoms
+
+    ct, _ = phantoms.generate_phantom(100011, shape=(128, 128, 100), fov="abdomen")
+    return ct
+
+
+@pytest.fixture(scope="module")
+def bundled():
+    from LumbarSegLib.models import load_model
+
+    model = load_model()
+    if not model.trained:
+        pytest.skip("the bundled model is not installed")
+    return model
+
+
+def test_bundled_model_names_the_upright_phantom(abdomen_phantom, bundled):
+    result = pipeline.segment(abdomen_phantom, model=bundled, device="cpu")
+    assert len(result.found) >= 3 and not any("disagree" in m for m in result.messages)
+
+
+def test_cli_refuses_an_upside_down_ct_with_exit_2_and_writes_nothing(abdomen_phantom, tmp_path, capsys):
+    path = tmp_path / "flipped.nii.gz"
+    sitk.WriteImage(upside_down(abdomen_phantom), str(path))
+    out = tmp_path / "out"
+    assert main(["segment", str(path), "-o", str(out), "--device", "cpu", "-q"]) == 2
+    err = capsys.readouterr().err
+    assert "lumbarseg: error: The anatomy and the image header disagree" in err and "Traceback" not in err
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("case", ["sub-verse005", "sub-verse008"])
+def test_real_ct_upside_down_is_refused_and_upright_is_named(shared_data, bundled, case):
+    from LumbarSegLib import io
+
+    ct = io.load_ct(shared_data / "real" / f"{case}_ct.nii.gz").image
+    with pytest.raises(OrientationError, match="turned upside down"):
+        pipeline.segment(upside_down(ct), model=bundled, device="cpu")
+    if case == "sub-verse005":  # and the same CT the right way up is named L1-L5 (as in the README's table)
+        assert pipeline.segment(ct, model=bundled, device="cpu").found == ["L1", "L2", "L3", "L4", "L5"]
