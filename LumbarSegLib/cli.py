@@ -461,6 +461,9 @@ def build_parser() -> argparse.ArgumentParser:
     from .training import cli as training_cli
 
     training_cli.register_cli(sub)  # train, evaluate-model
+    from .web import cli as web_cli
+
+    web_cli.register_cli(sub)  # serve
     return parser
 
 

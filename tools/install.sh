@@ -8,30 +8,41 @@
 #   * otherwise: into a virtual environment .venv in the repository, created if missing -
 #     afterwards run `. .venv/bin/activate` (or call .venv/bin/lumbarseg directly);
 #   * PYTHON=/path/to/python bash tools/install.sh: into that interpreter, as it is.
+#
+# bash tools/install.sh --web: the web app's own environment .venv-web instead (LumbarSeg with the `web`
+# extra: trame-slicer on slicer-core 5.11, which the main environment's 5.13 cannot share; README "In the
+# browser"). It never installs into an active environment, which would swap that one's slicer-core.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+WEB=""
+if [ "${1:-}" = "--web" ]; then WEB=yes; elif [ -n "${1:-}" ]; then
+  echo "install.sh: error: unknown option '$1' (accepted: --web)" >&2; exit 2
+fi
 
 if command -v apt-get >/dev/null 2>&1; then
   SUDO=""; [ "$(id -u)" -ne 0 ] && command -v sudo >/dev/null 2>&1 && SUDO="sudo"
   # EGL + Mesa let VTK render the 3D view without a display (tests and the README screenshot);
   # dicom3tools' dciodvfy validates the DICOM SEG files the tests write; fonts-droid-fallback has the
-  # Chinese/Japanese glyphs for file names in preview titles; python3-venv makes .venv below.
-  PACKAGES="libegl1 libegl-mesa0 libgl1-mesa-dri dicom3tools fonts-droid-fallback python3-venv"
+  # Chinese/Japanese glyphs for file names in preview titles; python3-venv makes .venv below; chromium is
+  # the browser the web app's tests drive (Playwright's own browser download is not needed).
+  PACKAGES="libegl1 libegl-mesa0 libgl1-mesa-dri dicom3tools fonts-droid-fallback python3-venv chromium"
   $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -q $PACKAGES >/dev/null \
     || { $SUDO apt-get update -q >/dev/null && $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -q $PACKAGES >/dev/null; }
 fi
 
 CREATED=""
+VENV=.venv; EXTRAS=test
+[ -n "$WEB" ] && VENV=.venv-web && EXTRAS=web
 if [ -n "${PYTHON:-}" ]; then
   PY=$PYTHON
-elif [ -n "${VIRTUAL_ENV:-}" ] || [ -n "${CONDA_PREFIX:-}" ]; then
+elif [ -z "$WEB" ] && { [ -n "${VIRTUAL_ENV:-}" ] || [ -n "${CONDA_PREFIX:-}" ]; }; then
   PY=python3
 else
-  if [ ! -x .venv/bin/python ]; then
-    python3 -m venv .venv
+  if [ ! -x $VENV/bin/python ]; then
+    python3 -m venv $VENV
     CREATED=yes
   fi
-  PY=.venv/bin/python
+  PY=$VENV/bin/python
 fi
 
 # The CPU build of torch 2.13. PyPI's torch for Linux is the CUDA build (several GB of CUDA libraries), so
@@ -44,9 +55,11 @@ fi
 $PY -m pip install -q torch==2.13.0 $TORCH_CPU_INDEX
 $PY -c "import importlib.metadata as m, sys; sys.exit(sys.platform == 'linux' and '+cpu' not in m.version('torch'))" \
   || echo "Note: PyPI's CUDA build of torch was installed (PyTorch's CPU index was not reachable); it runs on the CPU too."
-$PY -m pip install -q -e ".[test]"
+$PY -m pip install -q -e ".[$EXTRAS]"
 
 echo "LumbarSeg is installed in $($PY -c 'import sys; print(sys.prefix)')${CREATED:+ (a new virtual environment)}."
-if [ "$PY" = ".venv/bin/python" ]; then
-  echo "Activate it in your shell with:  . .venv/bin/activate"
+if [ -n "$WEB" ]; then
+  echo "Start the web app with:  $VENV/bin/lumbarseg serve --sample"
+elif [ "$PY" = "$VENV/bin/python" ]; then
+  echo "Activate it in your shell with:  . $VENV/bin/activate"
 fi
