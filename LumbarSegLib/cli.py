@@ -41,13 +41,22 @@ def _untrained_banner() -> None:
 
 
 class _StageProgress:
-    """Stage lines on stderr ('localize ... 1.23 s'): readable in logs, unlike redrawn progress bars."""
+    """Stage lines on stderr ('localize ... 1.23 s'): readable in logs, unlike redrawn progress bars.
 
-    def __init__(self, quiet: bool = False):
-        self.quiet = quiet
+    ``fmt="json"`` (``--progress-format json``) writes one JSON object per event instead
+    (``{"event": "progress", "stage": ..., "fraction": ...}``), for a front-end that runs this command as a
+    subprocess (:mod:`LumbarSegLib.engine_process`)."""
+
+    def __init__(self, quiet: bool = False, fmt: str = "text"):
+        self.quiet, self.fmt = quiet, fmt
         self._t0: dict[str, float] = {}
 
     def __call__(self, stage: str, fraction: float) -> None:
+        if self.fmt == "json":
+            import json
+
+            _err(json.dumps({"event": "progress", "stage": stage, "fraction": float(fraction)}))
+            return
         if self.quiet:
             return
         if fraction <= 0.0:
@@ -91,12 +100,14 @@ def _load_model(spec, device: str):
 
 def _run_segmentation(loaded, *, input_desc: dict, out, stem: str, model, device: str, fmt: str, stl: bool,
                       preview: bool, reference=None, reference_desc: dict | None = None, smoothing: float,
-                      quiet: bool, extra_timings: dict | None = None, dicom_source=None) -> dict:
+                      quiet: bool, extra_timings: dict | None = None, dicom_source=None, box_lps=None,
+                      progress_format: str = "text") -> dict:
     """Segment an already validated CT (:class:`io.LoadedCT`), write every requested output into the
     staging folder of ``out`` (:class:`outputs.OutputFolder`), commit it with ``report.json`` and return
     the report.
 
-    ``dicom_source``: the source series' datasets (``dicom_seg.read_source_series``) to write a DICOM SEG."""
+    ``dicom_source``: the source series' datasets (``dicom_seg.read_source_series``) to write a DICOM SEG.
+    ``box_lps``: the user's crop box ((min xyz), (max xyz), LPS mm); the localizer is skipped then."""
     import SimpleITK as sitk
 
     from . import io, metrics, pipeline, surfaces
@@ -104,9 +115,9 @@ def _run_segmentation(loaded, *, input_desc: dict, out, stem: str, model, device
     from .models import resolve_device
 
     image = loaded.image
-    progress = _StageProgress(quiet)
+    progress = _StageProgress(quiet, progress_format)
     t_start = time.perf_counter()
-    result = pipeline.segment(image, model=model, device=device, progress=progress)
+    result = pipeline.segment(image, model=model, device=device, box_lps=box_lps, progress=progress)
     timings = dict(extra_timings or {})
     timings.update(result.timings)
 
@@ -234,6 +245,7 @@ def cmd_segment(args) -> int:
 
     resolve_device(args.device)  # an unavailable device fails now, not after reading a large CT
     smoothing = _check_smoothing(args.smoothing)
+    box_lps = _check_crop_box(args.crop_box)
     if args.series and not Path(args.input).is_dir():
         raise InputError(f"--series chooses a series in a DICOM folder, but {args.input} is not a folder.")
     # The output folder is checked (and locked) before anything is read or computed.
@@ -243,7 +255,7 @@ def cmd_segment(args) -> int:
             from .dicom_seg import read_source_series
 
             dicom_source = read_source_series(args.input, series_uid=args.series)
-        progress = _StageProgress(args.quiet)
+        progress = _StageProgress(args.quiet, args.progress_format)
         done = progress.step("read")
         t0 = time.perf_counter()
         loaded = io.load_ct(args.input, series_uid=args.series)
@@ -267,8 +279,20 @@ def cmd_segment(args) -> int:
         _run_segmentation(loaded, input_desc=input_desc, out=out, stem=io.output_stem(args.input), model=model,
                           device=args.device, fmt=args.format, stl=args.stl, preview=args.preview,
                           reference=reference, reference_desc=reference_desc, smoothing=smoothing,
-                          quiet=args.quiet, extra_timings={"read": read_s}, dicom_source=dicom_source)
+                          quiet=args.quiet, extra_timings={"read": read_s}, dicom_source=dicom_source,
+                          box_lps=box_lps, progress_format=args.progress_format)
     return 0
+
+
+def _check_crop_box(values):
+    """``--crop-box`` as ((min x y z), (max x y z)) in LPS mm, or None; each minimum below its maximum."""
+    if values is None:
+        return None
+    lo, hi = tuple(float(v) for v in values[:3]), tuple(float(v) for v in values[3:])
+    if not all(a < b for a, b in zip(lo, hi)):
+        raise InputError(f"--crop-box {' '.join(f'{v:g}' for v in values)}: each minimum (XMIN YMIN ZMIN) must be "
+                         f"below its maximum (XMAX YMAX ZMAX), in LPS millimetres.")
+    return lo, hi
 
 
 def cmd_evaluate(args) -> int:
@@ -422,6 +446,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--series", metavar="UID",
                    help="for a DICOM folder with several series: the SeriesInstanceUID to segment "
                         "(default: the series with the most slices)")
+    p.add_argument("--crop-box", type=float, nargs=6, metavar=("XMIN", "YMIN", "ZMIN", "XMAX", "YMAX", "ZMAX"),
+                   help="segment inside this box (LPS mm, as report.json's crop_box) instead of the localizer's")
+    p.add_argument("--progress-format", default="text", choices=["text", "json"],
+                   help="stage lines for people (default) or one JSON object per line for a front-end")
     overwrite(p)
     common(p)
     p.set_defaults(func=cmd_segment)
