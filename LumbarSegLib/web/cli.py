@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import ipaddress
+import os
 import sys
 from pathlib import Path
 
@@ -75,6 +76,9 @@ def check_serve_arguments(args: argparse.Namespace) -> None:
 
 def cmd_serve(args: argparse.Namespace) -> int:
     check_serve_arguments(args)
+    if not os.environ.get("DISPLAY") and not os.environ.get("WAYLAND_DISPLAY"):
+        # Headless server: VTK draws the views offscreen with EGL (Mesa or the GPU's driver), not through X.
+        os.environ.setdefault("VTK_DEFAULT_OPENGL_WINDOW", "vtkEGLRenderWindow")
     try:
         import trame_slicer  # noqa: F401
     except ModuleNotFoundError:
