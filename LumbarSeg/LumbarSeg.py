@@ -141,12 +141,12 @@ def slicerLib(name):
     return importlib.import_module("LumbarSegLib.slicer." + name)
 
 
-def registerTerminology():
-    """Load the L1-L5 terminology this extension ships into Slicer's Terminologies module."""
-    from LumbarSegLib.slicer.segments import TERMINOLOGY_FILE_NAME
-
-    path = os.path.join(MODULE_DIR, "Resources", TERMINOLOGY_FILE_NAME)
-    return slicerLib("segments").load_terminology(slicer.modules.terminologies.logic(), path)
+def registerTerminology(terminologiesLogic=None):
+    """Load the L1-L5 terminology this extension ships into Slicer's Terminologies module (its logic, or
+    ``terminologiesLogic``)."""
+    segments = slicerLib("segments")  # makes LumbarSegLib importable first (a source checkout has it one up)
+    path = os.path.join(MODULE_DIR, "Resources", segments.TERMINOLOGY_FILE_NAME)
+    return segments.load_terminology(terminologiesLogic or slicer.modules.terminologies.logic(), path)
 
 
 def registerSampleData():
@@ -174,8 +174,9 @@ class LumbarSeg(ScriptedLoadableModule):
             "spine (heatmap) and places a crop box (the 'Lumbar crop' ROI); an XUNet segments L1-L5 inside it "
             "(Lu et al., J Appl Clin Med Phys 2023).<br>"
             "Move or resize the ROI and segment again to use your own box. Edit the result in the Segment "
-            "Editor, recompute metrics, export STL (one file per vertebra) or a label map; right-click the "
-            "segmentation in the Data module and choose Export to DICOM for a DICOM SEG.<br>"
+            "Editor, recompute metrics, export STL (one file per vertebra) or a label map. For a DICOM SEG, "
+            "right-click the segmentation in the Data module and choose Export to DICOM; on Slicer 5.8 and 5.10 "
+            "this needs the QuantitativeReporting extension (Extensions Manager).<br>"
             "<b>Research use only, not a medical device.</b> The bundled model was trained on synthetic CTs "
             "only; see its model card under Model.")
         self.parent.acknowledgementText = _(
@@ -231,8 +232,7 @@ class LumbarSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.logic = None
         self._parameterNode = None
         self._updatingGUIFromParameterNode = False
-        self._worker = None
-        self._runContext = None
+        self._job = None  # the running segmentation (LumbarSegLib.slicer.engine_job.EngineJob)
         self._timer = None
 
     # --- setup and parameter node -----------------------------------------------------------------
@@ -261,7 +261,7 @@ class LumbarSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             combo.connect("currentIndexChanged(int)", self.updateParameterNodeFromGUI)
         self.ui.modelPathLineEdit.connect("currentPathChanged(QString)", self.updateParameterNodeFromGUI)
         self.ui.smoothingSliderWidget.connect("valueChanged(double)", self.onSmoothingChanged)
-        self.ui.exportFolderButton.connect("directoryChanged(QString)", self.updateParameterNodeFromGUI)
+        self.ui.exportFolderButton.connect("directoryChanged(QString)", self.onExportFolderChanged)
 
         # Buttons
         self.ui.applyButton.connect("clicked(bool)", self.onApplyButton)
@@ -278,11 +278,16 @@ class LumbarSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.initializeParameterNode()
 
     def cleanup(self):
-        if self._worker is not None:
-            self._worker.cancel()
+        self.stopRunningJob()
         if self._timer is not None:
             self._timer.stop()
         self.removeObservers()
+
+    def stopRunningJob(self):
+        """End a running segmentation and wait until its process is gone (module reload, scene close, exit)."""
+        job, self._job = self._job, None
+        if job is not None:
+            self.logic.cancelSegmentation(job)
 
     def enter(self):
         self.initializeParameterNode()
@@ -292,8 +297,7 @@ class LumbarSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self.updateGUIFromParameterNode)
 
     def onSceneStartClose(self, caller, event):
-        if self._worker is not None:
-            self._worker.cancel()
+        self.stopRunningJob()
         self.setParameterNode(None)
 
     def onSceneEndClose(self, caller, event):
@@ -333,8 +337,8 @@ class LumbarSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 self.ui.modelPathLineEdit.currentPath = p.modelPath
             self.ui.roiModeComboBox.setCurrentIndex(ROI_MODES.index(p.roiMode))
             self.ui.smoothingSliderWidget.value = p.smoothing
-            if p.exportFolder:
-                self.ui.exportFolderButton.directory = p.exportFolder
+            # The button shows the folder exports go to: the one the user chose, else a real default folder.
+            self.ui.exportFolderButton.directory = str(self.exportFolder())
             self.ui.metricsTableView.setMRMLTableNode(p.metricsTable)
             self.updateModelInfo()
             self.updateButtonStates()
@@ -354,11 +358,10 @@ class LumbarSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             p.modelPath = self.ui.modelPathLineEdit.currentPath or ""
             p.roiMode = ROI_MODES[max(0, self.ui.roiModeComboBox.currentIndex)]
             p.smoothing = float(self.ui.smoothingSliderWidget.value)
-            p.exportFolder = self.ui.exportFolderButton.directory or ""
 
     def updateButtonStates(self):
         p = self._parameterNode
-        running = self._worker is not None
+        running = self._job is not None
         volume = p.inputVolume if p else None
         segmentation = p.outputSegmentation if p else None
         self.ui.applyButton.enabled = volume is not None and not running
@@ -374,9 +377,11 @@ class LumbarSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.modelInfoLabel.text = self.logic.modelInfoHtml(self.modelPath())
 
     def onSmoothingChanged(self, value):
+        if self._updatingGUIFromParameterNode:  # loading settings into the GUI is not a user's change
+            return
         self.updateParameterNodeFromGUI()
         segmentation = self._parameterNode.outputSegmentation if self._parameterNode else None
-        if segmentation is not None and self._worker is None:
+        if segmentation is not None and self._job is None:
             self.logic.setSmoothing(segmentation, value)
 
     # --- log ----------------------------------------------------------------------------------------
@@ -471,18 +476,17 @@ class LumbarSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             slicer.util.errorDisplay(_("Choose an existing model file (.pt), or select 'Bundled model'."))
             return
         try:
-            context = self.logic.startSegmentation(
+            job = self.logic.startSegmentation(
                 slicer.mrmlScene, volume, segmentationNode=segmentation, roiMode=p.roiMode, device=p.device,
                 modelPath=self.modelPath(), overwriteEdited=overwrite, smoothing=p.smoothing)
         except Exception as exc:
             self.logic.recordError(exc)
             slicer.util.errorDisplay(slicerLib("run").friendly_error(exc, p.device))
             return
-        self._runContext = context
-        self._worker = context["worker"]
+        self._job = job
         self.ui.progressBar.setVisible(True)
         self.ui.progressBar.value = 0
-        self.ui.statusLabel.text = (_("Using your crop box (the localizer is skipped)...") if context["box_lps"]
+        self.ui.statusLabel.text = (_("Using your crop box (the localizer is skipped)...") if job.box_lps
                                     else _("Starting..."))
         self.updateButtonStates()
         self._timer.start()
@@ -492,46 +496,40 @@ class LumbarSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         return p.modelPath if p is not None and p.modelMode == "file" and p.modelPath else None
 
     def onCancelButton(self):
-        if self._worker is not None:
-            self._worker.cancel()
-            self.ui.statusLabel.text = _("Cancelling (stops at the end of the current step)...")
-            self.ui.cancelButton.enabled = False
+        if self._job is not None:
+            self.stopRunningJob()
+            self._timer.stop()
+            self.ui.progressBar.setVisible(False)
+            self.ui.statusLabel.text = _("Cancelled. Nothing was changed.")
+            self.updateButtonStates()
 
     def onPollWorker(self):
-        worker = self._worker
-        if worker is None:
+        """Timer callback: read the subprocess's progress (never blocks); load its result when it ended."""
+        job = self._job
+        if job is None:
             self._timer.stop()
             return
-        for stage, fraction in worker.poll():
-            overall, text = slicerLib("worker").overall_progress(stage, fraction)
-            self.ui.progressBar.value = int(round(100 * overall))
-            if fraction <= 0.0:
-                self.logic.log(text)
-            if not worker.cancelled:
-                self.ui.statusLabel.text = text
-        if worker.running():
+        for event in job.process.poll():
+            self.ui.progressBar.value = int(round(100 * event.overall))
+            if event.fraction <= 0.0:
+                self.logic.log(event.text)
+            self.ui.statusLabel.text = event.text
+        if job.process.running:
             return
         self._timer.stop()
-        self._worker = None
-        context, self._runContext = self._runContext, None
+        self._job = None
         self.ui.progressBar.setVisible(False)
         self.updateButtonStates()
-        from LumbarSegLib.errors import Cancelled
-
-        if worker.cancelled or isinstance(worker.error, Cancelled):
-            self.ui.statusLabel.text = _("Cancelled. Nothing was changed.")
-            self.logic.log(self.ui.statusLabel.text)
-            return
         try:
             with slicer.util.WaitCursor():
-                outcome = self.logic.finishSegmentation(slicer.mrmlScene, context)
+                outcome = self.logic.finishSegmentation(slicer.mrmlScene, job)
         except Exception as exc:
-            logging.exception("LumbarSeg failed")
-            message = slicerLib("run").friendly_error(exc, context["device"])
+            logging.info("LumbarSeg run failed: %s", exc)
+            message = slicerLib("run").friendly_error(exc, job.settings.get("device_requested", "auto"))
             self.ui.statusLabel.text = message
             slicer.util.errorDisplay(message)
             return
-        self.showResult(context["volume"], outcome, worker.result)
+        self.showResult(job.volume_node, outcome, self.logic.lastResult)
 
     def showResult(self, volume, outcome, result):
         p = self._parameterNode
@@ -588,11 +586,24 @@ class LumbarSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             else:  # Slicer < 5.2
                 editor.setMasterVolumeNode(p.inputVolume)
 
+    def onExportFolderChanged(self, directory):
+        """Only a folder the user picked is remembered (the button says "." until then)."""
+        if self._parameterNode is None or self._updatingGUIFromParameterNode:
+            return
+        chosen = slicerLib("export").chosen_folder(directory)
+        if chosen is not None:
+            self._parameterNode.exportFolder = str(chosen)
+
+    def exportFolder(self):
+        """Where exports go: the folder the user chose, else Slicer's default scene folder (shown on the button)."""
+        export = slicerLib("export")
+        chosen = export.chosen_folder(self._parameterNode.exportFolder if self._parameterNode else "")
+        return chosen or export.default_export_folder(slicer.app)
+
     def onExportStl(self):
         p = self._parameterNode
-        folder = self.ui.exportFolderButton.directory
-        if p.outputSegmentation is None or not folder:
-            slicer.util.errorDisplay(_("Choose an export folder first."))
+        folder = str(self.exportFolder())
+        if p.outputSegmentation is None:
             return
         EarlierExportError = slicerLib("export").EarlierExportError
         try:
@@ -617,7 +628,7 @@ class LumbarSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         segmentation, volume = p.outputSegmentation, p.inputVolume
         if segmentation is None or volume is None:
             return
-        start = os.path.join(self.ui.exportFolderButton.directory or "", segmentation.GetName() + ".nii.gz")
+        start = os.path.join(str(self.exportFolder()), segmentation.GetName() + ".nii.gz")
         path = qt.QFileDialog.getSaveFileName(
             slicer.util.mainWindow(), _("Export label map"), start,
             "NIfTI label map (*.nii.gz);;NRRD label map (*.nrrd);;Slicer segmentation (*.seg.nrrd)")
@@ -651,10 +662,8 @@ class LumbarSegLogic(ScriptedLoadableModuleLogic):
     def __init__(self):
         ScriptedLoadableModuleLogic.__init__(self)
         import collections
-        import threading
 
-        self._models = {}
-        self._modelLock = threading.Lock()
+        self.pythonExecutable = None  # None: PythonSlicer inside Slicer, else this interpreter
         self.logLines = collections.deque(maxlen=self.LOG_LINES)
         self.logCallback = None
         self.lastResult = None
@@ -737,69 +746,57 @@ class LumbarSegLogic(ScriptedLoadableModuleLogic):
             rows.append(f'<a href="{summary["card_url"]}">' + _("Model card") + "</a>")
         return "<br>".join(rows)
 
-    def loadModel(self, path=None):
-        """Load (and cache) a model bundle; ``None`` = bundled model or random weights (warned about)."""
-        key = os.path.abspath(path) if path else ""
-        with self._modelLock:
-            model = self._models.get(key)
-            if model is None:
-                ensureLibImportable()
-                from LumbarSegLib.models import load_model
-
-                model = load_model(path)
-                self._models[key] = model
-            return model
-
-    # --- segmentation
-
-    def process(self, scene, volumeNode, segmentationNode=None, roiMode="auto", device="auto", modelPath=None,
-                overwriteEdited=False, progress=None, cancel=None, segmentFunction=None):
-        """Synchronous run (scripting, tests): returns (SegmentationResult, ApplyOutcome)."""
-        result, outcome = slicerLib("run").run_segmentation(
-            scene, volumeNode, model=self.loadModel(modelPath), device=device, segmentation_node=segmentationNode,
-            roi_mode=roiMode, overwrite_edited=overwriteEdited, progress=progress, cancel=cancel,
-            segment_fn=segmentFunction)
-        settings = {"device_requested": device, "roi_mode": roiMode, "model_path": modelPath}
-        self._recordRun(outcome, result, settings, modelPath)
-        return result, outcome
+    # --- segmentation: the command line in a subprocess (LumbarSegLib.engine_process)
 
     def startSegmentation(self, scene, volumeNode, segmentationNode=None, roiMode="auto", device="auto",
-                          modelPath=None, overwriteEdited=False, smoothing=0.5, segmentFunction=None):
-        """Start a background run; returns a context dict for :meth:`finishSegmentation`.
-
-        The scene is read here, on the calling (main) thread; the worker thread only runs the engine.
-        """
-        ensureLibImportable()
-        from LumbarSegLib import pipeline  # noqa: F401  (first torch import on the main thread, not the worker)
-
-        roiNode = slicerLib("roi").find_crop_roi(scene, volumeNode)
-        inputs = slicerLib("run").prepare_run(volumeNode, roiNode, roiMode or "auto")
-        worker = slicerLib("worker").SegmentationWorker(segment_fn=segmentFunction, model_loader=self.loadModel)
-        worker.start(inputs.image, model_path=modelPath, device=device or "auto", box_lps=inputs.box_lps)
+                          modelPath=None, overwriteEdited=False, smoothing=0.5):
+        """Start ``lumbarseg segment`` on the volume in a subprocess; returns the job. The scene is read here
+        (main thread); poll ``job.process`` from a timer, then call :meth:`finishSegmentation`."""
+        job = slicerLib("engine_job").start_job(
+            scene, volumeNode, segmentation_node=segmentationNode, roi_mode=roiMode or "auto",
+            device=device or "auto", model_path=modelPath, overwrite_edited=overwriteEdited, smoothing=smoothing,
+            python=self.pythonExecutable)
         self.log(f"Segmenting '{volumeNode.GetName()}' (device {device or 'auto'}, crop box "
-                 f"{'yours' if inputs.box_lps else 'from the localizer'})")
-        # Overwriting is agreed for the segmentation as it is now; edits made during the run are kept.
-        overwrite = (slicerLib("segments").segmentation_content_hash(segmentationNode)
-                     if overwriteEdited and segmentationNode is not None else False)
-        return {"worker": worker, "volume": volumeNode, "segmentation": segmentationNode, "roi": roiNode,
-                "box_lps": inputs.box_lps, "device": device, "overwrite": overwrite,
-                "smoothing": smoothing, "model_path": modelPath, "roi_mode": roiMode, "messages": inputs.messages}
+                 f"{'yours' if job.box_lps else 'from the localizer'}) in process {job.process.pid}")
+        return job
 
-    def finishSegmentation(self, scene, context):
-        """Main-thread part after the worker finished: put its result into the scene."""
-        worker = context["worker"]
-        if worker.error is not None:
-            self.recordError(worker.error)
-            raise worker.error
-        outcome = slicerLib("run").apply_result(
-            scene, context["volume"], worker.result, context["segmentation"], context["roi"],
-            overwrite_edited=context["overwrite"], smoothing=context["smoothing"], user_box_lps=context["box_lps"],
-            input_messages=context.get("messages", ()))
-        settings = {"device_requested": context["device"] or "auto", "roi_mode": context.get("roi_mode"),
-                    "crop_box": "user" if context["box_lps"] else "localizer", "smoothing": context["smoothing"],
-                    "model_path": context.get("model_path")}
-        self._recordRun(outcome, worker.result, settings, context.get("model_path"))
+    def finishSegmentation(self, scene, job):
+        """Main-thread part after the process ended: its result into the scene. Returns the ApplyOutcome;
+        raises Cancelled or the command's one-line error (the scene is then unchanged)."""
+        try:
+            result, outcome = slicerLib("engine_job").finish_job(scene, job)
+        except Exception as exc:
+            self.recordError(exc)
+            raise
+        self._recordRun(outcome, result, job.settings, job.settings.get("model_path"))
         return outcome
+
+    def cancelSegmentation(self, job):
+        """End a running job's process (and its children) and wait for it; nothing in the scene changes."""
+        slicerLib("engine_job").cancel_job(job)
+        self.log("Segmentation cancelled")
+
+    def process(self, scene, volumeNode, segmentationNode=None, roiMode="auto", device="auto", modelPath=None,
+                overwriteEdited=False, progress=None, cancel=None, smoothing=0.5):
+        """Synchronous run (scripting, tests): the same subprocess as the GUI, waited for. ``progress(stage,
+        fraction)`` gets each progress event; ``cancel()`` returning True ends the run (raises Cancelled).
+        Returns (SegmentationResult, ApplyOutcome)."""
+        job = self.startSegmentation(scene, volumeNode, segmentationNode, roiMode, device, modelPath,
+                                     overwriteEdited, smoothing)
+        try:
+            while job.process.running:
+                job.process.wait_for_output(0.1)  # blocks in the OS on the pipe; no sleep
+                for event in job.process.poll():
+                    if progress is not None:
+                        progress(event.stage, event.fraction)
+                if cancel is not None and cancel():
+                    self.cancelSegmentation(job)
+        except BaseException:
+            if job.process.running:
+                self.cancelSegmentation(job)
+            raise
+        outcome = self.finishSegmentation(scene, job)
+        return self.lastResult, outcome
 
     def _recordRun(self, outcome, result, settings, modelPath):
         self.lastResult, self.lastSettings = result, settings
@@ -815,13 +812,18 @@ class LumbarSegLogic(ScriptedLoadableModuleLogic):
         return slicerLib("segments").is_user_edited(segmentationNode)
 
     def setSmoothing(self, segmentationNode, value):
+        """Set the surface smoothing; surfaces are rebuilt only when the value changes. Returns True then."""
         segmentation = segmentationNode.GetSegmentation()
-        segmentation.SetConversionParameter("Smoothing factor", str(float(value)))
+        text = str(float(value))
+        if segmentation.GetConversionParameter("Smoothing factor") == text:
+            return False
+        segmentation.SetConversionParameter("Smoothing factor", text)
         closed = slicer.vtkSegmentationConverter.GetClosedSurfaceRepresentationName()
         if segmentation.ContainsRepresentation(closed):
             segmentationNode.RemoveClosedSurfaceRepresentation()
             segmentationNode.CreateClosedSurfaceRepresentation()
         # A smoothing change does not touch voxels, so the content hash (edit detection) stays valid.
+        return True
 
     # --- results
 

@@ -119,11 +119,10 @@ class _Pipe:
             return None
 
     def wait_readable(self, timeout: float) -> None:
-        """Block (in the OS, no Python sleep) until there is output or ``timeout`` seconds passed."""
-        if os.name != "nt" and not self.closed:
-            import select
+        """Block (in the OS, no Python sleep) until there is output or ``timeout`` seconds passed (POSIX)."""
+        import select
 
-            select.select([self.fd], [], [], max(0.0, timeout))
+        select.select([self.fd], [], [], max(0.0, timeout))
 
 
 def python_executable() -> str:
@@ -228,15 +227,29 @@ class EngineProcess:
         if self.state != "running":
             return []
         events = self._read_events()
-        if self._process.poll() is not None:
-            # Everything it wrote is in the pipe now; a grandchild still holding the pipe does not keep us.
+        if self._pipe.closed or self._process.poll() is not None:
+            # Ended (or ending: it closed its output). Everything it wrote is in the pipe now; a grandchild
+            # still holding the pipe does not keep us.
             events += self._read_events()
             self._finish()
         return events
 
-    def wait(self, timeout: float | None = None) -> bool:
-        """Poll until the run ends or ``timeout`` seconds pass, blocking in the OS between reads (no sleep).
-        Returns True when it has ended."""
+    def wait_for_output(self, timeout: float) -> None:
+        """Block in the OS (``select`` on the pipe; on Windows a wait on the process) until the process writes
+        something or ends, at most ``timeout`` seconds. No Python sleep; call :meth:`poll` afterwards."""
+        if not self.running:
+            return
+        if os.name == "nt":  # WaitForSingleObject: no polling loop
+            try:
+                self._process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                pass
+        else:  # (Popen.wait with a timeout would sleep in a loop on POSIX)
+            self._pipe.wait_readable(timeout)
+
+    def wait(self, timeout: float | None = None, on_event=None) -> bool:
+        """Poll until the run ends or ``timeout`` seconds pass, blocking in the OS between reads; each
+        progress event goes to ``on_event(event)``. Returns True when the run has ended."""
         import time
 
         deadline = None if timeout is None else time.monotonic() + timeout
@@ -244,14 +257,10 @@ class EngineProcess:
             left = 0.5 if deadline is None else min(0.5, deadline - time.monotonic())
             if left <= 0:
                 break
-            if os.name == "nt":
-                try:
-                    self._process.wait(left)
-                except subprocess.TimeoutExpired:
-                    pass
-            else:
-                self._pipe.wait_readable(left)
-            self.poll()
+            self.wait_for_output(left)
+            for event in self.poll():
+                if on_event is not None:
+                    on_event(event)
         return not self.running
 
     def cancel(self, wait: float = 10.0) -> None:
@@ -288,7 +297,7 @@ class EngineProcess:
         return events
 
     def _finish(self) -> None:
-        self.returncode = self._process.wait()
+        self.returncode = self._process.wait()  # it has ended or closed its output: returns at once
         try:
             self._process.stdout.close()
         except OSError:

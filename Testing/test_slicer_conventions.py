@@ -205,11 +205,15 @@ def test_diagnostics_text_has_what_a_bug_report_needs(segmented):
 # --------------------------------------------------------------------------------------------------
 # Sample data
 
-# SampleData.SampleDataSource's keyword arguments in Slicer (Modules/Scripted/SampleData/SampleData.py), plus
-# the category that registerCustomSampleDataSource takes.
-SAMPLE_DATA_SOURCE_PARAMETERS = {"category", "sampleName", "sampleDescription", "uris", "fileNames", "nodeNames",
-                                 "checksums", "loadFiles", "customDownloader", "thumbnailFileName",
-                                 "loadFileType", "loadFileProperties"}
+# The parameters of SampleData.SampleDataLogic.registerCustomSampleDataSource as Slicer defines them
+# (Modules/Scripted/SampleData/SampleData.py), read from Slicer's source at the tags v5.8.0 and v5.10.0 and on
+# main (2026): the same twelve names in all three. There is no "sampleDescription" (only SampleDataSource
+# has one); passing it raises TypeError, which Slicer's start-up hook only logs, and the sample never appears.
+REGISTER_CUSTOM_SAMPLE_DATA_SOURCE_PARAMETERS = {
+    version: ["category", "sampleName", "uris", "fileNames", "nodeNames", "customDownloader", "thumbnailFileName",
+              "loadFileTypes", "loadFiles", "loadFileProperties", "checksums", "loadFileType"]
+    for version in ("5.8.0", "5.10.0", "main")
+}
 
 
 def test_sample_file_matches_its_recorded_checksum_and_is_small():
@@ -223,8 +227,10 @@ def test_sample_file_matches_its_recorded_checksum_and_is_small():
 def test_sample_data_registration_loads_offline_as_sample_data_would(tmp_path):
     icon = ROOT / "LumbarSeg" / "Resources" / "Icons" / "LumbarSeg.png"
     arguments = sample_data.sample_data_source_arguments(thumbnail=icon)
-    assert set(arguments) <= SAMPLE_DATA_SOURCE_PARAMETERS
-    assert len({len(arguments[k]) for k in ("uris", "fileNames", "nodeNames", "checksums", "loadFileType")}) == 1
+    for version, parameters in REGISTER_CUSTOM_SAMPLE_DATA_SOURCE_PARAMETERS.items():
+        assert set(arguments) <= set(parameters), (version, sorted(set(arguments) - set(parameters)))
+    assert "loadFileType" not in arguments  # deprecated, and an error together with loadFileTypes
+    assert len({len(arguments[k]) for k in ("uris", "fileNames", "nodeNames", "checksums", "loadFileTypes")}) == 1
     assert Path(arguments["thumbnailFileName"]).is_file()
     # What SampleDataLogic.downloadFile does: urllib copies the URI into the cache, then the checksum is checked.
     cached = tmp_path / arguments["fileNames"][0]
@@ -251,17 +257,30 @@ def test_sample_data_registration_loads_offline_as_sample_data_would(tmp_path):
 def test_register_sample_data_calls_slicers_registration_with_those_arguments():
     calls = []
 
-    class SampleDataLogic:  # the one SampleData entry point register_sample_data uses
+    class SampleDataLogic:  # the one SampleData entry point register_sample_data uses, with Slicer's parameters
         @staticmethod
-        def registerCustomSampleDataSource(**kwargs):
-            calls.append(kwargs)
+        def registerCustomSampleDataSource(category="Custom", sampleName=None, uris=None, fileNames=None,
+                                           nodeNames=None, customDownloader=None, thumbnailFileName=None,
+                                           loadFileTypes=None, loadFiles=None, loadFileProperties={},
+                                           checksums=None, loadFileType=None):
+            given = {"category": category, "sampleName": sampleName, "uris": uris, "fileNames": fileNames,
+                     "nodeNames": nodeNames, "thumbnailFileName": thumbnailFileName, "loadFileTypes": loadFileTypes,
+                     "checksums": checksums, "loadFileType": loadFileType}
+            calls.append({k: v for k, v in given.items() if v is not None})
+
+    import inspect
+
+    assert list(inspect.signature(SampleDataLogic.registerCustomSampleDataSource).parameters) == \
+        REGISTER_CUSTOM_SAMPLE_DATA_SOURCE_PARAMETERS["main"]
 
     class SampleDataModule:
         pass
 
     SampleDataModule.SampleDataLogic = SampleDataLogic
-    assert sample_data.register_sample_data(SampleDataModule, thumbnail=None)
-    assert calls == [sample_data.sample_data_source_arguments()]
+    assert sample_data.register_sample_data(SampleDataModule, thumbnail=None)  # TypeError for a wrong keyword
+    expected = {k: v for k, v in sample_data.sample_data_source_arguments().items() if v is not None}
+    assert calls == [expected]
+    assert expected["sampleName"] == sample_data.SAMPLE_NAME  # what the Sample Data button shows
 
 
 def test_make_sample_data_tool_records_the_checksum_it_writes(tmp_path):

@@ -34,6 +34,28 @@ def _earlier_export(folder: Path, node_name: str, names: list[str]) -> list[Path
     return sorted(earlier)
 
 
+def chosen_folder(folder) -> Path | None:
+    """``folder`` when it is a folder someone chose (an absolute path), else None.
+
+    A ``ctkDirectoryButton`` reports "." until the user picks a folder; "." is Slicer's working folder (the
+    install folder on Windows, ``/`` on macOS), which nobody chose to export into.
+    """
+    if not folder or not Path(str(folder)).is_absolute():
+        return None
+    return Path(str(folder))
+
+
+def default_export_folder(app=None) -> Path:
+    """A real folder to start exports in, shown to the user: Slicer's default scene folder, else Documents,
+    else the home folder."""
+    candidates = [getattr(app, "defaultScenePath", None), Path.home() / "Documents", Path.home()]
+    for candidate in candidates:
+        folder = chosen_folder(candidate)
+        if folder is not None and folder.is_dir():
+            return folder
+    return Path.home()
+
+
 def export_stl(segmentation_node, folder, lps: bool = True, segment_ids=None, overwrite: bool = False) -> list[Path]:
     """One STL per segment (closed surface, physical mm; LPS like Slicer's default) in ``folder``; returns
     the files written.
@@ -49,6 +71,9 @@ def export_stl(segmentation_node, folder, lps: bool = True, segment_ids=None, ov
 
     slicer = slicer_module()
     vtk = vtk_module()
+    if chosen_folder(folder) is None:
+        raise InputError(f"Choose an export folder (a full path); '{folder or ''}' is not one, and files would go "
+                         f"to the application's working folder.")
     folder = Path(folder)
     check_writable_location(folder / "L1.stl", "The STL file")
     folder.mkdir(parents=True, exist_ok=True)

@@ -26,18 +26,23 @@ def recorded_checksum(path: Path = SAMPLE_FILE) -> str:
 
 
 def sample_data_source_arguments(thumbnail=None, path: Path = SAMPLE_FILE) -> dict:
-    """Keyword arguments for ``SampleData.SampleDataLogic.registerCustomSampleDataSource``."""
+    """Keyword arguments for ``SampleData.SampleDataLogic.registerCustomSampleDataSource``.
+
+    That static method takes (Slicer 5.8.0, 5.10.0 and main alike) ``category, sampleName, uris, fileNames,
+    nodeNames, customDownloader, thumbnailFileName, loadFileTypes, loadFiles, loadFileProperties,
+    checksums, loadFileType`` (the last deprecated); there is no ``sampleDescription`` (only
+    ``SampleDataSource`` itself has one), so the button shows ``sampleName``.
+    """
     path = Path(path).resolve()
     return {
         "category": SAMPLE_CATEGORY,
         "sampleName": SAMPLE_NAME,
-        "sampleDescription": "Lumbar CT (synthetic)",
         "uris": [path.as_uri()],
         "fileNames": [path.name],
         "nodeNames": [SAMPLE_NAME],
         "checksums": [recorded_checksum(path)],
         "thumbnailFileName": str(thumbnail) if thumbnail else None,
-        "loadFileType": ["VolumeFile"],
+        "loadFileTypes": ["VolumeFile"],
     }
 
 

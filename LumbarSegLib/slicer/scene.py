@@ -28,24 +28,29 @@ def vtk_module():
     return vtk
 
 
-_SEGMENTATION_LOGICS = {}
+_SEGMENTATION_LOGIC = []  # the one this package made, headless
 
 
 def ensure_segmentations_logic(scene):
-    """A ``vtkSlicerSegmentationsModuleLogic`` attached to ``scene`` (needed for representation conversion).
+    """A segmentations logic, so that representation conversion (labelmap -> closed surface) works.
 
-    Inside Slicer the Segmentations module already has one; headless, closed-surface conversion silently
-    does nothing until a logic has been created and given the scene, so create one per scene and keep it.
+    Every ``vtkSlicerSegmentationsModuleLogic`` registers the converter rules again in the process-wide
+    converter factory, so none is made where rules are registered already: inside Slicer the Segmentations
+    module's own logic is used. Headless (slicer-core) one logic is made, once per process, and given
+    ``scene``; closed-surface conversion silently does nothing before that.
     """
     slicer = slicer_module()
-    key = scene.GetAddressAsString("vtkMRMLScene")
-    logic = _SEGMENTATION_LOGICS.get(key)
-    if logic is None or logic[0] is not scene:
-        seg_logic = slicer.vtkSlicerSegmentationsModuleLogic()
-        seg_logic.SetMRMLScene(scene)
-        logic = (scene, seg_logic)
-        _SEGMENTATION_LOGICS[key] = logic
-    return logic[1]
+    modules = getattr(slicer, "modules", None)
+    if modules is not None and hasattr(modules, "segmentations"):  # inside the Slicer application
+        return modules.segmentations.logic()
+    if not _SEGMENTATION_LOGIC:
+        if slicer.vtkSegmentationConverterFactory.GetInstance().GetConverterRules():
+            return None  # someone else's logic registered the rules; nothing to add
+        _SEGMENTATION_LOGIC.append(slicer.vtkSlicerSegmentationsModuleLogic())
+    logic = _SEGMENTATION_LOGIC[0]
+    if logic.GetMRMLScene() is None:
+        logic.SetMRMLScene(scene)
+    return logic
 
 
 def unique_name(scene, base: str) -> str:

@@ -31,6 +31,13 @@ def volume_ijk_to_ras(volume_node) -> np.ndarray:
     return matrix_to_numpy(m)
 
 
+def volume_lps_geometry(volume_node) -> tuple[tuple, tuple, tuple]:
+    """(spacing, origin, direction) of the node's grid in LPS, as a SimpleITK image of it has them."""
+    image = sitk.Image([1, 1, 1], sitk.sitkUInt8)
+    _set_sitk_geometry_from_ijk_to_ras(image, volume_ijk_to_ras(volume_node))
+    return image.GetSpacing(), image.GetOrigin(), image.GetDirection()
+
+
 def volume_node_to_sitk(volume_node) -> sitk.Image:
     """Copy a scalar volume node into a SimpleITK image (LPS physical space, the node's local frame)."""
     from vtk.util import numpy_support
