@@ -98,8 +98,9 @@ class LumbarSegWebApp:
         s.ls_ct = sess.ct.label if sess.ct else ""
         s.ls_is_dicom = bool(sess.ct and sess.ct.is_dicom)
         s.ls_metrics = rows
-        s.ls_warnings = sess.warnings() if rows else []
-        s.ls_messages = list(sess.messages)
+        warnings = sess.warnings() if rows else []
+        s.ls_warnings = warnings
+        s.ls_messages = [m for m in sess.messages if m not in warnings and "implausible" not in m]
         s.ls_model = sess.model_summary()
         s.ls_has_seg = sess.segmentation_node is not None
         s.ls_edited = sess.has_edits()
@@ -241,7 +242,12 @@ class LumbarSegWebApp:
             return
         node = self.session.segmentation_node
         if node is not None:
-            self.slicer_app.segmentation_editor.set_active_segmentation(node, self.session.volume_node)
+            editor = self.slicer_app.segmentation_editor
+            editor.set_surface_representation_enabled(True)  # else the editor drops the closed surfaces
+            editor.set_active_segmentation(node, self.session.volume_node)
+            for view in self.slicer_app.view_manager.get_views():
+                if type(view).__name__ == "ThreeDView":
+                    view.reset_view()  # frame the vertebrae and the crop box
             self._show_roi(self.state.ls_show_roi)
         found = [r["name"] for r in self.session.metrics_rows()]
         s.ls_progress = 100

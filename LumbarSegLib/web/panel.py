@@ -138,21 +138,22 @@ def _metrics_table():
         with v3.VTable(density="compact"):
             with html.Thead():
                 with html.Tr():
-                    for title in ("", "Volume mL", "Height mm", "Mean HU", "Trab. HU"):
+                    for title in ("", "Volume mL", "Height mm", "Mean HU"):
                         html.Th(title)
+                    html.Th("Trab. HU", v_if=("ls_metrics.some(r => r.trabecular_hu !== null)",))
             with html.Tbody():
                 with html.Tr(v_for="row in ls_metrics", key="row.name", classes="ls-metric-row"):
-                    with html.Td():
+                    with html.Td(style="white-space: nowrap;"):
                         html.Span(style=("{display: 'inline-block', width: '12px', height: '12px', "
                                          "background: row.color, marginRight: '6px'}",))
                         html.Span("{{ row.name }}", classes="ls-metric-name")
                     html.Td("{{ row.volume_ml }}")
                     html.Td("{{ row.height_mm }}")
                     html.Td("{{ row.mean_hu }}")
-                    html.Td("{{ row.trabecular_hu === null ? '-' : row.trabecular_hu }}")
+                    html.Td("{{ row.trabecular_hu === null ? '-' : row.trabecular_hu }}",
+                            v_if=("ls_metrics.some(r => r.trabecular_hu !== null)",))
         html.Div("Edited since the run: measured on your edit." , v_if=("ls_edited",), classes="text-caption")
-        v3.VAlert(v_for="w in ls_warnings", key="w", text=("w",), type="warning", density="compact",
-                  classes="mt-1 ls-warning")
+        html.Div("{{ w }}", v_for="w in ls_warnings", key="w", classes="text-caption text-warning mt-1 ls-warning")
         html.Div("{{ m }}", v_for="m in ls_messages", key="m", classes="text-caption mt-1 ls-message")
         html.Div("Model: {{ ls_model }}", id="ls-model", classes="text-caption mt-1")
         html.Div(RESEARCH_NOTICE + ": every result must be checked and corrected by a qualified person.",

@@ -170,8 +170,8 @@ class StudySession:
         for name, values in compute_metrics(node, self.volume_node).items():
             label = next((k for k, v in LABEL_NAMES.items() if v == name), None)
             trabecular = (measured_by_run.get(name) or {}).get("trabecular_hu")
-            if isinstance(trabecular, dict):  # {"mean": ..., ...}
-                trabecular = trabecular.get("mean")
+            if isinstance(trabecular, dict):  # trabecular.py's {"median": ..., "mean": ..., "reason": ...}
+                trabecular = trabecular.get("median", trabecular.get("mean"))
             rows.append({"name": name, "color": hex_color(LABEL_COLORS.get(label, (0.6, 0.6, 0.6))),
                          "volume_ml": _round(values.get("volume_ml"), 1), "height_mm": _round(values.get("height_mm"), 1),
                          "mean_hu": _round(values.get("mean_hu"), 0), "median_hu": _round(values.get("median_hu"), 0),
