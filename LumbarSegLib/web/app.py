@@ -74,6 +74,8 @@ class LumbarSegWebApp:
 
         self.ui = build_ui(self)
         self.editor_logic.set_ui(self.ui.editor_ui)
+        self._refresh_handle = None
+        self.slicer_app.segmentation_editor.segmentation_modified.connect(self._on_edited)
         self.layout_logic.data.current_layout_id = "3D Primary"  # 3D view on the left, three slice views
 
     # --- state
@@ -89,6 +91,7 @@ class LumbarSegWebApp:
             "ls_server_cts": [{"title": e["title"], "value": e["value"]} for e in self.server_cts],
             "ls_server_choice": None, "ls_max_upload": self.max_upload_bytes, "ls_uploading": False,
             "ls_stem": "LumbarSeg", "ls_show_roi": True, "ls_edited": False, "ls_pending_open": None,
+            "ls_segmentations": [], "ls_active_seg": None,
         })
 
     def _refresh(self):
@@ -105,6 +108,47 @@ class LumbarSegWebApp:
         s.ls_has_seg = sess.segmentation_node is not None
         s.ls_edited = sess.has_edits()
         s.ls_stem = sess._stem()
+        s.ls_segmentations = sess.segmentations()
+        s.ls_active_seg = sess.segmentation_node.GetID() if sess.segmentation_node is not None else None
+
+    def _on_edited(self, *_):
+        """A paint/erase/scissors stroke: measure again once the strokes pause (1 s), not on every one."""
+        if self._refresh_handle is not None:
+            self._refresh_handle.cancel()
+
+        def refresh():
+            self._refresh_handle = None
+            with self.state:
+                self._refresh()
+
+        try:
+            self._refresh_handle = asyncio.get_event_loop().call_later(1.0, refresh)
+        except RuntimeError:  # no event loop (headless use)
+            self._refresh()
+
+    def _activate_in_editor(self, node):
+        editor = self.slicer_app.segmentation_editor
+        editor.set_surface_representation_enabled(True)  # else the editor drops the closed surfaces
+        editor.set_active_segmentation(node, self.session.volume_node)
+
+    def select_segmentation(self, client_id, node_id):
+        if not self._owns(client_id) or self.session.running:
+            return
+        try:
+            node = self.session.show_segmentation(node_id)
+        except LumbarSegError as exc:
+            self._fail(exc)
+            return
+        self._activate_in_editor(node)
+        self._refresh()
+
+    def select_vertebra(self, client_id, name):
+        """A click on a vertebra's name: that segment becomes the one the editor paints or erases."""
+        if not self._owns(client_id):
+            return
+        segment_id = self.session.segment_id_of(name)
+        if segment_id is not None:
+            self.slicer_app.segmentation_editor.set_active_segment_id(segment_id)
 
     # --- ownership
 
@@ -242,9 +286,7 @@ class LumbarSegWebApp:
             return
         node = self.session.segmentation_node
         if node is not None:
-            editor = self.slicer_app.segmentation_editor
-            editor.set_surface_representation_enabled(True)  # else the editor drops the closed surfaces
-            editor.set_active_segmentation(node, self.session.volume_node)
+            self._activate_in_editor(node)
             for view in self.slicer_app.view_manager.get_views():
                 if type(view).__name__ == "ThreeDView":
                     view.reset_view()  # frame the vertebrae and the crop box

@@ -13,9 +13,10 @@ from dataclasses import dataclass
 from ..constants import RESEARCH_NOTICE
 
 # Runs once per page: a random id for this page, kept in a client-only state variable, and a heartbeat
-# that claims the server (or keeps it) every 5 s.
+# that claims the server (or keeps it) every 5 s. ``window.lumbarsegPageId`` shows the id to the tests.
 _CLIENT_SCRIPT = (
     "ls_me = ls_me || (Math.random().toString(36).slice(2) + Date.now().toString(36));"
+    "window.lumbarsegPageId = ls_me;"
     "window.trame.trigger('ls_claim', [ls_me]);"
     "window.setInterval(() => window.trame.trigger('ls_claim', [ls_me]), 5000);"
 )
@@ -65,9 +66,10 @@ def build_ui(app) -> PageUI:
         with layout.drawer:
             editor_ui = SegmentEditorUI(v_if=("ls_has_seg",))
             html.Div("Segment the CT first; then paint, erase or cut here.", v_if=("!ls_has_seg",), classes="pa-4 text-caption")
+        drawer = layout.typed_state.name.is_drawer_visible
         with layout.toolbar:
             v3.VBtn(icon="mdi-brush", id="ls-editor-toggle", variant="text", density="comfortable",
-                    disabled=("!ls_has_seg",), click="is_drawer_visible = !is_drawer_visible",
+                    disabled=("!ls_has_seg",), click=f"{drawer} = !{drawer}",
                     title="Segment editor (paint, erase, scissors)")
             SegmentEditorToolbarUI(editor_ui=editor_ui)
         with layout.undo_redo:
@@ -124,15 +126,21 @@ def _lumbarseg_panel(app):
                      update_modelValue=(ctrl.trigger("ls_show_roi")(lambda visible: app._show_roi(visible)),
                                         "[$event]"))
 
-        _metrics_table()
+        _metrics_table(app)
         _exports()
         _dialogs(app)
 
 
-def _metrics_table():
+def _metrics_table(app):
     from trame.widgets import html
     from trame.widgets import vuetify3 as v3
 
+    select_vertebra = app.ctrl.trigger("ls_select_vertebra")(app.select_vertebra)
+    select_segmentation = app.ctrl.trigger("ls_select_segmentation")(app.select_segmentation)
+    v3.VSelect(label="Segmentation shown", id="ls-segmentation", items=("ls_segmentations",),
+               model_value=("ls_active_seg",), v_if=("ls_segmentations.length > 1",), density="compact",
+               hide_details=True, classes="mt-3", disabled=("ls_running",),
+               update_modelValue=(select_segmentation, "[ls_me, $event]"))
     with html.Div(v_if=("ls_metrics.length",), classes="mt-3", id="ls-metrics"):
         html.Div("Vertebrae", classes="text-subtitle-1")
         with v3.VTable(density="compact"):
@@ -146,7 +154,9 @@ def _metrics_table():
                     with html.Td(style="white-space: nowrap;"):
                         html.Span(style=("{display: 'inline-block', width: '12px', height: '12px', "
                                          "background: row.color, marginRight: '6px'}",))
-                        html.Span("{{ row.name }}", classes="ls-metric-name")
+                        html.A("{{ row.name }}", classes="ls-metric-name", style="cursor: pointer;",
+                               title="Edit this vertebra in the segment editor",
+                               click=(select_vertebra, "[ls_me, row.name]"))
                     html.Td("{{ row.volume_ml }}")
                     html.Td("{{ row.height_mm }}")
                     html.Td("{{ row.mean_hu }}")

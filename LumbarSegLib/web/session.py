@@ -154,6 +154,34 @@ class StudySession:
         if display is not None:
             display.SetVisibility(False)
 
+    # --- several segmentations (an edited one kept beside a new result)
+
+    def segmentations(self) -> list[dict]:
+        """The study's segmentation nodes, newest first: id, name and whether the user edited it."""
+        nodes = [n for n in self.scene.GetNodesByClass("vtkMRMLSegmentationNode")]
+        return [{"value": n.GetID(), "title": n.GetName() + (" (edited)" if is_user_edited(n) else "")}
+                for n in reversed(nodes)]
+
+    def show_segmentation(self, node_id: str):
+        """Make ``node_id`` the segmentation shown, measured, edited and exported; the others are hidden."""
+        node = self.scene.GetNodeByID(node_id) if node_id else None
+        if node is None or not node.IsA("vtkMRMLSegmentationNode"):
+            raise InputError("That segmentation is no longer there.")
+        for other in self.scene.GetNodesByClass("vtkMRMLSegmentationNode"):
+            if other is not node:
+                self._hide(other)
+        if node.GetDisplayNode() is not None:
+            node.GetDisplayNode().SetVisibility(True)
+        self.segmentation_node = node
+        return node
+
+    def segment_id_of(self, vertebra: str) -> str | None:
+        from ..slicer.segments import segment_ids_by_vertebra, vertebra_label_from_name
+
+        if self.segmentation_node is None:
+            return None
+        return segment_ids_by_vertebra(self.segmentation_node).get(vertebra_label_from_name(vertebra))
+
     # --- what the page shows
 
     def metrics_rows(self) -> list[dict]:
