@@ -162,6 +162,21 @@ def _erase_across(page, box: dict, rows: int = 5):
         page.mouse.up()
 
 
+def _settled_volume(page, name: str) -> float:
+    """The vertebra's volume in the metrics panel once it stopped changing for 3 s."""
+    last, stable_since = None, None
+    for _ in range(120):
+        value = float(dict((r[0], r[1]) for r in metric_rows(page))[name])
+        if value != last:
+            last, stable_since = value, 0
+        else:
+            stable_since += 1
+            if stable_since >= 6:
+                return value
+        page.wait_for_timeout(500)
+    raise AssertionError(f"{name}'s volume kept changing")
+
+
 def test_erase_part_of_l3_then_rerun_asks_and_keeps_the_edit(serve, browser):
     server = serve("--sample")
     page = open_page(browser, server.url)
@@ -174,9 +189,8 @@ def test_erase_part_of_l3_then_rerun_asks_and_keeps_the_edit(serve, browser):
     page.locator("button:has(.mdi-eraser)").first.click()
     page.wait_for_timeout(500)
     _erase_across(page, view_boxes(page)[3])  # the sagittal view: L3 lies in its middle
-    page.wait_for_function("() => window.trame.state.get('ls_edited') === true", timeout=30_000)
-    rows = dict((r[0], r[1]) for r in metric_rows(page))
-    l3_edited = float(rows["L3"])
+    page.wait_for_function("() => window.trame.state.get('ls_edited') === true", timeout=60_000)
+    l3_edited = _settled_volume(page, "L3")  # the strokes are applied one after another
     assert l3_edited < l3_before - 0.5, (l3_before, l3_edited)
 
     page.click("#ls-segment")
@@ -186,8 +200,10 @@ def test_erase_part_of_l3_then_rerun_asks_and_keeps_the_edit(serve, browser):
     page.wait_for_function("() => window.trame.state.get('ls_running') === false && "
                            "window.trame.state.get('ls_segmentations').length === 2", timeout=420_000)
     assert "was kept" in " ".join(state(page, "ls_messages"))
-    # The new result is shown; the edited one is still there, unchanged, one choice away.
+    # The new result is shown (the crop box did not move under the eraser, so it is the first result
+    # again); the edited one is still there, unchanged, one choice away.
     assert float(dict((r[0], r[1]) for r in metric_rows(page))["L3"]) == pytest.approx(l3_before, abs=0.2)
+    assert sum(s["title"].endswith("(edited)") for s in state(page, "ls_segmentations")) == 1
     edited = next(s for s in state(page, "ls_segmentations") if s["title"].endswith("(edited)"))
     page.evaluate("(id) => window.trame.trigger('ls_select_segmentation', [window.lumbarsegPageId, id])",
                   edited["value"])

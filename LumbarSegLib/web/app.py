@@ -76,6 +76,7 @@ class LumbarSegWebApp:
         self.editor_logic.set_ui(self.ui.editor_ui)
         self._refresh_handle = None
         self.slicer_app.segmentation_editor.segmentation_modified.connect(self._on_edited)
+        self.slicer_app.segmentation_editor.active_effect_name_changed.connect(self._lock_roi_while_editing)
         self.layout_logic.data.current_layout_id = "3D Primary"  # 3D view on the left, three slice views
 
     # --- state
@@ -126,10 +127,35 @@ class LumbarSegWebApp:
         except RuntimeError:  # no event loop (headless use)
             self._refresh()
 
+    def _lock_roi_while_editing(self, effect_name: str):
+        """While a paint/erase/scissors tool is active, strokes over the crop box must edit the segment, not
+        drag the box's handles (which would change the next run's crop)."""
+        roi = self.session.crop_roi()
+        display = roi.GetDisplayNode() if roi is not None else None
+        if display is not None:
+            display.SetHandlesInteractive(not effect_name or effect_name.endswith("NoTool"))
+
     def _activate_in_editor(self, node):
         editor = self.slicer_app.segmentation_editor
         editor.set_surface_representation_enabled(True)  # else the editor drops the closed surfaces
         editor.set_active_segmentation(node, self.session.volume_node)
+        self._attach_effect_pipelines_to_views()
+
+    def _attach_effect_pipelines_to_views(self):
+        """Give every segment-editor effect pipeline its view.
+
+        trame-slicer 2.0.0 registers its effects' parameter nodes when the editor logic is made, before the
+        views exist; the pipelines that slicer-layer-dm then makes for each new view are created while that
+        view is not yet in the view manager, so they get no view and Paint/Erase fail on activation
+        ('NoneType' object has no attribute 'paint_interaction_stopped'). Setting the view afterwards is
+        what trame-slicer would have done had the view been registered first.
+        """
+        views = self.slicer_app.view_manager
+        for effect in self.slicer_app.segmentation_editor._effects.values():
+            for pipeline_ref in getattr(effect, "_pipelines", ()):
+                pipeline = pipeline_ref()
+                if pipeline is not None and getattr(pipeline, "_view", True) is None:
+                    pipeline.SetView(views.get_view(pipeline.viewNode))
 
     def select_segmentation(self, client_id, node_id):
         if not self._owns(client_id) or self.session.running:
