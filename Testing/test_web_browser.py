@@ -190,6 +190,7 @@ def test_erase_part_of_l3_then_rerun_asks_and_keeps_the_edit(serve, browser):
     page.wait_for_timeout(500)
     _erase_across(page, view_boxes(page)[3])  # the sagittal view: L3 lies in its middle
     page.wait_for_function("() => window.trame.state.get('ls_edited') === true", timeout=60_000)
+    page.locator("button:has(.mdi-cursor-default)").first.click()  # done editing: the last strokes apply
     l3_edited = _settled_volume(page, "L3")  # the strokes are applied one after another
     assert l3_edited < l3_before - 0.5, (l3_before, l3_edited)
 
