@@ -11,7 +11,8 @@
 #
 # bash tools/install.sh --web: the web app's own environment .venv-web instead (LumbarSeg with the `web`
 # extra: trame-slicer on slicer-core 5.11, which the main environment's 5.13 cannot share; README "In the
-# browser"). It never installs into an active environment, which would swap that one's slicer-core.
+# browser"). It never installs into an active environment or PYTHON, which would swap their slicer-core;
+# LUMBARSEG_WEB_PYTHON=/path/to/python names another interpreter for it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 WEB=""
@@ -33,13 +34,15 @@ fi
 CREATED=""
 VENV=.venv; EXTRAS=test
 [ -n "$WEB" ] && VENV=.venv-web && EXTRAS=web
-if [ -n "${PYTHON:-}" ]; then
+if [ -n "$WEB" ] && [ -n "${LUMBARSEG_WEB_PYTHON:-}" ]; then
+  PY=$LUMBARSEG_WEB_PYTHON  # an interpreter kept for the web app (the browser tests use the same variable)
+elif [ -z "$WEB" ] && [ -n "${PYTHON:-}" ]; then
   PY=$PYTHON
 elif [ -z "$WEB" ] && { [ -n "${VIRTUAL_ENV:-}" ] || [ -n "${CONDA_PREFIX:-}" ]; }; then
   PY=python3
 else
   if [ ! -x $VENV/bin/python ]; then
-    python3 -m venv $VENV
+    ${PYTHON:-python3} -m venv $VENV
     CREATED=yes
   fi
   PY=$VENV/bin/python
