@@ -108,7 +108,7 @@ class LumbarSegWebApp:
         s.ls_model = sess.model_summary()
         s.ls_has_seg = sess.segmentation_node is not None
         s.ls_edited = sess.has_edits()
-        s.ls_stem = sess._stem()
+        s.ls_stem = sess.stem()
         s.ls_segmentations = sess.segmentations()
         s.ls_active_seg = sess.segmentation_node.GetID() if sess.segmentation_node is not None else None
 

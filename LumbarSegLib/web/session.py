@@ -20,7 +20,7 @@ from ..constants import LABEL_COLORS, LABEL_NAMES, RESEARCH_NOTICE
 from ..errors import Cancelled, InputError
 from ..slicer.metrics_table import compute_metrics
 from ..slicer.roi import find_crop_roi
-from ..slicer.segments import is_user_edited, segmentation_to_label_array
+from ..slicer.segments import is_user_edited, segmentation_content_hash, segmentation_to_label_array
 from ..slicer.volumes import label_array_to_sitk, sitk_to_volume_node
 
 SAMPLE_CT = Path(__file__).resolve().parents[2] / "Resources" / "SampleData" / "LumbarSegSampleCT.nrrd"
@@ -141,8 +141,6 @@ class StudySession:
                 self._hide(self.segmentation_node)  # the edited one, kept as it was
             self.segmentation_node = outcome.segmentation_node
         self.report = report
-        from ..slicer.segments import segmentation_content_hash
-
         self.report_hash = (segmentation_content_hash(self.segmentation_node)
                             if self.segmentation_node is not None else None)
         self.messages = list(dict.fromkeys((self.ct.messages if self.ct else []) + outcome.messages))
@@ -190,8 +188,6 @@ class StudySession:
         node = self.segmentation_node
         if node is None or node.GetScene() is None or self.volume_node is None:
             return []
-        from ..slicer.segments import segmentation_content_hash
-
         unchanged = self.report_hash is not None and segmentation_content_hash(node) == self.report_hash
         measured_by_run = (self.report or {}).get("measurements", {}) if unchanged else {}
         rows = []
@@ -233,7 +229,7 @@ class StudySession:
 
         folder = self._export_dir()
         files = export_stl(self.segmentation_node, folder / "stl", lps=True)
-        path = folder / f"{self._stem()}_stl.zip"
+        path = folder / f"{self.stem()}_stl.zip"
         with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as archive:
             for file in files:
                 archive.write(file, file.name)
@@ -245,7 +241,7 @@ class StudySession:
         from ..slicer.export import export_labelmap
 
         folder = self._export_dir()
-        return export_labelmap(self.scene, self.segmentation_node, self.volume_node, folder / f"{self._stem()}.seg.nrrd")
+        return export_labelmap(self.scene, self.segmentation_node, self.volume_node, folder / f"{self.stem()}.seg.nrrd")
 
     def export_dicom_seg(self) -> Path:
         """A DICOM SEG of the segmentation shown, referencing the opened DICOM series."""
@@ -257,12 +253,12 @@ class StudySession:
         folder = self._export_dir()
         labels = label_array_to_sitk(segmentation_to_label_array(self.segmentation_node, self.volume_node),
                                      self.volume_node)
-        path = write_dicom_seg(labels, self.ct.path, folder / f"{self._stem()}_seg.dcm")
+        path = write_dicom_seg(labels, self.ct.path, folder / f"{self.stem()}_seg.dcm")
         if path is None:
             raise InputError("The segmentation has no vertebra, so there is no DICOM SEG to write.")
         return path
 
-    def _stem(self) -> str:
+    def stem(self) -> str:
         return (self.volume_node.GetName() if self.volume_node is not None else "LumbarSeg") or "LumbarSeg"
 
     def crop_roi(self):
