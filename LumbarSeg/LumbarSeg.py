@@ -1,8 +1,11 @@
 """LumbarSeg: automatic L1-L5 segmentation of CT in 3D Slicer (two-stage method of Lu et al. 2023).
 
 This file is the Slicer scripted module (Module, Widget, Logic, Test). All the work on the scene is in
-``LumbarSegLib.slicer`` (plain functions taking the scene, tested headless) and the segmentation
-itself in ``LumbarSegLib.pipeline``; this file adds the GUI, the background run and dependency install.
+``LumbarSegLib.slicer`` (plain functions taking the scene, tested headless). The segmentation runs as the
+command line ``lumbarseg segment`` in a subprocess (``LumbarSegLib.engine_process``, started with Slicer's
+PythonSlicer): Slicer's main thread holds Python's GIL in the Qt event loop, so a worker thread would crawl,
+while a process runs at full speed, is polled by a timer without blocking, and ends at once on Cancel.
+This file adds the GUI around that.
 
 Importing this file does no work: Slicer-only modules (qt, ctk, slicer.ScriptedLoadableModule) are
 imported under a guard so that the file also imports (for tests) where they do not exist, and
@@ -72,14 +75,6 @@ except ImportError:
 
 MODULE_DIR = os.path.dirname(os.path.abspath(__file__))
 
-TORCH_REQUIREMENT = ">=2.1"  # handed to PyTorchUtils; the engine needs torch 2.x (torch.cuda.OutOfMemoryError)
-PYTHON_REQUIREMENTS = {  # import name -> pip requirement; torch is installed through the PyTorch extension
-    "torch": "torch" + TORCH_REQUIREMENT,
-    "SimpleITK": "SimpleITK>=2.3",
-    "scipy": "scipy>=1.10",
-    "numpy": "numpy>=1.24",
-}
-
 DEVICES = ["auto", "cpu", "cuda"]  # deviceComboBox order
 ROI_MODES = ["auto", "always", "never"]  # roiModeComboBox order
 MODEL_MODES = ["bundled", "file"]  # modelComboBox order
@@ -97,40 +92,12 @@ def ensureLibImportable():
 
 def missingPackages():
     """Import names of required Python packages that are not installed (nothing is imported)."""
-    import importlib.util
-
-    return [name for name in PYTHON_REQUIREMENTS if importlib.util.find_spec(name) is None]
-
-
-def torchVersionProblem(version, requirement=TORCH_REQUIREMENT):
-    """Why the installed torch ``version`` cannot be used (None when it meets ``requirement``)."""
-    from packaging.specifiers import SpecifierSet
-    from packaging.version import InvalidVersion, Version
-
-    if version is None:
-        return _("PyTorch is not installed.")
-    try:
-        base = Version(Version(str(version)).base_version)  # "2.13.0+cpu" -> 2.13.0
-    except InvalidVersion:
-        return _("PyTorch reports an unreadable version ({version}).").format(version=version)
-    if base not in SpecifierSet(requirement):
-        return _("PyTorch {version} is installed; LumbarSeg needs torch{requirement}.").format(
-            version=version, requirement=requirement)
-    return None
+    return slicerLib("dependencies").missing_packages()
 
 
 def torchProblem():
     """Why the model cannot run here (None when PyTorch is importable and recent enough); imports nothing."""
-    import importlib.metadata
-    import importlib.util
-
-    if importlib.util.find_spec("torch") is None:
-        return _("PyTorch is not installed.")
-    try:
-        version = importlib.metadata.version("torch")
-    except importlib.metadata.PackageNotFoundError:
-        version = None
-    return torchVersionProblem(version)
+    return slicerLib("dependencies").torch_problem()
 
 
 def slicerLib(name):
@@ -248,7 +215,7 @@ class LumbarSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
         self._timer = qt.QTimer()
         self._timer.setInterval(self.POLL_MS)
-        self._timer.connect("timeout()", self.onPollWorker)
+        self._timer.connect("timeout()", self.onPollJob)
 
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
@@ -419,10 +386,11 @@ class LumbarSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if not missingPackages() and not torchProblem():
             self.updateDependencyStatus()
             return True
+        requirement = slicerLib("dependencies").TORCH_REQUIREMENT
         text = _("LumbarSeg needs PyTorch ({requirement}). It is installed by the PyTorch extension, which picks "
                  "the build that fits your GPU driver (or the CPU build). The bundled model runs in seconds on a CPU, "
                  "so a GPU is optional.\n\nInstall now? The download can take several minutes; Slicer stays usable "
-                 "and the Log section shows the progress.").format(requirement=TORCH_REQUIREMENT)
+                 "and the Log section shows the progress.").format(requirement=requirement)
         if not slicer.util.confirmOkCancelDisplay(text, windowTitle=_("LumbarSeg: install dependencies")):
             return False
         self.ui.installDependenciesButton.enabled = False
@@ -503,7 +471,7 @@ class LumbarSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.ui.statusLabel.text = _("Cancelled. Nothing was changed.")
             self.updateButtonStates()
 
-    def onPollWorker(self):
+    def onPollJob(self):
         """Timer callback: read the subprocess's progress (never blocks); load its result when it ended."""
         job = self._job
         if job is None:
@@ -522,7 +490,9 @@ class LumbarSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.updateButtonStates()
         try:
             with slicer.util.WaitCursor():
-                outcome = self.logic.finishSegmentation(slicer.mrmlScene, job)
+                p = self._parameterNode
+                outcome = self.logic.finishSegmentation(slicer.mrmlScene, job, p.referenceSegmentation,
+                                                        p.metricsTable)
         except Exception as exc:
             logging.info("LumbarSeg run failed: %s", exc)
             message = slicerLib("run").friendly_error(exc, job.settings.get("device_requested", "auto"))
@@ -537,13 +507,14 @@ class LumbarSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             p.outputSegmentation = outcome.segmentation_node
         if outcome.roi_node is not None:
             p.cropROI = outcome.roi_node
-        if result.found:
-            self.onRecomputeMetrics()
+        if outcome.metrics_table is not None:
+            p.metricsTable = outcome.metrics_table
+            self.ui.metricsTableView.setMRMLTableNode(outcome.metrics_table)
         slicer.util.setSliceViewerLayers(background=volume)
         layoutManager = slicer.app.layoutManager()
         if layoutManager is not None and layoutManager.threeDViewCount > 0:
             layoutManager.threeDWidget(0).threeDView().resetFocalPoint()
-        seconds = sum(result.timings.values())
+        seconds = result.timings.get("total", sum(result.timings.values()))  # the command's report has a total
         found = ", ".join(result.found) if result.found else _("none")
         lines = [_("Found: {found} ({seconds:.1f} s on {device}).").format(
             found=found, seconds=seconds, device=result.device or "?")] + outcome.messages
@@ -697,30 +668,9 @@ class LumbarSegLogic(ScriptedLoadableModuleLogic):
     # --- dependencies
 
     def installDependencies(self, status=None):
-        """Install torch through the PyTorch extension (PyTorchUtils, with the version requirement), then any
-        other missing package with pip."""
-        status = status or self.log
-        problem = torchProblem()
-        if problem:
-            try:
-                import PyTorchUtils  # the PyTorch extension (EXTENSION_DEPENDS) picks the right CUDA/CPU build
-            except ImportError:
-                raise RuntimeError(_("the PyTorch extension is not installed. Install 'PyTorch' from the Extensions "
-                                     "Manager and restart Slicer.")) from None
-            torchLogic = PyTorchUtils.PyTorchUtilsLogic()
-            status(_("Installing PyTorch ({requirement}): {reason}").format(requirement=TORCH_REQUIREMENT,
-                                                                            reason=problem))
-            torch = torchLogic.installTorch(askConfirmation=False, torchVersionRequirement=TORCH_REQUIREMENT)
-            if torch is None:
-                raise RuntimeError(_("the PyTorch extension did not install PyTorch"))
-            status(_("PyTorch {version} installed.").format(version=torch.__version__))
-        for name in missingPackages():
-            if name != "torch":
-                status(_("Installing {package}...").format(package=name))
-                slicer.util.pip_install(PYTHON_REQUIREMENTS[name])
-        import importlib
-
-        importlib.invalidate_caches()
+        """Install torch through the PyTorch extension (PyTorchUtils), then any other missing package with pip."""
+        slicerLib("dependencies").install_dependencies(status or self.log,
+                                                       lambda requirement: slicer.util.pip_install(requirement))
 
     # --- model
 
@@ -732,19 +682,7 @@ class LumbarSegLogic(ScriptedLoadableModuleLogic):
 
     def modelInfoHtml(self, modelPath=None):
         """What the panel shows about the model that will run, with a link to its model card."""
-        import html
-
-        summary = self.modelSummary(modelPath)
-        rows = [f"<b>{html.escape(summary['name'])}</b>" + (_(" (bundled)") if summary["bundled"] else "")]
-        for key, title in (("configuration", _("Configuration")), ("trained_on", _("Trained on")),
-                           ("accuracy", _("Measured accuracy"))):
-            if summary.get(key):
-                rows.append(f"{title}: {html.escape(str(summary[key]))}")
-        if summary.get("matches_card") is False:
-            rows.append("<b>" + _("Warning: this file is not the one its model card describes.") + "</b>")
-        if summary.get("card_url"):
-            rows.append(f'<a href="{summary["card_url"]}">' + _("Model card") + "</a>")
-        return "<br>".join(rows)
+        return slicerLib("provenance").model_info_html(self.modelSummary(modelPath))
 
     # --- segmentation: the command line in a subprocess (LumbarSegLib.engine_process)
 
@@ -760,11 +698,12 @@ class LumbarSegLogic(ScriptedLoadableModuleLogic):
                  f"{'yours' if job.box_lps else 'from the localizer'}) in process {job.process.pid}")
         return job
 
-    def finishSegmentation(self, scene, job):
-        """Main-thread part after the process ended: its result into the scene. Returns the ApplyOutcome;
-        raises Cancelled or the command's one-line error (the scene is then unchanged)."""
+    def finishSegmentation(self, scene, job, referenceNode=None, tableNode=None):
+        """Main-thread part after the process ended: its result into the scene (segments, surfaces, ROI, metrics
+        table in ``outcome.metrics_table``). Returns the ApplyOutcome; raises Cancelled or the command's
+        one-line error (the scene is then unchanged)."""
         try:
-            result, outcome = slicerLib("engine_job").finish_job(scene, job)
+            result, outcome = slicerLib("engine_job").finish_job(scene, job, referenceNode, tableNode)
         except Exception as exc:
             self.recordError(exc)
             raise
@@ -813,17 +752,7 @@ class LumbarSegLogic(ScriptedLoadableModuleLogic):
 
     def setSmoothing(self, segmentationNode, value):
         """Set the surface smoothing; surfaces are rebuilt only when the value changes. Returns True then."""
-        segmentation = segmentationNode.GetSegmentation()
-        text = str(float(value))
-        if segmentation.GetConversionParameter("Smoothing factor") == text:
-            return False
-        segmentation.SetConversionParameter("Smoothing factor", text)
-        closed = slicer.vtkSegmentationConverter.GetClosedSurfaceRepresentationName()
-        if segmentation.ContainsRepresentation(closed):
-            segmentationNode.RemoveClosedSurfaceRepresentation()
-            segmentationNode.CreateClosedSurfaceRepresentation()
-        # A smoothing change does not touch voxels, so the content hash (edit detection) stays valid.
-        return True
+        return slicerLib("segments").set_smoothing(segmentationNode, value)
 
     # --- results
 
@@ -844,8 +773,9 @@ class LumbarSegLogic(ScriptedLoadableModuleLogic):
 
 #
 # Test (runs inside Slicer: Developer mode -> "Reload and Test", or Slicer --python-code; also headless against
-# slicer-core, see Testing/test_slicer_module.py). The model part needs PyTorch; the extension build servers have
-# none, so there it is skipped and the test says why.
+# slicer-core, see Testing/test_slicer_module.py). The bodies are in LumbarSegLib.slicer.self_test. The model
+# parts need PyTorch; the extension build servers have none, so there they are skipped and say why - in
+# runTest and in each model test method, which unittest may also run on its own.
 #
 
 
@@ -870,125 +800,19 @@ class LumbarSegTest(ScriptedLoadableModuleTest):
         self.setUp()
         self.test_LumbarSeg_BackgroundRunAndCancel()
 
-    def _phantom(self):
-        ensureLibImportable()
-        import numpy as np
-        import SimpleITK as sitk
-
-        from LumbarSegLib import phantoms
-        from LumbarSegLib.constants import VERSE_LUMBAR
-
-        ct, verse = phantoms.generate_phantom(11, shape=(56, 48, 80), spacing=(3.2, 3.2, 3.0), fov="lumbar")
-        lut = np.zeros(256, np.uint8)
-        for code, label in VERSE_LUMBAR.items():
-            lut[code] = label
-        labels = sitk.GetImageFromArray(lut[sitk.GetArrayFromImage(verse)])
-        direction = (-1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0)  # flipped x: a non-trivial direction
-        for image in (ct, labels):
-            image.SetDirection(direction)
-        labels.CopyInformation(ct)
-        return ct, labels
+    def requireTorch(self):
+        problem = torchProblem()
+        if problem:
+            self.skipTest(f"the model part of the LumbarSeg self-test needs PyTorch: {problem}")
 
     def test_LumbarSeg_SceneLogic(self):
-        """Everything the buttons do after a run, without PyTorch: known labels into the scene (in the CT's
-        study), metrics, smoothing, edit detection, exports, provenance and diagnostics."""
-        import tempfile
-
-        import numpy as np
-        import SimpleITK as sitk
-
-        self.delayDisplay("Scene logic without the model")
-        ct, labels = self._phantom()
-        hierarchy = slicer.vtkMRMLSubjectHierarchyNode.GetSubjectHierarchyNode(self.scene)
-        study = hierarchy.CreateStudyItem(hierarchy.CreateSubjectItem(hierarchy.GetSceneItemID(), "Phantom"), "CT")
-        volume = slicerLib("volumes").sitk_to_volume_node(self.scene, ct, "LumbarSeg test CT")
-        hierarchy.SetItemParent(hierarchy.GetItemByDataNode(volume) or hierarchy.CreateItem(study, volume), study)
-        segmentation = slicerLib("segments").labels_to_segmentation(self.scene, labels, volume)
-        self.assertEqual(segmentation.GetSegmentation().GetNumberOfSegments(), 5)
-        self.assertEqual(hierarchy.GetItemParent(hierarchy.GetItemByDataNode(segmentation)), study)
-        np.testing.assert_array_equal(slicerLib("segments").segmentation_to_label_array(segmentation, volume),
-                                      sitk.GetArrayViewFromImage(labels))
-        logic = LumbarSegLogic()
-        self.assertFalse(logic.isUserEdited(segmentation))
-        logic.setSmoothing(segmentation, 0.3)
-        self.assertFalse(logic.isUserEdited(segmentation))
-        table = logic.computeMetrics(self.scene, segmentation, volume, segmentation)
-        rows = slicerLib("metrics_table").table_to_dict(table)
-        self.assertEqual(sorted(rows), ["L1", "L2", "L3", "L4", "L5"])
-        for row in rows.values():
-            self.assertAlmostEqual(row["DSC"], 1.0)
-        self.assertEqual(hierarchy.GetItemParent(hierarchy.GetItemByDataNode(table)), study)
-        with tempfile.TemporaryDirectory() as folder:
-            self.assertEqual(len(logic.exportStl(segmentation, folder)), 5)
-            path = logic.exportLabelmap(self.scene, segmentation, volume, os.path.join(folder, "l.nii.gz"))
-            np.testing.assert_array_equal(sitk.GetArrayFromImage(sitk.ReadImage(str(path))),
-                                          sitk.GetArrayViewFromImage(labels))
-        self.assertIn("Model", logic.modelInfoHtml())
-        logic.recordError(RuntimeError("self-test error"))
-        text = logic.diagnostics(slicerVersion="self-test")
-        self.assertIn("Last error: RuntimeError: self-test error", text)
-        self.delayDisplay("Scene logic passed")
+        slicerLib("self_test").scene_logic(self, LumbarSegLogic, self.scene)
 
     def test_LumbarSeg_FullFlow(self):
-        import tempfile
-
-        import numpy as np
-        import SimpleITK as sitk
-
-        self.delayDisplay("Synthetic CT")
-        ct, labels = self._phantom()
-        from LumbarSegLib import pipeline
-
-        volume = slicerLib("volumes").sitk_to_volume_node(self.scene, ct, "LumbarSeg test CT")
-        logic = LumbarSegLogic()
-
-        self.delayDisplay("Segmenting with the engine (bundled model, else random weights)")
-        result, outcome = logic.process(self.scene, volume, device="cpu")
-        segmentation = outcome.segmentation_node
-        if result.found:
-            names = [segmentation.GetSegmentation().GetNthSegment(i).GetName()
-                     for i in range(segmentation.GetSegmentation().GetNumberOfSegments())]
-            self.assertEqual(sorted(names), sorted(result.found))
-            provenance = slicerLib("provenance").read_provenance(segmentation)
-            self.assertEqual(provenance["settings"]["device_used"], "cpu")
-            self.assertIn("not a medical device", provenance["notice"])
-        else:
-            self.assertIsNone(segmentation)
-
-        self.delayDisplay("Known labels into the scene")
-        box = pipeline.index_box_to_lps(ct, (5, 5, 5), (50, 43, 75))
-        known = pipeline.SegmentationResult(labels, ["L1", "L2", "L3", "L4", "L5"], None, box, 1.0, {}, [], True)
-        outcome = slicerLib("run").apply_result(self.scene, volume, known, segmentation, outcome.roi_node,
-                                                overwrite_edited=True)
-        segmentation = outcome.segmentation_node
-        self.assertEqual(segmentation.GetSegmentation().GetNumberOfSegments(), 5)
-        np.testing.assert_array_equal(slicerLib("segments").segmentation_to_label_array(segmentation, volume),
-                                      sitk.GetArrayViewFromImage(labels))
-        self.assertEqual(outcome.roi_node.GetName(), slicerLib("roi").ROI_NAME)
-
-        self.delayDisplay("Export")
-        with tempfile.TemporaryDirectory() as folder:
-            self.assertEqual(len(logic.exportStl(segmentation, folder)), 5)
-        self.delayDisplay("Full flow passed")
+        self.requireTorch()
+        slicerLib("self_test").full_flow(self, LumbarSegLogic, self.scene)
 
     def test_LumbarSeg_BackgroundRunAndCancel(self):
-        import time
-
-        ct, _ = self._phantom()  # makes LumbarSegLib importable
-        from LumbarSegLib.errors import Cancelled
-
+        self.requireTorch()
         processEvents = getattr(getattr(slicer, "app", None), "processEvents", lambda: None)
-        volume = slicerLib("volumes").sitk_to_volume_node(self.scene, ct, "LumbarSeg test CT")
-        logic = LumbarSegLogic()
-        context = logic.startSegmentation(self.scene, volume, device="cpu")
-        while context["worker"].running():
-            processEvents()  # the GUI keeps running while the engine works
-            time.sleep(0.02)
-        outcome = logic.finishSegmentation(self.scene, context)
-        self.assertEqual(outcome.segmentation_node is not None, bool(context["worker"].result.found))
-
-        context = logic.startSegmentation(self.scene, volume, device="cpu")
-        context["worker"].cancel()
-        context["worker"].wait(60)
-        self.assertIsInstance(context["worker"].error, Cancelled)
-        self.delayDisplay("Background run and cancel passed")
+        slicerLib("self_test").background_run_and_cancel(self, LumbarSegLogic, self.scene, processEvents)

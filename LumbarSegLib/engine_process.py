@@ -32,7 +32,7 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-PACKAGE_ROOT = Path(__file__).resolve().parent.parent  # the folder holding LumbarSegLib/ (for PYTHONPATH)
+PACKAGE_ROOT = Path(__file__).resolve().parent.parent  # the folder holding LumbarSegLib/: the process's cwd
 ERROR_PREFIX = "lumbarseg: error: "
 CANCELLED = "Cancelled by the user; no result was written."
 
@@ -144,12 +144,14 @@ def launch(args: list[str], environment: dict[str, str]) -> subprocess.Popen:
 
     Inside Slicer: ``slicer.util.launchConsoleProcess`` (Slicer's start-up environment, no console window on
     Windows). Elsewhere: ``subprocess.Popen`` in a new session (POSIX) / process group (Windows), so that
-    :meth:`EngineProcess.cancel` ends the process's children too.
+    :meth:`EngineProcess.cancel` ends the process's children too. The working folder is the one holding
+    ``LumbarSegLib`` (so ``-m LumbarSegLib.cli`` finds it even where PYTHONPATH is rewritten by a launcher);
+    paths in ``args`` are absolute (:func:`segment_command`).
     """
     if _in_slicer_app():
         import slicer.util
 
-        return slicer.util.launchConsoleProcess(args, updateEnvironment=environment)
+        return slicer.util.launchConsoleProcess(args, updateEnvironment=environment, cwd=str(PACKAGE_ROOT))
     env = dict(os.environ)
     env.update(environment)
     kwargs = {}
@@ -158,16 +160,17 @@ def launch(args: list[str], environment: dict[str, str]) -> subprocess.Popen:
     else:
         kwargs["start_new_session"] = True
     return subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                            env=env, **kwargs)
+                            env=env, cwd=str(PACKAGE_ROOT), **kwargs)
 
 
 def segment_command(ct_path, output_dir, *, device: str = "auto", model: str | None = None, crop_box_lps=None,
                     overwrite: bool = False, extra_args=(), python: str | None = None) -> list[str]:
-    """The ``lumbarseg segment`` command line for these options (``python -m LumbarSegLib.cli ...``)."""
-    command = [python or python_executable(), "-m", "LumbarSegLib.cli", "segment", str(ct_path),
-               "-o", str(output_dir), "--progress-format", "json", "--device", device or "auto"]
+    """The ``lumbarseg segment`` command line for these options (``python -m LumbarSegLib.cli ...``); file paths
+    are made absolute (the process runs in another folder). ``model``: a shipped model's name or a file."""
+    command = [python or python_executable(), "-m", "LumbarSegLib.cli", "segment", str(Path(ct_path).absolute()),
+               "-o", str(Path(output_dir).absolute()), "--progress-format", "json", "--device", device or "auto"]
     if model:
-        command += ["--model", str(model)]
+        command += ["--model", str(Path(model).absolute()) if Path(str(model)).exists() else str(model)]
     if crop_box_lps is not None:
         lo, hi = crop_box_lps
         command += ["--crop-box", *(repr(float(v)) for v in (*lo, *hi))]
@@ -203,8 +206,8 @@ class EngineProcess:
     def start(self) -> EngineProcess:
         if self.state != "new":
             raise RuntimeError("This run was already started.")
-        pythonpath = os.pathsep.join(p for p in (str(PACKAGE_ROOT), os.environ.get("PYTHONPATH", "")) if p)
-        environment = {"PYTHONPATH": pythonpath, "PYTHONUNBUFFERED": "1", "PYTHONIOENCODING": "utf-8"}
+        # ``-m`` puts the working folder (PACKAGE_ROOT, see launch) first on sys.path: this LumbarSegLib runs.
+        environment = {"PYTHONUNBUFFERED": "1", "PYTHONIOENCODING": "utf-8"}
         self._process = self._launcher(self.command, environment)
         self._pipe = _Pipe(self._process.stdout.fileno())
         self.state = "running"
@@ -275,7 +278,7 @@ class EngineProcess:
         _kill_tree(self._process)
         try:
             self._process.wait(wait)
-        except subprocess.TimeoutExpired:
+        except subprocess.TimeoutExpired:  # not gone yet (e.g. stuck in the kernel): do not hang the GUI on it
             pass
         self._read_events()
         self._finish()
@@ -297,7 +300,9 @@ class EngineProcess:
         return events
 
     def _finish(self) -> None:
-        self.returncode = self._process.wait()  # it has ended or closed its output: returns at once
+        # It has ended or closed its output (returns at once) - or it was killed and did not go within cancel's
+        # wait, which is not waited for again.
+        self.returncode = self._process.poll() if self._cancelled else self._process.wait()
         try:
             self._process.stdout.close()
         except OSError:

@@ -92,7 +92,7 @@ def finished_run():
     report = job.process.result.report
     cli_labels = sitk.ReadImage(str(job.process.result.labels_path))
     outcome = logic.finishSegmentation(scene, job)
-    table = logic.computeMetrics(scene, outcome.segmentation_node, volume)  # what the widget shows next
+    table = outcome.metrics_table
     seconds = time.perf_counter() - t0
     return dict(scene=scene, volume=volume, logic=logic, job=job, events=events, polls=polls_while_running,
                 report=report, cli_labels=cli_labels, outcome=outcome, table=table, seconds=seconds)
@@ -136,7 +136,14 @@ def test_the_result_lands_in_the_scene_as_before(finished_run):
     np.testing.assert_allclose(np.ravel(box_lps_from_roi(roi, volume)),
                                np.ravel([report["crop_box"]["lps_min_mm"], report["crop_box"]["lps_max_mm"]]),
                                atol=1e-3)
-    assert sorted(table_to_dict(finished_run["table"])) == sorted(report["found"])
+    rows = table_to_dict(finished_run["table"])
+    assert sorted(rows) == sorted(report["found"])
+    # The table shows the report's measurements, and they are what the scene's segmentation measures.
+    measured = finished_run["logic"].computeMetrics(finished_run["scene"], segmentation, volume)
+    for name, row in table_to_dict(measured).items():
+        for column in ("Volume", "Height", "Mean HU", "Median HU", "Centroid R", "Centroid A", "Centroid S"):
+            assert rows[name][column] == pytest.approx(row[column], rel=1e-6, abs=1e-6), (name, column)
+    assert not any("Centroid R" in r and np.isnan(r["Centroid R"]) for r in rows.values())
     provenance = read_provenance(segmentation)
     assert provenance["settings"]["device_used"] == "cpu" and provenance["settings"]["crop_box"] == "localizer"
     logic = finished_run["logic"]

@@ -5,9 +5,12 @@ Nothing here needs Qt or a running Slicer application: it works on a ``slicer.vt
 ``slicer.util`` helpers that silently use the global ``slicer.mrmlScene`` are avoided on purpose.
 
 One module per concern: :mod:`.volumes` (volume nodes <-> SimpleITK), :mod:`.roi` (the crop box),
-:mod:`.segments` (segmentation nodes), :mod:`.metrics_table`, :mod:`.export`, :mod:`.run` (prepare a run,
-put its result into the scene), :mod:`.worker` (background thread), :mod:`.render` (offscreen pictures),
-and :mod:`.scene` (shared helpers and the node attributes this module writes). Import what you use from
+:mod:`.segments` (segmentation nodes), :mod:`.metrics_table`, :mod:`.export`, :mod:`.run` (put a result into
+the scene), :mod:`.engine_job` (the command line in a subprocess on a volume node, via
+:mod:`LumbarSegLib.engine_process`), :mod:`.provenance` (what ran; diagnostics), :mod:`.dependencies`
+(PyTorch and the other packages inside Slicer), :mod:`.sample_data`, :mod:`.render` (offscreen pictures),
+:mod:`.self_test` (the module's self-test bodies) and :mod:`.scene` (shared helpers and the node
+attributes this module writes). Import what you use from
 the module that defines it; this package re-exports nothing.
 
 Coordinate systems: Slicer nodes live in RAS, the engine (SimpleITK) in LPS. The two differ by a sign

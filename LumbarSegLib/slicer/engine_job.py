@@ -21,6 +21,7 @@ import SimpleITK as sitk
 
 from ..engine_process import EngineProcess, EngineResult
 from ..errors import Cancelled, LumbarSegError
+from .metrics_table import compute_metrics, fill_metrics_table, rows_from_measurements
 from .roi import box_for_run, find_crop_roi
 from .segments import DEFAULT_SMOOTHING, segmentation_content_hash
 from .volumes import volume_lps_geometry, volume_node_to_sitk
@@ -109,7 +110,8 @@ def start_job(scene, volume_node, *, segmentation_node=None, roi_mode: str = "au
     """Start ``lumbarseg segment`` on ``volume_node`` (its crop ROI is used as the box per ``roi_mode``).
 
     Raises :class:`errors.InputError` at once for what the scene already shows to be wrong (no volume, no
-    voxels, a crop box outside the CT); everything the command checks is reported by the process.
+    voxels); everything the command checks (a CT not in HU, a crop box outside the CT, ...) is reported by
+    the process as its one-line error (:func:`finish_job`).
     """
     from ..errors import InputError
 
@@ -137,11 +139,8 @@ def start_job(scene, volume_node, *, segmentation_node=None, roi_mode: str = "au
 
 
 def result_from_output(engine_result: EngineResult):
-    """The command's result folder as an engine :class:`pipeline.SegmentationResult` for the scene.
-
-    The report's plausibility warnings are left out: :func:`.run.apply_result` measures the segments in the
-    scene and warns itself, once.
-    """
+    """The command's result folder as an engine :class:`pipeline.SegmentationResult` for the scene; its
+    messages are the report's (input notes such as NaN voxels, plausibility warnings, ...)."""
     from ..pipeline import SegmentationResult
 
     report = engine_result.report
@@ -149,8 +148,7 @@ def result_from_output(engine_result: EngineResult):
     box_lps = ((tuple(box["lps_min_mm"]), tuple(box["lps_max_mm"]))
                if box.get("lps_min_mm") and box.get("lps_max_mm") else None)
     box_index = (tuple(box["index_lo_xyz"]), tuple(box["index_hi_xyz"])) if box.get("index_lo_xyz") else None
-    plausibility = set((report.get("plausibility") or {}).get("warnings") or ())
-    messages = [m for m in report.get("messages", []) if m not in plausibility]
+    messages = list(report.get("messages", []))
     peak = report.get("heatmap_peak")
     labels = sitk.ReadImage(str(engine_result.labels_path))
     return SegmentationResult(labels, list(report.get("found", [])), box_index, box_lps,
@@ -159,9 +157,12 @@ def result_from_output(engine_result: EngineResult):
                               bool((report.get("model") or {}).get("trained", True)), str(report.get("device", "")))
 
 
-def finish_job(scene, job: EngineJob):
-    """After the process ended: its result into the scene (main thread). Returns (result, ApplyOutcome).
+def finish_job(scene, job: EngineJob, reference_node=None, table_node=None):
+    """After the process ended: its result into the scene (main thread) - segments, surfaces, ROI and the
+    metrics table (``table_node`` reused when given). Returns (result, ApplyOutcome).
 
+    The table is filled from the report's measurements: the command measured the same voxels on the same CT,
+    so they are not measured again; with a ``reference_node`` (agreement metrics) they are computed here.
     Raises :class:`errors.Cancelled` for a cancelled run and :class:`EngineRunError` with the command's
     one-line error for a failed one; the scene is then unchanged. The work folder is removed in all cases.
     """
@@ -180,7 +181,14 @@ def finish_job(scene, job: EngineJob):
             raise EngineRunError(message)
         result = result_from_output(process.result)
         outcome = apply_result(scene, job.volume_node, result, job.segmentation_node, job.roi_node,
-                               overwrite_edited=job.overwrite, smoothing=job.smoothing, user_box_lps=job.box_lps)
+                               overwrite_edited=job.overwrite, smoothing=job.smoothing, user_box_lps=job.box_lps,
+                               check_plausibility=False)
+        if outcome.segmentation_node is not None and result.found:
+            rows = (compute_metrics(outcome.segmentation_node, job.volume_node, reference_node)
+                    if reference_node is not None else
+                    rows_from_measurements(process.result.report.get("measurements") or {}))
+            outcome.metrics_table = fill_metrics_table(scene, rows, table_node, volume_node=job.volume_node,
+                                                       name=outcome.segmentation_node.GetName() + " metrics")
     finally:
         if not process.running:
             shutil.rmtree(job.work_dir, ignore_errors=True)

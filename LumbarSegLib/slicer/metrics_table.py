@@ -34,19 +34,25 @@ def compute_metrics(segmentation_node, volume_node, reference_node=None) -> dict
     image = volume_node_to_sitk(volume_node)
     ct = sitk.GetArrayViewFromImage(image)
     labels = segmentation_to_label_array(segmentation_node, volume_node)
-    measured = metrics.measure(labels, ct, image)
-    rows = {}
-    for name, values in measured.items():
-        row = dict(values)
-        if "centroid_mm" in row and row["centroid_mm"] is not None:
-            row["centroid_ras"] = tuple((LPS_RAS @ np.asarray(row["centroid_mm"], float)).tolist())
-        rows[name] = row
+    rows = rows_from_measurements(metrics.measure(labels, ct, image))
     if reference_node is not None:
         reference = segmentation_to_label_array(reference_node, volume_node)
         spacing_zyx = tuple(image.GetSpacing()[::-1])
         compared = metrics.compare(labels, reference, spacing_zyx)
         for name, values in compared.items():
             rows.setdefault(name, {}).update(values)
+    return {name: rows[name] for name in sorted(rows, key=lambda n: vertebra_label_from_name(n) or 99)}
+
+
+def rows_from_measurements(measured: dict) -> dict:
+    """:func:`metrics.measure` output (also ``report.json``'s ``measurements``) as table rows: adds the
+    centroid in RAS, orders L1..L5."""
+    rows = {}
+    for name, values in measured.items():
+        row = dict(values)
+        if row.get("centroid_mm") is not None:
+            row["centroid_ras"] = tuple((LPS_RAS @ np.asarray(row["centroid_mm"], float)).tolist())
+        rows[name] = row
     return {name: rows[name] for name in sorted(rows, key=lambda n: vertebra_label_from_name(n) or 99)}
 
 

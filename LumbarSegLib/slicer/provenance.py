@@ -17,6 +17,12 @@ from .. import __version__
 from ..constants import RESEARCH_NOTICE
 from .scene import ATTR_NOTICE
 
+try:  # Slicer's translation function (Slicer >= 5.4); the text itself elsewhere
+    from slicer.i18n import tr as _
+except ImportError:
+    def _(text):
+        return text
+
 ATTR_MODEL = "LumbarSeg.Model"  # model file name
 ATTR_MODEL_SHA256 = "LumbarSeg.ModelSHA256"
 ATTR_MODEL_CONFIG = "LumbarSeg.ModelConfiguration"
@@ -114,3 +120,20 @@ def diagnostics_text(model_summary: dict | None = None, last_result=None, last_e
         lines.append("Recent log:")
         lines.extend("  " + line for line in list(log_lines)[-40:])
     return "\n".join(lines)
+
+
+def model_info_html(summary: dict) -> str:
+    """What the panel shows about the model that will run (:func:`model_card.model_summary`), with a link to
+    its model card."""
+    import html
+
+    rows = [f"<b>{html.escape(summary['name'])}</b>" + (_(" (bundled)") if summary["bundled"] else "")]
+    for key, title in (("configuration", _("Configuration")), ("trained_on", _("Trained on")),
+                       ("accuracy", _("Measured accuracy"))):
+        if summary.get(key):
+            rows.append(f"{title}: {html.escape(str(summary[key]))}")
+    if summary.get("matches_card") is False:
+        rows.append("<b>" + _("Warning: this file is not the one its model card describes.") + "</b>")
+    if summary.get("card_url"):
+        rows.append(f'<a href="{summary["card_url"]}">' + _("Model card") + "</a>")
+    return "<br>".join(rows)

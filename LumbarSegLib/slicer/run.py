@@ -1,5 +1,6 @@
-"""Running the engine on a volume node: prepare on the main thread, segment (here or in a
-:class:`~LumbarSegLib.slicer.worker.SegmentationWorker`), apply the result on the main thread."""
+"""Putting an engine result into the scene (:func:`apply_result`, on the main thread), for the module's
+subprocess run (:mod:`.engine_job`) and for an in-process run with a given engine (:func:`run_segmentation`:
+tests, tools/make_screenshot.py)."""
 
 from __future__ import annotations
 
@@ -27,6 +28,7 @@ class ApplyOutcome:
     roi_node: object
     created_new: bool
     messages: list[str] = field(default_factory=list)
+    metrics_table: object = None  # the metrics table node, when the run filled one
 
 
 def prepare_run(volume_node, roi_node=None, roi_mode: str = "auto") -> RunInputs:
@@ -100,7 +102,7 @@ class _SceneRollback:
 
 def apply_result(scene, volume_node, result, segmentation_node=None, roi_node=None,
                  overwrite_edited: bool | str = False, smoothing: float = DEFAULT_SMOOTHING,
-                 user_box_lps=None, input_messages=()) -> ApplyOutcome:
+                 user_box_lps=None, input_messages=(), check_plausibility: bool = True) -> ApplyOutcome:
     """Put an engine :class:`SegmentationResult` into the scene (crop ROI + segmentation).
 
     A ``segmentation_node`` the user has edited since it was created is never overwritten unless
@@ -111,7 +113,8 @@ def apply_result(scene, volume_node, result, segmentation_node=None, roi_node=No
     ``roi_node``) the ROI is left where the user put it (the engine's voxel-snapped box can be larger on an
     oblique scan; moving the ROI to it would make it grow on every run); otherwise the ROI is placed on the
     localizer's box. If anything fails half-way the scene is rolled back (:class:`_SceneRollback`).
-    ``input_messages`` (from :func:`prepare_run`) and plausibility warnings join the outcome's messages.
+    ``input_messages`` (from :func:`prepare_run`) and plausibility warnings join the outcome's messages;
+    ``check_plausibility=False`` when the result's messages already hold them (the command line's report).
     """
     messages = list(input_messages) + list(result.messages)
     if segmentation_node is not None and segmentation_node.GetScene() is None:
@@ -143,7 +146,8 @@ def apply_result(scene, volume_node, result, segmentation_node=None, roi_node=No
             return ApplyOutcome(None if created_new else segmentation_node, roi_node, False, messages)
         segmentation_node = labels_to_segmentation(scene, result.labels, volume_node, segmentation_node,
                                                    smoothing=smoothing)
-        messages += plausibility_warnings(segmentation_node, volume_node)
+        if check_plausibility:
+            messages += plausibility_warnings(segmentation_node, volume_node)
     return ApplyOutcome(segmentation_node, roi_node, created_new, messages)
 
 

@@ -183,6 +183,23 @@ def labels_to_segmentation(scene, labels: sitk.Image, volume_node, segmentation_
     return segmentation_node
 
 
+def set_smoothing(segmentation_node, value: float) -> bool:
+    """Set the closed-surface smoothing factor; existing surfaces are rebuilt only when the value changes
+    (loading settings into a GUI sets the same value again). Returns True when it changed.
+
+    A smoothing change does not touch voxels, so the content hash (edit detection) stays valid."""
+    slicer = slicer_module()
+    segmentation = segmentation_node.GetSegmentation()
+    text = str(float(value))
+    if segmentation.GetConversionParameter("Smoothing factor") == text:
+        return False
+    segmentation.SetConversionParameter("Smoothing factor", text)
+    if segmentation.ContainsRepresentation(slicer.vtkSegmentationConverter.GetClosedSurfaceRepresentationName()):
+        segmentation_node.RemoveClosedSurfaceRepresentation()
+        segmentation_node.CreateClosedSurfaceRepresentation()
+    return True
+
+
 def segment_ids_by_vertebra(segmentation_node) -> dict[int, str]:
     """{1..5: segment ID} for segments whose name names a lumbar vertebra (first match wins)."""
     segmentation = segmentation_node.GetSegmentation()
