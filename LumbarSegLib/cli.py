@@ -1,4 +1,5 @@
-"""``lumbarseg`` command line: segment, evaluate, phantom, demo, and training's train and evaluate-model.
+"""``lumbarseg`` command line: segment, evaluate, phantom, demo, training's train and evaluate-model, and
+the web app's serve.
 
 Every user-fixable problem (:class:`errors.LumbarSegError`) ends as one ``lumbarseg: error: ...`` line on
 stderr with exit code 2 - no traceback, because a traceback tells a clinician-user nothing they can act on.
@@ -263,6 +264,9 @@ def build_parser() -> argparse.ArgumentParser:
     from . import batch
 
     batch.register_cli(sub, common, overwrite, study_outputs)
+    from .web import cli as web_cli
+
+    web_cli.register_cli(sub)  # serve
     return parser
 
 

@@ -8,24 +8,37 @@
 #   * otherwise: into a virtual environment .venv in the repository, created if missing -
 #     afterwards run `. .venv/bin/activate` (or call .venv/bin/lumbarseg directly);
 #   * PYTHON=/path/to/python bash tools/install.sh: into that interpreter, as it is.
+#
+# bash tools/install.sh --web: the web app's own environment .venv-web instead (LumbarSeg with the `web`
+# extra: trame-slicer on slicer-core 5.11, which the main environment's 5.13 cannot share; README "In the
+# browser"). It never installs into an active environment or PYTHON, which would swap their slicer-core;
+# LUMBARSEG_WEB_PYTHON=/path/to/python names another interpreter for it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+WEB=""
+if [ "${1:-}" = "--web" ]; then WEB=yes; elif [ -n "${1:-}" ]; then
+  echo "install.sh: error: unknown option '$1' (accepted: --web)" >&2; exit 2
+fi
 
-# System libraries (EGL/Mesa, dicom3tools, a CJK font, python3-venv): apt runs only when one is missing, and
-# waits for a dpkg lock another process holds.
+# System libraries (EGL/Mesa, dicom3tools, a CJK font, python3-venv, chromium for the browser tests): apt runs
+# only when one is missing, and waits for a dpkg lock another process holds.
 bash tools/install_system_packages.sh
 
 CREATED=""
-if [ -n "${PYTHON:-}" ]; then
+VENV=.venv; EXTRAS=test
+[ -n "$WEB" ] && VENV=.venv-web && EXTRAS=web
+if [ -n "$WEB" ] && [ -n "${LUMBARSEG_WEB_PYTHON:-}" ]; then
+  PY=$LUMBARSEG_WEB_PYTHON  # an interpreter kept for the web app (the browser tests use the same variable)
+elif [ -z "$WEB" ] && [ -n "${PYTHON:-}" ]; then
   PY=$PYTHON
-elif [ -n "${VIRTUAL_ENV:-}" ] || [ -n "${CONDA_PREFIX:-}" ]; then
+elif [ -z "$WEB" ] && { [ -n "${VIRTUAL_ENV:-}" ] || [ -n "${CONDA_PREFIX:-}" ]; }; then
   PY=python3
 else
-  if [ ! -x .venv/bin/python ]; then
-    python3 -m venv .venv
+  if [ ! -x $VENV/bin/python ]; then
+    ${PYTHON:-python3} -m venv $VENV
     CREATED=yes
   fi
-  PY=.venv/bin/python
+  PY=$VENV/bin/python
 fi
 
 # The CPU build of torch 2.13. PyPI's torch for Linux is the CUDA build (several GB of CUDA libraries), so
@@ -38,9 +51,11 @@ fi
 $PY -m pip install -q torch==2.13.0 $TORCH_CPU_INDEX
 $PY -c "import importlib.metadata as m, sys; sys.exit(sys.platform == 'linux' and '+cpu' not in m.version('torch'))" \
   || echo "Note: PyPI's CUDA build of torch was installed (PyTorch's CPU index was not reachable); it runs on the CPU too."
-$PY -m pip install -q -e ".[test]"
+$PY -m pip install -q -e ".[$EXTRAS]"
 
 echo "LumbarSeg is installed in $($PY -c 'import sys; print(sys.prefix)')${CREATED:+ (a new virtual environment)}."
-if [ "$PY" = ".venv/bin/python" ]; then
-  echo "Activate it in your shell with:  . .venv/bin/activate"
+if [ -n "$WEB" ]; then
+  echo "Start the web app with:  $VENV/bin/lumbarseg serve --sample"
+elif [ "$PY" = "$VENV/bin/python" ]; then
+  echo "Activate it in your shell with:  . $VENV/bin/activate"
 fi

@@ -12,8 +12,9 @@ set -euo pipefail
 
 # EGL + Mesa let VTK render the 3D view without a display (tests and the README screenshot); dicom3tools'
 # dciodvfy validates the DICOM files the tests write; fonts-droid-fallback has the Chinese/Japanese glyphs
-# for file names in preview titles; python3-venv makes tools/install.sh's .venv.
-PACKAGES="libegl1 libegl-mesa0 libgl1-mesa-dri dicom3tools fonts-droid-fallback python3-venv"
+# for file names in preview titles; python3-venv makes tools/install.sh's .venv; chromium is the browser the
+# web app's tests drive (Playwright's own browser download is not needed).
+PACKAGES="libegl1 libegl-mesa0 libgl1-mesa-dri dicom3tools fonts-droid-fallback python3-venv chromium"
 [ "$#" -gt 0 ] && PACKAGES="$*"
 
 command -v apt-get >/dev/null 2>&1 || exit 0  # not Debian/Ubuntu: install the equivalents yourself

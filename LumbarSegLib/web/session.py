@@ -1,0 +1,286 @@
+"""Everything the web page's buttons do, on one MRML scene, without trame (tested headless).
+
+One :class:`StudySession` per server: the CT that is open, the segmentation shown, the run in progress.
+Opening reads and validates the CT with the command line's own code (:func:`LumbarSegLib.io.load_ct`);
+segmenting is the one subprocess runner through :mod:`LumbarSegLib.slicer.engine_job` (as in the Slicer
+module), so the server's event loop only polls; the result enters the scene through
+:func:`LumbarSegLib.slicer.run.apply_result`, which never overwrites an edited segmentation unless the user
+agreed. Exports are the Slicer module's own (:mod:`LumbarSegLib.slicer.export`) and :mod:`LumbarSegLib.dicom_seg`.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..constants import LABEL_COLORS, LABEL_NAMES, RESEARCH_NOTICE
+from ..errors import Cancelled, InputError
+from ..slicer.metrics_table import compute_metrics
+from ..slicer.roi import find_crop_roi
+from ..slicer.segments import is_user_edited, segmentation_content_hash, segmentation_to_label_array
+from ..slicer.volumes import label_array_to_sitk, sitk_to_volume_node
+
+SAMPLE_CT = Path(__file__).resolve().parents[2] / "Resources" / "SampleData" / "LumbarSegSampleCT.nrrd"
+# Nodes a study puts into the scene; opening another CT removes them (after asking when edits would be lost).
+STUDY_NODE_CLASSES = ("vtkMRMLScalarVolumeNode", "vtkMRMLSegmentationNode", "vtkMRMLMarkupsROINode",
+                      "vtkMRMLTableNode")
+
+
+@dataclass
+class OpenedCT:
+    path: Path  # the file or DICOM folder on the server (an upload: the server's own copy)
+    label: str  # what the page shows (an upload's name, made printable; never used as a path)
+    is_dicom: bool
+    messages: list[str] = field(default_factory=list)
+
+
+def hex_color(rgb) -> str:
+    return "#" + "".join(f"{round(255 * c):02x}" for c in rgb)
+
+
+class StudySession:
+    def __init__(self, scene, work_dir, *, device: str = "auto", model=None, python: str | None = None):
+        self.scene = scene
+        self.work_dir = Path(work_dir)
+        self.device, self.model, self.python = device, model, python
+        self.ct: OpenedCT | None = None
+        self.volume_node = None
+        self.segmentation_node = None
+        self.job = None
+        self.report: dict | None = None  # report.json of the run whose result is shown
+        self.report_hash: str | None = None  # the segmentation's content when that run put it there
+        self.messages: list[str] = []
+
+    # --- opening a CT
+
+    def has_edits(self) -> bool:
+        """The segmentation shown was changed by the user since LumbarSeg made it."""
+        node = self.segmentation_node
+        return node is not None and node.GetScene() is not None and is_user_edited(node)
+
+    def open_ct(self, path, label: str | None = None, *, discard_edits: bool = False):
+        """Read and validate ``path`` (file or DICOM folder), replacing the open study. An edited
+        segmentation is not thrown away unless ``discard_edits`` (the page asks first)."""
+        from .. import io
+
+        if self.running:
+            raise InputError("A segmentation is running; cancel it before opening another CT.")
+        if self.has_edits() and not discard_edits:
+            raise EditedSegmentation("The segmentation was edited; export it or agree to discard it before "
+                                     "opening another CT.")
+        path = Path(path)
+        label = label or path.name
+        try:
+            loaded = io.load_ct(path)
+        except InputError as exc:  # the server's own path of an upload is not the user's business
+            raise InputError(str(exc).replace(str(path), f"'{label}'")) from None
+        self.clear()
+        self.volume_node = sitk_to_volume_node(self.scene, loaded.image, name=safe_stem(label))
+        self.ct = OpenedCT(path, label, path.is_dir(), list(loaded.messages))
+        self.messages = list(loaded.messages)
+        return self.volume_node
+
+    def clear(self) -> None:
+        for class_name in STUDY_NODE_CLASSES:
+            for node in list(self.scene.GetNodesByClass(class_name)):
+                self.scene.RemoveNode(node)
+        self.ct = self.volume_node = self.segmentation_node = None
+        self.report = self.report_hash = None
+        self.messages = []
+
+    # --- segmenting
+
+    @property
+    def running(self) -> bool:
+        return self.job is not None and self.job.process.running
+
+    def start(self, *, replace_edited: bool = False) -> None:
+        """Start the engine on the open CT (its crop ROI as the box once the user moved it). An edited
+        segmentation is replaced only with ``replace_edited``; otherwise the result goes into a new one."""
+        if self.volume_node is None:
+            raise InputError("Open a CT first (the sample CT, a file from the server's folder, or an upload).")
+        if self.running:
+            raise InputError("A segmentation is already running.")
+        from ..slicer import engine_job
+
+        self.job = engine_job.start_job(self.scene, self.volume_node, segmentation_node=self.segmentation_node,
+                                        device=self.device, model_path=self.model, overwrite_edited=replace_edited,
+                                        python=self.python)
+
+    def poll(self) -> tuple[float, str]:
+        """(fraction 0..1, status text) of the run; never blocks."""
+        if self.job is None:
+            return 0.0, ""
+        process = self.job.process
+        process.poll()
+        return process.overall, process.status_text
+
+    def cancel(self) -> None:
+        """End the run; the scene was never touched by it."""
+        if self.job is not None:
+            from ..slicer import engine_job
+
+            engine_job.cancel_job(self.job)
+            self.job = None
+
+    def finish(self) -> list[str]:
+        """After the process ended: its result into the scene; returns the messages to show. Raises
+        :class:`errors.Cancelled` or :class:`engine_job.EngineRunError` (the scene is then unchanged)."""
+        job, self.job = self.job, None
+        if job is None:
+            raise Cancelled("No segmentation was running.")
+        from ..slicer import engine_job
+
+        report = job.process.result.report if job.process.result is not None else None
+        _, outcome = engine_job.finish_job(self.scene, job)
+        if outcome.segmentation_node is not None:
+            if self.segmentation_node is not None and outcome.segmentation_node is not self.segmentation_node:
+                self._hide(self.segmentation_node)  # the edited one, kept as it was
+            self.segmentation_node = outcome.segmentation_node
+        self.report = report
+        self.report_hash = (segmentation_content_hash(self.segmentation_node)
+                            if self.segmentation_node is not None else None)
+        self.messages = list(dict.fromkeys((self.ct.messages if self.ct else []) + outcome.messages))
+        return self.messages
+
+    @staticmethod
+    def _hide(node) -> None:
+        display = node.GetDisplayNode()
+        if display is not None:
+            display.SetVisibility(False)
+
+    # --- several segmentations (an edited one kept beside a new result)
+
+    def segmentations(self) -> list[dict]:
+        """The study's segmentation nodes, newest first: id, name and whether the user edited it."""
+        nodes = [n for n in self.scene.GetNodesByClass("vtkMRMLSegmentationNode")]
+        return [{"value": n.GetID(), "title": n.GetName() + (" (edited)" if is_user_edited(n) else "")}
+                for n in reversed(nodes)]
+
+    def show_segmentation(self, node_id: str):
+        """Make ``node_id`` the segmentation shown, measured, edited and exported; the others are hidden."""
+        node = self.scene.GetNodeByID(node_id) if node_id else None
+        if node is None or not node.IsA("vtkMRMLSegmentationNode"):
+            raise InputError("That segmentation is no longer there.")
+        for other in self.scene.GetNodesByClass("vtkMRMLSegmentationNode"):
+            if other is not node:
+                self._hide(other)
+        if node.GetDisplayNode() is not None:
+            node.GetDisplayNode().SetVisibility(True)
+        self.segmentation_node = node
+        return node
+
+    def segment_id_of(self, vertebra: str) -> str | None:
+        from ..slicer.segments import segment_ids_by_vertebra, vertebra_label_from_name
+
+        if self.segmentation_node is None:
+            return None
+        return segment_ids_by_vertebra(self.segmentation_node).get(vertebra_label_from_name(vertebra))
+
+    # --- what the page shows
+
+    def metrics_rows(self) -> list[dict]:
+        """One row per vertebra of the segmentation shown (measured now, so edits count): name, colour,
+        volume, height, mean HU and the run's trabecular HU while the segmentation is as the run made it."""
+        node = self.segmentation_node
+        if node is None or node.GetScene() is None or self.volume_node is None:
+            return []
+        unchanged = self.report_hash is not None and segmentation_content_hash(node) == self.report_hash
+        measured_by_run = (self.report or {}).get("measurements", {}) if unchanged else {}
+        rows = []
+        for name, values in compute_metrics(node, self.volume_node).items():
+            label = next((k for k, v in LABEL_NAMES.items() if v == name), None)
+            trabecular = (measured_by_run.get(name) or {}).get("trabecular_hu")
+            if isinstance(trabecular, dict):  # trabecular.py's {"median": ..., "mean": ..., "reason": ...}
+                trabecular = trabecular.get("median", trabecular.get("mean"))
+            rows.append({"name": name, "color": hex_color(LABEL_COLORS.get(label, (0.6, 0.6, 0.6))),
+                         "volume_ml": _round(values.get("volume_ml"), 1), "height_mm": _round(values.get("height_mm"), 1),
+                         "mean_hu": _round(values.get("mean_hu"), 0), "median_hu": _round(values.get("median_hu"), 0),
+                         "trabecular_hu": _round(trabecular, 0)})
+        return rows
+
+    def model_summary(self) -> str:
+        model = (self.report or {}).get("model") or {}
+        if not model:
+            return ""
+        trained = "" if model.get("trained", True) else " (UNTRAINED: random weights, meaningless labels)"
+        return f"{model.get('name', '?')} model ({model.get('sha256', '')[:12]}) on {self.report.get('device', '?')}{trained}"
+
+    def warnings(self) -> list[str]:
+        from ..metrics import plausibility_warnings
+
+        rows = {r["name"]: {"volume_ml": r["volume_ml"], "height_mm": r["height_mm"]} for r in self.metrics_rows()}
+        return plausibility_warnings(rows) if rows else []
+
+    # --- exports (files in a fresh folder under the work folder, for the browser to download)
+
+    def _export_dir(self) -> Path:
+        if self.segmentation_node is None or self.segmentation_node.GetScene() is None:
+            raise InputError("There is no segmentation to export; segment the CT first.")
+        self.work_dir.mkdir(parents=True, exist_ok=True)
+        return Path(tempfile.mkdtemp(prefix="export-", dir=self.work_dir))
+
+    def export_stl_zip(self) -> Path:
+        """One closed STL surface per vertebra (LPS mm, like the command line's) in a zip."""
+        from ..slicer.export import export_stl
+
+        folder = self._export_dir()
+        files = export_stl(self.segmentation_node, folder / "stl", lps=True)
+        path = folder / f"{self.stem()}_stl.zip"
+        with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as archive:
+            for file in files:
+                archive.write(file, file.name)
+            archive.writestr("NOTICE.txt", RESEARCH_NOTICE + ". Coordinates: LPS, mm.\n")
+        shutil.rmtree(folder / "stl", ignore_errors=True)
+        return path
+
+    def export_seg_nrrd(self) -> Path:
+        from ..slicer.export import export_labelmap
+
+        folder = self._export_dir()
+        return export_labelmap(self.scene, self.segmentation_node, self.volume_node, folder / f"{self.stem()}.seg.nrrd")
+
+    def export_dicom_seg(self) -> Path:
+        """A DICOM SEG of the segmentation shown, referencing the opened DICOM series."""
+        from ..dicom_seg import write_dicom_seg
+
+        if self.ct is None or not self.ct.is_dicom:
+            raise InputError("A DICOM SEG needs a DICOM series as the CT (it references its instances); this CT "
+                             "was opened from a file. Export .seg.nrrd or STL instead.")
+        folder = self._export_dir()
+        labels = label_array_to_sitk(segmentation_to_label_array(self.segmentation_node, self.volume_node),
+                                     self.volume_node)
+        path = write_dicom_seg(labels, self.ct.path, folder / f"{self.stem()}_seg.dcm")
+        if path is None:
+            raise InputError("The segmentation has no vertebra, so there is no DICOM SEG to write.")
+        return path
+
+    def stem(self) -> str:
+        return (self.volume_node.GetName() if self.volume_node is not None else "LumbarSeg") or "LumbarSeg"
+
+    def crop_roi(self):
+        return find_crop_roi(self.scene, self.volume_node) if self.volume_node is not None else None
+
+
+class EditedSegmentation(InputError):
+    """Opening another CT would throw away a segmentation the user edited."""
+
+
+def safe_stem(label: str) -> str:
+    """A node (and download file) name from a shown label: letters, digits, '-' and '_' only, at most 40."""
+    import re
+
+    stem = re.split(r"[\\/]", str(label or ""))[-1].split(".")[0]
+    return re.sub(r"[^A-Za-z0-9_-]+", "_", stem).strip("_")[:40] or "CT"
+
+
+def _round(value, digits: int):
+    if value is None:
+        return None
+    try:
+        return round(float(value), digits)
+    except (TypeError, ValueError):
+        return None

@@ -1,0 +1,76 @@
+"""What a browser may send the server: one CT file, size-limited, saved under a name the server chooses.
+
+The uploaded file's own name is used for two things only: its ending (which reader to use, from the same
+list the command line accepts) and the label shown on the page. It never becomes a path: a name such as
+``../../etc/passwd.nrrd`` or ``CT\\x00.nii`` is saved as ``upload-<n>.nrrd`` / ``upload-<n>.nii`` in the
+server's own upload folder. Reading and validating the saved file is the command line's own code
+(:func:`LumbarSegLib.io.load_ct`, called by :mod:`.session`).
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import re
+from pathlib import Path
+
+from ..errors import InputError
+
+# Single-file CT formats the engine reads (io.read_image); DICOM series come as a server-side folder.
+UPLOAD_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
+# .nhdr / .mhd keep their voxels in a second file, which one upload cannot bring along.
+DETACHED_HEADER_SUFFIXES = (".nhdr", ".mhd")
+_counter = itertools.count(1)
+
+
+def upload_suffix(client_name: str) -> str:
+    """The accepted ending of ``client_name`` (lower case), or an :class:`InputError` naming what is accepted."""
+    name = str(client_name or "").strip().lower()
+    for suffix in UPLOAD_SUFFIXES:
+        if name.endswith(suffix):
+            if suffix in DETACHED_HEADER_SUFFIXES:
+                raise InputError(f"'{display_name(client_name)}' is a header whose voxels are in a separate file, "
+                                 "which an upload cannot bring along; upload a single-file CT (.nii.gz, .nii, "
+                                 ".nrrd with its data inside, .mha) or open a server-side folder.")
+            return suffix
+    raise InputError(f"'{display_name(client_name)}' is not a CT file this app reads; upload a .nii.gz, .nii, "
+                     ".nrrd or .mha file (a DICOM series: ask for it to be put in the server's data folder).")
+
+
+def display_name(client_name: str, limit: int = 80) -> str:
+    """The client's file name made safe to show: printable characters only, no folders, at most ``limit``."""
+    base = re.split(r"[\\/]", str(client_name or ""))[-1]
+    base = "".join(ch if ch.isprintable() else "?" for ch in base).strip() or "upload"
+    return base if len(base) <= limit else base[: limit - 3] + "..."
+
+
+def check_upload_size(size: int, max_bytes: int) -> None:
+    if max_bytes <= 0:
+        raise InputError("Uploads are switched off on this server (--max-upload-mb 0); open the sample CT or a "
+                         "file from the server's data folder.")
+    if size > max_bytes:
+        raise InputError(f"The file is {size / 1e6:.1f} MB, more than this server accepts "
+                         f"({max_bytes / 1e6:.0f} MB, --max-upload-mb); crop it to the lumbar region first.")
+    if size == 0:
+        raise InputError("The uploaded file is empty.")
+
+
+def save_upload(client_name: str, content: bytes, upload_dir, max_bytes: int) -> Path:
+    """Write ``content`` into ``upload_dir`` under a server-chosen name with ``client_name``'s ending.
+
+    The size is checked before anything is written; the file is created exclusively (never over another
+    one) with owner-only permissions."""
+    suffix = upload_suffix(client_name)
+    check_upload_size(len(content), max_bytes)
+    upload_dir = Path(upload_dir)
+    upload_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    while True:
+        path = upload_dir / f"upload-{os.getpid()}-{next(_counter)}{suffix}"
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError:
+            continue
+        break
+    with os.fdopen(fd, "wb") as handle:
+        handle.write(content)
+    return path

@@ -1,0 +1,127 @@
+"""The web app's logic without a browser: ``lumbarseg serve``'s checks, uploads, and
+:class:`LumbarSegLib.web.session.StudySession` on a real MRML scene (slicer-core) with the real engine
+subprocess. The page itself is tested in a browser (test_web_browser.py)."""
+
+from __future__ import annotations
+
+import zipfile
+
+import pytest
+
+from LumbarSegLib.errors import InputError
+from LumbarSegLib.web import cli as web_cli
+from LumbarSegLib.web.app import list_server_cts
+from LumbarSegLib.web.session import SAMPLE_CT, EditedSegmentation, StudySession, safe_stem
+from LumbarSegLib.web.uploads import display_name, save_upload, upload_suffix
+
+slicer = pytest.importorskip("slicer")
+
+
+def _serve(capsys, *args):
+    from LumbarSegLib.cli import main
+
+    code = main(["serve", *args])
+    return code, capsys.readouterr().err
+
+
+def test_serve_refuses_bad_arguments_with_one_line_and_exit_2(tmp_path, capsys):
+    for args, expected in [(["--port", "0"], "--port 0 is not a TCP port"),
+                           (["--data-dir", str(tmp_path / "nope")], "no such folder"),
+                           (["--max-upload-mb", "-1"], "is negative")]:
+        code, err = _serve(capsys, *args)
+        assert code == 2, err
+        assert err.strip().count("\n") == 0 and expected in err and "Traceback" not in err
+
+
+def test_serve_without_the_web_environment_says_how_to_make_it(capsys):
+    try:
+        import trame_slicer  # noqa: F401
+        pytest.skip("this environment has trame-slicer")
+    except ImportError:
+        pass
+    code, err = _serve(capsys)
+    assert code == 2 and "bash tools/install.sh --web" in err and "Traceback" not in err
+
+
+def test_loopback_is_the_default_and_other_addresses_warn_of_no_login():
+    assert web_cli.DEFAULT_HOST == "127.0.0.1"
+    assert web_cli.is_loopback("127.0.0.1") and web_cli.is_loopback("::1") and web_cli.is_loopback("localhost")
+    assert not web_cli.is_loopback("0.0.0.0") and not web_cli.is_loopback("10.1.2.3")
+    assert not web_cli.is_loopback("reading-room.example")
+    assert "NO login" in web_cli.no_login_warning("0.0.0.0", 8080)
+
+
+def test_upload_names_never_become_paths(tmp_path):
+    content = SAMPLE_CT.read_bytes()
+    for name in ("../../etc/evil.nrrd", "..\\..\\evil.NRRD", "/abs/evil.nrrd", "a\x00b.nrrd"):
+        path = save_upload(name, content, tmp_path / "uploads", max_bytes=10_000_000)
+        assert path.parent == tmp_path / "uploads" and path.name.startswith("upload-") and path.suffix == ".nrrd"
+    assert sorted(p.name for p in tmp_path.rglob("*evil*")) == []
+    assert display_name("../../etc/evil name.nrrd") == "evil name.nrrd"
+    assert display_name("a\x00b.nrrd") == "a?b.nrrd"
+    assert safe_stem("../x/My CT (2).nii.gz") == "My_CT_2"
+
+
+def test_uploads_are_size_limited_and_of_ct_types_only(tmp_path):
+    with pytest.raises(InputError, match="more than this server accepts"):
+        save_upload("ct.nii", bytes(2000), tmp_path, max_bytes=1000)
+    with pytest.raises(InputError, match="switched off"):
+        save_upload("ct.nii", bytes(10), tmp_path, max_bytes=0)
+    with pytest.raises(InputError, match="not a CT file"):
+        upload_suffix("report.pdf")
+    with pytest.raises(InputError, match="separate file"):
+        upload_suffix("ct.mhd")
+    assert upload_suffix("CT.NII.GZ") == ".nii.gz"
+    assert not list(tmp_path.iterdir())  # nothing written for a refused upload
+
+
+def test_server_folder_lists_cts_and_folders_by_index(tmp_path):
+    (tmp_path / "b.nii.gz").write_bytes(b"x")
+    (tmp_path / "notes.txt").write_text("x")
+    (tmp_path / ".hidden.nrrd").write_bytes(b"x")
+    (tmp_path / "dicom_series").mkdir()
+    listed = list_server_cts(tmp_path)
+    assert [e["title"] for e in listed] == ["b.nii.gz", "dicom_series/ (DICOM)"]
+    assert [e["value"] for e in listed] == [0, 1]
+
+
+def test_bad_upload_is_refused_by_the_cli_validation_and_names_the_upload_not_the_server_path(tmp_path):
+    session = StudySession(slicer.vtkMRMLScene(), tmp_path)
+    path = save_upload("scan.nii", b"not a nifti at all" * 10, tmp_path / "uploads", max_bytes=10_000)
+    with pytest.raises(InputError) as refused:
+        session.open_ct(path, "scan.nii")
+    assert str(path) not in str(refused.value) and "scan.nii" in str(refused.value)
+    assert session.volume_node is None
+
+
+def test_session_segments_cancels_keeps_edits_and_exports(tmp_path):
+    scene = slicer.vtkMRMLScene()
+    session = StudySession(scene, tmp_path / "exports")
+    session.open_ct(SAMPLE_CT, "sample")
+    nodes_before = scene.GetNumberOfNodes()
+
+    session.start()  # cancelled at once: the scene is untouched
+    session.cancel()
+    assert not session.running and scene.GetNumberOfNodes() == nodes_before and session.segmentation_node is None
+
+    session.start()
+    assert session.job.process.wait(600)
+    session.finish()
+    rows = session.metrics_rows()
+    assert [r["name"] for r in rows] == ["L1", "L2", "L3", "L4", "L5"]
+    assert session.model_summary().startswith("cpu model")
+    assert not session.has_edits()
+
+    # An edit (L3 removed, as an eraser over all of it would) is detected; opening another CT asks first.
+    node = session.segmentation_node
+    node.GetSegmentation().RemoveSegment(session.segment_id_of("L3"))
+    assert session.has_edits()
+    with pytest.raises(EditedSegmentation):
+        session.open_ct(SAMPLE_CT, "again")
+
+    with zipfile.ZipFile(session.export_stl_zip()) as archive:
+        assert sorted(n.rsplit("_", 1)[-1] for n in archive.namelist() if n.endswith(".stl")) == \
+            ["L1.stl", "L2.stl", "L4.stl", "L5.stl"]
+    assert session.export_seg_nrrd().name == "sample.seg.nrrd"
+    with pytest.raises(InputError, match="DICOM SEG needs a DICOM series"):
+        session.export_dicom_seg()
