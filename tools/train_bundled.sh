@@ -76,10 +76,10 @@ fi
 if [ "${PHASE:-1}" = 4 ]; then
   export LUMBARSEG_SHAPE_LIBRARY=none
   [ -f "$WORK/phase3_lumbarseg_cpu.pt" ] || git show 093021d:Resources/Models/lumbarseg_cpu.pt > "$WORK/phase3_lumbarseg_cpu.pt"
-  P4=(--real "${REAL[@]}" --views 24 --real-weight 0.7 --phantoms 40 --seed 200 --config cpu --precision bfloat16
-      --compile --batch 2 --lr 1e-3 --lr-localizer 1e-3 --localizer-share 0.25 --val-fraction 0.05
+  P4=(--real "${REAL[@]}" --views 24 --real-weight 0.7 --phantoms 40 --seed 200 --config cpu --precision float32
+      --batch 2 --lr 1e-3 --lr-localizer 1e-3 --localizer-share 0.25 --val-fraction 0.05
       --checkpoint-minutes 5 --jobs 2 --cache "$WORK/cache4")
-  lumbarseg train "${P4[@]}" --resume "$WORK/phase3_lumbarseg_cpu.pt" --minutes ${FOLDA_MINUTES:-45} \
+  lumbarseg train "${P4[@]}" --resume "$WORK/phase3_lumbarseg_cpu.pt" --minutes ${FOLDA_MINUTES:-33} \
       --leave-out sub-verse007 -o "$WORK/foldA.pt" --checkpoint-dir "$WORK/ckpt-A" 2>&1 | tee "$WORK/foldA.log"
   lumbarseg train "${P4[@]}" --resume "$WORK/foldA.pt" --minutes ${FINAL4_MINUTES:-35} -o "$WORK/lumbarseg_cpu.pt" \
       --checkpoint-dir "$WORK/ckpt-final4" 2>&1 | tee "$WORK/final4.log"
