@@ -184,7 +184,7 @@ def write_dicom_seg(labels: sitk.Image, source, path, roi_segments=()) -> Path |
 
     first = datasets[0]
     try:
-        seg = _segmentation(hd, datasets, pixel_array, present, first)
+        seg = _segmentation(hd, datasets, pixel_array, present, first, roi_segments)
         seg.SeriesDescription = SERIES_DESCRIPTION
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -211,7 +211,7 @@ def _header_problem(ds) -> str | None:
     return None
 
 
-def _segmentation(hd, datasets, pixel_array, present, first):
+def _segmentation(hd, datasets, pixel_array, present, first, roi_segments=()):
     return hd.seg.Segmentation(
         source_images=datasets,
         pixel_array=pixel_array,
