@@ -95,9 +95,16 @@ def _check_stl_closed_and_on_labels(stl_zip: Path, seg_path: Path, folder: Path)
         archive.extractall(folder)
     assert len(names) == 5, names
     labels = sitk.ReadImage(str(seg_path))
-    array = sitk.GetArrayFromImage(labels)
-    segment_labels = {labels.GetMetaData(f"Segment{i}_Name"): int(labels.GetMetaData(f"Segment{i}_LabelValue"))
-                      for i in range(5)}
+    layers = sitk.GetArrayFromImage(labels)
+    # The trabecular ROI segments overlap their vertebrae, so Slicer writes a second layer (a vector pixel):
+    # each vertebra is read from its own layer.
+    if layers.ndim == 3:
+        layers = layers[..., None]
+    segments = {labels.GetMetaData(f"Segment{i}_Name"): (int(labels.GetMetaData(f"Segment{i}_LabelValue")),
+                                                          int(labels.GetMetaData(f"Segment{i}_Layer")))
+                for i in range(64) if labels.HasMetaDataKey(f"Segment{i}_Name")}
+    segment_labels = {name: value for name, (value, _) in segments.items()}
+    assert set(VERTEBRA_COLOURS) <= set(segment_labels), segments
     for name in names:
         vertebra = next(v for v in VERTEBRA_COLOURS if name.endswith(f"_{v}.stl") or name == f"{v}.stl")
         reader = vtk.vtkSTLReader()
@@ -116,7 +123,8 @@ def _check_stl_closed_and_on_labels(stl_zip: Path, seg_path: Path, folder: Path)
         points = numpy_support.vtk_to_numpy(mesh.GetPoints().GetData())  # LPS mm
         index = np.array([labels.TransformPhysicalPointToContinuousIndex(p.tolist()) for p in points[::7]])
         ijk = np.clip(np.round(index).astype(int), 0, np.array(labels.GetSize()) - 1)
-        label = segment_labels[vertebra]
+        label, layer = segments[vertebra]
+        array = layers[..., layer]
         near = np.zeros(len(ijk), bool)
         for dk in (-2, -1, 0, 1, 2):  # a smoothed surface lies within ~2 voxels of its voxels
             for dj in (-2, -1, 0, 1, 2):
