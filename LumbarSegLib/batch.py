@@ -71,15 +71,7 @@ def _clear_stale(folder: Path) -> None:
     """Remove the staging folder a killed worker left beside ``folder`` (under its lock, as a rerun would)."""
     from .outputs import OutputFolder
 
-    out = OutputFolder(folder)
-    try:
-        out._acquire_lock()
-    except InputError:  # someone is writing there: theirs to finish
-        return
-    try:
-        out._remove_stale()
-    finally:
-        out._release_lock()
+    OutputFolder(folder).clear_stale()
 
 
 class _BatchLock:

@@ -293,6 +293,19 @@ class OutputFolder:
         os.close(self._lock_fd)
         self._lock_fd = None
 
+    def clear_stale(self) -> bool:
+        """Remove what killed runs left beside the target (as the next run there would), under the lock;
+        False when another run holds the lock (its folders are its own to finish)."""
+        try:
+            self._acquire_lock()
+        except InputError:
+            return False
+        try:
+            self._remove_stale()
+        finally:
+            self._release_lock()
+        return True
+
     def _remove_stale(self) -> None:
         """Staging/replaced folders of runs that were killed (we hold the lock, so none is alive). A run
         killed between the two renames of :meth:`commit` left no target and the earlier result in its
