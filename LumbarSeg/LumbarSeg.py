@@ -1,8 +1,8 @@
 """LumbarSeg: automatic L1-L5 segmentation of CT in 3D Slicer (two-stage method of Lu et al. 2023).
 
 This file is the Slicer scripted module (Module, Widget, Logic, Test). All the work on the scene is in
-``LumbarSegLib.slicer`` (plain functions taking the scene, tested headless). The segmentation runs as the
-command line ``lumbarseg segment`` in a subprocess (``LumbarSegLib.engine_process``, started with Slicer's
+``LumbarSegLib.scene`` (plain functions taking the scene, tested headless). The segmentation runs as the
+command line ``lumbarseg segment`` in a subprocess (``LumbarSegLib.study.engine_process``, started with Slicer's
 PythonSlicer): Slicer's main thread holds Python's GIL in the Qt event loop, so a worker thread would crawl,
 while a process runs at full speed, is polled by a timer without blocking, and ends at once on Cancel.
 This file adds the GUI around that.
@@ -101,11 +101,11 @@ def torchProblem():
 
 
 def slicerLib(name):
-    """The ``LumbarSegLib.slicer`` module ``name`` ("volumes", "roi", "segments", "run", ...), imported on first use."""
+    """The ``LumbarSegLib.scene`` module ``name`` ("volumes", "roi", "segments", "run", ...), imported on first use."""
     ensureLibImportable()
     import importlib
 
-    return importlib.import_module("LumbarSegLib.slicer." + name)
+    return importlib.import_module("LumbarSegLib.scene." + name)
 
 
 def registerTerminology(terminologiesLogic=None):
@@ -199,7 +199,7 @@ class LumbarSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.logic = None
         self._parameterNode = None
         self._updatingGUIFromParameterNode = False
-        self._job = None  # the running segmentation (LumbarSegLib.slicer.engine_job.EngineJob)
+        self._job = None  # the running segmentation (LumbarSegLib.scene.engine_job.EngineJob)
         self._timer = None
 
     # --- setup and parameter node -----------------------------------------------------------------
@@ -676,7 +676,7 @@ class LumbarSegLogic(ScriptedLoadableModuleLogic):
 
     def modelSummary(self, modelPath=None):
         ensureLibImportable()
-        from LumbarSegLib.model_card import model_summary
+        from LumbarSegLib.results.model_card import model_summary
 
         return model_summary(modelPath)
 
@@ -684,7 +684,7 @@ class LumbarSegLogic(ScriptedLoadableModuleLogic):
         """What the panel shows about the model that will run, with a link to its model card."""
         return slicerLib("provenance").model_info_html(self.modelSummary(modelPath))
 
-    # --- segmentation: the command line in a subprocess (LumbarSegLib.engine_process)
+    # --- segmentation: the command line in a subprocess (LumbarSegLib.study.engine_process)
 
     def startSegmentation(self, scene, volumeNode, segmentationNode=None, roiMode="auto", device="auto",
                           modelPath=None, overwriteEdited=False, smoothing=0.5):
@@ -764,7 +764,7 @@ class LumbarSegLogic(ScriptedLoadableModuleLogic):
 
     def exportStl(self, segmentationNode, folder, overwrite=False):
         """One STL per segment; an earlier export of a same-named segmentation there is only replaced (as a
-        whole) with ``overwrite`` (:func:`LumbarSegLib.slicer.export.export_stl`)."""
+        whole) with ``overwrite`` (:func:`LumbarSegLib.scene.export.export_stl`)."""
         return slicerLib("export").export_stl(segmentationNode, folder, overwrite=overwrite)
 
     def exportLabelmap(self, scene, segmentationNode, volumeNode, path):
@@ -773,7 +773,7 @@ class LumbarSegLogic(ScriptedLoadableModuleLogic):
 
 #
 # Test (runs inside Slicer: Developer mode -> "Reload and Test", or Slicer --python-code; also headless against
-# slicer-core, see Testing/test_slicer_module.py). The bodies are in LumbarSegLib.slicer.self_test. The model
+# slicer-core, see Testing/test_slicer_module.py). The bodies are in LumbarSegLib.scene.self_test. The model
 # parts need PyTorch; the extension build servers have none, so there they are skipped and say why - in
 # runTest and in each model test method, which unittest may also run on its own.
 #

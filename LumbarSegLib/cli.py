@@ -22,8 +22,8 @@ from pathlib import Path
 from . import __version__
 from .errors import InputError, LumbarSegError
 # The one study runner (segment, batch workers, the engine subprocess) and its console helpers.
-from .runner import PROG, _check_smoothing, _err, _geometry, _load_model, _print_summary, _run_segmentation, \
-    _StageProgress
+from .study.runner import (PROG, _check_smoothing, _err, _geometry, _load_model, _print_summary, _run_segmentation,
+                           _StageProgress)
 
 # The demo phantom: an abdominal field of view (T11-ish to sacrum, so all of L1-L5 is in it) on a
 # 256x256x200 grid; the phantom fits the spacing (about 1.5 mm) to that field of view.
@@ -37,7 +37,7 @@ DEMO_FOV = "abdomen"
 # --------------------------------------------------------------------------------------------------
 
 def cmd_segment(args) -> int:
-    from .runner import StudyOptions, run_study
+    from .study.runner import StudyOptions, run_study
 
     report = run_study(StudyOptions.from_args(args))
     _print_summary(report, report["metrics"])
@@ -45,31 +45,32 @@ def cmd_segment(args) -> int:
 
 
 def cmd_evaluate(args) -> int:
-    from . import io, metrics
-    from .outputs import check_output_file
+    from .io import label_maps, text_files
+    from .measures import agreement
+    from .results.outputs import check_output_file
 
     for path, what in ((args.output, "JSON output"), (args.csv, "CSV output")):
         if path:
             check_output_file(path, what)
-    pred = io.read_labelmap(args.pred, scheme=args.pred_labels)
-    ref = io.read_labelmap(args.ref, scheme=args.ref_labels)
+    pred = label_maps.read_labelmap(args.pred, scheme=args.pred_labels)
+    ref = label_maps.read_labelmap(args.ref, scheme=args.ref_labels)
     notes: list[str] = []
-    result = metrics.compare_images(pred, ref, resample=not args.strict_grid, notes=notes)
-    note = io.reference_without_lumbar_note(ref)
+    result = agreement.compare_images(pred, ref, resample=not args.strict_grid, notes=notes)
+    note = label_maps.reference_without_lumbar_note(ref)
     if note:
         notes.append(note)
     for note in notes:
         _err(f"{PROG}: note: {note}")
-    print(metrics.format_table(result))
+    print(agreement.format_table(result))
     if args.output:
-        metrics.write_json({
-            "prediction": {"path": str(args.pred), "label_scheme": io.label_scheme_of(pred)},  # as given
-            "reference": {"path": str(args.ref), "label_scheme": io.label_scheme_of(ref)},
-            "metrics": result, "summary": metrics.summary(result), "notes": notes,
+        text_files.write_json({
+            "prediction": {"path": str(args.pred), "label_scheme": label_maps.label_scheme_of(pred)},  # as given
+            "reference": {"path": str(args.ref), "label_scheme": label_maps.label_scheme_of(ref)},
+            "metrics": result, "summary": agreement.summary(result), "notes": notes,
         }, args.output)
         print(f"JSON: {args.output}")
     if args.csv:
-        metrics.write_metrics_csv(result, args.csv)
+        agreement.write_metrics_csv(result, args.csv)
         print(f"CSV: {args.csv}")
     return 0
 
@@ -80,7 +81,7 @@ PHANTOM_MIN_VOXELS = 16
 def _check_phantom_grid(shape, spacing) -> None:
     """Refuse a phantom grid before generating anything: the generator needs room for a spine, and the
     result must be a CT that LumbarSeg itself accepts."""
-    from .io import MAX_SPACING_MM, MIN_SPACING_MM, check_memory
+    from .io.images import MAX_SPACING_MM, MIN_SPACING_MM, check_memory
 
     if shape is not None:
         if any(v < PHANTOM_MIN_VOXELS for v in shape):
@@ -104,7 +105,7 @@ def _phantom_case(ct_path: Path, seed: int) -> dict:
 
 
 def cmd_phantom(args) -> int:
-    from .outputs import OutputFolder
+    from .results.outputs import OutputFolder
 
     if args.n < 1:
         raise InputError("--n must be at least 1.")
@@ -136,9 +137,9 @@ def cmd_demo(args) -> int:
     """Phantom -> segment with the bundled model -> metrics against the phantom's truth, all offline."""
     import SimpleITK as sitk
 
-    from . import io
-    from .models import resolve_device
-    from .outputs import OutputFolder
+    from .io import images, label_maps
+    from .inference.models import resolve_device
+    from .results.outputs import OutputFolder
 
     resolve_device(args.device)
     smoothing = _check_smoothing(args.smoothing)
@@ -153,12 +154,12 @@ def cmd_demo(args) -> int:
         done()
         ct_path = out.staging / "demo_ct.nii.gz"
         sitk.WriteImage(ct, str(ct_path), useCompression=True)
-        truth = sitk.GetImageFromArray(io.to_internal_labels(sitk.GetArrayViewFromImage(truth_verse), "verse"))
+        truth = sitk.GetImageFromArray(label_maps.to_internal_labels(sitk.GetArrayViewFromImage(truth_verse), "verse"))
         truth.CopyInformation(truth_verse)
-        truth_path = io.write_labelmap(truth, out.staging / "demo_truth.nii.gz")
-        image, mask, messages = io.prepare_ct(ct, name="The demo phantom")
+        truth_path = label_maps.write_labelmap(truth, out.staging / "demo_truth.nii.gz")
+        image, mask, messages = images.prepare_ct(ct, name="The demo phantom")
         model = _load_model(args.model, args.device)
-        report = _run_segmentation(io.LoadedCT(image, mask, messages),
+        report = _run_segmentation(images.LoadedCT(image, mask, messages),
                           input_desc={"path": str(out.final(ct_path)), "phantom_seed": args.seed, **_geometry(ct)},
                           out=out, stem="demo", model=model, device=args.device, fmt="nii.gz", stl=True,
                           preview=True, reference=truth,
@@ -261,7 +262,7 @@ def build_parser() -> argparse.ArgumentParser:
     from .training import cli as training_cli
 
     training_cli.register_cli(sub)  # train, evaluate-model
-    from . import batch
+    from .batch import command as batch
 
     batch.register_cli(sub, common, overwrite, study_outputs)
     from .web import cli as web_cli

@@ -1,5 +1,7 @@
 """Label codes, names, colours and terminology shared by the engine, the CLI and the Slicer module."""
 
+from pathlib import Path
+
 # Internal label map: 0 = background, 1..5 = L1..L5.
 LABEL_NAMES = {1: "L1", 2: "L2", 3: "L3", 4: "L4", 5: "L5"}
 NUM_CLASSES = 6  # background + L1..L5
@@ -41,3 +43,13 @@ RESEARCH_NOTICE = "Research use only, not a medical device"
 # What a CT may be given as, in every message that refuses one.
 ACCEPTED_CT_FORMATS = ("NIfTI (.nii, .nii.gz), NRRD (.nrrd), MetaImage (.mha, .mhd) or a folder with one DICOM "
                        "series")
+
+
+# The bundled models and their cards (LumbarSegLib/../Resources/Models: the repository root, or beside the
+# package in an installed Slicer extension).
+RESOURCES_DIR = Path(__file__).resolve().parent.parent / "Resources" / "Models"
+DEFAULT_MODEL_NAME = "lumbarseg_cpu.pt"
+
+
+def default_model_path() -> Path:
+    return RESOURCES_DIR / DEFAULT_MODEL_NAME

@@ -47,7 +47,7 @@ def synthetic_ct(monkeypatch):
     0.6-5.5 mL of each: under the pipeline's minimum for a real vertebra (``MIN_VERTEBRA_ML``), which is
     lowered to 0.5 mL for the tests that segment this toy CT in this process, so they still see vertebrae.
     """
-    from LumbarSegLib import pipeline
+    from LumbarSegLib.inference import pipeline
 
     monkeypatch.setattr(pipeline, "MIN_VERTEBRA_ML", 0.5)
     return make_synthetic_ct()

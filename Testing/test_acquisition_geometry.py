@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from LumbarSegLib import io, slice_positions
+from LumbarSegLib.io import slice_positions
+from LumbarSegLib.io import images, label_maps
 from LumbarSegLib.cli import main
 from LumbarSegLib.errors import InputError
 
@@ -58,7 +59,7 @@ def test_tilted_series_is_regularized_onto_a_true_grid(tmp_path):
     sheared, true_ml = tilted_phantom()
     folder = tmp_path / "tilted"
     write_ct_series(sheared, folder, seed=1)
-    loaded = io.load_ct(folder)
+    loaded = images.load_ct(folder)
     image = loaded.image
     # a regular grid: orthonormal axes, the slice normal as third axis
     direction = np.asarray(image.GetDirection()).reshape(3, 3)
@@ -91,7 +92,7 @@ def test_cli_segments_a_tilted_series_on_the_regular_grid_and_says_so(tmp_path):
     report = json.loads((out / "report.json").read_text(encoding="utf-8"))
     assert any("gantry tilt of 20.0 degrees" in m for m in report["messages"])
     labels = sitk.ReadImage(report["outputs"]["labels"])
-    ct = io.load_ct(folder).image
+    ct = images.load_ct(folder).image
     assert labels.GetSize() == ct.GetSize() and np.allclose(labels.GetOrigin(), ct.GetOrigin())
     np.testing.assert_allclose(labels.GetDirection(), ct.GetDirection(), atol=1e-6)
     assert report["input"]["size"] == list(ct.GetSize())
@@ -118,7 +119,7 @@ def test_non_orthogonal_direction_is_refused(tmp_path, capsys):
     path = tmp_path / "sheared.nrrd"
     sitk.WriteImage(ct, str(path))
     with pytest.raises(InputError, match="not orthogonal"):
-        io.load_ct(path)
+        images.load_ct(path)
     out = tmp_path / "out"
     assert main(["segment", str(path), "-o", str(out), "--device", "cpu"]) == 2
     err = capsys.readouterr().err
@@ -139,4 +140,4 @@ def test_named_pipe_input_is_refused_at_once(tmp_path):
     assert proc.returncode == 2 and "named pipe" in proc.stderr and "Traceback" not in proc.stderr
     assert not (tmp_path / "out").exists()
     with pytest.raises(InputError, match="named pipe"):
-        io.read_labelmap(fifo)  # a reference label map goes through the same reader
+        label_maps.read_labelmap(fifo)  # a reference label map goes through the same reader

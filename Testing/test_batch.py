@@ -15,10 +15,11 @@ from pathlib import Path
 import pytest
 import SimpleITK as sitk
 
-from LumbarSegLib import batch, batch_studies, batch_summary, cli
+from LumbarSegLib.batch import command as batch, studies as batch_studies, summary as batch_summary
+from LumbarSegLib import cli
 
 pytest.importorskip("distributed")
-from LumbarSegLib import batch_cluster  # noqa: E402  (imports distributed)
+from LumbarSegLib.batch import cluster as batch_cluster  # noqa: E402  (imports distributed)
 
 REPO = Path(cli.__file__).resolve().parents[1]
 PHANTOM = {"shape": (56, 48, 80), "spacing": (3.2, 3.2, 3.0), "fov": "lumbar"}  # the bundled model finds L1-L5
@@ -206,7 +207,7 @@ def test_scheduler_runs_the_batch_on_an_existing_cluster(tmp_path, ct_file, caps
     and its worker gets this host's cores for torch."""
     from distributed import LocalCluster
 
-    from LumbarSegLib.batch_cluster import usable_cpus
+    from LumbarSegLib.batch.cluster import usable_cpus
 
     with LocalCluster(n_workers=1, threads_per_worker=1, processes=True, host="127.0.0.1",
                       dashboard_address=None) as cluster:

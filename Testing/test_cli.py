@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from LumbarSegLib import cli, io
+from LumbarSegLib import cli
+from LumbarSegLib.io import images, label_maps
 
 
 def run(capsys, *argv):
@@ -74,8 +75,8 @@ def test_constant_volume(capsys, tmp_path):
 def test_empty_volume(capsys, tmp_path, monkeypatch):
     # A zero-voxel file cannot be written with SimpleITK; feed the reader's result directly.
     path = _write(tmp_path, "ct.nii.gz", _ct_array())
-    monkeypatch.setattr(io, "read_image", lambda p, *_: sitk.Image([0, 0, 0], sitk.sitkInt16))
-    monkeypatch.setattr(io, "image_information", lambda p, *_: ((0, 0, 0), 1))
+    monkeypatch.setattr(images, "read_image", lambda p, *_: sitk.Image([0, 0, 0], sitk.sitkInt16))
+    monkeypatch.setattr(images, "image_information", lambda p, *_: ((0, 0, 0), 1))
     rc, _, err = run(capsys, "segment", path, "-o", tmp_path / "out")
     assert_clean_error(rc, err, "empty")
 
@@ -103,7 +104,7 @@ def test_absurd_spacing(capsys, tmp_path):
 
 def test_too_large_volume(capsys, tmp_path, monkeypatch):
     path = _write(tmp_path, "big.nii.gz", _ct_array())
-    monkeypatch.setattr(io, "available_memory_bytes", lambda: 10_000)
+    monkeypatch.setattr(images, "available_memory_bytes", lambda: 10_000)
     rc, _, err = run(capsys, "segment", path, "-o", tmp_path / "out")
     assert_clean_error(rc, err, "too large for the available memory", "Crop", "downsample")
 
@@ -139,7 +140,7 @@ def test_installed_entry_point_has_no_traceback(tmp_path):
 
 @pytest.mark.parametrize("fmt", ["nii.gz", "seg.nrrd"])
 def test_segment_end_to_end(capsys, ct_file, synthetic_ct, tmp_path, fmt):
-    ref_path = io.write_labelmap(synthetic_ct[1], tmp_path / "ref.nii.gz")
+    ref_path = label_maps.write_labelmap(synthetic_ct[1], tmp_path / "ref.nii.gz")
     out = tmp_path / "out"
     args = ["segment", ct_file, "-o", out, "--device", "cpu", "--format", fmt, "--reference", ref_path]
     if fmt == "nii.gz":
@@ -176,7 +177,7 @@ def test_segment_end_to_end(capsys, ct_file, synthetic_ct, tmp_path, fmt):
 
 def test_segment_no_spine_found_exits_0(capsys, ct_file, tmp_path, monkeypatch):
     """'Nothing found' is a result, not an error: exit 0 with a clear message."""
-    from LumbarSegLib import pipeline
+    from LumbarSegLib.inference import pipeline
 
     def nothing(image, **kwargs):
         labels = sitk.Image(image.GetSize(), sitk.sitkUInt8)
@@ -256,13 +257,13 @@ def _nan_ct(synthetic_ct, nan_value=np.nan):
     ct = sitk.GetArrayFromImage(synthetic_ct[0]).astype(np.float32)
     with_nan, with_air = ct.copy(), ct.copy()
     with_nan[:, :3, :] = nan_value
-    with_air[:, :3, :] = io.AIR_HU
-    images = []
+    with_air[:, :3, :] = images.AIR_HU
+    cts = []
     for arr in (with_nan, with_air):
         img = sitk.GetImageFromArray(arr)
         img.CopyInformation(synthetic_ct[0])
-        images.append(img)
-    return images, int(np.count_nonzero(~np.isfinite(with_nan)))
+        cts.append(img)
+    return cts, int(np.count_nonzero(~np.isfinite(with_nan)))
 
 
 @pytest.mark.parametrize("suffix", [".mha", ".nii.gz"])  # NRRD reads like MHA (test_io)
@@ -353,7 +354,7 @@ def test_ctrl_c_during_the_run_leaves_no_partial_result(capsys, tmp_path, ct_fil
     import os
     import signal
 
-    from LumbarSegLib import surfaces
+    from LumbarSegLib.results import surfaces
 
     real_write_stl = surfaces.write_stl
 
@@ -431,7 +432,7 @@ def test_reference_without_lumbar_vertebrae_is_compared_not_refused(capsys, tmp_
 
 def test_evaluate_with_a_reference_without_lumbar_vertebrae(capsys, tmp_path, synthetic_ct):
     ref = _thoracic_reference(tmp_path, synthetic_ct)
-    pred = io.write_labelmap(synthetic_ct[1], tmp_path / "pred.nii.gz")
+    pred = label_maps.write_labelmap(synthetic_ct[1], tmp_path / "pred.nii.gz")
     rc, stdout, err = run(capsys, "evaluate", pred, ref, "-o", tmp_path / "m.json")
     assert rc == 0, err
     assert "holds no L1-L5 vertebra" in err
@@ -444,7 +445,7 @@ def test_reference_outside_the_ct_is_still_refused(capsys, tmp_path, ct_file, sy
     ref = synthetic_ct[1]
     far = sitk.Image(ref)
     far.SetOrigin([o + 5000.0 for o in ref.GetOrigin()])
-    path = io.write_labelmap(far, tmp_path / "far.nii.gz")
+    path = label_maps.write_labelmap(far, tmp_path / "far.nii.gz")
     rc, _, err = _segment(capsys, ct_file, tmp_path / "out", "--reference", path)
     assert_clean_error(rc, err, "does not overlap")
     assert "lumbarseg: localize" not in err  # refused before segmenting
@@ -481,10 +482,10 @@ def _phantom_with_truth(tmp_path, spacing, name):
 def test_implausible_vertebra_sizes_are_warned_about(capsys, tmp_path, monkeypatch, spacing, plausible):
     """The segmenter is replaced by one that returns the phantom's own truth: with the right header every
     vertebra is plausible; with a slice spacing written 5 times too large every one is flagged."""
-    from LumbarSegLib import pipeline
+    from LumbarSegLib.inference import pipeline
 
     path, truth = _phantom_with_truth(tmp_path, spacing, "phantom.nii.gz")
-    labels = sitk.GetImageFromArray(io.to_internal_labels(sitk.GetArrayViewFromImage(truth), "verse"))
+    labels = sitk.GetImageFromArray(label_maps.to_internal_labels(sitk.GetArrayViewFromImage(truth), "verse"))
     labels.CopyInformation(truth)
 
     def perfect(image, **kwargs):

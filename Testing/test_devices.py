@@ -11,9 +11,9 @@ import pytest
 import SimpleITK as sitk
 import torch
 
-from LumbarSegLib import pipeline
+from LumbarSegLib.inference import pipeline
 from LumbarSegLib.errors import ModelError
-from LumbarSegLib.models import load_model, resolve_device
+from LumbarSegLib.inference.models import load_model, resolve_device
 
 
 class OutOfMemoryOffCPU(torch.nn.Module):
@@ -77,7 +77,7 @@ def test_gpu_out_of_memory_reruns_on_cpu_and_says_so(synthetic_ct):
 
 
 def test_out_of_memory_on_the_cpu_is_not_retried(synthetic_ct):
-    from LumbarSegLib.slicer.run import friendly_error
+    from LumbarSegLib.scene.run import friendly_error
 
     ct, _ = synthetic_ct
     model = load_model()

@@ -15,7 +15,8 @@ import pytest
 import SimpleITK as sitk
 from pydicom.uid import generate_uid
 
-from LumbarSegLib import dicom_seg, dicom_write, io
+from LumbarSegLib.io import dicom_seg, dicom_write
+from LumbarSegLib.io import images
 from LumbarSegLib.cli import main
 from LumbarSegLib.constants import LABEL_NAMES, SNOMED_BONE_CATEGORY, SNOMED_VERTEBRA
 from LumbarSegLib.errors import InputError
@@ -74,7 +75,7 @@ def synthetic_series(tmp_path, synthetic_ct):
     ct, labels = synthetic_ct
     folder = tmp_path / "ct_series"
     write_ct_series(ct, folder)
-    grid = io.read_ct(folder)
+    grid = images.read_ct(folder)
     # The series reads back on the written grid, so the known labels apply voxel for voxel.
     np.testing.assert_array_equal(sitk.GetArrayViewFromImage(grid), sitk.GetArrayViewFromImage(ct))
     labels = sitk.Image(labels)
@@ -170,7 +171,7 @@ def test_cli_writes_a_valid_seg_of_what_it_found(tmp_path):
     seg_path = Path(report["outputs"]["dicom_seg"])
     assert seg_path == out / "phantom_dicom_seg.dcm" and seg_path.is_file()
     assert dciodvfy_errors(seg_path) == []
-    grid = io.read_ct(folder)
+    grid = images.read_ct(folder)
     back, segments = read_back(seg_path, folder, grid)
     assert sorted(LABEL_NAMES[label] for label, _, _ in segments.values()) == report["found"]
     labels = sitk.ReadImage(report["outputs"]["labels"])
@@ -205,7 +206,7 @@ def test_real_series_headers_give_a_valid_seg(shared_data, tmp_path):
         ds = pydicom.dcmread(path)
         ds.StudyInstanceUID, ds.SeriesInstanceUID = study, series
         ds.save_as(folder / path.name)
-    grid = io.read_ct(folder)
+    grid = images.read_ct(folder)
     array = np.zeros(grid.GetSize()[::-1], np.uint8)
     array[2:9, 180:300, 200:320] = 1  # two box "vertebrae" on the real grid
     array[11:18, 190:290, 210:310] = 2
@@ -287,7 +288,7 @@ def test_the_sample_dicom_series_is_valid_and_gives_a_valid_seg(tmp_path):
     assert len(files) == 90 and sum(f.stat().st_size for f in files) < 4e6
     for path in (files[0], files[45], files[-1]):
         assert dciodvfy_errors(path) == []
-    grid = io.read_ct(SAMPLE_DICOM)
+    grid = images.read_ct(SAMPLE_DICOM)
     nrrd = sitk.ReadImage(str(SAMPLE_DICOM.parent / "LumbarSegSampleCT.nrrd"))
     # The same voxels in the same places (the NRRD's left-handed grid is stored in the other slice order).
     same, stored = sitk.DICOMOrient(grid, "LPS"), sitk.DICOMOrient(nrrd, "LPS")

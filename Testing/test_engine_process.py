@@ -1,4 +1,4 @@
-"""LumbarSegLib.engine_process, the one subprocess runner, with real processes (no Slicer needed). The full run
+"""LumbarSegLib.study.engine_process, the one subprocess runner, with real processes (no Slicer needed). The full run
 polled into a Slicer scene is in test_slicer_subprocess.py."""
 
 import os
@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from LumbarSegLib import engine_process
-from LumbarSegLib.engine_process import EngineProcess, launch, one_line_error, overall_progress, segment_command
+from LumbarSegLib.study import engine_process
+from LumbarSegLib.study.engine_process import EngineProcess, launch, one_line_error, overall_progress, segment_command
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from LumbarSegLib.models import load_model
+from LumbarSegLib.inference.models import load_model
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -12,8 +12,9 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from LumbarSegLib import cli, io
-from LumbarSegLib.dicom_write import write_ct_series
+from LumbarSegLib import cli
+from LumbarSegLib.io import images
+from LumbarSegLib.io.dicom_write import write_ct_series
 from LumbarSegLib.errors import InputError
 
 from conftest import make_synthetic_ct
@@ -92,7 +93,7 @@ def test_nrrd_geometry_that_is_no_grid_is_named(tmp_path, capsys, small_ct, dire
 
 def test_detached_nrrd_data_outside_the_header_folder_is_refused(tmp_path, capsys, small_ct):
     inside = _nrrd(tmp_path, small_ct, "ct.nhdr", data_file="data/ct.raw")
-    np.testing.assert_array_equal(sitk.GetArrayFromImage(io.read_image(inside)), sitk.GetArrayFromImage(small_ct))
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(images.read_image(inside)), sitk.GetArrayFromImage(small_ct))
     upload = tmp_path / "upload"
     upload.mkdir()
     for name in ("../data/ct.raw", str(tmp_path / "data" / "ct.raw"), "/etc/passwd"):
@@ -104,7 +105,7 @@ def test_detached_nrrd_data_outside_the_header_folder_is_refused(tmp_path, capsy
     (upload / "ct.raw").symlink_to(tmp_path / "data" / "ct.raw")  # a link out of the folder is outside too
     header.write_text(inside.read_text(encoding="ascii").replace("data/ct.raw", "ct.raw"), encoding="ascii")
     with pytest.raises(InputError, match="points outside"):
-        io.read_image(header)
+        images.read_image(header)
 
 
 # ---------------------------------------------------------------------------------------------- DICOM
@@ -116,14 +117,14 @@ def test_parent_folder_of_dicom_series_folders_is_searched(tmp_path, capsys, sma
     write_ct_series(small_ct, root / "ST0" / "SE0", SeriesDescription="Body 2.5")
     write_ct_series(small_ct[:, :, 4:16], root / "ST0" / "SE1", SeriesDescription="Body part")
     (root / "DICOMDIR").write_bytes(b"not a series")
-    series = io.list_dicom_series(root)
+    series = images.list_dicom_series(root)
     assert [(s.description, s.slices, s.folder) for s in series] == [("Body 2.5", 20, "ST0/SE0"),
                                                                      ("Body part", 12, "ST0/SE1")]
-    loaded = io.load_ct(root)
+    loaded = images.load_ct(root)
     assert loaded.series.description == "Body 2.5" and loaded.image.GetSize() == small_ct.GetSize()
     note = next(m for m in loaded.messages if "holds 2 DICOM series" in m)
     assert "in ST0/SE0/" in note and "in ST0/SE1/" in note and "--series" in note
-    chosen = io.load_ct(root, series_uid=series[1].uid)
+    chosen = images.load_ct(root, series_uid=series[1].uid)
     assert chosen.image.GetSize()[2] == 12
     empty = tmp_path / "empty_export" / "ST0" / "SE0"
     empty.mkdir(parents=True)
@@ -151,7 +152,7 @@ def test_torch_cpu_out_of_memory_is_one_line_and_loses_nothing(tmp_path, capsys,
     the memory handler. The allocation is a real one that no machine can satisfy."""
     import torch
 
-    from LumbarSegLib import pipeline
+    from LumbarSegLib.inference import pipeline
 
     def segment_beyond_memory(*args, **kwargs):
         torch.empty(2 ** 50, dtype=torch.uint8)  # 1 PiB
@@ -165,7 +166,7 @@ def test_torch_cpu_out_of_memory_is_one_line_and_loses_nothing(tmp_path, capsys,
 
 
 def test_other_runtime_errors_are_not_called_out_of_memory(tmp_path, ct_file, monkeypatch):
-    from LumbarSegLib import pipeline
+    from LumbarSegLib.inference import pipeline
 
     def broken(*args, **kwargs):
         raise RuntimeError("a programming error")
@@ -192,7 +193,7 @@ def test_overlong_output_name_is_refused_before_computing(tmp_path, capsys, ct_f
     line = assert_clean_error(rc, err, "its name is 250 bytes long", "Choose a shorter name")
     assert "localize" not in err and ".lock" not in line
     assert sorted(p.name for p in tmp_path.iterdir()) == ["case01.nii.gz"]
-    from LumbarSegLib.outputs import OutputFolder
+    from LumbarSegLib.results.outputs import OutputFolder
 
     longest = tmp_path / ("p" * (os.pathconf(tmp_path, "PC_NAME_MAX") - 19))  # the longest name accepted works
     for _ in range(2):  # a new result, then its replacement (the hidden names are longest then)
@@ -205,9 +206,9 @@ def test_overlong_output_name_is_refused_before_computing(tmp_path, capsys, ct_f
 
 def test_slicer_volume_with_zero_spacing_gets_a_specific_message():
     slicer = pytest.importorskip("slicer")
-    from LumbarSegLib.slicer.run import friendly_error, prepare_run
-    from LumbarSegLib.slicer.scene import ensure_segmentations_logic
-    from LumbarSegLib.slicer.volumes import sitk_to_volume_node
+    from LumbarSegLib.scene.run import friendly_error, prepare_run
+    from LumbarSegLib.scene.scene import ensure_segmentations_logic
+    from LumbarSegLib.scene.volumes import sitk_to_volume_node
 
     scene = slicer.vtkMRMLScene()
     ensure_segmentations_logic(scene)

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from LumbarSegLib import io
+from LumbarSegLib.io import images, label_maps
 from LumbarSegLib.errors import InputError
 
 OBLIQUE = (0.0, -1.0, 0.0, 1.0, 0.0, 0.0, 0.0, 0.0, 1.0)  # axes permuted: geometry must survive I/O
@@ -32,7 +32,7 @@ def test_read_keeps_geometry(tmp_path, suffix):
     img.SetDirection(OBLIQUE)
     path = tmp_path / f"ct{suffix}"
     sitk.WriteImage(img, str(path))
-    out = io.read_ct(path)
+    out = images.read_ct(path)
     assert out.GetSize() == img.GetSize()
     np.testing.assert_allclose(out.GetSpacing(), img.GetSpacing(), atol=1e-5)
     np.testing.assert_allclose(out.GetOrigin(), img.GetOrigin(), atol=1e-4)
@@ -42,14 +42,14 @@ def test_read_keeps_geometry(tmp_path, suffix):
 
 def test_missing_file_names_it(tmp_path):
     with pytest.raises(InputError, match=r"nope\.nii\.gz: no such file"):
-        io.read_ct(tmp_path / "nope.nii.gz")
+        images.read_ct(tmp_path / "nope.nii.gz")
 
 
 def test_corrupt_file_names_it(tmp_path):
     path = tmp_path / "broken.nii.gz"
     path.write_bytes(b"this is not a NIfTI file" * 20)
     with pytest.raises(InputError) as exc:
-        io.read_ct(path)
+        images.read_ct(path)
     msg = str(exc.value)
     assert "broken.nii.gz" in msg and "corrupt" in msg and "NIfTI" in msg
 
@@ -64,20 +64,20 @@ def test_truncated_file_is_input_error(tmp_path, suffix):
     data = good.read_bytes()
     bad.write_bytes(data[: len(data) * 2 // 3])
     with pytest.raises(InputError, match=rf"truncated{suffix}: .*(truncated|corrupt)"):
-        io.read_ct(bad)
+        images.read_ct(bad)
 
 
 def test_zero_byte_file(tmp_path):
     path = tmp_path / "empty.nrrd"
     path.write_bytes(b"")
     with pytest.raises(InputError, match=r"empty \(0 bytes\)"):
-        io.read_ct(path)
+        images.read_ct(path)
 
 
 def test_folder_without_dicom(tmp_path):
     (tmp_path / "notes.txt").write_text("hello")
     with pytest.raises(InputError, match="no DICOM series"):
-        io.read_ct(tmp_path)
+        images.read_ct(tmp_path)
 
 
 def write_dicom_series(folder, n_slices, series_uid, z0=0.0, description=None):
@@ -107,7 +107,7 @@ def test_dicom_folder_picks_largest_series(tmp_path):
     write_dicom_series(folder, 3, "1.2.826.0.1.3680043.2.1125.101")
     write_dicom_series(folder, 6, "1.2.826.0.1.3680043.2.1125.202", z0=100.0)
     with pytest.warns(UserWarning, match="holds 2 DICOM series"):
-        img = io.read_ct(folder)
+        img = images.read_ct(folder)
     assert img.GetSize() == (16, 16, 6)
     np.testing.assert_allclose(img.GetSpacing(), (0.7, 0.7, 2.0), atol=1e-4)
     assert img.GetOrigin()[2] == pytest.approx(100.0)
@@ -144,11 +144,11 @@ def test_series_that_does_not_stack_into_one_volume_is_refused(tmp_path, change,
     ITK stacks the slices in that order with a 1 mm spacing; a missing slice is spread over the volume."""
     folder = _series_with(tmp_path, change)
     with pytest.raises(InputError, match=re.escape(message)):
-        io.read_ct(folder)
+        images.read_ct(folder)
 
 
 def test_slice_position_problem_accepts_oblique_and_descending_series():
-    from LumbarSegLib.slice_positions import slice_position_problem
+    from LumbarSegLib.io.slice_positions import slice_position_problem
 
     tilt = np.deg2rad(20)
     row, col = np.array([1.0, 0.0, 0.0]), np.array([0.0, np.cos(tilt), np.sin(tilt)])
@@ -165,7 +165,7 @@ def test_real_dicom_series(shared_data):
     folder = shared_data / "ts_dicom"
     if not folder.is_dir():
         pytest.skip("ts_dicom not available")
-    img = io.read_ct(folder)
+    img = images.read_ct(folder)
     assert img.GetSize() == (512, 512, 20)
     np.testing.assert_allclose(img.GetSpacing(), (0.9765625, 0.9765625, 2.0), atol=1e-4)
     stats = sitk.MinimumMaximumImageFilter()
@@ -176,62 +176,62 @@ def test_real_dicom_series(shared_data):
 # ---------------------------------------------------------------------------------------------- validation
 
 def test_valid_ct_passes():
-    io.validate_ct(_ct())
+    images.validate_ct(_ct())
 
 
 def test_2d_image():
     img = sitk.GetImageFromArray(np.full((10, 10), -1000, np.int16))
     with pytest.raises(InputError, match=r"2D.*3D CT volume"):
-        io.validate_ct(img)
+        images.validate_ct(img)
 
 
 def test_single_slice_volume():
     with pytest.raises(InputError, match="single slice"):
-        io.validate_ct(_ct(size=(12, 10, 1)))
+        images.validate_ct(_ct(size=(12, 10, 1)))
 
 
 def test_vector_image():
     img = sitk.Image([8, 8, 8], sitk.sitkVectorFloat32, 3)
     with pytest.raises(InputError, match="3 components.*single-channel CT"):
-        io.validate_ct(img)
+        images.validate_ct(img)
 
 
 def test_empty_volume():
     with pytest.raises(InputError, match="empty"):
-        io.validate_ct(sitk.Image([0, 0, 0], sitk.sitkInt16))
+        images.validate_ct(sitk.Image([0, 0, 0], sitk.sitkInt16))
 
 
 def test_constant_volume():
     img = _ct(values=np.full((8, 10, 12), -1000, np.int16))
     with pytest.raises(InputError, match=r"constant \(every voxel is -1000\)"):
-        io.validate_ct(img)
+        images.validate_ct(img)
 
 
 def test_uint8_image():
     arr = np.zeros((8, 10, 12), np.uint8)
     arr[2:5] = 200
     with pytest.raises(InputError, match=r"8-bit image.*expected a CT in Hounsfield units"):
-        io.validate_ct(_ct(values=arr))
+        images.validate_ct(_ct(values=arr))
 
 
 def test_values_in_8bit_range():
     arr = np.zeros((8, 10, 12), np.int16)
     arr[2:5] = 255
     with pytest.raises(InputError, match=r"0\.\.255.*expected a CT in Hounsfield units"):
-        io.validate_ct(_ct(values=arr))
+        images.validate_ct(_ct(values=arr))
 
 
 def test_mr_like_range():
     arr = np.random.default_rng(0).uniform(0, 1400, (8, 10, 12)).astype(np.float32)
     with pytest.raises(InputError, match=r"expected a CT in Hounsfield units.*MR"):
-        io.validate_ct(_ct(values=arr))
+        images.validate_ct(_ct(values=arr))
 
 
 def test_no_bone():
     arr = np.full((8, 10, 12), -1000, np.int16)
     arr[2:6] = 60
     with pytest.raises(InputError, match="expected a CT in Hounsfield units"):
-        io.validate_ct(_ct(values=arr))
+        images.validate_ct(_ct(values=arr))
 
 
 @pytest.mark.parametrize("spacing", [(0.05, 1.0, 1.0), (1.0, 1.0, 25.0), (1.0, float("nan"), 1.0)])
@@ -240,7 +240,7 @@ def test_absurd_spacing(spacing):
     if np.isfinite(spacing).all():
         img.SetSpacing(spacing)
         with pytest.raises(InputError, match=r"spacing .* outside the plausible CT range"):
-            io.validate_ct(img)
+            images.validate_ct(img)
     else:  # SimpleITK refuses NaN spacing on an Image; check the rule through a stub with that spacing
         class Stub:
             def __getattr__(self, name):
@@ -249,12 +249,12 @@ def test_absurd_spacing(spacing):
             def GetSpacing(self):
                 return spacing
         with pytest.raises(InputError, match="spacing"):
-            io.validate_ct(Stub())
+            images.validate_ct(Stub())
 
 
 def test_too_large_with_limit_parameter():
     with pytest.raises(InputError) as exc:
-        io.validate_ct(_ct(), memory_limit_bytes=1000)
+        images.validate_ct(_ct(), memory_limit_bytes=1000)
     msg = str(exc.value)
     assert "too large for the available memory" in msg and "Crop" in msg and "BinShrink" in msg
 
@@ -262,14 +262,14 @@ def test_too_large_with_limit_parameter():
 def test_too_large_is_refused_from_header_before_loading(tmp_path, monkeypatch):
     path = tmp_path / "ct.nrrd"
     sitk.WriteImage(_ct(), str(path))
-    monkeypatch.setattr(io, "available_memory_bytes", lambda: 4096)
-    monkeypatch.setattr(io, "read_image", lambda p: pytest.fail("the voxels should not have been loaded"))
+    monkeypatch.setattr(images, "available_memory_bytes", lambda: 4096)
+    monkeypatch.setattr(images, "read_image", lambda p: pytest.fail("the voxels should not have been loaded"))
     with pytest.raises(InputError, match="12x10x8 voxels need about"):
-        io.read_ct(path)
+        images.read_ct(path)
 
 
 def test_available_memory_is_known_here():
-    mem = io.available_memory_bytes()
+    mem = images.available_memory_bytes()
     assert mem is None or mem > 0
 
 
@@ -277,7 +277,7 @@ def test_real_ct_crop_passes(shared_data):
     path = shared_data / "tptbox_l3" / "sub-ct_label-22_ct.nii.gz"
     if not path.exists():
         pytest.skip("tptbox_l3 not available")
-    assert io.read_ct(path).GetSize() == (73, 47, 73)
+    assert images.read_ct(path).GetSize() == (73, 47, 73)
 
 
 # ---------------------------------------------------------------------------------------------- label maps
@@ -300,8 +300,8 @@ def _labels(values: dict, dtype=np.uint8):
 def test_read_labelmap_autodetects_scheme(tmp_path, codes, scheme):
     path = tmp_path / "ref.nii.gz"
     sitk.WriteImage(_labels(codes), str(path))
-    img = io.read_labelmap(path)
-    assert io.label_scheme_of(img) == scheme
+    img = label_maps.read_labelmap(path)
+    assert label_maps.label_scheme_of(img) == scheme
     arr = sitk.GetArrayFromImage(img)
     assert arr.dtype == np.uint8
     for i, (code, expected) in enumerate(codes.items()):
@@ -311,25 +311,25 @@ def test_read_labelmap_autodetects_scheme(tmp_path, codes, scheme):
 def test_read_labelmap_explicit_scheme_and_float_labels(tmp_path):
     path = tmp_path / "ref.nrrd"
     sitk.WriteImage(_labels({3: 0, 22: 3}, dtype=np.float64), str(path))  # VerSe C3 and L3, stored as float
-    arr = sitk.GetArrayFromImage(io.read_labelmap(path, scheme="verse"))
+    arr = sitk.GetArrayFromImage(label_maps.read_labelmap(path, scheme="verse"))
     assert set(np.unique(arr)) == {0, 3}
     with pytest.raises(InputError, match="Unknown label scheme"):
-        io.read_labelmap(path, scheme="nifty")
+        label_maps.read_labelmap(path, scheme="nifty")
 
 
 def test_read_labelmap_rejects_a_ct(tmp_path):
     path = tmp_path / "ct.nii.gz"
     sitk.WriteImage(_ct(), str(path))
     with pytest.raises(InputError, match="does not look like a label map"):
-        io.read_labelmap(path)
+        label_maps.read_labelmap(path)
 
 
 def test_real_totalsegmentator_map(shared_data):
     path = shared_data / "masks" / "ts_s0328" / "s0328_vertebrae_tsv2labels.nii.gz"
     if not path.exists():
         pytest.skip("ts_s0328 not available")
-    img = io.read_labelmap(path)
-    assert io.label_scheme_of(img) == "totalseg"
+    img = label_maps.read_labelmap(path)
+    assert label_maps.label_scheme_of(img) == "totalseg"
     assert set(np.unique(sitk.GetArrayViewFromImage(img))) == {0, 1, 2, 3, 4, 5}
 
 
@@ -347,12 +347,12 @@ def test_reference_without_lumbar_vertebrae_is_described_by_its_vertebrae(tmp_pa
         arr[1, 1, i] = code
     path = tmp_path / "ref.nii.gz"
     sitk.WriteImage(sitk.GetImageFromArray(arr), str(path))
-    note = io.reference_without_lumbar_note(io.read_labelmap(path, scheme=scheme))
+    note = label_maps.reference_without_lumbar_note(label_maps.read_labelmap(path, scheme=scheme))
     assert note == f"The reference holds no L1-L5 vertebra ({held}); every lumbar vertebra found counts as extra."
 
 
 def test_series_without_uid_is_described_as_such():
-    described = io.DicomSeries("", "CT Body 3.0", ("a", "b")).describe()
+    described = images.DicomSeries("", "CT Body 3.0", ("a", "b")).describe()
     assert described == "(no SeriesInstanceUID) ('CT Body 3.0', 2 slices)"
 
 
@@ -361,7 +361,7 @@ def test_write_labelmap_round_trip(tmp_path, suffix):
     img = _labels({1: 1, 3: 3, 5: 5})
     img.SetOrigin((5.0, 6.0, 7.0))
     img.SetDirection(OBLIQUE)
-    path = io.write_labelmap(img, tmp_path / f"labels{suffix}")
+    path = label_maps.write_labelmap(img, tmp_path / f"labels{suffix}")
     back = sitk.ReadImage(str(path))
     assert back.GetPixelID() == sitk.sitkUInt8
     np.testing.assert_array_equal(sitk.GetArrayFromImage(back), sitk.GetArrayFromImage(img))
@@ -370,7 +370,7 @@ def test_write_labelmap_round_trip(tmp_path, suffix):
 
 
 def test_seg_nrrd_metadata(tmp_path):
-    path = io.write_labelmap(_labels({2: 2, 4: 4}), tmp_path / "labels.seg.nrrd")
+    path = label_maps.write_labelmap(_labels({2: 2, 4: 4}), tmp_path / "labels.seg.nrrd")
     header = path.read_bytes().split(b"\n\n")[0].decode("latin-1")
     assert "Segment0_Name:=L2" in header and "Segment1_Name:=L4" in header
     assert "Segment1_LabelValue:=4" in header and "Segment1_Layer:=0" in header
@@ -384,7 +384,7 @@ def test_seg_nrrd_opens_in_slicer(tmp_path):
     slicer = pytest.importorskip("slicer")
     img = _labels({1: 1, 3: 3})
     img.SetDirection((-1, 0, 0, 0, -1, 0, 0, 0, 1))
-    path = io.write_labelmap(img, tmp_path / "labels.seg.nrrd")
+    path = label_maps.write_labelmap(img, tmp_path / "labels.seg.nrrd")
     scene = slicer.vtkMRMLScene()
     node = slicer.vtkMRMLSegmentationNode()
     scene.AddNode(node)
@@ -398,17 +398,17 @@ def test_seg_nrrd_opens_in_slicer(tmp_path):
     assert segments["L3"].GetLabelValue() == 3
     assert segments["L1"].GetColor() == pytest.approx((0.9, 0.1, 0.1))
     # Tagged exactly as the module tags its segments (Slicer's own serializer, the shipped terminology).
-    from LumbarSegLib.slicer.segments import terminology_entry_string
+    from LumbarSegLib.scene.segments import terminology_entry_string
 
     for name, segment in segments.items():
         assert segment.GetTerminology() == terminology_entry_string(int(name[1]))
 
 
 def test_output_stem(tmp_path):
-    assert io.output_stem("a/case.nii.gz") == "case"
-    assert io.output_stem("a/case.seg.nrrd") == "case"
+    assert images.output_stem("a/case.nii.gz") == "case"
+    assert images.output_stem("a/case.seg.nrrd") == "case"
     (tmp_path / "series7").mkdir()
-    assert io.output_stem(str(tmp_path / "series7") + "/") == "series7"
+    assert images.output_stem(str(tmp_path / "series7") + "/") == "series7"
 
 
 # ---------------------------------------------------------------------------------------------- NaN voxels
@@ -432,7 +432,7 @@ def test_itk_reader_turns_nifti_nan_into_zero_and_read_image_restores_it(tmp_pat
     sitk.WriteImage(img, str(path))
     plain = sitk.GetArrayFromImage(sitk.ReadImage(str(path)))
     assert not np.isnan(plain).any() and np.all(plain[mask] == 0)  # what ITK alone gives
-    restored = sitk.GetArrayFromImage(io.read_image(path))
+    restored = sitk.GetArrayFromImage(images.read_image(path))
     np.testing.assert_array_equal(np.isnan(restored), mask)
     np.testing.assert_array_equal(restored[~mask], arr[~mask])
 
@@ -454,7 +454,7 @@ def test_hand_written_big_endian_nifti_with_nan_and_infinity(tmp_path):
     header[344:348] = b"n+1\0"
     path = tmp_path / "big_endian.nii"
     path.write_bytes(bytes(header) + data.astype(">f8").tobytes())
-    out = sitk.GetArrayFromImage(io.read_image(path))
+    out = sitk.GetArrayFromImage(images.read_image(path))
     assert out.shape == (nz, ny, nx)
     assert np.isnan(out[0, 0, 1]) and out[2, 3, 4] == np.inf and out[3, 4, 5] == -np.inf
     finite = np.isfinite(data)
@@ -469,13 +469,13 @@ def test_load_ct_sets_nan_to_air_and_says_so(tmp_path, suffix):
     img = sitk.GetImageFromArray(arr)
     path = tmp_path / f"ct{suffix}"
     sitk.WriteImage(img, str(path))
-    loaded = io.load_ct(path)
+    loaded = images.load_ct(path)
     out = sitk.GetArrayFromImage(loaded.image)
-    assert np.isfinite(out).all() and np.all(out[mask] == io.AIR_HU)
+    assert np.isfinite(out).all() and np.all(out[mask] == images.AIR_HU)
     np.testing.assert_array_equal(loaded.nonfinite_mask, mask)
     assert len(loaded.messages) == 1 and f"has {mask.sum()} voxels" in loaded.messages[0]
     with pytest.warns(UserWarning, match="set to air"):
-        io.read_ct(path)
+        images.read_ct(path)
 
 
 def test_min_max_filter_misses_nan_but_finite_range_counts_it():
@@ -485,16 +485,16 @@ def test_min_max_filter_misses_nan_but_finite_range_counts_it():
     stats = sitk.MinimumMaximumImageFilter()
     stats.Execute(img)
     assert np.isfinite([stats.GetMinimum(), stats.GetMaximum()]).all()  # why the old check let NaN through
-    assert io.finite_range(img) == (-1000.0, 700.0, 3)
+    assert images.finite_range(img) == (-1000.0, 700.0, 3)
 
 
 def test_all_nan_and_nan_plus_constant_are_described():
     with pytest.raises(InputError, match=r"every voxel \(960\) is NaN"):
-        io.validate_ct(sitk.GetImageFromArray(np.full((8, 10, 12), np.nan, np.float32)))
+        images.validate_ct(sitk.GetImageFromArray(np.full((8, 10, 12), np.nan, np.float32)))
     arr = np.full((8, 10, 12), 40.0, np.float32)
     arr[0] = np.nan
     with pytest.raises(InputError, match="every voxel that is a number is 40"):
-        io.validate_ct(sitk.GetImageFromArray(arr))
+        images.validate_ct(sitk.GetImageFromArray(arr))
 
 
 # ---------------------------------------------------------------------------------------------- DICOM series
@@ -503,18 +503,18 @@ def test_list_and_select_dicom_series(tmp_path):
     folder = tmp_path / "dicom"
     write_dicom_series(folder, 3, "1.2.826.0.1.3680043.2.1125.101", description="Scout")
     write_dicom_series(folder, 6, "1.2.826.0.1.3680043.2.1125.202", z0=100.0, description="CT 2.0 mm")
-    series = io.list_dicom_series(folder)
+    series = images.list_dicom_series(folder)
     assert [(s.uid, s.description, s.slices) for s in series] == [
         ("1.2.826.0.1.3680043.2.1125.202", "CT 2.0 mm", 6), ("1.2.826.0.1.3680043.2.1125.101", "Scout", 3)]
-    chosen, _ = io.select_dicom_series(folder, "1.2.826.0.1.3680043.2.1125.101")
+    chosen, _ = images.select_dicom_series(folder, "1.2.826.0.1.3680043.2.1125.101")
     assert chosen.description == "Scout"
-    loaded = io.load_ct(folder, series_uid="1.2.826.0.1.3680043.2.1125.101")
+    loaded = images.load_ct(folder, series_uid="1.2.826.0.1.3680043.2.1125.101")
     assert loaded.image.GetSize() == (16, 16, 3) and loaded.series.uid.endswith(".101")
     assert "holds 2 DICOM series; using 1.2.826.0.1.3680043.2.1125.101 ('Scout', 3 slices)" in loaded.messages[0]
     with pytest.raises(InputError, match="no DICOM series with UID 9.9"):
-        io.load_ct(folder, series_uid="9.9")
+        images.load_ct(folder, series_uid="9.9")
 
 
 def test_empty_folder_is_named_as_empty(tmp_path):
     with pytest.raises(InputError, match="this folder is empty"):
-        io.read_ct(tmp_path)
+        images.read_ct(tmp_path)

@@ -12,7 +12,8 @@ import SimpleITK as sitk
 from scipy import ndimage
 from scipy.spatial.distance import cdist
 
-from LumbarSegLib import metrics
+from LumbarSegLib.io import text_files
+from LumbarSegLib.measures import agreement, measurements
 from LumbarSegLib.errors import InputError
 
 
@@ -38,7 +39,7 @@ def _brute_force_distances(a, b, spacing):
 
 def test_identical_masks():
     a, _ = _cubes()
-    m = metrics.compare(a, a, (1.0, 1.0, 1.0))["L1"]
+    m = agreement.compare(a, a, (1.0, 1.0, 1.0))["L1"]
     assert m["DSC"] == 1.0 and m["FND"] == 0.0 and m["FPD"] == 0.0
     assert m["MSD"] == 0.0 and m["ASD"] == 0.0 and m["HD95"] == 0.0
     assert m["status"] == "ok"
@@ -46,7 +47,7 @@ def test_identical_masks():
 
 def test_offset_cubes_exact_overlap_and_distances():
     a, b = _cubes((0, 0, 2))
-    m = metrics.compare(a, b, (1.0, 1.0, 1.0))["L1"]
+    m = agreement.compare(a, b, (1.0, 1.0, 1.0))["L1"]
     # |P| = |R| = 1000, overlap 10*10*8 = 800, FN = FP = 200:
     assert m["DSC"] == pytest.approx(2 * 800 / 2000)
     assert m["FND"] == pytest.approx(200 / 2000)
@@ -62,7 +63,7 @@ def test_offset_cubes_exact_overlap_and_distances():
 def test_anisotropic_spacing():
     a, b = _cubes((2, 0, 0))  # shift along z, where voxels are 3 mm
     spacing = (3.0, 0.8, 0.5)
-    m = metrics.compare(a, b, spacing)["L1"]
+    m = agreement.compare(a, b, spacing)["L1"]
     assert m["DSC"] == pytest.approx(0.8)
     assert m["MSD"] == pytest.approx(6.0)
     da, db = _brute_force_distances(a, b, spacing)
@@ -71,14 +72,14 @@ def test_anisotropic_spacing():
     assert m["HD95"] == pytest.approx(np.percentile(pooled, 95))
     # The same shift along x (0.5 mm voxels) is 6x smaller in mm.
     a2, b2 = _cubes((0, 0, 2))
-    assert metrics.compare(a2, b2, spacing)["L1"]["MSD"] == pytest.approx(1.0)
+    assert agreement.compare(a2, b2, spacing)["L1"]["MSD"] == pytest.approx(1.0)
 
 
 def test_concentric_spheres_asd_is_radius_difference():
     z, y, x = np.mgrid[:48, :48, :48]
     r = np.sqrt((z - 24) ** 2 + (y - 24) ** 2 + (x - 24) ** 2)
     inner, outer = (r <= 12).astype(np.uint8), (r <= 16).astype(np.uint8)
-    m = metrics.compare(inner, outer, (1.0, 1.0, 1.0))["L1"]
+    m = agreement.compare(inner, outer, (1.0, 1.0, 1.0))["L1"]
     assert m["ASD"] == pytest.approx(4.0, abs=1.0)
     assert m["MSD"] == pytest.approx(4.0, abs=1.0)
     assert m["FPD"] == 0.0  # inner is inside outer: nothing added, only missed
@@ -91,14 +92,14 @@ def test_missed_and_extra_vertebrae():
     pred = np.zeros_like(ref)
     ref[1:4] = 2          # L2 only in the reference
     pred[6:9] = 3         # L3 only in the prediction
-    result = metrics.compare(pred, ref, (1, 1, 1))
+    result = agreement.compare(pred, ref, (1, 1, 1))
     assert list(result) == ["L2", "L3"]
     missed, extra = result["L2"], result["L3"]
     assert missed["status"] == "missed" and extra["status"] == "extra"
     assert missed["DSC"] == 0 and missed["FND"] == 1 and missed["FPD"] == 0
     assert extra["DSC"] == 0 and extra["FND"] == 0 and extra["FPD"] == 1
-    assert all(math.isnan(missed[k]) for k in metrics.DISTANCE_KEYS)
-    table = metrics.format_table(result)
+    assert all(math.isnan(missed[k]) for k in agreement.DISTANCE_KEYS)
+    table = agreement.format_table(result)
     assert "missed" in table and "extra" in table
 
 
@@ -106,7 +107,7 @@ def test_identity_holds_on_random_masks():
     rng = np.random.default_rng(1)
     pred = rng.integers(0, 6, (12, 12, 12)).astype(np.uint8)
     ref = rng.integers(0, 6, (12, 12, 12)).astype(np.uint8)
-    for m in metrics.compare(pred, ref, (1, 2, 3)).values():
+    for m in agreement.compare(pred, ref, (1, 2, 3)).values():
         assert m["DSC"] + m["FND"] + m["FPD"] == pytest.approx(1.0)
 
 
@@ -115,7 +116,7 @@ def test_mask_touching_array_border_has_a_surface():
     a[:, :, :3] = 1
     b = np.zeros_like(a)
     b[:, :, :4] = 1
-    m = metrics.compare(a, b, (1, 1, 1))["L1"]
+    m = agreement.compare(a, b, (1, 1, 1))["L1"]
     assert m["MSD"] == pytest.approx(1.0)
 
 
@@ -128,22 +129,22 @@ def _img(arr, spacing=(1.0, 1.0, 1.0), origin=(0, 0, 0)):
 
 def test_compare_images_same_grid_and_resampled():
     a, b = _cubes()
-    direct = metrics.compare_images(_img(a), _img(b))
+    direct = agreement.compare_images(_img(a), _img(b))
     assert direct["L1"]["DSC"] == pytest.approx(0.8)
     # Reference on a grid twice as fine covering the same space: resampled onto the prediction's grid.
     fine = np.repeat(np.repeat(np.repeat(b, 2, 0), 2, 1), 2, 2)
     notes: list[str] = []
-    resampled = metrics.compare_images(_img(a), _img(fine, (0.5, 0.5, 0.5), (-0.25, -0.25, -0.25)), notes=notes)
+    resampled = agreement.compare_images(_img(a), _img(fine, (0.5, 0.5, 0.5), (-0.25, -0.25, -0.25)), notes=notes)
     assert resampled["L1"]["DSC"] == pytest.approx(0.8)
     assert notes and "resampled" in notes[0]
     with pytest.raises(InputError, match="different voxel grids"):
-        metrics.compare_images(_img(a), _img(fine, (0.5, 0.5, 0.5)), resample=False)
+        agreement.compare_images(_img(a), _img(fine, (0.5, 0.5, 0.5)), resample=False)
 
 
 def test_compare_images_without_overlap_is_an_error():
     a, b = _cubes()
     with pytest.raises(InputError, match="does not overlap"):
-        metrics.compare_images(_img(a), _img(b, origin=(500, 0, 0)))
+        agreement.compare_images(_img(a), _img(b, origin=(500, 0, 0)))
 
 
 def test_measure_volume_centroid_hu_with_direction():
@@ -153,7 +154,7 @@ def test_measure_volume_centroid_hu_with_direction():
     hu[2:4, 3:6, 4:8] = np.arange(24).reshape(2, 3, 4) * 10.0
     img = _img(hu, spacing=(0.5, 2.0, 3.0), origin=(100.0, 50.0, -20.0))
     img.SetDirection((-1, 0, 0, 0, -1, 0, 0, 0, 1))
-    m = metrics.measure(labels, hu, img)
+    m = measurements.measure(labels, hu, img)
     assert list(m) == ["L4"]
     m = m["L4"]
     assert m["voxels"] == 24
@@ -166,9 +167,9 @@ def test_measure_volume_centroid_hu_with_direction():
 
 def test_table_format_and_writers(tmp_path):
     a, b = _cubes()
-    result = metrics.compare(a, b, (1.0, 1.0, 1.0))
-    result.update(metrics.compare(np.zeros_like(a), a * 5, (1, 1, 1)))  # L5 missed
-    table = metrics.format_table(result)
+    result = agreement.compare(a, b, (1.0, 1.0, 1.0))
+    result.update(agreement.compare(np.zeros_like(a), a * 5, (1, 1, 1)))  # L5 missed
+    table = agreement.format_table(result)
     lines = table.splitlines()
     assert lines[0].split()[:4] == ["Vertebra", "DSC", "FND", "FPD"]
     l1 = lines[2].split()
@@ -176,10 +177,10 @@ def test_table_format_and_writers(tmp_path):
     assert f"{result['L1']['ASD']:.2f}" in lines[2]
     assert lines[-1].startswith("Mean")
 
-    metrics.write_json(result, tmp_path / "m.json")
+    text_files.write_json(result, tmp_path / "m.json")
     data = json.loads((tmp_path / "m.json").read_text(encoding="utf-8"))
     assert data["L5"]["MSD"] is None and data["L1"]["DSC"] == pytest.approx(0.8)
-    metrics.write_metrics_csv(result, tmp_path / "m.csv")
+    agreement.write_metrics_csv(result, tmp_path / "m.csv")
     rows = list(csv.DictReader((tmp_path / "m.csv").open()))
     assert rows[0]["vertebra"] == "L1" and float(rows[0]["DSC"]) == pytest.approx(0.8)
     assert rows[1]["vertebra"] == "L5" and rows[1]["MSD"] == "" and rows[1]["status"] == "missed"
@@ -192,16 +193,16 @@ def test_height_is_the_superior_inferior_extent_in_mm_for_any_orientation():
     arr[5:25, 4:12, 6:20] = 3  # 20 slices
     img = sitk.GetImageFromArray(arr)
     img.SetSpacing((0.8, 0.9, 2.5))
-    m = metrics.measure(arr, np.zeros(arr.shape, np.int16), img)["L3"]
+    m = measurements.measure(arr, np.zeros(arr.shape, np.int16), img)["L3"]
     assert m["height_mm"] == pytest.approx(20 * 2.5)
     assert m["volume_ml"] == pytest.approx(20 * 8 * 14 * 0.8 * 0.9 * 2.5 / 1000)
     assert m["touches_image_edge"] is False
     # The same voxels in an image whose x axis points superior (a sagittal acquisition): 14 x 0.8 mm.
     img.SetDirection((0, 1, 0, 0, 0, 1, 1, 0, 0))  # index x -> S, y -> L, z -> P
-    assert metrics.measure(arr, np.zeros(arr.shape, np.int16), img)["L3"]["height_mm"] == pytest.approx(14 * 0.8)
+    assert measurements.measure(arr, np.zeros(arr.shape, np.int16), img)["L3"]["height_mm"] == pytest.approx(14 * 0.8)
     arr[0:3, 4:12, 6:20] = 3
     img = sitk.GetImageFromArray(arr)
-    assert metrics.measure(arr, np.zeros(arr.shape, np.int16), img)["L3"]["touches_image_edge"] is True
+    assert measurements.measure(arr, np.zeros(arr.shape, np.int16), img)["L3"]["touches_image_edge"] is True
 
 
 def _measurement(volume_ml, height_mm, edge=False):
@@ -209,20 +210,20 @@ def _measurement(volume_ml, height_mm, edge=False):
 
 
 def test_plausibility_warnings():
-    assert metrics.plausibility_warnings({"L1": _measurement(45, 50), "L5": _measurement(85, 60)}) == []
-    (large,) = metrics.plausibility_warnings({"L3": _measurement(260, 250)})
+    assert measurements.plausibility_warnings({"L1": _measurement(45, 50), "L5": _measurement(85, 60)}) == []
+    (large,) = measurements.plausibility_warnings({"L3": _measurement(260, 250)})
     assert "L3 is 260 mL and 250 mm high" in large and "voxel spacing" in large
-    (small,) = metrics.plausibility_warnings({"L2": _measurement(3.0, 12)})
+    (small,) = measurements.plausibility_warnings({"L2": _measurement(3.0, 12)})
     assert "L2 is only 3.0 mL and 12 mm high" in small and "incompletely" in small
     # Cut by the edge of the field of view: small is expected, large is not.
-    assert metrics.plausibility_warnings({"L5": _measurement(3.0, 12, edge=True)}) == []
-    assert len(metrics.plausibility_warnings({"L5": _measurement(300, 50, edge=True)})) == 1
+    assert measurements.plausibility_warnings({"L5": _measurement(3.0, 12, edge=True)}) == []
+    assert len(measurements.plausibility_warnings({"L5": _measurement(300, 50, edge=True)})) == 1
 
 
 def test_real_vertebrae_are_plausible_and_a_5x_spacing_error_is_not(shared_data):
     """Every lumbar vertebra of the real label maps passes; the same masks with a slice spacing written
     5 times too large all fail."""
-    from LumbarSegLib import io
+    from LumbarSegLib.io import label_maps
 
     paths = sorted((shared_data / "real").glob("*_seg-vert_msk.nii.gz")) + \
         sorted((shared_data / "masks").glob("*/*_seg-vert_msk.nii.gz"))
@@ -231,17 +232,17 @@ def test_real_vertebrae_are_plausible_and_a_5x_spacing_error_is_not(shared_data)
     checked = 0
     for path in paths:
         img = sitk.ReadImage(str(path))
-        lab = io.to_internal_labels(sitk.GetArrayViewFromImage(img), "verse")
+        lab = label_maps.to_internal_labels(sitk.GetArrayViewFromImage(img), "verse")
         zeros = np.zeros(lab.shape, np.int16)
-        measured = metrics.measure(lab, zeros, img)
-        assert metrics.plausibility_warnings(measured) == [], path.name
+        measured = measurements.measure(lab, zeros, img)
+        assert measurements.plausibility_warnings(measured) == [], path.name
         wrong = sitk.Image(img)
         index_to_lps = np.asarray(img.GetDirection()).reshape(3, 3)
         slice_axis = int(np.argmax(np.abs(index_to_lps[2])))  # the axis closest to superior-inferior
         spacing = list(img.GetSpacing())
         spacing[slice_axis] *= 5
         wrong.SetSpacing(spacing)
-        assert len(metrics.plausibility_warnings(metrics.measure(lab, zeros, wrong))) == len(measured), path.name
+        assert len(measurements.plausibility_warnings(measurements.measure(lab, zeros, wrong))) == len(measured), path.name
         checked += len(measured)
     assert checked >= 20
 
@@ -259,19 +260,19 @@ def _shift_names(lab: np.ndarray, merged: int) -> np.ndarray:
 def test_two_vertebrae_under_one_name_are_flagged_on_real_masks(shared_data):
     """Issue 14 item 2: the real label maps with two neighbours merged under one name (names below shifted)
     warn that the names may be shifted; the maps as they are do not (test above)."""
-    from LumbarSegLib import io
+    from LumbarSegLib.io import label_maps
 
     paths = sorted((shared_data / "real").glob("*_seg-vert_msk.nii.gz")) + \
         sorted((shared_data / "masks").glob("*/*_seg-vert_msk.nii.gz"))
     checked = 0
     for path in paths:
         img = sitk.ReadImage(str(path))
-        lab = io.to_internal_labels(sitk.GetArrayViewFromImage(img), "verse")
+        lab = label_maps.to_internal_labels(sitk.GetArrayViewFromImage(img), "verse")
         present = [v for v in range(1, 6) if (lab == v).any()]
         if len(present) < 4:
             continue
         merged = present[1]
-        warnings = metrics.plausibility_warnings(metrics.measure(_shift_names(lab, merged), np.zeros(lab.shape, np.int16), img))
+        warnings = measurements.plausibility_warnings(measurements.measure(_shift_names(lab, merged), np.zeros(lab.shape, np.int16), img))
         assert warnings and all("shifted" in w for w in warnings), path.name
         checked += 1
     if not checked:
@@ -282,15 +283,15 @@ def test_column_warnings_on_centroid_gaps():
     def m(z, h=55.0):
         return {"volume_ml": 60.0, "height_mm": h, "touches_image_edge": False, "centroid_mm": [0.0, 0.0, z]}
 
-    assert metrics.column_warnings({"L1": m(0), "L2": m(-32), "L3": m(-64)}) == []
-    (far,) = metrics.column_warnings({"L1": m(0), "L2": m(-52), "L3": m(-84)})
+    assert measurements.column_warnings({"L1": m(0), "L2": m(-32), "L3": m(-64)}) == []
+    (far,) = measurements.column_warnings({"L1": m(0), "L2": m(-52), "L3": m(-84)})
     assert "L1 and L2 are 52 mm apart" in far and "shifted" in far
-    (close,) = metrics.column_warnings({"L1": m(0), "L2": m(-12), "L3": m(-44)})
+    (close,) = measurements.column_warnings({"L1": m(0), "L2": m(-12), "L3": m(-44)})
     assert "only 12 mm apart" in close and "split" in close
-    (tall,) = metrics.column_warnings({"L1": m(0, 80), "L2": m(-45, 55), "L3": m(-77, 54)})
+    (tall,) = measurements.column_warnings({"L1": m(0, 80), "L2": m(-45, 55), "L3": m(-77, 54)})
     assert "L1 is 80 mm high" in tall and "two vertebrae" in tall
-    (tall,) = metrics.column_warnings({"L1": m(0, 70), "L2": m(-45, 50), "L3": m(-77, 51)})
+    (tall,) = measurements.column_warnings({"L1": m(0, 70), "L2": m(-45, 50), "L3": m(-77, 51)})
     assert "1.4 x the median" in tall
     # A vertebra cut by the field of view is no yardstick for the others' heights.
     cut = {"L1": {**m(0, 25), "touches_image_edge": True}, "L2": m(-32, 56), "L3": {**m(-64, 28), "touches_image_edge": True}}
-    assert metrics.column_warnings(cut) == []
+    assert measurements.column_warnings(cut) == []

@@ -9,10 +9,10 @@ import json
 import pytest
 import torch
 
-from LumbarSegLib import models, pipeline
+from LumbarSegLib.inference import models, pipeline
 from LumbarSegLib.cli import main
 from LumbarSegLib.errors import ModelError
-from LumbarSegLib.networks import CONFIGS, ModelConfig, build_networks
+from LumbarSegLib.inference.networks import CONFIGS, ModelConfig, build_networks
 
 from test_models import TINY
 from test_pipeline import small_ct

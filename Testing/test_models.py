@@ -7,9 +7,10 @@ import json
 import pytest
 import torch
 
-from LumbarSegLib import cli, models
+from LumbarSegLib import cli
+from LumbarSegLib.inference import models
 from LumbarSegLib.errors import ModelError
-from LumbarSegLib.networks import ModelConfig, build_networks
+from LumbarSegLib.inference.networks import ModelConfig, build_networks
 
 TINY = ModelConfig("tiny", localizer_channels=4, localizer_levels=3, localizer_input=(16, 16, 24),
                    xunet_base=4, xunet_input=(16, 16, 32))

@@ -3,7 +3,8 @@
 import pytest
 import torch
 
-from LumbarSegLib.networks import CONFIGS, InceptionBlock, LocalizerUNet, XUNet, build_networks, count_parameters
+from LumbarSegLib.inference.networks import (CONFIGS, InceptionBlock, LocalizerUNet, XUNet, build_networks,
+                                             count_parameters)
 
 
 def conv_norm_act(cin, cout, k=3):
@@ -74,7 +75,7 @@ def test_cpu_config_is_narrower_than_paper():
 
 
 def test_xunet_coordinate_channel_and_warm_start():
-    from LumbarSegLib.networks import load_compatible_state
+    from LumbarSegLib.inference.networks import load_compatible_state
 
     torch.manual_seed(0)
     plain = XUNet(8).eval()
@@ -97,7 +98,7 @@ def test_cpu_config_uses_coordinates_and_paper_does_not():
 
 
 def test_warm_start_grows_the_head_with_context_classes_that_start_below_background():
-    from LumbarSegLib.networks import load_compatible_state
+    from LumbarSegLib.inference.networks import load_compatible_state
 
     torch.manual_seed(0)
     old = XUNet(8).eval()
@@ -112,7 +113,7 @@ def test_warm_start_grows_the_head_with_context_classes_that_start_below_backgro
 
 
 def test_config_round_trip_keeps_context_classes_and_old_bundles_have_none():
-    from LumbarSegLib.networks import ModelConfig
+    from LumbarSegLib.inference.networks import ModelConfig
 
     cfg = CONFIGS["cpu"]
     assert ModelConfig.from_dict(cfg.to_dict()) == cfg and cfg.xunet_outputs == 8

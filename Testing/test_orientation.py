@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from LumbarSegLib import orientation, pipeline, preprocess
+from LumbarSegLib.inference import orientation, pipeline, preprocess
 from LumbarSegLib.cli import main
 from LumbarSegLib.constants import NUM_CLASSES
-from LumbarSegLib.orientation import OrientationError, ViewScore
+from LumbarSegLib.inference.orientation import OrientationError, ViewScore
 
 THORACIC, CAUDAL = NUM_CLASSES, NUM_CLASSES + 1
 
@@ -68,7 +68,7 @@ def abdomen_phantom():
 
 @pytest.fixture(scope="module")
 def bundled():
-    from LumbarSegLib.models import load_model
+    from LumbarSegLib.inference.models import load_model
 
     model = load_model()
     if not model.trained:
@@ -93,9 +93,9 @@ def test_cli_refuses_an_upside_down_ct_with_exit_2_and_writes_nothing(abdomen_ph
 
 @pytest.mark.parametrize("case", ["sub-verse005", "sub-verse008"])
 def test_real_ct_upside_down_is_refused_and_upright_is_named(shared_data, bundled, case):
-    from LumbarSegLib import io
+    from LumbarSegLib.io import images
 
-    ct = io.load_ct(shared_data / "real" / f"{case}_ct.nii.gz").image
+    ct = images.load_ct(shared_data / "real" / f"{case}_ct.nii.gz").image
     with pytest.raises(OrientationError, match="turned upside down"):
         pipeline.segment(upside_down(ct), model=bundled, device="cpu")
     if case == "sub-verse005":  # and the same CT the right way up is named L1-L5 (as in the README's table)

@@ -15,12 +15,12 @@ from pathlib import Path
 
 import pytest
 
-from LumbarSegLib import outputs
-from LumbarSegLib.outputs import OutputFolder
+from LumbarSegLib.results import outputs
+from LumbarSegLib.results.outputs import OutputFolder
 
 CHILD = r"""
 import os, signal, sys
-from LumbarSegLib.outputs import OutputFolder
+from LumbarSegLib.results.outputs import OutputFolder
 
 target, kill_at = sys.argv[1], int(sys.argv[2])
 STEPS = {"os.rename", "os.rmdir", "os.mkdir", "os.remove", "shutil.rmtree", "ctypes.call_function"}

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from LumbarSegLib.errors import InputError
-from LumbarSegLib.outputs import OutputFolder, check_output_file
+from LumbarSegLib.results.outputs import OutputFolder, check_output_file
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -168,7 +168,7 @@ def test_second_concurrent_run_is_refused_and_a_killed_run_leaves_no_stale_lock(
     holder = subprocess.Popen(
         [sys.executable, "-c", textwrap.dedent("""
             import sys, time
-            from LumbarSegLib.outputs import OutputFolder
+            from LumbarSegLib.results.outputs import OutputFolder
             with OutputFolder(sys.argv[1]) as out:
                 (out.staging / "L1.stl").write_bytes(b"half")
                 print("holding", flush=True)

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from LumbarSegLib import pipeline, preprocess
+from LumbarSegLib.inference import pipeline, preprocess
 from LumbarSegLib.errors import Cancelled, InputError
 
 
@@ -17,8 +17,8 @@ def untrained():
 def _random_model():
     import torch
 
-    from LumbarSegLib.models import LumbarSegModel
-    from LumbarSegLib.networks import CONFIGS, build_networks
+    from LumbarSegLib.inference.models import LumbarSegModel
+    from LumbarSegLib.inference.networks import CONFIGS, build_networks
 
     torch.manual_seed(0)
     loc, xu = build_networks(CONFIGS["cpu"])
@@ -189,12 +189,12 @@ def test_probabilities_to_labels_resamples_smoothly():
 
 def test_bundled_model_reports_no_lumbar_vertebra_on_real_thoracic_series(shared_data):
     """The classic failure is calling T12 'L1': the real 20-slice T11/T12 series must give no lumbar label."""
-    from LumbarSegLib import io
-    from LumbarSegLib.models import default_model_path, load_model
+    from LumbarSegLib.io import images
+    from LumbarSegLib.inference.models import default_model_path, load_model
 
     if not default_model_path().is_file():
         pytest.skip("no bundled model")
-    image = io.read_ct(shared_data / "ts_dicom")
+    image = images.read_ct(shared_data / "ts_dicom")
     result = pipeline.segment(image, model=load_model(), device="cpu")
     assert result.trained
     assert result.found == []

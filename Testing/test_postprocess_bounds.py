@@ -9,10 +9,10 @@ import pytest
 import SimpleITK as sitk
 from scipy import ndimage
 
-from LumbarSegLib import morphology, pipeline
+from LumbarSegLib.inference import morphology, pipeline
 from LumbarSegLib.errors import Cancelled
 
-from LumbarSegLib.model_card import RESOURCES_DIR
+from LumbarSegLib.constants import RESOURCES_DIR
 
 SAMPLE_CT = RESOURCES_DIR.parent / "SampleData" / "LumbarSegSampleCT.nrrd"
 
@@ -51,13 +51,13 @@ def test_a_small_spine_keeps_its_vertebrae_and_dropped_pieces_are_named():
 def test_the_sample_ct_as_a_small_spine_is_found_whole():
     """The sample CT shrunk to a third (0.64 mm voxels, vertebrae of 5-10 mL): before, only L5 reached 8 mL
     and the others vanished under 'Partial field of view'."""
-    from LumbarSegLib import io
-    from LumbarSegLib.models import load_model
+    from LumbarSegLib.io import images
+    from LumbarSegLib.inference.models import load_model
 
     model = load_model()
     if not model.trained:
         pytest.skip("the bundled model is not installed")
-    image = io.load_ct(SAMPLE_CT).image
+    image = images.load_ct(SAMPLE_CT).image
     image.SetSpacing([0.32 * s for s in image.GetSpacing()])
     result = pipeline.segment(image, model=model, device="cpu")
     assert result.found == ["L1", "L2", "L3", "L4", "L5"]
@@ -66,10 +66,10 @@ def test_the_sample_ct_as_a_small_spine_is_found_whole():
 
 def test_a_real_half_size_spine_is_found_whole(shared_data):
     """VerSe 005 at half size (an eighth of the volume: its vertebrae 5.5-8.5 mL): before, 'found L5'."""
-    from LumbarSegLib import io
-    from LumbarSegLib.models import load_model
+    from LumbarSegLib.io import images
+    from LumbarSegLib.inference.models import load_model
 
-    image = io.load_ct(shared_data / "real" / "sub-verse005_ct.nii.gz").image
+    image = images.load_ct(shared_data / "real" / "sub-verse005_ct.nii.gz").image
     image.SetSpacing([0.5 * s for s in image.GetSpacing()])
     result = pipeline.segment(image, model=load_model(), device="cpu")
     assert result.found == ["L1", "L2", "L3", "L4", "L5"]
@@ -103,8 +103,8 @@ def test_bounded_closing_fills_pits_and_holes_on_a_fine_grid_without_growing_the
 
 def test_cancel_is_answered_inside_post_processing():
     """A cancel that comes once post-processing has started stops it there, not after it."""
-    from LumbarSegLib import io
-    from LumbarSegLib.models import load_model
+    from LumbarSegLib.io import images
+    from LumbarSegLib.inference.models import load_model
 
     model = load_model()
     if not model.trained:
@@ -115,7 +115,7 @@ def test_cancel_is_answered_inside_post_processing():
         if stage == "postprocess" and fraction == 0.0:
             started.append(stage)
 
-    image = io.load_ct(SAMPLE_CT).image
+    image = images.load_ct(SAMPLE_CT).image
     with pytest.raises(Cancelled):
         pipeline.segment(image, model=model, device="cpu", progress=progress, cancel=lambda: bool(started))
     assert started  # it was cancelled after post-processing began (the stage's own start check had passed)

@@ -6,7 +6,7 @@ import warnings
 
 import pytest
 
-from LumbarSegLib import preview
+from LumbarSegLib.results import preview
 
 TITLE = "LumbarSeg: 患者_腰椎 ひらがな - found L1, L2"
 

@@ -14,9 +14,9 @@ slicer = pytest.importorskip("slicer")
 vtk = pytest.importorskip("vtk")
 
 from LumbarSegLib.constants import LABEL_COLORS  # noqa: E402
-from LumbarSegLib.slicer.render import render_segmentation_3d, render_slice_overlay  # noqa: E402
-from LumbarSegLib.slicer.run import run_segmentation  # noqa: E402
-from LumbarSegLib.slicer.volumes import sitk_to_volume_node  # noqa: E402
+from LumbarSegLib.scene.render import render_segmentation_3d, render_slice_overlay  # noqa: E402
+from LumbarSegLib.scene.run import run_segmentation  # noqa: E402
+from LumbarSegLib.scene.volumes import sitk_to_volume_node  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -14,15 +14,17 @@ import SimpleITK as sitk
 
 slicer = pytest.importorskip("slicer")
 
-from LumbarSegLib.constants import LABEL_COLORS, LABEL_NAMES, RESEARCH_NOTICE, SNOMED_BONE_CATEGORY, SNOMED_VERTEBRA  # noqa: E402
-from LumbarSegLib.model_card import default_model_path, model_summary, summary_text  # noqa: E402
-from LumbarSegLib.slicer import provenance, sample_data  # noqa: E402
-from LumbarSegLib.slicer.metrics_table import compute_metrics, fill_metrics_table  # noqa: E402
-from LumbarSegLib.slicer.run import run_segmentation  # noqa: E402
-from LumbarSegLib.slicer.scene import ATTR_NOTICE  # noqa: E402
-from LumbarSegLib.slicer.segments import TERMINOLOGY_CONTEXT, TERMINOLOGY_FILE_NAME, load_terminology  # noqa: E402
-from LumbarSegLib.io import validate_ct  # noqa: E402
-from LumbarSegLib.slicer.volumes import sitk_to_volume_node  # noqa: E402
+from LumbarSegLib.constants import (LABEL_COLORS, LABEL_NAMES, RESEARCH_NOTICE, SNOMED_BONE_CATEGORY,  # noqa: E402
+                                    SNOMED_VERTEBRA)
+from LumbarSegLib.constants import default_model_path  # noqa: E402
+from LumbarSegLib.results.model_card import model_summary, summary_text  # noqa: E402
+from LumbarSegLib.scene import provenance, sample_data  # noqa: E402
+from LumbarSegLib.scene.metrics_table import compute_metrics, fill_metrics_table  # noqa: E402
+from LumbarSegLib.scene.run import run_segmentation  # noqa: E402
+from LumbarSegLib.scene.scene import ATTR_NOTICE  # noqa: E402
+from LumbarSegLib.scene.segments import TERMINOLOGY_CONTEXT, TERMINOLOGY_FILE_NAME, load_terminology  # noqa: E402
+from LumbarSegLib.io.images import validate_ct  # noqa: E402
+from LumbarSegLib.scene.volumes import sitk_to_volume_node  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 TERMINOLOGY_FILE = ROOT / "LumbarSeg" / "Resources" / TERMINOLOGY_FILE_NAME
@@ -246,7 +248,7 @@ def test_sample_data_registration_loads_offline_as_sample_data_would(tmp_path):
     scene.AddNode(storage)
     storage.SetFileName(str(cached))
     assert storage.ReadData(volume)
-    from LumbarSegLib.slicer.volumes import volume_node_to_sitk
+    from LumbarSegLib.scene.volumes import volume_node_to_sitk
 
     image = volume_node_to_sitk(volume)
     validate_ct(image)  # a usable CT: raises InputError otherwise

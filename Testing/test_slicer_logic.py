@@ -15,24 +15,25 @@ import SimpleITK as sitk
 slicer = pytest.importorskip("slicer")
 vtk = pytest.importorskip("vtk")
 
-from LumbarSegLib import metrics, pipeline  # noqa: E402
-from LumbarSegLib.constants import LABEL_COLORS, LABEL_NAMES, SNOMED_BONE_CATEGORY, SNOMED_VERTEBRA, VERSE_LUMBAR  # noqa: E402
+from LumbarSegLib.inference import pipeline  # noqa: E402
+from LumbarSegLib.measures import agreement, measurements  # noqa: E402
+from LumbarSegLib.constants import (LABEL_COLORS, LABEL_NAMES, SNOMED_BONE_CATEGORY, SNOMED_VERTEBRA, VERSE_LUMBAR)  # noqa: E402
 from LumbarSegLib.errors import Cancelled, InputError  # noqa: E402
-from LumbarSegLib.models import load_model  # noqa: E402
-from LumbarSegLib.slicer.export import export_labelmap, export_stl  # noqa: E402
-from LumbarSegLib.slicer.metrics_table import (compute_metrics, fill_metrics_table,  # noqa: E402
-                                               plausibility_warnings, table_to_dict)
-from LumbarSegLib.slicer.roi import (ROI_NAME, box_for_run, box_lps_from_roi,  # noqa: E402
-                                     box_lps_to_ras_center_size, roi_was_moved)
-from LumbarSegLib.slicer.run import apply_result, friendly_error, prepare_run, run_segmentation  # noqa: E402
-from LumbarSegLib.slicer.scene import ATTR_BOX_LPS, ensure_segmentations_logic  # noqa: E402
-from LumbarSegLib.slicer.segments import (DEFAULT_SMOOTHING, TERMINOLOGY_CONTEXT, is_user_edited,  # noqa: E402
-                                          labels_to_segmentation, segmentation_content_hash,
-                                          segmentation_to_label_array, terminology_entry_string,
-                                          vertebra_label_from_name)
-from LumbarSegLib.slicer.volumes import (sitk_to_oriented_image, sitk_to_volume_node,  # noqa: E402
-                                         volume_ijk_to_ras, volume_node_to_sitk)
-from LumbarSegLib.trabecular import roi_segment_kind  # noqa: E402
+from LumbarSegLib.inference.models import load_model  # noqa: E402
+from LumbarSegLib.scene.export import export_labelmap, export_stl  # noqa: E402
+from LumbarSegLib.scene.metrics_table import (compute_metrics, fill_metrics_table, plausibility_warnings,  # noqa: E402
+                                              table_to_dict)
+from LumbarSegLib.scene.roi import (ROI_NAME, box_for_run, box_lps_from_roi, box_lps_to_ras_center_size,  # noqa: E402
+                                    roi_was_moved)
+from LumbarSegLib.scene.run import apply_result, friendly_error, prepare_run, run_segmentation  # noqa: E402
+from LumbarSegLib.scene.scene import ATTR_BOX_LPS, ensure_segmentations_logic  # noqa: E402
+from LumbarSegLib.scene.segments import (DEFAULT_SMOOTHING, TERMINOLOGY_CONTEXT, is_user_edited,  # noqa: E402
+                                         labels_to_segmentation, segmentation_content_hash,
+                                         segmentation_to_label_array, terminology_entry_string,
+                                         vertebra_label_from_name)
+from LumbarSegLib.scene.volumes import (sitk_to_oriented_image, sitk_to_volume_node, volume_ijk_to_ras,  # noqa: E402
+                                        volume_node_to_sitk)
+from LumbarSegLib.measures.trabecular import roi_segment_kind  # noqa: E402
 
 # Oblique (rotated 20 degrees about S) and flipped in x: exercises every sign of the LPS <-> RAS handling.
 _A = math.radians(20)
@@ -203,7 +204,7 @@ def test_metrics_table_matches_metrics_module(data):
     seg = labels_to_segmentation(scene, labels, volume)
     table = fill_metrics_table(scene, compute_metrics(seg, volume))
     rows = table_to_dict(table)
-    expected = metrics.measure(sitk.GetArrayViewFromImage(labels), sitk.GetArrayViewFromImage(ct), ct)
+    expected = measurements.measure(sitk.GetArrayViewFromImage(labels), sitk.GetArrayViewFromImage(ct), ct)
     assert list(rows) == list(expected) == ["L1", "L2", "L3", "L4", "L5"]
     for name, m in expected.items():
         assert rows[name]["Volume"] == pytest.approx(m["volume_ml"])
@@ -226,7 +227,7 @@ def test_metrics_table_matches_metrics_module(data):
         ref.GetSegmentation().GetSegment(sid).SetName("vertebrae_" + name)
     fill_metrics_table(scene, compute_metrics(seg, volume, ref), table)
     rows = table_to_dict(table)
-    expected = metrics.compare(sitk.GetArrayViewFromImage(labels), ref_array, ct.GetSpacing()[::-1])
+    expected = agreement.compare(sitk.GetArrayViewFromImage(labels), ref_array, ct.GetSpacing()[::-1])
     for name, m in expected.items():
         for key in ("DSC", "FND", "FPD", "MSD", "ASD", "HD95"):
             assert rows[name][key] == pytest.approx(m[key], nan_ok=True), (name, key)
@@ -593,7 +594,7 @@ def test_slicer_stl_export_never_mixes_two_results_in_one_folder(tmp_path):
     """Two scans whose segmentations have the same name ('CT lumbar vertebrae'), the second without L5,
     exported into one folder: the second export is refused (the first scan's L5 would stay beside the new
     L1-L4), and after agreeing to replace, the folder holds exactly the second export."""
-    from LumbarSegLib.slicer.export import EarlierExportError
+    from LumbarSegLib.scene.export import EarlierExportError
 
     folder = tmp_path / "planning"
     first_ct, first_labels = phantom(seed=7)

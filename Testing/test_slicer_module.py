@@ -149,7 +149,7 @@ def test_lib_is_found_from_source_tree_and_installed_layout(tmp_path):
 
 def test_missing_packages_detection(monkeypatch):
     module = load_module()
-    from LumbarSegLib.slicer import dependencies
+    from LumbarSegLib.scene import dependencies
 
     assert module.missingPackages() == []  # this environment has everything
     import importlib.util as iu
@@ -170,10 +170,10 @@ def test_logic_class_runs_the_flow_on_a_real_scene(tmp_path):
     import SimpleITK as sitk
     from test_slicer_logic import fake_engine, labels_box_lps, new_scene, phantom
 
-    from LumbarSegLib.slicer.provenance import read_provenance
-    from LumbarSegLib.slicer.roi import ROI_NAME
-    from LumbarSegLib.slicer.run import run_segmentation
-    from LumbarSegLib.slicer.volumes import sitk_to_volume_node
+    from LumbarSegLib.scene.provenance import read_provenance
+    from LumbarSegLib.scene.roi import ROI_NAME
+    from LumbarSegLib.scene.run import run_segmentation
+    from LumbarSegLib.scene.volumes import sitk_to_volume_node
 
     module = load_module()
     logic = module.LumbarSegLogic()
@@ -212,8 +212,8 @@ def test_smoothing_is_not_rebuilt_when_the_value_does_not_change():
     slicer = pytest.importorskip("slicer")
     from test_slicer_logic import new_scene, phantom
 
-    from LumbarSegLib.slicer.segments import labels_to_segmentation
-    from LumbarSegLib.slicer.volumes import sitk_to_volume_node
+    from LumbarSegLib.scene.segments import labels_to_segmentation
+    from LumbarSegLib.scene.volumes import sitk_to_volume_node
 
     logic = load_module().LumbarSegLogic()
     ct, labels = phantom(seed=7)
@@ -238,9 +238,9 @@ def test_logic_keeps_edits_made_while_a_run_is_going():
     slicer = pytest.importorskip("slicer")
     from test_slicer_logic import _paint, fake_engine, labels_box_lps, new_scene, phantom, with_nan_rows
 
-    from LumbarSegLib.slicer.run import run_segmentation
-    from LumbarSegLib.slicer.segments import segmentation_to_label_array
-    from LumbarSegLib.slicer.volumes import sitk_to_volume_node
+    from LumbarSegLib.scene.run import run_segmentation
+    from LumbarSegLib.scene.segments import segmentation_to_label_array
+    from LumbarSegLib.scene.volumes import sitk_to_volume_node
 
     logic = load_module().LumbarSegLogic()
     logic.pythonExecutable = sys.executable
@@ -279,9 +279,9 @@ def test_stl_export_refuses_the_working_folder_a_directory_button_reports(tmp_pa
     from test_slicer_logic import new_scene, phantom
 
     from LumbarSegLib.errors import InputError
-    from LumbarSegLib.slicer import export
-    from LumbarSegLib.slicer.segments import labels_to_segmentation
-    from LumbarSegLib.slicer.volumes import sitk_to_volume_node
+    from LumbarSegLib.scene import export
+    from LumbarSegLib.scene.segments import labels_to_segmentation
+    from LumbarSegLib.scene.volumes import sitk_to_volume_node
 
     logic = load_module().LumbarSegLogic()
     ct, labels = phantom(seed=7)
@@ -363,7 +363,7 @@ def test_cmake_extension_configures(tmp_path):
     manifest = (build / "manifest.txt").read_text(encoding="utf-8").split("\n")
     scripts = {line.split(" ", 1)[1] for line in manifest if line.startswith("SCRIPT ")}
     lib = {p.relative_to(ROOT).as_posix() for p in (ROOT / "LumbarSegLib").rglob("*.py")}
-    assert "LumbarSegLib/slicer/run.py" in lib  # subpackages are part of the engine
+    assert "LumbarSegLib/scene/run.py" in lib  # subpackages are part of the engine
     assert scripts == {"LumbarSeg.py"} | lib  # every engine file installs beside the module
     for rel in lib:
         assert (build / "LumbarSeg" / rel).read_bytes() == (ROOT / rel).read_bytes()
@@ -471,7 +471,7 @@ def test_user_visible_text_goes_through_the_translation_function():
 
 
 def test_torch_version_requirement():
-    from LumbarSegLib.slicer.dependencies import torch_version_problem
+    from LumbarSegLib.scene.dependencies import torch_version_problem
 
     assert torch_version_problem("2.13.0+cpu") is None
     assert torch_version_problem("2.1.0") is None
@@ -614,7 +614,7 @@ def test_no_second_segmentations_logic_doubles_the_converter_rules():
     pytest.importorskip("slicer")
     code = """
         import slicer
-        from LumbarSegLib.slicer.scene import ensure_segmentations_logic
+        from LumbarSegLib.scene.scene import ensure_segmentations_logic
         factory = slicer.vtkSegmentationConverterFactory.GetInstance()
         for scene in (slicer.vtkMRMLScene(), slicer.vtkMRMLScene()):
             ensure_segmentations_logic(scene)
@@ -628,7 +628,7 @@ def test_no_second_segmentations_logic_doubles_the_converter_rules():
         own = slicer.vtkSlicerSegmentationsModuleLogic()  # as Slicer's Segmentations module makes at start-up
         own.SetMRMLScene(slicer.vtkMRMLScene())
         rules = len(factory.GetConverterRules())
-        from LumbarSegLib.slicer.scene import ensure_segmentations_logic
+        from LumbarSegLib.scene.scene import ensure_segmentations_logic
         ensure_segmentations_logic(slicer.vtkMRMLScene())
         print("app:", rules, len(factory.GetConverterRules()))
     """
@@ -654,7 +654,7 @@ def test_widget_cleanup_stops_and_waits_for_a_running_job():
     methods = {n.name: ast.unparse(n) for n in widget.body if isinstance(n, ast.FunctionDef)}
     assert "self.stopRunningJob()" in methods["cleanup"] and "self.stopRunningJob()" in methods["onSceneStartClose"]
     assert "self.logic.cancelSegmentation(job)" in methods["stopRunningJob"]
-    source = (ROOT / "LumbarSegLib" / "engine_process.py").read_text(encoding="utf-8")
+    source = (ROOT / "LumbarSegLib" / "study" / "engine_process.py").read_text(encoding="utf-8")
     cancel = source[source.index("    def cancel(self"):source.index("    # --- reading the output")]
     assert "self._process.wait(wait)" in cancel
 

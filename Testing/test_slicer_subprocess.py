@@ -19,13 +19,13 @@ import SimpleITK as sitk
 slicer = pytest.importorskip("slicer")
 
 from LumbarSegLib.errors import Cancelled  # noqa: E402
-from LumbarSegLib.slicer import engine_job  # noqa: E402
-from LumbarSegLib.slicer.metrics_table import table_to_dict  # noqa: E402
-from LumbarSegLib.slicer.provenance import read_provenance  # noqa: E402
-from LumbarSegLib.slicer.roi import ROI_NAME, box_lps_from_roi  # noqa: E402
-from LumbarSegLib.slicer.sample_data import SAMPLE_FILE  # noqa: E402
-from LumbarSegLib.slicer.segments import segmentation_to_label_array  # noqa: E402
-from LumbarSegLib.slicer.volumes import label_array_to_sitk, sitk_to_volume_node  # noqa: E402
+from LumbarSegLib.scene import engine_job  # noqa: E402
+from LumbarSegLib.scene.metrics_table import table_to_dict  # noqa: E402
+from LumbarSegLib.scene.provenance import read_provenance  # noqa: E402
+from LumbarSegLib.scene.roi import ROI_NAME, box_lps_from_roi  # noqa: E402
+from LumbarSegLib.scene.sample_data import SAMPLE_FILE  # noqa: E402
+from LumbarSegLib.scene.segments import segmentation_to_label_array  # noqa: E402
+from LumbarSegLib.scene.volumes import label_array_to_sitk, sitk_to_volume_node  # noqa: E402
 from test_slicer_logic import new_scene  # noqa: E402
 from test_slicer_module import load_module  # noqa: E402
 
@@ -124,7 +124,7 @@ def test_the_result_lands_in_the_scene_as_before(finished_run):
     assert report["found"], "the bundled model finds vertebrae in the bundled sample CT"
     names = [segmentation.GetSegmentation().GetNthSegment(i).GetName()
              for i in range(segmentation.GetSegmentation().GetNumberOfSegments())]
-    from LumbarSegLib.trabecular import roi_segment_kind
+    from LumbarSegLib.measures.trabecular import roi_segment_kind
 
     # one segment per vertebra found, besides the trabecular ROI segments (where the HU is measured)
     assert sorted(n for n in names if roi_segment_kind(n) is None) == sorted(report["found"])
@@ -190,7 +190,7 @@ def test_a_bad_ct_shows_its_one_line_error_and_changes_nothing(tmp_path):
 
 
 def slicer_friendly(message):
-    from LumbarSegLib.slicer.run import friendly_error
+    from LumbarSegLib.scene.run import friendly_error
 
     return friendly_error(engine_job.EngineRunError(message))
 
@@ -201,7 +201,7 @@ def test_a_changed_volume_is_handed_over_as_a_temporary_file_with_its_geometry(t
     assert engine_job.unmodified_source_file(volume) == SAMPLE_FILE
     import vtk
 
-    from LumbarSegLib.slicer.volumes import volume_lps_geometry, volume_node_to_sitk
+    from LumbarSegLib.scene.volumes import volume_lps_geometry, volume_node_to_sitk
 
     matrix = vtk.vtkMatrix4x4()
     volume.GetIJKToRASMatrix(matrix)

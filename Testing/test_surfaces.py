@@ -8,7 +8,7 @@ import SimpleITK as sitk
 import vtk
 from vtk.util import numpy_support
 
-from LumbarSegLib import surfaces
+from LumbarSegLib.results import surfaces
 
 SPACING = (0.8, 0.9, 2.0)
 ORIGIN = (10.0, -20.0, 30.0)

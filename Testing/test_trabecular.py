@@ -1,4 +1,4 @@
-"""Trabecular HU per vertebra (LumbarSegLib.trabecular) on phantoms with a known trabecular HU, the cases
+"""Trabecular HU per vertebra (LumbarSegLib.measures.trabecular) on phantoms with a known trabecular HU, the cases
 that must give no value (each with its reason), the DICOM acquisition fields and the screening flag.
 
 The phantom ROIs are placed from the phantom's own (reference) labels, so these tests measure the
@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from LumbarSegLib import bone_screening, io, trabecular
+from LumbarSegLib.measures import bone_screening, trabecular
+from LumbarSegLib.io import label_maps
 from LumbarSegLib.phantoms import generate_phantom
 
 KNOWN_HU = 100.0
@@ -25,7 +26,7 @@ def phantom():
     screws, L1-L5 all inside the field of view). Labels 0..5."""
     ct, verse = generate_phantom(4, shape=(112, 112, 180), spacing=(1.4, 1.4, 1.4), fov="lumbar",
                                  trabecular_hu=KNOWN_HU)
-    labels = sitk.GetImageFromArray(io.to_internal_labels(sitk.GetArrayViewFromImage(verse), "verse"))
+    labels = sitk.GetImageFromArray(label_maps.to_internal_labels(sitk.GetArrayViewFromImage(verse), "verse"))
     labels.CopyInformation(verse)
     return ct, labels
 
@@ -149,7 +150,7 @@ def test_voxels_that_were_nan_next_to_the_body_count_as_outside_the_field_of_vie
 def test_metal_in_the_body_gives_no_value():
     ct, verse = generate_phantom(3, shape=(112, 112, 180), spacing=(1.4, 1.4, 1.4), fov="lumbar",
                                  trabecular_hu=KNOWN_HU)  # seed 3 draws pedicle screws in L4 and L5
-    labels = io.to_internal_labels(sitk.GetArrayViewFromImage(verse), "verse")
+    labels = label_maps.to_internal_labels(sitk.GetArrayViewFromImage(verse), "verse")
     results = trabecular.measure(labels, sitk.GetArrayViewFromImage(ct), ct)
     for name in ("L4", "L5"):
         assert results[name].core.median is None and results[name].core.reason.startswith(f"metal in {name}")
@@ -238,11 +239,11 @@ def test_acquisition_from_a_dicom_header(tmp_path, synthetic_ct):
 
 
 def test_add_to_measurements_fills_report_entries_and_the_flag(phantom):
-    from LumbarSegLib import metrics
+    from LumbarSegLib.measures import measurements as measuring
 
     ct, labels = phantom
     lab, hu = sitk.GetArrayViewFromImage(labels), sitk.GetArrayViewFromImage(ct)
-    measurements = metrics.measure(lab, hu, ct)
+    measurements = measuring.measure(lab, hu, ct)
     bone = trabecular.add_to_measurements(measurements, lab, hu, ct)
     block = bone.report
     assert sorted(seg.name for seg in bone.segments) == sorted(

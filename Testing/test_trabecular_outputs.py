@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from LumbarSegLib import io
+from LumbarSegLib.io import images
 from LumbarSegLib.cli import main
 from LumbarSegLib.phantoms import generate_phantom
 
@@ -85,7 +85,7 @@ def test_dicom_seg_holds_the_roi_segments_and_the_header_gives_kvp_and_contrast(
     assert measured and all(f"{name} trabecular ROI" in labels for name in measured)
     assert set(report["found"]) <= set(labels)
     # Each ROI segment, put back on the CT's grid, holds the voxels the report measured.
-    grid = io.read_ct(folder)
+    grid = images.read_ct(folder)
     hu = sitk.GetArrayViewFromImage(grid)
     volume = seg.get_volume(segment_numbers=[labels[f"{measured[0]} trabecular ROI"]], combine_segments=False)
     mask = _on_grid(volume, grid)

@@ -18,7 +18,9 @@ import pytest
 import SimpleITK as sitk
 from scipy import ndimage
 
-from LumbarSegLib import io, pipeline, trabecular
+from LumbarSegLib.inference import pipeline
+from LumbarSegLib.measures import trabecular
+from LumbarSegLib.io import images, label_maps
 
 CASES = ("sub-verse005", "sub-verse008", "sub-verse014")  # the whole-lumbar real cases (007 lacks L4/L5)
 SHIFT_HU = -80.0
@@ -32,13 +34,13 @@ def real_cases():
     root = Path(__file__).resolve().parents[2] / "shared" / "data" / "real"  # as conftest's shared_data
     if not all((root / f"{c}_ct.nii.gz").is_file() for c in CASES):
         pytest.skip(f"the real VerSe cases are not in {root}")
-    from LumbarSegLib.models import choose_model, load_model, resolve_device
+    from LumbarSegLib.inference.models import choose_model, load_model, resolve_device
 
     model = load_model(choose_model(None, resolve_device("cpu")))
     out = {}
     for case in CASES:
-        ct = io.read_ct(root / f"{case}_ct.nii.gz")
-        ref = io.read_labelmap(root / f"{case}_seg-vert_msk.nii.gz")
+        ct = images.read_ct(root / f"{case}_ct.nii.gz")
+        ref = label_maps.read_labelmap(root / f"{case}_seg-vert_msk.nii.gz")
         ref_arr = sitk.GetArrayFromImage(ref)
         hu = sitk.GetArrayFromImage(ct).astype(np.float32)
         true_core = np.zeros(hu.shape, bool)

@@ -10,13 +10,12 @@ import SimpleITK as sitk
 
 slicer = pytest.importorskip("slicer")
 
-from LumbarSegLib import trabecular  # noqa: E402
-from LumbarSegLib.slicer.metrics_table import compute_metrics, fill_metrics_table, table_to_dict  # noqa: E402
-from LumbarSegLib.slicer.run import apply_result  # noqa: E402
-from LumbarSegLib.slicer.segments import (is_user_edited, segment_mask,  # noqa: E402
-                                          segmentation_to_label_array)
-from LumbarSegLib.slicer.trabecular_rois import add_roi_segments, roi_segment_names  # noqa: E402
-from LumbarSegLib.slicer.volumes import sitk_to_oriented_image, sitk_to_volume_node, volume_node_to_sitk  # noqa: E402
+from LumbarSegLib.measures import trabecular  # noqa: E402
+from LumbarSegLib.scene.metrics_table import compute_metrics, fill_metrics_table, table_to_dict  # noqa: E402
+from LumbarSegLib.scene.run import apply_result  # noqa: E402
+from LumbarSegLib.scene.segments import is_user_edited, segment_mask, segmentation_to_label_array  # noqa: E402
+from LumbarSegLib.scene.trabecular_rois import add_roi_segments, roi_segment_names  # noqa: E402
+from LumbarSegLib.scene.volumes import sitk_to_oriented_image, sitk_to_volume_node, volume_node_to_sitk  # noqa: E402
 from test_slicer_logic import DIRECTION, fake_engine, labels_box_lps, new_scene  # noqa: E402
 
 KNOWN_HU = 100.0
@@ -25,12 +24,12 @@ KNOWN_HU = 100.0
 @pytest.fixture(scope="module")
 def known_phantom():
     """The Slicer tests' small oblique, flipped phantom, with a known trabecular HU."""
-    from LumbarSegLib import io
+    from LumbarSegLib.io import label_maps
     from LumbarSegLib.phantoms import generate_phantom
 
     ct, verse = generate_phantom(4, shape=(72, 72, 100), spacing=(2.0, 2.0, 2.5), fov="lumbar",
                                  trabecular_hu=KNOWN_HU)
-    labels = sitk.GetImageFromArray(io.to_internal_labels(sitk.GetArrayViewFromImage(verse), "verse"))
+    labels = sitk.GetImageFromArray(label_maps.to_internal_labels(sitk.GetArrayViewFromImage(verse), "verse"))
     for image in (ct, labels):
         image.SetOrigin((12.5, -40.0, 100.0))
         image.SetDirection(DIRECTION.ravel().tolist())

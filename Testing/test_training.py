@@ -15,11 +15,13 @@ import SimpleITK as sitk
 import torch
 import torch.nn.functional as F
 
-from LumbarSegLib import cli, io, preprocess, training
+from LumbarSegLib import cli, training
+from LumbarSegLib.inference import preprocess
+from LumbarSegLib.io import label_maps
 from LumbarSegLib.errors import InputError
 from LumbarSegLib.training import evaluation
-from LumbarSegLib.models import default_model_path, load_model
-from LumbarSegLib.networks import CONFIGS, ModelConfig
+from LumbarSegLib.inference.models import default_model_path, load_model
+from LumbarSegLib.inference.networks import CONFIGS, ModelConfig
 
 TINY = ModelConfig("tiny", localizer_channels=4, localizer_levels=3, localizer_input=(16, 16, 24),
                    xunet_base=4, xunet_input=(16, 16, 32))
@@ -70,7 +72,7 @@ def test_finds_flat_nested_and_entity_layouts(tmp_path):
 
 def test_verse_label_mapping():
     codes = np.array([0, 17, 19, 20, 21, 22, 23, 24, 25, 26, 28, 300, -5], np.int16)
-    assert io.to_internal_labels(codes, "verse").tolist() == [0, 0, 0, 1, 2, 3, 4, 5, 0, 0, 0, 0, 0]
+    assert label_maps.to_internal_labels(codes, "verse").tolist() == [0, 0, 0, 1, 2, 3, 4, 5, 0, 0, 0, 0, 0]
 
 
 def test_heatmap_target_peaks_on_lumbar_spine_and_is_zero_without_it():
@@ -81,7 +83,7 @@ def test_heatmap_target_peaks_on_lumbar_spine_and_is_zero_without_it():
     assert heat.shape == config.localizer_input[::-1]
     assert heat.max() == pytest.approx(1.0, abs=1e-3)
     # The bright region lies on the lumbar boxes (z between L5 and L1), not on T11/T12 or the sacrum.
-    lab_c = io.to_internal_labels(sitk.GetArrayFromImage(preprocess.to_canonical(lab)), "verse")
+    lab_c = label_maps.to_internal_labels(sitk.GetArrayFromImage(preprocess.to_canonical(lab)), "verse")
     zs = np.flatnonzero(lab_c.any(axis=(1, 2)))
     nz = lab_c.shape[0]
     zpeak = np.flatnonzero((heat >= 0.99).any(axis=(1, 2)))
@@ -277,8 +279,8 @@ def test_identity_analysis_counts_wrong_invented_and_missed():
 
 def test_evaluation_card_on_a_tiny_model(tmp_path, monkeypatch):
     from LumbarSegLib import phantoms
-    from LumbarSegLib.models import save_model
-    from LumbarSegLib.networks import build_networks
+    from LumbarSegLib.inference.models import save_model
+    from LumbarSegLib.inference.networks import build_networks
 
     loc, xu = build_networks(TINY)
     path = save_model(tmp_path / "tiny.pt", TINY, loc, xu, {"training_data": {"cases": 0}})

@@ -12,9 +12,10 @@ from pathlib import Path
 import SimpleITK as sitk
 import torch
 
-from LumbarSegLib import cli, models
-from LumbarSegLib.networks import ModelConfig, build_networks
-from LumbarSegLib.training_cases import training_case_of
+from LumbarSegLib import cli
+from LumbarSegLib.inference import models
+from LumbarSegLib.inference.networks import ModelConfig, build_networks
+from LumbarSegLib.results.training_cases import training_case_of
 
 from conftest import make_synthetic_ct
 
@@ -104,7 +105,7 @@ def test_a_training_case_missing_from_the_folders_is_an_error(tmp_path, capsys):
 def test_warm_start_chain_counts(tmp_path):
     ct = tmp_path / "ct.nii.gz"
     sitk.WriteImage(make_synthetic_ct()[0], str(ct))
-    from LumbarSegLib.training_cases import hash_cases
+    from LumbarSegLib.results.training_cases import hash_cases
 
     metadata = {"training_data": {}, "initialised_from": {"training_data": {"case_hashes": hash_cases([("x", ct)])}}}
     assert training_case_of(metadata, ct)["case"] == "x"

@@ -23,7 +23,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from LumbarSegLib import batch_summary  # noqa: E402
+from LumbarSegLib.batch import summary as batch_summary  # noqa: E402
 
 
 def lumbarseg(*args) -> list[str]:

@@ -30,8 +30,10 @@ import SimpleITK as sitk
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from LumbarSegLib import io, pipeline, surfaces  # noqa: E402
-from LumbarSegLib.models import load_model, resolve_device  # noqa: E402
+from LumbarSegLib.inference import pipeline  # noqa: E402
+from LumbarSegLib.results import surfaces  # noqa: E402
+from LumbarSegLib.io import images  # noqa: E402
+from LumbarSegLib.inference.models import load_model, resolve_device  # noqa: E402
 
 STAGES = ("read", "load", "localize", "segment", "postprocess", "stl", "total")
 
@@ -81,7 +83,7 @@ def run_once(path: Path, model, device: str, outdir: Path, trace: bool) -> dict[
     times: dict[str, float] = {}
     t_total = time.perf_counter()
     t0 = time.perf_counter()
-    image = io.read_ct(path)
+    image = images.read_ct(path)
     times["read"] = time.perf_counter() - t0
     if trace:
         import tracemalloc
@@ -148,7 +150,7 @@ def main(argv=None) -> int:
     peak = peak_rss_mib()
     print(f"peak resident memory (ru_maxrss): {peak:.0f} MiB; {baseline:.0f} MiB before the first run; the "
           f"difference is {(peak - baseline) * 2**20 / n_voxels:.1f} bytes per CT voxel "
-          f"(io.BYTES_PER_VOXEL = {io.BYTES_PER_VOXEL} is what the memory check assumes)")
+          f"(images.BYTES_PER_VOXEL = {images.BYTES_PER_VOXEL} is what the memory check assumes)")
     if args.tracemalloc:
         print(f"peak Python heap during segment (tracemalloc): "
               f"{max(r['python_heap_peak_mib'] for r in runs):.0f} MiB")

@@ -1,5 +1,5 @@
 """Post-processing time (``pipeline.clean_labels``: largest piece, closing, hole filling) against voxel
-spacing, for the bounded closing (:mod:`LumbarSegLib.morphology`) and, for comparison, the closing with a
+spacing, for the bounded closing (:mod:`LumbarSegLib.inference.morphology`) and, for comparison, the closing with a
 full-resolution ball that it replaced (its cost grows with the ball: (2 mm / spacing)^3 voxels per box voxel).
 
     python benchmarks/bench_postprocess.py [--spacings 1.0 0.5 0.3] [--old-down-to 0.5]
@@ -21,7 +21,7 @@ from scipy import ndimage
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from LumbarSegLib import pipeline  # noqa: E402
+from LumbarSegLib.inference import pipeline  # noqa: E402
 
 
 def lumbar_labels(spacing: float) -> np.ndarray:

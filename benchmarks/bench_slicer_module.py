@@ -1,6 +1,6 @@
 """Click-to-result time of the Slicer module against the command line on the same CT.
 
-The module runs the command line in a subprocess (LumbarSegLib.engine_process), so its extra cost is what it
+The module runs the command line in a subprocess (LumbarSegLib.study.engine_process), so its extra cost is what it
 does around it: hand the volume over as a file (none for an unchanged file), poll, read the label map, build
 the segmentation (segments and closed surfaces) and ROI, and fill the metrics table (from the report). Both are timed here,
 alternately (the machine may be shared), on a real MRML scene (slicer-core) with this Python standing in for
@@ -32,7 +32,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from LumbarSegLib.slicer.sample_data import SAMPLE_FILE  # noqa: E402
+from LumbarSegLib.scene.sample_data import SAMPLE_FILE  # noqa: E402
 
 
 def load_module_file():
@@ -54,8 +54,8 @@ def time_module(module, ct: Path, in_memory: bool) -> dict:
     import SimpleITK as sitk
     import slicer
 
-    from LumbarSegLib.slicer.scene import ensure_segmentations_logic
-    from LumbarSegLib.slicer.volumes import sitk_to_volume_node
+    from LumbarSegLib.scene.scene import ensure_segmentations_logic
+    from LumbarSegLib.scene.volumes import sitk_to_volume_node
 
     scene = slicer.vtkMRMLScene()
     ensure_segmentations_logic(scene)

@@ -6,7 +6,7 @@
 The real cases the bundle lists as trained on (``training_data.real.cases``) are looked up in the ``--real``
 folders (VerSe layout, as given to ``lumbarseg train``); cases of ``--data-dir`` folders (``lumbarseg train
 DATA_DIR``) are all taken. Each CT's name, size and SHA-256 go into ``training_data.case_hashes`` (see
-``LumbarSegLib/training_cases.py``), so ``lumbarseg segment`` says when the CT it is given was one of them.
+``LumbarSegLib/results/training_cases.py``), so ``lumbarseg segment`` says when the CT it is given was one of them.
 Weights are untouched and the bundle still loads with ``torch.load(weights_only=True)``; its SHA-256 changes,
 so write its model card again afterwards (``lumbarseg evaluate-model ... --card``).
 """
@@ -23,9 +23,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 def add_training_hashes(bundle, real_dirs=(), data_dirs=()) -> list[dict]:
     """Add the hashes to ``bundle``'s metadata; returns the records written."""
     from LumbarSegLib.errors import InputError
-    from LumbarSegLib.models import bundle_metadata, set_bundle_metadata
+    from LumbarSegLib.inference.models import bundle_metadata, set_bundle_metadata
     from LumbarSegLib.training.data import find_cases
-    from LumbarSegLib.training_cases import HASHES_KEY, hash_cases
+    from LumbarSegLib.results.training_cases import HASHES_KEY, hash_cases
 
     metadata = bundle_metadata(bundle)
     training_data = metadata.setdefault("training_data", {})

@@ -62,7 +62,7 @@ def write_sample_dicom(nrrd_path: Path, folder: Path) -> list[Path]:
 
     import SimpleITK as sitk
 
-    from LumbarSegLib.dicom_write import write_ct_series
+    from LumbarSegLib.io.dicom_write import write_ct_series
 
     if folder.exists():
         shutil.rmtree(folder)

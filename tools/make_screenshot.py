@@ -28,7 +28,7 @@ sys.path.insert(0, str(ROOT))
 def make_icon(path: Path, size: int = 128) -> Path:
     """A 128x128 icon: five stacked vertebrae (bodies and spinous processes) in the L1-L5 colours."""
     from LumbarSegLib.constants import LABEL_COLORS
-    from LumbarSegLib.slicer.render import write_png
+    from LumbarSegLib.scene.render import write_png
 
     ss = 4  # supersampling for anti-aliased edges
     n = size * ss
@@ -62,12 +62,13 @@ def build_scene(seed: int = 5, use_model: bool | None = None, shape=(192, 160, 2
     import SimpleITK as sitk
     import slicer
 
-    from LumbarSegLib import phantoms, pipeline
+    from LumbarSegLib import phantoms
+    from LumbarSegLib.inference import pipeline
     from LumbarSegLib.constants import VERSE_LUMBAR
-    from LumbarSegLib.models import default_model_path, load_model
-    from LumbarSegLib.slicer.run import apply_result, run_segmentation
-    from LumbarSegLib.slicer.scene import ensure_segmentations_logic
-    from LumbarSegLib.slicer.volumes import sitk_to_volume_node
+    from LumbarSegLib.inference.models import default_model_path, load_model
+    from LumbarSegLib.scene.run import apply_result, run_segmentation
+    from LumbarSegLib.scene.scene import ensure_segmentations_logic
+    from LumbarSegLib.scene.volumes import sitk_to_volume_node
 
     ct, verse = phantoms.generate_phantom(seed, shape=shape, spacing=spacing, fov="lumbar")
     scene = slicer.vtkMRMLScene()
@@ -102,7 +103,7 @@ def build_scene(seed: int = 5, use_model: bool | None = None, shape=(192, 160, 2
 
 def make_screenshot(path: Path, width: int = 1200, height: int = 800, use_model: bool | None = None,
                     **scene_options) -> Path:
-    from LumbarSegLib.slicer.render import render_segmentation_3d, render_slice_overlay, write_png
+    from LumbarSegLib.scene.render import render_segmentation_3d, render_slice_overlay, write_png
 
     _, volume, outcome, caption = build_scene(use_model=use_model, **scene_options)
     left_w = int(width * 0.62)

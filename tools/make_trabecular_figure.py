@@ -2,7 +2,7 @@
 
 A real VerSe CT from ``../shared/data/real`` (public, CC BY-SA 4.0; the PNG is a figure, not data) is
 segmented by the bundled model (``--labels reference`` uses the manual label instead), the ROIs are placed
-by ``LumbarSegLib.trabecular`` and drawn on a sagittal slice through the bodies' midline and on L1's
+by ``LumbarSegLib.measures.trabecular`` and drawn on a sagittal slice through the bodies' midline and on L1's
 mid-height axial section: the 3D core of each vertebra (filled) and L1's single-slice ellipse (yellow).
 
     python3 tools/make_trabecular_figure.py [--case sub-verse008] [--labels pipeline|reference] [-o PNG]
@@ -35,15 +35,17 @@ def main(argv=None) -> int:
     import matplotlib.pyplot as plt
     import SimpleITK as sitk
 
-    from LumbarSegLib import bone_screening, io, pipeline, trabecular
+    from LumbarSegLib.measures import bone_screening, trabecular
+    from LumbarSegLib.inference import pipeline
+    from LumbarSegLib.io import images, label_maps
     from LumbarSegLib.constants import LABEL_COLORS
-    from LumbarSegLib.preprocess import to_canonical
+    from LumbarSegLib.inference.preprocess import to_canonical
 
-    ct = io.read_ct(Path(args.data) / f"{args.case}_ct.nii.gz")
+    ct = images.read_ct(Path(args.data) / f"{args.case}_ct.nii.gz")
     if args.labels == "reference":
-        labels = io.read_labelmap(Path(args.data) / f"{args.case}_seg-vert_msk.nii.gz")
+        labels = label_maps.read_labelmap(Path(args.data) / f"{args.case}_seg-vert_msk.nii.gz")
     else:
-        from LumbarSegLib.models import choose_model, load_model, resolve_device
+        from LumbarSegLib.inference.models import choose_model, load_model, resolve_device
 
         labels = pipeline.segment(ct, model=load_model(choose_model(None, resolve_device("cpu"))), device="cpu").labels
     lab = sitk.GetArrayFromImage(labels)

@@ -1,4 +1,4 @@
-"""The orientation check's mirror scores (``LumbarSegLib.orientation``) for CTs as given and mirrored
+"""The orientation check's mirror scores (``LumbarSegLib.inference.orientation``) for CTs as given and mirrored
 head-to-feet, with the bundled model: the numbers its margin was chosen from.
 
     python3 tools/measure_mirror_scores.py CT [CT ...] [--phantoms abdomen:100011 lumbar:100013 ...]
@@ -21,8 +21,9 @@ import SimpleITK as sitk
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from LumbarSegLib import io, orientation, pipeline, preprocess  # noqa: E402
-from LumbarSegLib.models import load_model  # noqa: E402
+from LumbarSegLib.inference import orientation, pipeline, preprocess  # noqa: E402
+from LumbarSegLib.io import images  # noqa: E402
+from LumbarSegLib.inference.models import load_model  # noqa: E402
 
 
 def upside_down(image: sitk.Image) -> sitk.Image:
@@ -57,7 +58,7 @@ def main() -> None:
 
     device = torch.device("cpu")
     model = load_model().to(device)
-    cases = [(Path(p).name, lambda p=p: io.load_ct(p).image) for p in args.cts]
+    cases = [(Path(p).name, lambda p=p: images.load_ct(p).image) for p in args.cts]
     for spec in args.phantoms:
         fov, seed = spec.split(":")
 

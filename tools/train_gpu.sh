@@ -88,7 +88,7 @@ python3 -m LumbarSegLib.cli train "${TRAIN_ARGS[@]}" --minutes "$TRAIN_MIN" \
 python3 - "$WORK/lumbarseg_$CONFIG.pt" "$OUT/lumbarseg_$CONFIG" <<'EOF'
 import json, sys
 from pathlib import Path
-from LumbarSegLib.models import load_model, split_bundle
+from LumbarSegLib.inference.models import load_model, split_bundle
 
 bundle, stem = Path(sys.argv[1]), Path(sys.argv[2])
 parts = split_bundle(bundle, stem)

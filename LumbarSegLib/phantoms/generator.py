@@ -232,7 +232,7 @@ def generate_phantom(seed: int, shape=None, spacing=None, fov: str | None = None
 
     ``trabecular_hu`` (optional) gives every bone a known cancellous (trabecular) HU: the drawn value and its
     slow heterogeneity are replaced by it and the scanner's cupping is left out, so the CT's trabecular bone
-    reads that value plus zero-mean noise (the test phantom of :mod:`LumbarSegLib.trabecular`).
+    reads that value plus zero-mean noise (the test phantom of :mod:`LumbarSegLib.measures.trabecular`).
     """
     if shape is not None:
         shape = tuple(int(s) for s in shape)

@@ -1,6 +1,6 @@
 """Training of both networks (localizer + XUNet) on VerSe-layout data or generated phantoms.
 
-Data flow (one code path with inference: every network input is made by :mod:`LumbarSegLib.preprocess`)
+Data flow (one code path with inference: every network input is made by :mod:`LumbarSegLib.inference.preprocess`)
 
 * A case is a CT plus its VerSe vertebra mask (``*_ct.nii.gz`` + ``*_seg-vert*_msk.nii.gz``, flat or in
   VerSe's nested ``rawdata/`` + ``derivatives/`` layout). VerSe codes 20-24 become 1-5 (L1-L5); every
@@ -35,8 +35,8 @@ Modules (imports point down the list; the engine never imports this package):
 """
 
 from .augmentation import augment_intensity, augment_pair, random_grid
-from .data import (EVAL_SEED_START, TRAIN_FOV_PROBS, Case, find_cases, generate_phantoms, heatmap_target, phantom_spec,
-                   precompute_case, prepare_cache, split_cases)
+from .data import (EVAL_SEED_START, TRAIN_FOV_PROBS, Case, find_cases, generate_phantoms, heatmap_target,
+                   phantom_spec, precompute_case, prepare_cache, split_cases)
 from .losses import dice_ce_loss, localizer_loss
 from .loop import load_checkpoint, train_worker
 from .orchestration import assemble_bundle, cross_validate, train_models

@@ -16,18 +16,18 @@ import numpy as np
 import torch
 
 from ..errors import InputError
-from ..networks import CONFIGS
-from ..training_cases import HASHES_KEY, hash_cases
+from ..inference.networks import CONFIGS
+from ..results.training_cases import HASHES_KEY, hash_cases
 from . import evaluation, real_evaluation
-from .data import (EVAL_SEED_START, TRAIN_Z_SPACINGS, Case, cache_path, find_cases, generate_phantoms, phantom_spec,
-                   prepare_cache, real_case_views, split_cases)
+from .data import (EVAL_SEED_START, TRAIN_Z_SPACINGS, Case, cache_path, find_cases, generate_phantoms,
+                   phantom_spec, prepare_cache, real_case_views, split_cases)
 from .loop import _format_val
 from .orchestration import _git_commit, cross_validate, format_mean_sd_table, train_models
 
 
 def training_device(name: str) -> str:
     """'cpu' or 'cuda' for ``--device`` (an absent CUDA is an error; Apple MPS, untested for training, is not used)."""
-    from ..models import resolve_device
+    from ..inference.models import resolve_device
 
     return "cuda" if resolve_device(name).type == "cuda" else "cpu"
 
@@ -220,7 +220,7 @@ def run_train(args) -> int:
     ckpt_dir = Path(args.checkpoint_dir) if args.checkpoint_dir else out.parent
     if args.folds and args.folds > 1:
         cv = cross_validate(cases, cache_by_case, config, out, ckpt_dir, opts, metadata, args.folds, args.seed)
-        from ..metrics import write_json
+        from ..io.text_files import write_json
         cv_path = out.with_name(out.stem + ".cv.json")
         write_json(cv, cv_path)
         print(f"\n{args.folds}-fold cross-validation (full pipeline on held-out folds), mean ± sd:")
@@ -232,7 +232,7 @@ def run_train(args) -> int:
     metadata["training_data"]["train_cases"] = len(train)
     metadata["training_data"]["validation_cases"] = len(val)
     train_models(train, val, config, out, ckpt_dir, opts, metadata, resume=args.resume)
-    from ..models import load_model
+    from ..inference.models import load_model
     model = load_model(out)
     meta = model.metadata
     print(f"\nwrote {out} ({out.stat().st_size / 1e6:.1f} MB); training {meta.get('training_minutes')} min")

@@ -27,11 +27,11 @@ import numpy as np
 import SimpleITK as sitk
 import torch
 
-from .. import preprocess
+from ..inference import preprocess
 from ..constants import VERSE_CONTEXT_CODES
 from ..errors import InputError
-from ..io import to_internal_labels
-from ..networks import ModelConfig
+from ..io.label_maps import to_internal_labels
+from ..inference.networks import ModelConfig
 from . import real_views
 
 CACHE_VERSION = 2

@@ -29,7 +29,7 @@ import SimpleITK as sitk
 
 from ..constants import LABEL_NAMES
 from ..errors import InputError
-from ..io import to_internal_labels
+from ..io.label_maps import to_internal_labels
 from .data import EVAL_SEED_START
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -72,13 +72,14 @@ def _labels_array(image: sitk.Image) -> np.ndarray:
 
 
 def evaluate_case(ct: sitk.Image, ref: np.ndarray, model, device: str = "cpu") -> dict:
-    from .. import metrics, pipeline
+    from ..inference import pipeline
+    from ..measures import agreement
 
     t0 = time.perf_counter()
     res = pipeline.segment(ct, model=model, device=device)
     seconds = time.perf_counter() - t0
     pred = sitk.GetArrayFromImage(res.labels)
-    m = metrics.compare(pred, ref, ct.GetSpacing()[::-1])
+    m = agreement.compare(pred, ref, ct.GetSpacing()[::-1])
     return {"metrics": m, "identity": identity_analysis(pred, ref), "found": res.found,
             "truth": [LABEL_NAMES[k] for k in sorted(set(np.unique(ref).tolist()) & set(LABEL_NAMES))],
             "seconds": seconds, "timings": res.timings, "heatmap_peak": res.heatmap_peak,
@@ -156,7 +157,7 @@ def identity_counts(results) -> dict:
 
 def real_ct_checks(model, device: str = "cpu", data_dir: Path | None = None) -> dict:
     """Sanity checks on the few real CTs under ../shared/data (absent folders are skipped)."""
-    from .. import io
+    from ..io import images
 
     data_dir = Path(data_dir) if data_dir else SHARED_DATA
     out: dict = {}
@@ -170,7 +171,7 @@ def real_ct_checks(model, device: str = "cpu", data_dir: Path | None = None) -> 
         ct_path = cts[0]
         seg_path = next(iter(sorted(tpt.glob("*seg-vert*_msk.nii.gz"))), None)
         try:
-            ct = io.read_ct(ct_path)
+            ct = images.read_ct(ct_path)
             seg = sitk.ReadImage(str(seg_path))
             ref = _labels_array(seg)
             r = evaluate_case(ct, ref, model, device)
@@ -187,10 +188,10 @@ def real_ct_checks(model, device: str = "cpu", data_dir: Path | None = None) -> 
             out["tptbox_l3"] = {"error": str(exc)}
     dcm = data_dir / "ts_dicom"
     if dcm.is_dir():
-        from .. import pipeline
+        from ..inference import pipeline
 
         try:
-            ct = io.read_ct(dcm)
+            ct = images.read_ct(dcm)
             t0 = time.perf_counter()
             res = pipeline.segment(ct, model=model, device=device)
             out["ts_dicom"] = {
@@ -208,7 +209,7 @@ def evaluate_model(model_path=None, n: int = 20, seed: int = EVAL_SEED_START, fo
                    device: str = "cpu", real_ct: bool = True, log=print) -> dict:
     """Run the held-out phantom evaluation (and real-CT checks); returns the model card dictionary."""
     from .. import phantoms
-    from ..models import choose_model, files_sha256, load_model, resolve_device
+    from ..inference.models import choose_model, files_sha256, load_model, resolve_device
 
     if seed < EVAL_SEED_START:
         raise InputError(f"Evaluation phantom seeds must be >= {EVAL_SEED_START} (lower seeds are training seeds); "
@@ -465,8 +466,8 @@ def _loo_markdown(loo: dict) -> list[str]:
 
 def write_card(card: dict, json_path=None, md_path=None):
     """Write the card as JSON and Markdown, with names instead of the training machine's paths."""
-    from ..machine_paths import names_not_paths
-    from ..metrics import write_json
+    from ..results.machine_paths import names_not_paths
+    from ..io.text_files import write_json
 
     card = names_not_paths(card)
     if json_path:

@@ -18,9 +18,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .. import preprocess
+from ..inference import preprocess
 from ..constants import LABEL_NAMES
-from ..networks import ModelConfig, build_networks, load_compatible_state
+from ..inference.networks import ModelConfig, build_networks, load_compatible_state
 from .losses import _box_iou, dice_ce_loss, dice_per_label, localizer_loss
 from .samples import AugmentedSamples, EpochBatches, load_items, make_loader, sampling_weights
 

@@ -18,15 +18,15 @@ import torch
 
 from ..constants import LABEL_NAMES
 from ..errors import InputError, LumbarSegError
-from ..io import to_internal_labels
-from ..networks import ModelConfig, build_networks
+from ..io.label_maps import to_internal_labels
+from ..inference.networks import ModelConfig, build_networks
 from .data import Case, split_cases
 from .loop import checkpoint_paths, load_checkpoint, train_worker
 
 
 def assemble_bundle(out: Path, ckpts: dict[str, Path], config: ModelConfig, metadata: dict) -> Path | None:
     """Write the model bundle from the two latest checkpoints (None while one is missing)."""
-    from ..models import save_model
+    from ..inference.models import save_model
 
     if not all(p.is_file() for p in ckpts.values()):
         return None
@@ -174,13 +174,14 @@ def train_models(train_paths, val_paths, config: ModelConfig, out: Path, ckpt_di
 def cross_validate(case_list: list[Case], cache_by_case: dict, config: ModelConfig, out: Path, ckpt_dir: Path,
                    opts: dict, metadata: dict, folds: int, seed: int) -> dict:
     """K-fold cross-validation: train on K-1 folds, run the full pipeline on the held-out fold."""
-    from .. import metrics, pipeline
-    from ..models import load_model
+    from ..inference import pipeline
+    from ..measures import agreement
+    from ..inference.models import load_model
 
     rng = np.random.default_rng(seed)
     order = rng.permutation(len(case_list))
     fold_of = {case_list[i].case_id: f % folds for f, i in enumerate(order)}
-    per_vert: dict[str, dict[str, list]] = {n: {k: [] for k in metrics.METRIC_KEYS} for n in LABEL_NAMES.values()}
+    per_vert: dict[str, dict[str, list]] = {n: {k: [] for k in agreement.METRIC_KEYS} for n in LABEL_NAMES.values()}
     fold_results = []
     for f in range(folds):
         held = [c for c in case_list if fold_of[c.case_id] == f]
@@ -197,10 +198,10 @@ def cross_validate(case_list: list[Case], cache_by_case: dict, config: ModelConf
             ref_img = sitk.GetImageFromArray(to_internal_labels(sitk.GetArrayFromImage(seg), "verse"))
             ref_img.CopyInformation(seg)
             res = pipeline.segment(ct, model=model, device=opts.get("device", "auto"))
-            m = metrics.compare_images(res.labels, ref_img)
+            m = agreement.compare_images(res.labels, ref_img)
             fold_results.append({"fold": f + 1, "case": c.case_id, "metrics": m})
             for name, vals in m.items():
-                for k in metrics.METRIC_KEYS:
+                for k in agreement.METRIC_KEYS:
                     per_vert[name][k].append(vals[k])
     table = {}
     for name, d in per_vert.items():

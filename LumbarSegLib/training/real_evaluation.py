@@ -22,7 +22,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from ..errors import InputError
-from ..io import to_internal_labels
+from ..io.label_maps import to_internal_labels
 from . import real_views
 from .data import find_cases
 from .evaluation import evaluate_case, identity_counts
@@ -108,7 +108,7 @@ def leave_one_out(fold_models, real_dirs, device: str = "cpu", partial_views: in
                   reimaged: bool = True) -> dict:
     """Score every real case left out by one of ``fold_models`` (see the module docstring), also as the
     :data:`REIMAGINGS` (``reimaged``)."""
-    from ..models import load_model
+    from ..inference.models import load_model
 
     cases = {c.case_id: c for d in real_dirs for c in find_cases(d)}
     if not cases:
@@ -162,7 +162,7 @@ def leave_one_out(fold_models, real_dirs, device: str = "cpu", partial_views: in
 def training_fit(model_path, real_dirs, device: str = "cpu", log=print) -> dict:
     """The model's scores on the real cases it trained on (whole case, as stored): how well it fits what it
     has seen. Never an estimate of accuracy on new scans; kept apart from :func:`leave_one_out`."""
-    from ..models import choose_model, load_model, resolve_device
+    from ..inference.models import choose_model, load_model, resolve_device
 
     model = load_model(choose_model(model_path, resolve_device(device)), allow_untrained=False)
     trained = set(((model.metadata.get("training_data") or {}).get("real") or {}).get("cases") or [])

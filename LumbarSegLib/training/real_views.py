@@ -313,7 +313,7 @@ def load_source(ct_path: str, seg_path: str) -> tuple[sitk.Image, sitk.Image]:
 
     Cached: a worker process makes many views of the same case.
     """
-    from .. import preprocess
+    from ..inference import preprocess
 
     ct = preprocess.to_canonical(sitk.ReadImage(ct_path))
     seg = sitk.Resample(preprocess.to_canonical(sitk.ReadImage(seg_path)), ct, sitk.Transform(),

@@ -4,7 +4,7 @@ The web app runs in its own virtual environment (``.venv-web``, made by ``bash t
 trame-slicer 2.0.0 needs slicer-core 5.11 (its compiled ``slicer-layer-dm`` is built against it), while the
 rest of the project is pinned to slicer-core 5.13. Nothing outside this package imports trame.
 
-Modules, lowest first (imports point down: this package uses the engine and :mod:`LumbarSegLib.slicer`,
+Modules, lowest first (imports point down: this package uses the engine and :mod:`LumbarSegLib.scene`,
 never the other way round):
 
 - :mod:`.uploads` - what a browser may send: size limit, accepted file types, a server-chosen file name.

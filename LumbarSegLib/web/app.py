@@ -3,7 +3,7 @@
 Built like trame-slicer's own SegmentationApp (a ``SlicerApp``, remote-rendered views, its segment editor
 logic and UI), with LumbarSeg's flow beside it. Every handler here is a few lines that call
 :class:`.session.StudySession` and copy its answers into the trame state; the engine runs in its own
-process (:mod:`LumbarSegLib.engine_process`) and this event loop only polls it.
+process (:mod:`LumbarSegLib.study.engine_process`) and this event loop only polls it.
 
 One browser drives a server at a time. trame shares one state (and one scene) among every browser that
 connects, so a second browser would see and change the first one's study. The first page to connect owns
@@ -196,7 +196,7 @@ class LumbarSegWebApp:
         return False
 
     def _fail(self, exc: BaseException) -> None:
-        from ..slicer.run import friendly_error
+        from ..scene.run import friendly_error
 
         self.state.ls_error = friendly_error(exc)
 

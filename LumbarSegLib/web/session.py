@@ -1,11 +1,11 @@
 """Everything the web page's buttons do, on one MRML scene, without trame (tested headless).
 
 One :class:`StudySession` per server: the CT that is open, the segmentation shown, the run in progress.
-Opening reads and validates the CT with the command line's own code (:func:`LumbarSegLib.io.load_ct`);
-segmenting is the one subprocess runner through :mod:`LumbarSegLib.slicer.engine_job` (as in the Slicer
+Opening reads and validates the CT with the command line's own code (:func:`LumbarSegLib.io.images.load_ct`);
+segmenting is the one subprocess runner through :mod:`LumbarSegLib.scene.engine_job` (as in the Slicer
 module), so the server's event loop only polls; the result enters the scene through
-:func:`LumbarSegLib.slicer.run.apply_result`, which never overwrites an edited segmentation unless the user
-agreed. Exports are the Slicer module's own (:mod:`LumbarSegLib.slicer.export`) and :mod:`LumbarSegLib.dicom_seg`.
+:func:`LumbarSegLib.scene.run.apply_result`, which never overwrites an edited segmentation unless the user
+agreed. Exports are the Slicer module's own (:mod:`LumbarSegLib.scene.export`) and :mod:`LumbarSegLib.io.dicom_seg`.
 """
 
 from __future__ import annotations
@@ -18,10 +18,10 @@ from pathlib import Path
 
 from ..constants import LABEL_COLORS, LABEL_NAMES, RESEARCH_NOTICE
 from ..errors import Cancelled, InputError
-from ..slicer.metrics_table import compute_metrics
-from ..slicer.roi import find_crop_roi
-from ..slicer.segments import is_user_edited, segmentation_content_hash, segmentation_to_label_array
-from ..slicer.volumes import label_array_to_sitk, sitk_to_volume_node
+from ..scene.metrics_table import compute_metrics
+from ..scene.roi import find_crop_roi
+from ..scene.segments import is_user_edited, segmentation_content_hash, segmentation_to_label_array
+from ..scene.volumes import label_array_to_sitk, sitk_to_volume_node
 
 SAMPLE_CT = Path(__file__).resolve().parents[2] / "Resources" / "SampleData" / "LumbarSegSampleCT.nrrd"
 # Nodes a study puts into the scene; opening another CT removes them (after asking when edits would be lost).
@@ -64,7 +64,7 @@ class StudySession:
     def open_ct(self, path, label: str | None = None, *, discard_edits: bool = False):
         """Read and validate ``path`` (file or DICOM folder), replacing the open study. An edited
         segmentation is not thrown away unless ``discard_edits`` (the page asks first)."""
-        from .. import io
+        from ..io import images
 
         if self.running:
             raise InputError("A segmentation is running; cancel it before opening another CT.")
@@ -74,7 +74,7 @@ class StudySession:
         path = Path(path)
         label = label or path.name
         try:
-            loaded = io.load_ct(path)
+            loaded = images.load_ct(path)
         except InputError as exc:  # the server's own path of an upload is not the user's business
             raise InputError(str(exc).replace(str(path), f"'{label}'")) from None
         self.clear()
@@ -104,7 +104,7 @@ class StudySession:
             raise InputError("Open a CT first (the sample CT, a file from the server's folder, or an upload).")
         if self.running:
             raise InputError("A segmentation is already running.")
-        from ..slicer import engine_job
+        from ..scene import engine_job
 
         self.job = engine_job.start_job(self.scene, self.volume_node, segmentation_node=self.segmentation_node,
                                         device=self.device, model_path=self.model, overwrite_edited=replace_edited,
@@ -121,7 +121,7 @@ class StudySession:
     def cancel(self) -> None:
         """End the run; the scene was never touched by it."""
         if self.job is not None:
-            from ..slicer import engine_job
+            from ..scene import engine_job
 
             engine_job.cancel_job(self.job)
             self.job = None
@@ -132,7 +132,7 @@ class StudySession:
         job, self.job = self.job, None
         if job is None:
             raise Cancelled("No segmentation was running.")
-        from ..slicer import engine_job
+        from ..scene import engine_job
 
         report = job.process.result.report if job.process.result is not None else None
         _, outcome = engine_job.finish_job(self.scene, job)
@@ -174,7 +174,7 @@ class StudySession:
         return node
 
     def segment_id_of(self, vertebra: str) -> str | None:
-        from ..slicer.segments import segment_ids_by_vertebra, vertebra_label_from_name
+        from ..scene.segments import segment_ids_by_vertebra, vertebra_label_from_name
 
         if self.segmentation_node is None:
             return None
@@ -210,7 +210,7 @@ class StudySession:
         return f"{model.get('name', '?')} model ({model.get('sha256', '')[:12]}) on {self.report.get('device', '?')}{trained}"
 
     def warnings(self) -> list[str]:
-        from ..metrics import plausibility_warnings
+        from ..measures.measurements import plausibility_warnings
 
         rows = {r["name"]: {"volume_ml": r["volume_ml"], "height_mm": r["height_mm"]} for r in self.metrics_rows()}
         return plausibility_warnings(rows) if rows else []
@@ -225,7 +225,7 @@ class StudySession:
 
     def export_stl_zip(self) -> Path:
         """One closed STL surface per vertebra (LPS mm, like the command line's) in a zip."""
-        from ..slicer.export import export_stl
+        from ..scene.export import export_stl
 
         folder = self._export_dir()
         files = export_stl(self.segmentation_node, folder / "stl", lps=True)
@@ -238,14 +238,14 @@ class StudySession:
         return path
 
     def export_seg_nrrd(self) -> Path:
-        from ..slicer.export import export_labelmap
+        from ..scene.export import export_labelmap
 
         folder = self._export_dir()
         return export_labelmap(self.scene, self.segmentation_node, self.volume_node, folder / f"{self.stem()}.seg.nrrd")
 
     def export_dicom_seg(self) -> Path:
         """A DICOM SEG of the segmentation shown, referencing the opened DICOM series."""
-        from ..dicom_seg import write_dicom_seg
+        from ..io.dicom_seg import write_dicom_seg
 
         if self.ct is None or not self.ct.is_dicom:
             raise InputError("A DICOM SEG needs a DICOM series as the CT (it references its instances); this CT "

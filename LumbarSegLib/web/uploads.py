@@ -4,7 +4,7 @@ The uploaded file's own name is used for two things only: its ending (which read
 list the command line accepts) and the label shown on the page. It never becomes a path: a name such as
 ``../../etc/passwd.nrrd`` or ``CT\\x00.nii`` is saved as ``upload-<n>.nrrd`` / ``upload-<n>.nii`` in the
 server's own upload folder. Reading and validating the saved file is the command line's own code
-(:func:`LumbarSegLib.io.load_ct`, called by :mod:`.session`).
+(:func:`LumbarSegLib.io.images.load_ct`, called by :mod:`.session`).
 """
 
 from __future__ import annotations

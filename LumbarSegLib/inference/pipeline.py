@@ -1,0 +1,394 @@
+"""The two-stage inference pipeline: localize the lumbar spine, crop, segment L1-L5, post-process.
+
+Every result is written back on the input's own grid. ``segment`` takes a SimpleITK image (already
+read and validated by :mod:`LumbarSegLib.io`) so the CLI, the tests and the Slicer module share it.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import SimpleITK as sitk
+import torch
+from scipy import ndimage
+
+from . import morphology, orientation, preprocess
+from ..constants import LABEL_NAMES, NUM_CLASSES
+from ..errors import Cancelled, InputError, ModelError
+from .models import LumbarSegModel, load_model, resolve_device
+
+# Below this heatmap peak the localizer saw no lumbar spine (a trained localizer peaks near 1 on one).
+MIN_HEATMAP_PEAK = 0.35
+# The sizes of vertebrae reported. A whole adult lumbar vertebra is 25-90 mL (about 1-2 mL per mm of its
+# height). At least one piece must reach MIN_VERTEBRA_ML - the last 5-7 mm of an adult vertebra at the edge
+# of the field of view - before anything is reported: the real thoracic series in ../shared (T11/T12, no
+# lumbar vertebra) drew lumbar pieces of 0.1-4 mL from the networks trained with real CT. The other pieces
+# are measured against the vertebrae found, so a child's spine (half the size: an eighth of the volume) keeps
+# its vertebrae: each must reach RELATIVE_MIN_VERTEBRA of the median of those that reach MIN_VERTEBRA_ML,
+# never less than MIN_SLIVER_ML and never more than MIN_VERTEBRA_ML (an adult's rule stays 8 mL).
+MIN_VERTEBRA_ML = 8.0
+RELATIVE_MIN_VERTEBRA = 0.25
+MIN_SLIVER_ML = 1.0
+# Vertebrae are solid: the network's uncertain voxels inside cancellous bone leave pits and holes in a
+# vertebra that a closing of this radius and a 3D hole fill close (into background voxels only), on a
+# grid bounded in size whatever the spacing (:mod:`morphology`).
+CLOSING_MM = 2.0
+
+
+@dataclass
+class SegmentationResult:
+    labels: sitk.Image  # uint8 on the input's grid: 0 background, 1..5 = L1..L5
+    found: list[str]
+    box_index: tuple | None  # (lo, hi) voxel indices (x, y, z) in the canonical LPS image, hi exclusive
+    box_lps: tuple | None  # (min_xyz, max_xyz) physical LPS bounds of the crop box, mm
+    heatmap_peak: float
+    timings: dict[str, float] = field(default_factory=dict)
+    messages: list[str] = field(default_factory=list)
+    trained: bool = True
+    device: str = ""  # where the networks actually ran ("cpu" after a GPU out-of-memory fallback)
+
+
+class _Stages:
+    """Times stages, reports progress and honours cancellation between (and inside) stages."""
+
+    def __init__(self, progress, cancel):
+        self.progress, self.cancel, self.timings = progress, cancel, {}
+        self._name, self._t0 = None, 0.0
+
+    def check(self):
+        if self.cancel is not None and self.cancel():
+            raise Cancelled("Segmentation cancelled by the user.")
+
+    def start(self, name: str):
+        self.finish()
+        self.check()
+        self._name, self._t0 = name, time.perf_counter()
+        if self.progress:
+            self.progress(name, 0.0)
+
+    def finish(self):
+        if self._name is not None:
+            self.timings[self._name] = time.perf_counter() - self._t0
+            if self.progress:
+                self.progress(self._name, 1.0)
+            self._name = None
+
+
+def index_box_to_lps(image: sitk.Image, lo, hi) -> tuple[tuple, tuple]:
+    """Axis-aligned LPS bounds (mm) of the voxel box [lo, hi), measured at the voxels' outer faces."""
+    lo, hi = np.asarray(lo, float) - 0.5, np.asarray(hi, float) - 0.5
+    corners = [image.TransformContinuousIndexToPhysicalPoint([(lo, hi)[bx][0], (lo, hi)[by][1], (lo, hi)[bz][2]])
+               for bx in (0, 1) for by in (0, 1) for bz in (0, 1)]
+    corners = np.asarray(corners)
+    return tuple(corners.min(axis=0).tolist()), tuple(corners.max(axis=0).tolist())
+
+
+def lps_box_to_index(image: sitk.Image, box_lps) -> tuple[np.ndarray, np.ndarray]:
+    """Voxel box [lo, hi) of ``image`` covering LPS bounds (min_xyz, max_xyz), clipped to the image."""
+    mn, mx = (np.asarray(v, float) for v in box_lps)
+    if mn.shape != (3,) or mx.shape != (3,) or not np.all(np.isfinite([mn, mx])) or np.any(mx <= mn):
+        raise InputError(f"Crop box {box_lps} is not a valid (min_xyz, max_xyz) box in mm.")
+    corners = [image.TransformPhysicalPointToContinuousIndex([(mn, mx)[bx][0], (mn, mx)[by][1], (mn, mx)[bz][2]])
+               for bx in (0, 1) for by in (0, 1) for bz in (0, 1)]
+    corners = np.asarray(corners)
+    size = np.asarray(image.GetSize())
+    lo = np.clip(np.floor(corners.min(axis=0) + 0.5), 0, size).astype(int)
+    hi = np.clip(np.ceil(corners.max(axis=0) + 0.5), 0, size).astype(int)
+    if np.any(hi - lo < 2):
+        raise InputError(f"Crop box {box_lps} lies outside the image or is thinner than 2 voxels.")
+    return lo, hi
+
+
+def check_finite_output(output: torch.Tensor, network: str) -> None:
+    """A network output holding NaN or infinity is a broken model (NaN weights, an overflow), never an empty
+    result: every comparison with NaN is false, so its heatmap would read as "no lumbar spine found"."""
+    if not bool(torch.isfinite(output).all()):
+        bad = int((~torch.isfinite(output)).sum())
+        raise ModelError(f"The {network} network produced {bad} of {output.numel()} output values that are not "
+                         f"numbers (NaN or infinite): the model's weights are corrupt or numerically unstable, so "
+                         f"no result can be trusted. Use another model file (or the bundled one).")
+
+
+def run_localizer(canonical: sitk.Image, model: LumbarSegModel, device: torch.device) -> np.ndarray:
+    x = preprocess.localizer_input(canonical, model.config)
+    with torch.inference_mode():
+        heat = model.localizer(torch.from_numpy(x)[None, None].to(device))
+        check_finite_output(heat, "localizer")
+    return heat[0, 0].float().cpu().numpy()
+
+
+def xunet_probabilities(canonical: sitk.Image, lo, hi, model: LumbarSegModel, device: torch.device,
+                        mirror_z: bool = False) -> torch.Tensor:
+    """XUNet class probabilities (C, z, y, x) on its own grid for the box [lo, hi); ``mirror_z`` feeds the
+    box mirrored head-to-feet and mirrors the output back (for :mod:`orientation`'s check)."""
+    x = preprocess.crop_input(canonical, lo, hi, model.config)
+    if mirror_z:
+        x = np.ascontiguousarray(x[::-1])
+    with torch.inference_mode():
+        logits = model.xunet(torch.from_numpy(x)[None, None].to(device))
+        check_finite_output(logits, "XUNet")
+        probs = torch.softmax(logits, dim=1)[0].float().cpu()
+    return probs.flip(1) if mirror_z else probs
+
+
+def check_head_feet(canonical: sitk.Image, lo, hi, model: LumbarSegModel, device: torch.device,
+                    probs: torch.Tensor, box_labels: np.ndarray) -> None:
+    """Refuse (:class:`orientation.OrientationError`) a CT whose anatomy says head and feet are swapped
+    against its header: context classes on the wrong side, L1-L5 in reversed order, or a crop that the
+    XUNet recognises better mirrored head-to-feet (one more XUNet pass, only when vertebrae were found)."""
+    min_voxels = max(1, int(MIN_VERTEBRA_ML / (float(np.prod(canonical.GetSpacing())) / 1000.0)))
+    reasons = [orientation.context_contradiction(box_labels, model.config.context_classes, min_voxels),
+               orientation.order_contradiction(box_labels, min_voxels)]
+    as_given = orientation.view_score(probs)
+    if as_given.vertebra_voxels:
+        mirrored = orientation.view_score(xunet_probabilities(canonical, lo, hi, model, device, mirror_z=True))
+        reasons.append(orientation.mirror_contradiction(as_given, mirrored))
+    orientation.refuse_if_upside_down(reasons)
+
+
+def vertebra_minimum_ml(volumes_ml) -> float | None:
+    """The smallest piece (mL) to report among pieces of ``volumes_ml``; None when none reaches
+    MIN_VERTEBRA_ML, so nothing is reported (see the constants above)."""
+    whole = [v for v in volumes_ml if v >= MIN_VERTEBRA_ML]
+    if not whole:
+        return None
+    return min(MIN_VERTEBRA_ML, max(MIN_SLIVER_ML, RELATIVE_MIN_VERTEBRA * float(np.median(whole))))
+
+
+def _dropped_message(dropped: dict, minimum: float | None) -> str:
+    pieces = ", ".join(f"{LABEL_NAMES[lab]} ({ml:.1f} mL)" for lab, ml in sorted(dropped.items()))
+    if minimum is None:
+        why = (f"no piece reached {MIN_VERTEBRA_ML:g} mL, the least of a real lumbar vertebra at the edge of the "
+               f"field of view (a whole one is 25-90 mL in an adult)")
+    else:
+        why = (f"each is under {minimum:.1f} mL, the minimum here ({RELATIVE_MIN_VERTEBRA:g} of the median vertebra "
+               f"found, at least {MIN_SLIVER_ML:g} mL, at most {MIN_VERTEBRA_ML:g} mL)")
+    return f"Pieces labelled {pieces} were not reported: {why}."
+
+
+def clean_labels(labels: np.ndarray, spacing_xyz, messages: list[str], context_classes=(), check=None,
+                 dropped: dict | None = None) -> np.ndarray:
+    """Keep each vertebra's largest connected piece; drop islands and slivers; name the vertebrae in order.
+
+    ``labels`` is (z, y, x) in LPS orientation (a larger z index is more superior) with 0 background,
+    1..5 L1..L5 and, after them, the model's ``context_classes`` (networks.CONTEXT_CLASSES), which are
+    used to anchor the names (:func:`anchor_names`) and then folded into background. Pieces too small to
+    report (:func:`vertebra_minimum_ml`) are named in ``messages`` and in ``dropped`` (label -> mL).
+    ``check()`` is called before each vertebra's morphology (the pipeline's cancellation check).
+    """
+    voxel_ml = float(np.prod(spacing_xyz)) / 1000.0
+    spacing_zyx = np.asarray(spacing_xyz, float)[::-1]
+    out = np.zeros_like(labels)
+    extents = {}  # label -> (lowest z, centroid z, highest z) of its kept piece
+    pieces = {}  # label -> (region, largest piece in it)
+    for label, region in enumerate(ndimage.find_objects(labels, max_label=NUM_CLASSES - 1), start=1):
+        if region is not None:
+            pieces[label] = (region, preprocess.largest_component(labels[region] == label))
+    volumes = {label: float(mask.sum()) * voxel_ml for label, (_, mask) in pieces.items()}
+    minimum = vertebra_minimum_ml(volumes.values())
+    too_small = {lab: v for lab, v in volumes.items() if minimum is None or v < minimum}
+    if too_small:
+        messages.append(_dropped_message(too_small, minimum))
+        if dropped is not None:
+            dropped.update(too_small)
+    # a piece is kept from this many voxels on (the context classes' anchors use the same count)
+    min_voxels = max(1, int(math.ceil((minimum if minimum is not None else MIN_VERTEBRA_ML) / voxel_ml)))
+    margin = np.ceil(CLOSING_MM / spacing_zyx).astype(int)  # room for the closing around each vertebra
+    for label, (region, mask) in pieces.items():
+        if label in too_small:
+            continue
+        if check is not None:
+            check()
+        out[region][mask] = label
+        _close_and_fill(out, labels, label, region, margin, spacing_zyx, check)
+        zs = np.flatnonzero(mask.any(axis=(1, 2))) + region[0].start
+        extents[label] = (zs[0], ndimage.center_of_mass(mask)[0] + region[0].start, zs[-1])
+    # Anatomical order: L1 must be the most superior. If the network swapped identities, keep its set of
+    # labels but hand them out again from superior to inferior.
+    by_height = sorted(extents, key=lambda lab: -extents[lab][1])
+    remap = np.arange(NUM_CLASSES, dtype=np.uint8)
+    if by_height != sorted(extents):
+        messages.append("Vertebra identities were out of anatomical order (" +
+                        ", ".join(LABEL_NAMES[lab] for lab in by_height) + " from superior to inferior); "
+                        "they were renumbered from superior to inferior. Check the labels.")
+        for new, old in zip(sorted(extents), by_height):
+            remap[old] = new
+        extents = {int(remap[old]): ext for old, ext in extents.items()}
+    shift = anchor_names(labels, extents, spacing_xyz, context_classes, min_voxels, messages)
+    if shift:
+        remap = np.where(remap > 0, remap.astype(int) + shift, 0).astype(np.uint8)
+    return remap[out]
+
+
+def _close_and_fill(out: np.ndarray, labels: np.ndarray, label: int, region, margin, spacing_zyx,
+                    check=None) -> None:
+    """Close ``label``'s kept piece in ``out`` (about CLOSING_MM, on a bounded grid: :mod:`morphology`) and
+    fill its enclosed holes, in place, taking only voxels the network called background."""
+    box = tuple(slice(max(r.start - k, 0), min(r.stop + k, n)) for r, k, n in zip(region, margin, labels.shape))
+    solid = morphology.close_and_fill(out[box] == label, spacing_zyx, CLOSING_MM, check)
+    out[box][solid & (labels[box] == 0) & (out[box] == 0)] = label
+
+
+# A context vertebra (thoracic above, sacrum/L6 below) this close to the end of the lumbar column counts as
+# its neighbour: intervertebral discs are 5-15 mm high, the predicted surfaces a few mm off.
+ANCHOR_GAP_MM = 20.0
+
+
+def anchor_names(labels: np.ndarray, extents: dict, spacing_xyz, context_classes, min_voxels: int,
+                 messages: list[str]) -> int:
+    """The shift of the lumbar names that the neighbouring context vertebrae call for (0: none).
+
+    The network names each vertebra from its looks and its place in the crop; on a partial scan the place
+    misleads. Its context classes see the neighbours by their own features: a thoracic vertebra (ribs) right
+    above the top lumbar vertebra makes that vertebra L1; a sacrum (or L6) right below the lowest makes it
+    L5. When both anchors are seen they must agree, and a shift must keep every name within L1..L5;
+    otherwise the names stay as predicted and a message says why.
+    """
+    if not extents or not context_classes:
+        return 0
+    sz = float(spacing_xyz[2])
+    first, last = min(extents), max(extents)  # in anatomical order: the most superior and most inferior
+    wanted = {}
+    for k, name in enumerate(context_classes, start=NUM_CLASSES):
+        mask = labels == k
+        if mask.sum() < min_voxels:
+            continue
+        zs = np.flatnonzero(mask.any(axis=(1, 2)))
+        if name == "thoracic":
+            # thoracic voxels above the top lumbar vertebra's centroid, ending near its upper edge
+            above = zs[zs > extents[first][1]]
+            if above.size and (above[0] - extents[first][2]) * sz <= ANCHOR_GAP_MM:
+                wanted[name] = 1 - first
+        elif name == "caudal":
+            below = zs[zs < extents[last][1]]
+            if below.size and (extents[last][0] - below[-1]) * sz <= ANCHOR_GAP_MM:
+                wanted[name] = 5 - last
+    shifts = {v for v in wanted.values() if v}
+    if not shifts:
+        return 0
+    names = ", ".join(LABEL_NAMES[lab] for lab in sorted(extents))
+    if len(set(wanted.values())) > 1:
+        messages.append(f"The vertebra names ({names}) disagree with both neighbours (a thoracic vertebra above "
+                        "and the sacrum below call for different names); they were kept. Check the labels.")
+        return 0
+    shift = shifts.pop()
+    if first + shift < 1 or last + shift > 5:
+        messages.append(f"The vertebra names ({names}) disagree with the {' and '.join(wanted)} neighbour(s), "
+                        "but renaming would leave L1-L5; they were kept. Check the labels.")
+        return 0
+    new = ", ".join(LABEL_NAMES[lab + shift] for lab in sorted(extents))
+    neighbour = " and ".join({"thoracic": "the thoracic vertebra above", "caudal": "the sacrum below"}[n]
+                             for n in wanted)
+    messages.append(f"Vertebrae renamed {names} -> {new} to follow {neighbour}. Check the labels.")
+    return shift
+
+
+def segment(image: sitk.Image, model: LumbarSegModel | None = None, device: str = "auto", box_lps=None,
+            progress=None, cancel=None) -> SegmentationResult:
+    """Segment L1-L5 in a CT (HU). ``box_lps`` = (min_xyz, max_xyz) in LPS mm skips the localizer.
+
+    ``progress(stage, fraction)`` is called as stages start and end; ``cancel()`` returning True stops
+    the run with :class:`Cancelled` at the next check. When the GPU runs out of memory the whole run is
+    repeated on the CPU and the result's first message says so (``result.device`` is then "cpu").
+    """
+    stages = _Stages(progress, cancel)
+    stages.start("load")
+    if image.GetPixelID() in (sitk.sitkFloat32, sitk.sitkFloat64) and \
+            not np.isfinite(sitk.GetArrayViewFromImage(image)).all():
+        # NaN makes every network output NaN and the run would end in a confident "no lumbar spine".
+        raise InputError("The image holds NaN or infinite voxels; prepare it with io.prepare_ct (which sets "
+                         "them to air and says so) before segmenting.")
+    torch_device = resolve_device(device)
+    model = model or load_model()
+    try:
+        return _segment_on(image, _model_on(model, torch_device), torch_device, box_lps, stages)
+    except torch.cuda.OutOfMemoryError as exc:
+        if torch_device.type == "cpu":
+            raise
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else "out of memory"
+        del exc  # drop the traceback's references to the GPU tensors before freeing the cache
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+        stages.start("load")
+        cpu = torch.device("cpu")
+        result = _segment_on(image, _model_on(model, cpu), cpu, box_lps, stages)
+        result.messages.insert(0, f"The GPU ({torch_device}) ran out of memory ({reason}); the segmentation was "
+                                  "run again on the CPU, which is slower but gives the same result.")
+        return result
+
+
+def _model_on(model: LumbarSegModel, device: torch.device) -> LumbarSegModel:
+    """``model`` on ``device``. A CPU model is copied to another device, not moved, so that it is still
+    there (with its weights) for a CPU rerun after an out-of-memory error and for the next caller."""
+    current = next(model.localizer.parameters()).device
+    if current.type == "cpu" and device.type != "cpu":
+        return copy.deepcopy(model).to(device)
+    return model.to(device)  # also puts the networks in eval mode
+
+
+def _segment_on(image: sitk.Image, model: LumbarSegModel, torch_device: torch.device, box_lps,
+                stages: _Stages) -> SegmentationResult:
+    messages: list[str] = []
+    if not model.trained:
+        messages.append("WARNING: running with randomly initialised weights (no trained model found); "
+                        "the segmentation is meaningless.")
+    canonical = preprocess.to_canonical(image)
+    size = np.asarray(canonical.GetSize())
+
+    peak = float("nan")
+    if box_lps is None:
+        stages.start("localize")
+        heatmap = run_localizer(canonical, model, torch_device)
+        peak = float(heatmap.max())
+        box = preprocess.heatmap_box(heatmap, size) if peak >= MIN_HEATMAP_PEAK else None
+    else:
+        box = lps_box_to_index(canonical, box_lps)
+        messages.append("Used the given crop box; the localizer was skipped.")
+
+    labels_canonical = np.zeros(canonical.GetSize()[::-1], dtype=np.uint8)
+    dropped: dict = {}  # pieces too small to report (clean_labels says so in the messages)
+    if box is not None:
+        lo, hi = box
+        stages.start("segment")
+        probs = xunet_probabilities(canonical, lo, hi, model, torch_device)
+        with torch.inference_mode():
+            box_labels = preprocess.probabilities_to_labels(probs, np.asarray(hi) - np.asarray(lo))
+        if model.trained:  # random weights say nothing about anatomy (and are announced as meaningless)
+            check_head_feet(canonical, lo, hi, model, torch_device, probs, box_labels)
+        stages.start("postprocess")
+        box_labels = clean_labels(box_labels, canonical.GetSpacing(), messages, model.config.context_classes,
+                                  check=stages.check, dropped=dropped)
+        labels_canonical[lo[2]:hi[2], lo[1]:hi[1], lo[0]:hi[0]] = box_labels
+    else:
+        stages.start("postprocess")
+
+    found = [LABEL_NAMES[lab] for lab in sorted(set(np.unique(labels_canonical).tolist()) - {0})]
+    if not found:
+        messages.append("No lumbar spine found in this image: no L1-L5 vertebra was detected "
+                        "(e.g. a thoracic-only or non-spine field of view).")
+    elif len(found) < 5:
+        missing = [n for n in LABEL_NAMES.values() if n not in found]
+        small = [LABEL_NAMES[lab] for lab in sorted(dropped) if LABEL_NAMES[lab] in missing]
+        if small:  # pieces dropped as too small are named as such: a small spine is not a partial view
+            messages.append(f"Found {', '.join(found)}; not found: {', '.join(missing)} ({', '.join(small)} only "
+                            f"as pieces too small to report, see above).")
+        else:
+            messages.append(f"Partial field of view: found {', '.join(found)}; not found: {', '.join(missing)}.")
+
+    out = sitk.GetImageFromArray(labels_canonical)
+    out.CopyInformation(canonical)
+    if out.GetDirection() != image.GetDirection() or out.GetSize() != image.GetSize():
+        # A pure axis permutation/flip: nearest-neighbour resampling onto the input grid is exact.
+        out = sitk.Resample(out, image, sitk.Transform(), sitk.sitkNearestNeighbor, 0, sitk.sitkUInt8)
+    stages.finish()
+
+    box_index = box_lps_out = None
+    if box is not None:
+        box_index = (tuple(int(v) for v in box[0]), tuple(int(v) for v in box[1]))
+        box_lps_out = index_box_to_lps(canonical, *box)
+    return SegmentationResult(out, found, box_index, box_lps_out, peak, stages.timings, messages, model.trained,
+                              str(torch_device))
