@@ -1,0 +1,117 @@
+"""Stage 3 at inference: each vertebra segmented on its own crop, the crops merged into one label map.
+
+It takes a list of (centre, label) from whatever found the vertebrae (today the XUNet's kept pieces; the
+counting stage once it lands), so it does not care how they were found or named. Each crop is the CT
+resampled onto a fixed 1.25 mm grid around the centre, axis-aligned in LPS, with the heatmap at its middle;
+all crops of a scan go through the network in batches. Merging: every voxel of the CT's own grid goes to
+the vertebra whose crop gives it the highest probability, if that is at least 0.5, so no voxel has two
+names. What is beyond the scan's field of view reads as air, as in training.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import SimpleITK as sitk
+import torch
+
+from .vertebra_net import VertebraNetConfig, VertebraUNet, build, network_input
+
+OUTSIDE_HU = -1000.0
+THRESHOLD = 0.5
+BATCH = 4
+
+
+@dataclass
+class VertebraSeed:
+    centre_mm: np.ndarray  # LPS
+    label: int  # the value the vertebra gets in the output label map (1-255)
+
+
+def crop_grid(centre_mm, config: VertebraNetConfig) -> sitk.Image:
+    """An empty LPS-aligned reference image of the stage-3 crop, centred on ``centre_mm``."""
+    size_xyz = [int(n) for n in config.crop_zyx[::-1]]
+    ref = sitk.Image(size_xyz, sitk.sitkUInt8)
+    ref.SetSpacing([config.spacing_mm] * 3)
+    ref.SetOrigin((np.asarray(centre_mm, float) - (np.asarray(size_xyz) - 1) / 2 * config.spacing_mm).tolist())
+    return ref
+
+
+def crop_ct(ct: sitk.Image, centre_mm, config: VertebraNetConfig) -> tuple[np.ndarray, sitk.Image]:
+    """The CT (HU) on the crop grid around ``centre_mm``, and that grid."""
+    ref = crop_grid(centre_mm, config)
+    img = sitk.Resample(ct, ref, sitk.Transform(), sitk.sitkLinear, OUTSIDE_HU, sitk.sitkFloat32)
+    return sitk.GetArrayFromImage(img), ref
+
+
+@torch.inference_mode()
+def vertebra_probabilities(ct: sitk.Image, seeds: list[VertebraSeed], net: VertebraUNet,
+                           cancel=None) -> list[tuple[np.ndarray, sitk.Image]]:
+    """Per seed: (probability (z, y, x) float32 on its crop grid, the crop grid)."""
+    config = net.config
+    crops = [crop_ct(ct, s.centre_mm, config) for s in seeds]
+    middle = torch.tensor([(n - 1) / 2 for n in config.crop_zyx], dtype=torch.float32)
+    out = []
+    net.eval()
+    for i in range(0, len(crops), BATCH):
+        if cancel is not None:
+            cancel()
+        part = crops[i:i + BATCH]
+        hu = torch.from_numpy(np.stack([c[0] for c in part]))
+        x = network_input(hu, middle.expand(len(part), 3), config)
+        prob = torch.sigmoid(net(x))[:, 0].contiguous().numpy()
+        out += [(prob[k], part[k][1]) for k in range(len(part))]
+    return out
+
+
+def merge(ct: sitk.Image, seeds: list[VertebraSeed], probabilities) -> np.ndarray:
+    """One label map (z, y, x) uint8 on the CT's grid: each voxel to its most probable vertebra (>= 0.5)."""
+    size = np.asarray(ct.GetSize())
+    labels = np.zeros(size[::-1], np.uint8)
+    best = np.zeros(size[::-1], np.uint8)  # probability x 255 of the label kept so far
+    for seed, (prob, ref) in zip(seeds, probabilities):
+        box = _index_box(ct, ref)
+        if box is None:
+            continue
+        lo, hi = box
+        sub = sitk.Image([int(v) for v in hi - lo], sitk.sitkFloat32)
+        sub.SetSpacing(ct.GetSpacing())
+        sub.SetDirection(ct.GetDirection())
+        sub.SetOrigin(ct.TransformIndexToPhysicalPoint([int(v) for v in lo]))
+        p_img = sitk.GetImageFromArray(prob.astype(np.float32))
+        p_img.CopyInformation(ref)
+        p = sitk.GetArrayFromImage(sitk.Resample(p_img, sub, sitk.Transform(), sitk.sitkLinear, 0.0))
+        q = np.round(p * 255).astype(np.uint8)
+        sl = tuple(slice(int(a), int(b)) for a, b in zip(lo[::-1], hi[::-1]))
+        win = (q >= round(THRESHOLD * 255)) & (q > best[sl])
+        labels[sl][win] = seed.label
+        best[sl][win] = q[win]
+    return labels
+
+
+def _index_box(ct: sitk.Image, ref: sitk.Image):
+    """The CT's voxel index box [lo, hi) (x, y, z) that holds the crop ``ref``, or None outside the CT."""
+    n = np.asarray(ref.GetSize())
+    corners = [ref.TransformContinuousIndexToPhysicalPoint([(-0.5, s - 0.5)[b] for s, b in zip(n, bits)])
+               for bits in np.ndindex(2, 2, 2)]
+    idx = np.array([ct.TransformPhysicalPointToContinuousIndex(c) for c in corners])
+    lo = np.maximum(np.floor(idx.min(0)).astype(int), 0)
+    hi = np.minimum(np.ceil(idx.max(0)).astype(int) + 1, np.asarray(ct.GetSize()))
+    if np.any(hi <= lo):
+        return None
+    return lo, hi
+
+
+def segment_vertebrae(ct: sitk.Image, seeds: list[VertebraSeed], net: VertebraUNet, cancel=None) -> np.ndarray:
+    """Stage 3 on a CT: the merged label map (z, y, x) of the seeds' vertebrae on the CT's own grid."""
+    if not seeds:
+        return np.zeros(ct.GetSize()[::-1], np.uint8)
+    return merge(ct, seeds, vertebra_probabilities(ct, seeds, net, cancel))
+
+
+def load_weights(state: dict) -> VertebraUNet:
+    """A network from a saved state (``config`` + ``weights``; fp16 weights are widened to float32)."""
+    net = build(VertebraNetConfig.from_dict(state["config"]))
+    net.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in state["weights"].items()})
+    return net.eval()

@@ -1,0 +1,117 @@
+"""The gate of stage 3: held-out vertebrae segmented with their true centres, as stored and re-imaged.
+
+Each fold's network is scored only on the subjects it held out (its checkpoint records them), so no number
+here comes from a case it trained on; ``--fit`` scores a network on the cases it trained on, reported apart.
+Every labelled vertebra of at least 5 mL counts (thoracic ones included): per vertebra DSC, ASD and HD95 on
+the case as stored and on its re-imagings as 5 mm axial (body-wide), 3 mm sagittal and 3 mm coronal
+(:func:`real_evaluation.reimagings`, the same fixed views as the whole pipeline's leave-one-out report).
+
+    python -m LumbarSegLib.training.vertebra_eval --state STATE --phases fold-A fold-B fold-C \
+        --real DIR... [--json out.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk
+
+from ..inference.vertebra_stage import VertebraSeed, load_weights, segment_vertebrae
+from ..measures.agreement import compare_masks
+from .vertebra_samples import MIN_INSTANCE_ML, subject_of, vertebra_centres
+
+REIMAGING_SEED = 20261205
+TARGETS = {"as stored": 0.90, "re-imaged": 0.85, "fit": 0.93}
+
+
+def score_case(ct: sitk.Image, seg: sitk.Image, net) -> dict:
+    """Per VerSe code: DSC/ASD/HD95 of stage 3 given the true centres of ``seg``'s vertebrae."""
+    arr = sitk.GetArrayViewFromImage(seg)
+    voxel_ml = float(np.prod(seg.GetSpacing())) / 1000.0
+    centres = {c: p for c, p in vertebra_centres(seg).items() if np.count_nonzero(arr == c) * voxel_ml >= MIN_INSTANCE_ML}
+    seeds = [VertebraSeed(p, c) for c, p in centres.items()]
+    pred = segment_vertebrae(ct, seeds, net)
+    spacing = seg.GetSpacing()[::-1]
+    out = {}
+    for c in centres:
+        m = compare_masks(pred == c, arr == c, spacing)
+        out[int(c)] = {k: (round(float(m[k]), 4) if np.isfinite(m[k]) else None) for k in ("DSC", "ASD", "HD95")}
+    return out
+
+
+def acquisitions(ct: sitk.Image, seg: sitk.Image) -> dict:
+    from .real_evaluation import reimagings
+
+    views = {"as stored": (ct, seg)}
+    for name, (v, lab, _info) in reimagings(ct, seg, np.random.default_rng(REIMAGING_SEED)).items():
+        views[name] = (v, lab)
+    return views
+
+
+def evaluate(state_dir, phases, real_dirs, fit: bool = False, reimage: bool = True, log=print) -> list[dict]:
+    """Rows (phase, case, acquisition, per-vertebra scores) for each phase's held-out (or, ``fit``, trained) cases."""
+    import torch
+
+    from . import real_views
+    from .data import find_cases
+
+    cases = [c for d in real_dirs if Path(d).is_dir() for c in find_cases(d)]
+    rows = []
+    for phase in phases:
+        state = torch.load(Path(state_dir) / f"{phase}.pt", map_location="cpu", weights_only=True)
+        held = {subject_of(s) for s in state["leave_out"]}
+        net = load_weights(state)
+        for case in cases:
+            held_out = subject_of(case.case_id) in held
+            if held_out == fit:
+                continue
+            ct, seg = real_views.load_source(str(case.ct), str(case.seg))
+            views = acquisitions(ct, seg) if reimage else {"as stored": (ct, seg)}
+            for name, (v_ct, v_seg) in views.items():
+                t = time.time()
+                scores = score_case(v_ct, v_seg, net)
+                row = {"phase": phase, "step": state["step"], "case": case.case_id, "acquisition": name,
+                       "held_out": held_out, "vertebrae": scores, "seconds": round(time.time() - t, 1),
+                       "mean_dsc": round(float(np.mean([s["DSC"] for s in scores.values()])), 4) if scores else None}
+                rows.append(row)
+                log(f"{phase} {case.case_id:>22s} {name:>16s}: DSC {row['mean_dsc']}  "
+                    + " ".join(f"{c}:{s['DSC']:.2f}" for c, s in scores.items()))
+    return rows
+
+
+def summarize(rows: list[dict]) -> dict:
+    """Mean vertebra DSC / ASD / HD95 per acquisition, and whether the gate's targets are met."""
+    out = {}
+    for name in sorted({r["acquisition"] for r in rows}):
+        vs = [s for r in rows if r["acquisition"] == name for s in r["vertebrae"].values()]
+        out[name] = {k: round(float(np.mean([s[k] for s in vs if s[k] is not None])), 4) for k in ("DSC", "ASD", "HD95")}
+        out[name]["vertebrae"] = len(vs)
+    return out
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python -m LumbarSegLib.training.vertebra_eval", description=__doc__.split("\n\n")[0])
+    p.add_argument("--state", required=True)
+    p.add_argument("--phases", nargs="+", required=True)
+    p.add_argument("--real", nargs="+", required=True)
+    p.add_argument("--fit", action="store_true", help="score the cases each network trained on (a fit)")
+    p.add_argument("--no-reimage", action="store_true", help="only the cases as stored")
+    p.add_argument("--json", help="write the rows and the summary here")
+    args = p.parse_args(argv)
+    import torch
+
+    torch.set_num_threads(2)
+    rows = evaluate(args.state, args.phases, args.real, fit=args.fit, reimage=not args.no_reimage)
+    summary = summarize(rows)
+    print(json.dumps(summary, indent=1))
+    if args.json:
+        Path(args.json).write_text(json.dumps({"summary": summary, "rows": rows}, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

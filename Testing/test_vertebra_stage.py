@@ -1,0 +1,179 @@
+"""Stage 3 (one binary network per vertebra): network layout, crops, thick-slice simulation, sampler, merging,
+and training that resumes across sessions."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+sitk = pytest.importorskip("SimpleITK")
+
+from LumbarSegLib.inference import vertebra_net, vertebra_stage  # noqa: E402
+from LumbarSegLib.inference.vertebra_net import VertebraNetConfig  # noqa: E402
+from LumbarSegLib.training import vertebra_samples, vertebra_train  # noqa: E402
+
+SMALL = VertebraNetConfig(widths=(4, 8, 16), crop_zyx=(32, 32, 32), spacing_mm=2.0)
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+def test_every_block_keeps_channels_last():
+    net = vertebra_net.build(SMALL)
+    seen = []
+
+    def hook(module, _inputs, output):
+        if isinstance(output, torch.Tensor) and output.ndim == 5 and output.shape[1] > 1:
+            seen.append((type(module).__name__, output.is_contiguous(memory_format=torch.channels_last_3d)))
+
+    for m in net.modules():
+        m.register_forward_hook(hook)
+    x = vertebra_net.network_input(torch.zeros(2, *SMALL.crop_zyx), torch.full((2, 3), 15.5), SMALL)
+    out = net(x)
+    assert out.shape == (2, 1, *SMALL.crop_zyx)
+    assert seen and all(ok for _name, ok in seen), [s for s in seen if not s[1]]
+
+
+def test_group_norm_per_channel_is_instance_norm():
+    x = torch.randn(2, 6, 5, 6, 7)
+    gn = torch.nn.GroupNorm(6, 6, affine=False, eps=1e-5)
+    inn = torch.nn.InstanceNorm3d(6, affine=False, eps=1e-5)
+    assert torch.allclose(gn(x), inn(x), atol=1e-5)
+
+
+def test_heatmap_peaks_at_the_centre():
+    hm = vertebra_net.heatmap((16, 16, 16), torch.tensor([[3.0, 8.0, 12.0]]), 1.25, 5.0)
+    assert hm.shape == (1, 1, 16, 16, 16)
+    assert tuple(np.unravel_index(int(hm.argmax()), (16, 16, 16))) == (3, 8, 12)
+    assert float(hm.max()) == pytest.approx(1.0)
+
+
+def _sphere_ct(direction=None, spacing=(0.8, 0.9, 2.5)):
+    """A CT (-1000 outside a body of 40 HU) with a bone sphere of radius 10 mm at LPS (12, -30, 55)."""
+    img = sitk.Image([120, 110, 60], sitk.sitkFloat32)
+    img.SetSpacing(spacing)
+    if direction is not None:
+        img.SetDirection(direction)
+    # The same physical box (x -40..56, y -70..29, z -20..130) whatever way the axes run.
+    d = np.asarray(img.GetDirection()).reshape(3, 3)
+    img.SetOrigin([-40.0 if d[0, 0] > 0 else 56.0, -70.0 if d[1, 1] > 0 else 29.0, -20.0 if d[2, 2] > 0 else 130.0])
+    idx = np.stack(np.meshgrid(*[np.arange(n) for n in img.GetSize()], indexing="ij"), -1).reshape(-1, 3)
+    d = np.asarray(img.GetDirection()).reshape(3, 3)
+    pts = np.asarray(img.GetOrigin()) + (idx * np.asarray(spacing)) @ d.T
+    r = np.linalg.norm(pts - np.array([12.0, -30.0, 55.0]), axis=1)
+    vals = np.where(r < 10, 700.0, 40.0).reshape(img.GetSize()).transpose(2, 1, 0)
+    out = sitk.GetImageFromArray(vals.astype(np.float32))
+    out.CopyInformation(img)
+    return out
+
+
+@pytest.mark.parametrize("direction", [None, (1, 0, 0, 0, -1, 0, 0, 0, -1)])
+def test_crop_is_centred_on_the_seed_whatever_the_header(direction):
+    ct = _sphere_ct(direction)
+    centre = np.array([12.0, -30.0, 55.0])
+    crop, ref = vertebra_stage.crop_ct(ct, centre, SMALL)
+    assert crop.shape == SMALL.crop_zyx
+    bone = np.argwhere(crop > 300)
+    assert bone.size and np.allclose(bone.mean(0), (np.asarray(SMALL.crop_zyx) - 1) / 2, atol=1.0)
+
+
+def test_merge_gives_each_voxel_its_most_probable_vertebra():
+    ct = _sphere_ct()
+    a = vertebra_stage.VertebraSeed(np.array([12.0, -30.0, 55.0]), 3)
+    b = vertebra_stage.VertebraSeed(np.array([12.0, -30.0, 70.0]), 4)  # overlapping crops
+    ga, gb = vertebra_stage.crop_grid(a.centre_mm, SMALL), vertebra_stage.crop_grid(b.centre_mm, SMALL)
+    pa = np.full(SMALL.crop_zyx, 0.7, np.float32)
+    pb = np.full(SMALL.crop_zyx, 0.9, np.float32)
+    pb[:, :, :10] = 0.2  # where b is unsure, a keeps its voxels
+    labels = vertebra_stage.merge(ct, [a, b], [(pa, ga), (pb, gb)])
+    assert labels.shape == sitk.GetArrayViewFromImage(ct).shape
+    assert set(np.unique(labels)) == {0, 3, 4}
+    # A voxel inside both crops where b is sure goes to b; one where b said 0.2 stays with a.
+    both = ct.TransformPhysicalPointToIndex([12.0, -30.0, 62.0])
+    assert labels[both[2], both[1], both[0]] == 4
+    left = ct.TransformPhysicalPointToIndex([12.0 - 25.0, -30.0, 62.0])
+    assert labels[left[2], left[1], left[0]] == 3
+    # Nothing below 0.5 is labelled.
+    pa[:] = 0.4
+    assert not vertebra_stage.merge(ct, [a], [(pa, ga)]).any()
+
+
+def test_thick_slices_blur_across_the_slices_only():
+    rng = np.random.default_rng(0)
+    vol = np.zeros((40, 40, 40), np.float32)
+    vol[20, :, :] = 1000.0  # a thin axial plate
+    vol[:, :, 20] = 1000.0  # a thin sagittal plate
+    out = vertebra_samples.thick_slices(vol, 0, 5.0, 1.25, rng)
+    assert out[10:30, 5, 5].max() < 500  # the axial plate is smeared across 5 mm slices
+    assert out[10:30, 5, 5].sum() == pytest.approx(vol[10:30, 5, 5].sum(), rel=0.35)
+    assert out[5, 5, 20] == pytest.approx(1000.0, rel=0.05) or out[8, 5, 20] > 900  # the sagittal plate stays
+    assert np.allclose(vertebra_samples.thick_slices(vol, 2, 1.2, 1.25, rng), vol)  # thinner than the grid
+    flat = np.full((20, 20, 20), 300.0, np.float32)
+    assert np.allclose(vertebra_samples.thick_slices(flat, 1, 4.0, 1.25, rng), 300.0, atol=1e-3)
+
+
+def _label_map(tmp_path: Path) -> Path:
+    """Three stacked box 'vertebrae' (VerSe codes 20-22) with 'posterior elements', 1 mm, in a masks folder."""
+    arr = np.zeros((120, 80, 80), np.uint8)
+    for k, code in enumerate((20, 21, 22)):
+        z0 = 10 + 35 * (2 - k)  # L1 on top (LPS +z superior, array z grows with it)
+        arr[z0:z0 + 25, 20:50, 25:55] = code
+        arr[z0 + 5:z0 + 20, 50:65, 36:44] = code
+    img = sitk.GetImageFromArray(arr)
+    img.SetSpacing((1.0, 1.0, 1.0))
+    folder = tmp_path / "masks" / "verse999"
+    folder.mkdir(parents=True)
+    sitk.WriteImage(img, str(folder / "sub-verse999_seg-vert_msk.nii.gz"))
+    return tmp_path / "masks"
+
+
+def test_sampler_draws_one_vertebra_against_the_rest(tmp_path):
+    sources = vertebra_samples.load_labelmap_sources(_label_map(tmp_path))
+    assert [s.name for s in sources] == ["masks/verse999"]
+    sampler = vertebra_samples.VertebraSampler(sources, SMALL, {"labelmap": 1.0}, seed=3)
+    assert sampler.counts() == {"labelmap": 3}
+    for _ in range(6):
+        ct, centre, target, info = sampler.draw()
+        assert ct.shape == target.shape == SMALL.crop_zyx and ct.dtype == np.float32
+        assert target.any() and set(np.unique(target)) <= {0, 1}
+        # The target is the drawn vertebra near the crop's middle, bone-bright on the synthesised CT.
+        assert np.linalg.norm(np.argwhere(target).mean(0) - centre) * SMALL.spacing_mm < 12
+        assert ct[target > 0].mean() > ct[target == 0].mean() + 100
+    assert vertebra_samples.load_labelmap_sources(tmp_path / "masks", leave_out=["sub-verse999"]) == []
+
+
+def test_training_checkpoints_and_resumes_across_sessions(tmp_path):
+    masks = _label_map(tmp_path)
+    phase = vertebra_train.Phase("pretrain", minutes=0.05, weights={"labelmap": 1.0})
+    state = tmp_path / "state"
+    done = vertebra_train.train_phase(phase, state, [], masks, SMALL, minutes_left=5)
+    assert done
+    first = torch.load(state / "pretrain.pt", weights_only=True)
+    assert first["done"] and first["step"] >= 1
+    log = [line for line in (state / "log.jsonl").read_text().splitlines() if line]
+    assert '"steps_per_hour"' in log[-1] and '"load_avg"' in log[-1]
+    # The committed resume file: small (fp16), and the next session unpacks it and starts the next phase.
+    resume = vertebra_train.export_resume(state, tmp_path / "resume.pt")
+    packed = torch.load(resume, weights_only=True)
+    assert all(v.dtype == torch.float16 for v in packed["phases"]["pretrain"]["weights"].values()
+               if v.is_floating_point())
+    state2 = tmp_path / "state2"
+    assert vertebra_train.import_resume(resume, state2) == ["pretrain"]
+    net = vertebra_stage.load_weights(torch.load(state2 / "pretrain.pt", weights_only=True))
+    ref = vertebra_stage.load_weights(first)
+    for (k, a), (_, b) in zip(net.state_dict().items(), ref.state_dict().items()):
+        assert torch.allclose(a.float(), b.float(), atol=2e-3 * (1 + b.abs().max().item())), k
+    fine = vertebra_train.Phase("fold-X", minutes=0.05, leave_out=("verse000",), init="pretrain",
+                                weights={"labelmap": 1.0})
+    assert vertebra_train.train_phase(fine, state2, [], masks, SMALL, minutes_left=5)
+    assert torch.load(state2 / "fold-X.pt", weights_only=True)["leave_out"] == ["verse000"]
+
+
+@pytest.mark.skipif(not (SHARED / "real").is_dir(), reason="needs ../shared/data")
+def test_a_held_out_subject_leaves_every_source():
+    real = vertebra_samples.load_real_sources([SHARED / "real"], leave_out=["verse005"])
+    masks = vertebra_samples.load_labelmap_sources(SHARED / "masks", leave_out=["verse005", "s0328"])
+    names = [s.name for s in real + masks]
+    assert names and not any("verse005" in n or "s0328" in n for n in names)
+    assert any("verse008" in n for n in names)
