@@ -8,6 +8,10 @@ machine with the same data: give several ``--repo`` folders and they run in turn
         [--phantoms 8] [--config cpu] [--device cpu] [--workdir /tmp/bench_training]
         [--variant "float32=" --variant "bf16+compile=--precision bfloat16 --compile"]
 
+``--stage3`` instead times stage 3 (the per-vertebra U-Net, ``training/vertebra_train.py``) for ``--minutes``
+on the label-map vertebrae of ``--masks`` (default ``../shared/data/masks``; without them three box-shaped
+vertebrae drawn here), and prints its steps per hour and the load average before and after.
+
 ``--variant NAME=OPTIONS`` runs each checkout once per variant with those extra ``train`` options (e.g. the
 CPU's bfloat16 autocast and torch.compile against plain float32); the compile time counts in the first
 steps' time, so give enough --minutes for it to pay off.
@@ -59,6 +63,39 @@ def run_once(repo: Path, args, workdir: Path, tag: str, extra: list[str]) -> dic
     return res
 
 
+def stage3(minutes: float, masks: str | None, workdir: Path) -> dict:
+    """Steps per hour of stage 3's real training loop (float32, channels-last, every thread)."""
+    import shutil
+
+    import numpy as np
+    import SimpleITK as sitk
+    import torch
+
+    from LumbarSegLib.inference.vertebra_net import VertebraNetConfig
+    from LumbarSegLib.training import vertebra_train
+
+    root = Path(masks) if masks else Path(__file__).resolve().parents[2] / "shared" / "data" / "masks"
+    if not root.is_dir():  # three box vertebrae with arches, so the benchmark runs on a bare checkout too
+        root = workdir / "masks"
+        (root / "boxes").mkdir(parents=True, exist_ok=True)
+        arr = np.zeros((120, 90, 90), np.uint8)
+        for k, code in enumerate((20, 21, 22)):
+            z0 = 10 + 35 * (2 - k)
+            arr[z0:z0 + 25, 25:55, 30:60] = code
+            arr[z0 + 5:z0 + 20, 55:70, 41:49] = code
+        sitk.WriteImage(sitk.GetImageFromArray(arr), str(root / "boxes" / "sub-verse999_seg-vert_msk.nii.gz"))
+    state = workdir / "stage3_state"
+    shutil.rmtree(state, ignore_errors=True)
+    torch.set_num_threads(os.cpu_count() or 1)
+    load_before = [round(v, 2) for v in os.getloadavg()]
+    phase = vertebra_train.Phase("bench", minutes, weights={"labelmap": 1.0})
+    vertebra_train.train_phase(phase, state, [], root, VertebraNetConfig(), minutes + 1, log=lambda m: None)
+    rec = json.loads((state / "log.jsonl").read_text().splitlines()[-1])
+    return {"network": "stage3", "steps_per_hour": rec["steps_per_hour"], "batch": vertebra_train.BATCH,
+            "steps": rec["step"], "minutes": rec["minutes"], "threads": rec["threads"],
+            "load_avg_before": load_before, "load_avg_after": rec["load_avg"], "masks": str(root)}
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--repo", action="append", help="checkout to run (repeatable; default: this one)")
@@ -70,7 +107,13 @@ def main(argv=None) -> int:
     p.add_argument("--workdir", default="/tmp/bench_training")
     p.add_argument("--variant", action="append", metavar="NAME=OPTIONS",
                    help="extra train options to compare (repeatable; default: none)")
+    p.add_argument("--stage3", action="store_true", help="time stage 3's training loop instead")
+    p.add_argument("--masks", default=None, help="label maps for --stage3 (default ../shared/data/masks)")
     args = p.parse_args(argv)
+    if args.stage3:
+        Path(args.workdir).mkdir(parents=True, exist_ok=True)
+        print(json.dumps(stage3(args.minutes, args.masks, Path(args.workdir))))
+        return 0
     variants = [v.split("=", 1) for v in (args.variant or ["default="])]
     if any(len(v) != 2 for v in variants):
         p.error("--variant takes NAME=OPTIONS, e.g. 'bf16=--precision bfloat16'")
