@@ -276,7 +276,7 @@ def test_a_folder_holding_another_inputs_result_is_a_failed_row_not_replaced(tmp
     (tmp_path / "out" / "p1").mkdir(parents=True)
     report = {"lumbarseg_version": "0", "input": {"path": str(tmp_path / "other.nii.gz")}, "found": []}
     (tmp_path / "out" / "p1" / "report.json").write_text(json.dumps(report))
-    to_run, rows = batch.plan([study], tmp_path / "out", overwrite=False)
+    to_run, rows, _ = batch.plan([study], tmp_path / "out", overwrite=False)
     assert to_run == [] and rows["p1"]["status"] == "failed" and "another input" in rows["p1"]["error"]
     report["input"]["path"] = str(tmp_path / "p1.nii.gz")
     (tmp_path / "out" / "p1" / "report.json").write_text(json.dumps(report))

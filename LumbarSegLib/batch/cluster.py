@@ -27,7 +27,7 @@ from distributed.diagnostics.plugin import WorkerPlugin
 from ..errors import InputError, LumbarSegError
 
 WORKER_MEMORY_BYTES = 3 << 30  # room one study needs on a CPU worker (a 512x512x300 CT peaks near 1.4 GiB)
-CONNECT_TIMEOUT_S = 30
+CONNECT_TIMEOUT_S = 10  # to reach --scheduler and hear its Dask handshake (a scheduler answers in milliseconds)
 PLUGIN_NAME = "lumbarseg-study-worker"
 
 _MODELS: dict = {}  # (model spec, device) -> loaded model, per worker process
@@ -97,6 +97,75 @@ class StudyWorker(WorkerPlugin):
         _MODELS.clear()
 
 
+def _scheduler_error(address: str, what: str) -> InputError:
+    return InputError(f"--scheduler {address!r}: {what}. Give the address the scheduler prints, e.g. "
+                      f"tcp://10.0.0.5:8786, or leave --scheduler out to run on a local cluster.")
+
+
+def check_scheduler(address: str | None, timeout: float | None = None) -> None:
+    """Refuse, in one line and within ``timeout`` seconds, an address that does not reach a Dask scheduler:
+    empty, not an address, a port out of range, nothing listening (refused at once), no answer, another
+    service (it never answers Dask's handshake: without this check the client would wait forever), a
+    ``tls://`` address without the certificates in Dask's configuration."""
+    import asyncio
+    import socket
+
+    import dask
+    from distributed.comm import connect
+    from distributed.comm.addressing import parse_address, parse_host_port
+
+    if address is None:
+        return
+    timeout = CONNECT_TIMEOUT_S if timeout is None else timeout
+    if not address.strip():
+        raise _scheduler_error(address, "the address is empty")
+    try:
+        scheme, location = parse_address(address if "://" in address else f"tcp://{address}")
+        host, port = parse_host_port(location)
+    except (ValueError, TypeError) as exc:
+        raise _scheduler_error(address, f"not an address ({exc})") from None
+    if scheme not in ("tcp", "tls"):
+        raise _scheduler_error(address, f"the protocol {scheme}:// is not supported here (tcp:// or tls://)")
+    if not 0 < port < 65536:
+        raise _scheduler_error(address, f"port {port} does not exist (ports are 1 to 65535)")
+    if scheme == "tls" and not dask.config.get("distributed.comm.tls.ca-file", None):
+        raise _scheduler_error(address, "a tls:// scheduler needs its certificates, and Dask's configuration names "
+                                        "none (distributed.comm.tls.ca-file, .client.cert, .client.key)")
+    try:
+        socket.create_connection((host, port), timeout=timeout).close()
+    except socket.gaierror as exc:
+        raise _scheduler_error(address, f"the host {host} is unknown ({exc.strerror})") from None
+    except ConnectionRefusedError:
+        raise _scheduler_error(address, f"nothing listens at {host}:{port} (connection refused)") from None
+    except (socket.timeout, TimeoutError):
+        raise _scheduler_error(address, f"no answer from {host}:{port} within {timeout:g} s") from None
+    except OSError as exc:
+        raise _scheduler_error(address, f"{host}:{port} cannot be reached ({exc.strerror or exc})") from None
+    if scheme == "tls":
+        return  # the certificates' handshake is the client's own; it is bounded by its timeout
+
+    async def identity():
+        comm = await asyncio.wait_for(connect(f"{scheme}://{location}", timeout=timeout), timeout)
+        try:
+            await asyncio.wait_for(comm.write({"op": "identity"}), timeout)
+            return await asyncio.wait_for(comm.read(), timeout)
+        finally:
+            comm.abort()
+
+    try:
+        answer = asyncio.run(identity())
+    except (asyncio.TimeoutError, TimeoutError, OSError, EOFError) as exc:
+        raise _scheduler_error(address, f"something listens at {host}:{port}, but it did not answer as a Dask "
+                                        f"scheduler within {timeout:g} s (another service on that port?)"
+                                        + (f": {exc}" if str(exc) else "")) from None
+    except Exception as exc:  # noqa: BLE001  a garbled answer from another protocol
+        raise _scheduler_error(address, f"something listens at {host}:{port}, but it does not speak Dask's "
+                                        f"protocol ({type(exc).__name__})") from None
+    kind = answer.get("type") if isinstance(answer, dict) else None
+    if kind != "Scheduler":
+        raise _scheduler_error(address, f"a Dask {kind or 'service'} answers there, not a scheduler")
+
+
 def start_client(scheduler: str | None, workers: int | None, device: str, studies: int, dashboard: bool = True):
     """(client, cluster or None, worker count) for a batch of ``studies``: a LocalCluster (no more workers
     than studies), or ``scheduler``'s cluster."""
@@ -104,7 +173,8 @@ def start_client(scheduler: str | None, workers: int | None, device: str, studie
     from distributed import Client, LocalCluster
 
     dask.config.set({"logging": {"distributed": "error"}})  # our lines, not the cluster's chatter
-    if scheduler:
+    if scheduler is not None:
+        check_scheduler(scheduler)
         try:
             client = Client(scheduler, timeout=CONNECT_TIMEOUT_S)
         except (OSError, TimeoutError) as exc:

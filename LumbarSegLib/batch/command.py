@@ -36,35 +36,51 @@ WORKER_DIED = ("its worker died twice while running it (killed, or out of memory
 # Planning: which studies already hold a result
 # --------------------------------------------------------------------------------------------------
 
-def _same_input(report: dict, study) -> bool:
+def _same_path(report: dict, study) -> bool:
+    """Whether ``report`` is a result of ``study``'s input: the same file or series, however the path was
+    written (a relative path is compared by what it names; a report of an older version recorded the path
+    as given, which is resolved from this folder)."""
+    from ..io.input_identity import IDENTITY_KEY, real_path
+
     source = report.get("input") or {}
-    if source.get("path") != str(Path(study.input).resolve()):
+    recorded = (source.get(IDENTITY_KEY) or {}).get("real_path")
+    if recorded is None and source.get("path"):
+        recorded = real_path(source["path"])
+    if recorded != real_path(study.input):
         return False
     uid = (source.get("dicom_series") or {}).get("uid")
     return study.series_uid is None or uid == study.series_uid
 
 
 def plan(studies, out_root: Path, overwrite: bool):
-    """(studies to run, rows of those that are not run): complete results of the same input are skipped;
-    a folder holding another input's result is a failed row (never mixed, never replaced unasked)."""
+    """(studies to run, rows of those that are not run, {id: why its input changed}): complete results of
+    the same, unchanged input are skipped; a result of the same path whose scan has changed since (another
+    size or content) is run again and replaced; a folder holding another input's result is a failed row
+    (never mixed, never replaced unasked)."""
     from .summary import summary_row
+    from ..io.input_identity import IDENTITY_KEY, input_changed
     from ..results.outputs import read_result_report
 
-    to_run, done = [], {}
+    to_run, done, changed = [], {}, {}
     for study in studies:
         folder = out_root / study.id
         report = read_result_report(folder)
         if report is None or overwrite:
             to_run.append(study)
-        elif _same_input(report, study):
-            done[study.id] = summary_row(study, "skipped", output=folder, report=report)
+        elif _same_path(report, study):
+            why = input_changed((report.get("input") or {}).get(IDENTITY_KEY), study.input, study.series_uid)
+            if why is None:
+                done[study.id] = summary_row(study, "skipped", output=folder, report=report)
+            else:
+                to_run.append(study)
+                changed[study.id] = why
         else:
             other = (report.get("input") or {}).get("path")
             done[study.id] = summary_row(
                 study, "failed", output=folder,
                 error=f"{folder} already holds the result of another input ({other}); give this study another id "
                       f"or OUT_ROOT, or add --overwrite to replace it.")
-    return to_run, done
+    return to_run, done, changed
 
 
 def _clear_stale(folder: Path) -> None:
@@ -194,10 +210,13 @@ class BatchProgress:
 # The run
 # --------------------------------------------------------------------------------------------------
 
-def _study_options(template: StudyOptions, study, out_root: Path) -> dict:
+def _study_options(template: StudyOptions, study, out_root: Path, replace: bool = False) -> dict:
+    """The runner's options for ``study``; paths absolute (a worker's working folder is not the client's).
+    ``replace``: its input changed since its result was written, which is replaced."""
     return dataclasses.asdict(dataclasses.replace(
-        template, input=study.input, output=str(out_root / study.id), series=study.series_uid,
-        reference=study.reference, quiet=True))
+        template, input=os.path.abspath(study.input), output=str(out_root / study.id), series=study.series_uid,
+        reference=os.path.abspath(study.reference) if study.reference else None, quiet=True,
+        overwrite=template.overwrite or replace))
 
 
 def run_batch(studies, template: StudyOptions, out_root, *, scheduler: str | None = None,
@@ -215,7 +234,7 @@ def run_batch(studies, template: StudyOptions, out_root, *, scheduler: str | Non
     out_root.mkdir(parents=True, exist_ok=True)
     summary = out_root / SUMMARY_NAME
     with _BatchLock(out_root) as lock:
-        to_run, rows = plan(studies, out_root, template.overwrite)
+        to_run, rows, changed = plan(studies, out_root, template.overwrite)
 
         def save():
             write_summary(summary, [rows[s.id] for s in studies if s.id in rows])
@@ -239,12 +258,15 @@ def run_batch(studies, template: StudyOptions, out_root, *, scheduler: str | Non
                           + (f"; dashboard: {link}" if link else "")
                           + (f"; {len(studies) - len(to_run)} already done" if len(to_run) < len(studies) else ""),
                           always=False)
+            for study_id, why in changed.items():
+                progress.note(f"{study_id}: its input changed since its result was written ({why}); running it "
+                              f"again", always=False)
             pending = {}
             queue = as_completed()
 
             def submit(study, attempt):
                 future = client.submit(batch_cluster.run_study_task, study.to_dict(),
-                                       _study_options(template, study, out_root),
+                                       _study_options(template, study, out_root, study.id in changed),
                                        key=f"lumbarseg-{study.id}-{uuid.uuid4().hex[:8]}", pure=False)
                 pending[future.key] = (study, attempt)
                 queue.add(future)
@@ -292,8 +314,12 @@ def cmd_batch(args) -> int:
 
     if args.workers is not None and args.workers < 1:
         raise InputError(f"--workers {args.workers}: give at least 1 worker.")
-    if args.workers is not None and args.scheduler:
+    if args.workers is not None and args.scheduler is not None:
         raise InputError("--workers sizes the local cluster; with --scheduler the cluster has its own workers.")
+    if args.scheduler is not None:  # reached (or refused in one line) before anything is read or created
+        from .cluster import check_scheduler
+
+        check_scheduler(args.scheduler)
     _check_smoothing(args.smoothing)
     out_root = check_out_root(Path(args.output))
     studies, skipped = find_studies(args.inputs, exclude=out_root)
@@ -302,7 +328,7 @@ def cmd_batch(args) -> int:
              f"folders: {'; '.join(skipped[:3])}{' ...' if len(skipped) > 3 else ''}")
     # The model is checked here, once (a wrong --model is one error, not a failed row per study); on an
     # existing cluster the workers may have another device than this machine, so it is read for the CPU.
-    _load_model(args.model, "cpu" if args.scheduler else args.device)
+    _load_model(args.model, "cpu" if args.scheduler is not None else args.device)
     template = StudyOptions(input="", output="", reference_labels=args.reference_labels, model=args.model,
                             device=args.device, stl=args.stl, dicom_seg=args.dicom_seg, preview=args.preview,
                             format=args.format, smoothing=args.smoothing, overwrite=args.overwrite, quiet=True,

@@ -12,8 +12,9 @@ studies). Each study has an id, the name of its result folder ``OUT_ROOT/<id>/``
 
 Ids of found studies that clash get ``-2``, ``-3`` ... in the order found; a manifest's ids must be unique.
 A folder search skips hidden entries, LumbarSeg result folders (a ``report.json`` of LumbarSeg: their
-label maps are not CTs) and files named like label maps (``*_labels``, ``*_seg``, ``*_msk``, ``*_mask``,
-``.seg.nrrd``), and says how many it skipped.
+label maps are not CTs; a folder written by ``lumbarseg phantom`` is searched, its CTs are inputs) and files
+named like label maps (``*_labels``, ``*_seg``, ``*_msk``, ``*_mask``, ``.seg.nrrd``), and says how many it
+skipped.
 """
 
 from __future__ import annotations
@@ -81,6 +82,12 @@ def _dicom_studies(folder: Path, base_id: str) -> list[Study]:
     return [Study(f"{base_id}_{_uid_tail(s.uid, i)}", str(folder), s.uid or None) for i, s in enumerate(series)]
 
 
+def is_phantom_folder(report: dict) -> bool:
+    """Whether a LumbarSeg ``report.json`` is that of ``lumbarseg phantom``'s folder: synthetic CTs and their
+    masks (VerSe layout), inputs to segment, not a result."""
+    return report.get("command") == "phantom"
+
+
 def search_folder(root: Path, skipped: list[str], exclude: Path | None = None) -> list[Study]:
     """CT files and DICOM series under ``root`` (sorted by path); what was left out goes to ``skipped``."""
     from ..io import images
@@ -94,9 +101,10 @@ def search_folder(root: Path, skipped: list[str], exclude: Path | None = None) -
             dirs[:] = []
             skipped.append(f"{here} (the batch's output folder)")
             continue
-        if read_result_report(here) is not None:
+        report = read_result_report(here)
+        if report is not None and not is_phantom_folder(report):
             dirs[:] = []
-            skipped.append(f"{here} (a LumbarSeg result)")
+            skipped.append(f"{here} (a LumbarSeg result: its report.json; its label maps are not CTs)")
             continue
         dirs[:] = sorted(d for d in dirs if not d.startswith("."))
         rel = here.relative_to(root)
@@ -173,6 +181,11 @@ def find_studies(inputs, exclude=None) -> tuple[list[Study], list[str]]:
         if path.is_dir():
             found = search_folder(path, skipped, exclude)
             if not found:
+                from ..results.outputs import read_result_report
+
+                if read_result_report(path) is not None:
+                    raise InputError(f"{path}: this folder holds a LumbarSeg result (its report.json), whose label "
+                                     f"maps are not CTs, so it is not searched. Give the folder of the CTs.")
                 raise InputError(f"{path}: no CT was found in this folder (searched for "
                                  f"{', '.join(images.IMAGE_SUFFIXES)} files and DICOM series).")
             studies.extend(found)

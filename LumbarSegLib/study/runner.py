@@ -322,6 +322,9 @@ def run_study(options: StudyOptions, *, model=None, progress=None) -> dict:
         progress = progress or _StageProgress(args.quiet, args.progress_format)
         done = _step(progress, "read")
         t0 = time.perf_counter()
+        from ..io.input_identity import IDENTITY_KEY, input_identity
+
+        identity = input_identity(args.input, args.series) if Path(args.input).exists() else None  # before reading
         loaded = images.load_ct(args.input, series_uid=args.series)
         read_s = time.perf_counter() - t0
         done()
@@ -345,7 +348,7 @@ def run_study(options: StudyOptions, *, model=None, progress=None) -> dict:
         if seen:
             loaded.messages.append(training_data_note(seen))
         input_desc = {"path": str(args.input), **_dicom_description(loaded), **_geometry(loaded.image),
-                      "in_model_training_data": seen}
+                      "in_model_training_data": seen, IDENTITY_KEY: identity}
         return _run_segmentation(loaded, input_desc=input_desc, out=out, stem=images.output_stem(args.input),
                                  model=model, device=args.device, fmt=args.format, stl=args.stl, preview=args.preview,
                                  reference=reference, reference_desc=reference_desc, smoothing=smoothing,
