@@ -95,7 +95,7 @@ def test_one_line_error_prefers_the_commands_own_line_then_the_last_line():
     assert one_line_error(["lumbarseg: read ...", "lumbarseg: error: The file x is empty."], 2) == "The file x is empty."
     crash = ["Traceback (most recent call last):", '  File "x.py", line 1, in <module>', "RuntimeError: boom"]
     assert one_line_error(crash, 1) == "RuntimeError: boom"
-    assert one_line_error([], -9) == "The segmentation process ended with exit status -9 and no message."
+    assert one_line_error([], 3) == "The segmentation process ended with exit status 3 and no message."
 
 
 def test_overall_progress_spans_the_whole_run():

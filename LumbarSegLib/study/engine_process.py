@@ -24,6 +24,7 @@ Inside Slicer the interpreter is ``PythonSlicer`` started with ``slicer.util.lau
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import signal
@@ -71,13 +72,21 @@ class EngineResult:
     labels_path: Path
 
 
+MAX_LINE_BYTES = 64 << 10  # a longer line is kept cut to this (the rest of it is counted, not held)
+READ_LIMIT_BYTES = 4 << 20  # read at most this much per poll: a flood of output never stalls the GUI
+
+
 @dataclass
 class _Pipe:
-    """Non-blocking reader of the process's merged stdout/stderr, split into lines."""
+    """Non-blocking reader of the process's merged stdout/stderr, split into lines. Each call reads at most
+    :data:`READ_LIMIT_BYTES` (:attr:`more` says whether it stopped there) and holds at most
+    :data:`MAX_LINE_BYTES` of a line: a 50 MB line costs a few milliseconds per poll, and is kept cut."""
 
     fd: int
-    buffer: bytes = b""
+    buffer: bytearray = field(default_factory=bytearray)
     closed: bool = False
+    more: bool = False  # the last read stopped at READ_LIMIT_BYTES with output perhaps still waiting
+    _cut: int = 0  # bytes of the current line not held
     _handle: object = field(default=None, repr=False)
 
     def __post_init__(self):
@@ -88,21 +97,50 @@ class _Pipe:
         else:
             os.set_blocking(self.fd, False)
 
-    def read_available(self) -> list[str]:
+    def read_available(self, limit: int = READ_LIMIT_BYTES) -> list[str]:
         """Complete lines written so far (never blocks); the rest stays buffered until its newline."""
+        lines: list[str] = []
+        read = 0
+        self.more = False
         while not self.closed:
+            if read >= limit:
+                self.more = True
+                break
             chunk = self._read_chunk()
             if chunk is None:  # nothing more just now
                 break
             if chunk == b"":
                 self.closed = True
                 break
-            self.buffer += chunk
-        *lines, self.buffer = self.buffer.split(b"\n")
-        if self.closed and self.buffer:
-            lines.append(self.buffer)
-            self.buffer = b""
-        return [line.decode("utf-8", "replace").rstrip("\r") for line in lines]
+            read += len(chunk)
+            self._take(chunk, lines)
+        if self.closed:
+            lines += self.flush()
+        return lines
+
+    def flush(self) -> list[str]:
+        """The unfinished last line, if any (when the output has ended)."""
+        return [self._line()] if self.buffer or self._cut else []
+
+    def _take(self, chunk: bytes, lines: list[str]) -> None:
+        start = 0
+        while True:
+            newline = chunk.find(b"\n", start)
+            piece = memoryview(chunk)[start:] if newline < 0 else memoryview(chunk)[start:newline]
+            room = max(0, MAX_LINE_BYTES - len(self.buffer))
+            self.buffer += piece[:room]
+            self._cut += max(0, len(piece) - room)
+            if newline < 0:
+                return
+            lines.append(self._line())
+            start = newline + 1
+
+    def _line(self) -> str:
+        text = self.buffer.decode("utf-8", "replace").rstrip("\r")
+        if self._cut:
+            text += f" [... {self._cut} more bytes of this line not shown]"
+        self.buffer, self._cut = bytearray(), 0
+        return text
 
     def _read_chunk(self):
         if os.name == "nt":
@@ -230,9 +268,9 @@ class EngineProcess:
         if self.state != "running":
             return []
         events = self._read_events()
-        if self._pipe.closed or self._process.poll() is not None:
-            # Ended (or ending: it closed its output). Everything it wrote is in the pipe now; a grandchild
-            # still holding the pipe does not keep us.
+        if self._process.poll() is not None and (self._pipe.closed or not self._pipe.more):
+            # Ended, and what it wrote has been read (a grandchild still holding the pipe does not keep us).
+            # A process that closed its output but still runs is not waited for: a later poll finishes it.
             events += self._read_events()
             self._finish()
         return events
@@ -242,7 +280,7 @@ class EngineProcess:
         something or ends, at most ``timeout`` seconds. No Python sleep; call :meth:`poll` afterwards."""
         if not self.running:
             return
-        if os.name == "nt":  # WaitForSingleObject: no polling loop
+        if os.name == "nt" or self._pipe.closed:  # WaitForSingleObject / waitpid: no output left to wait for
             try:
                 self._process.wait(timeout)
             except subprocess.TimeoutExpired:
@@ -302,7 +340,10 @@ class EngineProcess:
     def _finish(self) -> None:
         # It has ended or closed its output (returns at once) - or it was killed and did not go within cancel's
         # wait, which is not waited for again.
-        self.returncode = self._process.poll() if self._cancelled else self._process.wait()
+        self.returncode = self._process.poll()  # it has ended (or was killed: then None until it goes)
+        for line in self._pipe.flush():  # a last line without its newline (the pipe is still held open)
+            if line.strip():
+                self.log_lines.append(line)
         try:
             self._process.stdout.close()
         except OSError:
@@ -331,7 +372,13 @@ def _progress_event(line: str) -> ProgressEvent | None:
         return None
     if not isinstance(data, dict) or data.get("event") != "progress":
         return None
-    stage, fraction = str(data.get("stage", "")), float(data.get("fraction", 0.0))
+    try:  # a malformed event is a log line, never an exception in the GUI timer that polls
+        stage, fraction = str(data.get("stage", "")), float(data.get("fraction", 0.0))
+    except (TypeError, ValueError, OverflowError):
+        return None
+    if not math.isfinite(fraction):
+        return None
+    fraction = max(0.0, min(1.0, fraction))
     overall, text = overall_progress(stage, fraction)
     return ProgressEvent(stage, fraction, overall, text)
 
@@ -341,11 +388,40 @@ def one_line_error(lines: list[str], returncode: int | None) -> str:
     exception line of a crash), else the exit status."""
     for line in reversed(lines):
         if line.startswith(ERROR_PREFIX):
-            return line[len(ERROR_PREFIX):].strip()
+            return _shorten(line[len(ERROR_PREFIX):].strip())
+    killed = killed_message(returncode)
+    if killed:  # whatever it wrote before is not why it ended
+        return killed
     for line in reversed(lines):
         if line.strip() and not line.startswith(" "):
-            return line.strip()
+            return _shorten(line.strip())
     return f"The segmentation process ended with exit status {returncode} and no message."
+
+
+MAX_ERROR_CHARS = 1000
+
+
+def _shorten(text: str) -> str:
+    return text if len(text) <= MAX_ERROR_CHARS else text[:MAX_ERROR_CHARS] + f" [... {len(text) - MAX_ERROR_CHARS} more characters]"
+
+
+def killed_message(returncode: int | None) -> str | None:
+    """What a process ended by a signal (a negative exit status on POSIX) means for the user; None otherwise."""
+    if returncode is None or returncode >= 0 or os.name == "nt":
+        return None
+    number = -returncode
+    try:
+        name = signal.Signals(number).name
+    except ValueError:
+        name = "an unknown signal"
+    text = f"The segmentation process was killed by signal {number} ({name}) before it finished"
+    if number == signal.SIGKILL:
+        return (text + ". The usual cause is running out of memory (the system's out-of-memory killer ends the "
+                "largest process): close other programs, crop the CT to the lumbar region, or use a machine with "
+                "more memory.")
+    if number in (signal.SIGSEGV, signal.SIGBUS, signal.SIGABRT, signal.SIGILL, signal.SIGFPE):
+        return text + ": it crashed. Copy the log (the lines above) into a bug report."
+    return text + " (ended from outside: by the system, or another program)."
 
 
 def read_result(output_dir) -> EngineResult:
