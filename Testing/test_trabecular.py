@@ -12,6 +12,7 @@ import math
 import numpy as np
 import pytest
 import SimpleITK as sitk
+from scipy import ndimage
 
 from LumbarSegLib.measures import bone_screening, trabecular
 from LumbarSegLib.io import label_maps
@@ -156,6 +157,35 @@ def test_metal_in_the_body_gives_no_value():
         assert results[name].core.median is None and results[name].core.reason.startswith(f"metal in {name}")
         assert "2000 HU" in results[name].core.reason
     assert results["L2"].core.reason is None and abs(results["L2"].core.median - KNOWN_HU) <= 5
+
+
+def test_metal_is_decided_by_size_and_value_not_by_a_few_dense_voxels(phantom):
+    """Issue 24 item 4: four voxels of 2047-2119 HU on L2's cortex (as in sub-verse005, no implant) are
+    bone; a 1 mL piece of cement at 2300 HU, or a few voxels of 3500 HU, are metal."""
+    ct, labels = phantom
+    arr = sitk.GetArrayViewFromImage(labels)
+    hu = sitk.GetArrayFromImage(ct).astype(np.float32)
+    l2 = arr == 2
+    cortex = np.argwhere(l2 & ~ndimage.binary_erosion(l2))
+    anterior = cortex[np.argsort(cortex[:, 1])[:4]]  # four cortex voxels on L2's anterior surface
+    sclerotic = hu.copy()
+    sclerotic[tuple(anterior.T)] = [2047, 2080, 2101, 2119]
+    result = trabecular.measure(arr, sclerotic, ct)["L2"].core
+    assert result.reason is None and abs(result.median - KNOWN_HU) <= 5
+
+    centre = np.round(np.argwhere(l2).mean(axis=0)).astype(int)
+    zz, yy, xx = np.indices(hu.shape)
+    radius_vox = (1000.0 * 3 / (4 * np.pi)) ** (1 / 3) / 1.4  # a 1 mL sphere
+    cement = hu.copy()
+    cement[((zz - centre[0]) ** 2 + (yy - centre[1]) ** 2 + (xx - centre[2]) ** 2) <= radius_vox ** 2] = 2300
+    result = trabecular.measure(arr, cement, ct)["L2"].core
+    assert result.median is None and result.reason.startswith("metal in L2's body") and "2000 HU" in result.reason
+
+    dense = hu.copy()
+    dense[tuple(anterior[:3].T)] = 3500  # a screw tip's few voxels: denser than any bone
+    result = trabecular.measure(arr, dense, ct)["L2"].core
+    assert result.median is None and result.reason.startswith("metal in L2's body")
+    assert trabecular.find_metal(sclerotic, l2, np.full(3, 1.4)) is None
 
 
 def test_slices_too_thick_for_the_core_give_no_value_and_say_which(phantom):

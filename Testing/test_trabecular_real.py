@@ -67,7 +67,7 @@ def _measure(labels, hu, image):
 
 @pytest.mark.parametrize("source", ["reference", "pipeline"])
 def test_adding_80_hu_less_to_the_true_core_moves_the_measurement_by_80(real_cases, source):
-    moved = []
+    moved, withheld = [], []
     for case, c in real_cases.items():
         if source == "pipeline" and c["pred"] is None:
             continue
@@ -76,8 +76,12 @@ def test_adding_80_hu_less_to_the_true_core_moves_the_measurement_by_80(real_cas
         for name in sorted(set(before) & set(after)):
             b, a = before[name].core, after[name].core
             if b.reason or a.reason:
+                withheld.append((case, name, b.reason or a.reason))
                 continue
             moved.append((case, name, a.median - b.median))
+    # Every whole vertebra is measured: none of these CTs holds metal (sub-verse005's four voxels of
+    # 2047-2119 HU are dense bone), so only a body cut by the field of view may be without a value.
+    assert not [w for w in withheld if "cut by the field of view" not in w[2]], withheld
     print("\n".join(f"{source} {case} {name}: {d:+.1f} HU" for case, name, d in moved))
     assert len(moved) >= (8 if source == "reference" else 5), moved  # cut vertebrae have no value
     for case, name, delta in moved:

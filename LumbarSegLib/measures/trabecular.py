@@ -38,7 +38,9 @@ This module measures that number from a segmentation, per vertebra, in two ways:
 
 **No number rather than a wrong one.** A vertebra gets no value, and the reason, when its body is cut by
 the field of view (it lies on the image's edge over more than :data:`MAX_EDGE_CONTACT_MM2`, or next to
-voxels that were not numbers), when metal (> 2000 HU: screws, cement) lies in or within 3 mm of the body,
+voxels that were not numbers), when metal (screws, cement: a piece of voxels over 2000 HU of at least
+30 mm3, or any voxel over 3000 HU; a few dense voxels of cortex or endplate are bone) lies in or within 3 mm
+of the body,
 when the slices are too thick for the core (more than :data:`MAX_SLICE_MM` apart, or the core spans fewer
 than :data:`MIN_CORE_SLICES` of them), when the core holds too few voxels, or when the body cannot be told
 from the arch.
@@ -57,6 +59,7 @@ import SimpleITK as sitk
 from scipy import ndimage
 
 from . import bone_screening
+from .metal import METAL_CERTAIN_HU, METAL_HU, METAL_MIN_MM3, find_metal  # noqa: F401  (the rule's constants)
 from ..constants import LABEL_NAMES
 
 # --------------------------------------------------------------------------------------------------
@@ -74,7 +77,6 @@ BVV_DEPTH_FRACTION = 0.35  # ... in the posterior 35 % of the depth
 CLASSIC_CENTER_DEPTH = 0.6  # ellipse centre, as a fraction of the depth in front of the posterior wall
 CLASSIC_SEMI_DEPTH = 0.22
 CLASSIC_SEMI_WIDTH = 0.3
-METAL_HU = 2000.0
 MAX_EDGE_CONTACT_MM2 = 10.0
 METAL_SEARCH_MM = 3.0
 MIN_CORE_ML = 1.0
@@ -151,10 +153,9 @@ def roi_statistics(ct_hu: np.ndarray, mask: np.ndarray, image: sitk.Image, defin
     mask = np.asarray(mask, bool)
     voxel_ml = float(np.prod(image.GetSpacing())) / 1000.0
     values = np.asarray(ct_hu)[mask]
-    if values.size and float(values.max()) > METAL_HU:
-        n = int(np.count_nonzero(values > METAL_HU))
-        return RoiResult(definition, reason=f"metal in the ROI: {n} voxels above {METAL_HU:g} HU "
-                                            f"(max {float(values.max()):.0f} HU)", voxels=int(values.size))
+    metal = find_metal(np.asarray(ct_hu), mask, np.asarray(image.GetSpacing(), float)[::-1])
+    if metal:
+        return RoiResult(definition, reason=f"metal in the ROI: {metal}", voxels=int(values.size))
     if values.size < min_voxels or values.size * voxel_ml < min_ml:
         return RoiResult(definition, reason=f"too few ROI voxels: {values.size} ({values.size * voxel_ml:.2f} mL); "
                                             f"at least {min_voxels} and {min_ml:g} mL are needed",
@@ -357,13 +358,11 @@ def _measure_one(labels, ct_hu, image, label, bbox, centroids, outside_mask) -> 
         return _no_value(name, f"{name}'s vertebral body is cut by the field of view (voxels that were not "
                                f"numbers (NaN) border it)", frame)
 
-    # Metal in or next to the body.
+    # Metal in or next to the body: by size and value, not by one dense voxel (see find_metal).
     near_body = ndimage.distance_transform_edt(~body, sampling=spacing_zyx) <= METAL_SEARCH_MM
-    hot = ct_hu[region][near_body]
-    if hot.size and float(hot.max()) > METAL_HU:
-        n_hot = int(np.count_nonzero(hot > METAL_HU))
-        return _no_value(name, f"metal in {name}'s body: {n_hot} voxels above {METAL_HU:g} HU (max "
-                               f"{float(hot.max()):.0f} HU); screws or cement make its HU meaningless", frame)
+    metal = find_metal(ct_hu[region], near_body, spacing_zyx)
+    if metal:
+        return _no_value(name, f"metal in {name}'s body: {metal}; screws or cement make its HU meaningless", frame)
 
     thick_axis = int(np.argmax(spacing_zyx))
     if spacing_zyx[thick_axis] > MAX_SLICE_MM + 1e-3:
