@@ -84,6 +84,13 @@ def test_dicom_seg_holds_the_roi_segments_and_the_header_gives_kvp_and_contrast(
     measured = [name for name in report["found"] if report["measurements"][name]["trabecular_hu"]["reason"] is None]
     assert measured and all(f"{name} trabecular ROI" in labels for name in measured)
     assert set(report["found"]) <= set(labels)
+    # An ROI segment is coded as what it is (bone tissue in its vertebra), not as the vertebra itself.
+    roi = seg.get_segment_description(labels[f"{measured[0]} trabecular ROI"])
+    vertebra = seg.get_segment_description(labels[measured[0]])
+    assert roi.segmented_property_type.value != vertebra.segmented_property_type.value
+    assert (roi.segmented_property_category.value, roi.segmented_property_type.value) == ("85756007", "3138006")
+    assert [r.value for r in roi.anatomic_regions] == [vertebra.segmented_property_type.value]
+    assert "Trabecular bone ROI" in roi.SegmentDescription
     # Each ROI segment, put back on the CT's grid, holds the voxels the report measured.
     grid = images.read_ct(folder)
     hu = sitk.GetArrayViewFromImage(grid)

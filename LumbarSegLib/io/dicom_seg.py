@@ -1,7 +1,8 @@
 """DICOM Segmentation (SEG) output for a DICOM CT series, written with highdicom.
 
-One segment per vertebra found (and one per measured trabecular ROI, after them), coded with the same
-SNOMED CT category and types as everywhere else (:mod:`constants`), referencing the source series and each
+One segment per vertebra found (and one per measured trabecular ROI, after them, coded as bone tissue in
+its vertebra), the vertebrae coded with the same SNOMED CT category and types as everywhere else
+(:mod:`constants`), referencing the source series and each
 of its instances, so a PACS or viewer shows the result on the CT it came from. The SEG carries the research-use notice in its series and content
 descriptions.
 
@@ -108,34 +109,52 @@ def source_slice_indices(labels: sitk.Image, datasets) -> list[int]:
     return indices
 
 
+# A trabecular ROI is bone tissue measured inside a vertebra, not the vertebra: it is coded as tissue (DICOM
+# CID 7150 category "Tissue", CID 7166 type "Bone"), with its vertebra as the anatomic region and its
+# definition as the segment's description.
+SNOMED_TISSUE_CATEGORY = ("85756007", "Tissue")
+SNOMED_BONE_TISSUE = ("3138006", "Bone")
+ROI_DESCRIPTIONS = {
+    "core": "Trabecular bone ROI: 3D core of the vertebral body (LumbarSeg trabecular HU)",
+    "single_slice": "Trabecular bone ROI: single-slice ellipse at mid-height (LumbarSeg screening HU)",
+}
+
+
 def segment_descriptions(labels_present, roi_segments=()):
     """highdicom segment descriptions, numbered 1..N in the order of ``labels_present`` (1..5 = L1..L5),
     then one per measured trabecular ROI (``trabecular.RoiSegment``): labelled with its own name ("L1
-    trabecular ROI") and coded as a structure of its vertebra (the same SNOMED CT code: the ROI is a region
-    of that vertebra's body)."""
+    trabecular ROI") and coded as what it is, bone tissue (SNOMED CT "Bone" in the category "Tissue"), in
+    its vertebra (the vertebra's code as the anatomic region), with the ROI's kind as its description."""
     import highdicom as hd
     from pydicom.sr.codedict import codes
     from pydicom.sr.coding import Code
 
     algorithm = hd.AlgorithmIdentificationSequence(name="LumbarSeg", version=__version__,
                                                    family=codes.cid7162.ArtificialIntelligence)
-    category = Code(SNOMED_BONE_CATEGORY[0], "SCT", SNOMED_BONE_CATEGORY[1])
+    vertebra_category = Code(SNOMED_BONE_CATEGORY[0], "SCT", SNOMED_BONE_CATEGORY[1])
+    tissue_category = Code(SNOMED_TISSUE_CATEGORY[0], "SCT", SNOMED_TISSUE_CATEGORY[1])
+    bone_tissue = Code(SNOMED_BONE_TISSUE[0], "SCT", SNOMED_BONE_TISSUE[1])
     out = []
-    names = [(label, LABEL_NAMES[label]) for label in labels_present] + [(r.label, r.name) for r in roi_segments]
-    for number, (label, name) in enumerate(names, start=1):
-        code, meaning = SNOMED_VERTEBRA[label]
-        out.append(hd.seg.SegmentDescription(
+    names = [(label, LABEL_NAMES[label], None) for label in labels_present] + \
+        [(r.label, r.name, r) for r in roi_segments]
+    for number, (label, name, roi) in enumerate(names, start=1):
+        vertebra = Code(SNOMED_VERTEBRA[label][0], "SCT", SNOMED_VERTEBRA[label][1])
+        description = hd.seg.SegmentDescription(
             segment_number=number,
             segment_label=name,
-            segmented_property_category=category,
-            segmented_property_type=Code(code, "SCT", meaning),
+            segmented_property_category=vertebra_category if roi is None else tissue_category,
+            segmented_property_type=vertebra if roi is None else bone_tissue,
             algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
             algorithm_identification=algorithm,
             tracking_id=f"LumbarSeg {name}",
             tracking_uid=hd.UID(),
+            anatomic_regions=None if roi is None else [vertebra],
             display_color=hd.color.CIELabColor.from_rgb(
                 *[int(round(255 * c)) for c in LABEL_COLORS[label]]),
-        ))
+        )
+        if roi is not None:
+            description.SegmentDescription = ROI_DESCRIPTIONS.get(roi.kind, "Trabecular bone ROI")
+        out.append(description)
     return out
 
 
