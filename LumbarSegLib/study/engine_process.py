@@ -280,11 +280,13 @@ class EngineProcess:
         something or ends, at most ``timeout`` seconds. No Python sleep; call :meth:`poll` afterwards."""
         if not self.running:
             return
-        if os.name == "nt" or self._pipe.closed:  # WaitForSingleObject / waitpid: no output left to wait for
+        if os.name == "nt":  # WaitForSingleObject: no polling loop
             try:
                 self._process.wait(timeout)
             except subprocess.TimeoutExpired:
                 pass
+        elif self._pipe.closed:  # its output has ended but it runs on: wait for the process itself
+            _wait_for_exit(self._process, timeout)
         else:  # (Popen.wait with a timeout would sleep in a loop on POSIX)
             self._pipe.wait_readable(timeout)
 
@@ -361,6 +363,27 @@ class EngineProcess:
         else:
             self.error = one_line_error(self.log_lines, self.returncode)
         self.state = "failed"
+
+
+def _wait_for_exit(process: subprocess.Popen, timeout: float) -> None:
+    """Block in the OS until ``process`` ends or ``timeout`` seconds pass: ``select`` on a pidfd (Linux);
+    elsewhere Popen.wait (which polls)."""
+    import select
+
+    if hasattr(os, "pidfd_open"):
+        try:
+            fd = os.pidfd_open(process.pid)
+        except OSError:  # already gone (reaped)
+            return
+        try:
+            select.select([fd], [], [], max(0.0, timeout))
+        finally:
+            os.close(fd)
+        return
+    try:
+        process.wait(timeout)
+    except subprocess.TimeoutExpired:
+        pass
 
 
 def _progress_event(line: str) -> ProgressEvent | None:
