@@ -147,7 +147,12 @@ def result_from_output(engine_result: EngineResult):
     box = report.get("crop_box") or {}
     box_lps = ((tuple(box["lps_min_mm"]), tuple(box["lps_max_mm"]))
                if box.get("lps_min_mm") and box.get("lps_max_mm") else None)
-    box_index = (tuple(box["index_lo_xyz"]), tuple(box["index_hi_xyz"])) if box.get("index_lo_xyz") else None
+    if box.get("canonical_index_lo_xyz"):  # the engine's own (internal) grid, as SegmentationResult holds it
+        box_index = (tuple(box["canonical_index_lo_xyz"]), tuple(box["canonical_index_hi_xyz"]))
+    elif box.get("index_lo_xyz") and "canonical" in str(box.get("index_space", "")):  # an older report
+        box_index = (tuple(box["index_lo_xyz"]), tuple(box["index_hi_xyz"]))
+    else:
+        box_index = None
     messages = list(report.get("messages", []))
     peak = report.get("heatmap_peak")
     labels = sitk.ReadImage(str(engine_result.labels_path))

@@ -115,6 +115,7 @@ def _run_segmentation(loaded, *, input_desc: dict, out, stem: str, model, device
     from ..measures import agreement, trabecular
     from ..measures import measurements as measuring
     from ..results import surfaces
+    from ..results.crop_box import crop_box_report
     from ..results.machine_paths import names_not_paths
 
     image = loaded.image
@@ -195,12 +196,7 @@ def _run_segmentation(loaded, *, input_desc: dict, out, stem: str, model, device
         "model": {**model.describe(), "metadata": names_not_paths(model.metadata)},  # not the trainer's paths
         "device": str(resolve_device(device)),
         "found": list(result.found),
-        "crop_box": None if result.box_index is None else {
-            "index_lo_xyz": list(result.box_index[0]), "index_hi_xyz": list(result.box_index[1]),
-            "index_space": "canonical LPS-reoriented image, hi exclusive",
-            "lps_min_mm": list(result.box_lps[0]) if result.box_lps else None,
-            "lps_max_mm": list(result.box_lps[1]) if result.box_lps else None,
-        },
+        "crop_box": crop_box_report(image, result.box_index, result.box_lps),  # on the file's own axes
         "heatmap_peak": result.heatmap_peak,
         "timings_s": timings,
         "measurements": measurements,
