@@ -228,10 +228,11 @@ def test_second_browser_is_a_read_only_viewer_until_the_first_leaves(serve, brow
     assert viewer.is_visible("#ls-viewer-notice")
     assert not owner.is_visible("#ls-viewer-notice")
     # The overlay takes the viewer's clicks; a call sent anyway is refused by the server.
-    viewer.evaluate("() => window.trame.trigger('ls_segment', [window.lumbarsegPageId])")
+    answer = viewer.evaluate("() => window.trame.trigger('ls_segment', [window.lumbarsegPageId])")
     owner.wait_for_timeout(1000)
     assert state(owner, "ls_running") is False
-    assert "read-only" in state(viewer, "ls_error")
+    assert "read-only" in answer  # told to the refused page, as the answer to its call ...
+    assert not state(owner, "ls_error") and not owner.is_visible("#ls-error")  # ... not on the owner's page
     owner.context.close()  # the owner leaves: after its heartbeat stops, the viewer takes over
     viewer.wait_for_function("() => window.trame.state.get('ls_owner') === window.lumbarsegPageId",
                              timeout=60_000)
@@ -266,3 +267,8 @@ def test_upload_is_checked_and_its_name_never_becomes_a_path(serve, browser, tmp
     page.click("#ls-open-server")
     page.wait_for_function("() => window.trame.state.get('ls_ct') === 'server_case.nrrd'", timeout=120_000)
     assert page.is_enabled("#ls-segment")
+
+    # The server stops (SIGTERM, as a service manager would): the uploaded CT, patient data, goes with it.
+    server.stop()
+    assert server.process.returncode is not None and not (server.work_dir / "uploads").exists()
+    assert server.work_dir.is_dir()  # the user's --work-dir itself stays

@@ -43,6 +43,22 @@ def test_serve_without_the_web_environment_says_how_to_make_it(capsys):
     assert code == 2 and "bash tools/install.sh --web" in err and "Traceback" not in err
 
 
+def test_uploads_are_removed_from_the_work_dir_at_exit_unless_kept(tmp_path, capsys):
+    from LumbarSegLib.web.uploads import remove_patient_data
+
+    content = SAMPLE_CT.read_bytes()
+    saved = save_upload("ct.nrrd", content, tmp_path / "uploads", max_bytes=10_000_000)
+    (tmp_path / "exports").mkdir()
+    (tmp_path / "exports" / "left.zip").write_bytes(b"x")
+    (tmp_path / "mine.txt").write_text("the user's own file")
+    assert remove_patient_data(tmp_path, keep_uploads=True) == [tmp_path / "exports"]
+    assert saved.is_file() and not (tmp_path / "exports").exists()
+    assert remove_patient_data(tmp_path) == [tmp_path / "uploads"]
+    assert not (tmp_path / "uploads").exists() and (tmp_path / "mine.txt").is_file()
+    code, err = _serve(capsys, "--keep-uploads")  # nothing to keep them in
+    assert code == 2 and "--keep-uploads keeps uploads in --work-dir" in err and err.strip().count("\n") == 0
+
+
 def test_loopback_is_the_default_and_other_addresses_warn_of_no_login():
     assert web_cli.DEFAULT_HOST == "127.0.0.1"
     assert web_cli.is_loopback("127.0.0.1") and web_cli.is_loopback("::1") and web_cli.is_loopback("localhost")

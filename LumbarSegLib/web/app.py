@@ -23,9 +23,10 @@ from pathlib import Path
 
 from ..errors import InputError, LumbarSegError
 from .session import SAMPLE_CT, EditedSegmentation, StudySession
-from .uploads import display_name, save_upload
+from .uploads import EXPORT_FOLDER, UPLOAD_FOLDER, display_name, remove_patient_data, save_upload
 
 POLL_SECONDS = 0.25
+READ_ONLY = "Another browser is using this server; this page is a read-only view."  # said to the refused page only
 OWNER_TIMEOUT_S = 15.0  # an owner page silent this long (closed, crashed) gives the server to the next page
 SERVER_CT_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".mha", ".mhd")
 
@@ -46,7 +47,8 @@ def list_server_cts(folder) -> list[dict]:
 
 
 class LumbarSegWebApp:
-    def __init__(self, server, *, data_dir=None, work_dir=None, max_upload_bytes=0, device="auto", model=None):
+    def __init__(self, server, *, data_dir=None, work_dir=None, max_upload_bytes=0, device="auto", model=None,
+                 keep_uploads=False):
         from trame_slicer import module as trame_slicer_module
         from trame_slicer.app.logic.layout_button_logic import LayoutButtonLogic
         from trame_slicer.app.logic.segmentation import SegmentEditorLogic
@@ -61,9 +63,10 @@ class LumbarSegWebApp:
         self.editor_logic = SegmentEditorLogic(server, self.slicer_app)
         self.layout_logic = LayoutButtonLogic(server, self.slicer_app)
         self._own_work_dir = work_dir is None
+        self.keep_uploads = bool(keep_uploads)
         self.work_dir = Path(work_dir or tempfile.mkdtemp(prefix="lumbarseg-web-"))
         self.work_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-        self.session = StudySession(self.slicer_app.scene, self.work_dir / "exports", device=device, model=model)
+        self.session = StudySession(self.slicer_app.scene, self.work_dir / EXPORT_FOLDER, device=device, model=model)
         self.data_dir = data_dir
         self.server_cts = list_server_cts(data_dir)
         self.max_upload_bytes = int(max_upload_bytes)
@@ -158,7 +161,9 @@ class LumbarSegWebApp:
                     pipeline.SetView(views.get_view(pipeline.viewNode))
 
     def select_segmentation(self, client_id, node_id):
-        if not self._owns(client_id) or self.session.running:
+        if not self._owns(client_id):
+            return READ_ONLY
+        if self.session.running:
             return
         try:
             node = self.session.show_segmentation(node_id)
@@ -171,7 +176,7 @@ class LumbarSegWebApp:
     def select_vertebra(self, client_id, name):
         """A click on a vertebra's name: that segment becomes the one the editor paints or erases."""
         if not self._owns(client_id):
-            return
+            return READ_ONLY
         segment_id = self.session.segment_id_of(name)
         if segment_id is not None:
             self.slicer_app.segmentation_editor.set_active_segment_id(segment_id)
@@ -190,10 +195,10 @@ class LumbarSegWebApp:
         return owner
 
     def _owns(self, client_id) -> bool:
-        if client_id and client_id == self.state.ls_owner:
-            return True
-        self.state.ls_error = "Another browser is using this server; this page is a read-only view."
-        return False
+        """Whether ``client_id``'s page owns the server. A refusal is told to that page only (the handler
+        returns :data:`READ_ONLY` as its answer to the call, and the page shows its read-only notice), never
+        through the state, which every page shares: the owner's page would show it too."""
+        return bool(client_id) and client_id == self.state.ls_owner
 
     def _fail(self, exc: BaseException) -> None:
         from ..scene.run import friendly_error
@@ -203,12 +208,13 @@ class LumbarSegWebApp:
     # --- opening
 
     def open_sample(self, client_id):
-        if self._owns(client_id):
-            self._open(SAMPLE_CT, "LumbarSeg sample CT (synthetic)")
+        if not self._owns(client_id):
+            return READ_ONLY
+        self._open(SAMPLE_CT, "LumbarSeg sample CT (synthetic)")
 
     def open_server_ct(self, client_id, choice):
         if not self._owns(client_id):
-            return
+            return READ_ONLY
         entry = next((e for e in self.server_cts if e["value"] == choice), None)
         if entry is None:
             self.state.ls_error = "Choose a CT from the list of the server's folder."
@@ -217,14 +223,14 @@ class LumbarSegWebApp:
 
     def upload(self, client_id, name, files):
         if not self._owns(client_id):
-            return
+            return READ_ONLY
         from trame.app.file_upload import ClientFile
 
         try:
             file = ClientFile(files[0] if files else None)
             if file.is_empty:
                 raise InputError("No file arrived; choose the CT file again.")
-            path = save_upload(name, file.content, self.work_dir / "uploads", self.max_upload_bytes)
+            path = save_upload(name, file.content, self.work_dir / UPLOAD_FOLDER, self.max_upload_bytes)
         except LumbarSegError as exc:
             self._fail(exc)
             return
@@ -254,7 +260,7 @@ class LumbarSegWebApp:
 
     def confirm_open(self, client_id, discard: bool):
         if not self._owns(client_id):
-            return
+            return READ_ONLY
         pending, self.state.ls_pending_open, self.state.ls_ask_open = self.state.ls_pending_open, None, False
         if discard and pending:
             self._open(Path(pending["path"]), pending["label"], discard_edits=True)
@@ -262,7 +268,9 @@ class LumbarSegWebApp:
     # --- segmenting
 
     def segment(self, client_id):
-        if not self._owns(client_id) or self.session.running:
+        if not self._owns(client_id):
+            return READ_ONLY
+        if self.session.running:
             return
         if self.session.has_edits():
             self.state.ls_ask_replace = True  # the page asks: replace the edited one, or keep it
@@ -271,7 +279,7 @@ class LumbarSegWebApp:
 
     def confirm_replace(self, client_id, choice: str):
         if not self._owns(client_id):
-            return
+            return READ_ONLY
         self.state.ls_ask_replace = False
         if choice in ("replace", "keep"):
             self._start(replace_edited=choice == "replace")
@@ -323,7 +331,9 @@ class LumbarSegWebApp:
         self._refresh()
 
     def cancel(self, client_id):
-        if not self._owns(client_id) or not self.session.running:
+        if not self._owns(client_id):
+            return READ_ONLY
+        if not self.session.running:
             return
         self.session.cancel()
         s = self.state
@@ -336,8 +346,9 @@ class LumbarSegWebApp:
             roi.GetDisplayNode().SetVisibility(bool(visible))
 
     def refresh_metrics(self, client_id):
-        if self._owns(client_id):
-            self._refresh()
+        if not self._owns(client_id):
+            return READ_ONLY
+        self._refresh()
 
     # --- exports
 
@@ -362,6 +373,8 @@ class LumbarSegWebApp:
             self.session.cancel()
         if self._own_work_dir:
             shutil.rmtree(self.work_dir, ignore_errors=True)
+        else:  # the user's --work-dir: the uploads (patient data) go unless --keep-uploads
+            remove_patient_data(self.work_dir, keep_uploads=self.keep_uploads)
 
 
 def serve(args) -> int:
@@ -372,16 +385,23 @@ def serve(args) -> int:
     max_bytes = int(args.max_upload_mb * 1e6)
     server.cli.set_defaults(ws_max_msg_size=max(4 * 2**20, min(max_bytes + 2**20, 2**31 - 1)))
     app = LumbarSegWebApp(server, data_dir=args.data_dir, work_dir=args.work_dir, max_upload_bytes=max_bytes,
-                          device=args.device, model=args.model)
+                          device=args.device, model=args.model, keep_uploads=getattr(args, "keep_uploads", False))
     if args.sample:
         app._open(SAMPLE_CT, "LumbarSeg sample CT (synthetic)")
         if app.state.ls_error:
             print(f"lumbarseg: error: {app.state.ls_error}", file=sys.stderr)
             return 2
     print(f"lumbarseg: serving on http://{args.host}:{args.port}/", file=sys.stderr, flush=True)
+    import signal
+
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)  # a service manager's stop runs the clean-up below too
     try:
         server.start(host=args.host, port=args.port, open_browser=False, show_connection_info=False,
                      disable_logging=True, exec_mode="main", timeout=0)
     finally:
         app.close()
     return 0
+
+
+def _exit_on_sigterm(signum, frame):
+    raise KeyboardInterrupt  # ends server.start like Ctrl-C, so its ``finally`` removes the uploads

@@ -52,7 +52,11 @@ def register_cli(sub) -> None:
                    help=f"largest CT a browser may upload, in MB (default {DEFAULT_MAX_UPLOAD_MB}; 0 disables uploads)")
     p.add_argument("--work-dir", metavar="DIR",
                    help="where uploads and engine results are kept while the server runs (default: a new "
-                   "temporary folder, removed at exit)")
+                   "temporary folder, removed at exit; in a folder given here the uploads and exports are "
+                   "removed at exit unless --keep-uploads)")
+    p.add_argument("--keep-uploads", action="store_true",
+                   help="keep the uploaded CTs in --work-dir/uploads after the server exits (they are patient "
+                   "data: by default they are removed at exit)")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"],
                    help="where the engine runs (default auto: CUDA when present)")
     p.add_argument("--model", default=None, metavar="NAME|PATH", help="a shipped model (cpu, paper) or a model file")
@@ -72,6 +76,9 @@ def check_serve_arguments(args: argparse.Namespace) -> None:
                              "DICOM series folders.")
     if args.work_dir is not None and Path(args.work_dir).exists() and not Path(args.work_dir).is_dir():
         raise InputError(f"--work-dir {args.work_dir} is a file; give a folder (it is created when missing).")
+    if getattr(args, "keep_uploads", False) and args.work_dir is None:
+        raise InputError("--keep-uploads keeps uploads in --work-dir; without --work-dir they are in a temporary "
+                         "folder removed at exit. Give --work-dir DIR too.")
 
 
 def cmd_serve(args: argparse.Namespace) -> int:

@@ -21,6 +21,8 @@ UPLOAD_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
 # .nhdr / .mhd keep their voxels in a second file, which one upload cannot bring along.
 DETACHED_HEADER_SUFFIXES = (".nhdr", ".mhd")
 _counter = itertools.count(1)
+UPLOAD_FOLDER = "uploads"  # under --work-dir
+EXPORT_FOLDER = "exports"
 
 
 def upload_suffix(client_name: str) -> str:
@@ -74,3 +76,18 @@ def save_upload(client_name: str, content: bytes, upload_dir, max_bytes: int) ->
     with os.fdopen(fd, "wb") as handle:
         handle.write(content)
     return path
+
+
+def remove_patient_data(work_dir, *, keep_uploads: bool = False) -> list[Path]:
+    """At the server's exit: remove the uploaded CTs (patient data) and what was left of the exports from a
+    ``--work-dir`` the server does not own, unless ``keep_uploads``; returns the folders removed. The
+    work folder itself, and anything else in it, is the user's and stays."""
+    import shutil
+
+    removed = []
+    for name in (() if keep_uploads else (UPLOAD_FOLDER,)) + (EXPORT_FOLDER,):
+        folder = Path(work_dir) / name
+        if folder.is_dir() and not folder.is_symlink():
+            shutil.rmtree(folder, ignore_errors=True)
+            removed.append(folder)
+    return removed
