@@ -152,8 +152,11 @@ def check_scheduler(address: str | None, timeout: float | None = None) -> None:
         finally:
             comm.abort()
 
-    try:
-        answer = asyncio.run(identity())
+    from concurrent.futures import ThreadPoolExecutor
+
+    try:  # in a thread of its own: a caller may already run an event loop (a notebook)
+        with ThreadPoolExecutor(1) as pool:
+            answer = pool.submit(asyncio.run, identity()).result()
     except (asyncio.TimeoutError, TimeoutError, OSError, EOFError) as exc:
         raise _scheduler_error(address, f"something listens at {host}:{port}, but it did not answer as a Dask "
                                         f"scheduler within {timeout:g} s (another service on that port?)"
