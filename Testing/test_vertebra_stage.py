@@ -177,3 +177,25 @@ def test_a_held_out_subject_leaves_every_source():
     names = [s.name for s in real + masks]
     assert names and not any("verse005" in n or "s0328" in n for n in names)
     assert any("verse008" in n for n in names)
+
+
+def test_model_file_round_trip_and_refusals(tmp_path):
+    from LumbarSegLib.errors import ModelError
+
+    net = vertebra_net.build(SMALL)
+    state = {"config": SMALL.to_dict(), "weights": net.state_dict()}
+    path = vertebra_stage.save_bundle(state, tmp_path / "s3.pt", {"trained_on": ["x"]})
+    loaded, meta = vertebra_stage.load_bundle(path)
+    assert meta == {"trained_on": ["x"]} and loaded.config == SMALL
+    x = vertebra_net.network_input(torch.randn(1, *SMALL.crop_zyx) * 300, torch.full((1, 3), 15.5), SMALL)
+    with torch.no_grad():
+        assert torch.allclose(loaded(x), net.eval()(x), atol=0.05)
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(b"not a model")
+    with pytest.raises(ModelError, match="per-vertebra model"):
+        vertebra_stage.load_bundle(bad)
+    broken = dict(state, weights={k: v.clone() for k, v in state["weights"].items()})
+    next(v for v in broken["weights"].values() if v.is_floating_point()).fill_(float("nan"))
+    vertebra_stage.save_bundle(broken, tmp_path / "nan.pt", {})
+    with pytest.raises(ModelError, match="not numbers"):
+        vertebra_stage.load_bundle(tmp_path / "nan.pt")

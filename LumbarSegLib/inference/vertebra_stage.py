@@ -115,3 +115,57 @@ def load_weights(state: dict) -> VertebraUNet:
     net = build(VertebraNetConfig.from_dict(state["config"]))
     net.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in state["weights"].items()})
     return net.eval()
+
+
+# ------------------------------------------------------------------------------------------------------
+# The stage-3 model file: configuration, fp16 weights and provenance, read without running pickled code
+# ------------------------------------------------------------------------------------------------------
+
+STAGE3_MODEL_NAME = "lumbarseg_stage3.pt"
+BUNDLE_FORMAT = "lumbarseg-stage3-1"
+
+
+def default_stage3_path():
+    from ..constants import RESOURCES_DIR
+
+    return RESOURCES_DIR / STAGE3_MODEL_NAME
+
+
+def save_bundle(state: dict, path, metadata: dict):
+    """A trained phase's state (``config``, ``weights``) as a shippable file with its provenance."""
+    import json
+    from pathlib import Path
+
+    path = Path(path)
+    bundle = {"format": BUNDLE_FORMAT, "config": state["config"], "metadata_json": json.dumps(metadata),
+              "weights": {k: v.half() if v.is_floating_point() else v for k, v in state["weights"].items()}}
+    tmp = path.with_suffix(".tmp")
+    torch.save(bundle, tmp)
+    tmp.replace(path)
+    return path
+
+
+def load_bundle(path=None) -> tuple[VertebraUNet, dict] | None:
+    """(network, metadata) of a stage-3 file; None when ``path`` is None and no stage-3 model is bundled."""
+    import json
+    from pathlib import Path
+
+    from ..errors import ModelError
+    from .models import _load_failure, _load_state
+
+    if path is None:
+        path = default_stage3_path()
+        if not path.exists():
+            return None
+    path = Path(path)
+    try:
+        bundle = torch.load(path, map_location="cpu", weights_only=True)
+        if bundle.get("format") != BUNDLE_FORMAT:
+            raise ValueError(f"format {bundle.get('format')!r}, not {BUNDLE_FORMAT}")
+        config = VertebraNetConfig.from_dict(bundle["config"])
+        config.check()
+    except Exception as exc:  # corrupt, another kind of file, pickled code, implausible configuration
+        raise ModelError(f"Cannot read the per-vertebra model {path}: {_load_failure(exc)}.") from None
+    net = build(config)
+    _load_state(net, bundle["weights"], "per-vertebra", path)
+    return net.eval(), json.loads(bundle.get("metadata_json") or "{}")
