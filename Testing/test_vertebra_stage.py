@@ -199,3 +199,25 @@ def test_model_file_round_trip_and_refusals(tmp_path):
     vertebra_stage.save_bundle(broken, tmp_path / "nan.pt", {})
     with pytest.raises(ModelError, match="not numbers"):
         vertebra_stage.load_bundle(tmp_path / "nan.pt")
+
+
+def _sphere_prob(config, centre_mm, grid_centre_mm, value, radius_mm=12.0):
+    """A crop's probabilities: ``value`` inside a ball at ``centre_mm``, 0.05 elsewhere."""
+    ref = vertebra_stage.crop_grid(grid_centre_mm, config)
+    zyx = np.stack(np.meshgrid(*[np.arange(n) for n in config.crop_zyx], indexing="ij"), -1)
+    pts = np.asarray(ref.GetOrigin()) + zyx[..., ::-1] * config.spacing_mm
+    inside = np.linalg.norm(pts - np.asarray(centre_mm), axis=-1) < radius_mm
+    return np.where(inside, value, 0.05).astype(np.float32), ref
+
+
+def test_two_seeds_on_one_vertebra_are_one():
+    ct = _sphere_ct()
+    bone = np.array([12.0, -30.0, 55.0])
+    upper = vertebra_stage.VertebraSeed(bone + [0, 0, 4.0], 3)
+    lower = vertebra_stage.VertebraSeed(bone - [0, 0, 5.0], 4)  # a second seed on the same bone
+    far = vertebra_stage.VertebraSeed(bone - [0, 0, 32.0], 5)
+    probs = [_sphere_prob(SMALL, bone, upper.centre_mm, 0.95), _sphere_prob(SMALL, bone, lower.centre_mm, 0.8),
+             _sphere_prob(SMALL, far.centre_mm, far.centre_mm, 0.9)]
+    grids = vertebra_stage.on_ct_grid(ct, probs)
+    assert vertebra_stage.duplicates([upper, lower, far], grids) == {4: 3}
+    assert vertebra_stage.duplicates([upper, far], [grids[0], grids[2]]) == {}

@@ -410,7 +410,15 @@ def refine_vertebrae(canonical: sitk.Image, labels: np.ndarray, net, messages: l
     centres = ndimage.center_of_mass(np.ones(labels.shape, np.uint8), labels, present)
     seeds = [VertebraSeed(np.asarray(canonical.TransformContinuousIndexToPhysicalPoint([float(c) for c in idx[::-1]])),
                           lab) for lab, idx in zip(present, centres)]
-    refined = segment_vertebrae(canonical, seeds, net, cancel=check)
+    dup: dict = {}
+    refined = segment_vertebrae(canonical, seeds, net, cancel=check, dropped=dup)
+    for lab, twin in sorted(dup.items()):
+        below = [LABEL_NAMES[v] for v in present if v > max(lab, twin)]
+        messages.append(f"{LABEL_NAMES[lab]} and {LABEL_NAMES[twin]} are one vertebra (the per-vertebra stage found "
+                        f"the same bone at both centres); it is reported as {LABEL_NAMES[twin]}"
+                        + (f", and the names below it ({', '.join(below)}) may be shifted: check the levels."
+                           if below else "."))
+    present = [lab for lab in present if lab not in dup]
     spacing_zyx = np.asarray(canonical.GetSpacing(), float)[::-1]
     margin = np.ceil(CLOSING_MM / spacing_zyx).astype(int)
     out = np.zeros_like(labels)

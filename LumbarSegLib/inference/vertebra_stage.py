@@ -67,12 +67,16 @@ def vertebra_probabilities(ct: sitk.Image, seeds: list[VertebraSeed], net: Verte
 
 def merge(ct: sitk.Image, seeds: list[VertebraSeed], probabilities) -> np.ndarray:
     """One label map (z, y, x) uint8 on the CT's grid: each voxel to its most probable vertebra (>= 0.5)."""
-    size = np.asarray(ct.GetSize())
-    labels = np.zeros(size[::-1], np.uint8)
-    best = np.zeros(size[::-1], np.uint8)  # probability x 255 of the label kept so far
-    for seed, (prob, ref) in zip(seeds, probabilities):
+    return assign(ct, seeds, on_ct_grid(ct, probabilities))
+
+
+def on_ct_grid(ct: sitk.Image, probabilities) -> list:
+    """Each crop's probabilities resampled onto the part of the CT's grid it covers: (slices, uint8 x 255)."""
+    out = []
+    for prob, ref in probabilities:
         box = _index_box(ct, ref)
         if box is None:
+            out.append(None)
             continue
         lo, hi = box
         sub = sitk.Image([int(v) for v in hi - lo], sitk.sitkFloat32)
@@ -82,12 +86,53 @@ def merge(ct: sitk.Image, seeds: list[VertebraSeed], probabilities) -> np.ndarra
         p_img = sitk.GetImageFromArray(prob.astype(np.float32))
         p_img.CopyInformation(ref)
         p = sitk.GetArrayFromImage(sitk.Resample(p_img, sub, sitk.Transform(), sitk.sitkLinear, 0.0))
-        q = np.round(p * 255).astype(np.uint8)
-        sl = tuple(slice(int(a), int(b)) for a, b in zip(lo[::-1], hi[::-1]))
+        out.append((tuple(slice(int(a), int(b)) for a, b in zip(lo[::-1], hi[::-1])),
+                    np.round(p * 255).astype(np.uint8)))
+    return out
+
+
+def assign(ct: sitk.Image, seeds: list[VertebraSeed], grids: list) -> np.ndarray:
+    size = np.asarray(ct.GetSize())
+    labels = np.zeros(size[::-1], np.uint8)
+    best = np.zeros(size[::-1], np.uint8)  # probability x 255 of the label kept so far
+    for seed, grid in zip(seeds, grids):
+        if grid is None:
+            continue
+        sl, q = grid
         win = (q >= round(THRESHOLD * 255)) & (q > best[sl])
         labels[sl][win] = seed.label
         best[sl][win] = q[win]
     return labels
+
+
+def duplicates(seeds: list[VertebraSeed], grids: list, overlap: float = 0.5) -> dict[int, int]:
+    """Seeds whose vertebra is another seed's: label -> the label it duplicates. Two seeds on one vertebra
+    (a vertebra split in two by the finder) give two masks of the same bone; of each such pair the seed whose
+    mask is less sure (lower summed probability) is the duplicate."""
+    masks = []
+    for grid in grids:
+        if grid is None:
+            masks.append(None)
+            continue
+        sl, q = grid
+        masks.append((sl, q >= round(THRESHOLD * 255), float(q.sum(dtype=np.int64))))
+    out: dict[int, int] = {}
+    for i in range(len(seeds)):
+        for j in range(i + 1, len(seeds)):
+            if masks[i] is None or masks[j] is None:
+                continue
+            (si, mi, wi), (sj, mj, wj) = masks[i], masks[j]
+            both = tuple(slice(max(a.start, b.start), min(a.stop, b.stop)) for a, b in zip(si, sj))
+            if any(s.stop <= s.start for s in both):
+                continue
+            ci = mi[tuple(slice(s.start - a.start, s.stop - a.start) for s, a in zip(both, si))]
+            cj = mj[tuple(slice(s.start - a.start, s.stop - a.start) for s, a in zip(both, sj))]
+            shared = np.count_nonzero(ci & cj)
+            smaller = min(np.count_nonzero(mi), np.count_nonzero(mj))
+            if smaller and shared > overlap * smaller:
+                weak, strong = (i, j) if wi < wj else (j, i)
+                out[seeds[weak].label] = seeds[strong].label
+    return out
 
 
 def _index_box(ct: sitk.Image, ref: sitk.Image):
@@ -103,11 +148,18 @@ def _index_box(ct: sitk.Image, ref: sitk.Image):
     return lo, hi
 
 
-def segment_vertebrae(ct: sitk.Image, seeds: list[VertebraSeed], net: VertebraUNet, cancel=None) -> np.ndarray:
-    """Stage 3 on a CT: the merged label map (z, y, x) of the seeds' vertebrae on the CT's own grid."""
+def segment_vertebrae(ct: sitk.Image, seeds: list[VertebraSeed], net: VertebraUNet, cancel=None,
+                      dropped: dict | None = None) -> np.ndarray:
+    """Stage 3 on a CT: the merged label map (z, y, x) of the seeds' vertebrae on the CT's own grid. Seeds
+    that are another seed's vertebra (:func:`duplicates`) are left out; ``dropped`` receives them."""
     if not seeds:
         return np.zeros(ct.GetSize()[::-1], np.uint8)
-    return merge(ct, seeds, vertebra_probabilities(ct, seeds, net, cancel))
+    grids = on_ct_grid(ct, vertebra_probabilities(ct, seeds, net, cancel))
+    dup = duplicates(seeds, grids)
+    if dropped is not None:
+        dropped.update(dup)
+    kept = [(s, g) for s, g in zip(seeds, grids) if s.label not in dup]
+    return assign(ct, [k[0] for k in kept], [k[1] for k in kept])
 
 
 def load_weights(state: dict) -> VertebraUNet:
