@@ -221,3 +221,18 @@ def test_two_seeds_on_one_vertebra_are_one():
     grids = vertebra_stage.on_ct_grid(ct, probs)
     assert vertebra_stage.duplicates([upper, lower, far], grids) == {4: 3}
     assert vertebra_stage.duplicates([upper, far], [grids[0], grids[2]]) == {}
+
+
+def test_a_vertebra_of_soft_tissue_is_not_reported():
+    from LumbarSegLib.inference import pipeline
+
+    hu = np.full((30, 30, 30), 40.0, np.float32)
+    labels = np.zeros(hu.shape, np.uint8)
+    labels[2:10, 5:20, 5:20] = 1
+    hu[2:10, 5:20, 5:20] = 260.0  # bone
+    labels[15:25, 5:20, 5:20] = 2  # a blob on soft tissue (e.g. bowel) named L2
+    messages: list[str] = []
+    out = pipeline.drop_soft_tissue(labels, hu, messages)
+    assert set(np.unique(out)) == {0, 1}
+    assert len(messages) == 1 and "L2 (40 HU)" in messages[0]
+    assert pipeline.drop_soft_tissue(out, hu, []) is out  # bone alone: kept as it is

@@ -369,6 +369,7 @@ def _segment_on(image: sitk.Image, model: LumbarSegModel, torch_device: torch.de
         if refine is not None and labels_canonical.any():
             stages.start("refine")
             labels_canonical = refine_vertebrae(canonical, labels_canonical, refine, messages, stages.check)
+        labels_canonical = drop_soft_tissue(labels_canonical, sitk.GetArrayViewFromImage(canonical), messages)
     else:
         stages.start("postprocess")
 
@@ -398,6 +399,29 @@ def _segment_on(image: sitk.Image, model: LumbarSegModel, torch_device: torch.de
         box_lps_out = index_box_to_lps(canonical, *box)
     return SegmentationResult(out, found, box_index, box_lps_out, peak, stages.timings, messages, model.trained,
                               str(torch_device), refined=refine is not None and bool(found))
+
+
+# A vertebra is bone: the labelled vertebrae of the real CTs in ../shared average 222-458 HU over their voxels
+# (cortex and cancellous bone; 5 mm slices blur that down only at the surface). A "vertebra" averaging soft
+# tissue's HU is something else (bowel, a chest wall), never reported as a vertebra.
+MIN_VERTEBRA_MEAN_HU = 100.0
+
+
+def drop_soft_tissue(labels: np.ndarray, hu: np.ndarray, messages: list[str]) -> np.ndarray:
+    """``labels`` without the vertebrae whose mean HU is under :data:`MIN_VERTEBRA_MEAN_HU`; each one named."""
+    present = [int(v) for v in np.unique(labels) if v]
+    if not present:
+        return labels
+    means = ndimage.mean(np.asarray(hu, np.float32), labels, present)
+    soft = {lab: float(m) for lab, m in zip(present, means) if m < MIN_VERTEBRA_MEAN_HU}
+    if not soft:
+        return labels
+    messages.append("Not reported, as their voxels average soft tissue's HU rather than bone's (a vertebra averages "
+                    f"over {MIN_VERTEBRA_MEAN_HU:g} HU): " + ", ".join(f"{LABEL_NAMES[lab]} ({m:.0f} HU)"
+                                                                     for lab, m in sorted(soft.items())) + ".")
+    out = labels.copy()
+    out[np.isin(labels, list(soft))] = 0
+    return out
 
 
 def refine_vertebrae(canonical: sitk.Image, labels: np.ndarray, net, messages: list[str], check=None) -> np.ndarray:
