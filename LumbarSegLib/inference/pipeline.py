@@ -418,7 +418,8 @@ def drop_soft_tissue(labels: np.ndarray, hu: np.ndarray, messages: list[str]) ->
         return labels
     messages.append("Not reported, as their voxels average soft tissue's HU rather than bone's (a vertebra averages "
                     f"over {MIN_VERTEBRA_MEAN_HU:g} HU): " + ", ".join(f"{LABEL_NAMES[lab]} ({m:.0f} HU)"
-                                                                     for lab, m in sorted(soft.items())) + ".")
+                                                                     for lab, m in sorted(soft.items()))
+                    + ". The segmentation missed the spine there; if the image shows one, segment it by hand.")
     out = labels.copy()
     out[np.isin(labels, list(soft))] = 0
     return out
