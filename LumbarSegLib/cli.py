@@ -7,7 +7,7 @@ Running with untrained (random) weights is allowed so the tool works end to end 
 but is announced loudly, since such labels are meaningless.
 
 Subcommand handlers are registered with ``parser.set_defaults(func=handler)`` and return an exit code
-(``None`` counts as 0); other modules adding subcommands (``training.cli.register_cli``) follow the same rule.
+(``None`` counts as 0); other modules adding subcommands (``training.commands.register_cli``) follow the same rule.
 """
 
 from __future__ import annotations
@@ -259,9 +259,9 @@ def build_parser() -> argparse.ArgumentParser:
     common(p)
     p.set_defaults(func=cmd_demo)
 
-    from .training import cli as training_cli
+    from .training import commands as training_commands
 
-    training_cli.register_cli(sub)  # train, evaluate-model
+    training_commands.register_cli(sub)  # train, evaluate-model
     from .batch import command as batch
 
     batch.register_cli(sub, common, overwrite, study_outputs)
