@@ -239,9 +239,14 @@ def test_demo_small(capsys, tmp_path, monkeypatch):
     monkeypatch.setattr(cli, "DEMO_SPACING", (7.0, 7.0, 7.0))
     rc, stdout, err = run(capsys, "demo", "-o", tmp_path / "demo", "--seed", "1", "--device", "cpu")
     assert rc == 0, err
-    for name in ("demo_ct.nii.gz", "demo_truth.nii.gz", "demo_labels.nii.gz", "demo_preview.png", "report.json"):
+    for name in ("demo_ct.nii.gz", "demo_reference.nii.gz", "demo_labels.nii.gz", "demo_preview.png", "report.json"):
         assert (tmp_path / "demo" / name).exists(), name
     assert "Agreement with the reference" in stdout and "DSC" in stdout
+    report = json.loads((tmp_path / "demo" / "report.json").read_text())
+    # The demo is a run_study like any other: the phantom's seed and timing, and the provenance, are in its report.
+    assert report["input"]["phantom_seed"] == 1 and report["input"]["in_memory"] is True
+    assert report["timings_s"]["phantom"] > 0 and report["reference"]["label_scheme"] == "verse"
+    assert report["provenance"]["options"]["stl"] is True and "Made by LumbarSeg" in stdout
 
 
 def test_training_commands_registered(capsys):
