@@ -243,19 +243,23 @@ def test_export_stl_and_labelmaps(data, tmp_path):
     seg = labels_to_segmentation(scene, labels, volume)
     files = export_stl(seg, tmp_path / "stl")
     assert len(files) == 5
+    from LumbarSegLib.results.surfaces import write_stl
+
+    command_line_files = write_stl(labels, tmp_path / "command_line")
     ids = segment_ids(seg)
-    for name, sid in ids.items():
+    for name in ids:
         path = next(p for p in files if p.stem.endswith(name))
         reader = vtk.vtkSTLReader()
         reader.SetFileName(str(path))
         reader.Update()
         mesh = reader.GetOutput()
         assert mesh.GetNumberOfPoints() > 100
-        poly = vtk.vtkPolyData()
-        seg.GetClosedSurfaceRepresentation(sid, poly)
-        b = np.array(poly.GetBounds())  # RAS
-        lps = np.array([-b[1], -b[0], -b[3], -b[2], b[4], b[5]])
-        np.testing.assert_allclose(mesh.GetBounds(), lps, atol=1e-3)  # physical mm, LPS (Slicer's default)
+        # One STL writer: the export from the scene is the command line's surface of the same labels.
+        command_line = vtk.vtkSTLReader()
+        command_line.SetFileName(str(command_line_files[name]))
+        command_line.Update()
+        np.testing.assert_allclose(mesh.GetBounds(), command_line.GetOutput().GetBounds(), atol=1e-3)
+        assert mesh.GetNumberOfPoints() == command_line.GetOutput().GetNumberOfPoints()
         # ...and the surface sits where the voxels are (within a voxel).
         arr = sitk.GetArrayViewFromImage(labels) == int(name[1])
         k, j, i = np.nonzero(arr)
@@ -571,9 +575,10 @@ def test_implausible_sizes_are_warned_about_in_the_module(data, z_factor, plausi
         assert len(warnings) == 5 and all("Check the voxel spacing" in w for w in warnings)
 
 
-def test_slicer_stl_export_refuses_meshes_with_non_finite_vertices(data, tmp_path):
-    """Slicer's closed-surface smoothing with a factor above 1 returns NaN vertices: no STL may be written."""
-    from LumbarSegLib.errors import LumbarSegError
+def test_slicer_stl_export_refuses_a_smoothing_factor_outside_0_to_1(data, tmp_path):
+    """A smoothing factor above 1 makes the windowed-sinc smoothing return NaN vertices: the export refuses
+    the factor before meshing, and no STL is written."""
+    from LumbarSegLib.errors import InputError
 
     ct, labels = data
     scene = new_scene()
@@ -582,7 +587,7 @@ def test_slicer_stl_export_refuses_meshes_with_non_finite_vertices(data, tmp_pat
     seg = outcome.segmentation_node
     seg.GetSegmentation().SetConversionParameter("Smoothing factor", "5")
     seg.RemoveClosedSurfaceRepresentation()
-    with pytest.raises(LumbarSegError, match="not finite"):
+    with pytest.raises(InputError, match="Smoothing factor 5 is outside 0..1"):
         export_stl(seg, tmp_path / "stl")
     assert not list((tmp_path / "stl").glob("*.stl"))
     seg.GetSegmentation().SetConversionParameter("Smoothing factor", "0.5")

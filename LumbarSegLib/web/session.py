@@ -233,7 +233,7 @@ class StudySession:
         from ..scene.export import export_stl
 
         folder = self._export_dir()
-        files = export_stl(self.segmentation_node, folder / "stl", lps=True)
+        files = export_stl(self.segmentation_node, folder / "stl")
         path = folder / f"{self.stem()}_stl.zip"
         with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as archive:
             for file in files:
