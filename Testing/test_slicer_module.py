@@ -170,7 +170,6 @@ def test_logic_class_runs_the_flow_on_a_real_scene(tmp_path):
     import SimpleITK as sitk
     from test_slicer_logic import fake_engine, labels_box_lps, new_scene, phantom
 
-    from LumbarSegLib.scene.provenance import read_provenance
     from LumbarSegLib.scene.roi import ROI_NAME
     from LumbarSegLib.scene.run import run_segmentation
     from LumbarSegLib.scene.volumes import sitk_to_volume_node
@@ -196,10 +195,8 @@ def test_logic_class_runs_the_flow_on_a_real_scene(tmp_path):
     path = logic.exportLabelmap(scene, segmentation, volume, tmp_path / "labels.nii.gz")
     np.testing.assert_array_equal(sitk.GetArrayFromImage(sitk.ReadImage(str(path))),
                                   sitk.GetArrayViewFromImage(labels))
-    # Provenance on the result, the run in the log, and the diagnostics built from both.
-    provenance = read_provenance(segmentation)
-    assert provenance["settings"]["crop_box"] == "localizer" and provenance["settings"]["device_requested"] == "auto"
-    assert "not a medical device" in provenance["notice"]
+    # The run in the log, and the diagnostics built from it (provenance on the node comes from report.json:
+    # test_slicer_subprocess.py).
     assert any("Found L1, L2, L3, L4, L5" in line for line in logic.logLines)
     text = logic.diagnostics(slicerVersion="test")
     assert "Last run: found L1, L2, L3, L4, L5" in text and "Last error: none" in text

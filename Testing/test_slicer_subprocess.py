@@ -150,6 +150,8 @@ def test_the_result_lands_in_the_scene_as_before(finished_run):
     assert not any("Centroid R" in r and np.isnan(r["Centroid R"]) for r in rows.values())
     provenance = read_provenance(segmentation)
     assert provenance["settings"]["device_used"] == "cpu" and provenance["settings"]["crop_box"] == "localizer"
+    assert provenance["report"] == finished_run["report"]["provenance"]  # what the run wrote, copied as it is
+    assert provenance["model_sha256"] == finished_run["report"]["model"]["sha256"]
     logic = finished_run["logic"]
     assert sorted(logic.lastResult.found) == sorted(report["found"])
     assert any("Found " in line for line in logic.logLines)
