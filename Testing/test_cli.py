@@ -513,7 +513,7 @@ def test_implausible_vertebra_sizes_are_warned_about(capsys, tmp_path, monkeypat
 # ---------------------------------------------------------------------------------------------- DICOM series
 
 def test_dicom_folder_with_several_series(capsys, tmp_path):
-    from test_io import write_dicom_series
+    from conftest import write_dicom_series
 
     folder = tmp_path / "dicom"
     write_dicom_series(folder, 24, "1.2.826.0.1.3680043.2.1125.301", description="Abdomen 1.0 B30f")
@@ -541,9 +541,9 @@ def test_dicom_folder_with_several_series(capsys, tmp_path):
 def test_dicom_series_with_a_missing_slice_is_refused_before_segmenting(capfd, tmp_path):
     """ITK would spread the gap over the whole volume (and print a C++ warning): every vertebra a little
     misplaced and mis-measured, with exit 0."""
-    from test_io import _series_with
+    from conftest import series_with
 
-    rc = cli.main(["segment", str(_series_with(tmp_path, "missing")), "-o", str(tmp_path / "out")])
+    rc = cli.main(["segment", str(series_with(tmp_path, "missing")), "-o", str(tmp_path / "out")])
     err = capfd.readouterr().err
     assert_clean_error(rc, err, "slice spacing is not uniform", "slices are missing")
     assert "lumbarseg: localize" not in err and "WARNING: In" not in err and not (tmp_path / "out").exists()

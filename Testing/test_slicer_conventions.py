@@ -32,7 +32,7 @@ TERMINOLOGY_FILE = ROOT / "LumbarSeg" / "Resources" / TERMINOLOGY_FILE_NAME
 
 @pytest.fixture(scope="module")
 def segmented():
-    from test_slicer_logic import fake_engine, labels_box_lps, new_scene, phantom
+    from conftest import fake_engine, labels_box_lps, new_scene, phantom
 
     ct, labels = phantom(seed=5)
     scene = new_scene()
@@ -56,7 +56,7 @@ def test_results_are_placed_in_the_ct_study(segmented):
 
 
 def test_results_stay_put_when_the_ct_is_in_no_hierarchy():
-    from test_slicer_logic import fake_engine, labels_box_lps, new_scene, phantom
+    from conftest import fake_engine, labels_box_lps, new_scene, phantom
 
     ct, labels = phantom(seed=5)
     scene = new_scene()

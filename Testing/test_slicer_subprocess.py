@@ -26,8 +26,8 @@ from LumbarSegLib.scene.roi import ROI_NAME, box_lps_from_roi  # noqa: E402
 from LumbarSegLib.scene.sample_data import SAMPLE_FILE  # noqa: E402
 from LumbarSegLib.scene.segments import segmentation_to_label_array  # noqa: E402
 from LumbarSegLib.scene.volumes import label_array_to_sitk, sitk_to_volume_node  # noqa: E402
-from test_slicer_logic import new_scene  # noqa: E402
-from test_slicer_module import load_module  # noqa: E402
+from conftest import new_scene  # noqa: E402
+from conftest import load_module  # noqa: E402
 
 module = load_module()
 

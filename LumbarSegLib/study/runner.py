@@ -11,7 +11,6 @@ Only light standard-library imports at module level (see :mod:`cli`): torch and 
 from __future__ import annotations
 
 import platform
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
