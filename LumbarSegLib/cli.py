@@ -163,6 +163,40 @@ def cmd_demo(args) -> int:
 # Parser
 # --------------------------------------------------------------------------------------------------
 
+def _installed(part: str) -> bool:
+    """Whether the optional part ``part`` (phantoms, training, batch, web) is installed: inside 3D Slicer only
+    the runtime is (LumbarSeg/CMakeLists.txt), and the commands of the others are then not offered."""
+    import importlib.util
+
+    return importlib.util.find_spec(f"{__package__}.{part}") is not None
+
+
+def _add_phantom_commands(sub, common, overwrite) -> None:
+    from .phantoms import FOV_CHOICES
+
+    p = sub.add_parser("phantom", help="write synthetic CTs with VerSe-style labels",
+                       description="Write synthetic CTs with VerSe-style labels. Costly at the default, clinical size "
+                       "(grid and spacing drawn per case, e.g. 512x512x343 at 0.67 mm): about 1.5 min of CPU, a "
+                       "peak of 5 GiB of memory and 85 MB on disk per default-size case (see README). --shape and "
+                       "--spacing make small, quick ones.")
+    p.add_argument("-o", "--output", required=True, metavar="DIR")
+    p.add_argument("--n", type=int, default=1)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--shape", type=int, nargs=3, metavar=("NX", "NY", "NZ"))
+    p.add_argument("--spacing", type=float, nargs=3, metavar=("SX", "SY", "SZ"))
+    p.add_argument("--fov", default=None, choices=list(FOV_CHOICES))
+    overwrite(p)
+    common(p, model=False)
+    p.set_defaults(func=cmd_phantom)
+
+    p = sub.add_parser("demo", help="phantom -> segmentation -> metrics, no download needed")
+    p.add_argument("-o", "--output", default="lumbarseg_demo", metavar="OUTDIR")
+    p.add_argument("--seed", type=int, default=0)
+    overwrite(p)
+    common(p)
+    p.set_defaults(func=cmd_demo)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog=PROG, description="Automatic L1-L5 lumbar vertebra segmentation in CT.")
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
@@ -223,39 +257,20 @@ def build_parser() -> argparse.ArgumentParser:
                    help="fail when the grids differ instead of resampling REF onto PRED's grid")
     p.set_defaults(func=cmd_evaluate)
 
-    from .phantoms import FOV_CHOICES
+    if _installed("phantoms"):  # phantom, demo
+        _add_phantom_commands(sub, common, overwrite)
+    if _installed("training"):
+        from .training import commands as training_commands
 
-    p = sub.add_parser("phantom", help="write synthetic CTs with VerSe-style labels",
-                       description="Write synthetic CTs with VerSe-style labels. Costly at the default, clinical size "
-                       "(grid and spacing drawn per case, e.g. 512x512x343 at 0.67 mm): about 1.5 min of CPU, a "
-                       "peak of 5 GiB of memory and 85 MB on disk per default-size case (see README). --shape and "
-                       "--spacing make small, quick ones.")
-    p.add_argument("-o", "--output", required=True, metavar="DIR")
-    p.add_argument("--n", type=int, default=1)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--shape", type=int, nargs=3, metavar=("NX", "NY", "NZ"))
-    p.add_argument("--spacing", type=float, nargs=3, metavar=("SX", "SY", "SZ"))
-    p.add_argument("--fov", default=None, choices=list(FOV_CHOICES))
-    overwrite(p)
-    common(p, model=False)
-    p.set_defaults(func=cmd_phantom)
+        training_commands.register_cli(sub)  # train, evaluate-model
+    if _installed("batch"):
+        from .batch import command as batch
 
-    p = sub.add_parser("demo", help="phantom -> segmentation -> metrics, no download needed")
-    p.add_argument("-o", "--output", default="lumbarseg_demo", metavar="OUTDIR")
-    p.add_argument("--seed", type=int, default=0)
-    overwrite(p)
-    common(p)
-    p.set_defaults(func=cmd_demo)
+        batch.register_cli(sub, common, overwrite, study_outputs)
+    if _installed("web"):
+        from .web import cli as web_cli
 
-    from .training import commands as training_commands
-
-    training_commands.register_cli(sub)  # train, evaluate-model
-    from .batch import command as batch
-
-    batch.register_cli(sub, common, overwrite, study_outputs)
-    from .web import cli as web_cli
-
-    web_cli.register_cli(sub)  # serve
+        web_cli.register_cli(sub)  # serve
     return parser
 
 

@@ -149,7 +149,8 @@ def series_with(tmp_path, change):
 
 # --- Networks
 
-TINY = ModelConfig(  # a network small enough to train and run in a test"tiny", localizer_channels=4, localizer_levels=3, localizer_input=(16, 16, 24),
+# A network small enough to train and run in a test.
+TINY = ModelConfig("tiny", localizer_channels=4, localizer_levels=3, localizer_input=(16, 16, 24),
                    xunet_base=4, xunet_input=(16, 16, 32))
 
 

@@ -89,3 +89,23 @@ def test_train_refuses_an_unknown_configuration(tmp_path, capsys):
     assert rc == 2
     assert "--config huge: choose one of" in err and "cpu" in err and "Traceback" not in err
     assert not (tmp_path / "m.pt").exists()
+
+
+
+def test_the_runtime_alone_offers_its_commands(tmp_path):
+    """Slicer installs the runtime only (LumbarSeg/CMakeLists.txt): from a copy without training/, phantoms/,
+    web/ and batch/, the command line (the engine subprocess runs it) still starts and offers segment and
+    evaluate. ``python -S``: no site-packages, so nothing but the copy can be imported as LumbarSegLib."""
+    import shutil
+
+    left_out = ("training", "phantoms", "web", "batch")
+    shutil.copytree(REPO / "LumbarSegLib", tmp_path / "LumbarSegLib",
+                    ignore=lambda folder, names: [n for n in names if n in left_out or n == "__pycache__"])
+    proc = subprocess.run([sys.executable, "-S", "-c", "import sys; from LumbarSegLib import cli; "
+                           "sys.exit(cli.main(sys.argv[1:]))", "--help"], capture_output=True, text=True,
+                          env={"PYTHONPATH": str(tmp_path), "PATH": os.environ.get("PATH", "")}, cwd=tmp_path,
+                          timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert "segment " in proc.stdout and "evaluate " in proc.stdout
+    for absent in ("train ", "batch ", "serve ", "phantom ", "demo "):
+        assert absent not in proc.stdout
