@@ -738,10 +738,8 @@ class LumbarSegLogic(ScriptedLoadableModuleLogic):
         return self.lastResult, outcome
 
     def _recordRun(self, outcome, result, settings, modelPath):
+        # The provenance attributes come from report.json (engine_job.finish_job), as in the web app.
         self.lastResult, self.lastSettings = result, settings
-        if outcome.segmentation_node is not None:
-            slicerLib("provenance").record_provenance(outcome.segmentation_node, self.modelSummary(modelPath),
-                                                      result, settings)
         timings = ", ".join(f"{k} {v:.2f} s" for k, v in result.timings.items())
         self.log(f"Found {', '.join(result.found) or 'none'} on {result.device or '?'} ({timings})")
         for message in outcome.messages:

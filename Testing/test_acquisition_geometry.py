@@ -17,7 +17,7 @@ from LumbarSegLib.io import images, label_maps
 from LumbarSegLib.cli import main
 from LumbarSegLib.errors import InputError
 
-from test_dicom_seg import write_ct_series
+from conftest import write_ct_series
 
 TILT_DEG = 20.0
 BLOCK_MM = (24.0, 30.0, 36.0)  # x, y, z size of the bone block

@@ -58,7 +58,7 @@ def _assert_whole(folder: Path, source: Path) -> dict:
 @pytest.fixture(scope="module")
 def first_batch(tmp_path_factory):
     """4 phantoms (2 NIfTI files, 2 DICOM series in one folder) and 1 broken file, batched once."""
-    from test_dicom_seg import write_ct_series
+    from conftest import write_ct_series
 
     root = tmp_path_factory.mktemp("batch")
     data = root / "in"

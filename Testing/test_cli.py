@@ -239,9 +239,14 @@ def test_demo_small(capsys, tmp_path, monkeypatch):
     monkeypatch.setattr(cli, "DEMO_SPACING", (7.0, 7.0, 7.0))
     rc, stdout, err = run(capsys, "demo", "-o", tmp_path / "demo", "--seed", "1", "--device", "cpu")
     assert rc == 0, err
-    for name in ("demo_ct.nii.gz", "demo_truth.nii.gz", "demo_labels.nii.gz", "demo_preview.png", "report.json"):
+    for name in ("demo_ct.nii.gz", "demo_reference.nii.gz", "demo_labels.nii.gz", "demo_preview.png", "report.json"):
         assert (tmp_path / "demo" / name).exists(), name
     assert "Agreement with the reference" in stdout and "DSC" in stdout
+    report = json.loads((tmp_path / "demo" / "report.json").read_text())
+    # The demo is a run_study like any other: the phantom's seed and timing, and the provenance, are in its report.
+    assert report["input"]["phantom_seed"] == 1 and report["input"]["in_memory"] is True
+    assert report["timings_s"]["phantom"] > 0 and report["reference"]["label_scheme"] == "verse"
+    assert report["provenance"]["options"]["stl"] is True and "Made by LumbarSeg" in stdout
 
 
 def test_training_commands_registered(capsys):
@@ -508,7 +513,7 @@ def test_implausible_vertebra_sizes_are_warned_about(capsys, tmp_path, monkeypat
 # ---------------------------------------------------------------------------------------------- DICOM series
 
 def test_dicom_folder_with_several_series(capsys, tmp_path):
-    from test_io import write_dicom_series
+    from conftest import write_dicom_series
 
     folder = tmp_path / "dicom"
     write_dicom_series(folder, 24, "1.2.826.0.1.3680043.2.1125.301", description="Abdomen 1.0 B30f")
@@ -536,9 +541,9 @@ def test_dicom_folder_with_several_series(capsys, tmp_path):
 def test_dicom_series_with_a_missing_slice_is_refused_before_segmenting(capfd, tmp_path):
     """ITK would spread the gap over the whole volume (and print a C++ warning): every vertebra a little
     misplaced and mis-measured, with exit 0."""
-    from test_io import _series_with
+    from conftest import series_with
 
-    rc = cli.main(["segment", str(_series_with(tmp_path, "missing")), "-o", str(tmp_path / "out")])
+    rc = cli.main(["segment", str(series_with(tmp_path, "missing")), "-o", str(tmp_path / "out")])
     err = capfd.readouterr().err
     assert_clean_error(rc, err, "slice spacing is not uniform", "slices are missing")
     assert "lumbarseg: localize" not in err and "WARNING: In" not in err and not (tmp_path / "out").exists()

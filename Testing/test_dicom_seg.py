@@ -5,8 +5,6 @@ A synthetic CT series is written here with pydicom (files in shuffled order) so 
 the real DICOM series in ../shared/data/ts_dicom is used when present.
 """
 
-import shutil
-import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -15,16 +13,12 @@ import pytest
 import SimpleITK as sitk
 from pydicom.uid import generate_uid
 
-from LumbarSegLib.io import dicom_seg, dicom_write
+from LumbarSegLib.io import dicom_seg
 from LumbarSegLib.io import images
 from LumbarSegLib.cli import main
 from LumbarSegLib.constants import LABEL_NAMES, SNOMED_BONE_CATEGORY, SNOMED_VERTEBRA
 from LumbarSegLib.errors import InputError
-
-
-def write_ct_series(image: sitk.Image, folder: Path, seed: int = 0, **attributes) -> list[Path]:
-    """Write ``image`` (HU, int16) as a CT Image Storage series, one file per slice, under random names."""
-    return dicom_write.write_ct_series(image, folder, shuffle_seed=seed, **attributes)
+from conftest import dciodvfy_errors, write_ct_series  # noqa: E402  shared test helpers
 
 
 def read_back(seg_path: Path, source_folder: Path, grid: sitk.Image) -> tuple[np.ndarray, dict]:
@@ -60,14 +54,6 @@ def read_back(seg_path: Path, source_folder: Path, grid: sitk.Image) -> tuple[np
         np.testing.assert_allclose(position, grid.TransformIndexToPhysicalPoint((0, 0, k)), atol=1e-3)
         out[k][frame > 0] = segments[number][0]
     return out, segments
-
-
-def dciodvfy_errors(path: Path) -> list[str]:
-    tool = shutil.which("dciodvfy")
-    if tool is None:
-        pytest.skip("dciodvfy (Debian package dicom3tools) is not installed; tools/install.sh installs it")
-    run = subprocess.run([tool, str(path)], capture_output=True, text=True, timeout=120)
-    return [line for line in (run.stdout + run.stderr).splitlines() if line.startswith("Error")]
 
 
 @pytest.fixture

@@ -6,6 +6,7 @@ import SimpleITK as sitk
 
 from LumbarSegLib.inference import pipeline, preprocess
 from LumbarSegLib.errors import Cancelled, InputError
+from conftest import small_ct  # noqa: E402  shared test helpers
 
 
 @pytest.fixture(scope="module")
@@ -23,15 +24,6 @@ def _random_model():
     torch.manual_seed(0)
     loc, xu = build_networks(CONFIGS["cpu"])
     return LumbarSegModel(CONFIGS["cpu"], loc.eval(), xu.eval(), trained=False)
-
-
-def small_ct(orientation="RAS"):
-    a = np.full((60, 50, 40), -1000, np.int16)
-    a[10:50, 20:30, 15:25] = 700
-    img = sitk.GetImageFromArray(a)
-    img.SetSpacing((1.5, 1.25, 2.0))
-    img.SetOrigin((10.0, -20.0, 30.0))
-    return sitk.DICOMOrient(img, orientation)
 
 
 def test_result_is_on_the_input_grid_for_any_orientation(untrained):

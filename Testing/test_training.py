@@ -21,10 +21,9 @@ from LumbarSegLib.io import label_maps
 from LumbarSegLib.errors import InputError
 from LumbarSegLib.training import evaluation
 from LumbarSegLib.inference.models import default_model_path, load_model
-from LumbarSegLib.inference.networks import CONFIGS, ModelConfig
+from LumbarSegLib.inference.networks import CONFIGS
+from conftest import TINY  # shared test helpers
 
-TINY = ModelConfig("tiny", localizer_channels=4, localizer_levels=3, localizer_input=(16, 16, 24),
-                   xunet_base=4, xunet_input=(16, 16, 32))
 
 
 def standin_phantom(codes=(18, 19, 20, 21, 22, 23, 24, 26), orientation="LPS", spacing=(4.0, 4.0, 4.0)):

@@ -202,12 +202,17 @@ class StudySession:
                          "trabecular_hu": _round(trabecular, 0)})
         return rows
 
+    def provenance(self) -> dict | None:
+        """How the shown result was made: report.json's provenance (version, model, device, options,
+        warnings), as the run wrote it; None before a run."""
+        return (self.report or {}).get("provenance")
+
     def model_summary(self) -> str:
-        model = (self.report or {}).get("model") or {}
-        if not model:
-            return ""
-        trained = "" if model.get("trained", True) else " (UNTRAINED: random weights, meaningless labels)"
-        return f"{model.get('name', '?')} model ({model.get('sha256', '')[:12]}) on {self.report.get('device', '?')}{trained}"
+        """The provenance line shown under the result (the same line ``lumbarseg segment`` prints)."""
+        from ..study.console import provenance_line
+
+        provenance = self.provenance()
+        return provenance_line(provenance) if provenance else ""
 
     def warnings(self) -> list[str]:
         from ..measures.measurements import plausibility_warnings
@@ -228,7 +233,7 @@ class StudySession:
         from ..scene.export import export_stl
 
         folder = self._export_dir()
-        files = export_stl(self.segmentation_node, folder / "stl", lps=True)
+        files = export_stl(self.segmentation_node, folder / "stl")
         path = folder / f"{self.stem()}_stl.zip"
         with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as archive:
             for file in files:
