@@ -225,6 +225,9 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--csv", action="store_true",
                        help="also write the per-vertebra measurements (volume, HU, trabecular HU) as "
                             "OUTDIR/<name>_measurements.csv")
+        p.add_argument("--refine", action=argparse.BooleanOptionalAction, default=None,
+                       help="re-segment each vertebra found on its own 1.25 mm crop with the per-vertebra model "
+                            "(default: on when that model is installed; report.json's stage3 says whether it ran)")
         p.add_argument("--dicom-seg", action="store_true",
                        help="also write a DICOM Segmentation (OUTDIR/<name>_seg.dcm) referencing the input DICOM series")
 

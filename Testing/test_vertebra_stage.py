@@ -236,3 +236,29 @@ def test_a_vertebra_of_soft_tissue_is_not_reported():
     assert set(np.unique(out)) == {0, 1}
     assert len(messages) == 1 and "L2 (40 HU)" in messages[0]
     assert pipeline.drop_soft_tissue(out, hu, []) is out  # bone alone: kept as it is
+
+
+def test_run_study_says_whether_stage3_ran(tmp_path, monkeypatch):
+    from LumbarSegLib import phantoms
+    from LumbarSegLib.errors import InputError
+    from LumbarSegLib.study.runner import StudyOptions, run_study
+
+    ct, _ = phantoms.generate_phantom(3, shape=(48, 48, 40), spacing=(7.0, 7.0, 7.0), fov="lumbar")
+    model = tmp_path / "lumbarseg_stage3.pt"
+    monkeypatch.setattr(vertebra_stage, "default_stage3_path", lambda: model)
+
+    def run(name, refine):
+        return run_study(StudyOptions(input=ct, output=str(tmp_path / name), device="cpu", quiet=True, refine=refine))
+
+    with pytest.raises(InputError, match="--refine needs the per-vertebra model"):
+        run("missing", True)
+    assert not (tmp_path / "missing").exists()
+    assert run("none", None)["stage3"] == {"ran": False, "model": None, "sha256": None}
+    net = vertebra_net.build(SMALL)
+    vertebra_stage.save_bundle({"config": SMALL.to_dict(), "weights": net.state_dict()}, model, {})
+    on = run("on", None)
+    assert on["stage3"]["model"] == "lumbarseg_stage3.pt" and len(on["stage3"]["sha256"]) == 64
+    assert on["found"] and on["stage3"]["ran"] is True
+    assert on["provenance"]["stage3"] == on["stage3"] and on["provenance"]["options"]["refine"] is None
+    off = run("off", False)
+    assert off["stage3"]["ran"] is False and off["provenance"]["options"]["refine"] is False

@@ -10,7 +10,9 @@ names. What is beyond the scan's field of view reads as air, as in training.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import SimpleITK as sitk
@@ -195,6 +197,30 @@ def save_bundle(state: dict, path, metadata: dict):
     torch.save(bundle, tmp)
     tmp.replace(path)
     return path
+
+
+def choose(refine, path=None) -> tuple[VertebraUNet, dict] | None:
+    """The stage-3 network a run uses: ``refine`` True (it must be there), False (none) or None (the bundled
+    model when it is there). Loaded once per process and file."""
+    from ..errors import InputError
+
+    if refine is False:
+        return None
+    target = path or default_stage3_path()
+    if not target.exists():
+        if refine:
+            raise InputError(f"--refine needs the per-vertebra model {target.name}, which is not in "
+                             f"{target.parent}; run without --refine, or train it (docs/per_vertebra_stage.md).")
+        return None
+    return _load_cached(str(target), target.stat().st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=2)
+def _load_cached(path: str, _mtime_ns: int):
+    from .models import files_sha256
+
+    net, meta = load_bundle(path)
+    return net, {"name": Path(path).name, "sha256": files_sha256([Path(path)]), "metadata": meta}
 
 
 def load_bundle(path=None) -> tuple[VertebraUNet, dict] | None:
