@@ -222,6 +222,7 @@ def test_smoothing_is_not_rebuilt_when_the_value_does_not_change():
     assert "if self._updatingGUIFromParameterNode:" in handler.split("self.updateParameterNodeFromGUI()")[0]
 
 
+@pytest.mark.slow
 def test_logic_keeps_edits_made_while_a_run_is_going():
     """'Overwrite' was answered for the segmentation as it was at the start; painting while the subprocess
     runs is kept (the result goes to a new node), and the run's messages reach the module (NaN voxels)."""
@@ -529,6 +530,7 @@ def test_self_test_passes_without_torch_and_says_why_the_model_part_was_skipped(
     assert "OK" in out
 
 
+@pytest.mark.slow
 def test_self_test_runs_the_model_part_when_torch_is_there():
     pytest.importorskip("slicer")
     code = SELF_TEST.format(block_torch="", module=str(MODULE_FILE), after="")
