@@ -174,7 +174,6 @@ def test_logic_class_runs_the_flow_on_a_real_scene(tmp_path):
     volume = sitk_to_volume_node(scene, ct, "CT")
     result, outcome = run_segmentation(scene, volume, segment_fn=fake_engine(labels, labels_box_lps(labels)))
     assert outcome.roi_node.GetName() == ROI_NAME
-    logic._recordRun(outcome, result, {"device_requested": "auto", "crop_box": "localizer"}, None)
     segmentation = outcome.segmentation_node
     # Smoothing: surfaces are rebuilt for a new value only, and voxels (and the edit detection) stay intact.
     assert logic.setSmoothing(segmentation, 0.2)
@@ -188,11 +187,11 @@ def test_logic_class_runs_the_flow_on_a_real_scene(tmp_path):
     path = logic.exportLabelmap(scene, segmentation, volume, tmp_path / "labels.nii.gz")
     np.testing.assert_array_equal(sitk.GetArrayFromImage(sitk.ReadImage(str(path))),
                                   sitk.GetArrayViewFromImage(labels))
-    # The run in the log, and the diagnostics built from it (provenance on the node comes from report.json:
-    # test_slicer_subprocess.py).
-    assert any("Found L1, L2, L3, L4, L5" in line for line in logic.logLines)
+    # The exports in the log, and the diagnostics built from it (a run's lines and provenance come from the
+    # subprocess: test_slicer_subprocess.py, test_study_session.py).
+    assert any("Wrote 5 STL file(s)" in line for line in logic.logLines)
     text = logic.diagnostics(slicerVersion="test")
-    assert "Last run: found L1, L2, L3, L4, L5" in text and "Last error: none" in text
+    assert "Last error: none" in text and "Wrote 5 STL file(s)" in text
     html = logic.modelInfoHtml()
     assert "lumbarseg_cpu.pt" in html and "Model card" in html and "Measured accuracy" in html
 
