@@ -108,6 +108,24 @@ def slicerLib(name):
     return importlib.import_module("LumbarSegLib.scene." + name)
 
 
+def reloadLibrary():
+    """Reload every loaded ``LumbarSegLib`` module, lower layers first, so that "Reload" in Developer mode
+    picks up edits to the engine and the scene layer, not only to this file. Returns the names reloaded."""
+    import importlib
+
+    layers = ("errors", "constants", "io", "inference", "measures", "results", "study", "scene")  # lowest first
+
+    def order(name):
+        part = name.split(".")[1] if "." in name else ""
+        return (layers.index(part) + 1 if part in layers else len(layers) + 1, name.count("."), name)
+
+    names = sorted((n for n in sys.modules if n == "LumbarSegLib" or n.startswith("LumbarSegLib.")), key=order)
+    for name in names:
+        if sys.modules.get(name) is not None:
+            importlib.reload(sys.modules[name])
+    return names
+
+
 def registerTerminology(terminologiesLogic=None):
     """Load the L1-L5 terminology this extension ships into Slicer's Terminologies module (its logic, or
     ``terminologiesLogic``)."""
@@ -144,8 +162,9 @@ class LumbarSeg(ScriptedLoadableModule):
             "Editor, recompute metrics, export STL (one file per vertebra) or a label map. For a DICOM SEG, "
             "right-click the segmentation in the Data module and choose Export to DICOM; on Slicer 5.8 and 5.10 "
             "this needs the QuantitativeReporting extension (Extensions Manager).<br>"
-            "<b>Research use only, not a medical device.</b> The bundled model was trained on synthetic CTs "
-            "only; see its model card under Model.")
+            "<b>Research use only, not a medical device.</b> The bundled model was trained on synthetic phantoms "
+            "and a few public real CTs; its model card (under Model) gives the measured accuracy. Each result "
+            "carries how it was made (model, version, options, warnings) from the run's report.json.")
         self.parent.acknowledgementText = _(
             "Method: Lu H, Li M, Yu K, Zhang Y, Yu L. Lumbar spine segmentation method based on deep learning. "
             "J Appl Clin Med Phys 2023;24(6):e13996. The method's authors did not take part in this software. "
@@ -243,6 +262,12 @@ class LumbarSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.progressBar.setVisible(False)
         self.updateDependencyStatus()
         self.initializeParameterNode()
+
+    def onReload(self):
+        """Developer mode's Reload: stop a run, reload the library (``LumbarSegLib``), then this module."""
+        self.stopRunningJob()
+        reloadLibrary()
+        ScriptedLoadableModuleWidget.onReload(self)
 
     def cleanup(self):
         self.stopRunningJob()

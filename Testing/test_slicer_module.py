@@ -662,3 +662,26 @@ def test_license_is_the_apache_2_0_text_pyproject_names():
     assert "TERMS AND CONDITIONS FOR USE, REPRODUCTION, AND DISTRIBUTION" in text
     assert "END OF TERMS AND CONDITIONS" in text and len(text) > 10000
     assert 'license = { text = "Apache-2.0" }' in (ROOT / "pyproject.toml").read_text(encoding="utf-8")
+
+
+def test_reload_reloads_the_library_lower_layers_first():
+    """Developer mode's Reload runs reloadLibrary(): every loaded LumbarSegLib module is executed again (an
+    edit to the engine takes effect without restarting Slicer), lower layers before the ones using them.
+    In a fresh interpreter: reloading the engine under this test process would split its classes in two."""
+    script = textwrap.dedent("""
+        import importlib.util, sys
+        spec = importlib.util.spec_from_file_location("LumbarSegModule", sys.argv[1])
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        session_module = module.slicerLib("session")
+        before = session_module.StudySession
+        names = module.reloadLibrary()
+        assert session_module.StudySession is not before, "not reloaded"
+        assert sys.modules["LumbarSegLib.scene.session"] is session_module
+        assert names.index("LumbarSegLib.errors") < names.index("LumbarSegLib.study.engine_process") \\
+            < names.index("LumbarSegLib.scene.engine_job") < names.index("LumbarSegLib.scene.session")
+        print("ok", len(names))
+        """)
+    result = subprocess.run([sys.executable, "-c", script, str(MODULE_FILE)], capture_output=True, text=True,
+                            timeout=300, cwd=ROOT)
+    assert result.returncode == 0 and result.stdout.startswith("ok"), result.stderr[-2000:]
