@@ -138,6 +138,7 @@ def test_installed_entry_point_has_no_traceback(tmp_path):
 
 # ---------------------------------------------------------------------------------------------- segment
 
+@pytest.mark.slow
 @pytest.mark.parametrize("fmt", ["nii.gz", "seg.nrrd"])
 def test_segment_end_to_end(capsys, ct_file, synthetic_ct, tmp_path, fmt):
     ref_path = label_maps.write_labelmap(synthetic_ct[1], tmp_path / "ref.nii.gz")
@@ -226,6 +227,7 @@ def test_evaluate_ct_as_reference_is_clean_error(capsys, tmp_path):
 
 # ---------------------------------------------------------------------------------------------- phantom / demo / training
 
+@pytest.mark.slow
 def test_phantom_command(capsys, tmp_path):
     rc, stdout, err = run(capsys, "phantom", "-o", tmp_path / "ph", "--n", "1", "--seed", "3",
                           "--shape", "48", "48", "40", "--spacing", "4", "4", "5", "--fov", "lumbar")
@@ -234,6 +236,7 @@ def test_phantom_command(capsys, tmp_path):
     assert ct.GetSize() == (48, 48, 40)
 
 
+@pytest.mark.slow
 def test_demo_small(capsys, tmp_path, monkeypatch):
     monkeypatch.setattr(cli, "DEMO_SHAPE", (48, 48, 40))
     monkeypatch.setattr(cli, "DEMO_SPACING", (7.0, 7.0, 7.0))
@@ -271,6 +274,7 @@ def _nan_ct(synthetic_ct, nan_value=np.nan):
     return cts, int(np.count_nonzero(~np.isfinite(with_nan)))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("suffix", [".mha", ".nii.gz"])  # NRRD reads like MHA (test_io)
 def test_nan_voxels_are_air_with_a_warning_in_console_and_report(capsys, tmp_path, synthetic_ct, suffix):
     (with_nan, with_air), n_nan = _nan_ct(synthetic_ct)
@@ -307,6 +311,7 @@ def _segment(capsys, ct, out, *extra):
     return run(capsys, "segment", ct, "-o", out, "--device", "cpu", *extra)
 
 
+@pytest.mark.slow
 def test_reused_output_folder_is_refused_then_replaced_whole_with_overwrite(capsys, tmp_path, ct_file, synthetic_ct):
     out = tmp_path / "out"
     rc, _, err = _segment(capsys, ct_file, out, "--stl")
@@ -329,6 +334,7 @@ def test_reused_output_folder_is_refused_then_replaced_whole_with_overwrite(caps
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
 
 
+@pytest.mark.slow
 def test_an_input_inside_the_folder_that_overwrite_replaces_is_refused(capsys, tmp_path, ct_file):
     """The demo (or phantom) folder holds a result and its CT: segmenting that CT into the same folder with
     --overwrite would delete the input together with the earlier result."""
@@ -354,6 +360,7 @@ def test_folder_with_other_files_is_never_written(capsys, tmp_path, ct_file):
     assert sorted(p.name for p in out.iterdir()) == ["L1.stl"]
 
 
+@pytest.mark.slow
 def test_ctrl_c_during_the_run_leaves_no_partial_result(capsys, tmp_path, ct_file, monkeypatch):
     """A real SIGINT arrives right after the STL files were written (before the preview and the report)."""
     import os
@@ -425,6 +432,7 @@ def _thoracic_reference(tmp_path, synthetic_ct):
     return path
 
 
+@pytest.mark.slow
 def test_reference_without_lumbar_vertebrae_is_compared_not_refused(capsys, tmp_path, ct_file, synthetic_ct):
     ref = _thoracic_reference(tmp_path, synthetic_ct)
     rc, _, err = _segment(capsys, ct_file, tmp_path / "out", "--reference", ref)
@@ -457,6 +465,7 @@ def test_reference_outside_the_ct_is_still_refused(capsys, tmp_path, ct_file, sy
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.slow
 def test_real_thoracic_series_with_its_totalsegmentator_labels(capsys, tmp_path, shared_data):
     dicom, labels = shared_data / "ts_dicom", shared_data / "ts_dicom_totalseg.nii.gz"
     if not dicom.is_dir() or not labels.is_file():
@@ -578,6 +587,7 @@ def test_phantom_grid_is_checked(capsys, tmp_path, option, values, fragment):
     assert not (tmp_path / "ph").exists()
 
 
+@pytest.mark.slow
 def test_phantom_prints_progress_and_the_folder_not_a_python_list(capsys, tmp_path):
     rc, stdout, err = run(capsys, "phantom", "-o", tmp_path / "ph", "--n", "2", "--shape", "32", "32", "40",
                           "--spacing", "7", "7", "7", "--fov", "lumbar")

@@ -142,6 +142,7 @@ def test_instances_a_seg_cannot_be_matched_to_are_a_clean_error(tmp_path, synthe
     assert not (tmp_path / "x.dcm").exists()
 
 
+@pytest.mark.slow
 def test_cli_writes_a_valid_seg_of_what_it_found(tmp_path):
     from LumbarSegLib import phantoms
 
@@ -209,6 +210,7 @@ def test_real_series_headers_give_a_valid_seg(shared_data, tmp_path):
     assert {i.ReferencedSOPInstanceUID for i in seg.ReferencedSeriesSequence[0].ReferencedInstanceSequence} == metas
 
 
+@pytest.mark.slow
 def test_seg_references_the_series_chosen_with_series(tmp_path):
     """A folder with two series: the SEG must reference the series that was segmented - the largest by
     default, or the one given with --series - and be written as part of the one whole result."""
@@ -236,6 +238,7 @@ def test_seg_references_the_series_chosen_with_series(tmp_path):
         assert report["outputs"]["dicom_seg"] == str(out / "two_series_seg.dcm")
 
 
+@pytest.mark.slow
 def test_a_seg_the_headers_cannot_give_keeps_the_segmentation_and_says_why(tmp_path, capsys):
     """A multi-valued PatientName (two names in one header) makes highdicom refuse the SEG after segmenting:
     the label map and report are written as a whole result, then the failure is one clear error line."""
@@ -264,6 +267,7 @@ def test_a_seg_the_headers_cannot_give_keeps_the_segmentation_and_says_why(tmp_p
 SAMPLE_DICOM = Path(__file__).resolve().parents[1] / "Resources" / "SampleData" / "LumbarSegSampleCT_DICOM"
 
 
+@pytest.mark.slow
 def test_the_sample_dicom_series_is_valid_and_gives_a_valid_seg(tmp_path):
     """The shipped synthetic sample series (tools/make_sample_data.py): valid CT Image Storage files, the same
     voxels as the sample NRRD, and --dicom-seg on it writes a SEG that dciodvfy accepts and that reads back

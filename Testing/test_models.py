@@ -76,6 +76,7 @@ def test_shipped_models_by_name_and_default_by_device(tmp_path, monkeypatch):
     assert models.load_model(models.choose_model("paper", torch.device("cpu"))).describe()["name"] == "paper"
 
 
+@pytest.mark.slow
 def test_report_names_the_model_that_ran(capsys, ct_file, tmp_path):
     path = models.default_model_path()
     if not path.is_file():

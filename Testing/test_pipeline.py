@@ -26,6 +26,7 @@ def _random_model():
     return LumbarSegModel(CONFIGS["cpu"], loc.eval(), xu.eval(), trained=False)
 
 
+@pytest.mark.slow
 def test_result_is_on_the_input_grid_for_any_orientation(untrained):
     for orientation in ("RAS", "LPS", "PIR"):
         img = small_ct(orientation)
@@ -179,6 +180,7 @@ def test_probabilities_to_labels_resamples_smoothly():
     assert (labels[:, :, :4] == 0).all() and (labels[:, :, 4:] == 3).all()
 
 
+@pytest.mark.slow
 def test_bundled_model_reports_no_lumbar_vertebra_on_real_thoracic_series(shared_data):
     """The classic failure is calling T12 'L1': the real 20-slice T11/T12 series must give no lumbar label."""
     from LumbarSegLib.io import images

@@ -24,6 +24,7 @@ def small_phantom(seed=3):
     return phantoms.generate_phantom(seed, shape=(48, 48, 40), spacing=(7.0, 7.0, 7.0), fov="lumbar")
 
 
+@pytest.mark.slow
 def test_an_image_in_memory_and_its_file_give_the_same_result(tmp_path):
     ct, truth = small_phantom()
     in_memory = run_study(StudyOptions(input=ct, output=str(tmp_path / "memory"), reference=truth,
@@ -42,6 +43,7 @@ def test_an_image_in_memory_and_its_file_give_the_same_result(tmp_path):
     assert json.loads((tmp_path / "memory" / "report.json").read_text())["found"] == in_memory["found"]
 
 
+@pytest.mark.slow
 def test_report_carries_provenance(tmp_path):
     ct, _ = small_phantom()
     report = run_study(StudyOptions(input=ct, output=str(tmp_path / "out"), device="cpu", quiet=True,

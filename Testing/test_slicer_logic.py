@@ -311,6 +311,7 @@ def test_rotated_or_transformed_roi_gives_its_bounding_box(data):
     np.testing.assert_allclose(np.array(mx) - np.array(mn), (40, 20, 60), atol=1e-9)
 
 
+@pytest.mark.slow
 def test_whole_flow_with_the_real_engine(data):
     """Bundled model if present, else random weights: the scene must match whatever the engine found."""
     ct, labels = data

@@ -174,7 +174,6 @@ def test_logic_class_runs_the_flow_on_a_real_scene(tmp_path):
     volume = sitk_to_volume_node(scene, ct, "CT")
     result, outcome = run_segmentation(scene, volume, segment_fn=fake_engine(labels, labels_box_lps(labels)))
     assert outcome.roi_node.GetName() == ROI_NAME
-    logic._recordRun(outcome, result, {"device_requested": "auto", "crop_box": "localizer"}, None)
     segmentation = outcome.segmentation_node
     # Smoothing: surfaces are rebuilt for a new value only, and voxels (and the edit detection) stay intact.
     assert logic.setSmoothing(segmentation, 0.2)
@@ -188,11 +187,11 @@ def test_logic_class_runs_the_flow_on_a_real_scene(tmp_path):
     path = logic.exportLabelmap(scene, segmentation, volume, tmp_path / "labels.nii.gz")
     np.testing.assert_array_equal(sitk.GetArrayFromImage(sitk.ReadImage(str(path))),
                                   sitk.GetArrayViewFromImage(labels))
-    # The run in the log, and the diagnostics built from it (provenance on the node comes from report.json:
-    # test_slicer_subprocess.py).
-    assert any("Found L1, L2, L3, L4, L5" in line for line in logic.logLines)
+    # The exports in the log, and the diagnostics built from it (a run's lines and provenance come from the
+    # subprocess: test_slicer_subprocess.py, test_study_session.py).
+    assert any("Wrote 5 STL file(s)" in line for line in logic.logLines)
     text = logic.diagnostics(slicerVersion="test")
-    assert "Last run: found L1, L2, L3, L4, L5" in text and "Last error: none" in text
+    assert "Last error: none" in text and "Wrote 5 STL file(s)" in text
     html = logic.modelInfoHtml()
     assert "lumbarseg_cpu.pt" in html and "Model card" in html and "Measured accuracy" in html
 
@@ -222,6 +221,7 @@ def test_smoothing_is_not_rebuilt_when_the_value_does_not_change():
     assert "if self._updatingGUIFromParameterNode:" in handler.split("self.updateParameterNodeFromGUI()")[0]
 
 
+@pytest.mark.slow
 def test_logic_keeps_edits_made_while_a_run_is_going():
     """'Overwrite' was answered for the segmentation as it was at the start; painting while the subprocess
     runs is kept (the result goes to a new node), and the run's messages reach the module (NaN voxels)."""
@@ -529,6 +529,7 @@ def test_self_test_passes_without_torch_and_says_why_the_model_part_was_skipped(
     assert "OK" in out
 
 
+@pytest.mark.slow
 def test_self_test_runs_the_model_part_when_torch_is_there():
     pytest.importorskip("slicer")
     code = SELF_TEST.format(block_torch="", module=str(MODULE_FILE), after="")
@@ -661,3 +662,26 @@ def test_license_is_the_apache_2_0_text_pyproject_names():
     assert "TERMS AND CONDITIONS FOR USE, REPRODUCTION, AND DISTRIBUTION" in text
     assert "END OF TERMS AND CONDITIONS" in text and len(text) > 10000
     assert 'license = { text = "Apache-2.0" }' in (ROOT / "pyproject.toml").read_text(encoding="utf-8")
+
+
+def test_reload_reloads_the_library_lower_layers_first():
+    """Developer mode's Reload runs reloadLibrary(): every loaded LumbarSegLib module is executed again (an
+    edit to the engine takes effect without restarting Slicer), lower layers before the ones using them.
+    In a fresh interpreter: reloading the engine under this test process would split its classes in two."""
+    script = textwrap.dedent("""
+        import importlib.util, sys
+        spec = importlib.util.spec_from_file_location("LumbarSegModule", sys.argv[1])
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        session_module = module.slicerLib("session")
+        before = session_module.StudySession
+        names = module.reloadLibrary()
+        assert session_module.StudySession is not before, "not reloaded"
+        assert sys.modules["LumbarSegLib.scene.session"] is session_module
+        assert names.index("LumbarSegLib.errors") < names.index("LumbarSegLib.study.engine_process") \\
+            < names.index("LumbarSegLib.scene.engine_job") < names.index("LumbarSegLib.scene.session")
+        print("ok", len(names))
+        """)
+    result = subprocess.run([sys.executable, "-c", script, str(MODULE_FILE)], capture_output=True, text=True,
+                            timeout=300, cwd=ROOT)
+    assert result.returncode == 0 and result.stdout.startswith("ok"), result.stderr[-2000:]

@@ -29,6 +29,8 @@ from LumbarSegLib.scene.volumes import label_array_to_sitk, sitk_to_volume_node 
 from conftest import new_scene  # noqa: E402
 from conftest import load_module  # noqa: E402
 
+pytestmark = pytest.mark.slow  # the real command line in a subprocess (module-scoped run)
+
 module = load_module()
 
 

@@ -16,6 +16,8 @@ from LumbarSegLib.io import images
 from LumbarSegLib.cli import main
 from LumbarSegLib.phantoms import generate_phantom
 
+pytestmark = pytest.mark.slow  # the bundled model runs on a CT in each test
+
 KNOWN_HU = 150.0
 
 

@@ -21,6 +21,8 @@ from LumbarSegLib.constants import LABEL_COLORS, LABEL_NAMES
 from web_browser import (ROOT, WebServer, colour_shares, launch_browser, metric_rows, open_page,
                          require_web_environment, segment_and_wait, state, view_boxes, view_pixels, wait_until)
 
+pytestmark = pytest.mark.slow  # a server and a browser per test
+
 SAMPLE = ROOT / "Resources" / "SampleData" / "LumbarSegSampleCT.nrrd"
 VERTEBRA_COLOURS = {LABEL_NAMES[k]: rgb for k, rgb in LABEL_COLORS.items()}
 

@@ -94,6 +94,7 @@ def test_bad_upload_is_refused_by_the_cli_validation_and_names_the_upload_not_th
     assert session.volume_node is None
 
 
+@pytest.mark.slow
 def test_session_segments_cancels_keeps_edits_and_exports(tmp_path):
     scene = slicer.vtkMRMLScene()
     session = StudySession(scene, tmp_path / "exports")
