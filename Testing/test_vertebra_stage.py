@@ -143,6 +143,7 @@ def test_sampler_draws_one_vertebra_against_the_rest(tmp_path):
     assert vertebra_samples.load_labelmap_sources(tmp_path / "masks", leave_out=["sub-verse999"]) == []
 
 
+@pytest.mark.slow
 def test_training_checkpoints_and_resumes_across_sessions(tmp_path):
     masks = _label_map(tmp_path)
     phase = vertebra_train.Phase("pretrain", minutes=0.05, weights={"labelmap": 1.0})
@@ -238,6 +239,7 @@ def test_a_vertebra_of_soft_tissue_is_not_reported():
     assert pipeline.drop_soft_tissue(out, hu, []) is out  # bone alone: kept as it is
 
 
+@pytest.mark.slow
 def test_run_study_says_whether_stage3_ran(tmp_path, monkeypatch):
     from conftest import phantom
 
