@@ -108,6 +108,24 @@ def slicerLib(name):
     return importlib.import_module("LumbarSegLib.scene." + name)
 
 
+def reloadLibrary():
+    """Reload every loaded ``LumbarSegLib`` module, lower layers first, so that "Reload" in Developer mode
+    picks up edits to the engine and the scene layer, not only to this file. Returns the names reloaded."""
+    import importlib
+
+    layers = ("errors", "constants", "io", "inference", "measures", "results", "study", "scene")  # lowest first
+
+    def order(name):
+        part = name.split(".")[1] if "." in name else ""
+        return (layers.index(part) + 1 if part in layers else len(layers) + 1, name.count("."), name)
+
+    names = sorted((n for n in sys.modules if n == "LumbarSegLib" or n.startswith("LumbarSegLib.")), key=order)
+    for name in names:
+        if sys.modules.get(name) is not None:
+            importlib.reload(sys.modules[name])
+    return names
+
+
 def registerTerminology(terminologiesLogic=None):
     """Load the L1-L5 terminology this extension ships into Slicer's Terminologies module (its logic, or
     ``terminologiesLogic``)."""
@@ -144,8 +162,9 @@ class LumbarSeg(ScriptedLoadableModule):
             "Editor, recompute metrics, export STL (one file per vertebra) or a label map. For a DICOM SEG, "
             "right-click the segmentation in the Data module and choose Export to DICOM; on Slicer 5.8 and 5.10 "
             "this needs the QuantitativeReporting extension (Extensions Manager).<br>"
-            "<b>Research use only, not a medical device.</b> The bundled model was trained on synthetic CTs "
-            "only; see its model card under Model.")
+            "<b>Research use only, not a medical device.</b> The bundled model was trained on synthetic phantoms "
+            "and a few public real CTs; its model card (under Model) gives the measured accuracy. Each result "
+            "carries how it was made (model, version, options, warnings) from the run's report.json.")
         self.parent.acknowledgementText = _(
             "Method: Lu H, Li M, Yu K, Zhang Y, Yu L. Lumbar spine segmentation method based on deep learning. "
             "J Appl Clin Med Phys 2023;24(6):e13996. The method's authors did not take part in this software. "
@@ -243,6 +262,12 @@ class LumbarSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.progressBar.setVisible(False)
         self.updateDependencyStatus()
         self.initializeParameterNode()
+
+    def onReload(self):
+        """Developer mode's Reload: stop a run, reload the library (``LumbarSegLib``), then this module."""
+        self.stopRunningJob()
+        reloadLibrary()
+        ScriptedLoadableModuleWidget.onReload(self)
 
     def cleanup(self):
         self.stopRunningJob()
@@ -426,7 +451,7 @@ class LumbarSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             return
         segmentation = p.outputSegmentation
         overwrite = False
-        if segmentation is not None and self.logic.isUserEdited(segmentation):
+        if self.logic.session().must_ask_before_replacing(segmentation):
             box = qt.QMessageBox(slicer.util.mainWindow())
             box.setWindowTitle("LumbarSeg")
             box.setText(_("'{name}' was edited since LumbarSeg created it.").format(name=segmentation.GetName()))
@@ -514,17 +539,12 @@ class LumbarSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         layoutManager = slicer.app.layoutManager()
         if layoutManager is not None and layoutManager.threeDViewCount > 0:
             layoutManager.threeDWidget(0).threeDView().resetFocalPoint()
-        seconds = result.timings.get("total", sum(result.timings.values()))  # the command's report has a total
-        found = ", ".join(result.found) if result.found else _("none")
-        lines = [_("Found: {found} ({seconds:.1f} s on {device}).").format(
-            found=found, seconds=seconds, device=result.device or "?")] + outcome.messages
-        lines.append(_("Research use only, not a medical device: review every vertebra."))
-        self.ui.statusLabel.text = "\n".join(lines)
-        if not result.found:
-            slicer.util.warningDisplay("\n".join(outcome.messages), windowTitle=_("LumbarSeg: no lumbar spine found"))
-        elif any(m.startswith("WARNING") for m in outcome.messages):  # implausible sizes, NaN voxels
-            slicer.util.warningDisplay("\n".join(m for m in outcome.messages if m.startswith("WARNING")),
-                                       windowTitle=_("LumbarSeg: check this result"))
+        # What to say is the session's decision (the web app shows the same); the widget only shows it.
+        session = self.logic.session()
+        self.ui.statusLabel.text = session.result_text()
+        alert = session.result_alert()
+        if alert is not None:
+            slicer.util.warningDisplay(alert[1], windowTitle=alert[0])
 
     # --- results ----------------------------------------------------------------------------------
 
@@ -622,153 +642,109 @@ class LumbarSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
 
 class LumbarSegLogic(ScriptedLoadableModuleLogic):
-    """Scene-level operations of the module; every method takes the scene (or nodes) explicitly.
-
-    Works without the Slicer application (headless tests with the slicer-core wheel); only
-    ``getParameterNode`` and ``installDependencies`` need the running application.
-    """
-
-    LOG_LINES = 500
+    """The module's logic: Slicer's parameter node and dependency installer around the shared, Qt-free study
+    session (``LumbarSegLib.scene.session.StudySession``, also under the web app), which holds the run, the
+    result, the log and the last error. Works without the Slicer application (headless tests)."""
 
     def __init__(self):
         ScriptedLoadableModuleLogic.__init__(self)
-        import collections
-
         self.pythonExecutable = None  # None: PythonSlicer inside Slicer, else this interpreter
-        self.logLines = collections.deque(maxlen=self.LOG_LINES)
         self.logCallback = None
-        self.lastResult = None
-        self.lastError = None
-        self.lastSettings = None
+        self._session = None
 
     def getParameterNode(self):
         return LumbarSegParameterNode(super().getParameterNode())
 
-    # --- log and diagnostics
+    def session(self, scene=None):
+        """The study session on ``scene`` (made on first use: LumbarSegLib must be importable first)."""
+        if self._session is None:
+            self._session = slicerLib("session").StudySession(scene, on_log=lambda line: self.logCallback and
+                                                              self.logCallback(line))
+        if scene is not None:
+            self._session.scene = scene
+        self._session.python = self.pythonExecutable
+        return self._session
+
+    # What the last run left, for the widget and the diagnostics.
+    logLines = property(lambda self: self.session().log_lines)
+    lastResult = property(lambda self: self.session().last_result)
+    lastError = property(lambda self: self.session().last_error)
 
     def log(self, text):
-        import time
-
-        line = time.strftime("%H:%M:%S ") + str(text)
-        self.logLines.append(line)
-        logging.info("LumbarSeg: " + str(text))
-        if self.logCallback is not None:
-            self.logCallback(line)
+        self.session().log(text)
 
     def recordError(self, exc):
-        self.lastError = exc
-        self.log(f"ERROR {type(exc).__name__}: {exc}")
+        self.session().record_error(exc)
 
     def diagnostics(self, slicerVersion=None, modelPath=None):
         """The "Copy diagnostics" text: versions, device, model, last run's stage timings, last error, log."""
-        return slicerLib("provenance").diagnostics_text(
-            self.modelSummary(modelPath), last_result=self.lastResult, last_error=self.lastError,
-            settings=self.lastSettings, slicer_version=slicerVersion, log_lines=self.logLines)
-
-    # --- dependencies
+        session = self.session()
+        session.model = modelPath
+        return session.diagnostics(slicerVersion)
 
     def installDependencies(self, status=None):
         """Install torch through the PyTorch extension (PyTorchUtils), then any other missing package with pip."""
         slicerLib("dependencies").install_dependencies(status or self.log,
                                                        lambda requirement: slicer.util.pip_install(requirement))
 
-    # --- model
-
-    def modelSummary(self, modelPath=None):
+    def modelInfoHtml(self, modelPath=None):
+        """What the panel shows about the model that will run, with a link to its model card."""
         ensureLibImportable()
         from LumbarSegLib.results.model_card import model_summary
 
-        return model_summary(modelPath)
+        return slicerLib("provenance").model_info_html(model_summary(modelPath))
 
-    def modelInfoHtml(self, modelPath=None):
-        """What the panel shows about the model that will run, with a link to its model card."""
-        return slicerLib("provenance").model_info_html(self.modelSummary(modelPath))
-
-    # --- segmentation: the command line in a subprocess (LumbarSegLib.study.engine_process)
+    # --- segmentation: the command line in a subprocess, through the session
 
     def startSegmentation(self, scene, volumeNode, segmentationNode=None, roiMode="auto", device="auto",
                           modelPath=None, overwriteEdited=False, smoothing=0.5):
-        """Start ``lumbarseg segment`` on the volume in a subprocess; returns the job. The scene is read here
-        (main thread); poll ``job.process`` from a timer, then call :meth:`finishSegmentation`."""
-        job = slicerLib("engine_job").start_job(
-            scene, volumeNode, segmentation_node=segmentationNode, roi_mode=roiMode or "auto",
-            device=device or "auto", model_path=modelPath, overwrite_edited=overwriteEdited, smoothing=smoothing,
-            python=self.pythonExecutable)
-        self.log(f"Segmenting '{volumeNode.GetName()}' (device {device or 'auto'}, crop box "
-                 f"{'yours' if job.box_lps else 'from the localizer'}) in process {job.process.pid}")
-        return job
+        """Start ``lumbarseg segment`` on the volume in a subprocess; returns the job. Poll ``job.process`` from
+        a timer, then call :meth:`finishSegmentation`."""
+        session = self.session(scene)
+        session.device, session.model = device or "auto", modelPath
+        return session.start(volumeNode, segmentation_node=segmentationNode, roi_mode=roiMode,
+                             replace_edited=overwriteEdited, smoothing=smoothing)
 
     def finishSegmentation(self, scene, job, referenceNode=None, tableNode=None):
-        """Main-thread part after the process ended: its result into the scene (segments, surfaces, ROI, metrics
-        table in ``outcome.metrics_table``). Returns the ApplyOutcome; raises Cancelled or the command's
-        one-line error (the scene is then unchanged)."""
-        try:
-            result, outcome = slicerLib("engine_job").finish_job(scene, job, referenceNode, tableNode)
-        except Exception as exc:
-            self.recordError(exc)
-            raise
-        self._recordRun(outcome, result, job.settings, job.settings.get("model_path"))
-        return outcome
+        """After the process ended: its result into the scene. Returns the ApplyOutcome; raises Cancelled or
+        the command's one-line error (the scene is then unchanged)."""
+        session = self.session(scene)
+        session.job = job
+        return session.finish(referenceNode, tableNode)
 
     def cancelSegmentation(self, job):
         """End a running job's process (and its children) and wait for it; nothing in the scene changes."""
-        slicerLib("engine_job").cancel_job(job)
-        self.log("Segmentation cancelled")
+        session = self.session()
+        session.job = job
+        session.cancel()
 
     def process(self, scene, volumeNode, segmentationNode=None, roiMode="auto", device="auto", modelPath=None,
                 overwriteEdited=False, progress=None, cancel=None, smoothing=0.5):
-        """Synchronous run (scripting, tests): the same subprocess as the GUI, waited for. ``progress(stage,
-        fraction)`` gets each progress event; ``cancel()`` returning True ends the run (raises Cancelled).
-        Returns (SegmentationResult, ApplyOutcome)."""
-        job = self.startSegmentation(scene, volumeNode, segmentationNode, roiMode, device, modelPath,
-                                     overwriteEdited, smoothing)
-        try:
-            while job.process.running:
-                job.process.wait_for_output(0.1)  # blocks in the OS on the pipe; no sleep
-                for event in job.process.poll():
-                    if progress is not None:
-                        progress(event.stage, event.fraction)
-                if cancel is not None and cancel():
-                    self.cancelSegmentation(job)
-        except BaseException:
-            if job.process.running:
-                self.cancelSegmentation(job)
-            raise
-        outcome = self.finishSegmentation(scene, job)
-        return self.lastResult, outcome
-
-    def _recordRun(self, outcome, result, settings, modelPath):
-        self.lastResult, self.lastSettings = result, settings
-        if outcome.segmentation_node is not None:
-            slicerLib("provenance").record_provenance(outcome.segmentation_node, self.modelSummary(modelPath),
-                                                      result, settings)
-        timings = ", ".join(f"{k} {v:.2f} s" for k, v in result.timings.items())
-        self.log(f"Found {', '.join(result.found) or 'none'} on {result.device or '?'} ({timings})")
-        for message in outcome.messages:
-            self.log(message)
+        """Synchronous run (scripting, tests): the same subprocess as the GUI, waited for. Returns
+        (SegmentationResult, ApplyOutcome)."""
+        session = self.session(scene)
+        session.device, session.model = device or "auto", modelPath
+        outcome = session.run(volumeNode, progress, cancel, segmentation_node=segmentationNode, roi_mode=roiMode,
+                              replace_edited=overwriteEdited, smoothing=smoothing)
+        return session.last_result, outcome
 
     def isUserEdited(self, segmentationNode):
         return slicerLib("segments").is_user_edited(segmentationNode)
 
     def setSmoothing(self, segmentationNode, value):
         """Set the surface smoothing; surfaces are rebuilt only when the value changes. Returns True then."""
-        return slicerLib("segments").set_smoothing(segmentationNode, value)
-
-    # --- results
+        return self.session().set_smoothing(segmentationNode, value)
 
     def computeMetrics(self, scene, segmentationNode, volumeNode, referenceNode=None, tableNode=None):
-        metrics = slicerLib("metrics_table")
-        rows = metrics.compute_metrics(segmentationNode, volumeNode, referenceNode)
-        name = segmentationNode.GetName() + " metrics"
-        return metrics.fill_metrics_table(scene, rows, tableNode, name=name, volume_node=volumeNode)
+        return self.session(scene).compute_metrics(segmentationNode, volumeNode, referenceNode, tableNode)
 
     def exportStl(self, segmentationNode, folder, overwrite=False):
-        """One STL per segment; an earlier export of a same-named segmentation there is only replaced (as a
-        whole) with ``overwrite`` (:func:`LumbarSegLib.scene.export.export_stl`)."""
-        return slicerLib("export").export_stl(segmentationNode, folder, overwrite=overwrite)
+        """One STL per vertebra; an earlier export of a same-named segmentation there is only replaced (as a
+        whole) with ``overwrite``."""
+        return self.session().export_stl(segmentationNode, folder, overwrite=overwrite)
 
     def exportLabelmap(self, scene, segmentationNode, volumeNode, path):
-        return slicerLib("export").export_labelmap(scene, segmentationNode, volumeNode, path)
+        return self.session(scene).export_labelmap(segmentationNode, volumeNode, path)
 
 
 #

@@ -7,7 +7,7 @@ Running with untrained (random) weights is allowed so the tool works end to end 
 but is announced loudly, since such labels are meaningless.
 
 Subcommand handlers are registered with ``parser.set_defaults(func=handler)`` and return an exit code
-(``None`` counts as 0); other modules adding subcommands (``training.cli.register_cli``) follow the same rule.
+(``None`` counts as 0); other modules adding subcommands (``training.commands.register_cli``) follow the same rule.
 """
 
 from __future__ import annotations
@@ -21,9 +21,8 @@ from pathlib import Path
 
 from . import __version__
 from .errors import InputError, LumbarSegError
-# The one study runner (segment, batch workers, the engine subprocess) and its console helpers.
-from .study.runner import (PROG, _check_smoothing, _err, _geometry, _load_model, _print_summary, _run_segmentation,
-                           _StageProgress)
+# The console side of a study run (light: the runner itself is imported where a command runs it).
+from .study.console import PROG, StageProgress, err, print_summary
 
 # The demo phantom: an abdominal field of view (T11-ish to sacrum, so all of L1-L5 is in it) on a
 # 256x256x200 grid; the phantom fits the spacing (about 1.5 mm) to that field of view.
@@ -39,8 +38,7 @@ DEMO_FOV = "abdomen"
 def cmd_segment(args) -> int:
     from .study.runner import StudyOptions, run_study
 
-    report = run_study(StudyOptions.from_args(args))
-    _print_summary(report, report["metrics"])
+    print_summary(run_study(StudyOptions.from_args(args)))
     return 0
 
 
@@ -60,7 +58,7 @@ def cmd_evaluate(args) -> int:
     if note:
         notes.append(note)
     for note in notes:
-        _err(f"{PROG}: note: {note}")
+        err(f"{PROG}: note: {note}")
     print(agreement.format_table(result))
     if args.output:
         text_files.write_json({
@@ -119,7 +117,7 @@ def cmd_phantom(args) -> int:
 
     def progress(done, total, *_, **__):
         if not args.quiet:
-            _err(f"{PROG}: phantom {done}/{total} written ({time.perf_counter() - t0:.1f} s)")
+            err(f"{PROG}: phantom {done}/{total} written ({time.perf_counter() - t0:.1f} s)")
 
     with OutputFolder(args.output, overwrite=args.overwrite) as out:
         paths = phantoms.write_verse_dataset(out.staging, args.n, args.seed, progress=progress, **kwargs)
@@ -134,46 +132,70 @@ def cmd_phantom(args) -> int:
 
 
 def cmd_demo(args) -> int:
-    """Phantom -> segment with the bundled model -> metrics against the phantom's truth, all offline."""
-    import SimpleITK as sitk
-
-    from .io import images, label_maps
+    """Phantom -> segment with the bundled model -> metrics against the phantom's truth, all offline: the
+    phantom and its truth go to :func:`run_study` as images in memory (written into the result folder)."""
     from .inference.models import resolve_device
-    from .results.outputs import OutputFolder
+    from .study.runner import StudyOptions, check_smoothing, run_study
 
-    resolve_device(args.device)
-    smoothing = _check_smoothing(args.smoothing)
+    resolve_device(args.device)  # before the phantom is drawn: an absent GPU fails at once
+    check_smoothing(args.smoothing)
     from . import phantoms
 
-    with OutputFolder(args.output, overwrite=args.overwrite) as out:
-        progress = _StageProgress(args.quiet)
-        done = progress.step("phantom")
-        t0 = time.perf_counter()
-        ct, truth_verse = phantoms.generate_phantom(args.seed, shape=DEMO_SHAPE, spacing=DEMO_SPACING, fov=DEMO_FOV)
-        gen_s = time.perf_counter() - t0
-        done()
-        ct_path = out.staging / "demo_ct.nii.gz"
-        sitk.WriteImage(ct, str(ct_path), useCompression=True)
-        truth = sitk.GetImageFromArray(label_maps.to_internal_labels(sitk.GetArrayViewFromImage(truth_verse), "verse"))
-        truth.CopyInformation(truth_verse)
-        truth_path = label_maps.write_labelmap(truth, out.staging / "demo_truth.nii.gz")
-        image, mask, messages = images.prepare_ct(ct, name="The demo phantom")
-        model = _load_model(args.model, args.device)
-        report = _run_segmentation(images.LoadedCT(image, mask, messages),
-                          input_desc={"path": str(out.final(ct_path)), "phantom_seed": args.seed, **_geometry(ct)},
-                          out=out, stem="demo", model=model, device=args.device, fmt="nii.gz", stl=True,
-                          preview=True, reference=truth,
-                          reference_desc={"path": str(out.final(truth_path)), "label_scheme": "phantom truth"},
-                          smoothing=smoothing, quiet=args.quiet, extra_timings={"phantom": gen_s})
-        _print_summary(report, report["metrics"])
-    print(f"\nOpen {out.target / 'demo_ct.nii.gz'} with {out.target / 'demo_labels.nii.gz'} in 3D Slicer, or look "
-          f"at {out.target / 'demo_preview.png'}.")
+    progress = StageProgress(args.quiet)
+    done = progress.step("phantom")
+    t0 = time.perf_counter()
+    ct, truth_verse = phantoms.generate_phantom(args.seed, shape=DEMO_SHAPE, spacing=DEMO_SPACING, fov=DEMO_FOV)
+    generated_s = time.perf_counter() - t0
+    done()
+    options = StudyOptions(input=ct, output=args.output, reference=truth_verse, reference_labels="verse",
+                           name="demo", input_facts={"phantom_seed": args.seed}, model=args.model,
+                           device=args.device, stl=True, preview=True, smoothing=args.smoothing,
+                           overwrite=args.overwrite, quiet=args.quiet)
+    report = run_study(options, progress=progress, timings={"phantom": generated_s})
+    print_summary(report)
+    target = Path(report["outputs"]["report"]).parent
+    print(f"\nOpen {target / 'demo_ct.nii.gz'} with {target / 'demo_labels.nii.gz'} in 3D Slicer, or look "
+          f"at {target / 'demo_preview.png'}.")
     return 0
 
 
 # --------------------------------------------------------------------------------------------------
 # Parser
 # --------------------------------------------------------------------------------------------------
+
+def _installed(part: str) -> bool:
+    """Whether the optional part ``part`` (phantoms, training, batch, web) is installed: inside 3D Slicer only
+    the runtime is (LumbarSeg/CMakeLists.txt), and the commands of the others are then not offered."""
+    import importlib.util
+
+    return importlib.util.find_spec(f"{__package__}.{part}") is not None
+
+
+def _add_phantom_commands(sub, common, overwrite) -> None:
+    from .phantoms import FOV_CHOICES
+
+    p = sub.add_parser("phantom", help="write synthetic CTs with VerSe-style labels",
+                       description="Write synthetic CTs with VerSe-style labels. Costly at the default, clinical size "
+                       "(grid and spacing drawn per case, e.g. 512x512x343 at 0.67 mm): about 1.5 min of CPU, a "
+                       "peak of 5 GiB of memory and 85 MB on disk per default-size case (see README). --shape and "
+                       "--spacing make small, quick ones.")
+    p.add_argument("-o", "--output", required=True, metavar="DIR")
+    p.add_argument("--n", type=int, default=1)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--shape", type=int, nargs=3, metavar=("NX", "NY", "NZ"))
+    p.add_argument("--spacing", type=float, nargs=3, metavar=("SX", "SY", "SZ"))
+    p.add_argument("--fov", default=None, choices=list(FOV_CHOICES))
+    overwrite(p)
+    common(p, model=False)
+    p.set_defaults(func=cmd_phantom)
+
+    p = sub.add_parser("demo", help="phantom -> segmentation -> metrics, no download needed")
+    p.add_argument("-o", "--output", default="lumbarseg_demo", metavar="OUTDIR")
+    p.add_argument("--seed", type=int, default=0)
+    overwrite(p)
+    common(p)
+    p.set_defaults(func=cmd_demo)
+
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog=PROG, description="Automatic L1-L5 lumbar vertebra segmentation in CT.")
@@ -203,6 +225,9 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--csv", action="store_true",
                        help="also write the per-vertebra measurements (volume, HU, trabecular HU) as "
                             "OUTDIR/<name>_measurements.csv")
+        p.add_argument("--refine", action=argparse.BooleanOptionalAction, default=None,
+                       help="re-segment each vertebra found on its own 1.25 mm crop with the per-vertebra model "
+                            "(default: on when that model is installed; report.json's stage3 says whether it ran)")
         p.add_argument("--dicom-seg", action="store_true",
                        help="also write a DICOM Segmentation (OUTDIR/<name>_seg.dcm) referencing the input DICOM series")
 
@@ -235,39 +260,20 @@ def build_parser() -> argparse.ArgumentParser:
                    help="fail when the grids differ instead of resampling REF onto PRED's grid")
     p.set_defaults(func=cmd_evaluate)
 
-    from .phantoms import FOV_CHOICES
+    if _installed("phantoms"):  # phantom, demo
+        _add_phantom_commands(sub, common, overwrite)
+    if _installed("training"):
+        from .training import commands as training_commands
 
-    p = sub.add_parser("phantom", help="write synthetic CTs with VerSe-style labels",
-                       description="Write synthetic CTs with VerSe-style labels. Costly at the default, clinical size "
-                       "(grid and spacing drawn per case, e.g. 512x512x343 at 0.67 mm): about 1.5 min of CPU, a "
-                       "peak of 5 GiB of memory and 85 MB on disk per default-size case (see README). --shape and "
-                       "--spacing make small, quick ones.")
-    p.add_argument("-o", "--output", required=True, metavar="DIR")
-    p.add_argument("--n", type=int, default=1)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--shape", type=int, nargs=3, metavar=("NX", "NY", "NZ"))
-    p.add_argument("--spacing", type=float, nargs=3, metavar=("SX", "SY", "SZ"))
-    p.add_argument("--fov", default=None, choices=list(FOV_CHOICES))
-    overwrite(p)
-    common(p, model=False)
-    p.set_defaults(func=cmd_phantom)
+        training_commands.register_cli(sub)  # train, evaluate-model
+    if _installed("batch"):
+        from .batch import command as batch
 
-    p = sub.add_parser("demo", help="phantom -> segmentation -> metrics, no download needed")
-    p.add_argument("-o", "--output", default="lumbarseg_demo", metavar="OUTDIR")
-    p.add_argument("--seed", type=int, default=0)
-    overwrite(p)
-    common(p)
-    p.set_defaults(func=cmd_demo)
+        batch.register_cli(sub, common, overwrite, study_outputs)
+    if _installed("web"):
+        from .web import cli as web_cli
 
-    from .training import cli as training_cli
-
-    training_cli.register_cli(sub)  # train, evaluate-model
-    from .batch import command as batch
-
-    batch.register_cli(sub, common, overwrite, study_outputs)
-    from .web import cli as web_cli
-
-    web_cli.register_cli(sub)  # serve
+        web_cli.register_cli(sub)  # serve
     return parser
 
 
@@ -275,7 +281,7 @@ def main(argv=None) -> int:
     try:
         return _main(argv)
     except KeyboardInterrupt:  # also during start-up (imports, parser), not only while running
-        _err(f"{PROG}: interrupted")
+        err(f"{PROG}: interrupted")
         return 130
 
 
@@ -292,17 +298,17 @@ def _main(argv=None) -> int:
     try:
         rc = handler(args)
     except LumbarSegError as exc:
-        _err(f"{PROG}: error: {exc}")
+        err(f"{PROG}: error: {exc}")
         return 2
     except (MemoryError, RuntimeError) as exc:  # torch's CPU allocator reports no memory as a RuntimeError
         from .errors import is_out_of_memory
 
         if not is_out_of_memory(exc):
             raise
-        _err(f"{PROG}: error: ran out of memory. Crop the CT to the lumbar region or downsample it and retry.")
+        err(f"{PROG}: error: ran out of memory. Crop the CT to the lumbar region or downsample it and retry.")
         return 2
     except OSError as exc:  # disk full, a file system that fails mid-write ...
-        _err(f"{PROG}: error: {exc.strerror or exc}{': ' + str(exc.filename) if exc.filename else ''}")
+        err(f"{PROG}: error: {exc.strerror or exc}{': ' + str(exc.filename) if exc.filename else ''}")
         return 1
     return int(rc or 0)
 

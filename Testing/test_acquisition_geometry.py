@@ -17,7 +17,7 @@ from LumbarSegLib.io import images, label_maps
 from LumbarSegLib.cli import main
 from LumbarSegLib.errors import InputError
 
-from test_dicom_seg import write_ct_series
+from conftest import write_ct_series
 
 TILT_DEG = 20.0
 BLOCK_MM = (24.0, 30.0, 36.0)  # x, y, z size of the bone block
@@ -83,6 +83,7 @@ def test_tilt_is_measured_from_the_slice_positions():
     assert slice_positions.gantry_tilt_degrees(tilted, orientation) == pytest.approx(15.0, abs=1e-6)
 
 
+@pytest.mark.slow
 def test_cli_segments_a_tilted_series_on_the_regular_grid_and_says_so(tmp_path):
     sheared, _ = tilted_phantom()
     folder = tmp_path / "tilted"

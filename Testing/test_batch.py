@@ -58,7 +58,7 @@ def _assert_whole(folder: Path, source: Path) -> dict:
 @pytest.fixture(scope="module")
 def first_batch(tmp_path_factory):
     """4 phantoms (2 NIfTI files, 2 DICOM series in one folder) and 1 broken file, batched once."""
-    from test_dicom_seg import write_ct_series
+    from conftest import write_ct_series
 
     root = tmp_path_factory.mktemp("batch")
     data = root / "in"
@@ -78,6 +78,7 @@ def first_batch(tmp_path_factory):
     return {"data": data, "out": out, "proc": done, "series_uids": uids}
 
 
+@pytest.mark.slow
 def test_four_phantoms_and_a_broken_file_give_four_ok_and_one_failed_row(first_batch):
     proc, out = first_batch["proc"], first_batch["out"]
     assert proc.returncode == 1, proc.stderr  # not every study succeeded
@@ -104,6 +105,7 @@ def test_four_phantoms_and_a_broken_file_give_four_ok_and_one_failed_row(first_b
     assert not [p for p in out.iterdir() if p.name.endswith(".partial")]
 
 
+@pytest.mark.slow
 def test_a_dicom_folder_holding_two_series_gives_two_studies(first_batch):
     rows = _rows(first_batch["out"])
     dicom = {r["series_uid"]: r for r in rows.values() if r["input"].endswith("dicom")}
@@ -114,6 +116,7 @@ def test_a_dicom_folder_holding_two_series_gives_two_studies(first_batch):
         assert report["input"]["dicom_series"]["uid"] == uid  # each study is its own series, not the larger one
 
 
+@pytest.mark.slow
 def test_a_rerun_skips_the_complete_results_and_retries_the_failed_one(first_batch):
     """Runs last in this file: it repairs the broken input, and the rerun must run it (and only it)."""
     out, data = first_batch["out"], first_batch["data"]
@@ -178,6 +181,7 @@ def _batch_with_kills(data: Path, out: Path, study_id: str, kills: int) -> tuple
     return proc.returncode, stdout, stderr
 
 
+@pytest.mark.slow
 def test_a_killed_worker_leaves_no_partial_folder_and_the_study_completes_on_a_retry(tmp_path):
     data = tmp_path / "in"
     data.mkdir()
@@ -202,6 +206,7 @@ def test_a_killed_worker_leaves_no_partial_folder_and_the_study_completes_on_a_r
 
 # ------------------------------------------------------------------------------------- an existing cluster
 
+@pytest.mark.slow
 def test_scheduler_runs_the_batch_on_an_existing_cluster(tmp_path, ct_file, capsys):
     """--scheduler: the batch uses a cluster it did not start (here a 1-worker LocalCluster on 127.0.0.1),
     and its worker gets this host's cores for torch."""

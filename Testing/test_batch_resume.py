@@ -48,6 +48,7 @@ def _report(folder: Path) -> dict:
     return json.loads((folder / "report.json").read_text(encoding="utf-8"))
 
 
+@pytest.mark.slow
 def test_a_relative_path_rerun_skips_finished_studies_and_a_replaced_scan_is_run_again(tmp_path):
     cts = tmp_path / "CTs"
     cts.mkdir()
@@ -143,6 +144,7 @@ def test_a_dicom_series_identity_changes_when_one_of_its_files_does(tmp_path):
     assert "content changed" in input_changed(identity, tmp_path / "dicom")
 
 
+@pytest.mark.slow
 def test_a_folder_written_by_lumbarseg_phantom_is_searched_for_its_cts(tmp_path, capsys):
     rc = cli.main(["phantom", "-o", str(tmp_path / "ph"), "--n", "2", "--shape", "40", "40", "40",
                    "--spacing", "4", "4", "4", "-q"])

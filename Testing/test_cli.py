@@ -138,6 +138,7 @@ def test_installed_entry_point_has_no_traceback(tmp_path):
 
 # ---------------------------------------------------------------------------------------------- segment
 
+@pytest.mark.slow
 @pytest.mark.parametrize("fmt", ["nii.gz", "seg.nrrd"])
 def test_segment_end_to_end(capsys, ct_file, synthetic_ct, tmp_path, fmt):
     ref_path = label_maps.write_labelmap(synthetic_ct[1], tmp_path / "ref.nii.gz")
@@ -226,6 +227,7 @@ def test_evaluate_ct_as_reference_is_clean_error(capsys, tmp_path):
 
 # ---------------------------------------------------------------------------------------------- phantom / demo / training
 
+@pytest.mark.slow
 def test_phantom_command(capsys, tmp_path):
     rc, stdout, err = run(capsys, "phantom", "-o", tmp_path / "ph", "--n", "1", "--seed", "3",
                           "--shape", "48", "48", "40", "--spacing", "4", "4", "5", "--fov", "lumbar")
@@ -234,14 +236,20 @@ def test_phantom_command(capsys, tmp_path):
     assert ct.GetSize() == (48, 48, 40)
 
 
+@pytest.mark.slow
 def test_demo_small(capsys, tmp_path, monkeypatch):
     monkeypatch.setattr(cli, "DEMO_SHAPE", (48, 48, 40))
     monkeypatch.setattr(cli, "DEMO_SPACING", (7.0, 7.0, 7.0))
     rc, stdout, err = run(capsys, "demo", "-o", tmp_path / "demo", "--seed", "1", "--device", "cpu")
     assert rc == 0, err
-    for name in ("demo_ct.nii.gz", "demo_truth.nii.gz", "demo_labels.nii.gz", "demo_preview.png", "report.json"):
+    for name in ("demo_ct.nii.gz", "demo_reference.nii.gz", "demo_labels.nii.gz", "demo_preview.png", "report.json"):
         assert (tmp_path / "demo" / name).exists(), name
     assert "Agreement with the reference" in stdout and "DSC" in stdout
+    report = json.loads((tmp_path / "demo" / "report.json").read_text())
+    # The demo is a run_study like any other: the phantom's seed and timing, and the provenance, are in its report.
+    assert report["input"]["phantom_seed"] == 1 and report["input"]["in_memory"] is True
+    assert report["timings_s"]["phantom"] > 0 and report["reference"]["label_scheme"] == "verse"
+    assert report["provenance"]["options"]["stl"] is True and "Made by LumbarSeg" in stdout
 
 
 def test_training_commands_registered(capsys):
@@ -266,6 +274,7 @@ def _nan_ct(synthetic_ct, nan_value=np.nan):
     return cts, int(np.count_nonzero(~np.isfinite(with_nan)))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("suffix", [".mha", ".nii.gz"])  # NRRD reads like MHA (test_io)
 def test_nan_voxels_are_air_with_a_warning_in_console_and_report(capsys, tmp_path, synthetic_ct, suffix):
     (with_nan, with_air), n_nan = _nan_ct(synthetic_ct)
@@ -302,6 +311,7 @@ def _segment(capsys, ct, out, *extra):
     return run(capsys, "segment", ct, "-o", out, "--device", "cpu", *extra)
 
 
+@pytest.mark.slow
 def test_reused_output_folder_is_refused_then_replaced_whole_with_overwrite(capsys, tmp_path, ct_file, synthetic_ct):
     out = tmp_path / "out"
     rc, _, err = _segment(capsys, ct_file, out, "--stl")
@@ -324,6 +334,7 @@ def test_reused_output_folder_is_refused_then_replaced_whole_with_overwrite(caps
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
 
 
+@pytest.mark.slow
 def test_an_input_inside_the_folder_that_overwrite_replaces_is_refused(capsys, tmp_path, ct_file):
     """The demo (or phantom) folder holds a result and its CT: segmenting that CT into the same folder with
     --overwrite would delete the input together with the earlier result."""
@@ -349,6 +360,7 @@ def test_folder_with_other_files_is_never_written(capsys, tmp_path, ct_file):
     assert sorted(p.name for p in out.iterdir()) == ["L1.stl"]
 
 
+@pytest.mark.slow
 def test_ctrl_c_during_the_run_leaves_no_partial_result(capsys, tmp_path, ct_file, monkeypatch):
     """A real SIGINT arrives right after the STL files were written (before the preview and the report)."""
     import os
@@ -420,6 +432,7 @@ def _thoracic_reference(tmp_path, synthetic_ct):
     return path
 
 
+@pytest.mark.slow
 def test_reference_without_lumbar_vertebrae_is_compared_not_refused(capsys, tmp_path, ct_file, synthetic_ct):
     ref = _thoracic_reference(tmp_path, synthetic_ct)
     rc, _, err = _segment(capsys, ct_file, tmp_path / "out", "--reference", ref)
@@ -452,6 +465,7 @@ def test_reference_outside_the_ct_is_still_refused(capsys, tmp_path, ct_file, sy
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.slow
 def test_real_thoracic_series_with_its_totalsegmentator_labels(capsys, tmp_path, shared_data):
     dicom, labels = shared_data / "ts_dicom", shared_data / "ts_dicom_totalseg.nii.gz"
     if not dicom.is_dir() or not labels.is_file():
@@ -508,7 +522,7 @@ def test_implausible_vertebra_sizes_are_warned_about(capsys, tmp_path, monkeypat
 # ---------------------------------------------------------------------------------------------- DICOM series
 
 def test_dicom_folder_with_several_series(capsys, tmp_path):
-    from test_io import write_dicom_series
+    from conftest import write_dicom_series
 
     folder = tmp_path / "dicom"
     write_dicom_series(folder, 24, "1.2.826.0.1.3680043.2.1125.301", description="Abdomen 1.0 B30f")
@@ -536,9 +550,9 @@ def test_dicom_folder_with_several_series(capsys, tmp_path):
 def test_dicom_series_with_a_missing_slice_is_refused_before_segmenting(capfd, tmp_path):
     """ITK would spread the gap over the whole volume (and print a C++ warning): every vertebra a little
     misplaced and mis-measured, with exit 0."""
-    from test_io import _series_with
+    from conftest import series_with
 
-    rc = cli.main(["segment", str(_series_with(tmp_path, "missing")), "-o", str(tmp_path / "out")])
+    rc = cli.main(["segment", str(series_with(tmp_path, "missing")), "-o", str(tmp_path / "out")])
     err = capfd.readouterr().err
     assert_clean_error(rc, err, "slice spacing is not uniform", "slices are missing")
     assert "lumbarseg: localize" not in err and "WARNING: In" not in err and not (tmp_path / "out").exists()
@@ -573,6 +587,7 @@ def test_phantom_grid_is_checked(capsys, tmp_path, option, values, fragment):
     assert not (tmp_path / "ph").exists()
 
 
+@pytest.mark.slow
 def test_phantom_prints_progress_and_the_folder_not_a_python_list(capsys, tmp_path):
     rc, stdout, err = run(capsys, "phantom", "-o", tmp_path / "ph", "--n", "2", "--shape", "32", "32", "40",
                           "--spacing", "7", "7", "7", "--fov", "lumbar")

@@ -39,6 +39,7 @@ def test_the_file_index_box_holds_the_same_voxels_as_the_internal_box(direction)
     assert "own voxel axes" in entry["index_space"] and "internal" in entry["canonical_index_space"]
 
 
+@pytest.mark.slow
 def test_segment_reports_the_crop_box_on_a_ras_files_own_axes(tmp_path):
     from LumbarSegLib.phantoms import generate_phantom
 

@@ -54,6 +54,7 @@ def test_explicit_devices_that_are_absent_are_clear_errors(monkeypatch):
     assert resolve_device("CPU") == torch.device("cpu")
 
 
+@pytest.mark.slow
 def test_gpu_out_of_memory_reruns_on_cpu_and_says_so(synthetic_ct):
     ct, _ = synthetic_ct
     reference = pipeline.segment(ct, model=load_model(), device="cpu")
@@ -88,6 +89,7 @@ def test_out_of_memory_on_the_cpu_is_not_retried(synthetic_ct):
     assert "Out of memory" in friendly_error(info.value, "cpu")
 
 
+@pytest.mark.slow
 def test_result_records_the_device_it_ran_on(synthetic_ct):
     result = pipeline.segment(synthetic_ct[0], model=load_model(), device="cpu")
     assert result.device == "cpu"

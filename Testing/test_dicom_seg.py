@@ -5,8 +5,6 @@ A synthetic CT series is written here with pydicom (files in shuffled order) so 
 the real DICOM series in ../shared/data/ts_dicom is used when present.
 """
 
-import shutil
-import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -15,16 +13,12 @@ import pytest
 import SimpleITK as sitk
 from pydicom.uid import generate_uid
 
-from LumbarSegLib.io import dicom_seg, dicom_write
+from LumbarSegLib.io import dicom_seg
 from LumbarSegLib.io import images
 from LumbarSegLib.cli import main
 from LumbarSegLib.constants import LABEL_NAMES, SNOMED_BONE_CATEGORY, SNOMED_VERTEBRA
 from LumbarSegLib.errors import InputError
-
-
-def write_ct_series(image: sitk.Image, folder: Path, seed: int = 0, **attributes) -> list[Path]:
-    """Write ``image`` (HU, int16) as a CT Image Storage series, one file per slice, under random names."""
-    return dicom_write.write_ct_series(image, folder, shuffle_seed=seed, **attributes)
+from conftest import dciodvfy_errors, write_ct_series  # noqa: E402  shared test helpers
 
 
 def read_back(seg_path: Path, source_folder: Path, grid: sitk.Image) -> tuple[np.ndarray, dict]:
@@ -60,14 +54,6 @@ def read_back(seg_path: Path, source_folder: Path, grid: sitk.Image) -> tuple[np
         np.testing.assert_allclose(position, grid.TransformIndexToPhysicalPoint((0, 0, k)), atol=1e-3)
         out[k][frame > 0] = segments[number][0]
     return out, segments
-
-
-def dciodvfy_errors(path: Path) -> list[str]:
-    tool = shutil.which("dciodvfy")
-    if tool is None:
-        pytest.skip("dciodvfy (Debian package dicom3tools) is not installed; tools/install.sh installs it")
-    run = subprocess.run([tool, str(path)], capture_output=True, text=True, timeout=120)
-    return [line for line in (run.stdout + run.stderr).splitlines() if line.startswith("Error")]
 
 
 @pytest.fixture
@@ -156,6 +142,7 @@ def test_instances_a_seg_cannot_be_matched_to_are_a_clean_error(tmp_path, synthe
     assert not (tmp_path / "x.dcm").exists()
 
 
+@pytest.mark.slow
 def test_cli_writes_a_valid_seg_of_what_it_found(tmp_path):
     from LumbarSegLib import phantoms
 
@@ -223,6 +210,7 @@ def test_real_series_headers_give_a_valid_seg(shared_data, tmp_path):
     assert {i.ReferencedSOPInstanceUID for i in seg.ReferencedSeriesSequence[0].ReferencedInstanceSequence} == metas
 
 
+@pytest.mark.slow
 def test_seg_references_the_series_chosen_with_series(tmp_path):
     """A folder with two series: the SEG must reference the series that was segmented - the largest by
     default, or the one given with --series - and be written as part of the one whole result."""
@@ -250,6 +238,7 @@ def test_seg_references_the_series_chosen_with_series(tmp_path):
         assert report["outputs"]["dicom_seg"] == str(out / "two_series_seg.dcm")
 
 
+@pytest.mark.slow
 def test_a_seg_the_headers_cannot_give_keeps_the_segmentation_and_says_why(tmp_path, capsys):
     """A multi-valued PatientName (two names in one header) makes highdicom refuse the SEG after segmenting:
     the label map and report are written as a whole result, then the failure is one clear error line."""
@@ -278,6 +267,7 @@ def test_a_seg_the_headers_cannot_give_keeps_the_segmentation_and_says_why(tmp_p
 SAMPLE_DICOM = Path(__file__).resolve().parents[1] / "Resources" / "SampleData" / "LumbarSegSampleCT_DICOM"
 
 
+@pytest.mark.slow
 def test_the_sample_dicom_series_is_valid_and_gives_a_valid_seg(tmp_path):
     """The shipped synthetic sample series (tools/make_sample_data.py): valid CT Image Storage files, the same
     voxels as the sample NRRD, and --dicom-seg on it writes a SEG that dciodvfy accepts and that reads back

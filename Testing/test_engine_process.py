@@ -13,6 +13,8 @@ import SimpleITK as sitk
 from LumbarSegLib.study import engine_process
 from LumbarSegLib.study.engine_process import EngineProcess, launch, one_line_error, overall_progress, segment_command
 
+pytestmark = pytest.mark.slow  # each test starts the command line in a subprocess
+
 ROOT = Path(__file__).resolve().parent.parent
 
 

@@ -13,7 +13,8 @@ import pytest
 from LumbarSegLib.study import engine_process
 from LumbarSegLib.study.engine_process import EngineProcess, launch
 
-pytestmark = pytest.mark.skipif(os.name == "nt", reason="POSIX signals and pipes")
+pytestmark = [pytest.mark.skipif(os.name == "nt", reason="POSIX signals and pipes"),
+              pytest.mark.slow]  # each test starts a subprocess
 
 
 def _engine(tmp_path, code: str) -> EngineProcess:

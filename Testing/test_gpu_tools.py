@@ -30,6 +30,7 @@ def _load_pack_tool():
     return pack
 
 
+@pytest.mark.slow
 def test_train_gpu_script_tiny_on_the_cpu(tmp_path):
     if shutil.which("bash") is None:
         pytest.skip("bash is not available")

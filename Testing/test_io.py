@@ -10,6 +10,7 @@ import SimpleITK as sitk
 
 from LumbarSegLib.io import images, label_maps
 from LumbarSegLib.errors import InputError
+from conftest import series_with, write_dicom_series  # noqa: E402  shared test helpers
 
 OBLIQUE = (0.0, -1.0, 0.0, 1.0, 0.0, 0.0, 0.0, 0.0, 1.0)  # axes permuted: geometry must survive I/O
 
@@ -80,28 +81,6 @@ def test_folder_without_dicom(tmp_path):
         images.read_ct(tmp_path)
 
 
-def write_dicom_series(folder, n_slices, series_uid, z0=0.0, description=None):
-    """A synthetic CT series (16x16 slices, air and a bone block) written by SimpleITK/GDCM."""
-    folder.mkdir(exist_ok=True)
-    for i in range(n_slices):
-        arr = np.full((1, 16, 16), -1000, dtype=np.int16)
-        arr[0, 4:12, 4:12] = 800
-        img = sitk.GetImageFromArray(arr)
-        img.SetSpacing((0.7, 0.7, 2.0))
-        img.SetOrigin((0.0, 0.0, z0 + 2.0 * i))
-        tags = {"0008|0060": "CT", "0020|000d": "1.2.826.0.1.3680043.2.1125.1", "0020|000e": series_uid,
-                "0020|0013": str(i + 1), "0020|0032": f"0\\0\\{z0 + 2.0 * i}", "0020|0037": "1\\0\\0\\0\\1\\0",
-                "0028|0030": "0.7\\0.7", "0018|0050": "2.0", "0010|0010": "Test^Phantom"}
-        if description is not None:
-            tags["0008|103e"] = description
-        for key, value in tags.items():
-            img.SetMetaData(key, value)
-        writer = sitk.ImageFileWriter()
-        writer.KeepOriginalImageUIDOn()
-        writer.SetFileName(str(folder / f"{series_uid[-3:]}_{i:03d}.dcm"))
-        writer.Execute(img)
-
-
 def test_dicom_folder_picks_largest_series(tmp_path):
     folder = tmp_path / "dicom"
     write_dicom_series(folder, 3, "1.2.826.0.1.3680043.2.1125.101")
@@ -113,27 +92,6 @@ def test_dicom_folder_picks_largest_series(tmp_path):
     assert img.GetOrigin()[2] == pytest.approx(100.0)
 
 
-def _series_with(tmp_path, change):
-    """A 12-slice series with one slice duplicated (as a new instance), one missing, or one without position."""
-    import pydicom
-    from pydicom.uid import generate_uid
-
-    folder = tmp_path / "dicom"
-    write_dicom_series(folder, 12, "1.2.826.0.1.3680043.2.1125.401")
-    path = folder / "401_005.dcm"
-    if change == "duplicated":
-        ds = pydicom.dcmread(path)
-        ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
-        ds.save_as(folder / "401_005_again.dcm")
-    elif change == "missing":
-        path.unlink()
-    else:
-        ds = pydicom.dcmread(path)
-        del ds.ImagePositionPatient
-        ds.save_as(path)
-    return folder
-
-
 @pytest.mark.parametrize("change, message", [
     ("duplicated", "1 of its 13 slices lie at the same position as another one"),
     ("missing", "slice spacing is not uniform (gaps of 2 to 4 mm, mostly 2 mm): slices are missing"),
@@ -142,7 +100,7 @@ def _series_with(tmp_path, change):
 def test_series_that_does_not_stack_into_one_volume_is_refused(tmp_path, change, message):
     """GDCM sorts by position; with a duplicated or position-less slice it falls back to file-name order and
     ITK stacks the slices in that order with a 1 mm spacing; a missing slice is spread over the volume."""
-    folder = _series_with(tmp_path, change)
+    folder = series_with(tmp_path, change)
     with pytest.raises(InputError, match=re.escape(message)):
         images.read_ct(folder)
 

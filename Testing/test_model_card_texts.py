@@ -11,10 +11,9 @@ import torch
 from LumbarSegLib import cli
 from LumbarSegLib.inference import models
 from LumbarSegLib.results.machine_paths import name_only, names_not_paths
-from LumbarSegLib.inference.networks import ModelConfig, build_networks
+from LumbarSegLib.inference.networks import build_networks
+from conftest import TINY  # shared test helpers
 
-TINY = ModelConfig("tiny", localizer_channels=4, localizer_levels=3, localizer_input=(16, 16, 24),
-                   xunet_base=4, xunet_input=(16, 16, 32))
 TRAINER = "/home/trainer/runs"
 METADATA = {
     "training_data": {

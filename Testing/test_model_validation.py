@@ -14,8 +14,8 @@ from LumbarSegLib.cli import main
 from LumbarSegLib.errors import ModelError
 from LumbarSegLib.inference.networks import CONFIGS, ModelConfig, build_networks
 
-from test_models import TINY
-from test_pipeline import small_ct
+from conftest import TINY
+from conftest import small_ct
 
 
 def _crafted_bundle(path, **config_changes):

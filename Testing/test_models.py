@@ -10,11 +10,8 @@ import torch
 from LumbarSegLib import cli
 from LumbarSegLib.inference import models
 from LumbarSegLib.errors import ModelError
-from LumbarSegLib.inference.networks import ModelConfig, build_networks
-
-TINY = ModelConfig("tiny", localizer_channels=4, localizer_levels=3, localizer_input=(16, 16, 24),
-                   xunet_base=4, xunet_input=(16, 16, 32))
-
+from LumbarSegLib.inference.networks import build_networks
+from conftest import TINY  # noqa: E402  shared test helpers
 
 def _bundle(path, seed=0, note="a"):
     torch.manual_seed(seed)
@@ -79,6 +76,7 @@ def test_shipped_models_by_name_and_default_by_device(tmp_path, monkeypatch):
     assert models.load_model(models.choose_model("paper", torch.device("cpu"))).describe()["name"] == "paper"
 
 
+@pytest.mark.slow
 def test_report_names_the_model_that_ran(capsys, ct_file, tmp_path):
     path = models.default_model_path()
     if not path.is_file():

@@ -76,11 +76,13 @@ def bundled():
     return model
 
 
+@pytest.mark.slow
 def test_bundled_model_names_the_upright_phantom(abdomen_phantom, bundled):
     result = pipeline.segment(abdomen_phantom, model=bundled, device="cpu")
     assert len(result.found) >= 3 and not any("disagree" in m for m in result.messages)
 
 
+@pytest.mark.slow
 def test_cli_refuses_an_upside_down_ct_with_exit_2_and_writes_nothing(abdomen_phantom, tmp_path, capsys):
     path = tmp_path / "flipped.nii.gz"
     sitk.WriteImage(upside_down(abdomen_phantom), str(path))
@@ -91,6 +93,7 @@ def test_cli_refuses_an_upside_down_ct_with_exit_2_and_writes_nothing(abdomen_ph
     assert not out.exists()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", ["sub-verse005", "sub-verse008"])
 def test_real_ct_upside_down_is_refused_and_upright_is_named(shared_data, bundled, case):
     from LumbarSegLib.io import images

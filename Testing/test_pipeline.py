@@ -6,6 +6,7 @@ import SimpleITK as sitk
 
 from LumbarSegLib.inference import pipeline, preprocess
 from LumbarSegLib.errors import Cancelled, InputError
+from conftest import small_ct  # noqa: E402  shared test helpers
 
 
 @pytest.fixture(scope="module")
@@ -25,15 +26,7 @@ def _random_model():
     return LumbarSegModel(CONFIGS["cpu"], loc.eval(), xu.eval(), trained=False)
 
 
-def small_ct(orientation="RAS"):
-    a = np.full((60, 50, 40), -1000, np.int16)
-    a[10:50, 20:30, 15:25] = 700
-    img = sitk.GetImageFromArray(a)
-    img.SetSpacing((1.5, 1.25, 2.0))
-    img.SetOrigin((10.0, -20.0, 30.0))
-    return sitk.DICOMOrient(img, orientation)
-
-
+@pytest.mark.slow
 def test_result_is_on_the_input_grid_for_any_orientation(untrained):
     for orientation in ("RAS", "LPS", "PIR"):
         img = small_ct(orientation)
@@ -187,6 +180,7 @@ def test_probabilities_to_labels_resamples_smoothly():
     assert (labels[:, :, :4] == 0).all() and (labels[:, :, 4:] == 3).all()
 
 
+@pytest.mark.slow
 def test_bundled_model_reports_no_lumbar_vertebra_on_real_thoracic_series(shared_data):
     """The classic failure is calling T12 'L1': the real 20-slice T11/T12 series must give no lumbar label."""
     from LumbarSegLib.io import images

@@ -48,6 +48,7 @@ def test_a_small_spine_keeps_its_vertebrae_and_dropped_pieces_are_named():
     assert messages[0].startswith("Pieces labelled L1 (0.8 mL) were not reported: each is under 8.0 mL")
 
 
+@pytest.mark.slow
 def test_the_sample_ct_as_a_small_spine_is_found_whole():
     """The sample CT shrunk to a third (0.64 mm voxels, vertebrae of 5-10 mL): before, only L5 reached 8 mL
     and the others vanished under 'Partial field of view'."""
@@ -64,6 +65,7 @@ def test_the_sample_ct_as_a_small_spine_is_found_whole():
     assert not any("Partial field of view" in m for m in result.messages)
 
 
+@pytest.mark.slow
 def test_a_real_half_size_spine_is_found_whole(shared_data):
     """VerSe 005 at half size (an eighth of the volume: its vertebrae 5.5-8.5 mL): before, 'found L5'."""
     from LumbarSegLib.io import images
@@ -101,6 +103,7 @@ def test_bounded_closing_fills_pits_and_holes_on_a_fine_grid_without_growing_the
     assert not grown.any()  # nothing added more than 1 mm outside the solid ball
 
 
+@pytest.mark.slow
 def test_cancel_is_answered_inside_post_processing():
     """A cancel that comes once post-processing has started stops it there, not after it."""
     from LumbarSegLib.io import images

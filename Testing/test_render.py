@@ -29,7 +29,7 @@ def _load_tool():
 
 
 def _segmented_scene():
-    from test_slicer_logic import fake_engine, labels_box_lps, new_scene, phantom
+    from conftest import fake_engine, labels_box_lps, new_scene, phantom
 
     ct, labels = phantom(seed=3)
     scene = new_scene()

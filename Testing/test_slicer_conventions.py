@@ -32,7 +32,7 @@ TERMINOLOGY_FILE = ROOT / "LumbarSeg" / "Resources" / TERMINOLOGY_FILE_NAME
 
 @pytest.fixture(scope="module")
 def segmented():
-    from test_slicer_logic import fake_engine, labels_box_lps, new_scene, phantom
+    from conftest import fake_engine, labels_box_lps, new_scene, phantom
 
     ct, labels = phantom(seed=5)
     scene = new_scene()
@@ -56,7 +56,7 @@ def test_results_are_placed_in_the_ct_study(segmented):
 
 
 def test_results_stay_put_when_the_ct_is_in_no_hierarchy():
-    from test_slicer_logic import fake_engine, labels_box_lps, new_scene, phantom
+    from conftest import fake_engine, labels_box_lps, new_scene, phantom
 
     ct, labels = phantom(seed=5)
     scene = new_scene()
@@ -179,15 +179,23 @@ def test_model_summary_notices_a_file_that_is_not_the_carded_one(tmp_path):
 
 
 def test_provenance_attributes_on_the_result(segmented):
+    """The attributes copy report.json's provenance (what the run wrote), plus the front end's settings."""
     _, _, _, _, result, outcome, _ = segmented
     node = outcome.segmentation_node
     summary = model_summary()
-    stored = provenance.record_provenance(node, summary, result, {"device_requested": "auto", "smoothing": 0.5})
+    report_provenance = {"lumbarseg_version": "9.9.9", "notice": RESEARCH_NOTICE, "device": "cpu",
+                         "model": {"name": summary["name"], "sha256": summary["sha256"], "configuration": "cpu",
+                                   "trained": True},
+                         "options": {"smoothing": 0.5, "stl": False}, "warnings": ["WARNING: a warning"]}
+    stored = provenance.record_provenance(node, report_provenance, {"device_requested": "auto", "smoothing": 0.5},
+                                          result)
     back = provenance.read_provenance(node)
     assert back["model"] == summary["name"] and back["model_sha256"] == (summary["sha256"] or "")
-    assert back["version"] and back["notice"] == RESEARCH_NOTICE
+    assert back["version"] == "9.9.9" and back["notice"] == RESEARCH_NOTICE  # the run's version, not ours
+    assert back["report"] == report_provenance
     assert back["settings"] == json.loads(json.dumps(stored))
     assert back["settings"]["device_requested"] == "auto" and back["settings"]["found"] == result.found
+    assert back["settings"]["device_used"] == "cpu" and back["settings"]["options"]["smoothing"] == 0.5
 
 
 def test_diagnostics_text_has_what_a_bug_report_needs(segmented):

@@ -6,7 +6,6 @@ module uses, and the whole flow runs once more with the real engine (bundled mod
 """
 
 import json
-import math
 
 import numpy as np
 import pytest
@@ -17,7 +16,7 @@ vtk = pytest.importorskip("vtk")
 
 from LumbarSegLib.inference import pipeline  # noqa: E402
 from LumbarSegLib.measures import agreement, measurements  # noqa: E402
-from LumbarSegLib.constants import (LABEL_COLORS, LABEL_NAMES, SNOMED_BONE_CATEGORY, SNOMED_VERTEBRA, VERSE_LUMBAR)  # noqa: E402
+from LumbarSegLib.constants import LABEL_COLORS, LABEL_NAMES, SNOMED_BONE_CATEGORY, SNOMED_VERTEBRA  # noqa: E402
 from LumbarSegLib.errors import Cancelled, InputError  # noqa: E402
 from LumbarSegLib.inference.models import load_model  # noqa: E402
 from LumbarSegLib.scene.export import export_labelmap, export_stl  # noqa: E402
@@ -26,7 +25,7 @@ from LumbarSegLib.scene.metrics_table import (compute_metrics, fill_metrics_tabl
 from LumbarSegLib.scene.roi import (ROI_NAME, box_for_run, box_lps_from_roi, box_lps_to_ras_center_size,  # noqa: E402
                                     roi_was_moved)
 from LumbarSegLib.scene.run import apply_result, friendly_error, prepare_run, run_segmentation  # noqa: E402
-from LumbarSegLib.scene.scene import ATTR_BOX_LPS, ensure_segmentations_logic  # noqa: E402
+from LumbarSegLib.scene.scene import ATTR_BOX_LPS  # noqa: E402
 from LumbarSegLib.scene.segments import (DEFAULT_SMOOTHING, TERMINOLOGY_CONTEXT, is_user_edited,  # noqa: E402
                                          labels_to_segmentation, segmentation_content_hash,
                                          segmentation_to_label_array, terminology_entry_string,
@@ -34,72 +33,17 @@ from LumbarSegLib.scene.segments import (DEFAULT_SMOOTHING, TERMINOLOGY_CONTEXT,
 from LumbarSegLib.scene.volumes import (sitk_to_oriented_image, sitk_to_volume_node, volume_ijk_to_ras,  # noqa: E402
                                         volume_node_to_sitk)
 from LumbarSegLib.measures.trabecular import roi_segment_kind  # noqa: E402
-
-# Oblique (rotated 20 degrees about S) and flipped in x: exercises every sign of the LPS <-> RAS handling.
-_A = math.radians(20)
-DIRECTION = (np.array([[math.cos(_A), -math.sin(_A), 0], [math.sin(_A), math.cos(_A), 0], [0, 0, 1]])
-             @ np.diag([-1.0, 1.0, 1.0]))
-
-
-def phantom(seed=7, drop=()):
-    from LumbarSegLib import phantoms
-
-    ct, verse = phantoms.generate_phantom(seed, shape=(56, 48, 80), spacing=(3.2, 3.2, 3.0), fov="lumbar")
-    lut = np.zeros(256, np.uint8)
-    for code, label in VERSE_LUMBAR.items():
-        if LABEL_NAMES[label] not in drop:
-            lut[code] = label
-    labels = sitk.GetImageFromArray(lut[sitk.GetArrayFromImage(verse)])
-    for image in (ct, labels):
-        image.SetOrigin((12.5, -40.0, 100.0))
-        image.SetDirection(DIRECTION.ravel().tolist())
-    labels.CopyInformation(ct)
-    return ct, labels
-
-
-def new_scene():
-    scene = slicer.vtkMRMLScene()
-    ensure_segmentations_logic(scene)
-    return scene
-
+from conftest import fake_engine, labels_box_lps, new_scene, paint_block, phantom, segment_ids, with_nan_rows  # noqa: E402  shared test helpers
 
 @pytest.fixture(scope="module")
 def data():
     return phantom()
 
 
-def fake_engine(labels, box_lps, calls=None, messages=()):
-    """Stands in for ``pipeline.segment`` where a deterministic label map is wanted; records its inputs."""
-
-    def segment(image, model=None, device="auto", box_lps=None, progress=None, cancel=None):
-        if calls is not None:
-            calls.append({"image": image, "box_lps": box_lps})
-        found = [LABEL_NAMES[v] for v in sorted(set(np.unique(sitk.GetArrayViewFromImage(labels)).tolist()) - {0})]
-        return pipeline.SegmentationResult(labels, found, None, box_lps if box_lps is not None else BOX, 0.9,
-                                           {}, list(messages), True)
-
-    BOX = box_lps
-    return segment
-
-
-def labels_box_lps(labels):
-    """Physical LPS bounds of the labelled voxels (as the engine would report a crop box)."""
-    arr = sitk.GetArrayViewFromImage(labels)
-    k, j, i = np.nonzero(arr)
-    lo, hi = (i.min(), j.min(), k.min()), (i.max() + 1, j.max() + 1, k.max() + 1)
-    return pipeline.index_box_to_lps(labels, lo, hi)
-
-
 def segments(node):
     """The node's vertebra segments by name (its trabecular ROI segments are test_trabecular_slicer's)."""
     s = node.GetSegmentation()
     return {s.GetNthSegment(i).GetName(): s.GetNthSegment(i) for i in range(s.GetNumberOfSegments())
-            if roi_segment_kind(s.GetNthSegment(i).GetName()) is None}
-
-
-def segment_ids(node):
-    s = node.GetSegmentation()
-    return {s.GetNthSegment(i).GetName(): s.GetNthSegmentID(i) for i in range(s.GetNumberOfSegments())
             if roi_segment_kind(s.GetNthSegment(i).GetName()) is None}
 
 
@@ -243,19 +187,23 @@ def test_export_stl_and_labelmaps(data, tmp_path):
     seg = labels_to_segmentation(scene, labels, volume)
     files = export_stl(seg, tmp_path / "stl")
     assert len(files) == 5
+    from LumbarSegLib.results.surfaces import write_stl
+
+    command_line_files = write_stl(labels, tmp_path / "command_line")
     ids = segment_ids(seg)
-    for name, sid in ids.items():
+    for name in ids:
         path = next(p for p in files if p.stem.endswith(name))
         reader = vtk.vtkSTLReader()
         reader.SetFileName(str(path))
         reader.Update()
         mesh = reader.GetOutput()
         assert mesh.GetNumberOfPoints() > 100
-        poly = vtk.vtkPolyData()
-        seg.GetClosedSurfaceRepresentation(sid, poly)
-        b = np.array(poly.GetBounds())  # RAS
-        lps = np.array([-b[1], -b[0], -b[3], -b[2], b[4], b[5]])
-        np.testing.assert_allclose(mesh.GetBounds(), lps, atol=1e-3)  # physical mm, LPS (Slicer's default)
+        # One STL writer: the export from the scene is the command line's surface of the same labels.
+        command_line = vtk.vtkSTLReader()
+        command_line.SetFileName(str(command_line_files[name]))
+        command_line.Update()
+        np.testing.assert_allclose(mesh.GetBounds(), command_line.GetOutput().GetBounds(), atol=1e-3)
+        assert mesh.GetNumberOfPoints() == command_line.GetOutput().GetNumberOfPoints()
         # ...and the surface sits where the voxels are (within a voxel).
         arr = sitk.GetArrayViewFromImage(labels) == int(name[1])
         k, j, i = np.nonzero(arr)
@@ -363,6 +311,7 @@ def test_rotated_or_transformed_roi_gives_its_bounding_box(data):
     np.testing.assert_allclose(np.array(mx) - np.array(mn), (40, 20, 60), atol=1e-9)
 
 
+@pytest.mark.slow
 def test_whole_flow_with_the_real_engine(data):
     """Bundled model if present, else random weights: the scene must match whatever the engine found."""
     ct, labels = data
@@ -448,15 +397,6 @@ def _scene_state(scene):
     return ids
 
 
-def _paint(seg, ct, name, block):
-    paint = np.zeros(sitk.GetArrayViewFromImage(ct).shape, np.uint8)
-    paint[block] = 1
-    img = sitk.GetImageFromArray(paint)
-    img.CopyInformation(ct)
-    slicer.vtkSlicerSegmentationsModuleLogic.SetBinaryLabelmapToSegment(
-        sitk_to_oriented_image(img), seg, segment_ids(seg)[name], slicer.vtkSlicerSegmentationsModuleLogic.MODE_MERGE_MAX)
-
-
 def test_a_failed_run_leaves_no_half_made_nodes_and_loses_nothing(data):
     """Putting a broken result into the scene fails half-way (after the ROI moved and, for a reused node,
     after its segments were removed): the scene must be exactly as before."""
@@ -505,9 +445,9 @@ def test_edits_made_during_a_run_are_kept_even_after_agreeing_to_overwrite(data)
     engine = fake_engine(labels, labels_box_lps(labels))
     _, first = run_segmentation(scene, volume, segment_fn=engine)
     seg = first.segmentation_node
-    _paint(seg, ct, "L2", np.s_[5:9, 5:9, 5:9])
+    paint_block(seg, ct, "L2", np.s_[5:9, 5:9, 5:9])
     agreed = segmentation_content_hash(seg)  # the dialog "Overwrite" was answered for this content
-    _paint(seg, ct, "L3", np.s_[12:15, 12:15, 12:15])  # ...and then the user kept painting during the run
+    paint_block(seg, ct, "L3", np.s_[12:15, 12:15, 12:15])  # ...and then the user kept painting during the run
     edited = segmentation_to_label_array(seg, volume).copy()
     result = engine(volume_node_to_sitk(volume))
     outcome = apply_result(scene, volume, result, seg, first.roi_node, overwrite_edited=agreed)
@@ -530,15 +470,6 @@ def test_segmentation_deleted_during_the_run_gets_a_new_node(data):
                               first.roi_node)
     assert outcome.segmentation_node.GetScene() is scene and outcome.created_new
     assert any("deleted while the run was going" in m for m in outcome.messages)
-
-
-def with_nan_rows(ct, rows=2):
-    """``ct`` as float32 with NaN in its first ``rows`` rows (anterior padding a reformatting tool leaves)."""
-    arr = sitk.GetArrayFromImage(ct).astype(np.float32)
-    arr[:, :rows, :] = np.nan
-    nan_ct = sitk.GetImageFromArray(arr)
-    nan_ct.CopyInformation(ct)
-    return nan_ct
 
 
 def test_nan_voxels_in_a_volume_are_air_with_a_warning(data):
@@ -571,9 +502,10 @@ def test_implausible_sizes_are_warned_about_in_the_module(data, z_factor, plausi
         assert len(warnings) == 5 and all("Check the voxel spacing" in w for w in warnings)
 
 
-def test_slicer_stl_export_refuses_meshes_with_non_finite_vertices(data, tmp_path):
-    """Slicer's closed-surface smoothing with a factor above 1 returns NaN vertices: no STL may be written."""
-    from LumbarSegLib.errors import LumbarSegError
+def test_slicer_stl_export_refuses_a_smoothing_factor_outside_0_to_1(data, tmp_path):
+    """A smoothing factor above 1 makes the windowed-sinc smoothing return NaN vertices: the export refuses
+    the factor before meshing, and no STL is written."""
+    from LumbarSegLib.errors import InputError
 
     ct, labels = data
     scene = new_scene()
@@ -582,7 +514,7 @@ def test_slicer_stl_export_refuses_meshes_with_non_finite_vertices(data, tmp_pat
     seg = outcome.segmentation_node
     seg.GetSegmentation().SetConversionParameter("Smoothing factor", "5")
     seg.RemoveClosedSurfaceRepresentation()
-    with pytest.raises(LumbarSegError, match="not finite"):
+    with pytest.raises(InputError, match="Smoothing factor 5 is outside 0..1"):
         export_stl(seg, tmp_path / "stl")
     assert not list((tmp_path / "stl").glob("*.stl"))
     seg.GetSegmentation().SetConversionParameter("Smoothing factor", "0.5")

@@ -2,7 +2,6 @@
 and the extension's CMake files (configured against a stand-in for Slicer's CMake macros)."""
 
 import ast
-import importlib.util
 import os
 import re
 import shutil
@@ -15,17 +14,11 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
+from conftest import load_module  # noqa: E402  shared test helpers
 
 ROOT = Path(__file__).resolve().parent.parent
 MODULE_FILE = ROOT / "LumbarSeg" / "LumbarSeg.py"
 UI_FILE = ROOT / "LumbarSeg" / "Resources" / "UI" / "LumbarSeg.ui"
-
-
-def load_module():
-    spec = importlib.util.spec_from_file_location("LumbarSegModuleUnderTest", MODULE_FILE)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def ui_widgets():
@@ -168,9 +161,8 @@ def test_logic_class_runs_the_flow_on_a_real_scene(tmp_path):
     """What the buttons do after a run (the run itself, a subprocess, is in test_slicer_subprocess.py)."""
     slicer = pytest.importorskip("slicer")
     import SimpleITK as sitk
-    from test_slicer_logic import fake_engine, labels_box_lps, new_scene, phantom
+    from conftest import fake_engine, labels_box_lps, new_scene, phantom
 
-    from LumbarSegLib.scene.provenance import read_provenance
     from LumbarSegLib.scene.roi import ROI_NAME
     from LumbarSegLib.scene.run import run_segmentation
     from LumbarSegLib.scene.volumes import sitk_to_volume_node
@@ -182,7 +174,6 @@ def test_logic_class_runs_the_flow_on_a_real_scene(tmp_path):
     volume = sitk_to_volume_node(scene, ct, "CT")
     result, outcome = run_segmentation(scene, volume, segment_fn=fake_engine(labels, labels_box_lps(labels)))
     assert outcome.roi_node.GetName() == ROI_NAME
-    logic._recordRun(outcome, result, {"device_requested": "auto", "crop_box": "localizer"}, None)
     segmentation = outcome.segmentation_node
     # Smoothing: surfaces are rebuilt for a new value only, and voxels (and the edit detection) stay intact.
     assert logic.setSmoothing(segmentation, 0.2)
@@ -196,13 +187,11 @@ def test_logic_class_runs_the_flow_on_a_real_scene(tmp_path):
     path = logic.exportLabelmap(scene, segmentation, volume, tmp_path / "labels.nii.gz")
     np.testing.assert_array_equal(sitk.GetArrayFromImage(sitk.ReadImage(str(path))),
                                   sitk.GetArrayViewFromImage(labels))
-    # Provenance on the result, the run in the log, and the diagnostics built from both.
-    provenance = read_provenance(segmentation)
-    assert provenance["settings"]["crop_box"] == "localizer" and provenance["settings"]["device_requested"] == "auto"
-    assert "not a medical device" in provenance["notice"]
-    assert any("Found L1, L2, L3, L4, L5" in line for line in logic.logLines)
+    # The exports in the log, and the diagnostics built from it (a run's lines and provenance come from the
+    # subprocess: test_slicer_subprocess.py, test_study_session.py).
+    assert any("Wrote 5 STL file(s)" in line for line in logic.logLines)
     text = logic.diagnostics(slicerVersion="test")
-    assert "Last run: found L1, L2, L3, L4, L5" in text and "Last error: none" in text
+    assert "Last error: none" in text and "Wrote 5 STL file(s)" in text
     html = logic.modelInfoHtml()
     assert "lumbarseg_cpu.pt" in html and "Model card" in html and "Measured accuracy" in html
 
@@ -210,7 +199,7 @@ def test_logic_class_runs_the_flow_on_a_real_scene(tmp_path):
 def test_smoothing_is_not_rebuilt_when_the_value_does_not_change():
     """Loading settings into the GUI sets the slider; that must not rebuild every surface (bug 7)."""
     slicer = pytest.importorskip("slicer")
-    from test_slicer_logic import new_scene, phantom
+    from conftest import new_scene, phantom
 
     from LumbarSegLib.scene.segments import labels_to_segmentation
     from LumbarSegLib.scene.volumes import sitk_to_volume_node
@@ -232,11 +221,12 @@ def test_smoothing_is_not_rebuilt_when_the_value_does_not_change():
     assert "if self._updatingGUIFromParameterNode:" in handler.split("self.updateParameterNodeFromGUI()")[0]
 
 
+@pytest.mark.slow
 def test_logic_keeps_edits_made_while_a_run_is_going():
     """'Overwrite' was answered for the segmentation as it was at the start; painting while the subprocess
     runs is kept (the result goes to a new node), and the run's messages reach the module (NaN voxels)."""
     slicer = pytest.importorskip("slicer")
-    from test_slicer_logic import _paint, fake_engine, labels_box_lps, new_scene, phantom, with_nan_rows
+    from conftest import paint_block, fake_engine, labels_box_lps, new_scene, phantom, with_nan_rows
 
     from LumbarSegLib.scene.run import run_segmentation
     from LumbarSegLib.scene.segments import segmentation_to_label_array
@@ -249,9 +239,9 @@ def test_logic_keeps_edits_made_while_a_run_is_going():
     volume = sitk_to_volume_node(scene, with_nan_rows(ct), "CT")
     _, outcome = run_segmentation(scene, volume, segment_fn=fake_engine(labels, labels_box_lps(labels)))
     seg = outcome.segmentation_node
-    _paint(seg, ct, "L2", np.s_[5:9, 5:9, 5:9])
+    paint_block(seg, ct, "L2", np.s_[5:9, 5:9, 5:9])
     job = logic.startSegmentation(scene, volume, segmentationNode=seg, overwriteEdited=True, device="cpu")
-    _paint(seg, ct, "L3", np.s_[12:15, 12:15, 12:15])  # while the process runs
+    paint_block(seg, ct, "L3", np.s_[12:15, 12:15, 12:15])  # while the process runs
     edited = segmentation_to_label_array(seg, volume).copy()
     assert job.process.wait(300) and job.process.state == "done", job.process.error
     finished = logic.finishSegmentation(scene, job)
@@ -276,7 +266,7 @@ def test_logic_reports_a_volume_without_voxels_at_once():
 def test_stl_export_refuses_the_working_folder_a_directory_button_reports(tmp_path, monkeypatch):
     """ctkDirectoryButton.directory is "." until the user picks a folder (bug 4): never export there."""
     slicer = pytest.importorskip("slicer")
-    from test_slicer_logic import new_scene, phantom
+    from conftest import new_scene, phantom
 
     from LumbarSegLib.errors import InputError
     from LumbarSegLib.scene import export
@@ -345,6 +335,8 @@ endfunction()
 
 
 def test_cmake_extension_configures(tmp_path):
+    """The extension configures, and installs LumbarSeg.py with the engine's runtime only (read back from the
+    list of scripts CMake hands to Slicer's macro)."""
     if shutil.which("cmake") is None:
         pytest.skip("cmake not installed")
     stub = tmp_path / "SlicerStub"
@@ -362,9 +354,13 @@ def test_cmake_extension_configures(tmp_path):
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     manifest = (build / "manifest.txt").read_text(encoding="utf-8").split("\n")
     scripts = {line.split(" ", 1)[1] for line in manifest if line.startswith("SCRIPT ")}
-    lib = {p.relative_to(ROOT).as_posix() for p in (ROOT / "LumbarSegLib").rglob("*.py")}
-    assert "LumbarSegLib/scene/run.py" in lib  # subpackages are part of the engine
-    assert scripts == {"LumbarSeg.py"} | lib  # every engine file installs beside the module
+    every = {p.relative_to(ROOT).as_posix() for p in (ROOT / "LumbarSegLib").rglob("*.py")}
+    left_out = ("training", "phantoms", "web", "batch")  # not the runtime: never on Slicer's module path
+    lib = {rel for rel in every if rel.split("/")[1] not in left_out}
+    assert "LumbarSegLib/scene/run.py" in lib and "LumbarSegLib/study/runner.py" in lib
+    assert "LumbarSegLib/inference/pipeline.py" in lib and "LumbarSegLib/cli.py" in lib
+    assert scripts == {"LumbarSeg.py"} | lib  # the runtime installs beside the module, all of it
+    assert not {s for s in scripts if s.split("/")[1:2] and s.split("/")[1] in left_out}
     for rel in lib:
         assert (build / "LumbarSeg" / rel).read_bytes() == (ROOT / rel).read_bytes()
     resources = {line.split(" ", 1)[1] for line in manifest if line.startswith("RESOURCE ")}
@@ -533,6 +529,7 @@ def test_self_test_passes_without_torch_and_says_why_the_model_part_was_skipped(
     assert "OK" in out
 
 
+@pytest.mark.slow
 def test_self_test_runs_the_model_part_when_torch_is_there():
     pytest.importorskip("slicer")
     code = SELF_TEST.format(block_torch="", module=str(MODULE_FILE), after="")
@@ -665,3 +662,26 @@ def test_license_is_the_apache_2_0_text_pyproject_names():
     assert "TERMS AND CONDITIONS FOR USE, REPRODUCTION, AND DISTRIBUTION" in text
     assert "END OF TERMS AND CONDITIONS" in text and len(text) > 10000
     assert 'license = { text = "Apache-2.0" }' in (ROOT / "pyproject.toml").read_text(encoding="utf-8")
+
+
+def test_reload_reloads_the_library_lower_layers_first():
+    """Developer mode's Reload runs reloadLibrary(): every loaded LumbarSegLib module is executed again (an
+    edit to the engine takes effect without restarting Slicer), lower layers before the ones using them.
+    In a fresh interpreter: reloading the engine under this test process would split its classes in two."""
+    script = textwrap.dedent("""
+        import importlib.util, sys
+        spec = importlib.util.spec_from_file_location("LumbarSegModule", sys.argv[1])
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        session_module = module.slicerLib("session")
+        before = session_module.StudySession
+        names = module.reloadLibrary()
+        assert session_module.StudySession is not before, "not reloaded"
+        assert sys.modules["LumbarSegLib.scene.session"] is session_module
+        assert names.index("LumbarSegLib.errors") < names.index("LumbarSegLib.study.engine_process") \\
+            < names.index("LumbarSegLib.scene.engine_job") < names.index("LumbarSegLib.scene.session")
+        print("ok", len(names))
+        """)
+    result = subprocess.run([sys.executable, "-c", script, str(MODULE_FILE)], capture_output=True, text=True,
+                            timeout=300, cwd=ROOT)
+    assert result.returncode == 0 and result.stdout.startswith("ok"), result.stderr[-2000:]

@@ -26,8 +26,10 @@ from LumbarSegLib.scene.roi import ROI_NAME, box_lps_from_roi  # noqa: E402
 from LumbarSegLib.scene.sample_data import SAMPLE_FILE  # noqa: E402
 from LumbarSegLib.scene.segments import segmentation_to_label_array  # noqa: E402
 from LumbarSegLib.scene.volumes import label_array_to_sitk, sitk_to_volume_node  # noqa: E402
-from test_slicer_logic import new_scene  # noqa: E402
-from test_slicer_module import load_module  # noqa: E402
+from conftest import new_scene  # noqa: E402
+from conftest import load_module  # noqa: E402
+
+pytestmark = pytest.mark.slow  # the real command line in a subprocess (module-scoped run)
 
 module = load_module()
 
@@ -150,6 +152,8 @@ def test_the_result_lands_in_the_scene_as_before(finished_run):
     assert not any("Centroid R" in r and np.isnan(r["Centroid R"]) for r in rows.values())
     provenance = read_provenance(segmentation)
     assert provenance["settings"]["device_used"] == "cpu" and provenance["settings"]["crop_box"] == "localizer"
+    assert provenance["report"] == finished_run["report"]["provenance"]  # what the run wrote, copied as it is
+    assert provenance["model_sha256"] == finished_run["report"]["model"]["sha256"]
     logic = finished_run["logic"]
     assert sorted(logic.lastResult.found) == sorted(report["found"])
     assert any("Found " in line for line in logic.logLines)

@@ -252,7 +252,7 @@ def test_thresholds(hu, category):
 
 
 def test_acquisition_from_a_dicom_header(tmp_path, synthetic_ct):
-    from test_dicom_seg import write_ct_series
+    from conftest import write_ct_series
 
     ct, _ = synthetic_ct
     plain = write_ct_series(ct[:, :, :4], tmp_path / "plain")

@@ -16,6 +16,8 @@ from LumbarSegLib.io import images
 from LumbarSegLib.cli import main
 from LumbarSegLib.phantoms import generate_phantom
 
+pytestmark = pytest.mark.slow  # the bundled model runs on a CT in each test
+
 KNOWN_HU = 150.0
 
 
@@ -66,7 +68,7 @@ def test_segment_reports_trabecular_hu_in_report_console_and_csv(tmp_path, phant
 def test_dicom_seg_holds_the_roi_segments_and_the_header_gives_kvp_and_contrast(tmp_path, phantom_ct):
     import highdicom as hd
 
-    from test_dicom_seg import dciodvfy_errors, write_ct_series
+    from conftest import dciodvfy_errors, write_ct_series
 
     folder = tmp_path / "dicom"
     write_ct_series(phantom_ct, folder, KVP="100", ContrastBolusAgent="Iohexol")

@@ -22,6 +22,8 @@ from LumbarSegLib.inference import pipeline
 from LumbarSegLib.measures import trabecular
 from LumbarSegLib.io import images, label_maps
 
+pytestmark = pytest.mark.slow  # the bundled model on real CTs (skipped without ../shared/data)
+
 CASES = ("sub-verse005", "sub-verse008", "sub-verse014")  # the whole-lumbar real cases (007 lacks L4/L5)
 SHIFT_HU = -80.0
 TRUE_CORE_DEPTH_MM = 2.0

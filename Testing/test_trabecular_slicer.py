@@ -16,7 +16,7 @@ from LumbarSegLib.scene.run import apply_result  # noqa: E402
 from LumbarSegLib.scene.segments import is_user_edited, segment_mask, segmentation_to_label_array  # noqa: E402
 from LumbarSegLib.scene.trabecular_rois import add_roi_segments, roi_segment_names  # noqa: E402
 from LumbarSegLib.scene.volumes import sitk_to_oriented_image, sitk_to_volume_node, volume_node_to_sitk  # noqa: E402
-from test_slicer_logic import DIRECTION, fake_engine, labels_box_lps, new_scene  # noqa: E402
+from conftest import DIRECTION, fake_engine, labels_box_lps, new_scene  # noqa: E402
 
 KNOWN_HU = 100.0
 

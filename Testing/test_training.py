@@ -21,10 +21,9 @@ from LumbarSegLib.io import label_maps
 from LumbarSegLib.errors import InputError
 from LumbarSegLib.training import evaluation
 from LumbarSegLib.inference.models import default_model_path, load_model
-from LumbarSegLib.inference.networks import CONFIGS, ModelConfig
+from LumbarSegLib.inference.networks import CONFIGS
+from conftest import TINY  # shared test helpers
 
-TINY = ModelConfig("tiny", localizer_channels=4, localizer_levels=3, localizer_input=(16, 16, 24),
-                   xunet_base=4, xunet_input=(16, 16, 32))
 
 
 def standin_phantom(codes=(18, 19, 20, 21, 22, 23, 24, 26), orientation="LPS", spacing=(4.0, 4.0, 4.0)):
@@ -143,6 +142,7 @@ def test_losses_leave_ignored_voxels_out():
     assert dice_per_label(np.array([1, 1, 1, 2]), ref) == {1: 1.0, 2: 1.0}
 
 
+@pytest.mark.slow
 def test_real_case_views_re_image_the_case_and_leave_out_works(tmp_path, monkeypatch):
     from LumbarSegLib.training import real_views
 
@@ -213,6 +213,7 @@ def _tiny_cli(monkeypatch):
     monkeypatch.setitem(CONFIGS, "tiny", TINY)
 
 
+@pytest.mark.slow
 def test_two_step_training_writes_loadable_bundle_and_resumes(tmp_path, monkeypatch):
     _tiny_cli(monkeypatch)
     data = tmp_path / "data"
@@ -294,6 +295,7 @@ def test_evaluation_card_on_a_tiny_model(tmp_path, monkeypatch):
     assert "Held-out evaluation" in (tmp_path / "card.md").read_text(encoding="utf-8")
 
 
+@pytest.mark.slow
 def test_leave_one_real_case_out_scores_only_cases_the_model_never_trained_on(tmp_path, monkeypatch):
     from LumbarSegLib import phantoms
     from LumbarSegLib.training import real_evaluation
@@ -353,6 +355,7 @@ def test_bundled_model_loads_and_is_small():
     assert model.metadata.get("training_data", {}).get("phantoms", {}).get("count", 0) > 0
 
 
+@pytest.mark.slow
 def test_cross_validation_runs_the_pipeline_on_held_out_folds(tmp_path, monkeypatch, capsys):
     _tiny_cli(monkeypatch)
     data = tmp_path / "data"
@@ -410,6 +413,7 @@ def test_weighted_epochs_draw_real_views_at_the_asked_rate():
     assert 0.4 < real_share < 0.6  # without weights it would be 0.1
 
 
+@pytest.mark.slow
 def test_gpu_path_on_the_cpu_loader_workers_and_bfloat16(tmp_path, monkeypatch):
     """What CUDA runs (networks one after the other, batches augmented in loader worker processes,
     bfloat16 autocast), exercised on the CPU with tiny settings."""

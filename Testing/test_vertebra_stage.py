@@ -143,6 +143,7 @@ def test_sampler_draws_one_vertebra_against_the_rest(tmp_path):
     assert vertebra_samples.load_labelmap_sources(tmp_path / "masks", leave_out=["sub-verse999"]) == []
 
 
+@pytest.mark.slow
 def test_training_checkpoints_and_resumes_across_sessions(tmp_path):
     masks = _label_map(tmp_path)
     phase = vertebra_train.Phase("pretrain", minutes=0.05, weights={"labelmap": 1.0})
@@ -177,3 +178,93 @@ def test_a_held_out_subject_leaves_every_source():
     names = [s.name for s in real + masks]
     assert names and not any("verse005" in n or "s0328" in n for n in names)
     assert any("verse008" in n for n in names)
+
+
+def test_model_file_round_trip_and_refusals(tmp_path):
+    from LumbarSegLib.errors import ModelError
+
+    net = vertebra_net.build(SMALL)
+    state = {"config": SMALL.to_dict(), "weights": net.state_dict()}
+    path = vertebra_stage.save_bundle(state, tmp_path / "s3.pt", {"trained_on": ["x"]})
+    loaded, meta = vertebra_stage.load_bundle(path)
+    assert meta == {"trained_on": ["x"]} and loaded.config == SMALL
+    x = vertebra_net.network_input(torch.randn(1, *SMALL.crop_zyx) * 300, torch.full((1, 3), 15.5), SMALL)
+    with torch.no_grad():
+        assert torch.allclose(loaded(x), net.eval()(x), atol=0.05)
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(b"not a model")
+    with pytest.raises(ModelError, match="per-vertebra model"):
+        vertebra_stage.load_bundle(bad)
+    broken = dict(state, weights={k: v.clone() for k, v in state["weights"].items()})
+    next(v for v in broken["weights"].values() if v.is_floating_point()).fill_(float("nan"))
+    vertebra_stage.save_bundle(broken, tmp_path / "nan.pt", {})
+    with pytest.raises(ModelError, match="not numbers"):
+        vertebra_stage.load_bundle(tmp_path / "nan.pt")
+
+
+def _sphere_prob(config, centre_mm, grid_centre_mm, value, radius_mm=12.0):
+    """A crop's probabilities: ``value`` inside a ball at ``centre_mm``, 0.05 elsewhere."""
+    ref = vertebra_stage.crop_grid(grid_centre_mm, config)
+    zyx = np.stack(np.meshgrid(*[np.arange(n) for n in config.crop_zyx], indexing="ij"), -1)
+    pts = np.asarray(ref.GetOrigin()) + zyx[..., ::-1] * config.spacing_mm
+    inside = np.linalg.norm(pts - np.asarray(centre_mm), axis=-1) < radius_mm
+    return np.where(inside, value, 0.05).astype(np.float32), ref
+
+
+def test_two_seeds_on_one_vertebra_are_one():
+    ct = _sphere_ct()
+    bone = np.array([12.0, -30.0, 55.0])
+    upper = vertebra_stage.VertebraSeed(bone + [0, 0, 4.0], 3)
+    lower = vertebra_stage.VertebraSeed(bone - [0, 0, 5.0], 4)  # a second seed on the same bone
+    far = vertebra_stage.VertebraSeed(bone - [0, 0, 32.0], 5)
+    probs = [_sphere_prob(SMALL, bone, upper.centre_mm, 0.95), _sphere_prob(SMALL, bone, lower.centre_mm, 0.8),
+             _sphere_prob(SMALL, far.centre_mm, far.centre_mm, 0.9)]
+    grids = vertebra_stage.on_ct_grid(ct, probs)
+    assert vertebra_stage.duplicates([upper, lower, far], grids) == {4: 3}
+    assert vertebra_stage.duplicates([upper, far], [grids[0], grids[2]]) == {}
+
+
+def test_a_vertebra_of_soft_tissue_is_not_reported():
+    from LumbarSegLib.inference import pipeline
+
+    hu = np.full((30, 30, 30), 40.0, np.float32)
+    labels = np.zeros(hu.shape, np.uint8)
+    labels[2:10, 5:20, 5:20] = 1
+    hu[2:10, 5:20, 5:20] = 260.0  # bone
+    labels[15:25, 5:20, 5:20] = 2  # a blob on soft tissue (e.g. bowel) named L2
+    messages: list[str] = []
+    out = pipeline.drop_soft_tissue(labels, hu, messages)
+    assert set(np.unique(out)) == {0, 1}
+    assert len(messages) == 1 and "L2 (40 HU)" in messages[0]
+    assert pipeline.drop_soft_tissue(out, hu, []) is out  # bone alone: kept as it is
+
+
+@pytest.mark.slow
+def test_run_study_says_whether_stage3_ran(tmp_path, monkeypatch):
+    from conftest import phantom
+
+    from LumbarSegLib.errors import InputError
+    from LumbarSegLib.study.runner import StudyOptions, run_study
+
+    ct, _ = phantom()
+    model = tmp_path / "lumbarseg_stage3.pt"
+    monkeypatch.setattr(vertebra_stage, "default_stage3_path", lambda: model)
+
+    def run(name, refine):
+        return run_study(StudyOptions(input=ct, output=str(tmp_path / name), device="cpu", quiet=True, refine=refine))
+
+    with pytest.raises(InputError, match="--refine needs the per-vertebra model"):
+        run("missing", True)
+    assert not (tmp_path / "missing").exists()
+    none = run("none", None)
+    assert none["found"] and none["stage3"] == {"ran": False, "model": None, "sha256": None}
+    assert "refine" not in none["timings_s"]
+    net = vertebra_net.build(SMALL)
+    vertebra_stage.save_bundle({"config": SMALL.to_dict(), "weights": net.state_dict()}, model, {})
+    on = run("on", None)
+    assert on["stage3"]["model"] == "lumbarseg_stage3.pt" and len(on["stage3"]["sha256"]) == 64
+    assert "refine" in on["timings_s"]  # the XUNet's vertebrae went through stage 3
+    assert on["stage3"]["ran"] == bool(on["found"])
+    assert on["provenance"]["stage3"] == on["stage3"] and on["provenance"]["options"]["refine"] is None
+    off = run("off", False)
+    assert off["stage3"]["ran"] is False and off["provenance"]["options"]["refine"] is False

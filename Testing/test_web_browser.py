@@ -21,6 +21,8 @@ from LumbarSegLib.constants import LABEL_COLORS, LABEL_NAMES
 from web_browser import (ROOT, WebServer, colour_shares, launch_browser, metric_rows, open_page,
                          require_web_environment, segment_and_wait, state, view_boxes, view_pixels, wait_until)
 
+pytestmark = pytest.mark.slow  # a server and a browser per test
+
 SAMPLE = ROOT / "Resources" / "SampleData" / "LumbarSegSampleCT.nrrd"
 VERTEBRA_COLOURS = {LABEL_NAMES[k]: rgb for k, rgb in LABEL_COLORS.items()}
 
@@ -62,7 +64,7 @@ def test_sample_segment_shows_five_rows_3d_surfaces_and_exports_closed_stl_on_th
     rows = metric_rows(page)
     assert [r[0] for r in rows] == ["L1", "L2", "L3", "L4", "L5"], rows
     assert all(float(r[1]) > 0 for r in rows)  # volumes in mL
-    assert page.inner_text("#ls-model").startswith("Model: cpu model")
+    assert page.inner_text("#ls-model").startswith("Made by LumbarSeg ") and ", model cpu (sha256 " in page.inner_text("#ls-model")
     assert "Research use only" in page.inner_text("#ls-notice")
     assert page.query_selector_all(".ls-warning"), "the sample's vertebrae are implausibly large: warned"
 

@@ -110,6 +110,7 @@ def test_bad_upload_is_refused_by_the_cli_validation_and_names_the_upload_not_th
     assert session.volume_node is None
 
 
+@pytest.mark.slow
 def test_session_segments_cancels_keeps_edits_and_exports(tmp_path):
     scene = slicer.vtkMRMLScene()
     session = StudySession(scene, tmp_path / "exports")
@@ -125,7 +126,17 @@ def test_session_segments_cancels_keeps_edits_and_exports(tmp_path):
     session.finish()
     rows = session.metrics_rows()
     assert [r["name"] for r in rows] == ["L1", "L2", "L3", "L4", "L5"]
-    assert session.model_summary().startswith("cpu model")
+    # Provenance comes from report.json, and the same lands on the segmentation node.
+    from LumbarSegLib import __version__
+    from LumbarSegLib.scene.provenance import read_provenance
+
+    provenance = session.provenance()
+    assert provenance["lumbarseg_version"] == __version__ and provenance["device"] == "cpu"
+    assert provenance["model"]["name"] == "cpu" and len(provenance["model"]["sha256"]) == 64
+    assert provenance["options"]["smoothing"] == 0.5 and provenance["warnings"] == session.report["messages"]
+    assert read_provenance(session.segmentation_node)["report"] == provenance
+    assert session.model_summary() == (f"Made by LumbarSeg {__version__}, model cpu "
+                                       f"(sha256 {provenance['model']['sha256'][:12]}) on cpu")
     assert not session.has_edits()
 
     # An edit (L3 removed, as an eraser over all of it would) is detected; opening another CT asks first.

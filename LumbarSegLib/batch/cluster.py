@@ -221,11 +221,11 @@ def dashboard_link(client, local: bool) -> str | None:
 def worker_model(spec, device: str):
     """The model for ``spec`` on ``device``, loaded once per worker process (and placed on the device)."""
     from ..inference.models import resolve_device
-    from ..study.runner import _load_model
+    from ..study.runner import load_model
 
     key = (spec, device)
     if key not in _MODELS:
-        _MODELS[key] = _load_model(spec, device, warn=False).to(resolve_device(device))
+        _MODELS[key] = load_model(spec, device, warn=False).to(resolve_device(device))
         _LOADS[0] += 1
     return _MODELS[key]
 

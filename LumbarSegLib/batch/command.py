@@ -24,7 +24,8 @@ import uuid
 from pathlib import Path
 
 from ..errors import InputError
-from ..study.runner import PROG, StudyOptions, _err
+from ..study.console import PROG, err
+from ..study.runner import StudyOptions
 
 ATTEMPTS = 2  # a study whose worker dies is run once more, then recorded as failed
 BATCH_LOCK_NAME = ".lumbarseg-batch.lock"
@@ -310,7 +311,7 @@ def run_batch(studies, template: StudyOptions, out_root, *, scheduler: str | Non
 def cmd_batch(args) -> int:
     from .studies import find_studies
     from .summary import SUMMARY_NAME
-    from ..study.runner import _check_smoothing, _load_model
+    from ..study.runner import check_smoothing, load_model
 
     if args.workers is not None and args.workers < 1:
         raise InputError(f"--workers {args.workers}: give at least 1 worker.")
@@ -320,15 +321,15 @@ def cmd_batch(args) -> int:
         from .cluster import check_scheduler
 
         check_scheduler(args.scheduler)
-    _check_smoothing(args.smoothing)
+    check_smoothing(args.smoothing)
     out_root = check_out_root(Path(args.output))
     studies, skipped = find_studies(args.inputs, exclude=out_root)
     if skipped and not args.quiet:
-        _err(f"{PROG}: note: left out {len(skipped)} entr{'y' if len(skipped) == 1 else 'ies'} of the searched "
+        err(f"{PROG}: note: left out {len(skipped)} entr{'y' if len(skipped) == 1 else 'ies'} of the searched "
              f"folders: {'; '.join(skipped[:3])}{' ...' if len(skipped) > 3 else ''}")
     # The model is checked here, once (a wrong --model is one error, not a failed row per study); on an
     # existing cluster the workers may have another device than this machine, so it is read for the CPU.
-    _load_model(args.model, "cpu" if args.scheduler is not None else args.device)
+    load_model(args.model, "cpu" if args.scheduler is not None else args.device)
     template = StudyOptions(input="", output="", reference_labels=args.reference_labels, model=args.model,
                             device=args.device, stl=args.stl, dicom_seg=args.dicom_seg, preview=args.preview,
                             format=args.format, smoothing=args.smoothing, overwrite=args.overwrite, quiet=True,

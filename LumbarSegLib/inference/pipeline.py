@@ -50,6 +50,7 @@ class SegmentationResult:
     messages: list[str] = field(default_factory=list)
     trained: bool = True
     device: str = ""  # where the networks actually ran ("cpu" after a GPU out-of-memory fallback)
+    refined: bool = False  # stage 3 (one network per vertebra) re-segmented the vertebrae found
 
 
 class _Stages:
@@ -288,12 +289,14 @@ def anchor_names(labels: np.ndarray, extents: dict, spacing_xyz, context_classes
 
 
 def segment(image: sitk.Image, model: LumbarSegModel | None = None, device: str = "auto", box_lps=None,
-            progress=None, cancel=None) -> SegmentationResult:
+            progress=None, cancel=None, refine=None) -> SegmentationResult:
     """Segment L1-L5 in a CT (HU). ``box_lps`` = (min_xyz, max_xyz) in LPS mm skips the localizer.
 
     ``progress(stage, fraction)`` is called as stages start and end; ``cancel()`` returning True stops
     the run with :class:`Cancelled` at the next check. When the GPU runs out of memory the whole run is
     repeated on the CPU and the result's first message says so (``result.device`` is then "cpu").
+    ``refine``: a stage-3 network (:mod:`vertebra_stage`) that re-segments each vertebra found on its own
+    crop, or None to keep the XUNet's vertebrae (``result.refined`` says which ran).
     """
     stages = _Stages(progress, cancel)
     stages.start("load")
@@ -305,7 +308,7 @@ def segment(image: sitk.Image, model: LumbarSegModel | None = None, device: str 
     torch_device = resolve_device(device)
     model = model or load_model()
     try:
-        return _segment_on(image, _model_on(model, torch_device), torch_device, box_lps, stages)
+        return _segment_on(image, _model_on(model, torch_device), torch_device, box_lps, stages, refine)
     except torch.cuda.OutOfMemoryError as exc:
         if torch_device.type == "cpu":
             raise
@@ -315,7 +318,7 @@ def segment(image: sitk.Image, model: LumbarSegModel | None = None, device: str 
             torch.cuda.empty_cache()
         stages.start("load")
         cpu = torch.device("cpu")
-        result = _segment_on(image, _model_on(model, cpu), cpu, box_lps, stages)
+        result = _segment_on(image, _model_on(model, cpu), cpu, box_lps, stages, refine)
         result.messages.insert(0, f"The GPU ({torch_device}) ran out of memory ({reason}); the segmentation was "
                                   "run again on the CPU, which is slower but gives the same result.")
         return result
@@ -331,7 +334,7 @@ def _model_on(model: LumbarSegModel, device: torch.device) -> LumbarSegModel:
 
 
 def _segment_on(image: sitk.Image, model: LumbarSegModel, torch_device: torch.device, box_lps,
-                stages: _Stages) -> SegmentationResult:
+                stages: _Stages, refine=None) -> SegmentationResult:
     messages: list[str] = []
     if not model.trained:
         messages.append("WARNING: running with randomly initialised weights (no trained model found); "
@@ -363,6 +366,10 @@ def _segment_on(image: sitk.Image, model: LumbarSegModel, torch_device: torch.de
         box_labels = clean_labels(box_labels, canonical.GetSpacing(), messages, model.config.context_classes,
                                   check=stages.check, dropped=dropped)
         labels_canonical[lo[2]:hi[2], lo[1]:hi[1], lo[0]:hi[0]] = box_labels
+        if refine is not None and labels_canonical.any():
+            stages.start("refine")
+            labels_canonical = refine_vertebrae(canonical, labels_canonical, refine, messages, stages.check)
+        labels_canonical = drop_soft_tissue(labels_canonical, sitk.GetArrayViewFromImage(canonical), messages)
     else:
         stages.start("postprocess")
 
@@ -391,4 +398,68 @@ def _segment_on(image: sitk.Image, model: LumbarSegModel, torch_device: torch.de
         box_index = (tuple(int(v) for v in box[0]), tuple(int(v) for v in box[1]))
         box_lps_out = index_box_to_lps(canonical, *box)
     return SegmentationResult(out, found, box_index, box_lps_out, peak, stages.timings, messages, model.trained,
-                              str(torch_device))
+                              str(torch_device), refined=refine is not None and bool(found))
+
+
+# A vertebra is bone: the labelled vertebrae of the real CTs in ../shared average 222-458 HU over their voxels
+# (cortex and cancellous bone; 5 mm slices blur that down only at the surface). A "vertebra" averaging soft
+# tissue's HU is something else (bowel, a chest wall), never reported as a vertebra.
+MIN_VERTEBRA_MEAN_HU = 100.0
+
+
+def drop_soft_tissue(labels: np.ndarray, hu: np.ndarray, messages: list[str]) -> np.ndarray:
+    """``labels`` without the vertebrae whose mean HU is under :data:`MIN_VERTEBRA_MEAN_HU`; each one named."""
+    present = [int(v) for v in np.unique(labels) if v]
+    if not present:
+        return labels
+    means = ndimage.mean(np.asarray(hu, np.float32), labels, present)
+    soft = {lab: float(m) for lab, m in zip(present, means) if m < MIN_VERTEBRA_MEAN_HU}
+    if not soft:
+        return labels
+    messages.append("Not reported, as their voxels average soft tissue's HU rather than bone's (a vertebra averages "
+                    f"over {MIN_VERTEBRA_MEAN_HU:g} HU): " + ", ".join(f"{LABEL_NAMES[lab]} ({m:.0f} HU)"
+                                                                     for lab, m in sorted(soft.items()))
+                    + ". The segmentation missed the spine there; if the image shows one, segment it by hand.")
+    out = labels.copy()
+    out[np.isin(labels, list(soft))] = 0
+    return out
+
+
+def refine_vertebrae(canonical: sitk.Image, labels: np.ndarray, net, messages: list[str], check=None) -> np.ndarray:
+    """Stage 3: each vertebra the XUNet found re-segmented on its own 1.25 mm crop around its centroid, with
+    its name kept; then each keeps its largest piece, closed and filled as before. A vertebra stage 3 finds
+    nothing of keeps the XUNet's voxels, and a message says so."""
+    from .vertebra_stage import VertebraSeed, segment_vertebrae
+
+    present = [int(v) for v in np.unique(labels) if v]
+    centres = ndimage.center_of_mass(np.ones(labels.shape, np.uint8), labels, present)
+    seeds = [VertebraSeed(np.asarray(canonical.TransformContinuousIndexToPhysicalPoint([float(c) for c in idx[::-1]])),
+                          lab) for lab, idx in zip(present, centres)]
+    dup: dict = {}
+    refined = segment_vertebrae(canonical, seeds, net, cancel=check, dropped=dup)
+    for lab, twin in sorted(dup.items()):
+        below = [LABEL_NAMES[v] for v in present if v > max(lab, twin)]
+        messages.append(f"{LABEL_NAMES[lab]} and {LABEL_NAMES[twin]} are one vertebra (the per-vertebra stage found "
+                        f"the same bone at both centres); it is reported as {LABEL_NAMES[twin]}"
+                        + (f", and the names below it ({', '.join(below)}) may be shifted: check the levels."
+                           if below else "."))
+    present = [lab for lab in present if lab not in dup]
+    spacing_zyx = np.asarray(canonical.GetSpacing(), float)[::-1]
+    margin = np.ceil(CLOSING_MM / spacing_zyx).astype(int)
+    out = np.zeros_like(labels)
+    kept = []
+    for lab in present:
+        if check is not None:
+            check()
+        region = ndimage.find_objects((refined == lab).astype(np.uint8))
+        if not region or region[0] is None:
+            out[(labels == lab) & (out == 0)] = lab
+            kept.append(LABEL_NAMES[lab])
+            continue
+        region = region[0]
+        out[region][preprocess.largest_component(refined[region] == lab)] = lab
+        _close_and_fill(out, refined, lab, region, margin, spacing_zyx, check)
+    if kept:
+        messages.append(f"The per-vertebra stage found nothing of {', '.join(kept)} at its centre; the first "
+                        "segmentation was kept for it. Check it.")
+    return out

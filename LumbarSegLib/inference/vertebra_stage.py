@@ -10,7 +10,9 @@ names. What is beyond the scan's field of view reads as air, as in training.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import SimpleITK as sitk
@@ -67,12 +69,16 @@ def vertebra_probabilities(ct: sitk.Image, seeds: list[VertebraSeed], net: Verte
 
 def merge(ct: sitk.Image, seeds: list[VertebraSeed], probabilities) -> np.ndarray:
     """One label map (z, y, x) uint8 on the CT's grid: each voxel to its most probable vertebra (>= 0.5)."""
-    size = np.asarray(ct.GetSize())
-    labels = np.zeros(size[::-1], np.uint8)
-    best = np.zeros(size[::-1], np.uint8)  # probability x 255 of the label kept so far
-    for seed, (prob, ref) in zip(seeds, probabilities):
+    return assign(ct, seeds, on_ct_grid(ct, probabilities))
+
+
+def on_ct_grid(ct: sitk.Image, probabilities) -> list:
+    """Each crop's probabilities resampled onto the part of the CT's grid it covers: (slices, uint8 x 255)."""
+    out = []
+    for prob, ref in probabilities:
         box = _index_box(ct, ref)
         if box is None:
+            out.append(None)
             continue
         lo, hi = box
         sub = sitk.Image([int(v) for v in hi - lo], sitk.sitkFloat32)
@@ -82,12 +88,53 @@ def merge(ct: sitk.Image, seeds: list[VertebraSeed], probabilities) -> np.ndarra
         p_img = sitk.GetImageFromArray(prob.astype(np.float32))
         p_img.CopyInformation(ref)
         p = sitk.GetArrayFromImage(sitk.Resample(p_img, sub, sitk.Transform(), sitk.sitkLinear, 0.0))
-        q = np.round(p * 255).astype(np.uint8)
-        sl = tuple(slice(int(a), int(b)) for a, b in zip(lo[::-1], hi[::-1]))
+        out.append((tuple(slice(int(a), int(b)) for a, b in zip(lo[::-1], hi[::-1])),
+                    np.round(p * 255).astype(np.uint8)))
+    return out
+
+
+def assign(ct: sitk.Image, seeds: list[VertebraSeed], grids: list) -> np.ndarray:
+    size = np.asarray(ct.GetSize())
+    labels = np.zeros(size[::-1], np.uint8)
+    best = np.zeros(size[::-1], np.uint8)  # probability x 255 of the label kept so far
+    for seed, grid in zip(seeds, grids):
+        if grid is None:
+            continue
+        sl, q = grid
         win = (q >= round(THRESHOLD * 255)) & (q > best[sl])
         labels[sl][win] = seed.label
         best[sl][win] = q[win]
     return labels
+
+
+def duplicates(seeds: list[VertebraSeed], grids: list, overlap: float = 0.5) -> dict[int, int]:
+    """Seeds whose vertebra is another seed's: label -> the label it duplicates. Two seeds on one vertebra
+    (a vertebra split in two by the finder) give two masks of the same bone; of each such pair the seed whose
+    mask is less sure (lower summed probability) is the duplicate."""
+    masks = []
+    for grid in grids:
+        if grid is None:
+            masks.append(None)
+            continue
+        sl, q = grid
+        masks.append((sl, q >= round(THRESHOLD * 255), float(q.sum(dtype=np.int64))))
+    out: dict[int, int] = {}
+    for i in range(len(seeds)):
+        for j in range(i + 1, len(seeds)):
+            if masks[i] is None or masks[j] is None:
+                continue
+            (si, mi, wi), (sj, mj, wj) = masks[i], masks[j]
+            both = tuple(slice(max(a.start, b.start), min(a.stop, b.stop)) for a, b in zip(si, sj))
+            if any(s.stop <= s.start for s in both):
+                continue
+            ci = mi[tuple(slice(s.start - a.start, s.stop - a.start) for s, a in zip(both, si))]
+            cj = mj[tuple(slice(s.start - a.start, s.stop - a.start) for s, a in zip(both, sj))]
+            shared = np.count_nonzero(ci & cj)
+            smaller = min(np.count_nonzero(mi), np.count_nonzero(mj))
+            if smaller and shared > overlap * smaller:
+                weak, strong = (i, j) if wi < wj else (j, i)
+                out[seeds[weak].label] = seeds[strong].label
+    return out
 
 
 def _index_box(ct: sitk.Image, ref: sitk.Image):
@@ -103,11 +150,18 @@ def _index_box(ct: sitk.Image, ref: sitk.Image):
     return lo, hi
 
 
-def segment_vertebrae(ct: sitk.Image, seeds: list[VertebraSeed], net: VertebraUNet, cancel=None) -> np.ndarray:
-    """Stage 3 on a CT: the merged label map (z, y, x) of the seeds' vertebrae on the CT's own grid."""
+def segment_vertebrae(ct: sitk.Image, seeds: list[VertebraSeed], net: VertebraUNet, cancel=None,
+                      dropped: dict | None = None) -> np.ndarray:
+    """Stage 3 on a CT: the merged label map (z, y, x) of the seeds' vertebrae on the CT's own grid. Seeds
+    that are another seed's vertebra (:func:`duplicates`) are left out; ``dropped`` receives them."""
     if not seeds:
         return np.zeros(ct.GetSize()[::-1], np.uint8)
-    return merge(ct, seeds, vertebra_probabilities(ct, seeds, net, cancel))
+    grids = on_ct_grid(ct, vertebra_probabilities(ct, seeds, net, cancel))
+    dup = duplicates(seeds, grids)
+    if dropped is not None:
+        dropped.update(dup)
+    kept = [(s, g) for s, g in zip(seeds, grids) if s.label not in dup]
+    return assign(ct, [k[0] for k in kept], [k[1] for k in kept])
 
 
 def load_weights(state: dict) -> VertebraUNet:
@@ -115,3 +169,81 @@ def load_weights(state: dict) -> VertebraUNet:
     net = build(VertebraNetConfig.from_dict(state["config"]))
     net.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in state["weights"].items()})
     return net.eval()
+
+
+# ------------------------------------------------------------------------------------------------------
+# The stage-3 model file: configuration, fp16 weights and provenance, read without running pickled code
+# ------------------------------------------------------------------------------------------------------
+
+STAGE3_MODEL_NAME = "lumbarseg_stage3.pt"
+BUNDLE_FORMAT = "lumbarseg-stage3-1"
+
+
+def default_stage3_path():
+    from ..constants import RESOURCES_DIR
+
+    return RESOURCES_DIR / STAGE3_MODEL_NAME
+
+
+def save_bundle(state: dict, path, metadata: dict):
+    """A trained phase's state (``config``, ``weights``) as a shippable file with its provenance."""
+    import json
+    from pathlib import Path
+
+    path = Path(path)
+    bundle = {"format": BUNDLE_FORMAT, "config": state["config"], "metadata_json": json.dumps(metadata),
+              "weights": {k: v.half() if v.is_floating_point() else v for k, v in state["weights"].items()}}
+    tmp = path.with_suffix(".tmp")
+    torch.save(bundle, tmp)
+    tmp.replace(path)
+    return path
+
+
+def choose(refine, path=None) -> tuple[VertebraUNet, dict] | None:
+    """The stage-3 network a run uses: ``refine`` True (it must be there), False (none) or None (the bundled
+    model when it is there). Loaded once per process and file."""
+    from ..errors import InputError
+
+    if refine is False:
+        return None
+    target = path or default_stage3_path()
+    if not target.exists():
+        if refine:
+            raise InputError(f"--refine needs the per-vertebra model {target.name}, which is not in "
+                             f"{target.parent}; run without --refine, or train it (docs/per_vertebra_stage.md).")
+        return None
+    return _load_cached(str(target), target.stat().st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=2)
+def _load_cached(path: str, _mtime_ns: int):
+    from .models import files_sha256
+
+    net, meta = load_bundle(path)
+    return net, {"name": Path(path).name, "sha256": files_sha256([Path(path)]), "metadata": meta}
+
+
+def load_bundle(path=None) -> tuple[VertebraUNet, dict] | None:
+    """(network, metadata) of a stage-3 file; None when ``path`` is None and no stage-3 model is bundled."""
+    import json
+    from pathlib import Path
+
+    from ..errors import ModelError
+    from .models import _load_failure, _load_state
+
+    if path is None:
+        path = default_stage3_path()
+        if not path.exists():
+            return None
+    path = Path(path)
+    try:
+        bundle = torch.load(path, map_location="cpu", weights_only=True)
+        if bundle.get("format") != BUNDLE_FORMAT:
+            raise ValueError(f"format {bundle.get('format')!r}, not {BUNDLE_FORMAT}")
+        config = VertebraNetConfig.from_dict(bundle["config"])
+        config.check()
+    except Exception as exc:  # corrupt, another kind of file, pickled code, implausible configuration
+        raise ModelError(f"Cannot read the per-vertebra model {path}: {_load_failure(exc)}.") from None
+    net = build(config)
+    _load_state(net, bundle["weights"], "per-vertebra", path)
+    return net.eval(), json.loads(bundle.get("metadata_json") or "{}")

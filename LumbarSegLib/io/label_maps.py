@@ -84,6 +84,15 @@ def read_labelmap(path, scheme: str = "auto") -> sitk.Image:
     if scheme not in LABEL_SCHEMES:
         raise InputError(f"Unknown label scheme '{scheme}': choose one of {', '.join(LABEL_SCHEMES)}.")
     image = images.read_image(path)  # the module's, so a test's stand-in for it applies here too
+    return labelmap_from_image(image, scheme, what=str(path))
+
+
+def labelmap_from_image(image: sitk.Image, scheme: str = "auto", what: str = "The label map") -> sitk.Image:
+    """A label map already in memory, checked and mapped to LumbarSeg's 0..5 labels as :func:`read_labelmap`
+    does for a file (``what`` names it in errors)."""
+    path = what
+    if scheme not in LABEL_SCHEMES:
+        raise InputError(f"Unknown label scheme '{scheme}': choose one of {', '.join(LABEL_SCHEMES)}.")
     if image.GetDimension() != 3 or image.GetNumberOfComponentsPerPixel() != 1:
         raise InputError(f"{path}: a label map must be a single-component 3D image (this one is "
                          f"{image.GetDimension()}D with {image.GetNumberOfComponentsPerPixel()} components; "

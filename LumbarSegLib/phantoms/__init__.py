@@ -25,7 +25,21 @@ Modules, by concern (imports point down the list):
 * :mod:`.generator` - field of view, grid, assembly (:func:`generate_phantom`), VerSe datasets.
 """
 
-from .generator import FOV_CHOICES, generate_phantom, write_verse_dataset
-from .shapes import ShapeLibrary, load_shape_library
+import importlib
 
-__all__ = ["FOV_CHOICES", "generate_phantom", "write_verse_dataset", "load_shape_library", "ShapeLibrary"]
+# Fields of view the generator draws (see :mod:`.generator`). Defined here, before any heavy import, so that
+# ``lumbarseg --help`` lists them without loading scipy or torch.
+FOV_CHOICES = ("abdomen", "lumbar", "lower", "upper", "thoracic", "slab", "tight")
+
+# The rest loads from its module on first use.
+_EXPORTS = {"generate_phantom": "generator", "write_verse_dataset": "generator", "load_shape_library": "shapes",
+            "ShapeLibrary": "shapes"}
+__all__ = ["FOV_CHOICES", *_EXPORTS]
+
+
+def __getattr__(name):
+    if name not in _EXPORTS:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
+    globals()[name] = value
+    return value

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
+from . import FOV_CHOICES  # defined in the package, which loads nothing heavy
 from .anatomy import _Skeleton
 from .geometry import _frame, _Grid
 from .scanner import _Scanner
@@ -16,10 +17,9 @@ from .shapes import _L, load_shape_library
 from .spine import _build_spine, _Curve, _proc_params
 from .tissue import _SoftTissue
 
-# "slab": a thin axial slab (20-60 mm) at the thoracolumbar junction above L1, like a limited chest or
+# FOV_CHOICES: "slab": a thin axial slab (20-60 mm) at the thoracolumbar junction above L1, like a limited chest or
 # upper-abdomen series: a negative where T12 must not be called L1. "tight": a small spine-targeted box
 # around two or three lumbar vertebrae, where little context tells which vertebrae they are.
-FOV_CHOICES = ("abdomen", "lumbar", "lower", "upper", "thoracic", "slab", "tight")
 _FOV_PROBS = (0.33, 0.24, 0.14, 0.14, 0.08, 0.04, 0.03)
 
 # orientation codes that keep the axis order (so a requested shape/spacing stays as given)

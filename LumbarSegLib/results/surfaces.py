@@ -1,4 +1,8 @@
-"""Closed surface meshes (STL) of each vertebra, in physical LPS coordinates.
+"""Closed surface meshes (STL) of each vertebra, in physical LPS coordinates: LumbarSeg's one STL writer.
+
+The command line writes a result's surfaces with :func:`write_stl`; the Slicer module and the web app
+export a (maybe edited) segmentation's segments through :func:`mask_surface` and :func:`write_surface`
+(:func:`LumbarSegLib.scene.export.export_stl`), so every STL file is meshed, checked and written here.
 
 Coordinate system: STL files carry no coordinate-system field, so the choice is a convention. We write
 **LPS millimetres** (the CT's own physical space, as in DICOM/ITK), which is what 3D Slicer assumes for
@@ -70,11 +74,30 @@ def label_surface(labels_zyx: np.ndarray, label: int, image: sitk.Image,
         region = regions[label - 1] if 0 < label <= len(regions) else None
     if region is None:
         return None
-    crop = np.pad(labels_zyx[region] == label, 1)
-    lo_index_xyz = [s.start - 1 for s in region][::-1]
+    lo_index_xyz = [s.start for s in region][::-1]
+    return _mesh(labels_zyx[region] == label, lo_index_xyz, index_to_lps_matrix(image), smoothing)
 
+
+def mask_surface(mask_zyx: np.ndarray, index_to_lps: np.ndarray, smoothing: float = DEFAULT_SMOOTHING,
+                 index_offset_xyz=(0, 0, 0)) -> vtk.vtkPolyData | None:
+    """Triangle mesh in LPS mm of a binary mask whose voxel [k, j, i] has the index ``index_offset_xyz`` +
+    (i, j, k) under the 4x4 ``index_to_lps`` matrix; None for an empty mask. The same meshing as
+    :func:`label_surface`, for a mask that comes from elsewhere (a Slicer segment:
+    :func:`LumbarSegLib.scene.export.export_stl`)."""
+    nonzero = np.nonzero(mask_zyx)
+    if not nonzero[0].size:
+        return None
+    region = tuple(slice(int(v.min()), int(v.max()) + 1) for v in nonzero)
+    lo_index_xyz = [o + s.start for o, s in zip(index_offset_xyz, region[::-1])]
+    return _mesh(mask_zyx[region] != 0, lo_index_xyz, np.asarray(index_to_lps, float), smoothing)
+
+
+def _mesh(crop_zyx: np.ndarray, lo_index_xyz, matrix: np.ndarray, smoothing: float) -> vtk.vtkPolyData | None:
+    """Mesh a cropped mask (its first voxel at index ``lo_index_xyz``): padded by one voxel (which closes
+    the surface at the crop's border), meshed and smoothed in index space, then mapped to LPS mm."""
+    crop = np.pad(crop_zyx, 1)
     surface = vtk.vtkDiscreteFlyingEdges3D()
-    surface.SetInputData(_vtk_image(crop, lo_index_xyz))
+    surface.SetInputData(_vtk_image(crop, [v - 1 for v in lo_index_xyz]))
     surface.SetValue(0, 1)
     surface.ComputeNormalsOff()
     surface.ComputeGradientsOff()
@@ -92,7 +115,6 @@ def label_surface(labels_zyx: np.ndarray, label: int, image: sitk.Image,
         smoother.NormalizeCoordinatesOn()
         output = smoother.GetOutputPort()
 
-    matrix = index_to_lps_matrix(image)
     transform = vtk.vtkTransform()
     transform.SetMatrix(matrix.ravel().tolist())
     to_lps = vtk.vtkTransformPolyDataFilter()

@@ -5,7 +5,8 @@ Nothing here needs Qt or a running Slicer application: it works on a ``slicer.vt
 ``slicer-core`` wheel as well as inside Slicer (``slicer.mrmlScene``), so the tests drive it headless.
 ``slicer.util`` helpers that silently use the global ``slicer.mrmlScene`` are avoided on purpose.
 
-One module per concern: :mod:`.volumes` (volume nodes <-> SimpleITK), :mod:`.roi` (the crop box),
+:mod:`.session` is the study session both front ends bind to (run, progress, cancel, the result into the
+scene, re-runs keeping edits, exports, diagnostics). Below it, one module per concern: :mod:`.volumes` (volume nodes <-> SimpleITK), :mod:`.roi` (the crop box),
 :mod:`.segments` (segmentation nodes), :mod:`.metrics_table`, :mod:`.export`, :mod:`.run` (put a result into
 the scene), :mod:`.engine_job` (the command line in a subprocess on a volume node, via
 :mod:`LumbarSegLib.study.engine_process`), :mod:`.provenance` (what ran; diagnostics), :mod:`.dependencies`

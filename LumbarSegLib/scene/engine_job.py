@@ -21,6 +21,7 @@ import SimpleITK as sitk
 
 from ..study.engine_process import EngineProcess, EngineResult
 from ..errors import Cancelled, LumbarSegError
+from .provenance import record_provenance
 from .metrics_table import add_trabecular_rows, compute_metrics, fill_metrics_table, rows_from_measurements
 from .roi import box_for_run, find_crop_roi
 from .segments import DEFAULT_SMOOTHING, segmentation_content_hash
@@ -163,8 +164,9 @@ def result_from_output(engine_result: EngineResult):
 
 
 def finish_job(scene, job: EngineJob, reference_node=None, table_node=None):
-    """After the process ended: its result into the scene (main thread) - segments, surfaces, ROI and the
-    metrics table (``table_node`` reused when given). Returns (result, ApplyOutcome).
+    """After the process ended: its result into the scene (main thread) - segments, surfaces, ROI, the
+    report's provenance on the segmentation (:func:`.provenance.record_provenance`) and the metrics table
+    (``table_node`` reused when given). Returns (result, ApplyOutcome).
 
     The table is filled from the report's measurements: the command measured the same voxels on the same CT,
     so they are not measured again; with a ``reference_node`` (agreement metrics) they are computed here.
@@ -189,6 +191,8 @@ def finish_job(scene, job: EngineJob, reference_node=None, table_node=None):
                                overwrite_edited=job.overwrite, smoothing=job.smoothing, user_box_lps=job.box_lps,
                                check_plausibility=False)
         if outcome.segmentation_node is not None and result.found:
+            record_provenance(outcome.segmentation_node, process.result.report.get("provenance") or {},
+                              job.settings, result)
             rows = (compute_metrics(outcome.segmentation_node, job.volume_node, reference_node)
                     if reference_node is not None else
                     add_trabecular_rows(rows_from_measurements(process.result.report.get("measurements") or {}),

@@ -1,4 +1,5 @@
-"""What ran, where: node attributes on the result (model, version, settings, research notice) and the
+"""What ran, where: node attributes on the result (report.json's provenance: model, version, options,
+warnings; the front end's settings; the research notice) and the
 "copy diagnostics" text users paste into bug reports (versions, device, model, stage timings, last error).
 
 Nothing here imports torch: the diagnostics must work when PyTorch is missing or broken.
@@ -13,7 +14,7 @@ import platform
 import sys
 import traceback
 
-from .. import __version__
+from .. import __version__  # the diagnostics' own version
 from ..constants import RESEARCH_NOTICE
 from .scene import ATTR_NOTICE
 
@@ -23,43 +24,50 @@ except ImportError:
     def _(text):
         return text
 
-ATTR_MODEL = "LumbarSeg.Model"  # model file name
+ATTR_MODEL = "LumbarSeg.Model"  # model name
 ATTR_MODEL_SHA256 = "LumbarSeg.ModelSHA256"
 ATTR_MODEL_CONFIG = "LumbarSeg.ModelConfiguration"
 ATTR_VERSION = "LumbarSeg.Version"  # LumbarSeg version that made the result
 ATTR_SETTINGS = "LumbarSeg.Settings"  # JSON: device asked/used, crop box source, smoothing, timings, ...
+ATTR_PROVENANCE = "LumbarSeg.Provenance"  # JSON: report.json's provenance, as the run wrote it
 
 PACKAGES = ("torch", "SimpleITK", "numpy", "scipy", "vtk", "highdicom", "pydicom", "slicer-core")
 
 
-def record_provenance(node, model_summary: dict, result=None, settings: dict | None = None) -> dict:
-    """Write model, version, settings and the research-use notice as attributes of ``node``; returns the
-    settings dict that was stored (JSON in ``LumbarSeg.Settings``)."""
-    stored = dict(settings or {})
+def record_provenance(node, report_provenance: dict, settings: dict | None = None, result=None) -> dict:
+    """Copy a run's provenance - report.json's ``provenance`` (:func:`LumbarSegLib.study.runner.provenance`:
+    version, model, device, options, warnings) - onto ``node``'s attributes, with the front end's own
+    ``settings`` (device asked for, crop box source, smoothing ...) and what the ``result`` found. The
+    report is the one source: the module shows what the run wrote, not what it believes it asked for.
+    Returns the settings dict that was stored (JSON in ``LumbarSeg.Settings``)."""
+    model = report_provenance.get("model") or {}
+    stored = {**(settings or {}), "device_used": report_provenance.get("device") or None,
+              "trained_model": bool(model.get("trained", True)), "options": report_provenance.get("options")}
     if result is not None:
         stored.update({
-            "device_used": getattr(result, "device", "") or None,
-            "trained_model": bool(getattr(result, "trained", True)),
             "found": list(result.found),
             "heatmap_peak": None if math.isnan(result.heatmap_peak) else round(float(result.heatmap_peak), 4),
             "timings_s": {k: round(float(v), 3) for k, v in result.timings.items()},
             "messages": list(result.messages),
         })
-    node.SetAttribute(ATTR_MODEL, str(model_summary.get("name") or ""))
-    node.SetAttribute(ATTR_MODEL_SHA256, str(model_summary.get("sha256") or ""))
-    node.SetAttribute(ATTR_MODEL_CONFIG, str(model_summary.get("configuration") or ""))
-    node.SetAttribute(ATTR_VERSION, __version__)
+    node.SetAttribute(ATTR_MODEL, str(model.get("name") or ""))
+    node.SetAttribute(ATTR_MODEL_SHA256, str(model.get("sha256") or ""))
+    node.SetAttribute(ATTR_MODEL_CONFIG, str(model.get("configuration") or ""))
+    node.SetAttribute(ATTR_VERSION, str(report_provenance.get("lumbarseg_version") or ""))
     node.SetAttribute(ATTR_SETTINGS, json.dumps(stored, sort_keys=True))
-    node.SetAttribute(ATTR_NOTICE, RESEARCH_NOTICE)
+    node.SetAttribute(ATTR_PROVENANCE, json.dumps(report_provenance, sort_keys=True))
+    node.SetAttribute(ATTR_NOTICE, report_provenance.get("notice") or RESEARCH_NOTICE)
     return stored
 
 
 def read_provenance(node) -> dict:
-    """The attributes :func:`record_provenance` wrote (settings decoded), for display and tests."""
+    """The attributes :func:`record_provenance` wrote (settings and the report's provenance decoded)."""
     settings = node.GetAttribute(ATTR_SETTINGS)
+    report = node.GetAttribute(ATTR_PROVENANCE)
     return {"model": node.GetAttribute(ATTR_MODEL), "model_sha256": node.GetAttribute(ATTR_MODEL_SHA256),
             "configuration": node.GetAttribute(ATTR_MODEL_CONFIG), "version": node.GetAttribute(ATTR_VERSION),
-            "notice": node.GetAttribute(ATTR_NOTICE), "settings": json.loads(settings) if settings else None}
+            "notice": node.GetAttribute(ATTR_NOTICE), "settings": json.loads(settings) if settings else None,
+            "report": json.loads(report) if report else None}
 
 
 def package_versions() -> dict:

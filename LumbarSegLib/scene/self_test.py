@@ -16,20 +16,29 @@ import SimpleITK as sitk
 
 
 def phantom():
-    """A small synthetic lumbar CT and its L1-L5 labels, with a flipped x axis (a non-trivial direction)."""
-    from .. import phantoms
-    from ..constants import VERSE_LUMBAR
-
-    ct, verse = phantoms.generate_phantom(11, shape=(56, 48, 80), spacing=(3.2, 3.2, 3.0), fov="lumbar")
-    lut = np.zeros(256, np.uint8)
-    for code, label in VERSE_LUMBAR.items():
-        lut[code] = label
-    labels = sitk.GetImageFromArray(lut[sitk.GetArrayFromImage(verse)])
-    direction = (-1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0)
-    for image in (ct, labels):
-        image.SetDirection(direction)
-    labels.CopyInformation(ct)
-    return ct, labels
+    """A small synthetic CT (a torso of soft tissue around a column of five bone blocks, L1 on top, 3.2 x 3.2 x
+    3 mm voxels) and its L1-L5 labels, with a flipped x axis (a non-trivial direction). Not anatomy: the
+    scene code is checked with known labels, and a model run only has to agree with itself. Made here, not
+    by :mod:`LumbarSegLib.phantoms`, which Slicer does not install (only the runtime is)."""
+    nx, ny, nz = 56, 48, 80
+    z, y, x = np.mgrid[:nz, :ny, :nx]
+    ct = np.full((nz, ny, nx), -1000, np.int16)
+    ct[((x - nx / 2) / (0.42 * nx)) ** 2 + ((y - ny / 2) / (0.36 * ny)) ** 2 <= 1] = 40
+    labels = np.zeros((nz, ny, nx), np.uint8)
+    column = (x - nx / 2) ** 2 + (y - 0.62 * ny) ** 2 <= (0.12 * nx) ** 2
+    height = nz / 5.0
+    for i in range(5):  # L1 (label 1) most superior = largest z in LPS
+        top = nz - i * height
+        labels[column & (z >= top - 0.88 * height) & (z < top - 0.12 * height)] = i + 1
+    ct[labels > 0] = 650
+    images = []
+    for array in (ct, labels):
+        image = sitk.GetImageFromArray(array)
+        image.SetSpacing((3.2, 3.2, 3.0))
+        image.SetOrigin((80.0, -70.0, -120.0))
+        image.SetDirection((-1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0))
+        images.append(image)
+    return tuple(images)
 
 
 def scene_logic(test, logic_class, scene):

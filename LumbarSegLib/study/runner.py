@@ -11,63 +11,18 @@ Only light standard-library imports at module level (see :mod:`cli`): torch and 
 from __future__ import annotations
 
 import platform
-import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from .. import __version__
 from ..errors import InputError
 
-PROG = "lumbarseg"
+from .console import PROG, StageProgress, err, step, untrained_banner
 
-
-def _err(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
-
-
-def _untrained_banner() -> None:
-    bar = "!" * 78
-    _err(f"{bar}\nWARNING: no trained model was found - LumbarSeg is running with RANDOM weights.\n"
-         f"WARNING: the segmentation below is MEANINGLESS. Install the bundled model or pass --model PATH.\n{bar}")
-
-
-class _StageProgress:
-    """Stage lines on stderr ('localize ... 1.23 s'): readable in logs, unlike redrawn progress bars.
-
-    ``fmt="json"`` (``--progress-format json``) writes one JSON object per event instead
-    (``{"event": "progress", "stage": ..., "fraction": ...}``), for a front-end that runs this command as a
-    subprocess (:mod:`LumbarSegLib.study.engine_process`)."""
-
-    def __init__(self, quiet: bool = False, fmt: str = "text"):
-        self.quiet, self.fmt = quiet, fmt
-        self._t0: dict[str, float] = {}
-
-    def __call__(self, stage: str, fraction: float) -> None:
-        if self.fmt == "json":
-            import json
-
-            _err(json.dumps({"event": "progress", "stage": stage, "fraction": float(fraction)}))
-            return
-        if self.quiet:
-            return
-        if fraction <= 0.0:
-            self._t0[stage] = time.perf_counter()
-            _err(f"{PROG}: {stage} ...")
-        elif fraction >= 1.0:
-            dt = time.perf_counter() - self._t0.get(stage, time.perf_counter())
-            _err(f"{PROG}: {stage} done ({dt:.2f} s)")
-
-    def step(self, stage: str):
-        """Announce one of our own (non-pipeline) stages; call the returned function when it ends."""
-        return _step(self, stage)
-
-
-def _step(progress, stage: str):
-    """Announce one of our own (non-pipeline) stages to any ``progress(stage, fraction)``; call the returned
-    function when it ends."""
-    progress(stage, 0.0)
-    return lambda: progress(stage, 1.0)
+# Options that say how a result was made (report.json's provenance); the paths stay in "input"/"reference".
+PROVENANCE_OPTIONS = ("model", "device", "format", "smoothing", "stl", "preview", "csv", "dicom_seg", "series",
+                      "crop_box", "reference_labels", "refine")
 
 
 def _geometry(image) -> dict:
@@ -80,32 +35,33 @@ def _geometry(image) -> dict:
     }
 
 
-def _check_smoothing(value: float) -> float:
-    from ..results.surfaces import check_smoothing
+def check_smoothing(value: float) -> float:
+    """The STL smoothing factor, refused outside 0..1 (:func:`results.surfaces.check_smoothing`)."""
+    from ..results.surfaces import check_smoothing as check
 
-    return check_smoothing(value)
+    return check(value)
 
 
-def _load_model(spec, device: str, warn: bool = True):
+def load_model(spec, device: str, warn: bool = True):
     """``--model`` (a shipped model's name or a file; default by device) loaded, with the untrained warning
     (``warn``; a batch worker leaves it to the batch, which prints it once)."""
-    from ..inference.models import choose_model, load_model, resolve_device
+    from ..inference import models
 
-    model = load_model(choose_model(spec, resolve_device(device)))
+    model = models.load_model(models.choose_model(spec, models.resolve_device(device)))
     if warn and not model.trained:
-        _untrained_banner()
+        untrained_banner()
     return model
 
 
-def _run_segmentation(loaded, *, input_desc: dict, out, stem: str, model, device: str, fmt: str, stl: bool,
-                      preview: bool, reference=None, reference_desc: dict | None = None, smoothing: float,
-                      quiet: bool, extra_timings: dict | None = None, dicom_source=None, progress=None,
-                      csv: bool = False, box_lps=None) -> dict:
-    """Segment an already validated CT (:class:`images.LoadedCT`), write every requested output into the
-    staging folder of ``out`` (:class:`outputs.OutputFolder`), commit it with ``report.json`` and return
-    the report (the caller prints it: :func:`_print_summary`).
+def _segment_and_write(loaded, options: StudyOptions, *, input_desc: dict, out, stem: str, model, reference=None,
+                       reference_desc: dict | None = None, smoothing: float, timings: dict, dicom_source=None,
+                       progress, box_lps=None, stage3=None) -> dict:
+    """Segment an already validated CT (:class:`images.LoadedCT`), write every output ``options`` ask for
+    into the staging folder of ``out`` (:class:`outputs.OutputFolder`), commit it with ``report.json`` and
+    return the report (the command line prints it: :func:`console.print_summary`).
 
-    ``dicom_source``: the source series' datasets (``dicom_seg.read_source_series``) to write a DICOM SEG."""
+    ``timings``: stages already timed (read, ...); ``dicom_source``: the source series' datasets
+    (``dicom_seg.read_source_series``) to write a DICOM SEG."""
     import SimpleITK as sitk
 
     from ..constants import RESEARCH_NOTICE
@@ -119,27 +75,28 @@ def _run_segmentation(loaded, *, input_desc: dict, out, stem: str, model, device
     from ..results.machine_paths import names_not_paths
 
     image = loaded.image
-    progress = progress or _StageProgress(quiet)
     t_start = time.perf_counter()
-    result = pipeline.segment(image, model=model, device=device, box_lps=box_lps, progress=progress)
-    timings = dict(extra_timings or {})
-    timings.update(result.timings)
+    result = pipeline.segment(image, model=model, device=options.device, box_lps=box_lps, progress=progress,
+                              refine=stage3[0] if stage3 else None)
+    device_used = str(resolve_device(options.device))
+    extra_s = sum(timings.values())
+    timings = {**timings, **result.timings}
 
     outputs: dict = {}
     t0 = time.perf_counter()
-    labels_path = label_maps.write_labelmap(result.labels, out.staging / f"{stem}_labels.{fmt}")
+    labels_path = label_maps.write_labelmap(result.labels, out.staging / f"{stem}_labels.{options.format}")
     outputs["labels"] = str(out.final(labels_path))
     label_array = sitk.GetArrayViewFromImage(result.labels)
     measurements = measuring.measure(label_array, sitk.GetArrayViewFromImage(image), image)
     bone_density = trabecular.add_to_measurements(measurements, label_array, sitk.GetArrayViewFromImage(image), image,
                                                   series=loaded.series, outside_mask=loaded.nonfinite_mask)
-    if csv:
+    if options.csv:
         outputs["csv"] = str(out.final(measuring.write_measurements_csv(
             measurements, out.staging / f"{stem}_measurements.csv")))
     timings["write"] = time.perf_counter() - t0
 
-    if stl:
-        done = _step(progress, "stl")
+    if options.stl:
+        done = step(progress, "stl")
         t0 = time.perf_counter()
         written = surfaces.write_stl(result.labels, out.staging / "stl", smoothing)
         outputs["stl"] = {k: str(out.final(v)) for k, v in written.items()}
@@ -169,7 +126,7 @@ def _run_segmentation(loaded, *, input_desc: dict, out, stem: str, model, device
         if note:
             notes.append(note)
 
-    if preview:
+    if options.preview:
         from ..results.preview import write_preview
 
         t0 = time.perf_counter()
@@ -177,7 +134,7 @@ def _run_segmentation(loaded, *, input_desc: dict, out, stem: str, model, device
                              title=f"LumbarSeg: {stem} - found {', '.join(result.found) or 'none'}")
         outputs["preview"] = str(out.final(path))
         timings["preview"] = time.perf_counter() - t0
-    timings["total"] = time.perf_counter() - t_start + sum((extra_timings or {}).values())
+    timings["total"] = time.perf_counter() - t_start + extra_s
 
     plausibility = measuring.plausibility_warnings(measurements)
     nonfinite = 0 if loaded.nonfinite_mask is None else int(loaded.nonfinite_mask.sum())
@@ -187,14 +144,16 @@ def _run_segmentation(loaded, *, input_desc: dict, out, stem: str, model, device
                      f"the vertebrae found: the image is damaged there and the result is unreliable.")
     messages = list(loaded.messages) + list(result.messages) + plausibility + notes
     outputs["report"] = str(out.target / "report.json")
+    model_desc = {**model.describe(), "metadata": names_not_paths(model.metadata)}  # not the trainer's paths
     report = {
         "lumbarseg_version": __version__,
         "notice": RESEARCH_NOTICE,
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "host": {"python": platform.python_version(), "platform": platform.platform()},
         "input": {**input_desc, "nonfinite_voxels_set_to_air": nonfinite},
-        "model": {**model.describe(), "metadata": names_not_paths(model.metadata)},  # not the trainer's paths
-        "device": str(resolve_device(device)),
+        "model": model_desc,
+        "stage3": _stage3_desc(stage3, result.refined),
+        "device": device_used,
         "found": list(result.found),
         "crop_box": crop_box_report(image, result.box_index, result.box_lps),  # on the file's own axes
         "heatmap_peak": result.heatmap_peak,
@@ -208,39 +167,16 @@ def _run_segmentation(loaded, *, input_desc: dict, out, stem: str, model, device
         "metrics": comparison,
         "metrics_summary": agreement.summary(comparison) if comparison else None,
         "outputs": outputs,
-        "stl_coordinate_system": surfaces.STL_COORDINATE_SYSTEM if stl else None,
+        "stl_coordinate_system": surfaces.STL_COORDINATE_SYSTEM if options.stl else None,
         "replaced_result": ({"input": (out.replaced_report.get("input") or {}).get("path"),
                              "created": out.replaced_report.get("created")} if out.replaced_report else None),
         "messages": messages,
+        "provenance": provenance(options, model_desc, device_used, messages, _stage3_desc(stage3, result.refined)),
     }
     out.commit(report)  # report.json last, then the whole folder moves into place
     if seg_failure is not None:
         raise InputError(f"{seg_failure} The rest of the result is in {out.target}.")
     return report
-
-
-def _print_summary(report: dict, comparison) -> None:
-    from ..measures import agreement, measurements
-
-    for msg in report["messages"]:
-        _err(f"{PROG}: {msg}" if msg.upper().startswith("WARNING") else f"{PROG}: note: {msg}")
-    found = report["found"]
-    print(f"Found vertebrae: {', '.join(found) if found else 'none - no lumbar spine found in this image'}")
-    if report["measurements"]:
-        from ..measures.bone_screening import format_table
-
-        print(measurements.format_measurements(report["measurements"]))
-        print("\n" + format_table(report["measurements"], report.get("bone_density")))
-    if comparison is not None:
-        print("\nAgreement with the reference:")
-        print(agreement.format_table(comparison))
-    print()
-    for key, value in report["outputs"].items():
-        if isinstance(value, dict):
-            if value:
-                print(f"{key:>8}: {Path(next(iter(value.values()))).parent}/ ({', '.join(value)})")
-        else:
-            print(f"{key:>8}: {value}")
 
 
 def _dicom_description(loaded) -> dict:
@@ -250,14 +186,46 @@ def _dicom_description(loaded) -> dict:
                              "other_series": [s.to_dict() for s in loaded.all_series if s is not loaded.series]}}
 
 
+def _stage3_desc(stage3, ran: bool) -> dict:
+    """Whether the per-vertebra stage ran, and which model file (report.json's "stage3")."""
+    if not stage3:
+        return {"ran": False, "model": None, "sha256": None}
+    return {"ran": bool(ran), "model": stage3[1]["name"], "sha256": stage3[1]["sha256"]}
+
+
+def provenance(options: StudyOptions, model_desc: dict, device_used: str, messages: list[str],
+               stage3: dict | None = None) -> dict:
+    """How a result was made, as report.json keeps it and every front end shows it: the LumbarSeg version,
+    the model (name, file SHA-256, configuration, trained or not), the device, the options that shape the
+    result and the warnings and notes of the run. The Slicer module copies it onto the segmentation node's
+    attributes (:mod:`LumbarSegLib.scene.provenance`), the web app shows it under the result."""
+    from ..constants import RESEARCH_NOTICE
+
+    return {"lumbarseg_version": __version__, "notice": RESEARCH_NOTICE,
+            "model": {"name": model_desc.get("name"), "sha256": model_desc.get("sha256"),
+                      "configuration": (model_desc.get("config") or {}).get("name"),
+                      "trained": model_desc.get("trained", True)},
+            "stage3": stage3 or {"ran": False, "model": None, "sha256": None},
+            "device": device_used,
+            "options": {name: _plain(getattr(options, name)) for name in PROVENANCE_OPTIONS},
+            "warnings": list(messages)}
+
+
+def _plain(value):
+    return list(value) if isinstance(value, tuple) else value
+
 
 @dataclass
 class StudyOptions:
-    """What to segment and what to write: the options of ``lumbarseg segment`` (same names and defaults)."""
+    """What to segment and what to write: the options of ``lumbarseg segment`` (same names and defaults).
 
-    input: str  # a CT file or a DICOM folder
+    ``input`` (and ``reference``) may be a file, a DICOM folder or an image in memory (a ``SimpleITK.Image``:
+    the demo's phantom, a front end's volume); an image in memory is written into the result folder as
+    ``<name>_ct.nii.gz`` (``<name>_reference.nii.gz``) so the folder holds what was segmented."""
+
+    input: object  # a CT file, a DICOM folder or a SimpleITK.Image
     output: str  # the result folder (whole or absent)
-    reference: str | None = None  # a reference label map to compare against
+    reference: object = None  # a reference label map (file or SimpleITK.Image) to compare against
     reference_labels: str = "auto"  # its label codes: auto, internal, verse, totalseg
     model: str | None = None  # a shipped model's name or a model file; None: the default for the device
     device: str = "auto"
@@ -272,11 +240,14 @@ class StudyOptions:
     csv: bool = False  # also write the per-vertebra measurements as <name>_measurements.csv
     crop_box: tuple | None = None  # XMIN YMIN ZMIN XMAX YMAX ZMAX (LPS mm): segment there, not the localizer's box
     progress_format: str = "text"  # "json": one JSON object per progress event (engine_process reads them)
+    refine: bool | None = None  # stage 3 (one network per vertebra): on, off, or None = on when it is bundled
+    name: str | None = None  # the output files' stem; default: the input file's name ("image" for one in memory)
+    input_facts: dict = field(default_factory=dict)  # more about the input for report.json (the demo's seed)
 
     @classmethod
     def from_args(cls, args) -> StudyOptions:
         """The options of a parsed ``segment`` command line."""
-        return cls(**{name: getattr(args, name) for name in cls.__dataclass_fields__})
+        return cls(**{name: getattr(args, name) for name in cls.__dataclass_fields__ if hasattr(args, name)})
 
 
 def _check_crop_box(values):
@@ -290,63 +261,103 @@ def _check_crop_box(values):
     return lo, hi
 
 
-def run_study(options: StudyOptions, *, model=None, progress=None) -> dict:
+def _in_memory(value) -> bool:
+    return value is not None and not isinstance(value, (str, Path))
+
+
+def _read_input(options: StudyOptions, out, stem: str):
+    """The CT to segment (:class:`images.LoadedCT`) and its description for report.json."""
+    from ..io import images
+
+    if _in_memory(options.input):
+        image, mask, messages = images.prepare_ct(options.input, name=f"The image '{stem}'")
+        path = out.staging / f"{stem}_ct.nii.gz"
+        import SimpleITK as sitk
+
+        sitk.WriteImage(options.input, str(path), useCompression=True)
+        return images.LoadedCT(image, mask, messages), {"path": str(out.final(path)), "in_memory": True}
+    from ..io.input_identity import IDENTITY_KEY, input_identity
+
+    # What identifies the input (a batch rerun compares it), taken before it is read.
+    identity = input_identity(options.input, options.series) if Path(options.input).exists() else None
+    loaded = images.load_ct(options.input, series_uid=options.series)
+    if loaded.series is not None and not options.quiet:
+        err(f"{PROG}: DICOM series {loaded.series.describe()}"
+            + (f", chosen from {len(loaded.all_series)} series" if len(loaded.all_series) > 1 else ""))
+    return loaded, {"path": str(options.input), **_dicom_description(loaded), IDENTITY_KEY: identity}
+
+
+def _read_reference(options: StudyOptions, out, stem: str, image):
+    """The reference label map (LumbarSeg's labels) and its description, or (None, None)."""
+    from ..io import label_maps
+    from ..measures.agreement import fields_of_view_overlap
+
+    if options.reference is None:
+        return None, None
+    if _in_memory(options.reference):
+        reference = label_maps.labelmap_from_image(options.reference, options.reference_labels,
+                                                   what=f"The reference of '{stem}'")
+        shown = str(out.final(label_maps.write_labelmap(reference, out.staging / f"{stem}_reference.nii.gz")))
+    else:
+        reference = label_maps.read_labelmap(options.reference, scheme=options.reference_labels)
+        shown = str(options.reference)  # as given: the user's own path, no more
+    if not fields_of_view_overlap(image, reference):  # before segmenting, not after
+        raise InputError(f"The reference {shown} does not overlap the CT in physical space; "
+                         f"check that both belong to the same CT.")
+    return reference, {"path": shown, "label_scheme": label_maps.label_scheme_of(reference),
+                       "geometry": _geometry(reference)}
+
+
+def run_study(options: StudyOptions, *, model=None, progress=None, timings: dict | None = None) -> dict:
     """Segment one study into ``options.output`` (whole or absent) and return its report (``report.json``).
 
-    ``model``: an already loaded :class:`models.LumbarSegModel` (a batch worker loads it once); None loads
-    ``options.model`` for ``options.device``. ``progress(stage, fraction)``: called as stages start (0.0)
-    and end (1.0); by default stage lines on stderr unless ``options.quiet``. Bad input raises
-    :class:`errors.InputError` before the output folder is touched where it can be checked first.
+    The one way to run a study: ``lumbarseg segment`` and ``demo``, the batch workers and the engine
+    subprocess of the Slicer module and the web app all call it. ``model``: an already loaded
+    :class:`models.LumbarSegModel` (a batch worker loads it once); None loads ``options.model`` for
+    ``options.device``. ``progress(stage, fraction)``: called as stages start (0.0) and end (1.0); by
+    default stage lines on stderr unless ``options.quiet``. ``timings``: stages the caller already timed
+    (the demo's phantom), added to report.json's. Bad input raises :class:`errors.InputError` before the
+    output folder is touched where it can be checked first.
     """
-    from ..io import images, label_maps
+    from ..io import images
     from ..inference.models import resolve_device
     from ..results.outputs import OutputFolder
 
-    args = options  # the body is segment's, moved here as it was (its `args` were these options)
-    resolve_device(args.device)  # an unavailable device fails now, not after reading a large CT
-    smoothing = _check_smoothing(args.smoothing)
-    box_lps = _check_crop_box(args.crop_box)
-    if args.series and not Path(args.input).is_dir():
-        raise InputError(f"--series chooses a series in a DICOM folder, but {args.input} is not a folder.")
+    resolve_device(options.device)  # an unavailable device fails now, not after reading a large CT
+    smoothing = check_smoothing(options.smoothing)
+    box_lps = _check_crop_box(options.crop_box)
+    memory = _in_memory(options.input)
+    if options.series and (memory or not Path(options.input).is_dir()):
+        raise InputError(f"--series chooses a series in a DICOM folder, but {options.input} is not a folder.")
+    if options.dicom_seg and memory:
+        raise InputError("A DICOM SEG references the DICOM series it was made from; an image in memory has none.")
+    stem = options.name or ("image" if memory else images.output_stem(options.input))
+    files = tuple(v for v in (options.input, options.reference) if v is not None and not _in_memory(v))
     # The output folder is checked (and locked) before anything is read or computed.
-    with OutputFolder(args.output, overwrite=args.overwrite, inputs=(args.input, args.reference)) as out:
+    with OutputFolder(options.output, overwrite=options.overwrite, inputs=files) as out:
         dicom_source = None
-        if args.dicom_seg:  # a SEG that cannot reference its source fails now, before the segmentation runs
+        if options.dicom_seg:  # a SEG that cannot reference its source fails now, before the segmentation runs
             from ..io.dicom_seg import read_source_series
 
-            dicom_source = read_source_series(args.input, series_uid=args.series)
-        progress = progress or _StageProgress(args.quiet, args.progress_format)
-        done = _step(progress, "read")
+            dicom_source = read_source_series(options.input, series_uid=options.series)
+        progress = progress or StageProgress(options.quiet, options.progress_format)
+        done = step(progress, "read")
         t0 = time.perf_counter()
-        from ..io.input_identity import IDENTITY_KEY, input_identity
-
-        identity = input_identity(args.input, args.series) if Path(args.input).exists() else None  # before reading
-        loaded = images.load_ct(args.input, series_uid=args.series)
-        read_s = time.perf_counter() - t0
+        loaded, input_desc = _read_input(options, out, stem)
+        timings = {**(timings or {}), "read": time.perf_counter() - t0}
         done()
-        if loaded.series is not None and not args.quiet:
-            _err(f"{PROG}: DICOM series {loaded.series.describe()}"
-                 + (f", chosen from {len(loaded.all_series)} series" if len(loaded.all_series) > 1 else ""))
-        reference = reference_desc = None
-        if args.reference:
-            from ..measures.agreement import fields_of_view_overlap
-
-            reference = label_maps.read_labelmap(args.reference, scheme=args.reference_labels)
-            if not fields_of_view_overlap(loaded.image, reference):  # before segmenting, not after
-                raise InputError(f"The reference {args.reference} does not overlap the CT in physical space; "
-                                 f"check that both belong to the same CT.")
-            reference_desc = {"path": str(args.reference),  # as given: the user's own path, no more
-                              "label_scheme": label_maps.label_scheme_of(reference), "geometry": _geometry(reference)}
-        model = model or _load_model(args.model, args.device)
+        reference, reference_desc = _read_reference(options, out, stem, loaded.image)
+        model = model or load_model(options.model, options.device)
+        from ..inference.vertebra_stage import choose as choose_stage3
         from ..results.training_cases import training_case_of, training_data_note
 
-        seen = training_case_of(model.metadata, args.input)  # a score on it would not be a held-out one
+        stage3 = choose_stage3(options.refine)
+        seen = None if memory else (training_case_of(model.metadata, options.input)  # not a held-out score
+                                    or (stage3 and training_case_of(stage3[1]["metadata"], options.input)))
         if seen:
             loaded.messages.append(training_data_note(seen))
-        input_desc = {"path": str(args.input), **_dicom_description(loaded), **_geometry(loaded.image),
-                      "in_model_training_data": seen, IDENTITY_KEY: identity}
-        return _run_segmentation(loaded, input_desc=input_desc, out=out, stem=images.output_stem(args.input),
-                                 model=model, device=args.device, fmt=args.format, stl=args.stl, preview=args.preview,
-                                 reference=reference, reference_desc=reference_desc, smoothing=smoothing,
-                                 quiet=args.quiet, extra_timings={"read": read_s}, dicom_source=dicom_source,
-                                 progress=progress, csv=args.csv, box_lps=box_lps)
+        input_desc = {**input_desc, **options.input_facts, **_geometry(loaded.image), "in_model_training_data": seen}
+        return _segment_and_write(loaded, options, input_desc=input_desc, out=out, stem=stem, model=model,
+                                  reference=reference, reference_desc=reference_desc, smoothing=smoothing,
+                                  timings=timings, dicom_source=dicom_source, progress=progress, box_lps=box_lps,
+                                  stage3=stage3)

@@ -31,17 +31,28 @@ Modules (imports point down the list; the engine never imports this package):
 * :mod:`.loop`          - one network's training loop and checkpoints;
 * :mod:`.orchestration` - both networks, bundles, resuming, cross-validation;
 * :mod:`.evaluation`    - held-out evaluation and the model card (``lumbarseg evaluate-model``);
-* :mod:`.cli`           - ``lumbarseg train`` and the registration of both commands.
+* :mod:`.cli`           - ``lumbarseg train`` and ``evaluate-model``'s work;
+* :mod:`.commands`      - their arguments and registration (no torch: ``lumbarseg --help`` builds them).
 """
 
-from .augmentation import augment_intensity, augment_pair, random_grid
-from .data import (EVAL_SEED_START, TRAIN_FOV_PROBS, Case, find_cases, generate_phantoms, heatmap_target,
-                   phantom_spec, precompute_case, prepare_cache, split_cases)
-from .losses import dice_ce_loss, localizer_loss
-from .loop import load_checkpoint, train_worker
-from .orchestration import assemble_bundle, cross_validate, train_models
+import importlib
 
-__all__ = ["EVAL_SEED_START", "TRAIN_FOV_PROBS", "Case", "assemble_bundle", "augment_intensity", "augment_pair",
-           "cross_validate", "dice_ce_loss", "find_cases", "generate_phantoms", "heatmap_target", "load_checkpoint",
-           "localizer_loss", "phantom_spec", "precompute_case", "prepare_cache", "random_grid", "split_cases",
-           "train_models", "train_worker"]
+# Names below load from their modules on first use, so that importing one light module of this package
+# (:mod:`.commands`, which ``lumbarseg --help`` needs) loads no torch.
+_EXPORTS = {
+    "augment_intensity": "augmentation", "augment_pair": "augmentation", "random_grid": "augmentation",
+    "EVAL_SEED_START": "commands", "TRAIN_FOV_PROBS": "data", "Case": "data", "find_cases": "data",
+    "generate_phantoms": "data", "heatmap_target": "data", "phantom_spec": "data", "precompute_case": "data",
+    "prepare_cache": "data", "split_cases": "data", "dice_ce_loss": "losses", "localizer_loss": "losses",
+    "load_checkpoint": "loop", "train_worker": "loop", "assemble_bundle": "orchestration",
+    "cross_validate": "orchestration", "train_models": "orchestration",
+}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name):
+    if name not in _EXPORTS:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
+    globals()[name] = value
+    return value

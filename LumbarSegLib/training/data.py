@@ -33,12 +33,12 @@ from ..errors import InputError
 from ..io.label_maps import to_internal_labels
 from ..inference.networks import ModelConfig
 from . import real_views
+from .commands import EVAL_SEED_START  # phantom seeds >= this are reserved for held-out evaluation
 
 CACHE_VERSION = 2
 IGNORE = 255  # target value of voxels no loss is computed on
 BONE_HU = 150.0  # unlabelled voxels above this, beyond the labelled column, are ignored
 COLUMN_MARGIN_MM = 15.0  # in-plane margin around the labelled vertebrae that counts as "the column"
-EVAL_SEED_START = 100_000  # phantom seeds >= this are reserved for held-out evaluation
 # Field-of-view mix of training phantoms: ~15 % thoracic-only negatives, the rest lumbar or partial.
 TRAIN_FOV_PROBS = {"abdomen": 0.30, "lumbar": 0.25, "lower": 0.15, "upper": 0.15, "thoracic": 0.15}
 TRAIN_Z_SPACINGS = (1.5, 2.0, 2.5, 3.0)

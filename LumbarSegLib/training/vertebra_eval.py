@@ -83,6 +83,47 @@ def evaluate(state_dir, phases, real_dirs, fit: bool = False, reimage: bool = Tr
     return rows
 
 
+def end_to_end(state_dir, phase, real_dirs, xunet_model=None, log=print) -> list[dict]:
+    """The whole pipeline with and without stage 3 on the cases held out from BOTH the XUNet model and the
+    phase's network (the XUNet's own record of its training cases decides): L1-L5 DSC, names found."""
+    import torch
+
+    from ..inference import pipeline
+    from ..inference.models import load_model
+    from ..io.label_maps import to_internal_labels
+    from ..measures.agreement import compare
+    from . import real_views
+    from .data import find_cases
+    from .real_evaluation import held_out_cases
+
+    model = load_model(xunet_model) if xunet_model else load_model()
+    state = torch.load(Path(state_dir) / f"{phase}.pt", map_location="cpu", weights_only=True)
+    held = {subject_of(s) for s in state["leave_out"]}
+    net = load_weights(state)
+    cases = {c.case_id: c for d in real_dirs if Path(d).is_dir() for c in find_cases(d)}
+    rows = []
+    for cid in held_out_cases(model.metadata, sorted(cases)):
+        if subject_of(cid) not in held:
+            continue
+        ct, seg = real_views.load_source(str(cases[cid].ct), str(cases[cid].seg))
+        for name, (v_ct, v_seg) in acquisitions(ct, seg).items():
+            ref = to_internal_labels(sitk.GetArrayFromImage(v_seg), "verse")
+            truth = sorted(set(np.unique(ref).tolist()) - {0})
+            row = {"phase": phase, "case": cid, "acquisition": name}
+            for key, refine in (("xunet", None), ("stage3", net)):
+                res = pipeline.segment(v_ct, model=model, device="cpu", refine=refine)
+                pred = sitk.GetArrayFromImage(res.labels)
+                m = compare(pred, ref, v_ct.GetSpacing()[::-1])
+                dsc = [m[n]["DSC"] for n in m if n in {f"L{k}" for k in truth}]
+                row[key] = {"mean_dsc": round(float(np.mean(dsc)), 4) if dsc else None, "found": res.found,
+                            "dsc": {n: round(float(v["DSC"]), 3) for n, v in m.items()},
+                            "seconds": round(sum(res.timings.values()), 1)}
+            rows.append(row)
+            log(f"{cid} {name:>16s}: XUNet {row['xunet']['mean_dsc']} {row['xunet']['found']}  "
+                f"+ stage 3 {row['stage3']['mean_dsc']} {row['stage3']['found']}")
+    return rows
+
+
 def summarize(rows: list[dict]) -> dict:
     """Mean vertebra DSC / ASD / HD95 per acquisition, and whether the gate's targets are met."""
     out = {}
@@ -101,10 +142,18 @@ def main(argv=None) -> int:
     p.add_argument("--fit", action="store_true", help="score the cases each network trained on (a fit)")
     p.add_argument("--no-reimage", action="store_true", help="only the cases as stored")
     p.add_argument("--json", help="write the rows and the summary here")
+    p.add_argument("--end-to-end", action="store_true",
+                   help="the whole pipeline with and without stage 3 on cases held out from both networks")
+    p.add_argument("--xunet-model", help="the XUNet model bundle for --end-to-end (default: the bundled one)")
     args = p.parse_args(argv)
     import torch
 
     torch.set_num_threads(2)
+    if args.end_to_end:
+        rows = [r for ph in args.phases for r in end_to_end(args.state, ph, args.real, args.xunet_model)]
+        if args.json:
+            Path(args.json).write_text(json.dumps(rows, indent=1))
+        return 0
     rows = evaluate(args.state, args.phases, args.real, fit=args.fit, reimage=not args.no_reimage)
     summary = summarize(rows)
     print(json.dumps(summary, indent=1))

@@ -165,7 +165,7 @@ def _metrics_table(app):
         html.Div("Edited since the run: measured on your edit." , v_if=("ls_edited",), classes="text-caption")
         html.Div("{{ w }}", v_for="w in ls_warnings", key="w", classes="text-caption text-warning mt-1 ls-warning")
         html.Div("{{ m }}", v_for="m in ls_messages", key="m", classes="text-caption mt-1 ls-message")
-        html.Div("Model: {{ ls_model }}", id="ls-model", classes="text-caption mt-1")
+        html.Div("{{ ls_model }}", id="ls-model", classes="text-caption mt-1")
         html.Div(RESEARCH_NOTICE + ": every result must be checked and corrected by a qualified person.",
                  classes="text-caption text-warning mt-1")
 

@@ -1,4 +1,5 @@
-"""Everything the web page's buttons do, on one MRML scene, without trame (tested headless).
+"""Everything the web page's buttons do, on one MRML scene, without trame (tested headless): the shared
+study session (:mod:`LumbarSegLib.scene.session`, as under the Slicer module) plus the page's own parts.
 
 One :class:`StudySession` per server: the CT that is open, the segmentation shown, the run in progress.
 Opening reads and validates the CT with the command line's own code (:func:`LumbarSegLib.io.images.load_ct`);
@@ -17,7 +18,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..constants import LABEL_COLORS, LABEL_NAMES, RESEARCH_NOTICE
-from ..errors import Cancelled, InputError
+from ..errors import InputError
+from ..scene import session as scene_session
 from ..scene.metrics_table import compute_metrics
 from ..scene.roi import find_crop_roi
 from ..scene.segments import is_user_edited, segmentation_content_hash, segmentation_to_label_array
@@ -41,17 +43,18 @@ def hex_color(rgb) -> str:
     return "#" + "".join(f"{round(255 * c):02x}" for c in rgb)
 
 
-class StudySession:
+class StudySession(scene_session.StudySession):
+    """The web page's study: the shared Qt-free session (:class:`LumbarSegLib.scene.session.StudySession`:
+    run, progress, cancel, result into the scene, exports) plus what only the page has - opening a CT
+    from a file or an upload, several segmentations to choose from, and downloads made in ``work_dir``."""
+
     def __init__(self, scene, work_dir, *, device: str = "auto", model=None, python: str | None = None):
-        self.scene = scene
+        super().__init__(scene, device=device, model=model, python=python)
         self.work_dir = Path(work_dir)
-        self.device, self.model, self.python = device, model, python
         self.ct: OpenedCT | None = None
         self.volume_node = None
         self.segmentation_node = None
-        self.job = None
-        self.report: dict | None = None  # report.json of the run whose result is shown
-        self.report_hash: str | None = None  # the segmentation's content when that run put it there
+        self.report_hash: str | None = None  # the segmentation's content when the last run put it there
         self.messages: list[str] = []
 
     # --- opening a CT
@@ -93,54 +96,29 @@ class StudySession:
 
     # --- segmenting
 
-    @property
-    def running(self) -> bool:
-        return self.job is not None and self.job.process.running
-
-    def start(self, *, replace_edited: bool = False) -> None:
+    def start(self, *, replace_edited: bool = False):
         """Start the engine on the open CT (its crop ROI as the box once the user moved it). An edited
         segmentation is replaced only with ``replace_edited``; otherwise the result goes into a new one."""
         if self.volume_node is None:
             raise InputError("Open a CT first (the sample CT, a file from the server's folder, or an upload).")
-        if self.running:
-            raise InputError("A segmentation is already running.")
-        from ..scene import engine_job
-
-        self.job = engine_job.start_job(self.scene, self.volume_node, segmentation_node=self.segmentation_node,
-                                        device=self.device, model_path=self.model, overwrite_edited=replace_edited,
-                                        python=self.python)
+        return super().start(self.volume_node, segmentation_node=self.segmentation_node,
+                             replace_edited=replace_edited)
 
     def poll(self) -> tuple[float, str]:
         """(fraction 0..1, status text) of the run; never blocks."""
         if self.job is None:
             return 0.0, ""
-        process = self.job.process
-        process.poll()
-        return process.overall, process.status_text
-
-    def cancel(self) -> None:
-        """End the run; the scene was never touched by it."""
-        if self.job is not None:
-            from ..scene import engine_job
-
-            engine_job.cancel_job(self.job)
-            self.job = None
+        super().poll()
+        return self.job.process.overall, self.job.process.status_text
 
     def finish(self) -> list[str]:
         """After the process ended: its result into the scene; returns the messages to show. Raises
         :class:`errors.Cancelled` or :class:`engine_job.EngineRunError` (the scene is then unchanged)."""
-        job, self.job = self.job, None
-        if job is None:
-            raise Cancelled("No segmentation was running.")
-        from ..scene import engine_job
-
-        report = job.process.result.report if job.process.result is not None else None
-        _, outcome = engine_job.finish_job(self.scene, job)
+        outcome = super().finish()
         if outcome.segmentation_node is not None:
             if self.segmentation_node is not None and outcome.segmentation_node is not self.segmentation_node:
                 self._hide(self.segmentation_node)  # the edited one, kept as it was
             self.segmentation_node = outcome.segmentation_node
-        self.report = report
         self.report_hash = (segmentation_content_hash(self.segmentation_node)
                             if self.segmentation_node is not None else None)
         self.messages = list(dict.fromkeys((self.ct.messages if self.ct else []) + outcome.messages))
@@ -203,11 +181,8 @@ class StudySession:
         return rows
 
     def model_summary(self) -> str:
-        model = (self.report or {}).get("model") or {}
-        if not model:
-            return ""
-        trained = "" if model.get("trained", True) else " (UNTRAINED: random weights, meaningless labels)"
-        return f"{model.get('name', '?')} model ({model.get('sha256', '')[:12]}) on {self.report.get('device', '?')}{trained}"
+        """The provenance line shown under the result (the same line ``lumbarseg segment`` prints)."""
+        return self.provenance_line()
 
     def warnings(self) -> list[str]:
         from ..measures.measurements import plausibility_warnings
@@ -225,10 +200,8 @@ class StudySession:
 
     def export_stl_zip(self) -> Path:
         """One closed STL surface per vertebra (LPS mm, like the command line's) in a zip."""
-        from ..scene.export import export_stl
-
         folder = self._export_dir()
-        files = export_stl(self.segmentation_node, folder / "stl", lps=True)
+        files = self.export_stl(self.segmentation_node, folder / "stl")
         path = folder / f"{self.stem()}_stl.zip"
         with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as archive:
             for file in files:
@@ -238,10 +211,8 @@ class StudySession:
         return path
 
     def export_seg_nrrd(self) -> Path:
-        from ..scene.export import export_labelmap
-
         folder = self._export_dir()
-        return export_labelmap(self.scene, self.segmentation_node, self.volume_node, folder / f"{self.stem()}.seg.nrrd")
+        return self.export_labelmap(self.segmentation_node, self.volume_node, folder / f"{self.stem()}.seg.nrrd")
 
     def export_dicom_seg(self) -> Path:
         """A DICOM SEG of the segmentation shown, referencing the opened DICOM series."""
