@@ -3,7 +3,7 @@
 The XUNet names every voxel itself, and at thick slices one name bleeds across a disc onto two vertebral
 bodies, or one vertebra gets two names; every name below such a merge is then shifted. Here its output is
 only evidence. The vertebrae are found as *instances* (:func:`find_instances`): the kept piece of each
-lumbar class, a piece too tall for one vertebra split at its thinnest axial cross-section (the disc), two
+lumbar class, a piece too tall for one vertebra split at its deepest axial waist (the disc), two
 centres too close merged into one vertebra. The column then gets one consecutive sequence of levels
 (:func:`decode_levels`): a gap between neighbouring centres that is too large skips a level (a missed
 vertebra), and the first level is set by the anchors - the sacrum right below (count up: the lowest is L5)
@@ -49,9 +49,11 @@ SAME_RATIO = 0.6
 TALLEST_VERTEBRA_MM = 61.0
 RELATIVE_TALL = 1.3
 # A piece split only for being taller than its neighbours must narrow at the cut (a disc) to at most this
-# share of its median cross-section: a vertebra that is just large has no such waist. One too tall for any
-# vertebra need only narrow at all (a disc bled over at thick slices leaves a shallow waist).
+# share of the widest cross-sections on either side: a vertebra that is just large has no such waist. One
+# too tall for any vertebra need only narrow clearly (a disc bled over at thick slices leaves a shallow
+# waist; sub-verse007's T12+L1 piece narrows to 0.79 at the disc).
 WAIST_RATIO = 0.7
+BODY_SHARE = 0.5
 WAIST_RATIO_TALL = 0.9
 # Context voxels this close to the end of the lumbar column are its neighbour (discs are 5-15 mm high, the
 # predicted surfaces a few mm off; as pipeline.ANCHOR_GAP_MM before).
@@ -101,21 +103,29 @@ def _centre_mm(mask: np.ndarray, spacing_zyx) -> np.ndarray:
 
 
 def split_at_waist(mask: np.ndarray, spacing_zyx, need_waist: bool) -> int | None:
-    """The z index at which to cut ``mask`` (z, y, x) into two vertebrae: its thinnest axial cross-section
-    within the middle 30-70 % of its height (the disc). None when the two parts' centres would lie closer
-    than GAP_SAME_MM, or when the mask does not narrow there to WAIST_RATIO (``need_waist``) or
-    WAIST_RATIO_TALL of its median cross-section."""
+    """The z index at which to cut ``mask`` (z, y, x) into two vertebrae: its deepest waist, the axial
+    cross-section smallest against the widest cross-sections on both sides of it (the disc between two
+    bodies), within the middle 20-80 % of its height. Not merely the thinnest slice: a vertebra's spinous
+    process hangs below its body in a thin tail, which is no disc: each side must reach BODY_SHARE of the
+    widest cross-section. None when the waist is shallower than
+    WAIST_RATIO (``need_waist``) or WAIST_RATIO_TALL of the narrower side's widest cross-section, or when
+    the two parts' centres would lie closer than GAP_SAME_MM."""
     z0, z1 = _z_extent(mask)
     area = mask[z0:z1 + 1].sum(axis=(1, 2)).astype(float)
     n = area.size
-    lo, hi = int(np.floor(0.3 * n)), int(np.ceil(0.7 * n))
-    if hi - lo < 1 or n < 3:
+    lo, hi = max(1, int(np.floor(0.2 * n))), min(n - 2, int(np.ceil(0.8 * n)))
+    if hi < lo:
         return None
-    window = area[lo:hi + 1]
-    # the thinnest slice; among equally thin ones the one nearest the middle
-    candidates = np.flatnonzero(window == window.min()) + lo
+    below_peak = np.maximum.accumulate(area)  # widest at or below each slice
+    above_peak = np.maximum.accumulate(area[::-1])[::-1]  # widest at or above each slice
+    # both sides must hold a body: a cross-section at least BODY_SHARE of the widest (not a process's tail)
+    sides = np.minimum(below_peak[lo - 1:hi], above_peak[lo + 1:hi + 2])
+    ratio = np.where(sides >= BODY_SHARE * area.max(), area[lo:hi + 1] / np.maximum(sides, 1.0), np.inf)
+    if not np.isfinite(ratio).any():
+        return None
+    candidates = np.flatnonzero(ratio <= ratio.min() + 1e-9) + lo
     cut = int(candidates[np.argmin(np.abs(candidates - (n - 1) / 2.0))])
-    if area[cut] > (WAIST_RATIO if need_waist else WAIST_RATIO_TALL) * float(np.median(area[area > 0])):
+    if ratio[cut - lo] > (WAIST_RATIO if need_waist else WAIST_RATIO_TALL):
         return None
     below, above = mask.copy(), mask.copy()
     below[z0 + cut:] = False
@@ -161,7 +171,7 @@ def split_tall(masks: list[np.ndarray], spacing_zyx, notes: list[str] | None = N
             above[:cut] = False
             if notes is not None and names is not None:
                 notes.append(f"The piece labelled {names[origin[i]]} ({h:.0f} mm high) held two vertebrae; it was "
-                             f"split at its thinnest cross-section.")
+                             f"split at its narrowest cross-section (the disc).")
             out[i:i + 1] = [above, below]
             origin[i:i + 1] = [origin[i], origin[i]]
             done = False
@@ -271,9 +281,9 @@ def decode_levels(offsets: list[int], evidence: np.ndarray, context_classes, net
 
 
 def _argmax_levels(evidence: np.ndarray) -> list[int]:
-    """The lumbar level (1..5) each instance has most evidence for, 0 when it has none."""
-    lumbar = evidence[:, 1:NUM_CLASSES]
-    return [int(np.argmax(row)) + 1 if row.max() > 0 else 0 for row in lumbar]
+    """The lumbar level (1..5) each instance has most evidence for, 0 when a context class or nothing wins."""
+    return [int(np.argmax(row)) if row.max() > 0 and 1 <= int(np.argmax(row)) < NUM_CLASSES else 0
+            for row in evidence]
 
 
 def _level_name(level: int) -> str:
@@ -390,7 +400,8 @@ def name_column(labels: np.ndarray, kept: np.ndarray, spacing_xyz, context_class
             warnings.append(f"WARNING: the centres of two neighbouring vertebrae are {g:.0f} mm apart (neighbours "
                             f"are {GAP_SAME_MM:g}-{GAP_MISSED_MM:g} mm apart): {s - 1} vertebra(e) between them "
                             f"were probably missed and counted as such. Check the levels.")
-    network_levels = {lab for lab in present}
+    # the lumbar levels the network sees in the column: each instance's most likely one
+    network_levels = {lev for lev in _argmax_levels(evidence) if lev}
     ribs_start = 0 if ribs_piece is not None else None  # the thoracic neighbour is T12
     sacrum_start = 5 - offsets[-1] if sacrum_piece is not None else None  # the lowest vertebra is L5
     start, how, decode_warnings = decode_levels(offsets, evidence, context_classes, network_levels,
@@ -413,9 +424,10 @@ def _describe(naming: ColumnNaming, has_thoracic: bool) -> None:
     levels, network = naming.levels[first:], naming.network_labels[first:]
     outside = [_level_name(lev) for lev in levels if not 1 <= lev <= 5]
     if outside:
-        naming.warnings.append(f"WARNING: counting from the {naming.how if naming.how != 'both' else 'anchors'} makes "
-                               f"{', '.join(outside)} of vertebrae the network labelled lumbar; they are not reported "
-                               f"as lumbar. {TRANSITIONAL[0].upper() + TRANSITIONAL[1:]}.")
+        why = ("the sequence fitted to the network's evidence" if naming.how == "unanchored" else
+               f"counting from the {'thoracic vertebra above and the sacrum below' if naming.how == 'both' else naming.how}")
+        naming.warnings.append(f"WARNING: {why} makes {', '.join(outside)} of vertebrae the network labelled "
+                               f"lumbar; they are not reported as lumbar vertebrae. Check the levels.")
     if levels != network:
         old = ", ".join(LABEL_NAMES.get(lab, "?") for lab in network)
         new = ", ".join(_level_name(lev) for lev in levels)
