@@ -344,6 +344,23 @@ def _context_neighbour(labels: np.ndarray, cls: int, column: np.ndarray, above: 
     return best
 
 
+def find_instances(kept: np.ndarray, spacing_zyx, notes: list[str] | None = None) -> tuple[list, list[int]]:
+    """The vertebrae in the kept lumbar pieces (``kept``: 0, 1..5), top first: each piece, split where it
+    holds two vertebrae (:func:`split_tall`), merged where two touching pieces are one (:func:`merge_close`).
+    Returns their masks and the network's name of each (that of its largest piece)."""
+    present = [lab for lab in range(1, NUM_CLASSES) if (kept == lab).any()]
+    if not present:
+        return [], []
+    pieces = [kept == lab for lab in present]
+    order = np.argsort([-_centre_mm(p, spacing_zyx)[0] for p in pieces])  # a larger z is more superior
+    pieces, present = [pieces[i] for i in order], [present[i] for i in order]
+    names = [LABEL_NAMES[lab] for lab in present]
+    masks, origin = split_tall(pieces, spacing_zyx, notes, names)
+    sizes = [int(m.sum()) for m in masks]
+    masks, groups = merge_close(masks, spacing_zyx, notes, [names[o] for o in origin])
+    return masks, [present[origin[max(g, key=lambda k: sizes[k])]] for g in groups]
+
+
 def name_column(labels: np.ndarray, kept: np.ndarray, spacing_xyz, context_classes=(), min_voxels: int = 1,
                 probabilities: np.ndarray | None = None) -> ColumnNaming | None:
     """Find the vertebrae in the network's output and name the column (see the module docstring).
@@ -354,21 +371,10 @@ def name_column(labels: np.ndarray, kept: np.ndarray, spacing_xyz, context_class
     if at hand (the labels' shares stand in for them otherwise). None when ``kept`` holds no vertebra."""
     spacing_zyx = np.asarray(spacing_xyz, float)[::-1]
     sz = float(spacing_zyx[0])
-    present = [lab for lab in range(1, NUM_CLASSES) if (kept == lab).any()]
-    if not present:
-        return None
     notes: list[str] = []
-    pieces = [kept == lab for lab in present]
-    # top first: a larger z is more superior
-    order = np.argsort([-_centre_mm(p, spacing_zyx)[0] for p in pieces])
-    pieces, present = [pieces[i] for i in order], [present[i] for i in order]
-    names = [LABEL_NAMES[lab] for lab in present]
-    masks, origin = split_tall(pieces, spacing_zyx, notes, names)
-    split_labels = [present[o] for o in origin]
-    split_sizes = [int(m.sum()) for m in masks]
-    masks, groups = merge_close(masks, spacing_zyx, notes, [names[o] for o in origin])
-    # the network's name of each instance: that of its largest piece
-    network = [split_labels[max(g, key=lambda k: split_sizes[k])] for g in groups]
+    masks, network = find_instances(kept, spacing_zyx, notes)
+    if not masks:
+        return None
     n_classes = NUM_CLASSES + len(context_classes)
     evidence = class_evidence(masks, labels, n_classes, probabilities)
 
