@@ -169,6 +169,8 @@ def split_tall(masks: list[np.ndarray], spacing_zyx, notes: list[str] | None = N
             below, above = m.copy(), m.copy()
             below[cut:] = False
             above[:cut] = False
+            if not _split_fits_column(out, i, above, below, spacing_zyx):
+                continue
             if notes is not None and names is not None:
                 notes.append(f"The piece labelled {names[origin[i]]} ({h:.0f} mm high) held two vertebrae; it was "
                              f"split at its narrowest cross-section (the disc).")
@@ -179,6 +181,20 @@ def split_tall(masks: list[np.ndarray], spacing_zyx, notes: list[str] | None = N
         if done:
             break
     return out, origin
+
+
+def _split_fits_column(masks: list[np.ndarray], i: int, above: np.ndarray, below: np.ndarray,
+                       spacing_zyx) -> bool:
+    """Whether splitting ``masks[i]`` (top first) into ``above`` and ``below`` leaves a plausible column:
+    every gap next to the two new centres at least SAME_RATIO of the column's median gap (GAP_SAME_MM with
+    fewer than two gaps). On a tilted (lordotic) column a vertebra's pieces overlap in height and one looks
+    too tall along z; splitting it would put half a vertebra beside its neighbour's centre."""
+    centres = [_centre_mm(m, spacing_zyx) for m in masks]
+    gaps = column_gaps(centres)
+    need = SAME_RATIO * float(np.median(gaps)) if len(gaps) >= 2 else GAP_SAME_MM
+    new = centres[:i] + [_centre_mm(above, spacing_zyx), _centre_mm(below, spacing_zyx)] + centres[i + 1:]
+    around = column_gaps(new)[max(0, i - 1):i + 2]
+    return min(around) >= need
 
 
 def column_gaps(centres: list[np.ndarray]) -> list[float]:
