@@ -73,6 +73,7 @@ class ColumnNaming:
     how: str = "unanchored"
     notes: list[str] = field(default_factory=list)  # what was split, merged and renamed
     warnings: list[str] = field(default_factory=list)
+    box: tuple = ()  # the slices (z, y, x) of the input arrays that ``instance_map`` and the centres cover
 
     def lumbar(self) -> dict[int, int]:
         """Instance index -> lumbar level (1..5) of the instances that are named L1..L5."""
@@ -360,6 +361,19 @@ def _context_neighbour(labels: np.ndarray, cls: int, column: np.ndarray, above: 
     return best
 
 
+# How far around the lumbar pieces the anchors are looked for: a neighbour within ANCHOR_GAP_MM and the
+# whole of it (TALLEST_VERTEBRA_MM), with room to spare; in-plane, the column's own width and some.
+CONTEXT_MARGIN_MM = (100.0, 40.0, 40.0)
+
+
+def _column_box(kept: np.ndarray, spacing_zyx) -> tuple | None:
+    region = ndimage.find_objects((kept > 0).astype(np.uint8))
+    if not region or region[0] is None:
+        return None
+    grow = np.ceil(np.asarray(CONTEXT_MARGIN_MM) / np.asarray(spacing_zyx, float)).astype(int)
+    return tuple(slice(max(0, r.start - g), min(n, r.stop + g)) for r, g, n in zip(region[0], grow, kept.shape))
+
+
 def find_instances(kept: np.ndarray, spacing_zyx, notes: list[str] | None = None) -> tuple[list, list[int]]:
     """The vertebrae in the kept lumbar pieces (``kept``: 0, 1..5), top first: each piece, split where it
     holds two vertebrae (:func:`split_tall`), merged where two touching pieces are one (:func:`merge_close`).
@@ -387,6 +401,14 @@ def name_column(labels: np.ndarray, kept: np.ndarray, spacing_xyz, context_class
     if at hand (the labels' shares stand in for them otherwise). None when ``kept`` holds no vertebra."""
     spacing_zyx = np.asarray(spacing_xyz, float)[::-1]
     sz = float(spacing_zyx[0])
+    # Work inside the column's box, grown to take in the neighbours that anchor it (a box-sized array per
+    # vertebra on a 1 mm abdomen would cost seconds).
+    box = _column_box(kept, spacing_zyx)
+    if box is None:
+        return None
+    labels, kept = labels[box], kept[box]
+    if probabilities is not None:
+        probabilities = probabilities[(slice(None),) + box]
     notes: list[str] = []
     masks, network = find_instances(kept, spacing_zyx, notes)
     if not masks:
@@ -430,12 +452,12 @@ def name_column(labels: np.ndarray, kept: np.ndarray, spacing_xyz, context_class
                                                 ribs_start, sacrum_start)
     warnings += decode_warnings
     levels = [start + o for o in offsets]
-    instance_map = np.zeros(labels.shape, np.int32)
+    instance_map = np.zeros(labels.shape, np.uint8)  # instances are vertebrae: far fewer than 255
     for i, m in enumerate(masks):
         if ribs_piece is not None and i == 0:
             continue  # the thoracic anchor is not reported
         instance_map[m & (instance_map == 0)] = i + 1
-    result = ColumnNaming(instance_map, levels, network, centres, how, notes, warnings)
+    result = ColumnNaming(instance_map, levels, network, centres, how, notes, warnings, box)
     _describe(result, ribs_piece is not None)
     return result
 

@@ -247,8 +247,9 @@ def anchor_names(labels: np.ndarray, kept: np.ndarray, spacing_xyz, context_clas
     messages.extend(column.notes)
     messages.extend(column.warnings)
     out = np.zeros_like(kept)
+    inside = out[column.box]  # a view: the column's box, which the instances cover
     for index, level in column.lumbar().items():
-        out[column.instance_map == index + 1] = level
+        inside[column.instance_map == index + 1] = level
         if naming is not None:
             naming[LABEL_NAMES[level]] = column.how
     return out
