@@ -17,6 +17,7 @@ import torch
 from scipy import ndimage
 
 from . import morphology, orientation, preprocess
+from . import naming as naming_module
 from ..constants import LABEL_NAMES, NUM_CLASSES
 from ..errors import Cancelled, InputError, ModelError
 from .models import LumbarSegModel, load_model, resolve_device
@@ -51,6 +52,8 @@ class SegmentationResult:
     trained: bool = True
     device: str = ""  # where the networks actually ran ("cpu" after a GPU out-of-memory fallback)
     refined: bool = False  # stage 3 (one network per vertebra) re-segmented the vertebrae found
+    # vertebra name -> how its level was decided: "sacrum", "ribs", "both" or "unanchored" (:mod:`naming`)
+    naming: dict[str, str] = field(default_factory=dict)
 
 
 class _Stages:
@@ -172,19 +175,22 @@ def _dropped_message(dropped: dict, minimum: float | None) -> str:
 
 
 def clean_labels(labels: np.ndarray, spacing_xyz, messages: list[str], context_classes=(), check=None,
-                 dropped: dict | None = None) -> np.ndarray:
-    """Keep each vertebra's largest connected piece; drop islands and slivers; name the vertebrae in order.
+                 dropped: dict | None = None, naming: dict | None = None,
+                 probabilities: np.ndarray | None = None) -> np.ndarray:
+    """Keep each vertebra's largest connected piece; drop islands and slivers; name the column by counting.
 
     ``labels`` is (z, y, x) in LPS orientation (a larger z index is more superior) with 0 background,
-    1..5 L1..L5 and, after them, the model's ``context_classes`` (networks.CONTEXT_CLASSES), which are
-    used to anchor the names (:func:`anchor_names`) and then folded into background. Pieces too small to
-    report (:func:`vertebra_minimum_ml`) are named in ``messages`` and in ``dropped`` (label -> mL).
-    ``check()`` is called before each vertebra's morphology (the pipeline's cancellation check).
+    1..5 L1..L5 and, after them, the model's ``context_classes`` (networks.CONTEXT_CLASSES), which anchor
+    the names (:mod:`naming`: the sacrum below, a thoracic vertebra above) and are then folded into
+    background. The kept pieces are split where one holds two vertebrae and merged where two are one, and
+    get one consecutive sequence of levels (:func:`anchor_names`); ``naming`` (if given) receives
+    vertebra name -> how it was decided ("sacrum", "ribs", "both", "unanchored"). ``probabilities``: the
+    network's class probabilities (C, z, y, x) on the grid of ``labels``, the class evidence when given.
+    Pieces too small to report (:func:`vertebra_minimum_ml`) are named in ``messages`` and in ``dropped``
+    (label -> mL). ``check()`` is called before each vertebra's morphology (the pipeline's cancellation check).
     """
     voxel_ml = float(np.prod(spacing_xyz)) / 1000.0
     spacing_zyx = np.asarray(spacing_xyz, float)[::-1]
-    out = np.zeros_like(labels)
-    extents = {}  # label -> (lowest z, centroid z, highest z) of its kept piece
     pieces = {}  # label -> (region, largest piece in it)
     for label, region in enumerate(ndimage.find_objects(labels, max_label=NUM_CLASSES - 1), start=1):
         if region is not None:
@@ -198,31 +204,21 @@ def clean_labels(labels: np.ndarray, spacing_xyz, messages: list[str], context_c
             dropped.update(too_small)
     # a piece is kept from this many voxels on (the context classes' anchors use the same count)
     min_voxels = max(1, int(math.ceil((minimum if minimum is not None else MIN_VERTEBRA_ML) / voxel_ml)))
-    margin = np.ceil(CLOSING_MM / spacing_zyx).astype(int)  # room for the closing around each vertebra
+    kept = np.zeros_like(labels)
     for label, (region, mask) in pieces.items():
-        if label in too_small:
+        if label not in too_small:
+            kept[region][mask] = label
+    named = anchor_names(labels, kept, spacing_xyz, context_classes, min_voxels, messages, naming, probabilities)
+    out = np.zeros_like(labels)
+    margin = np.ceil(CLOSING_MM / spacing_zyx).astype(int)  # room for the closing around each vertebra
+    for level, region in enumerate(ndimage.find_objects(named, max_label=NUM_CLASSES - 1), start=1):
+        if region is None:
             continue
         if check is not None:
             check()
-        out[region][mask] = label
-        _close_and_fill(out, labels, label, region, margin, spacing_zyx, check)
-        zs = np.flatnonzero(mask.any(axis=(1, 2))) + region[0].start
-        extents[label] = (zs[0], ndimage.center_of_mass(mask)[0] + region[0].start, zs[-1])
-    # Anatomical order: L1 must be the most superior. If the network swapped identities, keep its set of
-    # labels but hand them out again from superior to inferior.
-    by_height = sorted(extents, key=lambda lab: -extents[lab][1])
-    remap = np.arange(NUM_CLASSES, dtype=np.uint8)
-    if by_height != sorted(extents):
-        messages.append("Vertebra identities were out of anatomical order (" +
-                        ", ".join(LABEL_NAMES[lab] for lab in by_height) + " from superior to inferior); "
-                        "they were renumbered from superior to inferior. Check the labels.")
-        for new, old in zip(sorted(extents), by_height):
-            remap[old] = new
-        extents = {int(remap[old]): ext for old, ext in extents.items()}
-    shift = anchor_names(labels, extents, spacing_xyz, context_classes, min_voxels, messages)
-    if shift:
-        remap = np.where(remap > 0, remap.astype(int) + shift, 0).astype(np.uint8)
-    return remap[out]
+        out[region][named[region] == level] = level
+        _close_and_fill(out, labels, level, region, margin, spacing_zyx, check)
+    return out
 
 
 def _close_and_fill(out: np.ndarray, labels: np.ndarray, label: int, region, margin, spacing_zyx,
@@ -234,58 +230,30 @@ def _close_and_fill(out: np.ndarray, labels: np.ndarray, label: int, region, mar
     out[box][solid & (labels[box] == 0) & (out[box] == 0)] = label
 
 
-# A context vertebra (thoracic above, sacrum/L6 below) this close to the end of the lumbar column counts as
-# its neighbour: intervertebral discs are 5-15 mm high, the predicted surfaces a few mm off.
-ANCHOR_GAP_MM = 20.0
+def anchor_names(labels: np.ndarray, kept: np.ndarray, spacing_xyz, context_classes, min_voxels: int,
+                 messages: list[str], naming: dict | None = None, probabilities: np.ndarray | None = None
+                 ) -> np.ndarray:
+    """The kept lumbar pieces (``kept``: 0, 1..5) renamed by counting along the whole column (:mod:`naming`).
 
-
-def anchor_names(labels: np.ndarray, extents: dict, spacing_xyz, context_classes, min_voxels: int,
-                 messages: list[str]) -> int:
-    """The shift of the lumbar names that the neighbouring context vertebrae call for (0: none).
-
-    The network names each vertebra from its looks and its place in the crop; on a partial scan the place
-    misleads. Its context classes see the neighbours by their own features: a thoracic vertebra (ribs) right
-    above the top lumbar vertebra makes that vertebra L1; a sacrum (or L6) right below the lowest makes it
-    L5. When both anchors are seen they must agree, and a shift must keep every name within L1..L5;
-    otherwise the names stay as predicted and a message says why.
+    The network names each vertebra from its looks and its place in the crop; on a partial or thick-slice
+    scan the place misleads and one name can cover two vertebrae. Here the vertebrae are found first (a
+    piece holding two is split at the disc, two pieces of one vertebra merged) and the column gets one
+    consecutive sequence of levels, anchored by a thoracic vertebra right above (counting down: the next
+    is L1) and the sacrum right below (counting up: the lowest is L5); with neither, by the network's
+    evidence, and the result says the names are unanchored. ``naming`` receives name -> how decided.
     """
-    if not extents or not context_classes:
-        return 0
-    sz = float(spacing_xyz[2])
-    first, last = min(extents), max(extents)  # in anatomical order: the most superior and most inferior
-    wanted = {}
-    for k, name in enumerate(context_classes, start=NUM_CLASSES):
-        mask = labels == k
-        if mask.sum() < min_voxels:
-            continue
-        zs = np.flatnonzero(mask.any(axis=(1, 2)))
-        if name == "thoracic":
-            # thoracic voxels above the top lumbar vertebra's centroid, ending near its upper edge
-            above = zs[zs > extents[first][1]]
-            if above.size and (above[0] - extents[first][2]) * sz <= ANCHOR_GAP_MM:
-                wanted[name] = 1 - first
-        elif name == "caudal":
-            below = zs[zs < extents[last][1]]
-            if below.size and (extents[last][0] - below[-1]) * sz <= ANCHOR_GAP_MM:
-                wanted[name] = 5 - last
-    shifts = {v for v in wanted.values() if v}
-    if not shifts:
-        return 0
-    names = ", ".join(LABEL_NAMES[lab] for lab in sorted(extents))
-    if len(set(wanted.values())) > 1:
-        messages.append(f"The vertebra names ({names}) disagree with both neighbours (a thoracic vertebra above "
-                        "and the sacrum below call for different names); they were kept. Check the labels.")
-        return 0
-    shift = shifts.pop()
-    if first + shift < 1 or last + shift > 5:
-        messages.append(f"The vertebra names ({names}) disagree with the {' and '.join(wanted)} neighbour(s), "
-                        "but renaming would leave L1-L5; they were kept. Check the labels.")
-        return 0
-    new = ", ".join(LABEL_NAMES[lab + shift] for lab in sorted(extents))
-    neighbour = " and ".join({"thoracic": "the thoracic vertebra above", "caudal": "the sacrum below"}[n]
-                             for n in wanted)
-    messages.append(f"Vertebrae renamed {names} -> {new} to follow {neighbour}. Check the labels.")
-    return shift
+    column = naming_module.name_column(labels, kept, spacing_xyz, context_classes, min_voxels, probabilities)
+    if column is None:
+        return kept
+    messages.extend(column.notes)
+    messages.extend(column.warnings)
+    out = np.zeros_like(kept)
+    inside = out[column.box]  # a view: the column's box, which the instances cover
+    for index, level in column.lumbar().items():
+        inside[column.instance_map == index + 1] = level
+        if naming is not None:
+            naming[LABEL_NAMES[level]] = column.how
+    return out
 
 
 def segment(image: sitk.Image, model: LumbarSegModel | None = None, device: str = "auto", box_lps=None,
@@ -354,6 +322,7 @@ def _segment_on(image: sitk.Image, model: LumbarSegModel, torch_device: torch.de
 
     labels_canonical = np.zeros(canonical.GetSize()[::-1], dtype=np.uint8)
     dropped: dict = {}  # pieces too small to report (clean_labels says so in the messages)
+    naming: dict = {}  # vertebra name -> how its level was decided (clean_labels fills it)
     if box is not None:
         lo, hi = box
         stages.start("segment")
@@ -364,7 +333,7 @@ def _segment_on(image: sitk.Image, model: LumbarSegModel, torch_device: torch.de
             check_head_feet(canonical, lo, hi, model, torch_device, probs, box_labels)
         stages.start("postprocess")
         box_labels = clean_labels(box_labels, canonical.GetSpacing(), messages, model.config.context_classes,
-                                  check=stages.check, dropped=dropped)
+                                  check=stages.check, dropped=dropped, naming=naming)
         labels_canonical[lo[2]:hi[2], lo[1]:hi[1], lo[0]:hi[0]] = box_labels
         if refine is not None and labels_canonical.any():
             stages.start("refine")
@@ -398,7 +367,8 @@ def _segment_on(image: sitk.Image, model: LumbarSegModel, torch_device: torch.de
         box_index = (tuple(int(v) for v in box[0]), tuple(int(v) for v in box[1]))
         box_lps_out = index_box_to_lps(canonical, *box)
     return SegmentationResult(out, found, box_index, box_lps_out, peak, stages.timings, messages, model.trained,
-                              str(torch_device), refined=refine is not None and bool(found))
+                              str(torch_device), refined=refine is not None and bool(found),
+                              naming={name: how for name, how in naming.items() if name in found})
 
 
 # A vertebra is bone: the labelled vertebrae of the real CTs in ../shared average 222-458 HU over their voxels

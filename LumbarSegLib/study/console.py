@@ -72,6 +72,10 @@ def print_summary(report: dict) -> None:
         err(f"{PROG}: {msg}" if msg.upper().startswith("WARNING") else f"{PROG}: note: {msg}")
     found = report["found"]
     print(f"Found vertebrae: {', '.join(found) if found else 'none - no lumbar spine found in this image'}")
+    if report.get("naming"):  # how each level was decided; "unanchored" names were counted from nothing
+        print("Levels named by: " + ", ".join(f"{name} {how}" for name, how in report["naming"].items()))
+    if (report.get("stage3") or {}).get("ran"):
+        print(f"Per-vertebra stage: ran ({report['stage3']['model']})")
     if report["measurements"]:
         from ..measures.bone_screening import format_table
 

@@ -155,6 +155,8 @@ def _segment_and_write(loaded, options: StudyOptions, *, input_desc: dict, out, 
         "stage3": _stage3_desc(stage3, result.refined),
         "device": device_used,
         "found": list(result.found),
+        # how each name was decided: "sacrum", "ribs", "both" (counted from them) or "unanchored"
+        "naming": dict(result.naming),
         "crop_box": crop_box_report(image, result.box_index, result.box_lps),  # on the file's own axes
         "heatmap_peak": result.heatmap_peak,
         "timings_s": timings,
