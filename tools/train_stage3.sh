@@ -2,7 +2,7 @@
 # Stage 3 (the per-vertebra U-Net), trained on a CPU across sessions: the exact commands, in order.
 #
 #   bash tools/train_stage3.sh train [MINUTES]   # unpack the committed resume file, run the plan's unfinished phases
-#   bash tools/train_stage3.sh save              # pack the phases into the committed resume file (fp16, small)
+#   bash tools/train_stage3.sh save [PHASE...]   # pack the phases (default: all) into the committed resume file (fp16)
 #   bash tools/train_stage3.sh gate              # the gate: folds held out with true centres, fit, end to end
 #   bash tools/train_stage3.sh ship              # the 'all' phase as Resources/Models/lumbarseg_stage3.pt + its card
 #
@@ -23,7 +23,8 @@ case "${1:-}" in
     $PY -m LumbarSegLib.training.vertebra_train --state "$STATE" --real $REAL --masks "$SHARED/masks" \
       --minutes "${2:-150}" --threads "$(nproc)" "${args[@]}" ;;
   save)
-    $PY -m LumbarSegLib.training.vertebra_train --state "$STATE" --export "$RESUME" ;;
+    shift
+    $PY -m LumbarSegLib.training.vertebra_train --state "$STATE" --export "$RESUME" ${1:+--only "$@"} ;;
   gate)
     $PY -m LumbarSegLib.training.vertebra_eval --state "$STATE" --phases fold-A fold-B fold-C --real $REAL \
       --json "$STATE/gate.json"

@@ -186,11 +186,14 @@ def run_plan(state_dir, real_dirs, masks_root, minutes: float, plan=None, only=N
 # The resume file committed between sessions
 # ------------------------------------------------------------------------------------------------------
 
-def export_resume(state_dir, out_path) -> Path:
-    """Every phase's weights (fp16), step and minutes in one file; no optimiser state (Adam restarts)."""
+def export_resume(state_dir, out_path, only=None) -> Path:
+    """The phases' weights (fp16), step and minutes in one file (``only``: these phases); no optimiser state
+    (Adam restarts)."""
     phases = {}
     for p in sorted(Path(state_dir).glob("*.pt")):
         ck = torch.load(p, map_location="cpu", weights_only=True)
+        if only and ck["phase"] not in only:
+            continue
         phases[ck["phase"]] = {k: ck[k] for k in ("step", "minutes", "done", "config", "leave_out")}
         phases[ck["phase"]]["weights"] = {k: v.half() if v.is_floating_point() else v
                                           for k, v in ck["weights"].items()}
@@ -230,7 +233,7 @@ def main(argv=None) -> int:
     p.add_argument("--export", help="write the resume file here and exit")
     args = p.parse_args(argv)
     if args.export:
-        print(export_resume(args.state, args.export))
+        print(export_resume(args.state, args.export, args.only))
         return 0
     if args.resume_from:
         print("unpacked:", import_resume(args.resume_from, args.state))
