@@ -93,7 +93,7 @@ def train_phase(phase: Phase, state_dir: Path, real_dirs, masks_root, config: Ve
     """Train ``phase`` for at most ``minutes_left`` minutes; True when its budget is used up."""
     state_dir.mkdir(parents=True, exist_ok=True)
     ckpt = load_phase_weights(state_dir, phase.name)
-    if ckpt and ckpt["done"]:
+    if ckpt and ckpt["minutes"] >= phase.minutes:  # a later session that raises the budget trains on
         return True
     torch.manual_seed(seed)
     net = build(config)
@@ -227,7 +227,7 @@ def main(argv=None) -> int:
     p.add_argument("--real", nargs="*", default=[], help="folders of labelled real CTs")
     p.add_argument("--masks", default=None, help="folder of vertebra label maps without CT")
     p.add_argument("--minutes", type=float, default=60.0, help="stop after this many minutes in all")
-    p.add_argument("--only", nargs="*", help="run only these phases")
+    p.add_argument("--only", nargs="*", help="run only these phases (with --export: pack only these)")
     p.add_argument("--threads", type=int, default=os.cpu_count())
     p.add_argument("--resume-from", help="a committed resume file to unpack into --state first")
     p.add_argument("--export", help="write the resume file here and exit")
