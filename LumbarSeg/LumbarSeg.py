@@ -276,7 +276,6 @@ class LumbarSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.logic.log(text)
 
     def confirm(self, question):
-        self.ui.logCollapsibleButton.collapsed = False  # where an installation shows its progress
         return slicer.util.confirmOkCancelDisplay(question, windowTitle="LumbarSeg")
 
     @contextlib.contextmanager
@@ -299,6 +298,7 @@ class LumbarSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def onInstallDependencies(self):
         def status(text):  # pip_install lets Qt process events, so this text shows the progress
+            self.ui.logCollapsibleButton.collapsed = False  # the Log section shows pip's output
             self.setStatus(text, log=True)
             slicer.app.processEvents()
 
