@@ -177,7 +177,7 @@ def _add_phantom_commands(sub, common, overwrite) -> None:
     p = sub.add_parser("phantom", help="write synthetic CTs with VerSe-style labels",
                        description="Write synthetic CTs with VerSe-style labels. Costly at the default, clinical size "
                        "(grid and spacing drawn per case, e.g. 512x512x343 at 0.67 mm): about 1.5 min of CPU, a "
-                       "peak of 5 GiB of memory and 85 MB on disk per default-size case (see README). --shape and "
+                       "peak of 5 GiB of memory and 85 MB on disk per default-size case (see docs/commands.md). --shape and "
                        "--spacing make small, quick ones.")
     p.add_argument("-o", "--output", required=True, metavar="DIR")
     p.add_argument("--n", type=int, default=1)

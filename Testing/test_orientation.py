@@ -101,5 +101,5 @@ def test_real_ct_upside_down_is_refused_and_upright_is_named(shared_data, bundle
     ct = images.load_ct(shared_data / "real" / f"{case}_ct.nii.gz").image
     with pytest.raises(OrientationError, match="turned upside down"):
         pipeline.segment(upside_down(ct), model=bundled, device="cpu")
-    if case == "sub-verse005":  # and the same CT the right way up is named L1-L5 (as in the README's table)
+    if case == "sub-verse005":  # and the same CT the right way up is named L1-L5 (as in docs/accuracy.md's table)
         assert pipeline.segment(ct, model=bundled, device="cpu").found == ["L1", "L2", "L3", "L4", "L5"]

@@ -1,8 +1,13 @@
 """The scripted module without Qt: import guards, .ui consistency, the Logic class on a real MRML scene,
 and the extension's CMake files (configured against a stand-in for Slicer's CMake macros)."""
 
-import ast
+import dis
+import importlib.util
+import inspect
 import os
+import types
+import typing
+import unittest
 import re
 import shutil
 import subprocess
@@ -47,25 +52,48 @@ def test_ui_parses_and_declares_its_custom_widgets():
     assert {n for n, c in widgets.items() if c in ("qMRMLNodeComboBox", "qMRMLTableView")} <= receivers
 
 
+def _ui_names_used(functions, holder):
+    """Widget names read as ``<holder>.ui.X`` (or ``ui.X`` for holder None) in the compiled functions, nested
+    code included: the bytecode, not the source text."""
+    used, stack = set(), [f.__code__ for f in functions]
+    while stack:
+        code = stack.pop()
+        stack += [c for c in code.co_consts if hasattr(c, "co_code")]
+        ins = list(dis.get_instructions(code))
+        for a, b, c in zip(ins, ins[1:], ins[2:]):
+            if holder and a.argval == holder and b.opname in ("LOAD_ATTR", "LOAD_METHOD") and b.argval == "ui" \
+                    and c.opname in ("LOAD_ATTR", "LOAD_METHOD"):
+                used.add(c.argval)
+            if not holder and a.opname == "LOAD_FAST" and a.argval == "ui" and b.opname in ("LOAD_ATTR", "LOAD_METHOD"):
+                used.add(b.argval)
+    return used
+
+
 def test_every_widget_the_module_uses_exists_in_the_ui():
-    widgets, _ = ui_widgets()
-    used = set(re.findall(r"self\.ui\.(\w+)", MODULE_FILE.read_text(encoding="utf-8")))
-    assert used, "the Widget should use self.ui.*"
+    from LumbarSegLib.scene import panel
+
+    widgets, root = ui_widgets()
+    module = load_module()
+    methods = [f for f in vars(module.LumbarSegWidget).values() if inspect.isfunction(f)]
+    used = _ui_names_used(methods, "self") | _ui_names_used(
+        [f for f in vars(panel).values() if inspect.isfunction(f)], None)
+    used |= {name for name, _, _ in panel.BINDINGS} | set(panel.BUTTONS) | set(panel.RESULT_BUTTONS)
+    assert "applyButton" in used and "statusLabel" in used, "the Widget should use self.ui.*"
     missing = sorted(used - set(widgets))
-    assert not missing, f"used by LumbarSeg.py but absent from the .ui: {missing}"
+    assert not missing, f"used by the module but absent from the .ui: {missing}"
+    for handler in panel.BUTTONS.values():
+        assert callable(getattr(module.LumbarSegWidget, handler)), handler
     # the selectors restrict to the right node types
-    root = ET.parse(UI_FILE).getroot()
     types = {w.get("name"): [s.text for s in w.iter("string")] for w in root.iter("widget")
              if w.get("class") == "qMRMLNodeComboBox"}
     assert "vtkMRMLScalarVolumeNode" in types["inputVolumeSelector"]
     assert "vtkMRMLSegmentationNode" in types["referenceSegmentationSelector"]
-    # device and crop-box combo boxes match the lists the module indexes into
-    module = load_module()
+    # device and crop-box combo boxes match the lists the bindings index into
     items = {w.get("name"): [i.find("property/string").text for i in w.findall("item")]
              for w in root.iter("widget") if w.get("class") == "QComboBox"}
-    assert [s.lower() for s in items["deviceComboBox"]] == module.DEVICES
-    assert len(items["roiModeComboBox"]) == len(module.ROI_MODES)
-    assert len(items["modelComboBox"]) == len(module.MODEL_MODES)
+    assert [s.lower() for s in items["deviceComboBox"]] == panel.DEVICES
+    assert len(items["roiModeComboBox"]) == len(panel.ROI_MODES)
+    assert len(items["modelComboBox"]) == len(panel.MODEL_MODES)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -89,9 +117,13 @@ def test_module_imports_without_qt_and_does_no_work_at_import():
         spec = importlib.util.spec_from_file_location("LumbarSeg", {str(MODULE_FILE)!r})
         m = importlib.util.module_from_spec(spec); spec.loader.exec_module(m)
         assert m.SLICER_GUI is False
-        heavy = {{"torch", "SimpleITK", "scipy", "LumbarSegLib"}} & (set(sys.modules) - before)
+        new = set(sys.modules) - before
+        heavy = {{"torch", "SimpleITK", "scipy"}} & new
         assert not heavy, heavy
-        assert sys.path == path0
+        lib = {{n for n in new if n.startswith("LumbarSegLib")}}
+        assert lib <= {{"LumbarSegLib", "LumbarSegLib.scene", "LumbarSegLib.scene.panel",
+                        "LumbarSegLib.scene.module_logic"}}, lib
+        assert set(sys.path) - set(path0) <= {{{str(ROOT)!r}}}  # at most the source checkout, found
         for cls in ("LumbarSeg", "LumbarSegWidget", "LumbarSegLogic", "LumbarSegTest"):
             assert hasattr(m, cls), cls
         print("ok")
@@ -100,20 +132,17 @@ def test_module_imports_without_qt_and_does_no_work_at_import():
     assert result.returncode == 0 and "ok" in result.stdout, result.stderr[-2000:]
 
 
-def test_module_file_is_valid_python_with_slicer_structure():
-    tree = ast.parse(MODULE_FILE.read_text(encoding="utf-8"))
-    classes = {n.name: [b.id if isinstance(b, ast.Name) else None for b in n.bases]
-               for n in tree.body if isinstance(n, ast.ClassDef)}
-    assert classes["LumbarSeg"] == ["ScriptedLoadableModule"]
-    assert "ScriptedLoadableModuleWidget" in classes["LumbarSegWidget"]
-    assert classes["LumbarSegLogic"] == ["ScriptedLoadableModuleLogic"]
-    assert classes["LumbarSegTest"] == ["ScriptedLoadableModuleTest"]
+def test_module_has_slicer_structure():
     module = load_module()
+    assert issubclass(module.LumbarSeg, module.ScriptedLoadableModule)
+    assert issubclass(module.LumbarSegWidget, module.ScriptedLoadableModuleWidget)
+    assert issubclass(module.LumbarSegLogic, module.ScriptedLoadableModuleLogic)
+    assert issubclass(module.LumbarSegTest, module.ScriptedLoadableModuleTest)
     parent = SimpleNamespace()
     module.LumbarSeg(parent)
     assert parent.title == "LumbarSeg" and parent.categories == ["Segmentation"]
     assert "L1-L5" in parent.helpText
-    assert hasattr(module.LumbarSegTest, "runTest")
+    assert hasattr(module.LumbarSegTest, "runTest") and callable(module.LumbarSegWidget.onReload)
 
 
 def test_lib_is_found_from_source_tree_and_installed_layout(tmp_path):
@@ -215,10 +244,7 @@ def test_smoothing_is_not_rebuilt_when_the_value_does_not_change():
     assert segment.GetRepresentation(closed) is surface  # the same surface object: nothing was rebuilt
     logic.setSmoothing(segmentation, 0.1)
     assert segment.GetRepresentation(closed) is not surface
-    # The widget ignores the slider's signal while it loads the parameter node into the GUI.
-    source = MODULE_FILE.read_text(encoding="utf-8")
-    handler = source[source.index("    def onSmoothingChanged"):source.index("    # --- log")]
-    assert "if self._updatingGUIFromParameterNode:" in handler.split("self.updateParameterNodeFromGUI()")[0]
+    # The widget's side (a value loaded into the GUI is no change): test_widget_keeps_the_gui_and_...
 
 
 @pytest.mark.slow
@@ -286,10 +312,7 @@ def test_stl_export_refuses_the_working_folder_a_directory_button_reports(tmp_pa
     start = export.default_export_folder(None)
     assert start.is_absolute() and start.is_dir()
     assert export.default_export_folder(type("App", (), {"defaultScenePath": str(tmp_path)})()) == tmp_path
-    # The widget shows and uses that folder, never the button's own "." (parsed: no Qt here).
-    source = MODULE_FILE.read_text(encoding="utf-8")
-    assert "exportFolderButton.directory or" not in source and "= self.ui.exportFolderButton.directory" not in source
-    assert "self.ui.exportFolderButton.directory = str(self.exportFolder())" in source
+    # The widget shows and uses that folder: test_widget_keeps_the_gui_and_the_parameter_node_in_step.
 
 
 # --------------------------------------------------------------------------------------------------
@@ -426,44 +449,6 @@ def test_extensions_index_reads_the_cmake_file_and_the_catalog_entry_as_it_must(
 
 # --------------------------------------------------------------------------------------------------
 # Parameter node, PyTorch checks, the self-test with and without torch, licence
-
-
-def _parameter_node_fields():
-    """{name: default source or None} of the ``@parameterNodeWrapper`` class in LumbarSeg.py (parsed: the
-    wrapper only exists inside Slicer)."""
-    tree = ast.parse(MODULE_FILE.read_text(encoding="utf-8"))
-    for node in ast.walk(tree):
-        if isinstance(node, ast.ClassDef) and node.name == "LumbarSegParameterNode":
-            assert [ast.unparse(d) for d in node.decorator_list] == ["parameterNodeWrapper"]
-            return {n.target.id: (ast.literal_eval(n.value) if n.value is not None else None, ast.unparse(n.annotation))
-                    for n in node.body if isinstance(n, ast.AnnAssign)}
-    raise AssertionError("no LumbarSegParameterNode class")
-
-
-def test_parameter_node_wrapper_declares_every_parameter_the_widget_uses():
-    fields = _parameter_node_fields()
-    source = MODULE_FILE.read_text(encoding="utf-8")
-    used = set(re.findall(r"\bp\.(\w+)\b", source)) - {"parameterNode"}
-    assert used and used <= set(fields), sorted(used - set(fields))
-    module = load_module()
-    assert fields["device"] == ("auto", "Annotated[str, Choice(DEVICES)]") and module.DEVICES[0] == "auto"
-    assert fields["roiMode"] == ("auto", "Annotated[str, Choice(ROI_MODES)]") and module.ROI_MODES[0] == "auto"
-    assert fields["modelMode"] == ("bundled", "Annotated[str, Choice(MODEL_MODES)]")
-    assert fields["smoothing"] == (0.5, "Annotated[float, WithinRange(0.0, 1.0)]")
-    for node_field in ("inputVolume", "outputSegmentation", "referenceSegmentation", "metricsTable", "cropROI"):
-        assert fields[node_field][1].startswith("slicer.vtkMRML")
-
-
-def test_user_visible_text_goes_through_the_translation_function():
-    source = MODULE_FILE.read_text(encoding="utf-8")
-    for text in ("Cancelled. Nothing was changed.", "Select a CT volume first.", "Copy diagnostics",
-                 "Diagnostics copied to the clipboard"):
-        if text == "Copy diagnostics":
-            assert text in UI_FILE.read_text(encoding="utf-8")  # .ui strings are translated by Qt
-            continue
-        assert re.search(r'_\(\s*"' + re.escape(text), source), text
-    module = load_module()
-    assert module._("x") == "x" and module.translate("ctx", "y") == "y"  # plain Python: text unchanged
 
 
 def test_torch_version_requirement():
@@ -643,19 +628,6 @@ def test_help_says_dicom_seg_export_needs_quantitative_reporting_on_older_slicer
     assert "QuantitativeReporting" in parent.helpText and "5.8" in parent.helpText
 
 
-def test_widget_cleanup_stops_and_waits_for_a_running_job():
-    """cleanup() (module reload, application exit) ends a running process and waits for it (bug 7); the
-    Logic's cancelSegmentation does both (tested on a real process in test_slicer_subprocess.py)."""
-    tree = ast.parse(MODULE_FILE.read_text(encoding="utf-8"))
-    widget = next(n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == "LumbarSegWidget")
-    methods = {n.name: ast.unparse(n) for n in widget.body if isinstance(n, ast.FunctionDef)}
-    assert "self.stopRunningJob()" in methods["cleanup"] and "self.stopRunningJob()" in methods["onSceneStartClose"]
-    assert "self.logic.cancelSegmentation(job)" in methods["stopRunningJob"]
-    source = (ROOT / "LumbarSegLib" / "study" / "engine_process.py").read_text(encoding="utf-8")
-    cancel = source[source.index("    def cancel(self"):source.index("    # --- reading the output")]
-    assert "self._process.wait(wait)" in cancel
-
-
 def test_license_is_the_apache_2_0_text_pyproject_names():
     text = (ROOT / "LICENSE").read_text(encoding="utf-8")
     assert "Apache License" in text and "Version 2.0, January 2004" in text
@@ -685,3 +657,320 @@ def test_reload_reloads_the_library_lower_layers_first():
     result = subprocess.run([sys.executable, "-c", script, str(MODULE_FILE)], capture_output=True, text=True,
                             timeout=300, cwd=ROOT)
     assert result.returncode == 0 and result.stdout.startswith("ok"), result.stderr[-2000:]
+
+
+# --------------------------------------------------------------------------------------------------
+# The Widget driven headless: the module loaded down its Slicer branch with stand-ins for Qt, the scripted
+# module base classes and the parameter node wrapper; widgets, parameter node and Logic are fakes.
+
+
+def load_gui_module(monkeypatch):
+    """LumbarSeg.py as Slicer imports it (SLICER_GUI), with stand-ins for what only the application has."""
+    slicer = pytest.importorskip("slicer")
+    scripted = types.ModuleType("slicer.ScriptedLoadableModule")
+
+    class ScriptedLoadableModule:
+        def __init__(self, parent=None):
+            self.parent = parent
+
+    class ScriptedLoadableModuleLogic:
+        def __init__(self, *args):
+            pass
+
+    class ScriptedLoadableModuleTest(unittest.TestCase):
+        pass
+
+    scripted.ScriptedLoadableModule = scripted.ScriptedLoadableModuleWidget = ScriptedLoadableModule
+    scripted.ScriptedLoadableModuleLogic, scripted.ScriptedLoadableModuleTest = (ScriptedLoadableModuleLogic,
+                                                                                 ScriptedLoadableModuleTest)
+    wrapper = types.ModuleType("slicer.parameterNodeWrapper")
+    wrapper.parameterNodeWrapper = lambda cls: cls
+    wrapper.Choice = lambda values: ("Choice", list(values))
+    wrapper.WithinRange = lambda low, high: ("WithinRange", low, high)
+    monkeypatch.setitem(sys.modules, "qt", types.ModuleType("qt"))
+    monkeypatch.setitem(sys.modules, "slicer.ScriptedLoadableModule", scripted)
+    monkeypatch.setitem(sys.modules, "slicer.parameterNodeWrapper", wrapper)
+    assert hasattr(slicer.util, "VTKObservationMixin") and hasattr(slicer.util, "tryWithErrorDisplay")
+    spec = importlib.util.spec_from_file_location("LumbarSegGuiUnderTest", MODULE_FILE)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    assert module.SLICER_GUI is True
+    return module
+
+
+def parameter_fields(module):
+    """{field: (type, default)} of the module's parameter node class."""
+    cls = module.LumbarSegParameterNode
+    hints = typing.get_type_hints(cls, include_extras=True)
+    return {name: (hint, getattr(cls, name, None)) for name, hint in hints.items()}
+
+
+class FakeParameters:
+    """A parameter node with exactly the declared fields: reading or writing another one fails."""
+
+    def __init__(self, module):
+        object.__setattr__(self, "_fields", parameter_fields(module))
+        for name, (_, default) in self._fields.items():
+            object.__setattr__(self, name, default)
+        object.__setattr__(self, "parameterNode", SimpleNamespace(StartModify=lambda: 0, EndModify=lambda was: 0))
+
+    def __setattr__(self, name, value):
+        assert name in self._fields, f"{name} is not a parameter node field"
+        object.__setattr__(self, name, value)
+
+
+class FakeWidget:
+    """A Qt widget stand-in: keeps what is set, answers what is read."""
+
+    def __init__(self):
+        self.node, self.currentIndex, self.currentPath, self.value, self.connections = None, 0, "", 0.5, []
+
+    def setCurrentNode(self, node):
+        self.node = node
+
+    def currentNode(self):
+        return self.node
+
+    def setCurrentIndex(self, index):
+        self.currentIndex = index
+
+    def setEnabled(self, enabled):
+        self.enabled = enabled
+
+    def setVisible(self, visible):
+        self.visible = visible
+
+    def setMRMLTableNode(self, table):
+        self.table = table
+
+    def connect(self, signal, slot):
+        self.connections.append((signal, slot))
+
+
+class FakeUI:
+    """The .ui's widgets by name; a name the .ui does not have is an error."""
+
+    def __init__(self):
+        object.__setattr__(self, "_widgets", {name: FakeWidget() for name in ui_widgets()[0]})
+
+    def __getattr__(self, name):
+        if name.startswith("_"):
+            raise AttributeError(name)
+        assert name in self._widgets, f"{name} is not in LumbarSeg.ui"
+        return self._widgets[name]
+
+
+class FakeLogic:
+    def __init__(self):
+        self.calls = []
+
+    def __getattr__(self, name):
+        if name.startswith("_"):
+            raise AttributeError(name)
+        return lambda *args, **kwargs: self.calls.append((name, args, kwargs))
+
+
+def gui_widget(monkeypatch):
+    module = load_gui_module(monkeypatch)
+    widget = module.LumbarSegWidget(SimpleNamespace(isEntered=True))
+    widget.ui, widget.logic, widget._parameterNode = FakeUI(), FakeLogic(), FakeParameters(module)
+    widget.logic.modelInfoHtml = lambda path=None: "model"
+    return module, widget
+
+
+def test_parameter_node_declares_what_the_bindings_and_the_widget_use(monkeypatch):
+    from LumbarSegLib.scene import panel
+
+    module = load_gui_module(monkeypatch)
+    fields = parameter_fields(module)
+    assert {field for _, field, _ in panel.BINDINGS} <= set(fields)
+    assert fields["device"] == (typing.Annotated[str, ("Choice", panel.DEVICES)], "auto") and \
+        panel.DEVICES[0] == "auto"
+    assert fields["roiMode"] == (typing.Annotated[str, ("Choice", panel.ROI_MODES)], "auto")
+    assert fields["modelMode"] == (typing.Annotated[str, ("Choice", panel.MODEL_MODES)], "bundled")
+    assert fields["smoothing"] == (typing.Annotated[float, ("WithinRange", 0.0, 1.0)], 0.5)
+    for node_field in ("inputVolume", "outputSegmentation", "referenceSegmentation", "metricsTable", "cropROI"):
+        assert fields[node_field][0].__name__.startswith("vtkMRML")
+    # The Logic wraps Slicer's parameter node in that class.
+    assert module.LumbarSegLogic.getParameterNode.__qualname__ == "LumbarSegLogic.getParameterNode"
+
+
+def test_widget_keeps_the_gui_and_the_parameter_node_in_step(monkeypatch, tmp_path):
+    """parameters -> widgets, widgets -> parameters, and the buttons that can act; a change made while the
+    GUI is being loaded is not the user's (it rebuilt every surface: bug 7)."""
+    module, widget = gui_widget(monkeypatch)
+    ui, p = widget.ui, widget._parameterNode
+    p.modelMode, p.roiMode, p.smoothing = "file", "never", 0.2
+    widget.updateGUIFromParameterNode()
+    assert ui.modelComboBox.currentIndex == 1 and ui.roiModeComboBox.currentIndex == 2
+    assert ui.smoothingSliderWidget.value == 0.2 and ui.modelPathLineEdit.enabled is True
+    assert ui.applyButton.enabled is False and ui.applyButton.toolTip == "Select a CT volume first."
+    assert ui.modelInfoLabel.text == "model"
+    # the export button shows a real folder, never a directory button's "." (bug 4)
+    shown = Path(ui.exportFolderButton.directory)
+    assert shown.is_absolute() and shown.is_dir()
+    widget.onExportFolderChanged(".")
+    assert p.exportFolder == ""
+    widget.onExportFolderChanged(str(tmp_path))
+    assert p.exportFolder == str(tmp_path) and widget.exportFolder() == tmp_path
+    # the user moves the slider: parameter node and surfaces follow, only for a real change
+    ui.outputSegmentationSelector.node = "segmentation"  # chosen in the selector
+    ui.smoothingSliderWidget.value = 0.7
+    widget.updateParameterNodeFromGUI()
+    assert p.smoothing == 0.7 and widget.logic.calls == [("setSmoothing", ("segmentation", 0.7), {})]
+    widget.updateParameterNodeFromGUI()
+    assert len(widget.logic.calls) == 1
+    widget._updatingGUIFromParameterNode = True  # loading settings into the GUI
+    ui.smoothingSliderWidget.value = 0.9
+    widget.updateParameterNodeFromGUI()
+    assert p.smoothing == 0.7 and len(widget.logic.calls) == 1
+    widget._updatingGUIFromParameterNode, widget._job = False, object()  # while a run is going
+    widget.updateParameterNodeFromGUI()
+    assert p.smoothing == 0.9 and len(widget.logic.calls) == 1
+    widget.updateButtonStates()
+    assert ui.cancelButton.enabled and not ui.exportStlButton.enabled and not ui.applyButton.enabled
+
+
+def test_widget_cleanup_stops_and_waits_for_a_running_job(monkeypatch):
+    """cleanup() (module reload, application exit), a scene close and Cancel end a running process through
+    the Logic, which waits for it (tested on a real process in test_slicer_subprocess.py)."""
+    module, widget = gui_widget(monkeypatch)
+    widget._timer, widget._parameterNode = SimpleNamespace(stop=lambda: None), None
+    widget.removeObservers = lambda: None
+    for end in (widget.cleanup, lambda: widget.onSceneStartClose(None, None), widget.onCancelButton):
+        job = object()
+        widget._job, widget.logic.calls = job, []
+        end()
+        assert widget._job is None and widget.logic.calls[0] == ("cancelSegmentation", (job,), {})
+    assert widget.ui.statusLabel.text == "Cancelled. Nothing was changed."
+    source = (ROOT / "LumbarSegLib" / "study" / "engine_process.py").read_text(encoding="utf-8")
+    cancel = source[source.index("    def cancel(self"):source.index("    # --- reading the output")]
+    assert "self._process.wait(wait)" in cancel
+
+
+def test_user_visible_text_goes_through_the_translation_function(monkeypatch):
+    from LumbarSegLib.scene import panel
+
+    module, widget = gui_widget(monkeypatch)
+    monkeypatch.setattr(module, "_", lambda text: "<" + text + ">")
+    monkeypatch.setattr(panel, "tr", lambda text: "[" + text + "]")
+    widget._timer, widget._job = SimpleNamespace(stop=lambda: None), object()
+    widget.onCancelButton()
+    assert widget.ui.statusLabel.text == "<Cancelled. Nothing was changed.>"
+    assert widget.ui.applyButton.toolTip == "[Select a CT volume first.]"
+    assert panel.run_problem(widget._parameterNode).startswith("[No volume selected")
+    assert "Copy diagnostics" in UI_FILE.read_text(encoding="utf-8")  # .ui strings are translated by Qt
+    plain = load_module()
+    assert plain._("x") == "x" and plain.translate("ctx", "y") == "y"  # plain Python: text unchanged
+
+
+# --------------------------------------------------------------------------------------------------
+# The panel's decisions and the Logic's questions, headless (LumbarSegLib.scene.panel, .module_logic)
+
+
+def test_panel_decides_what_segment_and_the_dependency_line_show(monkeypatch, tmp_path):
+    from LumbarSegLib.scene import panel
+
+    p = SimpleNamespace(inputVolume=None, modelMode="bundled", modelPath="", outputSegmentation=None)
+    assert "No volume selected" in panel.run_problem(p)
+    p.inputVolume = "CT"
+    assert panel.run_problem(p) is None and panel.model_path(p) is None
+    p.modelMode, p.modelPath = "file", str(tmp_path / "missing.pt")
+    assert "existing model file" in panel.run_problem(p)
+    (tmp_path / "missing.pt").write_bytes(b"")
+    assert panel.run_problem(p) is None and panel.model_path(p) == p.modelPath
+    assert panel.dependency_status([], None) == ""
+    text = panel.dependency_status(["torch"], "PyTorch is not installed.")
+    assert text.startswith("PyTorch is not installed.") and "torch" in text
+    ui = FakeUI()
+    panel.show_dependency_status(ui, ["torch"], None)
+    assert ui.installDependenciesButton.visible and ui.advancedCollapsibleButton.collapsed is False
+    states = panel.button_states(True, True, running=False)
+    assert states["applyButton"] and not states["cancelButton"] and states["exportStlButton"]
+    assert panel.progress_percent(SimpleNamespace(overall=0.456)) == 46
+    assert panel.start_text(SimpleNamespace(box_lps=[1])).startswith("Using your crop box")
+    outcome = SimpleNamespace(segmentation_node="seg", roi_node=None, metrics_table="table")
+    params = SimpleNamespace(outputSegmentation=None, cropROI="old roi", metricsTable=None)
+    panel.apply_outcome(outcome, params)
+    assert (params.outputSegmentation, params.cropROI, params.metricsTable) == ("seg", "old roi", "table")
+
+
+def test_panel_asks_before_replacing_edits_with_three_answers():
+    from LumbarSegLib.scene import panel
+
+    class Box:
+        AcceptRole, DestructiveRole, Cancel = "accept", "destructive", "cancel"
+
+        def __init__(self, parent):
+            self.buttons, self.texts = [], []
+
+        def __getattr__(self, name):  # setWindowTitle, setText, setInformativeText, setDefaultButton, exec_
+            return lambda *args: self.texts.append(args)
+
+        def addButton(self, *args):
+            self.buttons.append(args)
+            return args[0]
+
+        def clickedButton(self):
+            return Box.answer
+
+    qt = SimpleNamespace(QMessageBox=Box)
+    for answer, expected in (("New segmentation (keep edits)", False), ("Overwrite", True), (None, None)):
+        Box.answer = answer
+        assert panel.ask_keep_edits(qt, None, "LumbarSeg L1-L5") is expected
+
+
+def test_panel_chooses_the_first_ct_of_the_scene_not_a_label_map():
+    pytest.importorskip("slicer")
+    from conftest import new_scene
+
+    from LumbarSegLib.scene import panel
+
+    scene = new_scene()
+    scene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode", "labels")
+    p = SimpleNamespace(inputVolume=None)
+    panel.choose_input_volume(p, scene)
+    assert p.inputVolume is None
+    ct = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "CT")
+    panel.choose_input_volume(p, scene)
+    assert p.inputVolume is ct
+    panel.choose_input_volume(p, new_scene())  # a chosen CT stays
+    assert p.inputVolume is ct
+
+
+def test_logic_installs_dependencies_only_when_missing_and_agreed(monkeypatch):
+    from LumbarSegLib.scene import dependencies
+    from LumbarSegLib.scene.module_logic import ModuleLogic
+
+    logic, said, asked = ModuleLogic(), [], []
+    monkeypatch.setattr(dependencies, "missing_packages", lambda: [])
+    monkeypatch.setattr(dependencies, "torch_problem", lambda: None)
+    assert logic.ensureDependencies(lambda q: asked.append(q), said.append) is True and not asked
+    missing = ["torch"]
+    monkeypatch.setattr(dependencies, "missing_packages", lambda: list(missing))
+    assert logic.ensureDependencies(lambda q: asked.append(q) or False, said.append) is False
+    assert "needs PyTorch" in asked[0] and said[-1] == "PyTorch must be installed to segment."
+    monkeypatch.setattr(logic, "installDependencies", lambda status: missing.clear())
+    assert logic.ensureDependencies(lambda q: True, said.append) is True and said[-1] == "Dependencies installed."
+
+
+def test_logic_asks_before_replacing_an_earlier_stl_export(tmp_path):
+    pytest.importorskip("slicer")
+    from conftest import new_scene, phantom
+
+    from LumbarSegLib.scene.module_logic import ModuleLogic
+    from LumbarSegLib.scene.segments import labels_to_segmentation
+    from LumbarSegLib.scene.volumes import sitk_to_volume_node
+
+    ct, labels = phantom(seed=7)
+    scene = new_scene()
+    segmentation = labels_to_segmentation(scene, labels, sitk_to_volume_node(scene, ct, "CT"))
+    logic, questions = ModuleLogic(), []
+    first = logic.exportStlAsking(segmentation, str(tmp_path), lambda q: questions.append(q) or True)
+    assert first and not questions
+    stamps = {f: Path(f).stat().st_mtime_ns for f in first}
+    assert logic.exportStlAsking(segmentation, str(tmp_path), lambda q: questions.append(q) or False) is None
+    assert len(questions) == 1 and questions[0].endswith("Replace them?")
+    assert {f: Path(f).stat().st_mtime_ns for f in first} == stamps  # kept
+    again = logic.exportStlAsking(segmentation, str(tmp_path), lambda q: True)
+    assert sorted(map(str, again)) == sorted(map(str, first))

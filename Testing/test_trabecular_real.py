@@ -118,7 +118,7 @@ def test_the_automated_core_agrees_with_the_classic_roi_placed_from_the_referenc
     ref_diffs = np.array([core - classic for _, _, classic, core, _ in rows])
     pred_diffs = np.array([p - classic for _, _, classic, _, p in rows if p is not None])
     assert len(rows) >= 8 and len(pred_diffs) >= 5
-    # Measured (see README): within +-15 HU for two thirds of the vertebrae, not all. The single slice and
+    # Measured (see docs/bone_quality.md): within +-15 HU for two thirds of the vertebrae, not all. The single slice and
     # the 3D core sample different bone: in sub-verse014 a dense band lies at mid-height, in sub-verse008
     # L4/L5 dense subchondral bone fills the core's ends (more so in the pipeline's L5, 39 HU above the
     # slice). Every vertebra is held to +-40 HU: an ROI in cortex (+300) or disc (-100) still fails.

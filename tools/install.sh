@@ -10,8 +10,8 @@
 #   * PYTHON=/path/to/python bash tools/install.sh: into that interpreter, as it is.
 #
 # bash tools/install.sh --web: the web app's own environment .venv-web instead (LumbarSeg with the `web`
-# extra: trame-slicer on slicer-core 5.11, which the main environment's 5.13 cannot share; README "In the
-# browser"). It never installs into an active environment or PYTHON, which would swap their slicer-core;
+# extra: trame-slicer on slicer-core 5.11, which the main environment's 5.13 cannot share;
+# docs/web.md). It never installs into an active environment or PYTHON, which would swap their slicer-core;
 # LUMBARSEG_WEB_PYTHON=/path/to/python names another interpreter for it.
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -11,8 +11,10 @@ scene, re-runs keeping edits, exports, diagnostics). Below it, one module per co
 the scene), :mod:`.engine_job` (the command line in a subprocess on a volume node, via
 :mod:`LumbarSegLib.study.engine_process`), :mod:`.provenance` (what ran; diagnostics), :mod:`.dependencies`
 (PyTorch and the other packages inside Slicer), :mod:`.sample_data`, :mod:`.render` (offscreen pictures),
-:mod:`.self_test` (the module's self-test bodies) and :mod:`.scene` (shared helpers and the node
-attributes this module writes). Import what you use from
+:mod:`.self_test` (the module's self-test bodies), :mod:`.scene` (shared helpers and the node
+attributes this module writes), and for the Slicer module's shell: :mod:`.panel` (what its widget shows
+and enables, and the tables it is wired by), :mod:`.module_logic` (its Logic's API over the session) and
+:mod:`.reload` (its Reload). Import what you use from
 the module that defines it; this package re-exports nothing.
 
 Coordinate systems: Slicer nodes live in RAS, the engine (SimpleITK) in LPS. The two differ by a sign

@@ -41,6 +41,45 @@ def phantom():
     return tuple(images)
 
 
+def set_up(test):
+    """A clean scene for each part: Slicer's own (cleared), else a new one (slicer-core), with the
+    segmentations logic; stored as ``test.scene``."""
+    import slicer
+
+    from .scene import ensure_segmentations_logic
+
+    if hasattr(slicer, "mrmlScene"):
+        slicer.mrmlScene.Clear()
+        test.scene = slicer.mrmlScene
+    else:  # slicer-core: no application scene
+        test.scene = slicer.vtkMRMLScene()
+    ensure_segmentations_logic(test.scene)
+
+
+def require_torch(test):
+    """Skip a model part, saying why, where PyTorch is missing (unittest may run each test method alone)."""
+    from .dependencies import torch_problem
+
+    problem = torch_problem()
+    if problem:
+        test.skipTest(f"the model part of the LumbarSeg self-test needs PyTorch: {problem}")
+
+
+def run_test(test, torch_problem):
+    """Slicer's runTest: the scene part always, the model parts only with PyTorch (``torch_problem()`` is
+    None); otherwise ``test.modelSkipReason`` says why they were skipped."""
+    test.setUp()
+    test.test_LumbarSeg_SceneLogic()
+    test.modelSkipReason = torch_problem()
+    if test.modelSkipReason:
+        test.delayDisplay(f"Skipped the model part of the LumbarSeg self-test: {test.modelSkipReason}")
+        return
+    test.setUp()
+    test.test_LumbarSeg_FullFlow()
+    test.setUp()
+    test.test_LumbarSeg_BackgroundRunAndCancel()
+
+
 def scene_logic(test, logic_class, scene):
     """Everything the buttons do after a run, without PyTorch: known labels into the scene (in the CT's
     study), metrics, smoothing, edit detection, exports, provenance and diagnostics."""
@@ -85,6 +124,7 @@ def scene_logic(test, logic_class, scene):
 def full_flow(test, logic_class, scene):
     """The command line in a subprocess on a synthetic CT, waited for (``Logic.process``), then known labels
     into the same nodes and an STL export."""
+    require_torch(test)
     from ..inference import pipeline
     from . import provenance, roi, run, segments, volumes
 
@@ -125,11 +165,17 @@ def full_flow(test, logic_class, scene):
     test.delayDisplay("Full flow passed")
 
 
-def background_run_and_cancel(test, logic_class, scene, process_events=lambda: None):
+def background_run_and_cancel(test, logic_class, scene, process_events=None):
     """What the GUI does: start the subprocess, poll it from the event loop (no sleep: the wait is on the
     process's output), load the result; then a second run cancelled, which changes nothing."""
+    require_torch(test)
+    import slicer
+
     from ..errors import Cancelled
     from . import volumes
+
+    # Slicer's event loop runs between polls inside the application; headless there is none
+    process_events = process_events or getattr(getattr(slicer, "app", None), "processEvents", lambda: None)
 
     ct, _ = phantom()
     volume = volumes.sitk_to_volume_node(scene, ct, "LumbarSeg test CT")
