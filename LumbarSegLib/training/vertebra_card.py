@@ -79,7 +79,8 @@ def card_markdown(gate: dict, fit: dict | None, e2e: list | None, log_path, mode
     if e2e:
         out += ["## End to end, with and without stage 3", "",
                 "The whole pipeline (localizer, XUNet, then stage 3 on the XUNet's vertebrae) on the cases held out "
-                "from both the bundled XUNet and the fold's stage-3 network; mean DSC over the case's true L1-L5. "
+                "from both the bundled XUNet and the fold's stage-3 network; mean DSC over the case's true L1-L5, names "
+                "by counting (inference/naming.py). "
                 "`... vertebra_eval --end-to-end --phases fold-B ...`", "",
                 "| case | acquisition | XUNet alone | XUNet + stage 3 | names (stage 3) |", "|---|---|---|---|---|"]
         for r in e2e:
