@@ -113,7 +113,8 @@ def test_the_logic_launches_the_real_command_line_on_the_file_itself(finished_ru
 def test_the_timer_sees_every_stage_while_the_process_runs(finished_run):
     events = finished_run["events"]
     stages = [e.stage for e in events if e.fraction == 0.0]
-    assert stages == ["read", "load", "localize", "segment", "postprocess"]
+    # "refine": the per-vertebra stage, on by default with the bundled model
+    assert stages == ["read", "load", "localize", "segment", "postprocess", "refine"]
     assert all(any(e.stage == s and e.fraction == 1.0 for e in events) for s in stages)
     overall = [e.overall for e in events]
     assert overall == sorted(overall) and overall[-1] > 0.9

@@ -37,14 +37,15 @@ PACKAGE_ROOT = Path(__file__).resolve().parents[2]  # the folder holding LumbarS
 ERROR_PREFIX = "lumbarseg: error: "
 CANCELLED = "Cancelled by the user; no result was written."
 
-# Stage names from the command (read, load, localize, segment, postprocess, stl) -> (overall fraction range,
-# status text), for a progress bar over the whole run.
+# Stage names from the command (read, load, localize, segment, postprocess, refine, stl) -> (overall fraction
+# range, status text), for a progress bar over the whole run.
 STAGE_TEXT = {
     "read": ((0.0, 0.05), "Reading the CT..."),
     "load": ((0.05, 0.1), "Loading the model and preparing the image..."),
     "localize": ((0.1, 0.35), "Stage 1: locating the lumbar spine (heatmap)..."),
-    "segment": ((0.35, 0.9), "Stage 2: segmenting L1-L5 in the crop box (XUNet)..."),
-    "postprocess": ((0.9, 0.97), "Cleaning up labels..."),
+    "segment": ((0.35, 0.7), "Stage 2: segmenting L1-L5 in the crop box (XUNet)..."),
+    "postprocess": ((0.7, 0.75), "Naming the vertebrae and cleaning up labels..."),
+    "refine": ((0.75, 0.97), "Stage 3: segmenting each vertebra on its own crop..."),
     "stl": ((0.97, 1.0), "Writing surfaces..."),
 }
 
