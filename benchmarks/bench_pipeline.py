@@ -79,7 +79,7 @@ def make_ct(shape, spacing, path: Path) -> str:
     return source
 
 
-def run_once(path: Path, model, device: str, outdir: Path, trace: bool) -> dict[str, float]:
+def run_once(path: Path, model, device: str, outdir: Path, trace: bool, refine=None) -> dict[str, float]:
     times: dict[str, float] = {}
     t_total = time.perf_counter()
     t0 = time.perf_counter()
@@ -89,7 +89,7 @@ def run_once(path: Path, model, device: str, outdir: Path, trace: bool) -> dict[
         import tracemalloc
 
         tracemalloc.start()
-    result = pipeline.segment(image, model=model, device=device)
+    result = pipeline.segment(image, model=model, device=device, refine=refine)
     if trace:
         times["python_heap_peak_mib"] = tracemalloc.get_traced_memory()[1] / 2**20
         tracemalloc.stop()
@@ -110,6 +110,8 @@ def main(argv=None) -> int:
     parser.add_argument("--shape", type=int, nargs=3, default=(512, 512, 300))
     parser.add_argument("--spacing", type=float, nargs=3, default=(0.8, 0.8, 1.0))
     parser.add_argument("--tracemalloc", action="store_true")
+    parser.add_argument("--refine", action=argparse.BooleanOptionalAction, default=None,
+                        help="the per-vertebra stage (default: on when its model is installed, as segment)")
     args = parser.parse_args(argv)
 
     device = str(resolve_device(args.device))
@@ -130,11 +132,16 @@ def main(argv=None) -> int:
         print(f"Load average before the runs: {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs "
               f"({'idle' if os.getloadavg()[0] < 0.5 else 'NOT idle: other processes share the CPUs'})")
 
+    from LumbarSegLib.inference.vertebra_stage import choose
+
+    chosen = choose(args.refine)
+    stage3 = chosen[0] if chosen else None
+    print(f"Per-vertebra stage: {chosen[1]['name'] if chosen else 'off'}")
     baseline = peak_rss_mib()  # interpreter + torch + model: paid once, whatever the CT size
     runs = []
     with tmpdir:
         for i in range(args.repeat):
-            runs.append(run_once(path, model, device, Path(tmpdir.name) / f"stl{i}", args.tracemalloc))
+            runs.append(run_once(path, model, device, Path(tmpdir.name) / f"stl{i}", args.tracemalloc, stage3))
             print(f"run {i + 1}/{args.repeat}: total {runs[-1]['total']:.2f} s, found {runs[-1]['found']} vertebrae",
                   flush=True)
     n_voxels = int(np.prod(args.shape))
