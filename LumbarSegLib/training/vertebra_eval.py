@@ -22,7 +22,7 @@ import SimpleITK as sitk
 
 from ..inference.vertebra_stage import VertebraSeed, load_weights, segment_vertebrae
 from ..measures.agreement import compare_masks
-from .vertebra_samples import MIN_INSTANCE_ML, subject_of, vertebra_centres
+from .vertebra_samples import subject_of, whole_enough_centres
 
 REIMAGING_SEED = 20261205
 TARGETS = {"as stored": 0.90, "re-imaged": 0.85, "fit": 0.93}
@@ -31,8 +31,7 @@ TARGETS = {"as stored": 0.90, "re-imaged": 0.85, "fit": 0.93}
 def score_case(ct: sitk.Image, seg: sitk.Image, net) -> dict:
     """Per VerSe code: DSC/ASD/HD95 of stage 3 given the true centres of ``seg``'s vertebrae."""
     arr = sitk.GetArrayViewFromImage(seg)
-    voxel_ml = float(np.prod(seg.GetSpacing())) / 1000.0
-    centres = {c: p for c, p in vertebra_centres(seg).items() if np.count_nonzero(arr == c) * voxel_ml >= MIN_INSTANCE_ML}
+    centres = whole_enough_centres(seg)
     seeds = [VertebraSeed(p, c) for c, p in centres.items()]
     pred = segment_vertebrae(ct, seeds, net)
     spacing = seg.GetSpacing()[::-1]

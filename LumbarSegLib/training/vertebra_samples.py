@@ -29,6 +29,7 @@ from scipy import ndimage
 from ..inference.vertebra_net import VertebraNetConfig
 from ..inference.vertebra_stage import OUTSIDE_HU, crop_grid
 from .augmentation import rotation_matrix
+from .real_views import _smooth_noise
 
 JITTER_MM = 5.0
 ROTATE_DEG = (15.0, 8.0, 8.0)  # about x (sagittal tilt), y, z
@@ -75,12 +76,16 @@ def vertebra_centres(labels: sitk.Image) -> dict[int, np.ndarray]:
 MIN_INSTANCE_ML = 5.0  # a sliver of a vertebra at the scan's edge has no centre worth training on
 
 
-def _instances(src: Source) -> list[Instance]:
-    arr = sitk.GetArrayViewFromImage(src.labels)
-    voxel_ml = float(np.prod(src.labels.GetSpacing())) / 1000.0
+def whole_enough_centres(labels: sitk.Image) -> dict[int, np.ndarray]:
+    """:func:`vertebra_centres` of the vertebrae of at least MIN_INSTANCE_ML (what is trained on and scored)."""
+    arr = sitk.GetArrayViewFromImage(labels)
+    voxel_ml = float(np.prod(labels.GetSpacing())) / 1000.0
     counts = np.bincount(arr.ravel(), minlength=max(VERTEBRA_CODES) + 1)
-    return [Instance(src, c, p) for c, p in vertebra_centres(src.labels).items()
-            if counts[c] * voxel_ml >= MIN_INSTANCE_ML]
+    return {c: p for c, p in vertebra_centres(labels).items() if counts[c] * voxel_ml >= MIN_INSTANCE_ML}
+
+
+def _instances(src: Source) -> list[Instance]:
+    return [Instance(src, c, p) for c, p in whole_enough_centres(src.labels).items()]
 
 
 def load_real_sources(real_dirs, leave_out=()) -> list[Source]:
@@ -242,7 +247,7 @@ def synthesize_ct(labels: np.ndarray, spacing_mm: float, rng: np.random.Generato
     for z in range(bone.shape[0]):
         canal[z] = ndimage.binary_fill_holes(bone[z] | disc[z]) & ~bone[z] & ~disc[z]
     shape = labels.shape
-    tex = _smooth_field(shape, rng, rng.uniform(2.0, 5.0))
+    tex = _smooth_noise(shape, rng, rng.uniform(2.0, 5.0))
     soft = np.where(tex > rng.uniform(-0.8, 0.8), rng.uniform(30, 65), rng.uniform(-130, -70)).astype(np.float32)
     near = ndimage.distance_transform_edt(~bone, sampling=spacing_mm) < rng.uniform(10, 30)
     soft[near] = rng.uniform(35, 65)  # paraspinal muscle and psoas hug the spine
@@ -251,21 +256,8 @@ def synthesize_ct(labels: np.ndarray, spacing_mm: float, rng: np.random.Generato
     out[disc] = rng.uniform(60, 110)
     out[canal] = rng.uniform(0, 40)
     marrow = rng.uniform(100, 350)
-    out[inner] = marrow + rng.uniform(15, 50) * _smooth_field(shape, rng, 1.0)[inner]
+    out[inner] = marrow + rng.uniform(15, 50) * _smooth_noise(shape, rng, 1.0)[inner]
     out[cortex] = rng.uniform(450, 1200) + rng.uniform(30, 120) * tex[cortex]
     out = ndimage.gaussian_filter(out, rng.uniform(0.5, 1.5) / spacing_mm)
     out += rng.normal(0, rng.uniform(5, 40), shape).astype(np.float32)
     return out.astype(np.float32)
-
-
-def _smooth_field(shape, rng: np.random.Generator, sigma_vox: float) -> np.ndarray:
-    """A smooth random field of about unit standard deviation (drawn coarse, then zoomed)."""
-    factor = max(1, int(sigma_vox // 2))
-    small = [max(2, math.ceil(s / factor)) for s in shape]
-    a = ndimage.gaussian_filter(rng.standard_normal(small).astype(np.float32), max(sigma_vox / factor, 0.5))
-    a /= a.std() + 1e-6
-    if factor > 1:
-        a = ndimage.zoom(a, [s / t for s, t in zip(shape, small)], order=1)
-        a = np.pad(a[: shape[0], : shape[1], : shape[2]],
-                   [(0, max(0, s - t)) for s, t in zip(shape, a.shape)], mode="edge")
-    return a.astype(np.float32)
