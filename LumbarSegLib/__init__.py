@@ -4,7 +4,8 @@ Importable without 3D Slicer. The Slicer module in ``LumbarSeg/`` is a thin shel
 
 The package by layer, lowest first (imports point down, never up):
 
-- :mod:`.errors`, :mod:`.constants` - error types; label codes, names, colours, terminology, resource paths.
+- :mod:`.errors`, :mod:`.constants` - error types; label codes, names, colours, terminology, resource paths;
+  :mod:`.lazy_exports` - package attributes loaded on first use.
 - :mod:`.io` - reading, checking and writing CT and label files (DICOM, NIfTI, NRRD, DICOM SEG, JSON).
 - :mod:`.inference` - networks, models, preprocessing, the pipeline, orientation, morphology (torch).
 - :mod:`.measures` - agreement with a reference, and measurements (volume, HU, trabecular, screening).

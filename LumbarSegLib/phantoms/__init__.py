@@ -25,7 +25,7 @@ Modules, by concern (imports point down the list):
 * :mod:`.generator` - field of view, grid, assembly (:func:`generate_phantom`), VerSe datasets.
 """
 
-import importlib
+from ..lazy_exports import lazy_getattr
 
 # Fields of view the generator draws (see :mod:`.generator`). Defined here, before any heavy import, so that
 # ``lumbarseg --help`` lists them without loading scipy or torch.
@@ -37,9 +37,4 @@ _EXPORTS = {"generate_phantom": "generator", "write_verse_dataset": "generator",
 __all__ = ["FOV_CHOICES", *_EXPORTS]
 
 
-def __getattr__(name):
-    if name not in _EXPORTS:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
-    globals()[name] = value
-    return value
+__getattr__ = lazy_getattr(__name__, _EXPORTS, globals())

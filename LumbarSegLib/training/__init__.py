@@ -35,7 +35,7 @@ Modules (imports point down the list; the engine never imports this package):
 * :mod:`.commands`      - their arguments and registration (no torch: ``lumbarseg --help`` builds them).
 """
 
-import importlib
+from ..lazy_exports import lazy_getattr
 
 # Names below load from their modules on first use, so that importing one light module of this package
 # (:mod:`.commands`, which ``lumbarseg --help`` needs) loads no torch.
@@ -50,9 +50,4 @@ _EXPORTS = {
 __all__ = sorted(_EXPORTS)
 
 
-def __getattr__(name):
-    if name not in _EXPORTS:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
-    globals()[name] = value
-    return value
+__getattr__ = lazy_getattr(__name__, _EXPORTS, globals())
