@@ -418,15 +418,15 @@ def refine_vertebrae(canonical: sitk.Image, labels: np.ndarray, net, messages: l
     margin = np.ceil(CLOSING_MM / spacing_zyx).astype(int)
     out = np.zeros_like(labels)
     kept = []
+    regions = ndimage.find_objects(refined, max_label=max(present))  # one pass for every vertebra
     for lab in present:
         if check is not None:
             check()
-        region = ndimage.find_objects((refined == lab).astype(np.uint8))
-        if not region or region[0] is None:
+        region = regions[lab - 1]
+        if region is None:
             out[(labels == lab) & (out == 0)] = lab
             kept.append(LABEL_NAMES[lab])
             continue
-        region = region[0]
         out[region][preprocess.largest_component(refined[region] == lab)] = lab
         _close_and_fill(out, refined, lab, region, margin, spacing_zyx, check)
     if kept:
