@@ -125,3 +125,24 @@ def test_cancel_is_answered_inside_post_processing():
     with pytest.raises(Cancelled):
         pipeline.segment(image, model=model, device="cpu", progress=progress, cancel=lambda: bool(started))
     assert started  # it was cancelled after post-processing began (the stage's own start check had passed)
+
+
+def test_label_boxes_and_centres_agree_with_whole_volume_statistics():
+    # The pipeline reads labels, centroids and mean HU from each vertebra's box instead of whole-volume
+    # scipy statistics; both must give the same numbers.
+    rng = np.random.default_rng(3)
+    labels = np.zeros((40, 50, 60), np.uint8)
+    labels[2:9, 5:20, 7:30] = 1
+    labels[12:25, 30:48, 10:22] = 3
+    labels[30:38, 2:6, 40:59] = 5
+    labels[rng.random(labels.shape) < 0.01] = 0  # ragged, not plain boxes
+    hu = rng.normal(200, 80, labels.shape).astype(np.float32)
+    boxes = morphology.label_boxes(labels)
+    assert sorted(boxes) == [1, 3, 5]
+    for lab, box in boxes.items():
+        assert np.allclose(morphology.centre_of(labels, box, lab), ndimage.center_of_mass(labels == lab))
+    messages = []
+    cut = pipeline.MIN_VERTEBRA_MEAN_HU
+    hu[labels == 3] = cut - 20  # one soft-tissue "vertebra"
+    out = pipeline.drop_soft_tissue(labels, hu, messages)
+    assert sorted(morphology.label_boxes(out)) == [1, 5] and "L3" in messages[0]

@@ -20,6 +20,18 @@ from scipy import ndimage
 MAX_RADIUS_VOXELS = 3  # the closing ball is at most 7 voxels per axis, whatever the spacing
 
 
+def label_boxes(labels: np.ndarray) -> dict[int, tuple[slice, ...]]:
+    """Each non-zero value of ``labels`` -> its bounding box. One ``find_objects`` pass: on a whole
+    512 x 512 x 300 CT, ``np.unique`` takes about a second and scipy's labelled statistics (``mean``,
+    ``center_of_mass`` with an index) several each, where this and per-box work take a fraction of that."""
+    return {i + 1: box for i, box in enumerate(ndimage.find_objects(labels)) if box is not None}
+
+
+def centre_of(labels: np.ndarray, box: tuple[slice, ...], label: int) -> np.ndarray:
+    """The voxel-index centroid (z, y, x) of ``label``, searched within its ``box``."""
+    return np.argwhere(labels[box] == label).mean(axis=0) + [s.start for s in box]
+
+
 def morphology_grid(spacing_zyx, closing_mm: float) -> tuple[tuple[int, ...], tuple[int, ...]]:
     """(block factor, ball radius) per (z, y, x) axis: the closing runs on blocks of ``factor`` voxels with
     an ellipsoid of ``radius`` blocks (1..MAX_RADIUS_VOXELS), close to ``closing_mm`` in size."""

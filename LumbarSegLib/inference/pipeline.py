@@ -342,7 +342,7 @@ def _segment_on(image: sitk.Image, model: LumbarSegModel, torch_device: torch.de
     else:
         stages.start("postprocess")
 
-    found = [LABEL_NAMES[lab] for lab in sorted(set(np.unique(labels_canonical).tolist()) - {0})]
+    found = [LABEL_NAMES[lab] for lab in sorted(morphology.label_boxes(labels_canonical))]
     if not found:
         messages.append("No lumbar spine found in this image: no L1-L5 vertebra was detected "
                         "(e.g. a thoracic-only or non-spine field of view).")
@@ -379,11 +379,9 @@ MIN_VERTEBRA_MEAN_HU = 100.0
 
 def drop_soft_tissue(labels: np.ndarray, hu: np.ndarray, messages: list[str]) -> np.ndarray:
     """``labels`` without the vertebrae whose mean HU is under :data:`MIN_VERTEBRA_MEAN_HU`; each one named."""
-    present = [int(v) for v in np.unique(labels) if v]
-    if not present:
-        return labels
-    means = ndimage.mean(np.asarray(hu, np.float32), labels, present)
-    soft = {lab: float(m) for lab, m in zip(present, means) if m < MIN_VERTEBRA_MEAN_HU}
+    boxes = morphology.label_boxes(labels)
+    means = {lab: float(np.mean(hu[box][labels[box] == lab], dtype=np.float64)) for lab, box in boxes.items()}
+    soft = {lab: m for lab, m in means.items() if m < MIN_VERTEBRA_MEAN_HU}
     if not soft:
         return labels
     messages.append("Not reported, as their voxels average soft tissue's HU rather than bone's (a vertebra averages "
@@ -401,8 +399,9 @@ def refine_vertebrae(canonical: sitk.Image, labels: np.ndarray, net, messages: l
     nothing of keeps the XUNet's voxels, and a message says so."""
     from .vertebra_stage import VertebraSeed, segment_vertebrae
 
-    present = [int(v) for v in np.unique(labels) if v]
-    centres = ndimage.center_of_mass(np.ones(labels.shape, np.uint8), labels, present)
+    boxes = morphology.label_boxes(labels)
+    present = sorted(boxes)
+    centres = [morphology.centre_of(labels, boxes[lab], lab) for lab in present]
     seeds = [VertebraSeed(np.asarray(canonical.TransformContinuousIndexToPhysicalPoint([float(c) for c in idx[::-1]])),
                           lab) for lab, idx in zip(present, centres)]
     dup: dict = {}
@@ -424,7 +423,8 @@ def refine_vertebrae(canonical: sitk.Image, labels: np.ndarray, net, messages: l
             check()
         region = regions[lab - 1]
         if region is None:
-            out[(labels == lab) & (out == 0)] = lab
+            box = boxes[lab]
+            out[box][(labels[box] == lab) & (out[box] == 0)] = lab
             kept.append(LABEL_NAMES[lab])
             continue
         out[region][preprocess.largest_component(refined[region] == lab)] = lab
