@@ -13,6 +13,10 @@ VERSE_CONTEXT_CODES = {"thoracic": tuple(range(8, 20)) + (28,), "caudal": (25, 2
 VERSE_NAMES = {**{i: f"C{i}" for i in range(1, 8)}, **{i: f"T{i - 7}" for i in range(8, 20)},
                **{i: f"L{i - 19}" for i in range(20, 25)}, 25: "L6", 26: "S", 28: "T13"}
 
+# Said when the count up from the sacrum and the count down from the ribs differ by one level (a sixth lumbar
+# or a sacralised fifth vertebra): inference/naming.py warns with it and every front end shows it.
+TRANSITIONAL = "transitional anatomy: check the levels"
+
 # Distinct colours (RGB 0-1) so neighbouring vertebrae are told apart at a glance in 2D and 3D.
 LABEL_COLORS = {
     1: (0.90, 0.10, 0.10),  # L1 red

@@ -161,10 +161,15 @@ def test_context_is_not_trusted_when_far_away_or_contradictory():
     assert len(messages) == 1 and "unanchored" in messages[0]  # nothing anchors them
     # Four lumbar vertebrae between a thoracic one and the sacrum: the two counts differ by one level, which
     # is said (transitional anatomy), never resolved silently; the names follow the network's evidence.
-    messages = []
-    out = pipeline.clean_labels(_column([THORACIC, 2, 3, 4, 5, CAUDAL]), (1.0, 1.0, 1.0), messages, CONTEXT)
+    messages, naming, naming_warnings = [], {}, []
+    out = pipeline.clean_labels(_column([THORACIC, 2, 3, 4, 5, CAUDAL]), (1.0, 1.0, 1.0), messages, CONTEXT,
+                                naming=naming, naming_warnings=naming_warnings)
     assert sorted(set(np.unique(out).tolist()) - {0}) == [2, 3, 4, 5]
     assert any("transitional anatomy: check the levels" in m and "L1, L2, L3, L4" in m for m in messages)
+    # the count's warnings are kept apart too: report.json's "naming" and every front end show them
+    assert naming_warnings and all(w in messages for w in naming_warnings)
+    assert any("transitional anatomy: check the levels" in w for w in naming_warnings)
+    assert set(naming) == {"L2", "L3", "L4", "L5"} and set(naming.values()) <= {"sacrum", "ribs"}
     # A model without context classes: labels 6 and 7 do not occur, nothing is anchored.
     out = pipeline.clean_labels(_column([1, 2, 3]), (1.0, 1.0, 1.0), [], ())
     assert sorted(set(np.unique(out).tolist()) - {0}) == [1, 2, 3]

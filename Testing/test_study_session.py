@@ -50,6 +50,13 @@ def test_a_session_runs_cancels_keeps_edits_and_exports(tmp_path):
     assert session.result_text().startswith("Found: L1, L2, L3, L4, L5 (") and "not a medical device" in \
         session.result_text()
     assert any("Found L1, L2, L3, L4, L5" in line for line in lines)
+    # how each level was named: report.json's "naming", in the metrics table and the status
+    from LumbarSegLib.results.naming_basis import naming_line, naming_rows
+    from LumbarSegLib.scene.metrics_table import table_to_dict
+
+    table = table_to_dict(outcome.metrics_table)
+    assert {n: table[n]["Named by"] for n in table} == {n: r["named_by"] for n, r in naming_rows(session.report).items()}
+    assert naming_line(session.report) and naming_line(session.report) + "." in session.result_text().splitlines()
     assert not session.must_ask_before_replacing(segmentation)
 
     # The user edits (L3 removed); a re-run without agreement keeps the edited segmentation as it is.

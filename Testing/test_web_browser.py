@@ -64,6 +64,10 @@ def test_sample_segment_shows_five_rows_3d_surfaces_and_exports_closed_stl_on_th
     rows = metric_rows(page)
     assert [r[0] for r in rows] == ["L1", "L2", "L3", "L4", "L5"], rows
     assert all(float(r[1]) > 0 for r in rows)  # volumes in mL
+    # how the run named each level (report.json's "naming"), in its own column and as one line under the table
+    named_by = [t.split("\n")[0].strip() for t in page.locator(".ls-named-by").all_inner_texts()]
+    assert len(named_by) == 5 and set(named_by) <= {"sacrum", "ribs", "both", "unanchored"}, named_by
+    assert page.inner_text("#ls-naming").startswith("Levels named by: L1 ")
     assert page.inner_text("#ls-model").startswith("Made by LumbarSeg ") and ", model cpu (sha256 " in page.inner_text("#ls-model")
     assert "Research use only" in page.inner_text("#ls-notice")
 

@@ -152,3 +152,35 @@ def test_session_segments_cancels_keeps_edits_and_exports(tmp_path):
     assert session.export_seg_nrrd().name == "sample.seg.nrrd"
     with pytest.raises(InputError, match="DICOM SEG needs a DICOM series"):
         session.export_dicom_seg()
+
+
+def test_the_rows_and_the_naming_line_say_how_the_run_named_each_level(tmp_path):
+    """report.json's "naming" in the panel's rows and line, for the run's own segmentation only."""
+    import SimpleITK as sitk  # noqa: F401  (the phantom helpers hand over SimpleITK images)
+    from conftest import fake_engine, labels_box_lps, new_scene, phantom
+
+    from LumbarSegLib.constants import TRANSITIONAL
+    from LumbarSegLib.results.naming_basis import naming_section
+    from LumbarSegLib.scene.run import apply_result
+    from LumbarSegLib.scene.volumes import sitk_to_volume_node, volume_node_to_sitk
+
+    ct, labels = phantom(drop=("L5",))
+    scene = new_scene()
+    session = StudySession(scene, tmp_path)
+    session.volume_node = sitk_to_volume_node(scene, ct, "CT")
+    outcome = apply_result(scene, session.volume_node,
+                           fake_engine(labels, labels_box_lps(labels))(volume_node_to_sitk(session.volume_node)))
+    warning = f"WARNING: {TRANSITIONAL} (a sixth lumbar or a sacralised fifth vertebra?): ..."
+    session.segmentation_node, session.last_outcome = outcome.segmentation_node, outcome
+    session.report = {"naming": naming_section({n: "ribs" for n in ("L1", "L2", "L3", "L4")}, [warning])}
+    rows = session.metrics_rows()
+    assert [(r["name"], r["named_by"], r["level_check"]) for r in rows] == \
+        [(n, "ribs", TRANSITIONAL) for n in ("L1", "L2", "L3", "L4")]
+    assert session.naming_summary() == f"Levels named by: L1 ribs, L2 ribs, L3 ribs, L4 ribs ({TRANSITIONAL})"
+    # an unanchored count asks for a check without a warning of its own
+    session.report = {"naming": naming_section({n: "unanchored" for n in ("L1", "L2", "L3", "L4")}, [])}
+    assert {r["level_check"] for r in session.metrics_rows()} == {"check the levels"}
+    # a segmentation the run did not make shows no naming
+    session.segmentation_node = apply_result(scene, session.volume_node, fake_engine(
+        labels, labels_box_lps(labels))(volume_node_to_sitk(session.volume_node))).segmentation_node
+    assert all(r["named_by"] is None for r in session.metrics_rows()) and session.naming_summary() == ""

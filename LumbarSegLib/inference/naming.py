@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from scipy import ndimage
 
-from ..constants import LABEL_NAMES, NUM_CLASSES
+from ..constants import LABEL_NAMES, NUM_CLASSES, TRANSITIONAL
 
 # The gap model, fitted on the 11 real spines of ../shared/data (VerSe and TotalSegmentator label maps;
 # whole vertebrae only, centroid of each mask in physical space) with
@@ -59,7 +59,6 @@ WAIST_RATIO_TALL = 0.9
 # predicted surfaces a few mm off; as pipeline.ANCHOR_GAP_MM before).
 ANCHOR_GAP_MM = 20.0
 EVIDENCE_FLOOR = 0.05  # the weight of a level the network gave no evidence for (log(0) would veto it)
-TRANSITIONAL = "transitional anatomy: check the levels"
 
 
 @dataclass

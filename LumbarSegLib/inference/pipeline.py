@@ -54,6 +54,8 @@ class SegmentationResult:
     refined: bool = False  # stage 3 (one network per vertebra) re-segmented the vertebrae found
     # vertebra name -> how its level was decided: "sacrum", "ribs", "both" or "unanchored" (:mod:`naming`)
     naming: dict[str, str] = field(default_factory=dict)
+    # what counting the column warned of (levels to check: transitional anatomy, a missed vertebra, unanchored)
+    naming_warnings: list[str] = field(default_factory=list)
 
 
 class _Stages:
@@ -176,7 +178,7 @@ def _dropped_message(dropped: dict, minimum: float | None) -> str:
 
 def clean_labels(labels: np.ndarray, spacing_xyz, messages: list[str], context_classes=(), check=None,
                  dropped: dict | None = None, naming: dict | None = None,
-                 probabilities: np.ndarray | None = None) -> np.ndarray:
+                 probabilities: np.ndarray | None = None, naming_warnings: list | None = None) -> np.ndarray:
     """Keep each vertebra's largest connected piece; drop islands and slivers; name the column by counting.
 
     ``labels`` is (z, y, x) in LPS orientation (a larger z index is more superior) with 0 background,
@@ -184,7 +186,8 @@ def clean_labels(labels: np.ndarray, spacing_xyz, messages: list[str], context_c
     the names (:mod:`naming`: the sacrum below, a thoracic vertebra above) and are then folded into
     background. The kept pieces are split where one holds two vertebrae and merged where two are one, and
     get one consecutive sequence of levels (:func:`anchor_names`); ``naming`` (if given) receives
-    vertebra name -> how it was decided ("sacrum", "ribs", "both", "unanchored"). ``probabilities``: the
+    vertebra name -> how it was decided ("sacrum", "ribs", "both", "unanchored") and ``naming_warnings`` (if
+    given) the warnings of that count (also in ``messages``). ``probabilities``: the
     network's class probabilities (C, z, y, x) on the grid of ``labels``, the class evidence when given.
     Pieces too small to report (:func:`vertebra_minimum_ml`) are named in ``messages`` and in ``dropped``
     (label -> mL). ``check()`` is called before each vertebra's morphology (the pipeline's cancellation check).
@@ -208,7 +211,8 @@ def clean_labels(labels: np.ndarray, spacing_xyz, messages: list[str], context_c
     for label, (region, mask) in pieces.items():
         if label not in too_small:
             kept[region][mask] = label
-    named = anchor_names(labels, kept, spacing_xyz, context_classes, min_voxels, messages, naming, probabilities)
+    named = anchor_names(labels, kept, spacing_xyz, context_classes, min_voxels, messages, naming, probabilities,
+                         naming_warnings)
     out = np.zeros_like(labels)
     margin = np.ceil(CLOSING_MM / spacing_zyx).astype(int)  # room for the closing around each vertebra
     for level, region in enumerate(ndimage.find_objects(named, max_label=NUM_CLASSES - 1), start=1):
@@ -231,8 +235,8 @@ def _close_and_fill(out: np.ndarray, labels: np.ndarray, label: int, region, mar
 
 
 def anchor_names(labels: np.ndarray, kept: np.ndarray, spacing_xyz, context_classes, min_voxels: int,
-                 messages: list[str], naming: dict | None = None, probabilities: np.ndarray | None = None
-                 ) -> np.ndarray:
+                 messages: list[str], naming: dict | None = None, probabilities: np.ndarray | None = None,
+                 naming_warnings: list | None = None) -> np.ndarray:
     """The kept lumbar pieces (``kept``: 0, 1..5) renamed by counting along the whole column (:mod:`naming`).
 
     The network names each vertebra from its looks and its place in the crop; on a partial or thick-slice
@@ -240,18 +244,22 @@ def anchor_names(labels: np.ndarray, kept: np.ndarray, spacing_xyz, context_clas
     piece holding two is split at the disc, two pieces of one vertebra merged) and the column gets one
     consecutive sequence of levels, anchored by a thoracic vertebra right above (counting down: the next
     is L1) and the sacrum right below (counting up: the lowest is L5); with neither, by the network's
-    evidence, and the result says the names are unanchored. ``naming`` receives name -> how decided.
+    evidence, and the result says the names are unanchored. ``naming`` receives name -> how decided,
+    ``naming_warnings`` the count's warnings.
     """
     column = naming_module.name_column(labels, kept, spacing_xyz, context_classes, min_voxels, probabilities)
     if column is None:
         return kept
     messages.extend(column.notes)
     messages.extend(column.warnings)
+    if naming_warnings is not None:
+        naming_warnings.extend(column.warnings)
     out = np.zeros_like(kept)
     inside = out[column.box]  # a view: the column's box, which the instances cover
     for index, level in column.lumbar().items():
-        inside[column.instance_map == index + 1] = level
-        if naming is not None:
+        mask = column.instance_map == index + 1
+        inside[mask] = level
+        if naming is not None and mask.any():  # the thoracic anchor has a level but is not reported
             naming[LABEL_NAMES[level]] = column.how
     return out
 
@@ -323,6 +331,7 @@ def _segment_on(image: sitk.Image, model: LumbarSegModel, torch_device: torch.de
     labels_canonical = np.zeros(canonical.GetSize()[::-1], dtype=np.uint8)
     dropped: dict = {}  # pieces too small to report (clean_labels says so in the messages)
     naming: dict = {}  # vertebra name -> how its level was decided (clean_labels fills it)
+    naming_warnings: list[str] = []  # and what that count warned of
     if box is not None:
         lo, hi = box
         stages.start("segment")
@@ -333,7 +342,8 @@ def _segment_on(image: sitk.Image, model: LumbarSegModel, torch_device: torch.de
             check_head_feet(canonical, lo, hi, model, torch_device, probs, box_labels)
         stages.start("postprocess")
         box_labels = clean_labels(box_labels, canonical.GetSpacing(), messages, model.config.context_classes,
-                                  check=stages.check, dropped=dropped, naming=naming)
+                                  check=stages.check, dropped=dropped, naming=naming,
+                                  naming_warnings=naming_warnings)
         labels_canonical[lo[2]:hi[2], lo[1]:hi[1], lo[0]:hi[0]] = box_labels
         if refine is not None and labels_canonical.any():
             stages.start("refine")
@@ -368,7 +378,8 @@ def _segment_on(image: sitk.Image, model: LumbarSegModel, torch_device: torch.de
         box_lps_out = index_box_to_lps(canonical, *box)
     return SegmentationResult(out, found, box_index, box_lps_out, peak, stages.timings, messages, model.trained,
                               str(torch_device), refined=refine is not None and bool(found),
-                              naming={name: how for name, how in naming.items() if name in found})
+                              naming={name: how for name, how in naming.items() if name in found},
+                              naming_warnings=naming_warnings if found else [])
 
 
 # A vertebra is bone: the labelled vertebrae of the real CTs in ../shared average 222-458 HU over their voxels

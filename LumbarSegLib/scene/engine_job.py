@@ -22,7 +22,8 @@ import SimpleITK as sitk
 from ..study.engine_process import EngineProcess, EngineResult
 from ..errors import Cancelled, LumbarSegError
 from .provenance import record_provenance
-from .metrics_table import add_trabecular_rows, compute_metrics, fill_metrics_table, rows_from_measurements
+from .metrics_table import (add_naming_rows, add_trabecular_rows, compute_metrics, fill_metrics_table,
+                            rows_from_measurements)
 from .roi import box_for_run, find_crop_roi
 from .segments import DEFAULT_SMOOTHING, segmentation_content_hash
 from .volumes import volume_lps_geometry, volume_node_to_sitk
@@ -166,7 +167,7 @@ def result_from_output(engine_result: EngineResult):
 def finish_job(scene, job: EngineJob, reference_node=None, table_node=None):
     """After the process ended: its result into the scene (main thread) - segments, surfaces, ROI, the
     report's provenance on the segmentation (:func:`.provenance.record_provenance`) and the metrics table
-    (``table_node`` reused when given). Returns (result, ApplyOutcome).
+    (``table_node`` reused when given), with how each vertebra's level was decided (the report's ``naming``). Returns (result, ApplyOutcome).
 
     The table is filled from the report's measurements: the command measured the same voxels on the same CT,
     so they are not measured again; with a ``reference_node`` (agreement metrics) they are computed here.
@@ -197,6 +198,7 @@ def finish_job(scene, job: EngineJob, reference_node=None, table_node=None):
                     if reference_node is not None else
                     add_trabecular_rows(rows_from_measurements(process.result.report.get("measurements") or {}),
                                         outcome.segmentation_node, job.volume_node))
+            add_naming_rows(rows, process.result.report)  # how each level was decided, as the report says
             outcome.metrics_table = fill_metrics_table(scene, rows, table_node, volume_node=job.volume_node,
                                                        name=outcome.segmentation_node.GetName() + " metrics")
     finally:

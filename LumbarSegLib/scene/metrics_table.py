@@ -25,7 +25,11 @@ TRABECULAR_COLUMNS = [  # (key in trabecular_rois.trabecular_rows, flattened; co
     ("trabecular_hu_single_slice_mean", "Single-slice HU", "HU"),
     ("trabecular_note", "Trabecular note", ""),
 ]
-STRING_COLUMNS = {"segment", "trabecular_note"}
+NAMING_COLUMNS = [  # (key in results.naming_basis.naming_rows; column title, unit): how the level was decided
+    ("named_by", "Named by", ""),
+    ("level_check", "Level check", ""),
+]
+STRING_COLUMNS = {"segment", "trabecular_note", "named_by", "level_check"}
 COMPARE_COLUMNS = [  # (key in metrics.compare, column title, unit)
     ("DSC", "DSC", ""),
     ("FND", "FND", ""),
@@ -87,6 +91,19 @@ def add_trabecular_rows(rows: dict, segmentation_node, volume_node) -> dict:
     return rows
 
 
+def add_naming_rows(rows: dict, report: dict | None) -> dict:
+    """Adds to ``rows`` how each vertebra's level was decided, from report.json's ``naming``
+    (:func:`results.naming_basis.naming_rows`: "Named by" sacrum / ribs / both / unanchored, and the
+    "Level check" the count asks for). Only vertebrae in ``rows`` get it: a segment the reader deleted
+    stays deleted."""
+    from ..results.naming_basis import naming_rows
+
+    for name, values in naming_rows(report).items():
+        if name in rows:
+            rows[name].update(values)
+    return rows
+
+
 def plausibility_warnings(segmentation_node, volume_node) -> list[str]:
     """Warnings for vertebrae whose volume or height is outside the anatomical ranges
     (:func:`metrics.plausibility_warnings`; e.g. a slice spacing written wrongly in the header)."""
@@ -114,6 +131,7 @@ def fill_metrics_table(scene, rows: dict, table_node=None, name="Lumbar metrics"
     columns += [("centroid_r", "Centroid R", "mm"), ("centroid_a", "Centroid A", "mm"),
                 ("centroid_s", "Centroid S", "mm")]
     columns += [c for c in TRABECULAR_COLUMNS if any(c[0] in row for row in rows.values())]
+    columns += [c for c in NAMING_COLUMNS if any(c[0] in row for row in rows.values())]
     if has_compare:
         columns += COMPARE_COLUMNS
     arrays = []

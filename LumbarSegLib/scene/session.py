@@ -162,12 +162,17 @@ class StudySession:
     # --- what a front end shows after a run
 
     def result_text(self) -> str:
-        """The status text after a run: found what, in how long, where; the run's messages; the notice."""
+        """The status text after a run: found what, in how long, where; how the levels were named; the run's
+        messages (the count's warnings among them); the notice."""
         result, outcome = self.last_result, self.last_outcome
         if result is None:
             return ""
         seconds = result.timings.get("total", sum(result.timings.values()))  # the command's report has a total
+        from ..results.naming_basis import naming_line
+
         lines = [f"Found: {', '.join(result.found) or 'none'} ({seconds:.1f} s on {result.device or '?'})."]
+        if naming_line(self.report):  # how the levels were named (report.json's "naming"), as the console says
+            lines.append(naming_line(self.report) + ".")
         lines += list(outcome.messages)
         lines.append(f"{RESEARCH_NOTICE}: review every vertebra.")
         return "\n".join(lines)
@@ -193,10 +198,14 @@ class StudySession:
         return set_smoothing(segmentation_node, value)
 
     def compute_metrics(self, segmentation_node, volume_node, reference_node=None, table_node=None):
-        """The metrics table of a (maybe edited) segmentation, measured now; ``table_node`` reused when given."""
-        from .metrics_table import compute_metrics, fill_metrics_table
+        """The metrics table of a (maybe edited) segmentation, measured now; ``table_node`` reused when given.
+        The last run's segmentation keeps how its levels were named (report.json's ``naming``)."""
+        from .metrics_table import add_naming_rows, compute_metrics, fill_metrics_table
 
         rows = compute_metrics(segmentation_node, volume_node, reference_node)
+        outcome = self.last_outcome
+        if outcome is not None and outcome.segmentation_node is segmentation_node:
+            add_naming_rows(rows, self.report)  # the run's names stand until the reader renames a segment
         return fill_metrics_table(self.scene, rows, table_node, name=segmentation_node.GetName() + " metrics",
                                   volume_node=volume_node)
 

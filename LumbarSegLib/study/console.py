@@ -67,13 +67,15 @@ def print_summary(report: dict) -> None:
     """A finished study's report as the command line shows it: its messages on stderr, then the vertebrae
     found, the measurements, the agreement with a reference, the provenance line and the files written."""
     from ..measures import agreement, measurements
+    from ..results.naming_basis import naming_line
 
     for msg in report["messages"]:
         err(f"{PROG}: {msg}" if msg.upper().startswith("WARNING") else f"{PROG}: note: {msg}")
     found = report["found"]
     print(f"Found vertebrae: {', '.join(found) if found else 'none - no lumbar spine found in this image'}")
-    if report.get("naming"):  # how each level was decided; "unanchored" names were counted from nothing
-        print("Levels named by: " + ", ".join(f"{name} {how}" for name, how in report["naming"].items()))
+    line = naming_line(report)  # how each level was decided; "unanchored" names were counted from nothing
+    if line:
+        print(line)
     if (report.get("stage3") or {}).get("ran"):
         print(f"Per-vertebra stage: ran ({report['stage3']['model']})")
     if report["measurements"]:

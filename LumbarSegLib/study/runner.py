@@ -17,7 +17,7 @@ from pathlib import Path
 
 from .. import __version__
 from ..errors import InputError
-
+from ..results.naming_basis import naming_section
 from .console import PROG, StageProgress, err, step, untrained_banner
 
 # Options that say how a result was made (report.json's provenance); the paths stay in "input"/"reference".
@@ -155,8 +155,9 @@ def _segment_and_write(loaded, options: StudyOptions, *, input_desc: dict, out, 
         "stage3": _stage3_desc(stage3, result.refined),
         "device": device_used,
         "found": list(result.found),
-        # how each name was decided: "sacrum", "ribs", "both" (counted from them) or "unanchored"
-        "naming": dict(result.naming),
+        # how each name was decided: "sacrum", "ribs", "both" (counted from them) or "unanchored", and what
+        # the count warned of (results.naming_basis reads it for every front end)
+        "naming": naming_section(result.naming, result.naming_warnings),
         "crop_box": crop_box_report(image, result.box_index, result.box_lps),  # on the file's own axes
         "heatmap_peak": result.heatmap_peak,
         "timings_s": timings,

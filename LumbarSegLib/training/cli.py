@@ -192,6 +192,14 @@ def run_evaluate_model(args) -> int:
                                             log=lambda s: print(s, flush=True))
         card["real_leave_one_out"] = loo
         card["targets"] = evaluation.targets_status(card["evaluation"], loo, card["real_ct"])
+    if args.naming:
+        from ..inference.models import choose_model, load_model, resolve_device
+        from . import naming_eval
+
+        model = load_model(choose_model(args.model, resolve_device(args.device)), allow_untrained=False)
+        card["naming"] = naming_eval.measure(model, args.real, n_phantoms=args.naming_phantoms,
+                                             seed=args.seed + args.phantoms, device=args.device,
+                                             partial_views=args.partial_views, log=lambda s: print(s, flush=True))
     if args.fit:
         card["real_fit"] = real_evaluation.training_fit(args.model, args.real, device=args.device,
                                                         log=lambda s: print(s, flush=True))

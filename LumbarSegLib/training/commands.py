@@ -116,6 +116,12 @@ def add_evaluate_arguments(p: argparse.ArgumentParser):
     p.add_argument("--fit", action="store_true",
                    help="also score --model on the real cases in --real that it trained on: how well it fits what it "
                         "has seen (never an accuracy estimate; the card keeps these apart from the held-out scores)")
+    p.add_argument("--naming", action="store_true",
+                   help="also measure the naming (centre recall within 10 mm, VerSe identification rate, scans with "
+                   "every name right by anchor in view and acquisition, wrong names that carry a warning) on the real "
+                   "cases in --real held out from --model (as stored, re-imaged, --partial-views) and --naming-phantoms")
+    p.add_argument("--naming-phantoms", type=int, default=10,
+                   help="phantoms for --naming (default 10; seeds follow those of --phantoms)")
     p.add_argument("-o", "--output", help="model card JSON to write")
     p.add_argument("--card", help="model card Markdown to write")
 

@@ -401,6 +401,10 @@ def card_markdown(card: dict) -> str:
             lines.append(f"- ts_dicom ({t['what']}): {t['lumbar_vertebrae_reported']} lumbar vertebrae reported "
                          f"({', '.join(t['found']) or 'none'}) -> {'PASS' if t['passed'] else '**FAIL**'}; "
                          f"heatmap peak {_f(t['heatmap_peak'], 2)}.")
+    if card.get("naming"):
+        from .naming_eval import naming_markdown
+
+        lines += [""] + naming_markdown(card["naming"])[:-1]
     lines += ["", "## Limitations", "", _limitation(card, real_td),
               "- The bundled `cpu` configuration is narrow and was trained on a 2-core CPU; it is meant to make the "
               "extension usable out of the box, not to match the paper's results.",

@@ -91,7 +91,7 @@ class LumbarSegWebApp:
         s.update({
             "ls_owner": "", "ls_ct": "", "ls_is_dicom": False, "ls_status": "Open a CT to begin.", "ls_error": "",
             "ls_running": False, "ls_progress": 0, "ls_metrics": [], "ls_warnings": [], "ls_messages": [],
-            "ls_model": "", "ls_has_seg": False, "ls_ask_replace": False, "ls_ask_open": False,
+            "ls_naming": "", "ls_model": "", "ls_has_seg": False, "ls_ask_replace": False, "ls_ask_open": False,
             "ls_server_cts": [{"title": e["title"], "value": e["value"]} for e in self.server_cts],
             "ls_server_choice": None, "ls_max_upload": self.max_upload_bytes, "ls_uploading": False,
             "ls_stem": "LumbarSeg", "ls_show_roi": True, "ls_edited": False, "ls_pending_open": None,
@@ -108,6 +108,7 @@ class LumbarSegWebApp:
         warnings = sess.warnings() if rows else []
         s.ls_warnings = warnings
         s.ls_messages = [m for m in sess.messages if m not in warnings and "implausible" not in m]
+        s.ls_naming = sess.naming_summary()
         s.ls_model = sess.model_summary()
         s.ls_has_seg = sess.segmentation_node is not None
         s.ls_edited = sess.has_edits()

@@ -149,6 +149,7 @@ def _metrics_table(app):
                     for title in ("", "Volume mL", "Height mm", "Mean HU"):
                         html.Th(title)
                     html.Th("Trab. HU", v_if=("ls_metrics.some(r => r.trabecular_hu !== null)",))
+                    html.Th("Named by", v_if=("ls_metrics.some(r => r.named_by)",))
             with html.Tbody():
                 with html.Tr(v_for="row in ls_metrics", key="row.name", classes="ls-metric-row"):
                     with html.Td(style="white-space: nowrap;"):
@@ -162,7 +163,13 @@ def _metrics_table(app):
                     html.Td("{{ row.mean_hu }}")
                     html.Td("{{ row.trabecular_hu === null ? '-' : row.trabecular_hu }}",
                             v_if=("ls_metrics.some(r => r.trabecular_hu !== null)",))
+                    # how the run decided the level; a level to check says so in the warning colour
+                    with html.Td(v_if=("ls_metrics.some(r => r.named_by)",), classes="ls-named-by"):
+                        html.Span("{{ row.named_by || '-' }}")
+                        html.Div("{{ row.level_check }}", v_if=("row.level_check",),
+                                 classes="text-caption text-warning ls-level-check")
         html.Div("Edited since the run: measured on your edit." , v_if=("ls_edited",), classes="text-caption")
+        html.Div("{{ ls_naming }}", v_if=("ls_naming",), id="ls-naming", classes="text-caption mt-1")
         html.Div("{{ w }}", v_for="w in ls_warnings", key="w", classes="text-caption text-warning mt-1 ls-warning")
         html.Div("{{ m }}", v_for="m in ls_messages", key="m", classes="text-caption mt-1 ls-message")
         html.Div("{{ ls_model }}", id="ls-model", classes="text-caption mt-1")

@@ -19,6 +19,7 @@ from pathlib import Path
 
 from ..constants import LABEL_COLORS, LABEL_NAMES, RESEARCH_NOTICE
 from ..errors import InputError
+from ..results.naming_basis import naming_line, naming_rows
 from ..scene import session as scene_session
 from ..scene.metrics_table import compute_metrics
 from ..scene.roi import find_crop_roi
@@ -162,12 +163,16 @@ class StudySession(scene_session.StudySession):
 
     def metrics_rows(self) -> list[dict]:
         """One row per vertebra of the segmentation shown (measured now, so edits count): name, colour,
-        volume, height, mean HU and the run's trabecular HU while the segmentation is as the run made it."""
+        volume, height, mean HU, the run's trabecular HU while the segmentation is as the run made it, and how
+        the run named its level ("named_by": sacrum / ribs / both / unanchored; "level_check": what to check)."""
         node = self.segmentation_node
         if node is None or node.GetScene() is None or self.volume_node is None:
             return []
         unchanged = self.report_hash is not None and segmentation_content_hash(node) == self.report_hash
         measured_by_run = (self.report or {}).get("measurements", {}) if unchanged else {}
+        # how the run named each level (report.json's "naming"), for the run's own segmentation only
+        from_run = self.last_outcome is not None and self.last_outcome.segmentation_node is node
+        naming = naming_rows(self.report) if from_run else {}
         rows = []
         for name, values in compute_metrics(node, self.volume_node).items():
             label = next((k for k, v in LABEL_NAMES.items() if v == name), None)
@@ -177,8 +182,16 @@ class StudySession(scene_session.StudySession):
             rows.append({"name": name, "color": hex_color(LABEL_COLORS.get(label, (0.6, 0.6, 0.6))),
                          "volume_ml": _round(values.get("volume_ml"), 1), "height_mm": _round(values.get("height_mm"), 1),
                          "mean_hu": _round(values.get("mean_hu"), 0), "median_hu": _round(values.get("median_hu"), 0),
-                         "trabecular_hu": _round(trabecular, 0)})
+                         "trabecular_hu": _round(trabecular, 0),
+                         "named_by": (naming.get(name) or {}).get("named_by"),
+                         "level_check": (naming.get(name) or {}).get("level_check") or ""})
         return rows
+
+    def naming_summary(self) -> str:
+        """How the run named the levels of the segmentation shown (the line the console prints), or ""."""
+        node = self.segmentation_node
+        from_run = self.last_outcome is not None and node is not None and self.last_outcome.segmentation_node is node
+        return naming_line(self.report) if from_run else ""
 
     def model_summary(self) -> str:
         """The provenance line shown under the result (the same line ``lumbarseg segment`` prints)."""

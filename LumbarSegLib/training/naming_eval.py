@@ -1,0 +1,219 @@
+"""Naming measured: is each vertebra found where it is, named what it is, and warned of when it is not?
+
+``lumbarseg evaluate-model --naming`` runs the whole pipeline (:func:`pipeline.segment`) on cases the model
+never trained on - the real cases in ``--real`` that it holds out (as stored, re-imaged as the scans
+hospitals store and as partial views: :mod:`.real_evaluation`'s fixed views) and phantoms with evaluation
+seeds - and compares the centre of every reported vertebra with the truth's:
+
+* centre recall within :data:`RECALL_MM`: the share of true lumbar vertebrae with a reported centre (any
+  name) that close;
+* VerSe's identification rate (Sekuboyina et al. 2021): the share of true lumbar vertebrae whose reported
+  centre of the same name lies within :data:`IDENTIFIED_MM` and closer to it than to any other true vertebra;
+* the share of scans with every reported name right (each so identified), split by the anchor in view
+  (the sacrum, a rib-bearing T12 or T13, both, none) and by the acquisition;
+* the share of wrong names that carry a warning (:func:`results.naming_basis.level_check`: the names
+  unanchored, or the count says "check the levels").
+
+A model that trained on a real case given is refused for that case (:func:`real_evaluation.held_out_cases`).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import SimpleITK as sitk
+from scipy import ndimage
+
+from ..constants import LABEL_NAMES, VERSE_LUMBAR
+from ..errors import InputError
+from ..results.naming_basis import level_check
+
+RECALL_MM = 10.0
+IDENTIFIED_MM = 20.0  # VerSe's identification distance
+MIN_TRUE_ML = 5.0  # a true vertebra with less in the field of view (a sliver at its edge) has no centre to find
+ANCHOR_IN_VIEW_ML = 10.0  # this much of the sacrum or of T12/T13 in the field of view is an anchor in view
+SACRUM_CODE, RIB_CODES = 26, (19, 28)  # VerSe: sacrum; T12 and T13 (the lowest rib-bearing vertebrae)
+TRUE_CODES = tuple(range(1, 26)) + (28,)  # VerSe C1-L6, T13: every vertebra a reported centre could lie on
+PHANTOM_FOVS = ("abdomen", "lumbar", "lower", "upper", "tight")  # the phantom fields of view that hold lumbar
+ANCHORED = ("sacrum", "ribs", "both")
+TARGETS = {"centre_recall_10mm": 0.95, "all_right_anchored": 1.0, "wrong_warned_unanchored": 1.0}
+
+
+def centres_mm(labels: sitk.Image, codes, min_ml: float = 0.0) -> dict[int, np.ndarray]:
+    """Code -> centroid (LPS mm) of each of ``codes`` in ``labels`` with at least ``min_ml`` in it."""
+    arr = sitk.GetArrayViewFromImage(labels)
+    voxel_ml = float(np.prod(labels.GetSpacing())) / 1000.0
+    counts = np.bincount(arr.ravel().astype(np.int64), minlength=max(codes) + 1)
+    present = [int(c) for c in codes if c < counts.size and counts[c] > 0 and counts[c] * voxel_ml >= min_ml]
+    if not present:
+        return {}
+    idx = ndimage.center_of_mass(np.ones(arr.shape, np.uint8), arr, present)
+    return {c: np.asarray(labels.TransformContinuousIndexToPhysicalPoint([float(v) for v in i[::-1]]))
+            for c, i in zip(present, idx)}
+
+
+def anchor_in_view(truth: sitk.Image) -> str:
+    """"sacrum", "ribs", "both" or "none": which anchors of the count the truth has in the field of view."""
+    arr = sitk.GetArrayViewFromImage(truth)
+    voxel_ml = float(np.prod(truth.GetSpacing())) / 1000.0
+    sacrum = float((arr == SACRUM_CODE).sum()) * voxel_ml >= ANCHOR_IN_VIEW_ML
+    ribs = any(float((arr == c).sum()) * voxel_ml >= ANCHOR_IN_VIEW_ML for c in RIB_CODES)
+    return "both" if sacrum and ribs else "sacrum" if sacrum else "ribs" if ribs else "none"
+
+
+def score_naming(labels: sitk.Image, naming: dict, naming_warnings, truth: sitk.Image) -> dict:
+    """One scan's naming scores: ``labels`` the pipeline's (0, 1..5 = L1..L5) and its ``naming`` (name -> how
+    decided) and ``naming_warnings``; ``truth`` VerSe-coded on the same grid."""
+    true = centres_mm(truth, TRUE_CODES, MIN_TRUE_ML)
+    true_lumbar = {LABEL_NAMES[VERSE_LUMBAR[c]]: p for c, p in true.items() if c in VERSE_LUMBAR}
+    predicted = {LABEL_NAMES[k]: p for k, p in centres_mm(labels, list(LABEL_NAMES)).items()}
+    verse_code = {name: code for code, name in ((c, LABEL_NAMES[k]) for c, k in VERSE_LUMBAR.items())}
+
+    def identified(name: str) -> bool:  # VerSe: the same name within 20 mm, and no other true vertebra closer
+        if name not in predicted or name not in true_lumbar:
+            return False
+        d = {c: float(np.linalg.norm(predicted[name] - p)) for c, p in true.items()}
+        return d[verse_code[name]] <= IDENTIFIED_MM and min(d, key=d.get) == verse_code[name]
+
+    recalled = [n for n, p in true_lumbar.items()
+                if any(np.linalg.norm(q - p) <= RECALL_MM for q in predicted.values())]
+    wrong = [n for n in predicted if not identified(n)]
+    warned = [n for n in wrong if level_check(naming.get(n, "unanchored"), naming_warnings)]
+    return {"truth": sorted(true_lumbar), "found": sorted(predicted), "anchor": anchor_in_view(truth),
+            "recalled": recalled, "identified": [n for n in sorted(true_lumbar) if identified(n)],
+            "wrong": wrong, "wrong_warned": warned, "all_right": bool(predicted) and not wrong,
+            "naming": dict(naming), "naming_warnings": list(naming_warnings),
+            "centre_error_mm": {n: round(float(np.linalg.norm(predicted[n] - true_lumbar[n])), 1)
+                                for n in predicted if n in true_lumbar}}
+
+
+def run_case(ct: sitk.Image, truth: sitk.Image, model, device: str = "cpu") -> dict:
+    from ..inference import pipeline
+
+    res = pipeline.segment(ct, model=model, device=device)
+    return score_naming(res.labels, res.naming, res.naming_warnings, truth)
+
+
+def real_rows(model, real_dirs, device: str = "cpu", partial_views: int = 4, log=print) -> list[dict]:
+    """Rows of the real cases in ``real_dirs`` that ``model`` never trained on: as stored, the fixed
+    re-imagings (5 mm axial, 3 mm sagittal, 3 mm coronal) and ``partial_views`` fixed partial views each."""
+    from pathlib import Path
+
+    from . import real_views
+    from .data import find_cases
+    from .real_evaluation import PARTIAL_VIEW_SEED, held_out_cases
+    from .vertebra_eval import acquisitions
+
+    cases = {c.case_id: c for d in real_dirs if Path(d).is_dir() for c in find_cases(d)}
+    trained = set(((model.metadata.get("training_data") or {}).get("real") or {}).get("cases") or [])
+    rows = []
+    for cid in held_out_cases(model.metadata, sorted(cases)):
+        if cid in trained:  # held_out_cases never gives one; guards hand-edited metadata
+            raise InputError(f"The model lists {cid} both as trained on and as left out.")
+        if cid not in cases:
+            continue
+        ct, seg = real_views.load_source(str(cases[cid].ct), str(cases[cid].seg))
+        views = [(name, v_ct, v_seg) for name, (v_ct, v_seg) in acquisitions(ct, seg).items()]
+        rng = np.random.default_rng([PARTIAL_VIEW_SEED, int(np.frombuffer(cid.encode(), np.uint8).sum())])
+        views += [("partial view", *real_views.make_view(ct, seg, rng, kind="tight")[:2]) for _ in range(partial_views)]
+        for name, v_ct, v_seg in views:
+            row = {"source": cid, "acquisition": name, **run_case(v_ct, v_seg, model, device)}
+            rows.append(row)
+            log(_log_line(row))
+    return rows
+
+
+def phantom_rows(model, n: int, seed: int, device: str = "cpu", fovs=PHANTOM_FOVS, log=print) -> list[dict]:
+    """Rows of ``n`` phantoms with seeds from ``seed`` (evaluation seeds only), cycling ``fovs``."""
+    from .. import phantoms
+    from .data import EVAL_SEED_START
+
+    if n and seed < EVAL_SEED_START:
+        raise InputError(f"Evaluation phantom seeds must be >= {EVAL_SEED_START}; got {seed}.")
+    library = phantoms.load_shape_library()
+    rows = []
+    for i in range(n):
+        fov = fovs[i % len(fovs)]
+        ct, truth = phantoms.generate_phantom(seed + i, fov=fov, shape_library=library)
+        row = {"source": f"phantom {seed + i}", "acquisition": f"phantom ({fov})", **run_case(ct, truth, model, device)}
+        rows.append(row)
+        log(_log_line(row))
+    return rows
+
+
+def _log_line(row: dict) -> str:
+    return (f"naming {row['source']} {row['acquisition']:>16s} [{row['anchor']}]: truth {','.join(row['truth']) or '-'}"
+            f" found {','.join(row['found']) or '-'} wrong {','.join(row['wrong']) or '-'}"
+            f" (warned {','.join(row['wrong_warned']) or '-'}) by {row['naming'] or '-'}")
+
+
+def _share(k: int, n: int) -> dict:
+    return {"n": n, "k": k, "share": k / n if n else None}
+
+
+def summarize(rows: list[dict]) -> dict:
+    """The naming measures over ``rows`` (scans with at least one true lumbar vertebra), their splits and
+    the issue's targets."""
+    scans = [r for r in rows if r["truth"]]
+    real = [r for r in scans if not r["source"].startswith("phantom") and r["acquisition"] != "partial view"]
+
+    def measures(sub):
+        return {"scans": len(sub),
+                "centre_recall_10mm": _share(sum(len(r["recalled"]) for r in sub), sum(len(r["truth"]) for r in sub)),
+                "identification_rate_20mm": _share(sum(len(r["identified"]) for r in sub),
+                                                   sum(len(r["truth"]) for r in sub)),
+                "all_right": _share(sum(r["all_right"] for r in sub), len(sub)),
+                "wrong_warned": _share(sum(len(r["wrong_warned"]) for r in sub), sum(len(r["wrong"]) for r in sub))}
+
+    anchored = [r for r in scans if r["anchor"] in ANCHORED]
+    unanchored = [r for r in scans if r["anchor"] == "none"]
+    out = {"overall": measures(scans),
+           "by_anchor": {a: measures([r for r in scans if r["anchor"] == a]) for a in (*ANCHORED, "none")},
+           "by_acquisition": {a: measures([r for r in scans if r["acquisition"] == a])
+                              for a in dict.fromkeys(r["acquisition"] for r in scans)},
+           "real_held_out_and_reimaged": measures(real),
+           "negatives": {"scans": len(rows) - len(scans),
+                         "lumbar_reported": sum(len(r["found"]) for r in rows if not r["truth"])}}
+    got = {"centre_recall_10mm": measures(real)["centre_recall_10mm"]["share"],
+           "all_right_anchored": measures(anchored)["all_right"]["share"],
+           "wrong_warned_unanchored": measures(unanchored)["wrong_warned"]["share"]}
+    out["targets"] = {k: {"target": t, "value": got[k], "met": None if got[k] is None else got[k] >= t}
+                      for k, t in TARGETS.items()}
+    return out
+
+
+def measure(model, real_dirs=(), n_phantoms: int = 10, seed: int = 100_000, device: str = "cpu",
+            partial_views: int = 4, log=print) -> dict:
+    """The card's ``naming`` section: rows and :func:`summarize` of them."""
+    rows = real_rows(model, real_dirs, device, partial_views, log) if real_dirs else []
+    rows += phantom_rows(model, n_phantoms, seed, device, log=log)
+    return {"rows": rows, "summary": summarize(rows), "seed_phantoms": [seed, seed + n_phantoms - 1]}
+
+
+def _pct(s: dict) -> str:
+    return "-" if not s["n"] else f"{100 * s['share']:.0f} % ({s['k']}/{s['n']})"
+
+
+def naming_markdown(naming: dict) -> list[str]:
+    """The model card's section on naming (:func:`measure`)."""
+    s = naming["summary"]
+    cols = ("centre_recall_10mm", "identification_rate_20mm", "all_right", "wrong_warned")
+    head = ["| {} | scans | centre recall 10 mm | identification rate 20 mm | scans all names right | wrong names "
+            "warned |", "|---|---|---|---|---|---|"]
+    lines = ["## Naming (held out)", "",
+             "The whole pipeline on the real cases held out from this model (as stored, the fixed re-imagings and "
+             f"partial views) and on phantoms with evaluation seeds {naming['seed_phantoms'][0]}-"
+             f"{naming['seed_phantoms'][1]}. Centre recall: true lumbar vertebrae with a reported centre within "
+             f"{RECALL_MM:g} mm; identification rate (VerSe): the centre of the same name within {IDENTIFIED_MM:g} mm "
+             "and nearest to it; a wrong name is warned when it is unanchored or the count says 'check the levels'.",
+             "", head[0].format("anchor in view"), head[1]]
+    for name, m in (*s["by_anchor"].items(), ("all", s["overall"])):
+        lines.append(f"| {name} | {m['scans']} | " + " | ".join(_pct(m[c]) for c in cols) + " |")
+    lines += ["", head[0].format("acquisition"), head[1]]
+    for name, m in (*s["by_acquisition"].items(), ("real, held out and re-imaged", s["real_held_out_and_reimaged"])):
+        lines.append(f"| {name} | {m['scans']} | " + " | ".join(_pct(m[c]) for c in cols) + " |")
+    lines.append("")
+    for key, t in s["targets"].items():
+        value = "-" if t["value"] is None else f"{100 * t['value']:.0f} %"
+        lines.append(f"- Target {key} >= {100 * t['target']:.0f} %: {value} -> "
+                     f"{'-' if t['met'] is None else 'met' if t['met'] else '**not met**'}")
+    return lines + [""]

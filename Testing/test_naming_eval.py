@@ -1,0 +1,100 @@
+"""Naming measured (:mod:`LumbarSegLib.training.naming_eval`): centre recall, VerSe's identification rate,
+scans with every name right by anchor and acquisition, and wrong names that carry a warning."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from LumbarSegLib.training import naming_eval
+
+T12, L1, L2, L3, SACRUM = 19, 20, 21, 22, 26
+
+
+def column(codes, spacing=(1.0, 1.0, 1.0), height=24, gap=6):
+    """A label image with one 25x25x24 mm block (15 mL) per code, top first (a larger z is more superior), 30 mm
+    apart."""
+    n = len(codes)
+    arr = np.zeros((n * (height + gap) + gap, 35, 35), np.uint8)
+    for i, code in enumerate(codes):
+        top = arr.shape[0] - gap - i * (height + gap)
+        arr[top - height:top, 5:30, 5:30] = code
+    image = sitk.GetImageFromArray(arr)
+    image.SetSpacing(spacing)
+    return image
+
+
+def internal(verse: sitk.Image, shift: int = 0) -> sitk.Image:
+    """The VerSe codes L1-L5 as the pipeline's labels 1..5, renamed ``shift`` levels down (L1 -> L2 ...)."""
+    arr = sitk.GetArrayFromImage(verse)
+    out = np.where((arr >= 20) & (arr <= 24), arr - 19 + shift, 0).astype(np.uint8)
+    out[out > 5] = 0
+    image = sitk.GetImageFromArray(out)
+    image.CopyInformation(verse)
+    return image
+
+
+def test_names_right_where_they_lie_are_identified_and_recalled():
+    truth = column([T12, L1, L2, L3])
+    row = naming_eval.score_naming(internal(truth), {"L1": "ribs", "L2": "ribs", "L3": "ribs"}, [], truth)
+    assert row["anchor"] == "ribs" and row["truth"] == ["L1", "L2", "L3"]
+    assert row["recalled"] == ["L1", "L2", "L3"] and row["identified"] == ["L1", "L2", "L3"]
+    assert row["all_right"] and row["wrong"] == [] and row["centre_error_mm"]["L2"] == 0.0
+
+
+def test_names_one_level_off_are_wrong_and_warned_only_when_unanchored_or_checked():
+    truth = column([L1, L2, L3])
+    shifted = internal(truth, shift=1)  # the true L1 named L2, L2 named L3, L3 named L4
+    row = naming_eval.score_naming(shifted, {"L2": "sacrum", "L3": "sacrum", "L4": "sacrum"}, [], truth)
+    assert row["anchor"] == "none"
+    assert row["recalled"] == ["L1", "L2", "L3"]  # found where they are, whatever their names
+    assert row["identified"] == [] and sorted(row["wrong"]) == ["L2", "L3", "L4"] and not row["all_right"]
+    assert row["wrong_warned"] == []  # counted from an anchor without a doubt: no warning
+    warned = naming_eval.score_naming(shifted, {"L2": "unanchored", "L3": "unanchored", "L4": "unanchored"}, [], truth)
+    assert sorted(warned["wrong_warned"]) == ["L2", "L3", "L4"]
+    checked = naming_eval.score_naming(shifted, {"L2": "sacrum", "L3": "sacrum", "L4": "sacrum"},
+                                       ["WARNING: ... Check the levels."], truth)
+    assert sorted(checked["wrong_warned"]) == ["L2", "L3", "L4"]
+
+
+def test_a_centre_further_than_10_mm_is_not_recalled_and_the_sacrum_is_an_anchor():
+    truth = column([L1, L2, SACRUM])
+    pred = sitk.GetArrayFromImage(internal(truth))
+    moved = np.zeros_like(pred)
+    moved[:-12] = pred[12:]  # every predicted vertebra 12 mm below its true place
+    image = sitk.GetImageFromArray(moved)
+    image.CopyInformation(truth)
+    row = naming_eval.score_naming(image, {"L1": "sacrum", "L2": "sacrum"}, [], truth)
+    assert row["anchor"] == "sacrum" and row["recalled"] == [] and row["identified"] == ["L1", "L2"]
+
+
+def test_the_summary_splits_by_anchor_and_acquisition_and_checks_the_targets():
+    truth = column([T12, L1, L2, L3])
+    right = {"source": "sub-x", "acquisition": "as stored",
+             **naming_eval.score_naming(internal(truth), {"L1": "ribs", "L2": "ribs", "L3": "ribs"}, [], truth)}
+    plain = column([L1, L2, L3])
+    wrong = {"source": "phantom 1", "acquisition": "phantom (tight)",
+             **naming_eval.score_naming(internal(plain, 1), {n: "sacrum" for n in ("L2", "L3", "L4")}, [], plain)}
+    s = naming_eval.summarize([right, wrong])
+    assert s["by_anchor"]["ribs"]["all_right"]["share"] == 1.0 and s["by_anchor"]["none"]["all_right"]["share"] == 0
+    assert s["by_acquisition"]["as stored"]["scans"] == 1 and s["overall"]["centre_recall_10mm"]["share"] == 1.0
+    assert s["overall"]["wrong_warned"] == {"n": 3, "k": 0, "share": 0.0}
+    assert s["targets"]["all_right_anchored"]["met"] and not s["targets"]["wrong_warned_unanchored"]["met"]
+    assert s["targets"]["centre_recall_10mm"]["value"] == 1.0  # the real row only (the phantom is apart)
+    markdown = "\n".join(naming_eval.naming_markdown({"summary": s, "seed_phantoms": [100200, 100209]}))
+    assert "| ribs | 1 | 100 % (3/3) | 100 % (3/3) | 100 % (1/1) | - |" in markdown
+    assert "wrong_warned_unanchored >= 100 %: 0 % -> **not met**" in markdown
+
+
+def test_evaluate_model_takes_the_naming_options():
+    import argparse
+
+    from LumbarSegLib.training.commands import add_evaluate_arguments
+
+    p = argparse.ArgumentParser()
+    add_evaluate_arguments(p)
+    args = p.parse_args(["--naming", "--naming-phantoms", "3", "--real", "somewhere"])
+    assert args.naming and args.naming_phantoms == 3 and args.real == ["somewhere"]
+    with pytest.raises(Exception, match="seeds must be"):
+        naming_eval.phantom_rows(None, 1, seed=5)
