@@ -268,3 +268,25 @@ def test_run_study_says_whether_stage3_ran(tmp_path, monkeypatch):
     assert on["provenance"]["stage3"] == on["stage3"] and on["provenance"]["options"]["refine"] is None
     off = run("off", False)
     assert off["stage3"]["ran"] is False and off["provenance"]["options"]["refine"] is False
+
+
+def test_gate_combines_folds_scored_one_at_a_time(tmp_path):
+    # Folds are scored as each finishes training; the gate's summary pools every fold's held-out vertebrae.
+    import json
+
+    from LumbarSegLib.training import vertebra_eval
+
+    def fold(name, dscs):
+        rows = [{"phase": name, "case": f"{name}-case", "acquisition": "as stored", "held_out": True,
+                 "vertebrae": {str(20 + i): {"DSC": d, "ASD": 1.0, "HD95": 3.0} for i, d in enumerate(dscs)}}]
+        path = tmp_path / f"gate_{name}.json"
+        path.write_text(json.dumps({"summary": vertebra_eval.summarize(rows), "rows": rows}))
+        return str(path)
+
+    out = tmp_path / "gate.json"
+    assert vertebra_eval.main(["--combine", fold("fold-A", [0.9, 0.8]), fold("fold-B", [0.7]),
+                               "--json", str(out)]) == 0
+    summary = json.loads(out.read_text())["summary"]["as stored"]
+    assert summary["vertebrae"] == 3 and summary["DSC"] == pytest.approx(0.8)
+    with pytest.raises(SystemExit):
+        vertebra_eval.main(["--phases", "fold-A"])  # scoring needs a state folder and the real cases

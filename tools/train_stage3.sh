@@ -4,6 +4,7 @@
 #   bash tools/train_stage3.sh train [MINUTES]   # unpack the committed resume file, run the plan's unfinished phases
 #   bash tools/train_stage3.sh save [PHASE...]   # pack the phases (default: all) into the committed resume file (fp16)
 #   bash tools/train_stage3.sh gate              # the gate: folds held out with true centres, fit, end to end
+#                                                # (a fold already scored after its last checkpoint is not re-scored)
 #   bash tools/train_stage3.sh ship              # the 'all' phase as Resources/Models/lumbarseg_stage3.pt + its card
 #
 # STATE (default ../stage3_state) holds the checkpoints (every 10 min) and log.jsonl (steps per hour and load
@@ -26,8 +27,15 @@ case "${1:-}" in
     shift
     $PY -m LumbarSegLib.training.vertebra_train --state "$STATE" --export "$RESUME" ${1:+--only "$@"} ;;
   gate)
-    $PY -m LumbarSegLib.training.vertebra_eval --state "$STATE" --phases fold-A fold-B fold-C --real $REAL \
-      --json "$STATE/gate.json"
+    # Each fold is scored into gate_<fold>.json once its checkpoint is final (a fold scored while the next one
+    # trained is not scored again unless its checkpoint is newer), then the folds are summarised together.
+    for fold in fold-A fold-B fold-C; do
+      if [ ! "$STATE/gate_$fold.json" -nt "$STATE/$fold.pt" ]; then
+        $PY -m LumbarSegLib.training.vertebra_eval --state "$STATE" --phases $fold --real $REAL \
+          --json "$STATE/gate_$fold.json"
+      fi
+    done
+    $PY -m LumbarSegLib.training.vertebra_eval --combine "$STATE"/gate_fold-{A,B,C}.json --json "$STATE/gate.json"
     $PY -m LumbarSegLib.training.vertebra_eval --state "$STATE" --phases all --real $REAL --fit --no-reimage \
       --json "$STATE/fit.json"
     $PY -m LumbarSegLib.training.vertebra_eval --state "$STATE" --phases fold-B --real $REAL --end-to-end \

@@ -135,9 +135,12 @@ def summarize(rows: list[dict]) -> dict:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m LumbarSegLib.training.vertebra_eval", description=__doc__.split("\n\n")[0])
-    p.add_argument("--state", required=True)
-    p.add_argument("--phases", nargs="+", required=True)
-    p.add_argument("--real", nargs="+", required=True)
+    p.add_argument("--state")
+    p.add_argument("--phases", nargs="+")
+    p.add_argument("--real", nargs="+")
+    p.add_argument("--combine", nargs="+", metavar="JSON",
+                   help="instead of scoring: the rows of these earlier --json files (one per fold, scored as each "
+                        "fold finished) summarised together into --json")
     p.add_argument("--fit", action="store_true", help="score the cases each network trained on (a fit)")
     p.add_argument("--no-reimage", action="store_true", help="only the cases as stored")
     p.add_argument("--json", help="write the rows and the summary here")
@@ -145,6 +148,15 @@ def main(argv=None) -> int:
                    help="the whole pipeline with and without stage 3 on cases held out from both networks")
     p.add_argument("--xunet-model", help="the XUNet model bundle for --end-to-end (default: the bundled one)")
     args = p.parse_args(argv)
+    if args.combine:
+        rows = [r for f in args.combine for r in json.loads(Path(f).read_text())["rows"]]
+        summary = summarize(rows)
+        print(json.dumps(summary, indent=1))
+        if args.json:
+            Path(args.json).write_text(json.dumps({"summary": summary, "rows": rows}, indent=1))
+        return 0
+    if not (args.state and args.phases and args.real):
+        p.error("--state, --phases and --real are needed unless --combine is given")
     import torch
 
     torch.set_num_threads(2)
