@@ -98,3 +98,58 @@ def test_evaluate_model_takes_the_naming_options():
     assert args.naming and args.naming_phantoms == 3 and args.real == ["somewhere"]
     with pytest.raises(Exception, match="seeds must be"):
         naming_eval.phantom_rows(None, 1, seed=5)
+
+
+L4 = 23
+
+
+def _cut_column(cut_mm: int, label_l4: bool):
+    """T12-L4 (30 mm apart, 24 mm high), the image cut ``cut_mm`` above its bottom (L4 keeps 30 - cut_mm mm), the
+    truth labelling L4 only when ``label_l4``; and the pipeline's labels of every vertebra in view, L4 included."""
+    full = sitk.GetArrayFromImage(column([T12, L1, L2, L3, L4]))[cut_mm:]
+    pred = sitk.GetImageFromArray(np.where((full >= 20) & (full <= 24), full - 19, 0).astype(np.uint8))
+    truth = sitk.GetImageFromArray(np.where((full == L4) & (not label_l4), 0, full).astype(np.uint8))
+    return pred, truth
+
+
+def test_a_cut_vertebra_the_truth_leaves_unlabelled_is_not_scored_wrong():
+    # sub-verse007 as stored: VerSe labels T9-L3; the top of L4 shows below the cut L3 and the pipeline reports it
+    pred, truth = _cut_column(12, label_l4=False)  # 18 mm of L4 in view: 24 mm between L3 and the image's edge
+    row = naming_eval.score_naming(pred, {n: "ribs" for n in ("L1", "L2", "L3", "L4")}, [], truth)
+    assert row["truth"] == ["L1", "L2", "L3"] and row["identified"] == ["L1", "L2", "L3"]
+    assert row["beyond_labels"] == ["L4"] and row["wrong"] == [] and row["all_right"]
+    assert naming_eval.summarize([{"source": "s", "acquisition": "a", **row}])["beyond_labels"]["k"] == 1
+
+
+def test_a_vertebra_reported_where_the_truth_could_have_labelled_it_stays_wrong():
+    # the whole of L4 in view (36 mm of image below L3) and unlabelled: the truth says there is no L4 there
+    pred, truth = _cut_column(0, label_l4=False)
+    row = naming_eval.score_naming(pred, {n: "ribs" for n in ("L1", "L2", "L3", "L4")}, [], truth)
+    assert row["wrong"] == ["L4"] and row["beyond_labels"] == [] and not row["all_right"]
+    # a name shifted onto labelled vertebrae near the edge is wrong too (mostly on labelled voxels)
+    cut, truth = _cut_column(12, label_l4=False)
+    arr = sitk.GetArrayFromImage(cut)
+    shifted = sitk.GetImageFromArray(np.where(arr == 3, 4, np.where(arr == 4, 0, arr)).astype(np.uint8))
+    row = naming_eval.score_naming(shifted, {n: "ribs" for n in ("L1", "L2", "L4")}, [], truth)
+    assert row["wrong"] == ["L4"] and row["beyond_labels"] == []
+
+
+def test_context_classes_grown_from_background_and_never_trained_are_flagged():
+    import torch
+
+    from LumbarSegLib.inference.networks import CONFIGS, XUNet, load_compatible_state
+    from LumbarSegLib.inference.models import LumbarSegModel
+
+    torch.manual_seed(0)
+    config = CONFIGS["cpu"]
+    old = XUNet(config.xunet_base, coords=True, num_classes=6)  # a checkpoint from before the context classes
+    grown = XUNet(config.xunet_base, coords=True, num_classes=8)
+    load_compatible_state(grown, old.state_dict())  # thoracic, caudal start as background's copy
+    model = LumbarSegModel(config, localizer=None, xunet=grown, trained=True)
+    assert naming_eval.untrained_context_classes(model) == ["thoracic", "caudal"]
+    with torch.no_grad():  # the caudal row trained away from background: only thoracic is flagged
+        grown.head.weight[7] = old.head.weight[3]
+    assert naming_eval.untrained_context_classes(model) == ["thoracic"]
+    lines = naming_eval.naming_markdown({"summary": naming_eval.summarize([]), "seed_phantoms": [1, 2],
+                                         "untrained_context_classes": ["thoracic"]})
+    assert any("never learned its context classes (thoracic)" in line for line in lines)

@@ -487,6 +487,9 @@ def _describe(naming: ColumnNaming, has_thoracic: bool) -> None:
                             f"Check the labels.")
     if naming.how == "unanchored":
         named = ", ".join(_level_name(lev) for lev in levels if 1 <= lev <= 5)
-        naming.warnings.append(f"WARNING: the level names ({named}) are unanchored: neither the sacrum right below nor "
-                               f"a thoracic vertebra right above is in view, so they rest on the network's reading "
-                               f"of the vertebrae alone. Check the levels against the ribs or the sacrum.")
+        # "not found", never "not in view": the bundled model's context classes never win a voxel (their output
+        # weights are still near-copies of background), so both anchors go unfound even when plainly in view.
+        naming.warnings.append(f"WARNING: the level names ({named}) are unanchored: the network labelled neither the "
+                               f"sacrum right below nor a thoracic vertebra right above the column (out of view, or "
+                               f"not recognised), so they rest on its reading of the vertebrae alone. Check the levels "
+                               f"against the ribs or the sacrum.")
