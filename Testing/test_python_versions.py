@@ -3,7 +3,7 @@ Python 3.9 (its CMakeLists.txt: Slicer_REQUIRED_PYTHON_VERSION "3.9.10"; 5.10 sh
 
 Inside Slicer, ``LumbarSeg/LumbarSeg.py`` and ``LumbarSegLib`` are imported by Slicer's Python, and the engine
 runs as ``PythonSlicer -m LumbarSegLib.cli`` - the same interpreter - so every engine file must work on 3.9.
-Only ``LumbarSegLib/web`` (the web app, run by a separate Python 3.10+ install) is left out.
+Only ``LumbarSegLib/web`` (the web app, never run inside Slicer: it needs Python 3.10+) is left out.
 
 Checked statically with vermin (a test extra: CI installs it, so this does not skip): no syntax, module or
 function newer than 3.9. vermin's union-type detection (``X | Y``) is heuristic and also flags annotations

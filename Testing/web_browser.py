@@ -2,9 +2,10 @@
 server per test (a real subprocess on 127.0.0.1), Debian's chromium driven by Playwright, and pixel
 statistics of the views.
 
-The server runs in the web environment (``.venv-web``: trame-slicer on slicer-core 5.11) while the tests
-run in the main one; without the web environment the tests skip and say how to make it - except where
-``LUMBARSEG_REQUIRE_WEB=1`` (set by .ci/run), where its absence fails them.
+The server runs in the tests' own interpreter (the one environment tools/install.sh makes has the web app:
+trame-slicer on slicer-core 5.11), or in the one ``LUMBARSEG_WEB_PYTHON`` names; without trame-slicer there
+the tests skip and say how to install it - except where ``LUMBARSEG_REQUIRE_WEB=1`` (set by .ci/run), where
+its absence fails them.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ import numpy as np
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-WEB_PYTHON = Path(os.environ.get("LUMBARSEG_WEB_PYTHON", ROOT / ".venv-web" / "bin" / "python"))
+WEB_PYTHON = Path(os.environ.get("LUMBARSEG_WEB_PYTHON") or sys.executable)
 CHROMIUM = Path(os.environ.get("LUMBARSEG_CHROMIUM", "/usr/bin/chromium"))
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
                  "--disable-sync", "--no-first-run"]
@@ -37,12 +38,12 @@ RUN_TIMEOUT_MS = 420_000  # one segmentation of the sample CT (about 15 s alone 
 def missing_web_environment() -> str | None:
     """Why the browser tests cannot run here, or None."""
     if not WEB_PYTHON.exists():
-        return (f"the web environment is absent ({WEB_PYTHON}); make it with 'bash tools/install.sh --web'")
+        return f"the interpreter for the server is absent ({WEB_PYTHON}); check LUMBARSEG_WEB_PYTHON"
     probe = subprocess.run([str(WEB_PYTHON), "-c", "import trame_slicer, slicer_layer_dm, torch"],
                            capture_output=True, text=True, timeout=300)
     if probe.returncode != 0:
         last = (probe.stderr.strip().splitlines() or ["?"])[-1]
-        return f"the web environment {WEB_PYTHON} is incomplete ({last}); rerun 'bash tools/install.sh --web'"
+        return f"the web app is not installed in {WEB_PYTHON} ({last}); run 'bash tools/install.sh'"
     if not CHROMIUM.exists():
         return f"Debian's chromium is absent ({CHROMIUM}); 'apt-get install chromium' (tools/install.sh does)"
     try:
@@ -68,7 +69,7 @@ def free_port() -> int:
 
 
 class WebServer:
-    """``lumbarseg serve`` in the web environment, as a user starts it; stopped with SIGTERM."""
+    """``lumbarseg serve`` in ``WEB_PYTHON``, as a user starts it; stopped with SIGTERM."""
 
     def __init__(self, work_dir: Path, *extra: str):
         self.port = free_port()

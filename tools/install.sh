@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # One-step set-up on a fresh Debian/Ubuntu machine: system libraries (EGL/Mesa for offscreen rendering,
 # a font with Chinese/Japanese glyphs for preview titles, python3-venv), the CPU build of PyTorch, then
-# LumbarSeg itself with its test extras (slicer-core for the MRML tests).
+# LumbarSeg itself with its test extras: the web app (trame-slicer on slicer-core 5.11), slicer-core for
+# the MRML tests, pytest and playwright - one environment for everything, `lumbarseg serve` included.
 #
 # Where it installs:
 #   * inside an active virtual environment (or conda environment): into that one;
@@ -9,15 +10,14 @@
 #     afterwards run `. .venv/bin/activate` (or call .venv/bin/lumbarseg directly);
 #   * PYTHON=/path/to/python bash tools/install.sh: into that interpreter, as it is.
 #
-# bash tools/install.sh --web: the web app's own environment .venv-web instead (LumbarSeg with the `web`
-# extra: trame-slicer on slicer-core 5.11, which the main environment's 5.13 cannot share;
-# docs/web.md). It never installs into an active environment or PYTHON, which would swap their slicer-core;
-# LUMBARSEG_WEB_PYTHON=/path/to/python names another interpreter for it.
+# --web is still accepted and changes nothing: the web app used to need its own environment .venv-web
+# (slicer-core 5.11 beside the main one's 5.13); now everything is on 5.11 and .venv has the web app too.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-WEB=""
-if [ "${1:-}" = "--web" ]; then WEB=yes; elif [ -n "${1:-}" ]; then
-  echo "install.sh: error: unknown option '$1' (accepted: --web)" >&2; exit 2
+if [ "${1:-}" = "--web" ]; then
+  echo "install.sh: note: --web is no longer needed: the one environment has the web app too (lumbarseg serve)."
+elif [ -n "${1:-}" ]; then
+  echo "install.sh: error: unknown option '$1' (tools/install.sh takes none)" >&2; exit 2
 fi
 
 # System libraries (EGL/Mesa, dicom3tools, a CJK font, python3-venv, chromium for the browser tests): apt runs
@@ -25,20 +25,20 @@ fi
 bash tools/install_system_packages.sh
 
 CREATED=""
-VENV=.venv; EXTRAS=test
-[ -n "$WEB" ] && VENV=.venv-web && EXTRAS=web
-if [ -n "$WEB" ] && [ -n "${LUMBARSEG_WEB_PYTHON:-}" ]; then
-  PY=$LUMBARSEG_WEB_PYTHON  # an interpreter kept for the web app (the browser tests use the same variable)
-elif [ -z "$WEB" ] && [ -n "${PYTHON:-}" ]; then
+VENV=.venv
+if [ -n "${PYTHON:-}" ]; then
   PY=$PYTHON
-elif [ -z "$WEB" ] && { [ -n "${VIRTUAL_ENV:-}" ] || [ -n "${CONDA_PREFIX:-}" ]; }; then
+elif [ -n "${VIRTUAL_ENV:-}" ] || [ -n "${CONDA_PREFIX:-}" ]; then
   PY=python3
 else
   if [ ! -x $VENV/bin/python ]; then
-    ${PYTHON:-python3} -m venv $VENV
+    python3 -m venv $VENV
     CREATED=yes
   fi
   PY=$VENV/bin/python
+fi
+if [ -d .venv-web ]; then  # left by an older install.sh --web
+  echo "Note: .venv-web is no longer used (.venv has the web app); remove it with: rm -rf .venv-web"
 fi
 
 # The CPU build of torch 2.13. PyPI's torch for Linux is the CUDA build (several GB of CUDA libraries), so
@@ -51,11 +51,9 @@ fi
 $PY -m pip install -q torch==2.13.0 $TORCH_CPU_INDEX
 $PY -c "import importlib.metadata as m, sys; sys.exit(sys.platform == 'linux' and '+cpu' not in m.version('torch'))" \
   || echo "Note: PyPI's CUDA build of torch was installed (PyTorch's CPU index was not reachable); it runs on the CPU too."
-$PY -m pip install -q -e ".[$EXTRAS]"
+$PY -m pip install -q -e ".[test]"
 
 echo "LumbarSeg is installed in $($PY -c 'import sys; print(sys.prefix)')${CREATED:+ (a new virtual environment)}."
-if [ -n "$WEB" ]; then
-  echo "Start the web app with:  $VENV/bin/lumbarseg serve --sample"
-elif [ "$PY" = "$VENV/bin/python" ]; then
-  echo "Activate it in your shell with:  . $VENV/bin/activate"
+if [ "$PY" = "$VENV/bin/python" ]; then
+  echo "Activate it in your shell with:  . $VENV/bin/activate   (the web app: lumbarseg serve --sample)"
 fi

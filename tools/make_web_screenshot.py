@@ -2,9 +2,9 @@
 
     python3 tools/make_web_screenshot.py
 
-Runs the first browser test of Testing/test_web_browser.py (``lumbarseg serve --sample`` in .venv-web,
+Runs the first browser test of Testing/test_web_browser.py (``lumbarseg serve --sample`` in this Python,
 Segment in Debian's chromium) with LUMBARSEG_WEB_SCREENSHOT set, so the picture is what that test saw
-after the five metric rows appeared. Needs the web environment (bash tools/install.sh --web).
+after the five metric rows appeared. Needs the web app installed (bash tools/install.sh: .venv has it).
 """
 
 import os

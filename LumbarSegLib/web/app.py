@@ -142,8 +142,12 @@ class LumbarSegWebApp:
     def _activate_in_editor(self, node):
         editor = self.slicer_app.segmentation_editor
         editor.set_surface_representation_enabled(True)  # else the editor drops the closed surfaces
-        editor.set_active_segmentation(node, self.session.volume_node)
+        # Before the activation too: it signals every effect pipeline, and the Threshold / intensity-mask ones
+        # then update a vtkImageThreshold that only a pipeline with a view has connected - without one, each
+        # slice view printed "vtkImageThreshold ... has 0 connections but is not optional" on every result.
         self._attach_effect_pipelines_to_views()
+        editor.set_active_segmentation(node, self.session.volume_node)
+        self._attach_effect_pipelines_to_views()  # and any pipeline the activation made
 
     def _attach_effect_pipelines_to_views(self):
         """Give every segment-editor effect pipeline its view.

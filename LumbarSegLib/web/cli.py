@@ -17,8 +17,10 @@ from ..errors import InputError
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8080
 DEFAULT_MAX_UPLOAD_MB = 512
-WEB_INSTALL_HINT = ("run 'bash tools/install.sh --web' in the LumbarSeg folder, then start it with "
-                    "'.venv-web/bin/lumbarseg serve'")
+# One environment has everything (tools/install.sh installs the test extras, which include the web app); a
+# plain `pip install -e .` leaves trame-slicer out, so name both ways in.
+WEB_INSTALL_HINT = ("run 'bash tools/install.sh' in the LumbarSeg folder (or pip install -e '.[web]' into this "
+                    "environment), then start it with '.venv/bin/lumbarseg serve'")
 
 
 def is_loopback(host: str) -> bool:
@@ -40,7 +42,7 @@ def no_login_warning(host: str, port: int) -> str:
 def register_cli(sub) -> None:
     p = sub.add_parser("serve", help="LumbarSeg in a web browser (trame-slicer)",
                        description="Serve the LumbarSeg flow (open a CT, segment, look, edit, export) to a web "
-                       "browser. Needs the web environment: " + WEB_INSTALL_HINT + ".")
+                       "browser. Needs the web app's packages (trame-slicer): " + WEB_INSTALL_HINT + ".")
     p.add_argument("--host", default=DEFAULT_HOST,
                    help=f"address to listen on (default {DEFAULT_HOST}: this machine only; anything else is "
                    "reachable from the network and has no login)")
@@ -89,7 +91,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     try:
         import trame_slicer  # noqa: F401
     except ModuleNotFoundError:
-        raise InputError("lumbarseg serve needs the web environment (trame-slicer), which this Python does not "
+        raise InputError("lumbarseg serve needs the web app's packages (trame-slicer), which this Python does not "
                          f"have ({sys.prefix}): {WEB_INSTALL_HINT}.") from None
     if not is_loopback(args.host):
         print(no_login_warning(args.host, args.port), file=sys.stderr, flush=True)
