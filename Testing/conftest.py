@@ -270,3 +270,15 @@ def load_module():
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+@pytest.fixture(scope="session")
+def shape_library():
+    """The phantoms' library of real vertebra shapes (../shared/data/masks), as ``lumbarseg phantom`` loads it;
+    tests that need its phantoms skip without it."""
+    from LumbarSegLib import phantoms
+
+    library = phantoms.load_shape_library()
+    if library is None:
+        pytest.skip("the shape library of real vertebra masks (../shared/data/masks) is absent")
+    return library

@@ -14,14 +14,23 @@ header cannot tell; the anatomy can. Three pieces of evidence, each from the net
   finds more vertebra on the upright view. When the mirrored view wins clearly (confidence gain plus a
   tenth of the log of the volume ratio at least :data:`MIRROR_SCORE_MARGIN`), the image is upside down.
 
-Any of them refuses the run (:class:`OrientationError`, an :class:`InputError`: nothing is written), because
-reversed names are worse than none. The margin was chosen on the bundled model with
-``tools/measure_mirror_scores.py``: the four real CTs of ``../shared/data/real`` (VerSe 005, 007, 008, 014)
-upside down score 0.031-0.089 and an abdominal phantom 0.117; upright, every case (those, the sample CT,
-three phantoms) scores -0.009 or less (an upright phantom on a coarse 2 x 2 x 2.5 mm grid once scored
-0.021). The test misses some upside-down images - the sample CT (0.006) and phantoms of the lumbar spine
-alone (0.010) or L3 to the sacrum (-0.001) - so it catches clear cases and never names them, but it is
-no proof that an image is upright.
+How much each weighs (measured with ``tools/measure_false_refusals.py``, see docs/accuracy.md):
+
+* the context classes and the label order are anatomy and refuse the run on their own
+  (:class:`OrientationError`, an :class:`InputError`: nothing is written), because reversed names are worse
+  than none. The bundled model's context classes never fire (their probability stays at 0.05-0.06 on every
+  case measured), so with it the naming stage's sacrum and rib anchors are never found either;
+* the mirror test is weak evidence. Upright phantoms score as high as real CTs upside down (upright
+  abdomens at 2 x 2 x 2.5 mm up to 0.12; the four real CTs of ``../shared/data/real`` upside down 0.031-0.089),
+  so on its own it only warns. It refuses together with the anatomy of the column found: lumbar vertebrae
+  widen from L1 to L5, so the network's vertebrae narrowing downwards (:func:`narrowing_downwards` at least
+  :data:`MIN_NARROWING`) supports it;
+* none of it counts when no vertebra is reported: a CT with no lumbar spine is never refused for its
+  orientation (:func:`decide`).
+
+The margin was chosen on the bundled model with ``tools/measure_mirror_scores.py``: the four real CTs upside
+down score 0.031-0.089 and an abdominal phantom 0.117; upright, the sample CT and three phantoms score
+-0.009 or less, but upright phantoms on a coarse 2 x 2 x 2.5 mm grid score up to 0.12.
 """
 
 from __future__ import annotations
@@ -40,6 +49,11 @@ from ..errors import InputError
 MIRROR_SCORE_MARGIN = 0.025
 VOLUME_WEIGHT = 0.1
 MIN_REVERSED_VERTEBRAE = 3
+# Lumbar vertebrae widen from L1 to L5 (and the sacrum below is wider still). The correlation between height
+# and the axial area of what the network calls vertebra is -0.22 to -0.55 on the four real CTs of
+# ../shared/data/real upright and -0.20 to +0.70 upside down (three of four over 0.38); on upright phantoms it
+# spreads from -0.8 to +0.6, which is why it only supports the mirror test and never refuses alone.
+MIN_NARROWING = 0.2
 
 
 class OrientationError(InputError):
@@ -111,6 +125,52 @@ def order_contradiction(labels: np.ndarray, min_voxels: int) -> str | None:
     if top_down == sorted(heights, reverse=True):
         return "the network named the vertebrae from L5 at the top down to L1 at the bottom"
     return None
+
+
+def narrowing_downwards(probs: torch.Tensor) -> float:
+    """How clearly what the network calls a vertebra (L1-L5, probabilities (C, z, y, x), LPS: a larger z is
+    superior) narrows downwards: the correlation between height and axial area over the slices holding at
+    least a fifth of the widest one's area. Positive: narrower below (upside-down anatomy); 0 when it cannot
+    be told (fewer than three such slices, or a constant area)."""
+    label = probs.argmax(dim=0)
+    area = ((label >= 1) & (label < NUM_CLASSES)).sum(dim=(1, 2)).numpy().astype(float)
+    if area.max() <= 0:
+        return 0.0
+    rows = np.flatnonzero(area >= 0.2 * area.max())
+    heights = np.arange(rows[0], rows[-1] + 1, dtype=float)
+    span = area[rows[0]:rows[-1] + 1]
+    if span.size < 3 or span.std() == 0:
+        return 0.0
+    return float(np.corrcoef(heights, span)[0, 1])
+
+
+@dataclass
+class Verdict:
+    """What the anatomy says about head and feet, decided once the vertebrae to report are known
+    (:func:`decide`). ``anatomy``: contradictions that refuse on their own; ``mirror``: the mirror test's
+    (None: it did not say upside down); ``narrowing``: :func:`narrowing_downwards`."""
+
+    anatomy: list[str]
+    mirror: str | None = None
+    narrowing: float = 0.0
+
+
+def decide(verdict: Verdict | None, vertebrae_reported: bool, messages: list[str]) -> None:
+    """Refuse (:class:`OrientationError`) or warn (into ``messages``) as ``verdict`` says; nothing when no
+    vertebra is reported (a CT with no lumbar spine has no names to reverse)."""
+    if verdict is None or not vertebrae_reported:
+        return
+    reasons = [r for r in verdict.anatomy if r]
+    if verdict.mirror and verdict.narrowing >= MIN_NARROWING:
+        reasons.append(f"{verdict.mirror}, and the vertebrae found narrow downwards (correlation of height and "
+                       f"cross-section {verdict.narrowing:+.2f}), while lumbar vertebrae widen from L1 to L5")
+    if reasons:
+        refuse_if_upside_down(reasons)
+    if verdict.mirror:
+        messages.append(f"WARNING: the image may be upside down (voxels mirrored head-to-feet against the header): "
+                        f"{verdict.mirror}. Nothing else in the anatomy says so, and upright scans also score this "
+                        f"way, so the vertebrae were named; if L1 is at the feet end, the names are reversed "
+                        f"(L5 called L1): check the slice order and direction in the file header.")
 
 
 def refuse_if_upside_down(reasons) -> None:

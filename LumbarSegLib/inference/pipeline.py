@@ -16,7 +16,7 @@ import SimpleITK as sitk
 import torch
 from scipy import ndimage
 
-from . import morphology, orientation, preprocess
+from . import column, morphology, orientation, preprocess
 from . import naming as naming_module
 from ..constants import LABEL_NAMES, NUM_CLASSES
 from ..errors import Cancelled, InputError, ModelError
@@ -142,18 +142,20 @@ def xunet_probabilities(canonical: sitk.Image, lo, hi, model: LumbarSegModel, de
 
 
 def check_head_feet(canonical: sitk.Image, lo, hi, model: LumbarSegModel, device: torch.device,
-                    probs: torch.Tensor, box_labels: np.ndarray) -> None:
-    """Refuse (:class:`orientation.OrientationError`) a CT whose anatomy says head and feet are swapped
-    against its header: context classes on the wrong side, L1-L5 in reversed order, or a crop that the
-    XUNet recognises better mirrored head-to-feet (one more XUNet pass, only when vertebrae were found)."""
+                    probs: torch.Tensor, box_labels: np.ndarray) -> orientation.Verdict:
+    """What the anatomy says about head and feet against the header (:mod:`orientation`): context classes on
+    the wrong side, L1-L5 in reversed order, a crop that the XUNet recognises better mirrored head-to-feet
+    (one more XUNet pass, only when vertebrae were found) and whether the vertebrae narrow downwards.
+    :func:`orientation.decide` refuses or warns once the vertebrae to report are known."""
     min_voxels = max(1, int(MIN_VERTEBRA_ML / (float(np.prod(canonical.GetSpacing())) / 1000.0)))
-    reasons = [orientation.context_contradiction(box_labels, model.config.context_classes, min_voxels),
-               orientation.order_contradiction(box_labels, min_voxels)]
+    verdict = orientation.Verdict(
+        [orientation.context_contradiction(box_labels, model.config.context_classes, min_voxels),
+         orientation.order_contradiction(box_labels, min_voxels)], narrowing=orientation.narrowing_downwards(probs))
     as_given = orientation.view_score(probs)
     if as_given.vertebra_voxels:
         mirrored = orientation.view_score(xunet_probabilities(canonical, lo, hi, model, device, mirror_z=True))
-        reasons.append(orientation.mirror_contradiction(as_given, mirrored))
-    orientation.refuse_if_upside_down(reasons)
+        verdict.mirror = orientation.mirror_contradiction(as_given, mirrored)
+    return verdict
 
 
 def vertebra_minimum_ml(volumes_ml) -> float | None:
@@ -338,17 +340,22 @@ def _segment_on(image: sitk.Image, model: LumbarSegModel, torch_device: torch.de
         probs = xunet_probabilities(canonical, lo, hi, model, torch_device)
         with torch.inference_mode():
             box_labels = preprocess.probabilities_to_labels(probs, np.asarray(hi) - np.asarray(lo))
-        if model.trained:  # random weights say nothing about anatomy (and are announced as meaningless)
-            check_head_feet(canonical, lo, hi, model, torch_device, probs, box_labels)
+        head_feet = None  # random weights say nothing about anatomy (and are announced as meaningless)
+        if model.trained:
+            head_feet = check_head_feet(canonical, lo, hi, model, torch_device, probs, box_labels)
         stages.start("postprocess")
         box_labels = clean_labels(box_labels, canonical.GetSpacing(), messages, model.config.context_classes,
                                   check=stages.check, dropped=dropped, naming=naming,
                                   naming_warnings=naming_warnings)
         labels_canonical[lo[2]:hi[2], lo[1]:hi[1], lo[0]:hi[0]] = box_labels
+        if labels_canonical.any():  # before stage 3, which would re-segment a chest wall's "vertebra" as well
+            labels_canonical = column.drop_off_column(labels_canonical, sitk.GetArrayViewFromImage(canonical),
+                                                      np.asarray(canonical.GetSpacing(), float)[::-1], messages)
         if refine is not None and labels_canonical.any():
             stages.start("refine")
             labels_canonical = refine_vertebrae(canonical, labels_canonical, refine, messages, stages.check)
         labels_canonical = drop_soft_tissue(labels_canonical, sitk.GetArrayViewFromImage(canonical), messages)
+        orientation.decide(head_feet, bool(labels_canonical.any()), messages)
     else:
         stages.start("postprocess")
 

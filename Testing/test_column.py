@@ -1,0 +1,71 @@
+"""A "vertebra" off the spinal column (on the chest wall) is never reported (:mod:`inference.column`): unit
+tests on a synthetic slab, and end to end with the bundled model on a thoracic-only phantom that, before the
+check, reported L3 and L5 on its chest wall."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from LumbarSegLib.inference import column
+
+
+def chest(shape=(40, 100, 120)):
+    """(z, y, x) HU at 2 mm: soft tissue, a dense column at the image's centre, a rib-like bar far out left."""
+    hu = np.full(shape, 40.0, np.float32)
+    mid = shape[2] // 2
+    hu[:, 60:75, mid - 7:mid + 8] = 500.0  # the spine: bone in every slice
+    hu[::8, 20:30, 5:25] = 400.0  # ribs: bone in one slice of eight
+    return hu
+
+
+def test_piece_far_from_the_column_is_dropped_and_named():
+    hu = chest()
+    labels = np.zeros(hu.shape, np.uint8)
+    labels[5:20, 62:73, 55:66] = 1  # on the column
+    labels[22:38, 18:32, 5:25] = 2  # on the ribs, about 85 mm out
+    messages = []
+    out = column.drop_off_column(labels, hu, (2.0, 2.0, 2.0), messages)
+    assert set(np.unique(out)) == {0, 1}
+    assert len(messages) == 1 and "L2" in messages[0] and "off the spinal column" in messages[0]
+
+
+def test_pieces_in_line_with_the_column_are_kept_even_beside_a_denser_structure():
+    hu = chest((40, 100, 200))
+    hu[:, 60:80, 170:195] = 1500.0  # a dense structure far out (a hip): the densest, but outside the band
+    labels = np.zeros(hu.shape, np.uint8)
+    labels[2:12, 62:73, 95:106] = 1
+    labels[14:24, 62:73, 95:106] = 2
+    messages = []
+    assert np.array_equal(column.drop_off_column(labels, hu, (2.0, 2.0, 2.0), messages), labels)
+    assert messages == []
+
+
+def test_line_through_the_vertebrae_on_the_column_keeps_one_the_density_misplaces():
+    centres = {1: np.array([0.0, 10.0, 10.0]), 2: np.array([30.0, 12.0, 10.0]), 3: np.array([60.0, 14.0, 11.0]),
+               4: np.array([90.0, 120.0, 10.0])}
+    d = column.off_the_line(centres, [1, 2])
+    assert d[3] < 2.0 and d[4] > 100.0
+    assert column.off_the_line(centres, []) == {}
+
+
+@pytest.fixture(scope="module")
+def bundled():
+    from LumbarSegLib.inference.models import load_model
+
+    model = load_model()
+    if not model.trained:
+        pytest.skip("the bundled model is not installed")
+    return model
+
+
+@pytest.mark.slow
+def test_thoracic_phantom_reports_no_lumbar_vertebra(bundled, shape_library):
+    from LumbarSegLib import phantoms
+    from LumbarSegLib.inference import pipeline
+
+    ct, _ = phantoms.generate_phantom(7000, shape=(160, 160, 120), spacing=(2, 2, 2.5), fov="thoracic",
+                                      shape_library=shape_library)
+    result = pipeline.segment(ct, model=bundled, device="cpu")
+    assert result.found == []
+    assert any("off the spinal column" in m for m in result.messages)

@@ -1,0 +1,123 @@
+"""Refusals, orientation warnings and invented vertebrae of the whole pipeline (bundled model), on upright
+phantoms, thoracic-only phantoms and real CTs upright and upside down: the numbers of issue 24 in
+docs/accuracy.md.
+
+    python3 tools/measure_false_refusals.py phantoms --seed 5000 --n 15 --shape 160 160 120 --spacing 2 2 2.5
+    python3 tools/measure_false_refusals.py phantoms --seed 7000 --n 5 --fov thoracic --shape 160 160 120 --spacing 2 2 2.5
+    python3 tools/measure_false_refusals.py real ../shared/data
+
+``phantoms`` draws phantoms as ``lumbarseg phantom`` does (with the shape library when it is there; item i has
+seed SEED + i; ``--fov cycle`` cycles over every field of view) and prints, for each, the true levels, what
+was reported, whether it was refused as upside down or warned, and the lumbar vertebrae reported on a phantom
+with none. ``real`` runs each CT of DATA/real upright and mirrored head-to-feet (header kept), and the
+thoracic DICOM series DATA/ts_dicom. Each line is printed as it is done; a summary ends the table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from LumbarSegLib.inference import orientation, pipeline, preprocess  # noqa: E402
+
+LUMBAR_CODES = range(20, 26)  # VerSe L1-L5 and L6
+
+
+def upside_down(image: sitk.Image) -> sitk.Image:
+    canonical = preprocess.to_canonical(image)
+    flipped = sitk.GetImageFromArray(np.ascontiguousarray(sitk.GetArrayFromImage(canonical)[::-1]))
+    flipped.CopyInformation(canonical)
+    return flipped
+
+
+def run(image, model, refine) -> tuple[str, list[str], list[str]]:
+    """(outcome: "refused" / "warned" / "named", found, messages) of one run."""
+    try:
+        result = pipeline.segment(image, model=model, device="cpu", refine=refine)
+    except orientation.OrientationError:
+        return "refused", [], []
+    warned = any(m.startswith("WARNING: the image may be upside down") for m in result.messages)
+    return ("warned" if warned else "named"), result.found, result.messages
+
+
+def phantom_rows(args, model, refine):
+    from LumbarSegLib import phantoms
+
+    library = phantoms.load_shape_library()
+    for i in range(args.n):
+        seed = args.seed + i
+        fov = phantoms.FOV_CHOICES[i % len(phantoms.FOV_CHOICES)] if args.fov == "cycle" else args.fov
+        ct, truth = phantoms.generate_phantom(seed, shape=tuple(args.shape), spacing=tuple(args.spacing), fov=fov,
+                                              shape_library=library)
+        codes = sorted(int(c) for c in np.unique(sitk.GetArrayViewFromImage(truth)) if c)
+        lumbar = any(c in LUMBAR_CODES for c in codes)
+        outcome, found, messages = run(ct, model, refine)
+        off = sum("off the spinal column" in m for m in messages)
+        yield {"case": f"seed {seed} ({fov or 'drawn'})", "truth": f"codes {codes[0]}-{codes[-1]}" if codes else "-",
+               "view": "upright", "outcome": outcome, "found": found, "invented": [] if lumbar else found,
+               "column_drops": off}
+
+
+def real_rows(args, model, refine):
+    from LumbarSegLib.io import images
+
+    data = Path(args.data)
+    for path in sorted((data / "real").glob("*_ct.nii.gz")):
+        ct = images.load_ct(path).image
+        for view, image in (("upright", ct), ("upside down", upside_down(ct))):
+            outcome, found, messages = run(image, model, refine)
+            yield {"case": path.name, "truth": "", "view": view, "outcome": outcome, "found": found, "invented": [],
+                   "column_drops": sum("off the spinal column" in m for m in messages)}
+    if (data / "ts_dicom").is_dir():
+        ct = images.load_ct(data / "ts_dicom").image
+        outcome, found, messages = run(ct, model, refine)
+        yield {"case": "ts_dicom (T11-T12)", "truth": "no lumbar", "view": "upright", "outcome": outcome,
+               "found": found, "invented": found, "column_drops": sum("off the spinal column" in m for m in messages)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="what", required=True)
+    p = sub.add_parser("phantoms")
+    p.add_argument("--seed", type=int, required=True)
+    p.add_argument("--n", type=int, default=10)
+    p.add_argument("--shape", type=int, nargs=3, required=True)
+    p.add_argument("--spacing", type=float, nargs=3, required=True)
+    p.add_argument("--fov", default=None, help="a field of view, 'cycle' (all in turn) or none (drawn per seed)")
+    r = sub.add_parser("real")
+    r.add_argument("data", help="the shared data folder (holding real/ and ts_dicom/)")
+    for q in (p, r):
+        q.add_argument("--refine", action="store_true", help="run stage 3 too (the CLI's default when bundled)")
+    args = parser.parse_args()
+    import torch
+
+    from LumbarSegLib.inference.models import load_model
+    from LumbarSegLib.inference.vertebra_stage import choose
+
+    torch.set_num_threads(1)
+    model = load_model()
+    refine = choose(True)[0] if args.refine else None
+    rows = phantom_rows(args, model, refine) if args.what == "phantoms" else real_rows(args, model, refine)
+    print("| case | truth | view | outcome | found | lumbar reported with none true | pieces dropped off the column |")
+    print("|---|---|---|---|---|---|---|")
+    counts = {"upright": {}, "upside down": {}}
+    invented = 0
+    for row in rows:
+        print(f"| {row['case']} | {row['truth']} | {row['view']} | {row['outcome']} | {', '.join(row['found']) or '-'} "
+              f"| {', '.join(row['invented']) or '-'} | {row['column_drops'] and 'yes' or '-'} |", flush=True)
+        counts[row["view"]][row["outcome"]] = counts[row["view"]].get(row["outcome"], 0) + 1
+        invented += bool(row["invented"])
+    for view, c in counts.items():
+        if c:
+            print(f"\n{view}: " + ", ".join(f"{k} {v}" for k, v in sorted(c.items())))
+    print(f"cases with no lumbar vertebra that reported one: {invented}")
+
+
+if __name__ == "__main__":
+    main()
