@@ -44,7 +44,7 @@ GAP_RANGE_MM = (26.0, 37.0)
 GAP_DEFAULT_MM = 30.0
 # The slab searched around a vertebra's centre: this share of a gap above and below (its body and arch; a
 # rib runs down from its neck, and s0328's T12 rib reaches 55-58 mm within half a gap, 59-64 within 0.65).
-SLAB_SHARE = 0.65
+SLAB_SHARE = 0.5
 # Bone this close (in-plane) to the predicted centre of the vertebra is that vertebra (a body is 35-50 mm
 # wide, its centre predicted a few mm off).
 SEED_MM = 18.0
@@ -54,8 +54,10 @@ MIN_SEED_ML = 2.0
 # Lumbar transverse processes end 30-50 mm from the column's axis (L3's, the longest, 80-100 mm tip to tip;
 # s0328: L1-L4 reach 38-47 mm); a rib connected to its vertebra reaches further (s0328: T12's short rib 59-64
 # mm, T11's 80-88, T9-T10's beyond 110). RIB_REACH_MM fires the anchor above; the highest lumbar piece
-# "carries a rib" already from CARRIES_RIB_MM (a lower bar: doubt stops the anchor).
-RIB_REACH_MM = 56.0
+# "carries a rib" already from CARRIES_RIB_MM on either side (a lower bar: doubt stops the anchor). The anchor
+# needs RIB_REACH_MM on BOTH sides: ribs are paired, while a lower rib running down past a lumbar transverse
+# process can touch it on one side (phantom 100200: T12's rib touches L1 on the left, 110 mm, right 29 mm).
+RIB_REACH_MM = 54.0
 CARRIES_RIB_MM = 52.0
 # How far out laterally the detectors look (a rib or iliac wing beyond is not needed).
 LATERAL_MM = 110.0
@@ -157,8 +159,8 @@ def detect_ribs(hu: np.ndarray, spacing, centres_mm: list[np.ndarray], top_name:
                             f"out to one side (further than a lumbar transverse process): it may carry a rib (a "
                             f"T12, or a transitional vertebra), so the ribs do not anchor the count. Check the levels.")
         return out
-    if max(above[:2]) >= RIB_REACH_MM:
-        side = "both sides" if min(above[:2]) >= RIB_REACH_MM else "one side"
+    if min(above[:2]) >= RIB_REACH_MM:
+        side = "both sides"
         out.ribs = True
         out.notes.append(f"Ribs on the vertebra above L1: the CT shows bone connected to the vertebra above "
                          f"{top_name} running {max(above[:2]):.0f} mm out on {side} (a lumbar transverse process "
