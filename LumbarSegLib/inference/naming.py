@@ -24,6 +24,7 @@ import numpy as np
 from scipy import ndimage
 
 from ..constants import LABEL_NAMES, NUM_CLASSES, TRANSITIONAL
+from . import anchors as ct_anchors
 
 # The gap model, fitted on the 11 real spines of ../shared/data (VerSe and TotalSegmentator label maps;
 # whole vertebrae only, centroid of each mask in physical space) with
@@ -264,10 +265,12 @@ def evidence_score(start: int, offsets: list[int], evidence: np.ndarray, context
 
 
 def decode_levels(offsets: list[int], evidence: np.ndarray, context_classes, network_levels: set[int],
-                  ribs_start: int | None, sacrum_start: int | None) -> tuple[int, str, list[str]]:
+                  ribs_start: int | None, sacrum_start: int | None,
+                  first_is_anchor: bool = True) -> tuple[int, str, list[str]]:
     """(start level, how decided, warnings) for a column whose instances lie ``offsets`` levels below the
     first. ``ribs_start`` / ``sacrum_start``: the first instance's level that counting down from the ribs /
-    up from the sacrum gives (None: that anchor is not in view)."""
+    up from the sacrum gives (None: that anchor is not in view). ``first_is_anchor``: the first instance is
+    the thoracic anchor itself (not a vertebra the network called lumbar)."""
     def score(s):
         return evidence_score(s, offsets, evidence, context_classes, network_levels)
 
@@ -278,7 +281,7 @@ def decode_levels(offsets: list[int], evidence: np.ndarray, context_classes, net
         start = sacrum_start if chosen == "sacrum" else ribs_start
         diff = abs(ribs_start - sacrum_start)
         def names(s):  # of the vertebrae the network called lumbar (the first instance is the ribs' anchor)
-            return ", ".join(_level_name(s + o) for o in offsets[1:])
+            return ", ".join(_level_name(s + o) for o in offsets[1 if first_is_anchor else 0:])
         counts = (f"counting up from the sacrum names them {names(sacrum_start)}; counting down from the ribs "
                   f"names them {names(ribs_start)}; the names shown follow the {chosen} count, which the "
                   f"network's evidence favours")
@@ -395,13 +398,16 @@ def find_instances(kept: np.ndarray, spacing_zyx, notes: list[str] | None = None
 
 
 def name_column(labels: np.ndarray, kept: np.ndarray, spacing_xyz, context_classes=(), min_voxels: int = 1,
-                probabilities: np.ndarray | None = None) -> ColumnNaming | None:
+                probabilities: np.ndarray | None = None, hu: np.ndarray | None = None,
+                hu_origin=(0, 0, 0)) -> ColumnNaming | None:
     """Find the vertebrae in the network's output and name the column (see the module docstring).
 
     ``labels``: the network's labels (z, y, x); ``kept``: the lumbar pieces kept for reporting (0, 1..5: each
     class's largest piece of reportable size); ``min_voxels``: the least piece of a context class that
     counts as an anchor; ``probabilities``: the network's class probabilities (C, z, y, x) on the same grid,
-    if at hand (the labels' shares stand in for them otherwise). None when ``kept`` holds no vertebra."""
+    if at hand (the labels' shares stand in for them otherwise); ``hu``: the CT (z, y, x, LPS) in which
+    ``labels[0, 0, 0]`` is voxel ``hu_origin``, read for ribs and the sacrum (:mod:`.anchors`) when given.
+    None when ``kept`` holds no vertebra."""
     spacing_zyx = np.asarray(spacing_xyz, float)[::-1]
     sz = float(spacing_zyx[0])
     # Work inside the column's box, grown to take in the neighbours that anchor it (a box-sized array per
@@ -419,6 +425,11 @@ def name_column(labels: np.ndarray, kept: np.ndarray, spacing_xyz, context_class
     n_classes = NUM_CLASSES + len(context_classes)
     evidence = class_evidence(masks, labels, n_classes, probabilities)
 
+    ct = None
+    if hu is not None:  # the CT's own evidence of ribs above and the sacrum below (nothing learned)
+        shift = (np.asarray(hu_origin, float) + [s.start for s in box]) * spacing_zyx
+        ct = ct_anchors.detect(hu, spacing_zyx, [_centre_mm(m, spacing_zyx) + shift for m in masks],
+                               LABEL_NAMES[network[0]], LABEL_NAMES[network[-1]])
     ribs_piece = sacrum_piece = None
     if "thoracic" in context_classes:
         ribs_piece = _context_neighbour(labels, NUM_CLASSES + list(context_classes).index("thoracic"), masks[0],
@@ -451,8 +462,10 @@ def name_column(labels: np.ndarray, kept: np.ndarray, spacing_xyz, context_class
     network_levels = {lev for lev in _argmax_levels(evidence) if lev}
     ribs_start = 0 if ribs_piece is not None else None  # the thoracic neighbour is T12
     sacrum_start = 5 - offsets[-1] if sacrum_piece is not None else None  # the lowest vertebra is L5
+    if ct is not None:
+        ribs_start, sacrum_start = ct_anchors.apply_to_count(ct, ribs_start, sacrum_start, offsets, notes, warnings)
     start, how, decode_warnings = decode_levels(offsets, evidence, context_classes, network_levels,
-                                                ribs_start, sacrum_start)
+                                                ribs_start, sacrum_start, first_is_anchor=ribs_piece is not None)
     warnings += decode_warnings
     levels = [start + o for o in offsets]
     instance_map = np.zeros(labels.shape, np.uint8)  # instances are vertebrae: far fewer than 255
@@ -489,7 +502,7 @@ def _describe(naming: ColumnNaming, has_thoracic: bool) -> None:
         named = ", ".join(_level_name(lev) for lev in levels if 1 <= lev <= 5)
         # "not found", never "not in view": the bundled model's context classes never win a voxel (their output
         # weights are still near-copies of background), so both anchors go unfound even when plainly in view.
-        naming.warnings.append(f"WARNING: the level names ({named}) are unanchored: the network labelled neither the "
-                               f"sacrum right below nor a thoracic vertebra right above the column (out of view, or "
-                               f"not recognised), so they rest on its reading of the vertebrae alone. Check the levels "
-                               f"against the ribs or the sacrum.")
+        naming.warnings.append(f"WARNING: the level names ({named}) are unanchored: neither the network nor the CT's "
+                               f"bone showed the sacrum right below or a rib-bearing vertebra right above the column "
+                               f"(out of view, or not recognised), so they rest on the network's reading of the "
+                               f"vertebrae alone. Check the levels against the ribs or the sacrum.")

@@ -180,7 +180,8 @@ def _dropped_message(dropped: dict, minimum: float | None) -> str:
 
 def clean_labels(labels: np.ndarray, spacing_xyz, messages: list[str], context_classes=(), check=None,
                  dropped: dict | None = None, naming: dict | None = None,
-                 probabilities: np.ndarray | None = None, naming_warnings: list | None = None) -> np.ndarray:
+                 probabilities: np.ndarray | None = None, naming_warnings: list | None = None,
+                 hu: np.ndarray | None = None, hu_origin=(0, 0, 0)) -> np.ndarray:
     """Keep each vertebra's largest connected piece; drop islands and slivers; name the column by counting.
 
     ``labels`` is (z, y, x) in LPS orientation (a larger z index is more superior) with 0 background,
@@ -193,6 +194,8 @@ def clean_labels(labels: np.ndarray, spacing_xyz, messages: list[str], context_c
     network's class probabilities (C, z, y, x) on the grid of ``labels``, the class evidence when given.
     Pieces too small to report (:func:`vertebra_minimum_ml`) are named in ``messages`` and in ``dropped``
     (label -> mL). ``check()`` is called before each vertebra's morphology (the pipeline's cancellation check).
+    ``hu``: the CT (z, y, x, LPS) with ``labels[0, 0, 0]`` at its voxel ``hu_origin``: the count also reads
+    ribs and the sacrum from its bone (:mod:`.anchors`).
     """
     voxel_ml = float(np.prod(spacing_xyz)) / 1000.0
     spacing_zyx = np.asarray(spacing_xyz, float)[::-1]
@@ -214,7 +217,7 @@ def clean_labels(labels: np.ndarray, spacing_xyz, messages: list[str], context_c
         if label not in too_small:
             kept[region][mask] = label
     named = anchor_names(labels, kept, spacing_xyz, context_classes, min_voxels, messages, naming, probabilities,
-                         naming_warnings)
+                         naming_warnings, hu, hu_origin)
     out = np.zeros_like(labels)
     margin = np.ceil(CLOSING_MM / spacing_zyx).astype(int)  # room for the closing around each vertebra
     for level, region in enumerate(ndimage.find_objects(named, max_label=NUM_CLASSES - 1), start=1):
@@ -238,7 +241,8 @@ def _close_and_fill(out: np.ndarray, labels: np.ndarray, label: int, region, mar
 
 def anchor_names(labels: np.ndarray, kept: np.ndarray, spacing_xyz, context_classes, min_voxels: int,
                  messages: list[str], naming: dict | None = None, probabilities: np.ndarray | None = None,
-                 naming_warnings: list | None = None) -> np.ndarray:
+                 naming_warnings: list | None = None, hu: np.ndarray | None = None,
+                 hu_origin=(0, 0, 0)) -> np.ndarray:
     """The kept lumbar pieces (``kept``: 0, 1..5) renamed by counting along the whole column (:mod:`naming`).
 
     The network names each vertebra from its looks and its place in the crop; on a partial or thick-slice
@@ -246,10 +250,13 @@ def anchor_names(labels: np.ndarray, kept: np.ndarray, spacing_xyz, context_clas
     piece holding two is split at the disc, two pieces of one vertebra merged) and the column gets one
     consecutive sequence of levels, anchored by a thoracic vertebra right above (counting down: the next
     is L1) and the sacrum right below (counting up: the lowest is L5); with neither, by the network's
-    evidence, and the result says the names are unanchored. ``naming`` receives name -> how decided,
-    ``naming_warnings`` the count's warnings.
+    evidence, and the result says the names are unanchored. The anchors come from the network's context
+    classes and, given the CT (``hu``, ``hu_origin``: see :func:`clean_labels`), from its bone (:mod:`.anchors`:
+    ribs above, the sacrum below). ``naming`` receives name -> how decided, ``naming_warnings`` the count's
+    warnings.
     """
-    column = naming_module.name_column(labels, kept, spacing_xyz, context_classes, min_voxels, probabilities)
+    column = naming_module.name_column(labels, kept, spacing_xyz, context_classes, min_voxels, probabilities,
+                                       hu, hu_origin)
     if column is None:
         return kept
     messages.extend(column.notes)
@@ -346,7 +353,8 @@ def _segment_on(image: sitk.Image, model: LumbarSegModel, torch_device: torch.de
         stages.start("postprocess")
         box_labels = clean_labels(box_labels, canonical.GetSpacing(), messages, model.config.context_classes,
                                   check=stages.check, dropped=dropped, naming=naming,
-                                  naming_warnings=naming_warnings)
+                                  naming_warnings=naming_warnings, hu=sitk.GetArrayViewFromImage(canonical),
+                                  hu_origin=tuple(int(v) for v in lo[::-1]))
         labels_canonical[lo[2]:hi[2], lo[1]:hi[1], lo[0]:hi[0]] = box_labels
         if labels_canonical.any():  # before stage 3, which would re-segment a chest wall's "vertebra" as well
             labels_canonical = column.drop_off_column(labels_canonical, sitk.GetArrayViewFromImage(canonical),

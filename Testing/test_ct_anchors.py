@@ -1,0 +1,128 @@
+"""Anchors read from the CT's bone (inference/anchors.py) and their use in the count (naming.name_column):
+ribs on the vertebra above the column anchor the names counting down; a transverse process is no rib; the
+sacrum and pelvis below only confirm the ribs' count, never shift names alone."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from LumbarSegLib.inference import anchors, naming
+
+GAP = 30  # mm between vertebral centres; the grid is 1 mm
+SHAPE = (230, 120, 240)  # z, y, x
+X0, Y0 = 120, 55  # the column's axis
+
+
+def _column(n_lumbar=5, above=1, below=0):
+    """(hu, labels): ``above`` bony vertebrae above ``n_lumbar`` labelled ones (1.. top first), ``below``
+    bony unlabelled ones below. Vertebral bodies 30 mm wide, 22 mm high, 400 HU in 0 HU soft tissue."""
+    hu = np.zeros(SHAPE, np.float32)
+    labels = np.zeros(SHAPE, np.uint8)
+    centres = {}
+    z = SHAPE[0] - 25
+    for k in range(above + n_lumbar + below):
+        box = (slice(z - 11, z + 11), slice(Y0 - 15, Y0 + 15), slice(X0 - 15, X0 + 15))
+        hu[box] = 400
+        if above <= k < above + n_lumbar:
+            labels[box] = k - above + 1
+        centres[k] = z
+        z -= GAP
+    return hu, labels, centres
+
+
+def _bar(hu, z, right_mm, left_mm, thick=5):
+    """A bony bar across the axis at height ``z``: out to ``right_mm`` / ``left_mm`` from the axis (a
+    transverse process, a rib or an ala), ``thick`` mm high and deep."""
+    hu[z - thick // 2:z + thick // 2 + 1, Y0 + 5:Y0 + 5 + thick, X0 - right_mm:X0 + left_mm + 1] = 600
+
+
+def _centres_mm(labels):
+    return [np.argwhere(labels == k).mean(axis=0) for k in sorted(set(np.unique(labels)) - {0})]
+
+
+def test_ribs_on_both_sides_of_the_vertebra_above_fire_the_anchor():
+    hu, labels, c = _column()
+    _bar(hu, c[0], 90, 90)  # T12's ribs
+    _bar(hu, c[1], 35, 35)  # L1's transverse processes
+    got = anchors.detect(hu, (1.0, 1.0, 1.0), _centres_mm(labels))
+    assert got.ribs and not got.sacrum
+    assert any("Ribs on the vertebra above L1" in n for n in got.notes)
+
+
+def test_lumbar_transverse_processes_are_no_ribs():
+    hu, labels, c = _column()
+    _bar(hu, c[0], 48, 48)  # L3-like processes (96 mm tip to tip) on the vertebra above: no rib
+    assert not anchors.detect(hu, (1.0, 1.0, 1.0), _centres_mm(labels)).ribs
+
+
+def test_a_rib_on_one_side_only_does_not_fire():
+    hu, labels, c = _column()
+    _bar(hu, c[0], 25, 90)  # a lower rib touching one side (as in phantom 100200) is not a pair of ribs
+    assert not anchors.detect(hu, (1.0, 1.0, 1.0), _centres_mm(labels)).ribs
+
+
+def test_a_top_piece_that_carries_a_rib_stops_the_ribs_anchor_and_says_so():
+    hu, labels, c = _column()
+    _bar(hu, c[0], 90, 90)
+    _bar(hu, c[1], 70, 70)  # the piece named L1 carries ribs itself: it may be T12
+    got = anchors.detect(hu, (1.0, 1.0, 1.0), _centres_mm(labels), top_name="L1")
+    assert not got.ribs
+    assert any("may carry a rib" in w for w in got.warnings)
+
+
+def test_wide_lumbar_transverse_processes_do_not_fire_the_sacrum():
+    hu, labels, c = _column(n_lumbar=4, above=0, below=1)
+    _bar(hu, c[4], 50, 50, thick=9)  # L5 below a lowest L4: 100 mm tip to tip
+    _bar(hu, c[4], 110, -95, thick=9)  # and an iliac crest beside it, soft tissue between
+    _bar(hu, c[4], -95, 110, thick=9)
+    assert not anchors.detect(hu, (1.0, 1.0, 1.0), _centres_mm(labels)).sacrum
+
+
+def test_the_sacrum_and_iliac_wings_across_the_slice_are_seen():
+    hu, labels, c = _column(n_lumbar=5, above=0, below=1)
+    for dz in range(-10, 11, 5):  # sacral alae abutting the ilia: bone all across, 2 mm joints
+        _bar(hu, c[5] + dz, 55, 55, thick=5)
+        _bar(hu, c[5] + dz, 105, -57, thick=5)
+        _bar(hu, c[5] + dz, -57, 105, thick=5)
+    got = anchors.detect(hu, (1.0, 1.0, 1.0), _centres_mm(labels))
+    assert got.sacrum
+
+
+def test_name_column_with_the_ct_anchors_on_ribs_and_names_from_l1():
+    hu, labels, c = _column(n_lumbar=3)
+    _bar(hu, c[0], 90, 90)
+    wrong = np.where(labels > 0, labels + 1, 0).astype(np.uint8)  # the network named them L2-L4
+    col = naming.name_column(wrong, wrong, (1.0, 1.0, 1.0), hu=hu)
+    assert col.how == "ribs"
+    assert col.lumbar() == {0: 1, 1: 2, 2: 3}  # counted down from the ribs: L1, L2, L3
+    assert any("Ribs on the vertebra above L1" in n for n in col.notes)
+    assert not any("unanchored" in w for w in col.warnings)
+
+
+def test_name_column_without_ribs_in_the_ct_stays_unanchored():
+    hu, labels, c = _column(n_lumbar=3)
+    col = naming.name_column(labels, labels, (1.0, 1.0, 1.0), hu=hu)
+    assert col.how == "unanchored"
+    assert any("unanchored" in w for w in col.warnings)
+
+
+def test_the_sacrum_alone_does_not_shift_names():
+    hu, labels, c = _column(n_lumbar=4, above=0, below=1)
+    for dz in range(-10, 11, 5):
+        _bar(hu, c[4] + dz, 105, 105, thick=5)
+    col = naming.name_column(labels, labels, (1.0, 1.0, 1.0), hu=hu)
+    assert col.how == "unanchored" and col.lumbar() == {0: 1, 1: 2, 2: 3, 3: 4}
+    assert any("does not anchor the count alone" in n for n in col.notes)
+
+
+@pytest.mark.slow
+def test_phantom_ribs_fire_above_l1_and_not_above_l2():
+    from LumbarSegLib import phantoms
+    from tools.check_ct_anchors import truth_case
+
+    ct, seg = phantoms.generate_phantom(100202, fov="lumbar", shape_library=phantoms.load_shape_library())
+    hu, spacing, present, centres, ribs_t, _ = truth_case(ct, seg)
+    assert present[0] == 20 and ribs_t  # L1 at the top, T12 in view (5 mm slices)
+    assert anchors.detect(hu, spacing, centres).ribs
+    assert not anchors.detect(hu, spacing, centres[1:]).ribs  # L1 above the top piece: no rib
