@@ -422,13 +422,13 @@ class LumbarSegWebApp:
 
 def serve(args) -> int:
     """Start the server (``lumbarseg serve``); returns when it stops."""
-    from .transport import MESSAGE_LIMIT, bound_transport
+    from .transport import FRAME_LIMIT, bound_transport
 
     bound_transport()  # before trame makes its websocket server: no page message over one upload piece
     from trame.app import get_server
 
     server = get_server("lumbarseg", client_type="vue3")
-    server.options["ws_max_msg_size"] = MESSAGE_LIMIT  # trame copies it into wslink's setting at start
+    server.options["ws_max_msg_size"] = FRAME_LIMIT  # trame copies it into wslink's setting at start
     max_bytes = int(args.max_upload_mb * 1e6)
     app = LumbarSegWebApp(server, data_dir=args.data_dir, work_dir=args.work_dir, max_upload_bytes=max_bytes,
                           device=args.device, model=args.model, keep_uploads=getattr(args, "keep_uploads", False))

@@ -8,8 +8,8 @@ check refused it (issue 24 item 9).
 
 So every message a page sends is bounded here, before it is held:
 
-- a websocket frame over the limit is refused by aiohttp from its header, before its payload is read
-  (``WSLINK_MAX_MSG_SIZE``, which is also the frame size wslink tells the page to cut its messages into);
+- a websocket frame over ``FRAME_LIMIT`` is refused by aiohttp from its header, before its payload is
+  read (``WSLINK_MAX_MSG_SIZE``, which is also the frame size wslink tells the page to cut messages into);
 - a message cut into frames (wslink's chunk header declares the whole size) is refused from its first
   chunk's header when its declared size, or the sum of the page's unfinished messages, passes the limit.
 
@@ -29,6 +29,9 @@ PIECE_BYTES = 1 << 20  # one upload piece (1 MiB): a 100 MB CT is 100 round trip
 # A piece plus its RPC wrapper (msgpack, the trigger's name and arguments) with room to spare; every other
 # message a page sends (clicks, heartbeats, state changes, view events) is a few kB at most.
 MESSAGE_LIMIT = PIECE_BYTES + (64 << 10)
+# The websocket frame limit, also the size the page is told to cut its messages into (a piece is 5 frames):
+# smaller than a message so that the frames aiohttp has read ahead when a message is refused stay small.
+FRAME_LIMIT = 256 << 10
 TOO_BIG = 1009  # websocket close code "message too big" (RFC 6455)
 
 log = logging.getLogger(__name__)
@@ -38,19 +41,20 @@ class MessageRefused(ValueError):
     pass
 
 
-def bound_transport(limit: int = MESSAGE_LIMIT) -> None:
+def bound_transport(limit: int = MESSAGE_LIMIT, frame: int = FRAME_LIMIT) -> None:
     """Bound what one page may send before the websocket server is made (``lumbarseg serve`` calls this
-    before :func:`serve` starts trame). Safe to call again."""
+    before :func:`serve` starts trame; app.serve sets trame's own option to ``frame`` too). Safe to call
+    again."""
     # wslink reads these at import time and trame's server overwrites WSLINK_MAX_MSG_SIZE from its own
-    # option at start: set all three so each layer agrees (the server's option is set in app.serve too).
-    os.environ["WSLINK_MAX_MSG_SIZE"] = str(limit)
-    os.environ["TRAME_WS_MAX_MSG_SIZE"] = str(limit)
+    # option at start: set them all so each layer agrees.
+    os.environ["WSLINK_MAX_MSG_SIZE"] = str(frame)
+    os.environ["TRAME_WS_MAX_MSG_SIZE"] = str(frame)
     os.environ["WSLINK_MSG_OVERHEAD"] = "4096"
     import wslink.backends.aiohttp as backend
     import wslink.protocol as protocol
 
-    protocol.MAX_MSG_SIZE = limit  # the frame size the hello answer tells the page to cut messages into
-    backend.MAX_MSG_SIZE = limit  # aiohttp's frame limit (re-read from the environment when the app is made)
+    protocol.MAX_MSG_SIZE = frame  # the frame size the hello answer tells the page to cut messages into
+    backend.MAX_MSG_SIZE = frame  # aiohttp's frame limit (re-read from the environment when the app is made)
     # WebAppServer makes its handler by this module-level name when the server starts.
     base = getattr(backend.AioHttpWsHandler, "wslink_handler", backend.AioHttpWsHandler)
     backend.AioHttpWsHandler = _bounded_handler_class(base, limit)
