@@ -107,6 +107,7 @@ class PieceUpload:
             self.discard()
             raise InputError("More arrived than the file's size; the upload was stopped and discarded.")
         self._handle.write(data)
+        self._handle.flush()  # to the file now: the server holds no piece once its answer is sent
         self.received += len(data)
 
     def finish(self) -> Path:
