@@ -23,7 +23,7 @@ from pathlib import Path
 
 from ..errors import InputError, LumbarSegError
 from .session import SAMPLE_CT, EditedSegmentation, StudySession
-from .uploads import EXPORT_FOLDER, UPLOAD_FOLDER, display_name, remove_patient_data, save_upload
+from .uploads import EXPORT_FOLDER, UPLOAD_FOLDER, PieceUpload, display_name, remove_patient_data
 
 POLL_SECONDS = 0.25
 READ_ONLY = "Another browser is using this server; this page is a read-only view."  # said to the refused page only
@@ -71,6 +71,8 @@ class LumbarSegWebApp:
         self.server_cts = list_server_cts(data_dir)
         self.max_upload_bytes = int(max_upload_bytes)
         self._owner_seen: dict[str, float] = {}
+        self._upload: PieceUpload | None = None  # the owner's upload under way, one at a time
+        self._upload_name = ""
         self._poll_task = None
         self._init_state()
         from .panel import build_ui
@@ -226,20 +228,55 @@ class LumbarSegWebApp:
             return
         self._open(Path(entry["path"]), entry["title"])
 
-    def upload(self, client_id, name, files):
-        if not self._owns(client_id):
-            return READ_ONLY
-        from trame.app.file_upload import ClientFile
+    # An upload comes in pieces (uploads.PieceUpload): the page starts it with the file's name and size,
+    # sends transport.PIECE_BYTES at a time, awaiting each answer, then finishes it. The owner is checked
+    # before a piece is written; the transport (transport.py) has already refused any message over one
+    # piece, so a page that is not the owner makes the server hold at most one piece, briefly.
 
+    def upload_start(self, client_id, name, size):
+        """Returns this upload's token for its pieces, or None (the reason is on the page)."""
+        if not self._owns(client_id):
+            return None
+        self._discard_upload()
+        self.state.ls_error = ""
         try:
-            file = ClientFile(files[0] if files else None)
-            if file.is_empty:
-                raise InputError("No file arrived; choose the CT file again.")
-            path = save_upload(name, file.content, self.work_dir / UPLOAD_FOLDER, self.max_upload_bytes)
+            self._upload = PieceUpload(name, size, self.work_dir / UPLOAD_FOLDER, self.max_upload_bytes)
         except LumbarSegError as exc:
             self._fail(exc)
-            return
-        self._open(path, display_name(name), remove_on_fail=True)
+            return None
+        self._upload_name = name
+        return self._upload.token
+
+    def upload_piece(self, client_id, token, offset, data) -> bool:
+        """Whether the page should send the next piece."""
+        if not self._owns(client_id) or self._upload is None or token != self._upload.token:
+            return False
+        try:
+            self._upload.add(offset, data)
+        except LumbarSegError as exc:
+            self._upload = None  # add() discarded it
+            self._fail(exc)
+            return False
+        return True
+
+    def upload_finish(self, client_id, token):
+        if not self._owns(client_id):
+            return READ_ONLY
+        if self._upload is None or token != self._upload.token:
+            return None  # refused or replaced on the way; the page already shows why
+        upload, self._upload = self._upload, None
+        try:
+            path = upload.finish()
+        except LumbarSegError as exc:
+            self._fail(exc)
+            return None
+        self._open(path, display_name(self._upload_name), remove_on_fail=True)
+        return None
+
+    def _discard_upload(self):
+        if self._upload is not None:
+            self._upload.discard()
+            self._upload = None
 
     def _open(self, path, label, *, discard_edits=False, remove_on_fail=False):
         s = self.state
@@ -374,6 +411,7 @@ class LumbarSegWebApp:
         return self.server.protocol.addAttachment(content)
 
     def close(self):
+        self._discard_upload()
         if self.session.running:
             self.session.cancel()
         if self._own_work_dir:
@@ -384,11 +422,14 @@ class LumbarSegWebApp:
 
 def serve(args) -> int:
     """Start the server (``lumbarseg serve``); returns when it stops."""
+    from .transport import FRAME_LIMIT, bound_transport
+
+    bound_transport()  # before trame makes its websocket server: no page message over one upload piece
     from trame.app import get_server
 
     server = get_server("lumbarseg", client_type="vue3")
+    server.options["ws_max_msg_size"] = FRAME_LIMIT  # trame copies it into wslink's setting at start
     max_bytes = int(args.max_upload_mb * 1e6)
-    server.cli.set_defaults(ws_max_msg_size=max(4 * 2**20, min(max_bytes + 2**20, 2**31 - 1)))
     app = LumbarSegWebApp(server, data_dir=args.data_dir, work_dir=args.work_dir, max_upload_bytes=max_bytes,
                           device=args.device, model=args.model, keep_uploads=getattr(args, "keep_uploads", False))
     if args.sample:
@@ -401,8 +442,9 @@ def serve(args) -> int:
 
     signal.signal(signal.SIGTERM, _exit_on_sigterm)  # a service manager's stop runs the clean-up below too
     try:
+        # backend named: aiohttp's is the one bound_transport bounds (TRAME_BACKEND could pick another)
         server.start(host=args.host, port=args.port, open_browser=False, show_connection_info=False,
-                     disable_logging=True, exec_mode="main", timeout=0)
+                     disable_logging=True, exec_mode="main", timeout=0, backend="aiohttp")
     finally:
         app.close()
     return 0

@@ -29,14 +29,29 @@ class PageUI:
 
 
 def _upload_handler(app) -> str:
-    # Size and type are checked here before a byte is sent, and again on the server (uploads.save_upload).
+    # Size and type are checked here before a byte is sent, and again on the server (uploads.PieceUpload).
+    # The file goes in PIECE_BYTES pieces, one at a time: the server writes each to disk and answers false
+    # once it refuses the upload (too large, not the owner), and no message may be larger (transport.py).
+    # A piece goes as a DataView, as trame's own File content does: trame's client walks any argument with
+    # a length element by element (a Uint8Array piece became a million promises), and msgpack sends a
+    # DataView as binary. Globals other than a few (Math, JSON...) are hidden from a Vue template: window.
+    from .transport import PIECE_BYTES
+
     return (
         "const f = $event.target.files && $event.target.files[0]; if (!f) return;"
         "if (ls_max_upload <= 0) { ls_error = 'Uploads are switched off on this server.'; return; }"
         "if (f.size > ls_max_upload) { ls_error = `${f.name} is ${(f.size / 1e6).toFixed(1)} MB, more than this "
         "server accepts (${(ls_max_upload / 1e6).toFixed(0)} MB).`; $event.target.value = ''; return; }"
         "ls_uploading = true; ls_error = '';"
-        "window.trame.trigger('ls_upload', [ls_me, f.name, [f]]).finally(() => { ls_uploading = false; });"
+        "(async () => {"
+        " const token = await window.trame.trigger('ls_upload_start', [ls_me, f.name, f.size]);"
+        " if (!token) return;"
+        f" for (let at = 0; at < f.size; at += {PIECE_BYTES}) {{"
+        f"  const piece = new window.DataView(await f.slice(at, at + {PIECE_BYTES}).arrayBuffer());"
+        "  if (!await window.trame.trigger('ls_upload_piece', [ls_me, token, at, piece])) return;"
+        " }"
+        " await window.trame.trigger('ls_upload_finish', [ls_me, token]);"
+        "})().finally(() => { ls_uploading = false; });"
         "$event.target.value = '';"
     )
 
@@ -54,7 +69,9 @@ def build_ui(app) -> PageUI:
 
     server, ctrl = app.server, app.ctrl
     ctrl.trigger("ls_claim")(app.claim)
-    ctrl.trigger("ls_upload")(app.upload)
+    ctrl.trigger("ls_upload_start")(app.upload_start)
+    ctrl.trigger("ls_upload_piece")(app.upload_piece)
+    ctrl.trigger("ls_upload_finish")(app.upload_finish)
     ctrl.trigger("ls_export")(app.export)
     is_viewer = "ls_owner && ls_owner !== ls_me"
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import itertools
 import os
 import re
+import secrets
 from pathlib import Path
 
 from ..errors import InputError
@@ -57,25 +58,80 @@ def check_upload_size(size: int, max_bytes: int) -> None:
         raise InputError("The uploaded file is empty.")
 
 
-def save_upload(client_name: str, content: bytes, upload_dir, max_bytes: int) -> Path:
-    """Write ``content`` into ``upload_dir`` under a server-chosen name with ``client_name``'s ending.
-
-    The size is checked before anything is written; the file is created exclusively (never over another
-    one) with owner-only permissions."""
-    suffix = upload_suffix(client_name)
-    check_upload_size(len(content), max_bytes)
+def _new_upload_file(upload_dir, suffix: str) -> tuple[Path, int]:
+    """A new, empty file in ``upload_dir``: created exclusively (never over another one), owner-only."""
     upload_dir = Path(upload_dir)
     upload_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     while True:
         path = upload_dir / f"upload-{os.getpid()}-{next(_counter)}{suffix}"
         try:
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            return path, os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         except FileExistsError:
             continue
-        break
-    with os.fdopen(fd, "wb") as handle:
-        handle.write(content)
-    return path
+
+
+class PieceUpload:
+    """One CT arriving in pieces (:data:`.transport.PIECE_BYTES` each), written to disk as they come.
+
+    The running count is checked before each piece is written: the upload is refused, and what had
+    arrived deleted, as soon as it would pass ``max_bytes`` or the size the page declared at the start -
+    so a page that skips the browser's size check makes the server hold one piece at a time, never the
+    file. Pieces must come in order (each one's offset is the count so far)."""
+
+    def __init__(self, client_name: str, size, upload_dir, max_bytes: int):
+        suffix = upload_suffix(client_name)
+        try:
+            self.size = int(size)
+        except (TypeError, ValueError):
+            raise InputError("The page did not say how large the file is; choose the CT file again.") from None
+        check_upload_size(self.size, max_bytes)
+        self.max_bytes = int(max_bytes)
+        self.token = secrets.token_hex(16)  # names this upload in its pieces: a stale page's piece cannot join
+        self.received = 0
+        self.path, fd = _new_upload_file(upload_dir, suffix)
+        self._handle = os.fdopen(fd, "wb")
+
+    def add(self, offset, data) -> None:
+        if not isinstance(data, (bytes, bytearray)):
+            self.discard()
+            raise InputError("A piece of the upload was not file data; choose the CT file again.")
+        if offset != self.received:
+            self.discard()
+            raise InputError("A piece of the upload arrived out of order; choose the CT file again.")
+        if self.received + len(data) > self.max_bytes:
+            self.discard()
+            raise InputError(f"The file is more than this server accepts ({self.max_bytes / 1e6:.0f} MB, "
+                             "--max-upload-mb); the upload was stopped and discarded. Crop it to the lumbar "
+                             "region first.")
+        if self.received + len(data) > self.size:
+            self.discard()
+            raise InputError("More arrived than the file's size; the upload was stopped and discarded.")
+        self._handle.write(data)
+        self._handle.flush()  # to the file now: the server holds no piece once its answer is sent
+        self.received += len(data)
+
+    def finish(self) -> Path:
+        if self.received != self.size:
+            got = self.received
+            self.discard()
+            raise InputError(f"The upload stopped after {got / 1e6:.1f} of {self.size / 1e6:.1f} MB; "
+                             "choose the CT file again.")
+        self._handle.close()
+        return self.path
+
+    def discard(self) -> None:
+        """Stop and delete what arrived (a refused, replaced or abandoned upload)."""
+        if not self._handle.closed:
+            self._handle.close()
+        self.path.unlink(missing_ok=True)
+
+
+def save_upload(client_name: str, content: bytes, upload_dir, max_bytes: int) -> Path:
+    """Write ``content`` into ``upload_dir`` under a server-chosen name with ``client_name``'s ending: the
+    same checks and file as a :class:`PieceUpload` of one piece."""
+    upload = PieceUpload(client_name, len(content), upload_dir, max_bytes)
+    upload.add(0, content)
+    return upload.finish()
 
 
 def remove_patient_data(work_dir, *, keep_uploads: bool = False) -> list[Path]:
