@@ -35,7 +35,7 @@ from LumbarSegLib.results import surfaces  # noqa: E402
 from LumbarSegLib.io import images  # noqa: E402
 from LumbarSegLib.inference.models import load_model, resolve_device  # noqa: E402
 
-STAGES = ("read", "load", "localize", "segment", "postprocess", "stl", "total")
+STAGES = ("read", "load", "localize", "segment", "postprocess", "refine", "stl", "total")
 
 
 def peak_rss_mib() -> float:

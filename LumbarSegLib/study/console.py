@@ -98,9 +98,12 @@ def print_summary(report: dict) -> None:
 
 
 def provenance_line(provenance: dict) -> str:
-    """'Made by LumbarSeg 0.1.0, model cpu (sha256 1a2b3c4d5e6f) on cpu' from report.json's provenance; the
-    one line every front end shows under a result."""
+    """'Made by LumbarSeg 0.1.0, model cpu (sha256 1a2b3c4d5e6f) + per-vertebra stage lumbarseg_stage3.pt
+    (sha256 ...) on cpu' from report.json's provenance; the one line every front end shows under a result."""
     model = provenance.get("model") or {}
     trained = "" if model.get("trained", True) else " (UNTRAINED: random weights, meaningless labels)"
+    stage3 = provenance.get("stage3") or {}
+    refined = (f" + per-vertebra stage {stage3.get('model') or '?'} (sha256 {(stage3.get('sha256') or '')[:12] or '?'})"
+               if stage3.get("ran") else ", no per-vertebra stage")
     return (f"Made by LumbarSeg {provenance.get('lumbarseg_version', '?')}, model {model.get('name') or '?'} "
-            f"(sha256 {(model.get('sha256') or '')[:12] or '?'}){trained} on {provenance.get('device') or '?'}")
+            f"(sha256 {(model.get('sha256') or '')[:12] or '?'}){trained}{refined} on {provenance.get('device') or '?'}")
