@@ -153,3 +153,22 @@ def test_context_classes_grown_from_background_and_never_trained_are_flagged():
     lines = naming_eval.naming_markdown({"summary": naming_eval.summarize([]), "seed_phantoms": [1, 2],
                                          "untrained_context_classes": ["thoracic"]})
     assert any("never learned its context classes (thoracic)" in line for line in lines)
+
+
+def test_column_warnings_count_as_false_alarms_on_right_results_and_detections_on_wrong_ones():
+    # Issue 24 item 3: the "two vertebrae under one name" kind of warning is measured against the truth.
+    truth = column([L1, L2, L3])
+    alarm = ["WARNING: implausible vertebra: L2 is 80 mm high ...; it probably holds two vertebrae under one name."]
+    right_alarmed = naming_eval.score_naming(internal(truth), {n: "unanchored" for n in ("L1", "L2", "L3")}, [],
+                                             truth, alarm)
+    right_quiet = naming_eval.score_naming(internal(truth), {n: "unanchored" for n in ("L1", "L2", "L3")}, [], truth)
+    wrong_alarmed = naming_eval.score_naming(internal(truth, 1), {n: "unanchored" for n in ("L2", "L3", "L4")}, [],
+                                             truth, alarm)
+    rows = [{"source": f"phantom {i}", "acquisition": "phantom (lumbar)", **r}
+            for i, r in enumerate((right_alarmed, right_quiet, wrong_alarmed))]
+    overall = naming_eval.summarize(rows)["overall"]
+    assert overall["column_false_alarms"] == {"n": 2, "k": 1, "share": 0.5}
+    assert overall["column_detections"] == {"n": 1, "k": 1, "share": 1.0}
+    markdown = "\n".join(naming_eval.naming_markdown({"summary": naming_eval.summarize(rows),
+                                                      "seed_phantoms": [100200, 100202]}))
+    assert "50 % (1/2) | 100 % (1/1) |" in markdown

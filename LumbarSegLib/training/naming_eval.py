@@ -109,9 +109,12 @@ def beyond_labels(labels: sitk.Image, truth: sitk.Image, name: str, true: dict) 
     return False
 
 
-def score_naming(labels: sitk.Image, naming: dict, naming_warnings, truth: sitk.Image) -> dict:
+def score_naming(labels: sitk.Image, naming: dict, naming_warnings, truth: sitk.Image,
+                 column_alarms=()) -> dict:
     """One scan's naming scores: ``labels`` the pipeline's (0, 1..5 = L1..L5) and its ``naming`` (name -> how
-    decided) and ``naming_warnings``; ``truth`` VerSe-coded on the same grid."""
+    decided) and ``naming_warnings``; ``truth`` VerSe-coded on the same grid; ``column_alarms``: the size and
+    column warnings the result got (:func:`measures.measurements.plausibility_warnings`, "probably two
+    vertebrae under one name" ...), scored as alarms raised on a right or a wrong result."""
     true = centres_mm(truth, TRUE_CODES, MIN_TRUE_ML)
     true_lumbar = {LABEL_NAMES[VERSE_LUMBAR[c]]: p for c, p in true.items() if c in VERSE_LUMBAR}
     predicted = {LABEL_NAMES[k]: p for k, p in centres_mm(labels, list(LABEL_NAMES)).items()}
@@ -131,7 +134,7 @@ def score_naming(labels: sitk.Image, naming: dict, naming_warnings, truth: sitk.
     return {"truth": sorted(true_lumbar), "found": sorted(predicted), "anchor": anchor_in_view(truth),
             "recalled": recalled, "identified": [n for n in sorted(true_lumbar) if identified(n)],
             "wrong": wrong, "wrong_warned": warned, "beyond_labels": unscored,
-            "all_right": bool(predicted) and not wrong,
+            "all_right": bool(predicted) and not wrong, "column_alarms": list(column_alarms),
             "naming": dict(naming), "naming_warnings": list(naming_warnings),
             "centre_error_mm": {n: round(float(np.linalg.norm(predicted[n] - true_lumbar[n])), 1)
                                 for n in predicted if n in true_lumbar}}
@@ -140,8 +143,12 @@ def score_naming(labels: sitk.Image, naming: dict, naming_warnings, truth: sitk.
 def run_case(ct: sitk.Image, truth: sitk.Image, model, device: str = "cpu") -> dict:
     from ..inference import pipeline
 
+    from ..measures import measurements
+
     res = pipeline.segment(ct, model=model, device=device)
-    return score_naming(res.labels, res.naming, res.naming_warnings, truth)
+    hu = sitk.GetArrayViewFromImage(ct)
+    alarms = measurements.plausibility_warnings(measurements.measure(sitk.GetArrayViewFromImage(res.labels), hu, ct))
+    return score_naming(res.labels, res.naming, res.naming_warnings, truth, alarms)
 
 
 def real_rows(model, real_dirs, device: str = "cpu", partial_views: int = 4, log=print) -> list[dict]:
@@ -196,7 +203,8 @@ def _log_line(row: dict) -> str:
             f" found {','.join(row['found']) or '-'} wrong {','.join(row['wrong']) or '-'}"
             f" (warned {','.join(row['wrong_warned']) or '-'})"
             + (f" unlabelled in the truth {','.join(row['beyond_labels'])}" if row.get("beyond_labels") else "")
-            + f" by {row['naming'] or '-'}")
+            + f" by {row['naming'] or '-'}"
+            + (f"; column alarm: {len(row['column_alarms'])} warning(s)" if row.get("column_alarms") else ""))
 
 
 def _share(k: int, n: int) -> dict:
@@ -215,7 +223,13 @@ def summarize(rows: list[dict]) -> dict:
                 "identification_rate_20mm": _share(sum(len(r["identified"]) for r in sub),
                                                    sum(len(r["truth"]) for r in sub)),
                 "all_right": _share(sum(r["all_right"] for r in sub), len(sub)),
-                "wrong_warned": _share(sum(len(r["wrong_warned"]) for r in sub), sum(len(r["wrong"]) for r in sub))}
+                "wrong_warned": _share(sum(len(r["wrong_warned"]) for r in sub), sum(len(r["wrong"]) for r in sub)),
+                # the size and column warnings: raised on scans whose names are all right (false alarms) and on
+                # scans with a wrong name (detections)
+                "column_false_alarms": _share(sum(bool(r.get("column_alarms")) for r in sub if r["all_right"]),
+                                              sum(r["all_right"] for r in sub)),
+                "column_detections": _share(sum(bool(r.get("column_alarms")) for r in sub if r["wrong"]),
+                                            sum(bool(r["wrong"]) for r in sub))}
 
     anchored = [r for r in scans if r["anchor"] in ANCHORED]
     unanchored = [r for r in scans if r["anchor"] == "none"]
@@ -276,9 +290,11 @@ def _pct(s: dict) -> str:
 def naming_markdown(naming: dict) -> list[str]:
     """The model card's section on naming (:func:`measure`)."""
     s = naming["summary"]
-    cols = ("centre_recall_10mm", "identification_rate_20mm", "all_right", "wrong_warned")
+    cols = ("centre_recall_10mm", "identification_rate_20mm", "all_right", "wrong_warned", "column_false_alarms",
+            "column_detections")
     head = ["| {} | scans | centre recall 10 mm | identification rate 20 mm | scans all names right | wrong names "
-            "warned |", "|---|---|---|---|---|---|"]
+            "warned | size/column warning on a right result (false alarm) | on a wrong result (detection) |",
+            "|---|---|---|---|---|---|---|---|"]
     lines = ["## Naming (held out)", "",
              "The whole pipeline on the real cases held out from this model (as stored, the fixed re-imagings and "
              f"partial views) and on phantoms with evaluation seeds {naming['seed_phantoms'][0]}-"
