@@ -377,7 +377,13 @@ def test_ctrl_c_during_the_run_leaves_no_partial_result(capsys, tmp_path, ct_fil
         return written
 
     monkeypatch.setattr(surfaces, "write_stl", write_stl_then_ctrl_c)
-    rc, _, err = _segment(capsys, ct_file, tmp_path / "out", "--stl", "--preview")
+    # As at a terminal: Python's own Ctrl-C handler, even when the test runner was started in the background
+    # (a non-interactive shell starts background jobs with SIGINT ignored).
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        rc, _, err = _segment(capsys, ct_file, tmp_path / "out", "--stl", "--preview")
+    finally:
+        signal.signal(signal.SIGINT, previous)
     assert rc == 130 and "interrupted" in err and "Traceback" not in err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["case01.nii.gz"]  # no out/, no staging, no lock
 
@@ -615,6 +621,7 @@ def test_ctrl_c_while_torch_loads_is_one_line(tmp_path):
     """A real SIGINT, delivered to the real process at the moment start-up imports torch."""
     script = textwrap.dedent("""
         import builtins, os, runpy, signal, sys
+        signal.signal(signal.SIGINT, signal.default_int_handler)  # as at a terminal, even if started in the background
         real_import = builtins.__import__
         def import_(name, *args, **kwargs):
             if name == "torch" and "torch" not in sys.modules:
