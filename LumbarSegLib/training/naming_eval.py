@@ -310,8 +310,8 @@ def naming_markdown(naming: dict) -> list[str]:
     lines.append("")
     if naming.get("untrained_context_classes"):
         lines += [f"**This model never learned its context classes ({', '.join(naming['untrained_context_classes'])}"
-                  "): their output weights are still near-copies of background's, so no name can be anchored on the "
-                  "ribs or the sacrum; every name rests on the network's reading alone. Retrain them.**", ""]
+                  "): their output weights are still near-copies of background's, so the network anchors no name; only "
+                  "the ribs and sacrum read from the CT itself (inference/anchors.py) can. Retrain them.**", ""]
     if s.get("beyond_labels", {}).get("k"):
         lines += [f"Scans with a reported vertebra the truth leaves unlabelled at the edge of the field of view "
                   f"(not scored): {_pct(s['beyond_labels'])}.", ""]
