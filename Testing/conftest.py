@@ -282,3 +282,14 @@ def shape_library():
     if library is None:
         pytest.skip("the shape library of real vertebra masks (../shared/data/masks) is absent")
     return library
+
+
+@pytest.fixture(scope="session")
+def bundled():
+    """The bundled XUNet model; tests that need its trained weights skip without it."""
+    from LumbarSegLib.inference.models import load_model
+
+    model = load_model()
+    if not model.trained:
+        pytest.skip("the bundled model is not installed")
+    return model

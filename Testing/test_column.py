@@ -49,16 +49,6 @@ def test_line_through_the_vertebrae_on_the_column_keeps_one_the_density_misplace
     assert column.off_the_line(centres, []) == {}
 
 
-@pytest.fixture(scope="module")
-def bundled():
-    from LumbarSegLib.inference.models import load_model
-
-    model = load_model()
-    if not model.trained:
-        pytest.skip("the bundled model is not installed")
-    return model
-
-
 @pytest.mark.slow
 def test_thoracic_phantom_reports_no_lumbar_vertebra(bundled, shape_library):
     from LumbarSegLib import phantoms

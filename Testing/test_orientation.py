@@ -114,16 +114,6 @@ def abdomen_phantom():
     return ct
 
 
-@pytest.fixture(scope="module")
-def bundled():
-    from LumbarSegLib.inference.models import load_model
-
-    model = load_model()
-    if not model.trained:
-        pytest.skip("the bundled model is not installed")
-    return model
-
-
 @pytest.mark.slow
 def test_bundled_model_names_the_upright_phantom(abdomen_phantom, bundled):
     result = pipeline.segment(abdomen_phantom, model=bundled, device="cpu")

@@ -17,6 +17,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from web_browser import require_trame_slicer
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -43,12 +44,7 @@ app.close()
 
 @pytest.mark.slow  # the real engine on the sample CT, in a child process
 def test_one_result_prints_no_vtk_error_on_the_server_console():
-    try:
-        import trame_slicer  # noqa: F401
-    except ImportError:
-        if os.environ.get("LUMBARSEG_REQUIRE_WEB") == "1":
-            pytest.fail("LUMBARSEG_REQUIRE_WEB=1 but trame-slicer is not installed")
-        pytest.skip("trame-slicer is not installed (bash tools/install.sh installs it)")
+    require_trame_slicer()
     # As `lumbarseg serve` runs on a server: no X display, VTK drawing offscreen with EGL (web/cli.py).
     env = dict(os.environ, PYTHONPATH=str(ROOT), VTK_DEFAULT_OPENGL_WINDOW="vtkEGLRenderWindow")
     env.pop("DISPLAY", None)

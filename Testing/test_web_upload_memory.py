@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from web_browser import WebServer
+from web_browser import WebServer, require_trame_slicer
 
 pytestmark = pytest.mark.slow  # a real server (about 10 s to start) and 300 MB sent four ways
 
@@ -27,17 +27,6 @@ LIMIT_MB = 5
 MB = 1_000_000
 MARGIN_MB = 5  # the transport's few message buffers and the allocator's slack, far below 300 MB
 TOTAL = 300 * MB
-
-
-def _require_server_packages():
-    import os
-
-    try:
-        import trame_slicer  # noqa: F401
-    except ImportError:
-        if os.environ.get("LUMBARSEG_REQUIRE_WEB") == "1":
-            pytest.fail("LUMBARSEG_REQUIRE_WEB=1 but trame-slicer is not installed")
-        pytest.skip("trame-slicer is not installed (bash tools/install.sh installs it)")
 
 
 def rss_mb(pid: int) -> float:
@@ -138,7 +127,7 @@ class RawPage:
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    _require_server_packages()
+    require_trame_slicer()
     work = tmp_path_factory.mktemp("upload-memory") / "work"
     started = WebServer(work, "--max-upload-mb", str(LIMIT_MB)).wait_ready()
     time.sleep(2)  # past the start's own allocations

@@ -55,11 +55,23 @@ def missing_web_environment() -> str | None:
 
 def require_web_environment():
     reason = missing_web_environment()
-    if reason is None:
-        return
+    if reason is not None:
+        _fail_or_skip(reason, "browser tests skipped: ")
+
+
+def require_trame_slicer():
+    """For tests that run the web app's server without a browser: trame-slicer must be importable."""
+    try:
+        import trame_slicer  # noqa: F401
+    except ImportError:
+        _fail_or_skip("trame-slicer is not installed (bash tools/install.sh installs it)")
+
+
+def _fail_or_skip(reason: str, skip_prefix: str = ""):
+    """Skip, saying why - or fail where LUMBARSEG_REQUIRE_WEB=1 (CI) says the web tests must run."""
     if os.environ.get("LUMBARSEG_REQUIRE_WEB") == "1":
         pytest.fail(f"LUMBARSEG_REQUIRE_WEB=1 but {reason}")
-    pytest.skip(f"browser tests skipped: {reason}")
+    pytest.skip(f"{skip_prefix}{reason}")
 
 
 def free_port() -> int:
