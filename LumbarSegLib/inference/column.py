@@ -22,6 +22,7 @@ import numpy as np
 from scipy import ndimage
 
 from ..constants import LABEL_NAMES
+from . import morphology
 
 # Bone is what is denser than this; the column is where most of it is over a slab's height, weighted by how
 # much denser (up to BONE_CAP_HU above): a vertebral body is the widest dense structure of the axial plane.
@@ -63,10 +64,8 @@ def distances_from_column(labels: np.ndarray, hu: np.ndarray, spacing_zyx) -> di
     (None when the slab holds no bone: the image cannot tell, and the piece is kept)."""
     spacing_zyx = np.asarray(spacing_zyx, float)
     out = {}
-    regions = ndimage.find_objects(labels)
-    for label in [int(v) for v in np.unique(labels) if v]:
-        region = regions[label - 1]
-        centre = np.asarray(ndimage.center_of_mass(labels[region] == label)) + [s.start for s in region]
+    for label, region in morphology.label_boxes(labels).items():
+        centre = morphology.centre_of(labels, region, label)
         half = max(region[0].stop - region[0].start, MIN_SLAB_MM / spacing_zyx[0]) / 2.0
         slab = slice(max(0, int(round(centre[0] - half))), min(labels.shape[0], int(round(centre[0] + half)) + 1))
         point = column_centre(np.asarray(hu[slab]), spacing_zyx[1:])
@@ -76,9 +75,8 @@ def distances_from_column(labels: np.ndarray, hu: np.ndarray, spacing_zyx) -> di
 
 def centres_mm(labels: np.ndarray, spacing_zyx) -> dict[int, np.ndarray]:
     """Label -> centre (z, y, x) in mm of each piece."""
-    present = [int(v) for v in np.unique(labels) if v]
-    centres = ndimage.center_of_mass(np.ones(labels.shape, np.uint8), labels, present)
-    return {lab: np.asarray(c) * np.asarray(spacing_zyx, float) for lab, c in zip(present, centres)}
+    return {lab: morphology.centre_of(labels, box, lab) * np.asarray(spacing_zyx, float)
+            for lab, box in morphology.label_boxes(labels).items()}
 
 
 def off_the_line(centres: dict[int, np.ndarray], anchors: list[int]) -> dict[int, float]:
