@@ -114,7 +114,6 @@ class LumbarSeg(ScriptedLoadableModule):
         ScriptedLoadableModule.__init__(self, parent)
         self.parent.title = _("LumbarSeg")
         self.parent.categories = [translate("qSlicerAbstractCoreModule", "Segmentation")]
-        self.parent.dependencies = []
         self.parent.contributors = ["LumbarSeg developers (see the repository history)"]
         self.parent.helpText = _(
             "Automatic segmentation of the lumbar vertebrae L1-L5 in CT. A localizer network finds the lumbar "
@@ -145,20 +144,21 @@ class LumbarSeg(ScriptedLoadableModule):
 if SLICER_GUI:
     from typing import Annotated
 
-    from slicer.parameterNodeWrapper import Choice, WithinRange, parameterNodeWrapper
+    from slicer.parameterNodeWrapper import WithinRange, parameterNodeWrapper
 
     @parameterNodeWrapper
     class LumbarSegParameterNode:
-        """The module's state, saved with the scene (the fields ``LumbarSegLib.scene.panel.BINDINGS`` names)."""
+        """The module's state, saved with the scene; connectGui ties the fields ``panel.CONNECTED`` names to the
+        .ui's widgets (the combo boxes show each enum's labels)."""
         inputVolume: slicer.vtkMRMLScalarVolumeNode
         referenceSegmentation: slicer.vtkMRMLSegmentationNode
         outputSegmentation: slicer.vtkMRMLSegmentationNode
         metricsTable: slicer.vtkMRMLTableNode
         cropROI: slicer.vtkMRMLMarkupsROINode
-        device: Annotated[str, Choice(panel.DEVICES)] = "auto"
-        modelMode: Annotated[str, Choice(panel.MODEL_MODES)] = "bundled"
+        device: panel.Device = panel.Device.auto
+        modelMode: panel.ModelMode = panel.ModelMode.bundled
         modelPath: str = ""
-        roiMode: Annotated[str, Choice(panel.ROI_MODES)] = "auto"
+        roiMode: panel.RoiMode = panel.RoiMode.auto
         smoothing: Annotated[float, WithinRange(0.0, 1.0)] = 0.5
         exportFolder: str = ""
 
@@ -170,7 +170,8 @@ class LumbarSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def __init__(self, parent=None):
         ScriptedLoadableModuleWidget.__init__(self, parent)
         VTKObservationMixin.__init__(self)
-        self.logic = self._parameterNode = self._job = self._timer = None
+        self.logic = self._parameterNode = self._guiTag = self._job = self._timer = None
+        self._smoothingShown = None  # the smoothing the surfaces have: a change of the slider's is the user's
         self._updatingGUIFromParameterNode = False
 
     def setup(self):
@@ -186,8 +187,7 @@ class LumbarSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._timer.connect("timeout()", self.onPollJob)
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
-        for widgetName, _field, kind in panel.BINDINGS:  # widgets -> parameter node
-            getattr(self.ui, widgetName).connect(panel.signal(kind), self.updateParameterNodeFromGUI)
+        self.ui.modelPathLineEdit.connect("currentPathChanged(QString)", self.onModelPathChanged)
         self.ui.exportFolderButton.connect("directoryChanged(QString)", self.onExportFolderChanged)
         for buttonName, handler in panel.BUTTONS.items():
             getattr(self.ui, buttonName).connect("clicked(bool)", getattr(self, handler))
@@ -217,8 +217,7 @@ class LumbarSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.initializeParameterNode()
 
     def exit(self):
-        if self._parameterNode is not None:
-            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self.updateGUIFromParameterNode)
+        self.setParameterNode(None)
 
     def onSceneStartClose(self, caller, event):
         self.stopRunningJob()
@@ -233,36 +232,38 @@ class LumbarSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         panel.choose_input_volume(self._parameterNode, slicer.mrmlScene)
 
     def setParameterNode(self, parameterNode):
+        """As Slicer's template: connectGui ties the widgets; the rest follows the node's ModifiedEvent."""
         if self._parameterNode is not None:
+            self._parameterNode.disconnectGui(self._guiTag)
             self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self.updateGUIFromParameterNode)
-        self._parameterNode = parameterNode
+        self._parameterNode, self._guiTag = parameterNode, None
         if parameterNode is not None:
+            self._guiTag = parameterNode.connectGui(self.ui)
+            self._smoothingShown = parameterNode.smoothing  # a loaded scene's surfaces already have it
             self.addObserver(parameterNode, vtk.vtkCommand.ModifiedEvent, self.updateGUIFromParameterNode)
         self.updateGUIFromParameterNode()
 
     def updateGUIFromParameterNode(self, caller=None, event=None):
-        if self._parameterNode is None or self._updatingGUIFromParameterNode:
+        """What connectGui does not show, and a new smoothing (the user moved the slider) onto the surfaces."""
+        p = self._parameterNode
+        if p is None or self._updatingGUIFromParameterNode:
             return
         self._updatingGUIFromParameterNode = True
         try:
-            panel.parameters_to_gui(self._parameterNode, self.ui)
-            # The button shows the folder exports go to: the one the user chose, else a real default folder.
-            self.ui.exportFolderButton.directory = str(self.exportFolder())
-            self.ui.metricsTableView.setMRMLTableNode(self._parameterNode.metricsTable)
+            panel.show_model_path(p, self.ui)
+            self.ui.exportFolderButton.directory = str(self.exportFolder())  # chosen, else a real default folder
+            self.ui.metricsTableView.setMRMLTableNode(p.metricsTable)
             self.ui.modelInfoLabel.text = self.logic.modelInfoHtml(self.modelPath())
             self.updateButtonStates()
         finally:
             self._updatingGUIFromParameterNode = False
-
-    def updateParameterNodeFromGUI(self, *args):
-        """A user's change in a widget; loading the parameter node into the GUI is not one (it rebuilt surfaces)."""
-        p = self._parameterNode
-        if p is None or self._updatingGUIFromParameterNode:
-            return
-        with slicer.util.NodeModify(p.parameterNode):
-            changed = panel.gui_to_parameters(self.ui, p)
-        if "smoothing" in changed and p.outputSegmentation is not None and self._job is None:
+        if p.smoothing != self._smoothingShown and p.outputSegmentation is not None and self._job is None:
             self.logic.setSmoothing(p.outputSegmentation, p.smoothing)
+        self._smoothingShown = p.smoothing
+
+    def onModelPathChanged(self, path):  # connectGui would write "." for an empty path (panel.CONNECTED)
+        if self._parameterNode is not None and not self._updatingGUIFromParameterNode:
+            self._parameterNode.modelPath = path or ""
 
     def updateButtonStates(self):
         panel.show_button_states(self.ui, self._parameterNode, running=self._job is not None)
@@ -328,8 +329,8 @@ class LumbarSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 return
         with self.shownErrors(_("The segmentation could not start."), waitCursor=False):
             self._job = self.logic.startSegmentation(
-                slicer.mrmlScene, p.inputVolume, segmentationNode=p.outputSegmentation, roiMode=p.roiMode,
-                device=p.device, modelPath=self.modelPath(), overwriteEdited=overwrite, smoothing=p.smoothing)
+                slicer.mrmlScene, p.inputVolume, segmentationNode=p.outputSegmentation, roiMode=p.roiMode.value,
+                device=p.device.value, modelPath=self.modelPath(), overwriteEdited=overwrite, smoothing=p.smoothing)
         self.ui.progressBar.setVisible(True)
         self.ui.progressBar.value = 0
         self.setStatus(panel.start_text(self._job))
@@ -394,8 +395,7 @@ class LumbarSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             panel.remember_export_folder(self._parameterNode, directory)
 
     def exportFolder(self):  # the folder the user chose, else Slicer's default scene folder (shown on the button)
-        chosen = self._parameterNode.exportFolder if self._parameterNode is not None else ""
-        return panel.export_folder(chosen, getattr(slicer, "app", None))
+        return panel.export_folder(getattr(self._parameterNode, "exportFolder", ""), getattr(slicer, "app", None))
 
     def onExportStl(self):
         p, folder = self._parameterNode, str(self.exportFolder())

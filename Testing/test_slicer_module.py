@@ -77,7 +77,7 @@ def test_every_widget_the_module_uses_exists_in_the_ui():
     methods = [f for f in vars(module.LumbarSegWidget).values() if inspect.isfunction(f)]
     used = _ui_names_used(methods, "self") | _ui_names_used(
         [f for f in vars(panel).values() if inspect.isfunction(f)], None)
-    used |= {name for name, _, _ in panel.BINDINGS} | set(panel.BUTTONS) | set(panel.RESULT_BUTTONS)
+    used |= set(panel.CONNECTED) | set(panel.BUTTONS) | set(panel.RESULT_BUTTONS)
     assert "applyButton" in used and "statusLabel" in used, "the Widget should use self.ui.*"
     missing = sorted(used - set(widgets))
     assert not missing, f"used by the module but absent from the .ui: {missing}"
@@ -88,12 +88,42 @@ def test_every_widget_the_module_uses_exists_in_the_ui():
              if w.get("class") == "qMRMLNodeComboBox"}
     assert "vtkMRMLScalarVolumeNode" in types["inputVolumeSelector"]
     assert "vtkMRMLSegmentationNode" in types["referenceSegmentationSelector"]
-    # device and crop-box combo boxes match the lists the bindings index into
-    items = {w.get("name"): [i.find("property/string").text for i in w.findall("item")]
-             for w in root.iter("widget") if w.get("class") == "QComboBox"}
-    assert [s.lower() for s in items["deviceComboBox"]] == panel.DEVICES
-    assert len(items["roiModeComboBox"]) == len(panel.ROI_MODES)
-    assert len(items["modelComboBox"]) == len(panel.MODEL_MODES)
+
+
+# What Slicer's connectGui (slicer/parameterNodeWrapper/guiConnectors.py) can tie: the widget class and the kind
+# of parameter-node field. A widget it cannot represent fails at connectGui in Slicer, not here.
+CONNECTABLE = {"qMRMLNodeComboBox": "node", "QComboBox": "enum", "ctkSliderWidget": "bounded float"}
+
+
+def _field_kind(hint):
+    import enum
+
+    base, extras = (typing.get_args(hint)[0], typing.get_args(hint)[1:]) if typing.get_origin(hint) is \
+        typing.Annotated else (hint, ())
+    if isinstance(base, type) and issubclass(base, enum.Enum):
+        return "enum"
+    if base is float and any(e and e[0] == "WithinRange" for e in extras):
+        return "bounded float"
+    return "node" if getattr(base, "__name__", "").startswith("vtkMRML") else repr(base)
+
+
+def test_connect_gui_finds_each_bound_widget_in_the_ui_by_its_parameter_name(monkeypatch):
+    """connectGui ties a .ui widget to the field its SlicerParameterName names: every field panel.CONNECTED
+    lists has exactly that widget, of a class connectGui can tie to that kind of field, and each choice has
+    a label for its combo box (connectGui fills the box from the enum)."""
+    from LumbarSegLib.scene import panel
+
+    _, root = ui_widgets()
+    named = {w.get("name"): (w.get("class"), p.find("string").text) for w in root.iter("widget")
+             for p in w.findall("property") if p.get("name") == "SlicerParameterName"}
+    assert {w: f for w, (_, f) in named.items()} == panel.CONNECTED
+    fields = parameter_fields(load_gui_module(monkeypatch))
+    for widget, (cls, field) in named.items():
+        assert CONNECTABLE.get(cls) == _field_kind(fields[field][0]), (widget, cls, field)
+    for choice in (panel.Device, panel.ModelMode, panel.RoiMode):
+        labels = [c.label() for c in choice]
+        assert all(labels) and len(set(labels)) == len(labels)
+    assert panel.Device.cuda.label() == "CUDA" and panel.Device("cpu") == "cpu"
 
 
 # --------------------------------------------------------------------------------------------------
@@ -713,6 +743,15 @@ class FakeParameters:
         for name, (_, default) in self._fields.items():
             object.__setattr__(self, name, default)
         object.__setattr__(self, "parameterNode", SimpleNamespace(StartModify=lambda: 0, EndModify=lambda was: 0))
+        object.__setattr__(self, "connected", [])
+
+    def connectGui(self, ui):  # Slicer's wrapper: ties the widgets, returns a tag that undoes it
+        self.connected.append(ui)
+        return len(self.connected)
+
+    def disconnectGui(self, tag):
+        assert tag == len(self.connected)
+        self.connected.pop()
 
     def __setattr__(self, name, value):
         assert name in self._fields, f"{name} is not a parameter node field"
@@ -783,11 +822,10 @@ def test_parameter_node_declares_what_the_bindings_and_the_widget_use(monkeypatc
 
     module = load_gui_module(monkeypatch)
     fields = parameter_fields(module)
-    assert {field for _, field, _ in panel.BINDINGS} <= set(fields)
-    assert fields["device"] == (typing.Annotated[str, ("Choice", panel.DEVICES)], "auto") and \
-        panel.DEVICES[0] == "auto"
-    assert fields["roiMode"] == (typing.Annotated[str, ("Choice", panel.ROI_MODES)], "auto")
-    assert fields["modelMode"] == (typing.Annotated[str, ("Choice", panel.MODEL_MODES)], "bundled")
+    assert set(panel.CONNECTED.values()) <= set(fields)
+    assert fields["device"] == (panel.Device, panel.Device.auto)
+    assert fields["roiMode"] == (panel.RoiMode, panel.RoiMode.auto)
+    assert fields["modelMode"] == (panel.ModelMode, panel.ModelMode.bundled)
     assert fields["smoothing"] == (typing.Annotated[float, ("WithinRange", 0.0, 1.0)], 0.5)
     for node_field in ("inputVolume", "outputSegmentation", "referenceSegmentation", "metricsTable", "cropROI"):
         assert fields[node_field][0].__name__.startswith("vtkMRML")
@@ -796,16 +834,22 @@ def test_parameter_node_declares_what_the_bindings_and_the_widget_use(monkeypatc
 
 
 def test_widget_keeps_the_gui_and_the_parameter_node_in_step(monkeypatch, tmp_path):
-    """parameters -> widgets, widgets -> parameters, and the buttons that can act; a change made while the
-    GUI is being loaded is not the user's (it rebuilt every surface: bug 7)."""
+    """connectGui ties the widgets when a parameter node is set (and is undone when it goes); the rest of the
+    panel follows the node's changes; a smoothing the user sets reaches the surfaces once, while a loaded
+    node's own smoothing (its surfaces have it: bug 7) and one set during a run do not."""
+    from LumbarSegLib.scene import panel
+
     module, widget = gui_widget(monkeypatch)
     ui, p = widget.ui, widget._parameterNode
-    p.modelMode, p.roiMode, p.smoothing = "file", "never", 0.2
-    widget.updateGUIFromParameterNode()
-    assert ui.modelComboBox.currentIndex == 1 and ui.roiModeComboBox.currentIndex == 2
-    assert ui.smoothingSliderWidget.value == 0.2 and ui.modelPathLineEdit.enabled is True
+    widget._parameterNode, observed = None, []
+    widget.addObserver = lambda node, event, method: observed.append(node)
+    widget.removeObserver = lambda node, event, method: observed.remove(node)
+    p.modelMode, p.roiMode, p.smoothing, p.modelPath = panel.ModelMode.file, panel.RoiMode.never, 0.2, "/m.pt"
+    widget.setParameterNode(p)
+    assert p.connected == [ui] and observed == [p]
+    assert ui.modelPathLineEdit.enabled is True and ui.modelPathLineEdit.currentPath == "/m.pt"
     assert ui.applyButton.enabled is False and ui.applyButton.toolTip == "Select a CT volume first."
-    assert ui.modelInfoLabel.text == "model"
+    assert ui.modelInfoLabel.text == "model" and widget.logic.calls == []  # the loaded smoothing is not re-applied
     # the export button shows a real folder, never a directory button's "." (bug 4)
     shown = Path(ui.exportFolderButton.directory)
     assert shown.is_absolute() and shown.is_dir()
@@ -813,22 +857,22 @@ def test_widget_keeps_the_gui_and_the_parameter_node_in_step(monkeypatch, tmp_pa
     assert p.exportFolder == ""
     widget.onExportFolderChanged(str(tmp_path))
     assert p.exportFolder == str(tmp_path) and widget.exportFolder() == tmp_path
-    # the user moves the slider: parameter node and surfaces follow, only for a real change
-    ui.outputSegmentationSelector.node = "segmentation"  # chosen in the selector
-    ui.smoothingSliderWidget.value = 0.7
-    widget.updateParameterNodeFromGUI()
-    assert p.smoothing == 0.7 and widget.logic.calls == [("setSmoothing", ("segmentation", 0.7), {})]
-    widget.updateParameterNodeFromGUI()
+    # the user picks a model file, then moves the slider (connectGui writes it; the node's ModifiedEvent follows)
+    widget.onModelPathChanged("/other.pt")
+    assert p.modelPath == "/other.pt" and widget.modelPath() == "/other.pt"
+    p.outputSegmentation, p.smoothing = "segmentation", 0.7
+    widget.updateGUIFromParameterNode()
+    assert widget.logic.calls == [("setSmoothing", ("segmentation", 0.7), {})]
+    widget.updateGUIFromParameterNode()  # another field changed: the surfaces are not rebuilt
     assert len(widget.logic.calls) == 1
-    widget._updatingGUIFromParameterNode = True  # loading settings into the GUI
-    ui.smoothingSliderWidget.value = 0.9
-    widget.updateParameterNodeFromGUI()
-    assert p.smoothing == 0.7 and len(widget.logic.calls) == 1
-    widget._updatingGUIFromParameterNode, widget._job = False, object()  # while a run is going
-    widget.updateParameterNodeFromGUI()
-    assert p.smoothing == 0.9 and len(widget.logic.calls) == 1
-    widget.updateButtonStates()
+    widget._job, p.smoothing = object(), 0.9  # while a run is going
+    widget.updateGUIFromParameterNode()
+    assert len(widget.logic.calls) == 1
     assert ui.cancelButton.enabled and not ui.exportStlButton.enabled and not ui.applyButton.enabled
+    widget.setParameterNode(None)  # module left, scene closed
+    assert p.connected == [] and observed == []
+    p.modelMode = panel.ModelMode.bundled
+    assert widget.modelPath() is None
 
 
 def test_widget_cleanup_stops_and_waits_for_a_running_job(monkeypatch):

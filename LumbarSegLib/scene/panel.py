@@ -1,33 +1,69 @@
 """What the Slicer module's panel shows and does, decided without Qt.
 
-The widget in ``LumbarSeg/LumbarSeg.py`` is bindings only: it connects the ``.ui``'s widgets by the tables
-below, copies values between them and the parameter node with :func:`parameters_to_gui` /
-:func:`gui_to_parameters`, and shows the texts and states these functions return. Widgets and the
-parameter node are duck-typed here, so the tests drive all of it with stand-ins (Testing/test_slicer_module.py).
+The widget in ``LumbarSeg/LumbarSeg.py`` is bindings only. Slicer's ``connectGui`` ties the ``.ui``'s widgets
+to the parameter node by their ``SlicerParameterName`` property (:data:`CONNECTED` lists them); the choices
+are the enums below, whose ``label`` is what the combo box shows. The widget shows the texts and states these
+functions return. Widgets and the parameter node are duck-typed here, so the tests drive all of it with
+stand-ins (Testing/test_slicer_module.py).
 """
 
 from __future__ import annotations
 
+import enum
 import os
 
-DEVICES = ["auto", "cpu", "cuda"]  # deviceComboBox order
-ROI_MODES = ["auto", "always", "never"]  # roiModeComboBox order
-MODEL_MODES = ["bundled", "file"]  # modelComboBox order
 
-# (widget in the .ui, parameter node field, how the value is read): "node" a qMRMLNodeComboBox, "path" a
-# ctkPathLineEdit, "value" a slider, a list a QComboBox whose index picks from that list.
-BINDINGS = [
-    ("inputVolumeSelector", "inputVolume", "node"),
-    ("referenceSegmentationSelector", "referenceSegmentation", "node"),
-    ("outputSegmentationSelector", "outputSegmentation", "node"),
-    ("deviceComboBox", "device", DEVICES),
-    ("modelComboBox", "modelMode", MODEL_MODES),
-    ("roiModeComboBox", "roiMode", ROI_MODES),
-    ("modelPathLineEdit", "modelPath", "path"),
-    ("smoothingSliderWidget", "smoothing", "value"),
-]
-SIGNALS = {"node": "currentNodeChanged(vtkMRMLNode*)", "path": "currentPathChanged(QString)",
-           "value": "valueChanged(double)", "choice": "currentIndexChanged(int)"}
+class _Choice(str, enum.Enum):
+    """A combo box's choice: its value is what the engine takes; ``label()`` is what the box shows (Slicer's
+    connectGui fills the box from the enum, in this order)."""
+
+    def label(self) -> str:
+        return tr(self._labels()[self.value])
+
+
+class Device(_Choice):
+    auto = "auto"
+    cpu = "cpu"
+    cuda = "cuda"
+
+    @staticmethod
+    def _labels():
+        return {"auto": "Auto", "cpu": "CPU", "cuda": "CUDA"}
+
+
+class ModelMode(_Choice):
+    bundled = "bundled"
+    file = "file"
+
+    @staticmethod
+    def _labels():
+        return {"bundled": "Bundled model", "file": "Model file..."}
+
+
+class RoiMode(_Choice):
+    auto = "auto"
+    always = "always"
+    never = "never"
+
+    @staticmethod
+    def _labels():
+        return {"auto": "Use the ROI once I move or draw it", "always": "Always use the ROI",
+                "never": "Always locate the spine automatically"}
+
+
+# The widgets connectGui ties to the parameter node (their SlicerParameterName in the .ui names the field).
+# The model file's line edit is not among them: connectGui reads a path as pathlib.Path, whose empty value is
+# ".", and writing it would wipe the path ctkPathLineEdit remembers between sessions (its settingKey); the
+# widget copies that one itself (:func:`show_model_path`).
+CONNECTED = {
+    "inputVolumeSelector": "inputVolume",
+    "referenceSegmentationSelector": "referenceSegmentation",
+    "outputSegmentationSelector": "outputSegmentation",
+    "deviceComboBox": "device",
+    "modelComboBox": "modelMode",
+    "roiModeComboBox": "roiMode",
+    "smoothingSliderWidget": "smoothing",
+}
 
 # Buttons and the widget method each one's clicked(bool) calls.
 BUTTONS = {
@@ -48,45 +84,14 @@ def tr(text: str) -> str:
     return slicer_tr(text)
 
 
-def signal(kind) -> str:
-    return SIGNALS["choice" if isinstance(kind, list) else kind]
-
-
-def parameters_to_gui(parameters, ui) -> None:
-    """Show the parameter node's values in the widgets (an empty model path leaves the line edit as it is)."""
-    for widget_name, field, kind in BINDINGS:
-        widget, value = getattr(ui, widget_name), getattr(parameters, field)
-        if kind == "node":
-            widget.setCurrentNode(value)
-        elif kind == "path":
-            if value:
-                widget.currentPath = value
-        elif kind == "value":
-            widget.value = value
-        else:
-            widget.setCurrentIndex(kind.index(value))
-    use_file = parameters.modelMode == "file"
+def show_model_path(parameters, ui) -> None:
+    """The model file's line edit: enabled for "Model file...", and showing the parameter node's path (an
+    empty one leaves the path the line edit remembers)."""
+    use_file = parameters.modelMode == ModelMode.file
     ui.modelPathLineEdit.setEnabled(use_file)
     ui.modelPathLabel.setEnabled(use_file)
-
-
-def gui_to_parameters(ui, parameters) -> set:
-    """Copy the widgets' values into the parameter node; returns the names of the fields that changed."""
-    changed = set()
-    for widget_name, field, kind in BINDINGS:
-        widget = getattr(ui, widget_name)
-        if kind == "node":
-            value = widget.currentNode()
-        elif kind == "path":
-            value = widget.currentPath or ""
-        elif kind == "value":
-            value = float(widget.value)
-        else:
-            value = kind[max(0, widget.currentIndex)]
-        if getattr(parameters, field) != value:
-            setattr(parameters, field, value)
-            changed.add(field)
-    return changed
+    if parameters.modelPath and ui.modelPathLineEdit.currentPath != parameters.modelPath:
+        ui.modelPathLineEdit.currentPath = parameters.modelPath
 
 
 def choose_input_volume(parameters, scene) -> None:
@@ -99,7 +104,7 @@ def choose_input_volume(parameters, scene) -> None:
 
 def model_path(parameters):
     """The model file the user chose, or None for the bundled model."""
-    if parameters is not None and parameters.modelMode == "file" and parameters.modelPath:
+    if parameters is not None and parameters.modelMode == ModelMode.file and parameters.modelPath:
         return parameters.modelPath
     return None
 
@@ -159,7 +164,7 @@ def run_problem(parameters) -> str | None:
     """Why Segment cannot start with these parameters (shown as an error), or None."""
     if parameters.inputVolume is None:
         return tr("No volume selected: choose a CT volume in 'CT volume'.")
-    if parameters.modelMode == "file" and not os.path.isfile(parameters.modelPath or ""):
+    if parameters.modelMode == ModelMode.file and not os.path.isfile(parameters.modelPath or ""):
         return tr("Choose an existing model file (.pt), or select 'Bundled model'.")
     return None
 
