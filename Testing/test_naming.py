@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from LumbarSegLib.inference import naming, pipeline
+from LumbarSegLib.inference import instances, naming, pipeline
 
 CONTEXT = ("thoracic", "caudal")
 THORACIC, CAUDAL = 6, 7
@@ -59,11 +59,11 @@ def test_split_cuts_at_the_thinnest_cross_section():
     mask[:, 2:18, 2:18] = True
     mask[33:36] = False
     mask[33:36, 8:12, 8:12] = True  # the disc: a narrow waist at 33-35
-    cut = naming.split_at_waist(mask, np.array([1.0, 1.0, 1.0]), need_waist=True)
+    cut = instances.split_at_waist(mask, np.array([1.0, 1.0, 1.0]), need_waist=True)
     assert cut is not None and 33 <= cut <= 35
     uniform = np.zeros((80, 20, 20), bool)
     uniform[:, 2:18, 2:18] = True  # no waist: no disc to cut at
-    assert naming.split_at_waist(uniform, np.array([1.0, 1.0, 1.0]), need_waist=True) is None
+    assert instances.split_at_waist(uniform, np.array([1.0, 1.0, 1.0]), need_waist=True) is None
 
 
 def test_the_sacrum_below_anchors_counting_up():
@@ -161,5 +161,5 @@ def test_two_touching_pieces_with_close_centres_are_one_vertebra():
 
 def test_gap_thresholds_match_the_measured_spines():
     # the fitted model: real neighbours lie 20.7-36.6 mm apart, so neither merge nor skip fires on them
-    same, missed = naming._thresholds([30.0, 26.0, 36.6, 20.7])
+    same, missed = instances.gap_thresholds([30.0, 26.0, 36.6, 20.7])
     assert same < 20.7 and missed > 36.6

@@ -1,7 +1,13 @@
-"""The segmentation itself: networks, model bundles, preprocessing, the two-stage pipeline and its clean-up.
+"""The segmentation itself: networks, model bundles, preprocessing, the pipeline and its clean-up.
 
-:mod:`.networks` (the localizer and XUNet topologies), :mod:`.models` (loading a model bundle, choosing the
-device), :mod:`.preprocess` (every network input, shared with training), :mod:`.pipeline` (CT in, L1-L5
-labels out), :mod:`.orientation` (which end is cranial) and :mod:`.morphology` (post-processing). Uses
-:mod:`..io` below it; torch is imported here and in no lower layer.
+- :mod:`.networks`, :mod:`.vertebra_net`: the localizer and XUNet topologies; the per-vertebra U-Net (stage 3).
+- :mod:`.models`: loading a model bundle, choosing the device. :mod:`.preprocess`: every network input, shared
+  with training.
+- :mod:`.pipeline`: CT in, L1-L5 labels out (localizer, crop, XUNet, then stage 3 in :mod:`.vertebra_stage`).
+- Finding and naming the vertebrae: :mod:`.instances` (the XUNet's pieces split and merged into vertebrae),
+  :mod:`.column` (off the spinal column is dropped), :mod:`.anchors` (ribs and sacrum read from the CT),
+  :mod:`.naming` (the column named at once, by counting).
+- :mod:`.orientation` (which end is cranial) and :mod:`.morphology` (post-processing).
+
+Uses :mod:`..io` below it; torch is imported here and in no lower layer.
 """

@@ -38,7 +38,7 @@ from scipy import ndimage
 # out to a rib's reach while connected to the vertebra).
 BONE_HU = 180.0
 SMOOTH_MM = 1.0
-# The typical gap between neighbouring vertebral centres (naming.py's gap model: 23-36 mm, median 30);
+# The typical gap between neighbouring vertebral centres (instances.py's gap model: 23-36 mm, median 30);
 # a column's own median gap is clipped to this range before it places the neighbour.
 GAP_RANGE_MM = (26.0, 37.0)
 GAP_DEFAULT_MM = 30.0

@@ -39,7 +39,7 @@ SACRUM_CODE, RIB_CODES = 26, (19, 28)  # VerSe: sacrum; T12 and T13 (the lowest 
 TRUE_CODES = tuple(range(1, 26)) + (28,)  # VerSe C1-L6, T13: every vertebra a reported centre could lie on
 PHANTOM_FOVS = ("abdomen", "lumbar", "lower", "upper", "tight")  # the phantom fields of view that hold lumbar
 ANCHORED = ("sacrum", "ribs", "both")
-# The shortest whole vertebra measured in ../shared/data (naming.py's gap model: 34-61 mm high). Less room than
+# The shortest whole vertebra measured in ../shared/data (instances.py's gap model: 34-61 mm high). Less room than
 # this between the truth's last labelled vertebra and the image's edge holds at most a cut vertebra, which a
 # VerSe mask often leaves unlabelled; a whole one it would have labelled.
 WHOLE_VERTEBRA_MM = 34.0
