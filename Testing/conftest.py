@@ -11,8 +11,12 @@ from __future__ import annotations
 
 import importlib.util
 import math
+import os
 import shutil
 import subprocess
+import sys
+import textwrap
+import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import numpy as np
@@ -21,7 +25,9 @@ import SimpleITK as sitk
 
 from LumbarSegLib.inference.networks import ModelConfig
 
-MODULE_FILE = Path(__file__).resolve().parent.parent / "LumbarSeg" / "LumbarSeg.py"
+ROOT = Path(__file__).resolve().parent.parent
+MODULE_FILE = ROOT / "LumbarSeg" / "LumbarSeg.py"
+UI_FILE = ROOT / "LumbarSeg" / "Resources" / "UI" / "LumbarSeg.ui"
 
 
 def make_synthetic_ct(shape_xyz=(40, 40, 48), spacing=(2.5, 2.5, 2.5), seed: int = 0,
@@ -262,6 +268,46 @@ def with_nan_rows(ct, rows=2):
     return nan_ct
 
 
+# --- The command line
+
+def run_cli(capsys, *argv):
+    """``lumbarseg *argv`` in this process: (exit code, stdout, stderr)."""
+    from LumbarSegLib import cli
+
+    rc = cli.main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return rc, out, err
+
+
+def assert_clean_error(rc, err, *fragments):
+    """Exit code 2 and one ``lumbarseg: error:`` line, last, holding every fragment; no traceback. Returns
+    that line."""
+    assert rc == 2, err
+    assert "Traceback" not in err
+    error_lines = [line for line in err.splitlines() if line.startswith("lumbarseg: error: ")]
+    assert len(error_lines) == 1 and err.rstrip().endswith(error_lines[0]), err
+    for fragment in fragments:
+        assert fragment in error_lines[0], (fragment, err)
+    return error_lines[0]
+
+
+def write_image(folder, name, arr, spacing=(1.0, 1.0, 1.0), pixel=None):
+    """``arr`` (z, y, x) written as ``folder/name`` (``pixel``: cast first); returns the path."""
+    img = sitk.GetImageFromArray(arr if pixel is None else arr.astype(pixel))
+    if img.GetDimension() == 3:
+        img.SetSpacing(spacing)
+    path = Path(folder) / name
+    sitk.WriteImage(img, str(path))
+    return path
+
+
+def bright_box_array(shape=(8, 10, 12)):
+    """A tiny int16 volume (z, y, x): air with one bone-bright box."""
+    arr = np.full(shape, -1000, np.int16)
+    arr[2:6, 3:7, 3:9] = 700
+    return arr
+
+
 # --- The Slicer module file
 
 def load_module():
@@ -270,6 +316,18 @@ def load_module():
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def ui_widgets():
+    """{widget name: class} of the module's .ui, and its XML root."""
+    root = ET.parse(UI_FILE).getroot()
+    return {w.get("name"): w.get("class") for w in root.iter("widget")}, root
+
+
+def run_python(code: str, cwd=None):
+    """``code`` (dedented) run by this interpreter in a fresh process (from the repository unless ``cwd``)."""
+    return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True,
+                          cwd=cwd or ROOT, env=dict(os.environ), timeout=120)
 
 
 @pytest.fixture(scope="session")

@@ -17,23 +17,7 @@ from LumbarSegLib.io import images
 from LumbarSegLib.io.dicom_write import write_ct_series
 from LumbarSegLib.errors import InputError
 
-from conftest import make_synthetic_ct
-
-
-def run(capsys, *argv):
-    rc = cli.main([str(a) for a in argv])
-    out, err = capsys.readouterr()
-    return rc, out, err
-
-
-def assert_clean_error(rc, err, *fragments):
-    assert rc == 2, err
-    assert "Traceback" not in err
-    error_lines = [line for line in err.splitlines() if line.startswith("lumbarseg: error: ")]
-    assert len(error_lines) == 1 and err.rstrip().endswith(error_lines[0]), err
-    for fragment in fragments:
-        assert fragment in error_lines[0], (fragment, err)
-    return error_lines[0]
+from conftest import assert_clean_error, make_synthetic_ct, run_cli
 
 
 @pytest.fixture
@@ -47,7 +31,7 @@ def test_complex_valued_nifti_is_refused_clearly(tmp_path, capsys):
     array = (np.random.default_rng(0).uniform(-1000, 1000, (12, 12, 12))).astype(np.complex64)
     path = tmp_path / "complex.nii.gz"
     sitk.WriteImage(sitk.GetImageFromArray(array), str(path))
-    rc, _, err = run(capsys, "segment", path, "-o", tmp_path / "out")
+    rc, _, err = run_cli(capsys, "segment", path, "-o", tmp_path / "out")
     assert_clean_error(rc, err, "complex-valued voxels", "Hounsfield")
     assert not (tmp_path / "out").exists()
 
@@ -86,7 +70,7 @@ def _nrrd(tmp_path: Path, small_ct, name: str, directions: str | None = None, da
 ])
 def test_nrrd_geometry_that_is_no_grid_is_named(tmp_path, capsys, small_ct, directions, fragment):
     path = _nrrd(tmp_path, small_ct, "bad.nrrd", directions=directions)
-    rc, _, err = run(capsys, "segment", path, "-o", tmp_path / "out")
+    rc, _, err = run_cli(capsys, "segment", path, "-o", tmp_path / "out")
     line = assert_clean_error(rc, err, "bad.nrrd", fragment)
     assert "corrupt" not in line
 
@@ -100,7 +84,7 @@ def test_detached_nrrd_data_outside_the_header_folder_is_refused(tmp_path, capsy
         header = upload / "ct.nhdr"
         header.write_text(inside.read_text(encoding="ascii").replace("data file: data/ct.raw", f"data file: {name}"),
                           encoding="ascii")
-        rc, _, err = run(capsys, "segment", header, "-o", tmp_path / "out")
+        rc, _, err = run_cli(capsys, "segment", header, "-o", tmp_path / "out")
         assert_clean_error(rc, err, f"'data file: {name}' points outside the header's folder")
     (upload / "ct.raw").symlink_to(tmp_path / "data" / "ct.raw")  # a link out of the folder is outside too
     header.write_text(inside.read_text(encoding="ascii").replace("data/ct.raw", "ct.raw"), encoding="ascii")
@@ -129,7 +113,7 @@ def test_parent_folder_of_dicom_series_folders_is_searched(tmp_path, capsys, sma
     empty = tmp_path / "empty_export" / "ST0" / "SE0"
     empty.mkdir(parents=True)
     (empty / "notes.txt").write_text("no images here", encoding="utf-8")
-    rc, _, err = run(capsys, "segment", tmp_path / "empty_export", "-o", tmp_path / "out")
+    rc, _, err = run_cli(capsys, "segment", tmp_path / "empty_export", "-o", tmp_path / "out")
     assert_clean_error(rc, err, "contains no DICOM series, nor do the 2 folders below it")
 
 
@@ -140,7 +124,7 @@ def test_pickled_model_is_refused_without_torch_advice(tmp_path, capsys, ct_file
 
     path = tmp_path / "pickled.pt"
     torch.save({"config": {}, "code": os.system}, path)  # unpickling it would import (and could call) os.system
-    rc, _, err = run(capsys, "segment", ct_file, "-o", tmp_path / "out", "--model", path)
+    rc, _, err = run_cli(capsys, "segment", ct_file, "-o", tmp_path / "out", "--model", path)
     line = assert_clean_error(rc, err, "pickled.pt", "pickled Python objects", "system", "never runs code")
     assert "weights_only" not in err and "trust" not in err
     assert not (tmp_path / "out").exists()
@@ -159,7 +143,7 @@ def test_torch_cpu_out_of_memory_is_one_line_and_loses_nothing(tmp_path, capsys,
 
     monkeypatch.setattr(pipeline, "segment", segment_beyond_memory)
     out = tmp_path / "out"
-    rc, _, err = run(capsys, "segment", ct_file, "-o", out, "-q")
+    rc, _, err = run_cli(capsys, "segment", ct_file, "-o", out, "-q")
     line = assert_clean_error(rc, err, "ran out of memory", "Crop the CT")
     assert "DefaultCPUAllocator" not in line
     assert not out.exists() and not [p for p in tmp_path.iterdir() if p.name.startswith(".out.")]
@@ -182,14 +166,14 @@ def test_symlink_loop_as_output_is_refused_before_computing(tmp_path, capsys, ct
     (tmp_path / "a").symlink_to(tmp_path / "b")
     (tmp_path / "b").symlink_to(tmp_path / "a")
     for given in (tmp_path / "a", tmp_path / "a" / "result"):
-        rc, _, err = run(capsys, "segment", ct_file, "-o", given)
+        rc, _, err = run_cli(capsys, "segment", ct_file, "-o", given)
         line = assert_clean_error(rc, err, f"Output folder {given} ", "loop of symbolic links")
         assert "localize" not in err and ".lock" not in line and ".partial" not in line
 
 
 def test_overlong_output_name_is_refused_before_computing(tmp_path, capsys, ct_file):
     given = tmp_path / ("r" * 250)
-    rc, _, err = run(capsys, "segment", ct_file, "-o", given)
+    rc, _, err = run_cli(capsys, "segment", ct_file, "-o", given)
     line = assert_clean_error(rc, err, "its name is 250 bytes long", "Choose a shorter name")
     assert "localize" not in err and ".lock" not in line
     assert sorted(p.name for p in tmp_path.iterdir()) == ["case01.nii.gz"]

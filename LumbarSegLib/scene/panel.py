@@ -4,7 +4,7 @@ The widget in ``LumbarSeg/LumbarSeg.py`` is bindings only. Slicer's ``connectGui
 to the parameter node by their ``SlicerParameterName`` property (:data:`CONNECTED` lists them); the choices
 are the enums below, whose ``label`` is what the combo box shows. The widget shows the texts and states these
 functions return. Widgets and the parameter node are duck-typed here, so the tests drive all of it with
-stand-ins (Testing/test_slicer_module.py).
+stand-ins (Testing/test_slicer_widget.py).
 """
 
 from __future__ import annotations

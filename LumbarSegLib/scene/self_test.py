@@ -1,6 +1,6 @@
 """The bodies of the module's self-test (``LumbarSegTest`` in ``LumbarSeg.py``): Slicer's "Reload and Test",
 ``Slicer --python-code``, the extension build servers, and headless against slicer-core
-(Testing/test_slicer_module.py). Each function takes the ``unittest.TestCase`` (for its assertions and
+(Testing/test_slicer_extension.py). Each function takes the ``unittest.TestCase`` (for its assertions and
 ``delayDisplay``), the module's Logic class and the scene.
 
 The model parts run the real command line in a subprocess (:mod:`.engine_job`), as the GUI does.
