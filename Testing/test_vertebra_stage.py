@@ -224,6 +224,24 @@ def test_two_seeds_on_one_vertebra_are_one():
     assert vertebra_stage.duplicates([upper, far], [grids[0], grids[2]]) == {}
 
 
+def test_stage3_vertebrae_are_reported_whole_and_apart():
+    """tidy_vertebrae: each vertebra keeps its largest piece with its enclosed holes filled, never takes
+    another vertebra's voxels, and a label stage 3 found nothing of is named."""
+    from LumbarSegLib.inference import pipeline
+
+    refined = np.zeros((20, 20, 40), np.uint8)
+    refined[4:16, 4:16, 2:14] = 1
+    refined[8:12, 8:12, 6:10] = 0  # a hole in L1's body (cancellous bone called background)
+    refined[0:2, 0:2, 18:20] = 1  # an island of L1 elsewhere
+    refined[4:16, 4:16, 20:32] = 2
+    refined[9:11, 9:11, 24:28] = 1  # L1's voxels inside L2: an enclosed piece of another vertebra
+    out, empty = pipeline.tidy_vertebrae(refined, [1, 2, 3])
+    assert empty == [3]
+    assert (out[8:12, 8:12, 6:10] == 1).all() and not out[0:2, 0:2, 18:20].any()
+    assert (out[4:16, 4:16, 20:32] == 2).sum() == (refined == 2).sum()  # L2 never loses its voxels
+    assert not (out[9:11, 9:11, 24:28] == 2).any() and not (out[9:11, 9:11, 24:28] == 1).any()
+
+
 def test_a_vertebra_of_soft_tissue_is_not_reported():
     from LumbarSegLib.inference import pipeline
 

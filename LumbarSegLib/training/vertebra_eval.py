@@ -29,12 +29,15 @@ TARGETS = {"as stored": 0.90, "re-imaged": 0.85, "fit": 0.93}
 
 
 def score_case(ct: sitk.Image, seg: sitk.Image, net) -> dict:
-    """Per VerSe code: DSC/ASD/HD95 of stage 3 given the true centres of ``seg``'s vertebrae."""
+    """Per VerSe code: DSC/ASD/HD95 of stage 3 given the true centres of ``seg``'s vertebrae, as a study
+    reports them (:func:`pipeline.tidy_vertebrae`: each vertebra's largest piece, filled)."""
+    from ..inference.pipeline import tidy_vertebrae
+
     arr = sitk.GetArrayViewFromImage(seg)
     centres = whole_enough_centres(seg)
     seeds = [VertebraSeed(p, c) for c, p in centres.items()]
-    pred = segment_vertebrae(ct, seeds, net)
     spacing = seg.GetSpacing()[::-1]
+    pred, _ = tidy_vertebrae(segment_vertebrae(ct, seeds, net), sorted(int(c) for c in centres))
     out = {}
     for c in centres:
         m = compare_masks(pred == c, arr == c, spacing)
