@@ -44,12 +44,21 @@ def test_vertebra_truth_tells_a_merge_from_a_right_vertebra():
     found = column_calibration.vertebra_truth(merged, truth)
     assert found["L1"]["merged"] and found["L1"]["covers"] == [L1, L2] and found["L1"]["second_share"] == 0.5
     assert not found["L2"]["merged"] and found["L2"]["on_truth"] == {L3: 1.0}
+    sliver = merged.copy()  # a true vertebra barely in the field of view, covered by L1: no merge
+    sliver[truth == L2] = 0
+    sliver[-8, 10, 10] = 1
+    truth_sliver = truth.copy()
+    truth_sliver[truth == L2] = 0
+    truth_sliver[-8, 10, 10] = L2
+    assert column_calibration.vertebra_truth(sliver, truth_sliver)["L1"]["covers"] == [L1, L2]
+    assert not column_calibration.vertebra_truth(sliver, truth_sliver)["L1"]["merged"]
 
 
 def test_rows_score_false_alarms_and_detections_under_any_thresholds(tmp_path, capsys):
     def v(z, h=50.0, ml=50.0, merged=False):
-        return {"height_mm": h, "volume_ml": ml, "centroid_mm": [0.0, 0.0, z], "touches_image_edge": False,
-                "merged": merged}
+        truth = {"on_truth": {"20": 0.5, "21": 0.5}, "covers": [20, 21]} if merged else {"on_truth": {"20": 0.9},
+                                                                                        "covers": [20]}
+        return {"height_mm": h, "volume_ml": ml, "centroid_mm": [0.0, 0.0, z], "touches_image_edge": False, **truth}
 
     right = {"source": "phantom 1", "acquisition": "phantom (lumbar)", "truth": ["L1", "L2", "L3"], "wrong": [],
              "all_right": True, "vertebrae": {"L1": v(0), "L2": v(-32), "L3": v(-64, h=68)}}
