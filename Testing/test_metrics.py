@@ -290,8 +290,69 @@ def test_column_warnings_on_centroid_gaps():
     assert "only 12 mm apart" in close and "split" in close
     (tall,) = measurements.column_warnings({"L1": m(0, 80), "L2": m(-45, 55), "L3": m(-77, 54)})
     assert "L1 is 80 mm high" in tall and "two vertebrae" in tall
-    (tall,) = measurements.column_warnings({"L1": m(0, 70), "L2": m(-45, 50), "L3": m(-77, 51)})
-    assert "1.4 x the median" in tall
+    (tall,) = measurements.column_warnings({"L1": m(0, 66), "L2": m(-45, 41), "L3": m(-77, 42)})
+    assert "1.6 x the median" in tall
     # A vertebra cut by the field of view is no yardstick for the others' heights.
     cut = {"L1": {**m(0, 25), "touches_image_edge": True}, "L2": m(-32, 56), "L3": {**m(-64, 28), "touches_image_edge": True}}
     assert measurements.column_warnings(cut) == []
+
+
+def _column(*vertebrae):
+    """name, height mm, volume mL, centroid LPS mm, cut by the image edge -> measurements."""
+    return {n: {"height_mm": h, "volume_ml": v, "centroid_mm": list(c), "touches_image_edge": edge}
+            for n, h, v, c, edge in vertebrae}
+
+
+# Issue 24 item 3: right results of the calibration run (stage 3 on; see the comment above CENTROID_GAP_MM in
+# measurements.py) that the earlier 1.3 x height ratio alarmed on - names all right, one vertebra or two
+# 1.33-1.36 x the others' height.
+RIGHT_BUT_TALL = {
+    "phantom 100301": _column(("L1", 68.0, 52.0, (18.5, 23.8, 156.3), True),
+                              ("L2", 64.0, 54.7, (19.7, 4.4, 129.0), False),
+                              ("L3", 52.0, 55.1, (16.2, -7.1, 97.5), False),
+                              ("L4", 48.0, 60.1, (9.5, -7.0, 64.5), False),
+                              ("L5", 48.0, 69.2, (3.5, 3.8, 27.8), False)),
+    "phantom 100310": _column(("L1", 48.0, 43.2, (1.6, 23.2, 136.6), False),
+                              ("L2", 46.5, 27.8, (-0.8, 11.9, 115.0), False),
+                              ("L3", 63.0, 52.7, (0.6, 1.1, 87.0), False),
+                              ("L4", 45.0, 57.0, (-0.4, -1.4, 57.1), False),
+                              ("L5", 51.0, 61.9, (-4.7, -2.9, 25.2), False)),
+}
+
+
+@pytest.mark.parametrize("case", sorted(RIGHT_BUT_TALL))
+def test_a_right_column_the_old_height_ratio_alarmed_on_is_quiet(case):
+    from LumbarSegLib.training.column_calibration import OLD_CONSTANTS, thresholds
+
+    with thresholds(OLD_CONSTANTS):
+        warnings = measurements.plausibility_warnings(RIGHT_BUT_TALL[case])
+    assert any("two vertebrae under one name" in w for w in warnings)
+    assert measurements.plausibility_warnings(RIGHT_BUT_TALL[case]) == []
+
+
+def test_two_vertebrae_under_one_name_are_still_flagged():
+    # sub-verse010's real label map with L5 merged into L4 (with sample001's, the shortest of the 26 real-mask
+    # merges: 73 mm, only 1.18 x the others' height, 2.2 x their volume).
+    merged = _column(("L1", 62.0, 40.2, (5.3, 226.7, -78.0), False), ("L2", 62.0, 51.1, (9.7, 211.5, -105.6), False),
+                     ("L3", 63.0, 54.8, (13.6, 199.5, -137.3), False),
+                     ("L4", 73.0, 113.7, (9.7, 201.5, -183.2), False))
+    w = measurements.plausibility_warnings(merged)[0]  # (and the L3-L4 gap of 47 mm)
+    assert "L4 is 73 mm high" in w and "2.2 x the median" in w and "two vertebrae under one name" in w
+    # A small spine, two neighbours under one name: under 72 mm but 1.6 x the others' height.
+    small = _column(("L2", 40.0, 30.0, (0, 0, 0), False), ("L3", 64.0, 58.0, (0, 0, -40), False),
+                    ("L4", 41.0, 32.0, (0, 0, -80), False))
+    (w,) = measurements.plausibility_warnings(small)
+    assert "L3 is 64 mm high, 1.6 x the median" in w
+
+
+def test_names_that_skip_a_level_on_neighbouring_vertebrae_are_flagged():
+    # Phantom 100304 (tight view of L3-L5, stage 3 on): the three neighbours named L1, L3, L5.
+    skipped = _column(("L1", 42.0, 67.1, (-4.6, -6.4, 104.6), True),
+                      ("L3", 58.0, 104.2, (-1.1, -11.1, 75.0), True),
+                      ("L5", 48.0, 78.2, (-5.4, -2.7, 38.8), True))
+    warnings = measurements.plausibility_warnings(skipped)
+    assert len(warnings) == 2 and "L1 and L3 are only 30 mm apart, too close for L2 between them" in warnings[0]
+    # A vertebra missed between two found ones leaves room for it: names L1, L3 60 mm apart are plausible.
+    missed = _column(("L1", 50.0, 50.0, (0, 0, 0), False), ("L3", 50.0, 50.0, (0, 0, -60), False),
+                     ("L4", 50.0, 50.0, (0, 0, -90), False))
+    assert measurements.plausibility_warnings(missed) == []

@@ -181,7 +181,26 @@ def run_train(args) -> int:
     return 0
 
 
+def naming_stage3(args) -> list:
+    """The stage-3 models ``evaluate-model --naming`` refines with (:func:`naming_eval.load_stage3`): --refine's,
+    none with --no-refine, else the bundled one when it is there (as a study runs)."""
+    from ..inference.vertebra_stage import default_stage3_path
+    from . import naming_eval
+
+    if args.no_refine and args.refine:
+        raise InputError("Give --refine or --no-refine, not both.")
+    if args.no_refine:
+        return []
+    paths = args.refine or ([default_stage3_path()] if default_stage3_path().exists() else [])
+    for path in paths:
+        if not Path(path).is_file():
+            raise InputError(f"--refine {path}: no such file.")
+    return [naming_eval.load_stage3(p) for p in paths]
+
+
 def run_evaluate_model(args) -> int:
+    if (args.refine or args.no_refine or args.rows_json) and not args.naming:
+        raise InputError("--refine, --no-refine and --rows-json belong to --naming.")
     if (args.loo or args.fit) and not args.real:
         raise InputError("--loo and --fit need --real DIR: the folder(s) holding the real cases.")
     card = evaluation.evaluate_model(args.model, n=args.phantoms, seed=args.seed, fovs=args.fov,
@@ -199,7 +218,12 @@ def run_evaluate_model(args) -> int:
         model = load_model(choose_model(args.model, resolve_device(args.device)), allow_untrained=False)
         card["naming"] = naming_eval.measure(model, args.real, n_phantoms=args.naming_phantoms,
                                              seed=args.seed + args.phantoms, device=args.device,
-                                             partial_views=args.partial_views, log=lambda s: print(s, flush=True))
+                                             partial_views=args.partial_views, log=lambda s: print(s, flush=True),
+                                             stage3=naming_stage3(args))
+        if args.rows_json:
+            from ..io.text_files import write_json
+            write_json({"command": "lumbarseg " + " ".join(shlex.quote(a) for a in sys.argv[1:]),
+                        "rows": card["naming"]["rows"]}, args.rows_json)
     if args.fit:
         card["real_fit"] = real_evaluation.training_fit(args.model, args.real, device=args.device,
                                                         log=lambda s: print(s, flush=True))

@@ -122,6 +122,14 @@ def add_evaluate_arguments(p: argparse.ArgumentParser):
                    "cases in --real held out from --model (as stored, re-imaged, --partial-views) and --naming-phantoms")
     p.add_argument("--naming-phantoms", type=int, default=10,
                    help="phantoms for --naming (default 10; seeds follow those of --phantoms)")
+    p.add_argument("--refine", nargs="+", metavar="STAGE3.pt",
+                   help="stage-3 models for --naming (a bundle or a training checkpoint of vertebra_train): the first "
+                   "refines the phantoms, each real case the first that never trained on it (a case all trained on is "
+                   "left out). Default: the bundled one, as a study runs it")
+    p.add_argument("--no-refine", action="store_true", help="--naming without stage 3 (the XUNet's vertebrae)")
+    p.add_argument("--rows-json", metavar="FILE", help="write --naming's rows (per scan the measurements the size and "
+                   "column warnings read and each vertebra's truth) to FILE, for "
+                   "python -m LumbarSegLib.training.column_calibration")
     p.add_argument("-o", "--output", help="model card JSON to write")
     p.add_argument("--card", help="model card Markdown to write")
 

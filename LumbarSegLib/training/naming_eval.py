@@ -140,20 +140,48 @@ def score_naming(labels: sitk.Image, naming: dict, naming_warnings, truth: sitk.
                                 for n in predicted if n in true_lumbar}}
 
 
-def run_case(ct: sitk.Image, truth: sitk.Image, model, device: str = "cpu") -> dict:
+def run_case(ct: sitk.Image, truth: sitk.Image, model, device: str = "cpu", refine=None) -> dict:
+    """One scan through the whole pipeline (stage 3 with the network ``refine``, as a study runs it; None: the
+    XUNet's vertebrae), scored: :func:`score_naming`, the size and column warnings and what they read
+    (:func:`column_calibration.scan_record`)."""
     from ..inference import pipeline
-
     from ..measures import measurements
+    from .column_calibration import scan_record
 
-    res = pipeline.segment(ct, model=model, device=device)
+    res = pipeline.segment(ct, model=model, device=device, refine=refine)
     hu = sitk.GetArrayViewFromImage(ct)
-    alarms = measurements.plausibility_warnings(measurements.measure(sitk.GetArrayViewFromImage(res.labels), hu, ct))
-    return score_naming(res.labels, res.naming, res.naming_warnings, truth, alarms)
+    measured = measurements.measure(sitk.GetArrayViewFromImage(res.labels), hu, ct)
+    alarms = measurements.plausibility_warnings(measured)
+    return {**score_naming(res.labels, res.naming, res.naming_warnings, truth, alarms), "refined": res.refined,
+            **scan_record(res.labels, truth, measured)}
 
 
-def real_rows(model, real_dirs, device: str = "cpu", partial_views: int = 4, log=print) -> list[dict]:
+def load_stage3(path) -> tuple:
+    """(network, description) of a stage-3 model: a bundle (``lumbarseg_stage3.pt``: its metadata lists the real
+    cases it trained on) or a training checkpoint of :mod:`.vertebra_train` (it lists the subjects it left out).
+    The description's ``held_out(case_id)`` says whether the network never trained on that real case."""
+    import torch
+
+    from ..inference.vertebra_stage import BUNDLE_FORMAT, load_bundle, load_weights
+    from .vertebra_samples import subject_of
+
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    if isinstance(state, dict) and state.get("format") == BUNDLE_FORMAT:
+        net, meta = load_bundle(path)
+        trained = {subject_of(c) for c in ((meta.get("training_data") or {}).get("real") or {}).get("cases") or []}
+        return net, {"path": str(path), "held_out": lambda cid: subject_of(cid) not in trained}
+    if not isinstance(state, dict) or "weights" not in state or "leave_out" not in state:
+        raise InputError(f"{path} is neither a stage-3 model nor a stage-3 training checkpoint.")
+    held = {subject_of(s) for s in state["leave_out"]}
+    return load_weights(state), {"path": str(path), "held_out": lambda cid: subject_of(cid) in held}
+
+
+def real_rows(model, real_dirs, device: str = "cpu", partial_views: int = 4, log=print, stage3=(),
+              skipped=None) -> list[dict]:
     """Rows of the real cases in ``real_dirs`` that ``model`` never trained on: as stored, the fixed
-    re-imagings (5 mm axial, 3 mm sagittal, 3 mm coronal) and ``partial_views`` fixed partial views each."""
+    re-imagings (5 mm axial, 3 mm sagittal, 3 mm coronal) and ``partial_views`` fixed partial views each.
+    ``stage3``: :func:`load_stage3` results; each case is refined by the first that never trained on it, and a
+    case that every one trained on is left out (its id appended to ``skipped``). Empty: no stage 3."""
     from pathlib import Path
 
     from . import real_views
@@ -169,19 +197,28 @@ def real_rows(model, real_dirs, device: str = "cpu", partial_views: int = 4, log
             raise InputError(f"The model lists {cid} both as trained on and as left out.")
         if cid not in cases:
             continue
+        refine, stage3_path = next(((net, info["path"]) for net, info in stage3 if info["held_out"](cid)), (None, None))
+        if stage3 and refine is None:
+            log(f"naming {cid}: skipped, every stage-3 model given trained on it")
+            if skipped is not None:
+                skipped.append(cid)
+            continue
         ct, seg = real_views.load_source(str(cases[cid].ct), str(cases[cid].seg))
         views = [(name, v_ct, v_seg) for name, (v_ct, v_seg) in acquisitions(ct, seg).items()]
         rng = np.random.default_rng([PARTIAL_VIEW_SEED, int(np.frombuffer(cid.encode(), np.uint8).sum())])
         views += [("partial view", *real_views.make_view(ct, seg, rng, kind="tight")[:2]) for _ in range(partial_views)]
         for name, v_ct, v_seg in views:
-            row = {"source": cid, "acquisition": name, **run_case(v_ct, v_seg, model, device)}
+            row = {"source": cid, "acquisition": name, **run_case(v_ct, v_seg, model, device, refine),
+                   "stage3": stage3_path}
             rows.append(row)
             log(_log_line(row))
     return rows
 
 
-def phantom_rows(model, n: int, seed: int, device: str = "cpu", fovs=PHANTOM_FOVS, log=print) -> list[dict]:
-    """Rows of ``n`` phantoms with seeds from ``seed`` (evaluation seeds only), cycling ``fovs``."""
+def phantom_rows(model, n: int, seed: int, device: str = "cpu", fovs=PHANTOM_FOVS, log=print,
+                 refine=None) -> list[dict]:
+    """Rows of ``n`` phantoms with seeds from ``seed`` (evaluation seeds only), cycling ``fovs``; ``refine``: the
+    stage-3 network (None: none)."""
     from .. import phantoms
     from .data import EVAL_SEED_START
 
@@ -192,7 +229,7 @@ def phantom_rows(model, n: int, seed: int, device: str = "cpu", fovs=PHANTOM_FOV
     for i in range(n):
         fov = fovs[i % len(fovs)]
         ct, truth = phantoms.generate_phantom(seed + i, fov=fov, shape_library=library)
-        row = {"source": f"phantom {seed + i}", "acquisition": f"phantom ({fov})", **run_case(ct, truth, model, device)}
+        row = {"source": f"phantom {seed + i}", "acquisition": f"phantom ({fov})", **run_case(ct, truth, model, device, refine)}
         rows.append(row)
         log(_log_line(row))
     return rows
@@ -275,12 +312,15 @@ def untrained_context_classes(model) -> list[str]:
 
 
 def measure(model, real_dirs=(), n_phantoms: int = 10, seed: int = 100_000, device: str = "cpu",
-            partial_views: int = 4, log=print) -> dict:
-    """The card's ``naming`` section: rows and :func:`summarize` of them."""
-    rows = real_rows(model, real_dirs, device, partial_views, log) if real_dirs else []
-    rows += phantom_rows(model, n_phantoms, seed, device, log=log)
+            partial_views: int = 4, log=print, stage3=()) -> dict:
+    """The card's ``naming`` section: rows and :func:`summarize` of them. ``stage3``: :func:`load_stage3` results,
+    the first for the phantoms (the product's), each real case with the first that held it out; empty: none."""
+    skipped: list[str] = []
+    rows = real_rows(model, real_dirs, device, partial_views, log, stage3, skipped) if real_dirs else []
+    rows += phantom_rows(model, n_phantoms, seed, device, log=log, refine=stage3[0][0] if stage3 else None)
     return {"rows": rows, "summary": summarize(rows), "seed_phantoms": [seed, seed + n_phantoms - 1],
-            "untrained_context_classes": untrained_context_classes(model)}
+            "untrained_context_classes": untrained_context_classes(model),
+            "stage3": [info["path"] for _, info in stage3], "real_skipped_stage3_trained": skipped}
 
 
 def _pct(s: dict) -> str:
