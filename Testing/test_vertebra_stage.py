@@ -255,6 +255,10 @@ def test_a_vertebra_of_soft_tissue_is_not_reported():
     assert set(np.unique(out)) == {0, 1}
     assert len(messages) == 1 and "L2 (40 HU)" in messages[0]
     assert pipeline.drop_soft_tissue(out, hu, []) is out  # bone alone: kept as it is
+    hu[2:10, 5:20, 5:20] = 85.0  # an osteoporotic vertebra (cancellous bone 40-140 HU) is still bone
+    hu[15:25, 5:20, 5:20] = 68.0  # the brightest bowel blob measured
+    kept = pipeline.drop_soft_tissue(labels, hu, [])
+    assert set(np.unique(kept)) == {0, 1}
 
 
 @pytest.mark.slow
