@@ -126,3 +126,14 @@ def test_phantom_ribs_fire_above_l1_and_not_above_l2():
     assert present[0] == 20 and ribs_t  # L1 at the top, T12 in view (5 mm slices)
     assert anchors.detect(hu, spacing, centres).ribs
     assert not anchors.detect(hu, spacing, centres[1:]).ribs  # L1 above the top piece: no rib
+
+
+def test_ribs_above_more_vertebrae_than_a_lumbar_spine_holds_do_not_anchor():
+    """Counting down from ribs above the column must not name seven vertebrae L1-L7: on a chest the pieces
+    below can be thoracic vertebrae whose ribs the CT check does not see (thoracic phantom seed 7007)."""
+    seen = anchors.CtAnchors(ribs=True, notes=["Ribs on the vertebra above L1: ..."])
+    for count, anchored in ((5, True), (6, True), (7, False)):
+        notes, warnings = [], []
+        ribs_start, _ = anchors.apply_to_count(seen, None, None, list(range(count)), notes, warnings)
+        assert (ribs_start == 1) is anchored
+        assert bool(warnings) is not anchored and (not warnings or "L7" in warnings[0])

@@ -59,6 +59,9 @@ MIN_SEED_ML = 2.0
 # process can touch it on one side (phantom 100200: T12's rib touches L1 on the left, 110 mm, right 29 mm).
 RIB_REACH_MM = 54.0
 CARRIES_RIB_MM = 52.0
+# Below the last rib-bearing vertebra a spine holds five lumbar vertebrae, six with a transitional one: a count
+# that reaches further has taken other vertebrae for lumbar ones.
+MOST_BELOW_RIBS = 6
 # How far out laterally the detectors look (a rib or iliac wing beyond is not needed).
 LATERAL_MM = 110.0
 AP_MM = (60.0, 80.0)  # anterior, posterior of the centre: a vertebra's body, arch and the ribs' necks
@@ -229,7 +232,15 @@ def apply_to_count(ct: CtAnchors, ribs_start, sacrum_start, offsets, notes: list
     a false anchor shifts every name). What was seen goes into ``notes``, what stopped an anchor into
     ``warnings``. ``offsets``: each instance's levels below the first."""
     warnings += ct.warnings
-    if ribs_start is None and ct.ribs:
+    lowest = 1 + int(offsets[-1])  # the lowest vertebra's level if the first one is L1
+    if ribs_start is None and ct.ribs and lowest > MOST_BELOW_RIBS:
+        # More vertebrae below than a lumbar spine holds under its ribs: the ones found are not all lumbar (on
+        # the thoracic-only phantom seed 7007 they were T-vertebrae whose ribs are not bone-connected at 2 mm,
+        # under one whose ribs are), so the ribs cannot say which is L1.
+        warnings.append(f"WARNING: a rib-bearing vertebra shows above the column, but counting down from it would "
+                        f"make the lowest of the vertebrae found L{lowest}, more than a lumbar spine holds below "
+                        f"its ribs: some of them may be thoracic. The ribs do not anchor the count. Check the levels.")
+    elif ribs_start is None and ct.ribs:
         ribs_start = 1
         notes += [n for n in ct.notes if n.startswith("Ribs")]
     if sacrum_start is None and ct.sacrum:
