@@ -232,17 +232,19 @@ def apply_to_count(ct: CtAnchors, ribs_start, sacrum_start, offsets, notes: list
     a false anchor shifts every name). What was seen goes into ``notes``, what stopped an anchor into
     ``warnings``. ``offsets``: each instance's levels below the first."""
     warnings += ct.warnings
-    lowest = 1 + int(offsets[-1])  # the lowest vertebra's level if the first one is L1
-    if ribs_start is None and ct.ribs and lowest > MOST_BELOW_RIBS:
-        # More vertebrae below than a lumbar spine holds under its ribs: the ones found are not all lumbar (on
-        # the thoracic-only phantom seed 7007 they were T-vertebrae whose ribs are not bone-connected at 2 mm,
-        # under one whose ribs are), so the ribs cannot say which is L1.
-        warnings.append(f"WARNING: a rib-bearing vertebra shows above the column, but counting down from it would "
-                        f"make the lowest of the vertebrae found L{lowest}, more than a lumbar spine holds below "
-                        f"its ribs: some of them may be thoracic. The ribs do not anchor the count. Check the levels.")
-    elif ribs_start is None and ct.ribs:
-        ribs_start = 1
-        notes += [n for n in ct.notes if n.startswith("Ribs")]
+    if ribs_start is None and ct.ribs:
+        lowest = 1 + int(offsets[-1])  # the lowest vertebra's level if the first one is L1
+        if lowest > MOST_BELOW_RIBS:
+            # More vertebrae below than a lumbar spine holds under its ribs: the ones found are not all lumbar (on
+            # the thoracic-only phantom seed 7007 they were T-vertebrae whose ribs are not bone-connected at 2 mm,
+            # under one whose ribs are), so the ribs cannot say which is L1.
+            warnings.append(f"WARNING: a rib-bearing vertebra shows above the column, but counting down from it "
+                            f"would make the lowest of the vertebrae found L{lowest}, more than a lumbar spine holds "
+                            f"below its ribs: some of them may be thoracic. The ribs do not anchor the count. Check "
+                            f"the levels.")
+        else:
+            ribs_start = 1
+            notes += [n for n in ct.notes if n.startswith("Ribs")]
     if sacrum_start is None and ct.sacrum:
         from_sacrum = 5 - int(offsets[-1])
         if ribs_start is not None and ribs_start == from_sacrum:

@@ -59,13 +59,13 @@ def column_centre(hu_slab: np.ndarray, spacing_yx) -> tuple[float, float] | None
     return float(y), float(x)
 
 
-def distances_from_column(labels: np.ndarray, hu: np.ndarray, spacing_zyx) -> dict[int, float | None]:
+def distances_from_column(labels: np.ndarray, hu: np.ndarray, spacing_zyx, pieces=None) -> dict[int, float | None]:
     """Label -> in-plane distance (mm) of the piece's centre from the column's centre over the piece's slab
-    (None when the slab holds no bone: the image cannot tell, and the piece is kept)."""
+    (None when the slab holds no bone: the image cannot tell, and the piece is kept). ``pieces``: those of
+    :func:`_pieces`, when already known."""
     spacing_zyx = np.asarray(spacing_zyx, float)
     out = {}
-    for label, region in morphology.label_boxes(labels).items():
-        centre = morphology.centre_of(labels, region, label)
+    for label, (region, centre) in (pieces or _pieces(labels)).items():
         half = max(region[0].stop - region[0].start, MIN_SLAB_MM / spacing_zyx[0]) / 2.0
         slab = slice(max(0, int(round(centre[0] - half))), min(labels.shape[0], int(round(centre[0] + half)) + 1))
         point = column_centre(np.asarray(hu[slab]), spacing_zyx[1:])
@@ -73,10 +73,9 @@ def distances_from_column(labels: np.ndarray, hu: np.ndarray, spacing_zyx) -> di
     return out
 
 
-def centres_mm(labels: np.ndarray, spacing_zyx) -> dict[int, np.ndarray]:
-    """Label -> centre (z, y, x) in mm of each piece."""
-    return {lab: morphology.centre_of(labels, box, lab) * np.asarray(spacing_zyx, float)
-            for lab, box in morphology.label_boxes(labels).items()}
+def _pieces(labels: np.ndarray) -> dict[int, tuple]:
+    """Label -> (its box, its centre (z, y, x) in voxels): one find_objects pass, then per-box work."""
+    return {lab: (box, morphology.centre_of(labels, box, lab)) for lab, box in morphology.label_boxes(labels).items()}
 
 
 def off_the_line(centres: dict[int, np.ndarray], anchors: list[int]) -> dict[int, float]:
@@ -97,11 +96,13 @@ def drop_off_column(labels: np.ndarray, hu: np.ndarray, spacing_zyx, messages: l
     lies more than OFF_COLUMN_MM from the column's centre at its height (:func:`distances_from_column`) and
     as far from the line through the pieces that lie on it: next to the pelvis or a dense vessel the densest
     structure may not be the spine, but the vertebrae found on it still line up with the others."""
-    distances = distances_from_column(labels, hu, spacing_zyx)
+    pieces = _pieces(labels)
+    distances = distances_from_column(labels, hu, spacing_zyx, pieces)
     far = {lab for lab, d in distances.items() if d is not None and d > OFF_COLUMN_MM}
     if not far:
         return labels
-    from_line = off_the_line(centres_mm(labels, spacing_zyx), [lab for lab in distances if lab not in far])
+    centres = {lab: centre * np.asarray(spacing_zyx, float) for lab, (_, centre) in pieces.items()}  # mm
+    from_line = off_the_line(centres, [lab for lab in distances if lab not in far])
     off = {lab: distances[lab] for lab in far if from_line.get(lab, np.inf) > OFF_COLUMN_MM}
     if not off:
         return labels
