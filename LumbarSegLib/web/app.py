@@ -21,7 +21,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from ..errors import InputError, LumbarSegError
+from ..errors import LumbarSegError
 from .session import SAMPLE_CT, EditedSegmentation, StudySession
 from .uploads import EXPORT_FOLDER, UPLOAD_FOLDER, PieceUpload, display_name, remove_patient_data
 
@@ -72,7 +72,6 @@ class LumbarSegWebApp:
         self.max_upload_bytes = int(max_upload_bytes)
         self._owner_seen: dict[str, float] = {}
         self._upload: PieceUpload | None = None  # the owner's upload under way, one at a time
-        self._upload_name = ""
         self._poll_task = None
         self._init_state()
         from .panel import build_ui
@@ -244,7 +243,6 @@ class LumbarSegWebApp:
         except LumbarSegError as exc:
             self._fail(exc)
             return None
-        self._upload_name = name
         return self._upload.token
 
     def upload_piece(self, client_id, token, offset, data) -> bool:
@@ -270,7 +268,7 @@ class LumbarSegWebApp:
         except LumbarSegError as exc:
             self._fail(exc)
             return None
-        self._open(path, display_name(self._upload_name), remove_on_fail=True)
+        self._open(path, display_name(upload.client_name), remove_on_fail=True)
         return None
 
     def _discard_upload(self):

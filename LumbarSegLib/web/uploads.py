@@ -80,6 +80,7 @@ class PieceUpload:
 
     def __init__(self, client_name: str, size, upload_dir, max_bytes: int):
         suffix = upload_suffix(client_name)
+        self.client_name = client_name  # what the page called it (for the result's label)
         try:
             self.size = int(size)
         except (TypeError, ValueError):
