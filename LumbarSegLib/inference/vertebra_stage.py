@@ -225,11 +225,10 @@ def _load_cached(path: str, _mtime_ns: int):
 
 def load_bundle(path=None) -> tuple[VertebraUNet, dict] | None:
     """(network, metadata) of a stage-3 file; None when ``path`` is None and no stage-3 model is bundled."""
-    import json
     from pathlib import Path
 
     from ..errors import ModelError
-    from .models import _load_failure, _load_state
+    from .models import _load_failure
 
     if path is None:
         path = default_stage3_path()
@@ -238,11 +237,25 @@ def load_bundle(path=None) -> tuple[VertebraUNet, dict] | None:
     path = Path(path)
     try:
         bundle = torch.load(path, map_location="cpu", weights_only=True)
-        if bundle.get("format") != BUNDLE_FORMAT:
-            raise ValueError(f"format {bundle.get('format')!r}, not {BUNDLE_FORMAT}")
+    except Exception as exc:  # corrupt, another kind of file, pickled code
+        raise ModelError(f"Cannot read the per-vertebra model {path}: {_load_failure(exc)}.") from None
+    return bundle_network(bundle, path)
+
+
+def bundle_network(bundle, path) -> tuple[VertebraUNet, dict]:
+    """(network, metadata) of a stage-3 file's contents ``bundle`` as loaded from ``path`` (named in errors)."""
+    import json
+
+    from ..errors import ModelError
+    from .models import _load_failure, _load_state
+
+    try:
+        if not isinstance(bundle, dict) or bundle.get("format") != BUNDLE_FORMAT:
+            fmt = bundle.get("format") if isinstance(bundle, dict) else type(bundle).__name__
+            raise ValueError(f"format {fmt!r}, not {BUNDLE_FORMAT}")
         config = VertebraNetConfig.from_dict(bundle["config"])
         config.check()
-    except Exception as exc:  # corrupt, another kind of file, pickled code, implausible configuration
+    except Exception as exc:  # another kind of file, implausible configuration
         raise ModelError(f"Cannot read the per-vertebra model {path}: {_load_failure(exc)}.") from None
     net = build(config)
     _load_state(net, bundle["weights"], "per-vertebra", path)

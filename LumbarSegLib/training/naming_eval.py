@@ -162,12 +162,12 @@ def load_stage3(path) -> tuple:
     The description's ``held_out(case_id)`` says whether the network never trained on that real case."""
     import torch
 
-    from ..inference.vertebra_stage import BUNDLE_FORMAT, load_bundle, load_weights
+    from ..inference.vertebra_stage import BUNDLE_FORMAT, bundle_network, load_weights
     from .vertebra_samples import subject_of
 
     state = torch.load(path, map_location="cpu", weights_only=True)
     if isinstance(state, dict) and state.get("format") == BUNDLE_FORMAT:
-        net, meta = load_bundle(path)
+        net, meta = bundle_network(state, path)
         trained = {subject_of(c) for c in ((meta.get("training_data") or {}).get("real") or {}).get("cases") or []}
         return net, {"path": str(path), "held_out": lambda cid: subject_of(cid) not in trained}
     if not isinstance(state, dict) or "weights" not in state or "leave_out" not in state:
