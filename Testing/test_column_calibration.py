@@ -11,6 +11,7 @@ import pytest
 import SimpleITK as sitk
 
 from LumbarSegLib.errors import InputError
+from LumbarSegLib.measures.measurements import ColumnLimits
 from LumbarSegLib.training import column_calibration, naming_eval
 
 L1, L2, L3, L4 = 20, 21, 22, 23
@@ -64,17 +65,12 @@ def test_rows_score_false_alarms_and_detections_under_any_thresholds(tmp_path, c
              "all_right": True, "vertebrae": {"L1": v(0), "L2": v(-32), "L3": v(-64, h=68)}}
     wrong = {"source": "phantom 2", "acquisition": "phantom (lumbar)", "truth": ["L1", "L2", "L3"], "wrong": ["L2"],
              "all_right": False, "vertebrae": {"L1": v(0, h=85, ml=95, merged=True), "L2": v(-45)}}
-    strict = {"MERGED_HEIGHT_RATIO": 1.3, "MERGED_HEIGHT_MM": 72.0}
+    strict = ColumnLimits(merged_height_ratio=1.3)
     r = column_calibration.rates([right, wrong], strict)
     assert r["false_alarms"] == [1, 1] and r["detections"] == [1, 1] and r["merged_flagged"] == [1, 1]
-    lenient = column_calibration.rates([right, wrong], {"MERGED_HEIGHT_RATIO": 1.5, "MERGED_HEIGHT_MM": 72.0})
+    lenient = column_calibration.rates([right, wrong], ColumnLimits(merged_height_ratio=1.5))
     assert lenient["false_alarms"] == [0, 1] and lenient["detections"] == [1, 1]
-    from LumbarSegLib.measures import measurements
-
-    before = measurements.MERGED_HEIGHT_RATIO
-    with column_calibration.thresholds({"MERGED_HEIGHT_RATIO": 9.0}):
-        assert measurements.MERGED_HEIGHT_RATIO == 9.0
-    assert measurements.MERGED_HEIGHT_RATIO == before
+    assert column_calibration.rates([right, wrong]) == lenient  # the shipped limits are the lenient ones
     path = tmp_path / "rows.json"
     path.write_text(json.dumps({"rows": [right, wrong]}))
     assert column_calibration.main([str(path)]) == 0

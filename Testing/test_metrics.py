@@ -303,7 +303,7 @@ def _column(*vertebrae):
             for n, h, v, c, edge in vertebrae}
 
 
-# Issue 24 item 3: right results of the calibration run (stage 3 on; see the comment above CENTROID_GAP_MM in
+# Issue 24 item 3: right results of the calibration run (stage 3 on; see the comment above ColumnLimits in
 # measurements.py) that the earlier 1.3 x height ratio alarmed on - names all right, one vertebra or two
 # 1.33-1.36 x the others' height.
 RIGHT_BUT_TALL = {
@@ -322,10 +322,9 @@ RIGHT_BUT_TALL = {
 
 @pytest.mark.parametrize("case", sorted(RIGHT_BUT_TALL))
 def test_a_right_column_the_old_height_ratio_alarmed_on_is_quiet(case):
-    from LumbarSegLib.training.column_calibration import OLD_CONSTANTS, thresholds
+    from LumbarSegLib.training.column_calibration import OLD_LIMITS
 
-    with thresholds(OLD_CONSTANTS):
-        warnings = measurements.plausibility_warnings(RIGHT_BUT_TALL[case])
+    warnings = measurements.plausibility_warnings(RIGHT_BUT_TALL[case], OLD_LIMITS)
     assert any("two vertebrae under one name" in w for w in warnings)
     assert measurements.plausibility_warnings(RIGHT_BUT_TALL[case]) == []
 

@@ -23,7 +23,7 @@ from ..constants import LABEL_NAMES, NUM_CLASSES
 GAP_MEDIAN_MM = 30.0
 # Neighbouring centres further apart than this (or than 1.55 x the column's own median gap) have a vertebra
 # between them that was missed: one level is skipped per typical gap. The next vertebra would lie about 60 mm
-# away; 46 mm (as in measures.measurements.CENTROID_GAP_MM) leaves 10 mm for centres predicted a few mm off.
+# away; 46 mm (as measures.measurements.ColumnLimits.centroid_gap_mm) leaves 10 mm for centres a few mm off.
 GAP_MISSED_MM = 46.0
 MISSED_RATIO = 1.55
 # Centres closer than this (or than 0.6 x the column's median gap, for a child's half-size spine) are one

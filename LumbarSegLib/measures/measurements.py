@@ -9,6 +9,7 @@ from __future__ import annotations
 import csv
 import io
 import math
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -68,12 +69,13 @@ def measure(labels: np.ndarray, ct_hu: np.ndarray, image: sitk.Image) -> dict[st
     return out
 
 
-def plausibility_warnings(measurements: dict[str, dict]) -> list[str]:
+def plausibility_warnings(measurements: dict[str, dict], limits: ColumnLimits | None = None) -> list[str]:
     """One warning per vertebra whose volume or height is outside :data:`VERTEBRA_VOLUME_ML` /
     :data:`VERTEBRA_HEIGHT_MM`. Too small is not reported for a vertebra at the image edge (the field
     of view cuts it); too large always is: nothing cut by the edge grows. A wrong spacing in the header
     scales every vertebra alike; one vertebra too large among normal ones is two under one name, which
-    :func:`column_warnings` reports (with the names it may have shifted)."""
+    :func:`column_warnings` reports (with the names it may have shifted) under ``limits`` (default
+    :data:`COLUMN_LIMITS`)."""
     (v_lo, v_hi), (h_lo, h_hi) = VERTEBRA_VOLUME_ML, VERTEBRA_HEIGHT_MM
     warnings = []
     merged = set(_too_large_alone(measurements))
@@ -101,7 +103,7 @@ def plausibility_warnings(measurements: dict[str, dict]) -> list[str]:
                             f"It is probably segmented incompletely (or the spacing in the header is too "
                             f"small); correct it before using it.")
     if not warnings:  # proportions tell merges only when no spacing error scales everything
-        warnings += column_warnings(measurements)
+        warnings += column_warnings(measurements, limits)
     return warnings
 
 
@@ -125,26 +127,33 @@ def _too_large_alone(measurements: dict[str, dict]) -> list[str]:
 # from stage-3 fold-B), --rows-json of `lumbarseg evaluate-model --naming` scored by training/column_calibration.
 # Results with every name right measured up to 69 mm high, 1.36 x the median height of the other whole
 # vertebrae (phantom 100301: L1 68 mm and L2 64 mm among 48-52 mm; 100310: L3 63 mm), 1.31 x their volume,
-# neighbours 22-45 mm apart. So MERGED_HEIGHT_RATIO went from 1.3 (3 false alarms on 2 of those 29 scans, no
+# neighbours 22-45 mm apart. So merged_height_ratio went from 1.3 (3 false alarms on 2 of those 29 scans, no
 # detection) to 1.5: above every right result, at the median of the real merges' 1.18-1.85 (the volume ratio and
 # the 72 mm height catch every one of those merges). The other thresholds fired on no right result and stay.
 # The wrong results there were mostly names that skip a level where the bone does not (L1, L3, L5 on three
 # neighbouring vertebrae in a tight view): names k levels apart whose centres lie closer than k x
-# SKIPPED_LEVEL_MM (the shortest neighbour distance of the real spines) have no room for the vertebrae their
+# skipped_level_mm (the shortest neighbour distance of the real spines) have no room for the vertebrae their
 # names put between them (29-37 mm for k = 2 in the calibration set, every one a wrong result). False alarms
 # and detections on a fresh test set (phantoms 100200-100219), before and after: docs/accuracy.md.
-CENTROID_GAP_MM = (17.0, 46.0)
-MERGED_HEIGHT_MM = 72.0
-MERGED_HEIGHT_RATIO = 1.5
-MERGED_VOLUME_RATIO = 1.5
-SKIPPED_LEVEL_MM = 22.0
+@dataclass(frozen=True)
+class ColumnLimits:
+    """The thresholds of :func:`column_warnings` (see the comment above; the calibration scores others)."""
+    centroid_gap_mm: tuple[float, float] = (17.0, 46.0)
+    merged_height_mm: float = 72.0
+    merged_height_ratio: float = 1.5
+    merged_volume_ratio: float = 1.5
+    skipped_level_mm: float = 22.0  # 0: no skipped-level check (as before the calibration)
 
 
-def column_warnings(measurements: dict[str, dict]) -> list[str]:
-    """Warnings when the vertebrae found do not form a plausible column (see :data:`CENTROID_GAP_MM`):
+COLUMN_LIMITS = ColumnLimits()
+
+
+def column_warnings(measurements: dict[str, dict], limits: ColumnLimits | None = None) -> list[str]:
+    """Warnings when the vertebrae found do not form a plausible column (see :class:`ColumnLimits`):
     a vertebra much taller or larger than the others (two bodies under one name?), neighbouring names whose
     centroids are too far apart (a vertebra missing or merged) or too close (one vertebra split), or names
-    that skip a level on vertebrae too close for one between them (:data:`SKIPPED_LEVEL_MM`)."""
+    that skip a level on vertebrae too close for one between them (``skipped_level_mm``)."""
+    lim = limits or COLUMN_LIMITS
     order = [n for n in LABEL_NAMES.values() if n in measurements]
     warnings = []
     shifted = ("The level names from there on may be shifted by one: check them against the ribs and the "
@@ -157,16 +166,17 @@ def column_warnings(measurements: dict[str, dict]) -> list[str]:
         taller = [x for k, x in whole.items() if k != name]  # a vertebra cut by the edge is no yardstick here
         bigger = [x for k, x in volumes.items() if k != name]
         why = []
-        if h is not None and h > MERGED_HEIGHT_MM:
-            why.append(f"{h:.0f} mm high (no whole lumbar vertebra is over about {MERGED_HEIGHT_MM - 10:g} mm)")
-        elif h is not None and len(taller) >= 2 and h > MERGED_HEIGHT_RATIO * float(np.median(taller)):
+        if h is not None and h > lim.merged_height_mm:
+            why.append(f"{h:.0f} mm high (no whole lumbar vertebra is over about "
+                       f"{lim.merged_height_mm - 10:g} mm)")
+        elif h is not None and len(taller) >= 2 and h > lim.merged_height_ratio * float(np.median(taller)):
             why.append(f"{h:.0f} mm high, {h / np.median(taller):.1f} x the median of the other whole vertebrae")
-        if v is not None and len(bigger) >= 3 and v > MERGED_VOLUME_RATIO * float(np.median(bigger)):
+        if v is not None and len(bigger) >= 3 and v > lim.merged_volume_ratio * float(np.median(bigger)):
             why.append(f"{v:.0f} mL, {v / np.median(bigger):.1f} x the median of the other vertebrae found")
         if why:
             warnings.append(f"WARNING: implausible vertebra: {name} is {' and '.join(why)}; it probably holds two "
                             f"vertebrae under one name. " + shifted)
-    lo, hi = CENTROID_GAP_MM
+    lo, hi = lim.centroid_gap_mm
     names = list(LABEL_NAMES.values())
     for a, b in zip(order, order[1:]):
         ca, cb = measurements[a].get("centroid_mm"), measurements[b].get("centroid_mm")
@@ -175,11 +185,12 @@ def column_warnings(measurements: dict[str, dict]) -> list[str]:
         gap = float(np.linalg.norm(np.subtract(ca, cb)))
         levels = names.index(b) - names.index(a)
         if levels > 1:
-            if gap < levels * SKIPPED_LEVEL_MM:
+            if gap < levels * lim.skipped_level_mm:
                 between = ", ".join(names[names.index(a) + 1:names.index(b)])
                 warnings.append(f"WARNING: implausible column: the centres of {a} and {b} are only {gap:.0f} mm "
-                                f"apart, too close for {between} between them (at least {SKIPPED_LEVEL_MM:g} mm per "
-                                f"level); the names probably skip a level where the spine does not. " + shifted)
+                                f"apart, too close for {between} between them (at least "
+                                f"{lim.skipped_level_mm:g} mm per level); the names probably skip a level where "
+                                f"the spine does not. " + shifted)
             continue
         if gap > hi:
             warnings.append(f"WARNING: implausible column: the centres of {a} and {b} are {gap:.0f} mm apart, but "

@@ -9,8 +9,8 @@ other thresholds without running the pipeline again:
 
     python -m LumbarSegLib.training.column_calibration ROWS.json [ROWS.json ...]
 
-prints, for the thresholds of :mod:`measures.measurements` now and for those it had before the calibration
-(:data:`OLD_CONSTANTS`), the share of scans with every name right that get a size or column warning (false
+prints, for the thresholds of :mod:`measures.measurements` now (``COLUMN_LIMITS``) and for those it had before
+the calibration (:data:`OLD_LIMITS`), the share of scans with every name right that get a size or column warning (false
 alarms) beside the share of scans with a wrong name that get one (detections), and how many merged vertebrae
 are flagged.
 """
@@ -18,7 +18,6 @@ are flagged.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 from pathlib import Path
 
@@ -26,14 +25,14 @@ import numpy as np
 import SimpleITK as sitk
 
 from ..constants import LABEL_NAMES
+from ..measures.measurements import ColumnLimits, plausibility_warnings
 
 COVERED_SHARE = 0.5  # a true vertebra this much inside one reported vertebra is covered by it
 MERGE_SHARE = 0.2  # ... and counts towards a merge when it is this share of the reported vertebra (no sliver)
 MEASURED = ("height_mm", "volume_ml", "centroid_mm", "touches_image_edge")
-# The thresholds of measures.measurements before the calibration of issue 24 (item 3), for the comparison.
-# SKIPPED_LEVEL_MM 0: that check did not exist.
-OLD_CONSTANTS = {"CENTROID_GAP_MM": (17.0, 46.0), "MERGED_HEIGHT_MM": 72.0, "MERGED_HEIGHT_RATIO": 1.3,
-                 "MERGED_VOLUME_RATIO": 1.5, "SKIPPED_LEVEL_MM": 0.0}
+# The thresholds of measures.measurements before the calibration of issue 24 (item 3), for the comparison (the
+# skipped-level check did not exist).
+OLD_LIMITS = ColumnLimits(merged_height_ratio=1.3, skipped_level_mm=0.0)
 
 
 def vertebra_truth(labels: np.ndarray, truth: np.ndarray) -> dict[str, dict]:
@@ -74,34 +73,18 @@ def scan_record(labels: sitk.Image, truth: sitk.Image, measurements: dict) -> di
             "vertebrae": {n: {**{k: m.get(k) for k in MEASURED}, **found.get(n, {})} for n, m in measurements.items()}}
 
 
-@contextlib.contextmanager
-def thresholds(constants: dict | None):
-    """:mod:`measures.measurements` with ``constants`` (name -> value) for the time of the ``with``."""
-    from ..measures import measurements
-
-    old = {k: getattr(measurements, k) for k in (constants or {})}
-    try:
-        for k, v in (constants or {}).items():
-            setattr(measurements, k, v)
-        yield measurements
-    finally:
-        for k, v in old.items():
-            setattr(measurements, k, v)
+def alarms(row: dict, limits: ColumnLimits | None = None) -> list[str]:
+    """The size and column warnings of a rows-json row under ``limits`` (None: the thresholds now)."""
+    return plausibility_warnings({n: dict(v) for n, v in row["vertebrae"].items()}, limits)
 
 
-def alarms(row: dict, constants: dict | None = None) -> list[str]:
-    """The size and column warnings of a rows-json row under ``constants`` (None: the thresholds now)."""
-    with thresholds(constants) as m:
-        return m.plausibility_warnings({n: dict(v) for n, v in row["vertebrae"].items()})
-
-
-def rates(rows: list[dict], constants: dict | None = None) -> dict:
+def rates(rows: list[dict], limits: ColumnLimits | None = None) -> dict:
     """False alarms (warned scans among those with every name right), detections (among scans with a wrong
     name), and merged vertebrae flagged by name, over ``rows`` with at least one true lumbar vertebra."""
     scans = [r for r in rows if r["truth"]]
     right = [r for r in scans if r["all_right"]]
     wrong = [r for r in scans if r["wrong"]]
-    warned = {id(r): alarms(r, constants) for r in scans}
+    warned = {id(r): alarms(r, limits) for r in scans}
     two = [(r, n) for r in scans for n, v in r["vertebrae"].items() if merged(v)]
     return {"false_alarms": [sum(bool(warned[id(r)]) for r in right), len(right)],
             "detections": [sum(bool(warned[id(r)]) for r in wrong), len(wrong)],
@@ -127,8 +110,8 @@ def main(argv=None) -> int:
         rows = [r for r in rows if not r["source"].startswith("phantom")]
     if args.phantoms_only:
         rows = [r for r in rows if r["source"].startswith("phantom")]
-    for label, constants in (("before (issue 24)", OLD_CONSTANTS), ("now", None)):
-        r = rates(rows, constants)
+    for label, limits in (("before (issue 24)", OLD_LIMITS), ("now", None)):
+        r = rates(rows, limits)
         print(f"{label:>18s}: false alarms {_pct(r['false_alarms'])}, detections {_pct(r['detections'])}, "
               f"vertebrae holding two true ones flagged {_pct(r['merged_flagged']) if r['merged_flagged'][1] else 'none'}")
         for key in ("false_alarm_scans", "missed_scans"):
