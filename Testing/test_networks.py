@@ -3,12 +3,12 @@
 import pytest
 import torch
 
-from LumbarSegLib.inference.networks import (CONFIGS, InceptionBlock, LocalizerUNet, XUNet, build_networks,
-                                             count_parameters)
+from LumbarSegLib.inference.networks import (CONFIGS, DoubleConv, InceptionBlock, LocalizerUNet,
+                                             MultiScaleDecoderLevel, XUNet, build_networks, count_parameters)
 
 
 def conv_norm_act(cin, cout, k=3):
-    """Parameters of Conv3d (no bias, followed by a norm) + affine InstanceNorm3d."""
+    """Parameters of Conv3d (no bias, followed by a norm) + the affine instance norm (weight and bias)."""
     return k ** 3 * cin * cout + 2 * cout
 
 
@@ -119,3 +119,35 @@ def test_config_round_trip_keeps_context_classes_and_old_bundles_have_none():
     assert ModelConfig.from_dict(cfg.to_dict()) == cfg and cfg.xunet_outputs == 8
     old = {k: v for k, v in cfg.to_dict().items() if k != "context_classes"}  # written before they existed
     assert ModelConfig.from_dict(old).context_classes == () and ModelConfig.from_dict(old).xunet_outputs == 6
+
+
+def test_the_instance_norm_keeps_channels_last_and_the_function_of_instancenorm3d():
+    """Every double convolution and decoder level of both networks hands channels-last on in training (batch 2;
+    InstanceNorm3d would turn it back to NCDHW; with a batch of one, or a 1x1x1 kernel as in the Inception block
+    at the bottom, 1/512 of the voxels, a convolution returns NCDHW whatever its input), and the
+    GroupNorm computes what an affine InstanceNorm3d with the same parameters computes, so the bundled weights
+    (saved from InstanceNorm3d) give the same output."""
+    localizer, xunet = build_networks(CONFIGS["cpu"])
+    seen = []
+
+    def hook(module, _inputs, out):
+        if isinstance(out, torch.Tensor) and out.dim() == 5 and out.shape[1] > 1:
+            seen.append((type(module).__name__, out.is_contiguous(memory_format=torch.channels_last_3d)))
+
+    for net, shape in ((xunet, (2, 1, 16, 16, 16)), (localizer, (2, 1, 32, 32, 32))):
+        net = net.to(memory_format=torch.channels_last_3d)
+        for m in net.modules():
+            if isinstance(m, (DoubleConv, MultiScaleDecoderLevel)):
+                m.register_forward_hook(hook)
+        net(torch.randn(*shape).contiguous(memory_format=torch.channels_last_3d))
+    assert seen and all(ok for _name, ok in seen), [s for s in seen if not s[1]]
+
+    gn = xunet.enc[0][0][1]
+    assert isinstance(gn, torch.nn.GroupNorm) and gn.num_groups == gn.num_channels
+    inn = torch.nn.InstanceNorm3d(gn.num_channels, affine=True, eps=1e-5)
+    with torch.no_grad():
+        gn.weight.uniform_(0.5, 1.5)
+        gn.bias.uniform_(-0.5, 0.5)
+    inn.load_state_dict(gn.state_dict())  # the same parameter names and shapes
+    x = torch.randn(2, gn.num_channels, 5, 6, 7)
+    assert torch.allclose(gn(x), inn(x), atol=1e-5)
