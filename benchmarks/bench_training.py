@@ -10,7 +10,9 @@ machine with the same data: give several ``--repo`` folders and they run in turn
 
 ``--stage3`` instead times stage 3 (the per-vertebra U-Net, ``training/vertebra_train.py``) for ``--minutes``
 on the label-map vertebrae of ``--masks`` (default ``../shared/data/masks``; without them three box-shaped
-vertebrae drawn here), and prints its steps per hour and the load average before and after.
+vertebrae drawn here), and prints its steps per hour and the load average before and after. ``--finder`` times
+the finder (``training/finder_train.py``: the XUNet on a fixed 2 mm grid) the same way, on windows of the same
+label maps.
 
 ``--variant NAME=OPTIONS`` runs each checkout once per variant with those extra ``train`` options (e.g. the
 CPU's bfloat16 autocast and torch.compile against plain float32); the compile time counts in the first
@@ -63,16 +65,16 @@ def run_once(repo: Path, args, workdir: Path, tag: str, extra: list[str]) -> dic
     return res
 
 
-def stage3(minutes: float, masks: str | None, workdir: Path) -> dict:
-    """Steps per hour of stage 3's real training loop (float32, channels-last, every thread)."""
+def stage3(minutes: float, masks: str | None, workdir: Path, finder: bool = False) -> dict:
+    """Steps per hour of stage 3's (or with ``finder`` the finder's) real training loop (float32,
+    channels-last, every thread)."""
     import shutil
 
     import numpy as np
     import SimpleITK as sitk
     import torch
 
-    from LumbarSegLib.inference.vertebra_net import VertebraNetConfig
-    from LumbarSegLib.training import vertebra_train
+    from LumbarSegLib.training import finder_train, vertebra_train
 
     root = Path(masks) if masks else Path(__file__).resolve().parents[2] / "shared" / "data" / "masks"
     if not root.is_dir():  # three box vertebrae with arches, so the benchmark runs on a bare checkout too
@@ -84,14 +86,16 @@ def stage3(minutes: float, masks: str | None, workdir: Path) -> dict:
             arr[z0:z0 + 25, 25:55, 30:60] = code
             arr[z0 + 5:z0 + 20, 55:70, 41:49] = code
         sitk.WriteImage(sitk.GetImageFromArray(arr), str(root / "boxes" / "sub-verse999_seg-vert_msk.nii.gz"))
-    state = workdir / "stage3_state"
+    trainee = finder_train.FINDER if finder else vertebra_train.STAGE3
+    state = workdir / f"{trainee.name}_state"
     shutil.rmtree(state, ignore_errors=True)
     torch.set_num_threads(os.cpu_count() or 1)
     load_before = [round(v, 2) for v in os.getloadavg()]
     phase = vertebra_train.Phase("bench", minutes, weights={"labelmap": 1.0})
-    vertebra_train.train_phase(phase, state, [], root, VertebraNetConfig(), minutes + 1, log=lambda m: None)
+    vertebra_train.train_phase(phase, state, [], root, trainee.new_config(), minutes + 1, log=lambda m: None,
+                               trainee=trainee)
     rec = json.loads((state / "log.jsonl").read_text().splitlines()[-1])
-    return {"network": "stage3", "steps_per_hour": rec["steps_per_hour"], "batch": vertebra_train.BATCH,
+    return {"network": trainee.name, "steps_per_hour": rec["steps_per_hour"], "batch": vertebra_train.BATCH,
             "steps": rec["step"], "minutes": rec["minutes"], "threads": rec["threads"],
             "load_avg_before": load_before, "load_avg_after": rec["load_avg"], "masks": str(root)}
 
@@ -108,11 +112,12 @@ def main(argv=None) -> int:
     p.add_argument("--variant", action="append", metavar="NAME=OPTIONS",
                    help="extra train options to compare (repeatable; default: none)")
     p.add_argument("--stage3", action="store_true", help="time stage 3's training loop instead")
-    p.add_argument("--masks", default=None, help="label maps for --stage3 (default ../shared/data/masks)")
+    p.add_argument("--finder", action="store_true", help="time the finder's training loop instead")
+    p.add_argument("--masks", default=None, help="label maps for --stage3 / --finder (default ../shared/data/masks)")
     args = p.parse_args(argv)
-    if args.stage3:
+    if args.stage3 or args.finder:
         Path(args.workdir).mkdir(parents=True, exist_ok=True)
-        print(json.dumps(stage3(args.minutes, args.masks, Path(args.workdir))))
+        print(json.dumps(stage3(args.minutes, args.masks, Path(args.workdir), finder=args.finder)))
         return 0
     variants = [v.split("=", 1) for v in (args.variant or ["default="])]
     if any(len(v) != 2 for v in variants):

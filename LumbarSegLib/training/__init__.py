@@ -1,4 +1,8 @@
-"""Training of both networks (localizer + XUNet) on VerSe-layout data or generated phantoms.
+"""Training and evaluating the networks: the localizer and XUNet (``lumbarseg train``), stage 3 (the
+per-vertebra U-Net) and the finder (the XUNet on a fixed 2 mm grid), on VerSe-layout data, real label maps
+without CT, or generated phantoms.
+
+The localizer and XUNet:
 
 Data flow (one code path with inference: every network input is made by :mod:`LumbarSegLib.inference.preprocess`)
 
@@ -26,11 +30,20 @@ Phantom seeds: training uses seeds below :data:`EVAL_SEED_START` (100000); the h
 Modules (imports point down the list; the engine never imports this package):
 
 * :mod:`.data`          - case discovery, precompute/cache, training phantoms, split;
+* :mod:`.real_views`    - the real cases re-imaged as the scans users bring;
 * :mod:`.augmentation`  - spatial and intensity augmentation;
 * :mod:`.losses`        - losses and validation scores;
+* :mod:`.samples`       - one network's batches from the cache;
 * :mod:`.loop`          - one network's training loop and checkpoints;
 * :mod:`.orchestration` - both networks, bundles, resuming, cross-validation;
 * :mod:`.evaluation`    - held-out evaluation and the model card (``lumbarseg evaluate-model``);
+* :mod:`.real_evaluation` - leave-one-real-case-out scores of fold models;
+* :mod:`.naming_eval`   - finding and naming measured on held-out cases (``evaluate-model --naming``);
+* :mod:`.column_calibration` - the column warnings scored against truth;
+* :mod:`.vertebra_samples` - stage 3's crops (real CTs, label maps with a synthetic CT, thick slices);
+* :mod:`.vertebra_train` - phases that outlive a session (stage 3's plan; any :class:`~.vertebra_train.Trainee`);
+* :mod:`.vertebra_eval` - stage 3's gate; :mod:`.vertebra_card` - its model card;
+* :mod:`.finder_samples` - the finder's windows along the spine; :mod:`.finder_train` - its network and plan;
 * :mod:`.cli`           - ``lumbarseg train`` and ``evaluate-model``'s work;
 * :mod:`.commands`      - their arguments and registration (no torch: ``lumbarseg --help`` builds them).
 """

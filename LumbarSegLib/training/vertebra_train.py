@@ -12,7 +12,9 @@ phase, written every ``CHECKPOINT_MINUTES``, and ``log.jsonl`` with steps per ho
 every checkpoint. ``export_resume`` packs the folder into one small file (fp16 weights, no optimiser) to
 commit; ``import_resume`` unpacks it in the next session.
 
-One network trains at a time, on every thread it is given, in float32 and channels-last.
+One network trains at a time, on every thread it is given, in float32 and channels-last. What a plan trains
+is a :class:`Trainee`: stage 3 (:data:`STAGE3`, this module's plan) or the finder (:mod:`.finder_train`); the
+phases, checkpoints, log and resume file work the same for both.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -62,6 +65,42 @@ def loss_fn(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return bce + (1 - dice).mean()
 
 
+def stage3_batch_loss(net, batch: list, config: VertebraNetConfig) -> torch.Tensor:
+    """The loss of one batch of :meth:`VertebraSampler.draw` samples."""
+    ct = torch.from_numpy(np.stack([b[0] for b in batch]))
+    centre = torch.from_numpy(np.stack([b[1] for b in batch]))
+    target = torch.from_numpy(np.stack([b[2] for b in batch])[:, None].astype(np.float32))
+    target = target.contiguous(memory_format=torch.channels_last_3d)
+    return loss_fn(net(network_input(ct, centre, config)), target)
+
+
+@dataclass(frozen=True)
+class Trainee:
+    """What a plan trains: ``name`` (the resume file's format), the configuration (``new_config``,
+    ``config_from_dict``; it has ``to_dict``), ``build`` (config -> channels-last network), ``sampler``
+    ((sources, config, weights, seed) -> an object with ``draw()`` and ``counts()``) and ``batch_loss``
+    ((net, samples, config) -> loss)."""
+    name: str
+    new_config: Callable
+    config_from_dict: Callable
+    build: Callable
+    sampler: Callable
+    batch_loss: Callable
+    sources: Callable = None  # (kinds, real_dirs, masks_root, leave_out) -> sources; None: real and label maps
+
+
+STAGE3 = Trainee("stage3", VertebraNetConfig, VertebraNetConfig.from_dict, build, VertebraSampler, stage3_batch_loss)
+
+
+def default_sources(kinds, real_dirs, masks_root, leave_out) -> list:
+    sources = []
+    if "real" in kinds:
+        sources += load_real_sources(real_dirs, leave_out)
+    if "labelmap" in kinds:
+        sources += load_labelmap_sources(masks_root, leave_out)
+    return sources
+
+
 def learning_rate(phase: Phase, minutes_done: float) -> float:
     warm = min(1.0, minutes_done / 1.0 + 0.05)
     frac = min(1.0, minutes_done / phase.minutes)
@@ -88,15 +127,15 @@ def load_phase_weights(state_dir: Path, name: str) -> dict | None:
     return torch.load(p, map_location="cpu", weights_only=True)
 
 
-def train_phase(phase: Phase, state_dir: Path, real_dirs, masks_root, config: VertebraNetConfig,
-                minutes_left: float, log=print, seed: int = 0) -> bool:
-    """Train ``phase`` for at most ``minutes_left`` minutes; True when its budget is used up."""
+def train_phase(phase: Phase, state_dir: Path, real_dirs, masks_root, config, minutes_left: float, log=print,
+                seed: int = 0, trainee: Trainee = STAGE3) -> bool:
+    """Train ``phase`` of ``trainee`` for at most ``minutes_left`` minutes; True when its budget is used up."""
     state_dir.mkdir(parents=True, exist_ok=True)
     ckpt = load_phase_weights(state_dir, phase.name)
     if ckpt and ckpt["minutes"] >= phase.minutes:  # a later session that raises the budget trains on
         return True
     torch.manual_seed(seed)
-    net = build(config)
+    net = trainee.build(config)
     opt = torch.optim.AdamW(net.parameters(), lr=phase.lr, weight_decay=1e-4)
     step, minutes_done = 0, 0.0
     if ckpt:
@@ -113,13 +152,9 @@ def train_phase(phase: Phase, state_dir: Path, real_dirs, masks_root, config: Ve
         log(f"{phase.name}: starting from {phase.init} (step {init['step']})")
     net = net.to(memory_format=torch.channels_last_3d).train()
     kinds = [k for k, w in phase.weights.items() if w > 0]
-    sources = []
-    if "real" in kinds:
-        sources += load_real_sources(real_dirs, phase.leave_out)
-    if "labelmap" in kinds:
-        sources += load_labelmap_sources(masks_root, phase.leave_out)
-    sampler = VertebraSampler(sources, config, phase.weights, seed=seed + 1000 * step + 1)
-    log(f"{phase.name}: {sampler.counts()} vertebrae, held out {list(phase.leave_out) or 'none'}, "
+    sources = (trainee.sources or default_sources)(kinds, real_dirs, masks_root, phase.leave_out)
+    sampler = trainee.sampler(sources, config, phase.weights, seed=seed + 1000 * step + 1)
+    log(f"{phase.name}: {sampler.counts()} samples' sources, held out {list(phase.leave_out) or 'none'}, "
         f"{torch.get_num_threads()} threads")
 
     def checkpoint(done: bool, steps_this_run: int, run_s: float) -> None:
@@ -144,13 +179,9 @@ def train_phase(phase: Phase, state_dir: Path, real_dirs, masks_root, config: Ve
     deadline = time.time() + 60 * minutes_left
     while minutes_done < phase.minutes and time.time() < deadline:
         batch = [sampler.draw() for _ in range(BATCH)]
-        ct = torch.from_numpy(np.stack([b[0] for b in batch]))
-        centre = torch.from_numpy(np.stack([b[1] for b in batch]))
-        target = torch.from_numpy(np.stack([b[2] for b in batch])[:, None].astype(np.float32))
-        target = target.contiguous(memory_format=torch.channels_last_3d)
         for g in opt.param_groups:
             g["lr"] = learning_rate(phase, minutes_done)
-        loss = loss_fn(net(network_input(ct, centre, config)), target)
+        loss = trainee.batch_loss(net, batch, config)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -168,9 +199,10 @@ def train_phase(phase: Phase, state_dir: Path, real_dirs, masks_root, config: Ve
     return done
 
 
-def run_plan(state_dir, real_dirs, masks_root, minutes: float, plan=None, only=None, log=print) -> None:
+def run_plan(state_dir, real_dirs, masks_root, minutes: float, plan=None, only=None, log=print,
+             trainee: Trainee = STAGE3) -> None:
     """Run the plan's unfinished phases in order for at most ``minutes`` in all."""
-    config = VertebraNetConfig()
+    config = trainee.new_config()
     end = time.time() + 60 * minutes
     for phase in plan or PLAN:
         if only and phase.name not in only:
@@ -178,7 +210,7 @@ def run_plan(state_dir, real_dirs, masks_root, minutes: float, plan=None, only=N
         left = (end - time.time()) / 60
         if left <= 0.2:
             break
-        if not train_phase(phase, Path(state_dir), real_dirs, masks_root, config, left, log=log):
+        if not train_phase(phase, Path(state_dir), real_dirs, masks_root, config, left, log=log, trainee=trainee):
             break
 
 
@@ -186,7 +218,7 @@ def run_plan(state_dir, real_dirs, masks_root, minutes: float, plan=None, only=N
 # The resume file committed between sessions
 # ------------------------------------------------------------------------------------------------------
 
-def export_resume(state_dir, out_path, only=None) -> Path:
+def export_resume(state_dir, out_path, only=None, trainee: Trainee = STAGE3) -> Path:
     """The phases' weights (fp16), step and minutes in one file (``only``: these phases); no optimiser state
     (Adam restarts)."""
     phases = {}
@@ -199,7 +231,7 @@ def export_resume(state_dir, out_path, only=None) -> Path:
                                           for k, v in ck["weights"].items()}
     out = Path(out_path)
     out.parent.mkdir(parents=True, exist_ok=True)
-    _save(out, {"format": "lumbarseg-stage3-resume-1", "phases": phases})
+    _save(out, {"format": f"lumbarseg-{trainee.name}-resume-1", "phases": phases})
     return out
 
 
@@ -220,10 +252,11 @@ def import_resume(resume_path, state_dir) -> list[str]:
     return written
 
 
-def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m LumbarSegLib.training.vertebra_train",
-                                description="Train stage 3 (per-vertebra U-Net) by the plan, resumably.")
-    p.add_argument("--state", default="stage3_state", help="folder of the phases' checkpoints and log")
+def main(argv=None, trainee: Trainee = STAGE3, plan=None, what: str = "stage 3 (per-vertebra U-Net)") -> int:
+    module = "vertebra_train" if trainee is STAGE3 else f"{trainee.name}_train"
+    p = argparse.ArgumentParser(prog=f"python -m LumbarSegLib.training.{module}",
+                                description=f"Train {what} by the plan, resumably.")
+    p.add_argument("--state", default=f"{trainee.name}_state", help="folder of the phases' checkpoints and log")
     p.add_argument("--real", nargs="*", default=[], help="folders of labelled real CTs")
     p.add_argument("--masks", default=None, help="folder of vertebra label maps without CT")
     p.add_argument("--minutes", type=float, default=60.0, help="stop after this many minutes in all")
@@ -233,13 +266,13 @@ def main(argv=None) -> int:
     p.add_argument("--export", help="write the resume file here and exit")
     args = p.parse_args(argv)
     if args.export:
-        print(export_resume(args.state, args.export, args.only))
+        print(export_resume(args.state, args.export, args.only, trainee=trainee))
         return 0
     if args.resume_from:
         print("unpacked:", import_resume(args.resume_from, args.state))
     torch.set_num_threads(args.threads)
-    run_plan(args.state, args.real, args.masks, args.minutes, only=args.only,
-             log=lambda m: print(m, flush=True))
+    run_plan(args.state, args.real, args.masks, args.minutes, plan=plan, only=args.only,
+             log=lambda m: print(m, flush=True), trainee=trainee)
     return 0
 
 

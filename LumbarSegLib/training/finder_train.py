@@ -1,0 +1,112 @@
+"""Training the finder (issue 23) on a CPU, in the phases of :mod:`.vertebra_train`: the XUNet topology on a
+fixed 2 mm grid (:mod:`.finder_samples`), the CT alone as input (no z channel), the XUNet's classes
+(background, L1-L5, thoracic, caudal) plus one channel regressing a Gaussian at every vertebral centre.
+
+The plan: ``pretrain`` on procedural phantoms and real label maps (no real CT, so it seeds every fold), three
+folds with two real subjects held out each (the folds of stage 3), and ``all``. Phantoms come as folders of
+``lumbarseg``'s training phantoms (``data.generate_phantoms``) among ``--real``: their cases (``sub-ph...``)
+are the ``phantom`` kind.
+
+    python -m LumbarSegLib.training.finder_train --state ../finder_state --real PHANTOMS ../shared/data/real \\
+        ../shared/data/tptbox_l3 ../shared/data/real_boneonly --masks ../shared/data/masks --minutes 60
+
+Nothing at inference uses the finder yet: its sliding windows, the peaks of its centre channel as the
+instances of the count, and its gate are the next steps (docs/per_vertebra_stage.md).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import torch
+
+from ..constants import NUM_CLASSES
+from ..inference.networks import CONTEXT_CLASSES, XUNet
+from ..inference.preprocess import apply_window
+from .data import IGNORE
+from .finder_samples import CENTRE_SIGMA_MM, GRID, FinderGrid, FinderSampler
+from .losses import dice_ce_loss
+from .vertebra_samples import Source, load_labelmap_sources, load_real_sources
+from .vertebra_train import FOLDS, Phase, Trainee
+from .vertebra_train import main as _main
+
+N_CLASSES = NUM_CLASSES + len(CONTEXT_CLASSES)  # background, L1-L5, thoracic, caudal; then the centre channel
+CENTRE_WEIGHT = 10.0  # the heatmap's MSE, weighted up on the peaks (mostly background), against Dice + CE
+PHANTOM_PREFIX = "sub-ph"  # data.generate_phantoms' case ids
+
+
+@dataclass(frozen=True)
+class FinderConfig:
+    base: int = 8  # the bundled XUNet's width in the cpu configuration
+    crop_zyx: tuple[int, int, int] = GRID.crop_zyx
+    spacing_mm: float = GRID.spacing_mm
+    sigma_mm: float = CENTRE_SIGMA_MM
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "FinderConfig":
+        return cls(base=int(d["base"]), crop_zyx=tuple(d["crop_zyx"]), spacing_mm=float(d["spacing_mm"]),
+                   sigma_mm=float(d["sigma_mm"]))
+
+
+def build_finder(config: FinderConfig) -> XUNet:
+    return XUNet(base=config.base, in_ch=1, num_classes=N_CLASSES + 1).to(memory_format=torch.channels_last_3d)
+
+
+def finder_input(ct_hu: np.ndarray) -> torch.Tensor:
+    """(N, 1, z, y, x) channels-last from HU (N, z, y, x): the bundled XUNet's bone window, in [0, 1]."""
+    x = torch.from_numpy(apply_window(ct_hu))[:, None]
+    return x.contiguous(memory_format=torch.channels_last_3d)
+
+
+def finder_loss(out: torch.Tensor, classes: torch.Tensor, heat: torch.Tensor) -> torch.Tensor:
+    """Dice + cross-entropy of the classes, plus the centre channel's MSE (sigmoid against the Gaussians),
+    weighted up on the peaks, on voxels not ignored."""
+    seg = dice_ce_loss(out[:, :N_CLASSES], classes)
+    valid = (classes != IGNORE).float()
+    err = (torch.sigmoid(out[:, N_CLASSES]) - heat) ** 2 * (1.0 + CENTRE_WEIGHT * heat) * valid
+    return seg + CENTRE_WEIGHT * err.sum() / valid.sum().clamp(min=1.0)
+
+
+def finder_batch_loss(net, batch: list, config: FinderConfig) -> torch.Tensor:
+    ct = np.stack([b[0] for b in batch])
+    classes = torch.from_numpy(np.stack([b[1] for b in batch]).astype(np.int64))
+    heat = torch.from_numpy(np.stack([b[2] for b in batch]))
+    return finder_loss(net(finder_input(ct)), classes, heat)
+
+
+def finder_sources(kinds, real_dirs, masks_root, leave_out) -> list[Source]:
+    """Real CTs, training phantoms (the ``sub-ph`` cases among ``real_dirs``) and label maps, by kind."""
+    sources = []
+    if {"real", "phantom"} & set(kinds):
+        for src in load_real_sources(real_dirs, leave_out):
+            kind = "phantom" if src.name.startswith(PHANTOM_PREFIX) else "real"
+            if kind in kinds:
+                src.kind = kind
+                sources.append(src)
+    if "labelmap" in kinds:
+        sources += load_labelmap_sources(masks_root, leave_out)
+    return sources
+
+
+def _sampler(sources, config: FinderConfig, weights, seed) -> FinderSampler:
+    return FinderSampler(sources, FinderGrid(tuple(config.crop_zyx), config.spacing_mm), weights, seed)
+
+
+FINDER = Trainee("finder", FinderConfig, FinderConfig.from_dict, build_finder, _sampler, finder_batch_loss,
+                 finder_sources)
+PLAN = [Phase("pretrain", 60.0, weights={"phantom": 0.7, "labelmap": 0.3})]
+PLAN += [Phase(name, 60.0, leave_out=held, init="pretrain", lr=5e-4,
+               weights={"real": 0.5, "phantom": 0.35, "labelmap": 0.15}) for name, held in FOLDS.items()]
+PLAN += [Phase("all", 90.0, init="pretrain", lr=5e-4, weights={"real": 0.5, "phantom": 0.35, "labelmap": 0.15})]
+
+
+def main(argv=None) -> int:
+    return _main(argv, trainee=FINDER, plan=PLAN, what="the finder (XUNet on a fixed 2 mm grid)")
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

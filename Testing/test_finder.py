@@ -1,0 +1,154 @@
+"""The finder's training (issue 23): windows on a fixed 2 mm grid placed at any height along the spine, so
+the levels in a window vary (training/finder_samples.py); classes as the XUNet's plus a centre heatmap on
+every vertebra; its network, loss and resumable phases (training/finder_train.py)."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import numpy as np
+import SimpleITK as sitk
+import torch
+
+from LumbarSegLib.training import finder_samples, finder_train, vertebra_train
+from LumbarSegLib.training.data import IGNORE
+from LumbarSegLib.training.vertebra_samples import Source
+
+CODES = list(range(16, 25)) + [26]  # T9 .. L5, then the sacrum
+GAP_MM = 32.0
+
+
+def _spine(kind="real"):
+    """T9-L5 and the sacrum as 40 x 30 x 22 mm bony boxes 32 mm apart on a 1.5 mm grid (z up, LPS)."""
+    size = (120, 120, 260)  # x, y, z
+    labels = np.zeros(size[::-1], np.uint8)
+    ct = np.full(size[::-1], 40.0, np.float32)
+    sp = 1.5
+    for i, code in enumerate(CODES):
+        zc = (size[2] - 20) - i * GAP_MM / sp
+        box = (slice(int(zc - 7), int(zc + 8)), slice(50, 70), slice(47, 74))
+        labels[box] = code
+        ct[box] = 500.0
+    lab = sitk.GetImageFromArray(labels)
+    img = sitk.GetImageFromArray(ct)
+    for im in (lab, img):
+        im.SetSpacing((sp, sp, sp))
+        im.SetOrigin((-90.0, -90.0, -200.0))
+    return Source(f"spine-{kind}", kind, lab, img if kind == "real" else None)
+
+
+def test_windows_vary_in_the_levels_they_hold_and_carry_the_xunets_classes():
+    sampler = finder_samples.FinderSampler([_spine()], weights={"real": 1.0}, seed=3)
+    seen, l1_heights = [], []
+    for _ in range(24):
+        ct, classes, heat, info = sampler.draw()
+        assert ct.shape == classes.shape == heat.shape == finder_samples.GRID.crop_zyx
+        assert ct.dtype == np.float32 and classes.dtype == np.uint8 and heat.dtype == np.float32
+        assert set(np.unique(classes)) <= {0, 1, 2, 3, 4, 5, 6, 7, IGNORE}
+        seen.append(frozenset(int(c) for c in np.unique(classes) if 0 < c < IGNORE))
+        if (classes == 1).any():
+            l1_heights.append(float(np.argwhere(classes == 1)[:, 0].mean()) / classes.shape[0])
+    # thoracic-only windows, windows of lumbar vertebrae only, and mixed ones: position says nothing of level
+    assert any(s == {6} for s in seen)
+    assert any(s and 6 not in s and s & {1, 2, 3, 4, 5} for s in seen)
+    assert any({6, 1} <= s for s in seen)
+    assert len(set(seen)) >= 5
+    assert max(l1_heights) - min(l1_heights) > 0.4  # L1 anywhere from low in the window to high in it
+
+
+def test_the_centre_heatmap_peaks_inside_each_vertebra():
+    sampler = finder_samples.FinderSampler([_spine()], weights={"real": 1.0}, seed=11)
+    checked = 0
+    for _ in range(12):
+        _, classes, heat, _ = sampler.draw()
+        peaks = np.argwhere((heat > 0.95) & (classes > 0) & (classes < IGNORE))
+        for z, y, x in peaks[:: max(1, len(peaks) // 5)]:
+            assert 0 < classes[z, y, x] < IGNORE  # a peak lies on a vertebra, not between them
+            checked += 1
+        assert float(heat.max()) <= 1.0
+    assert checked >= 10
+
+
+def test_a_label_map_source_gets_a_synthetic_ct():
+    sampler = finder_samples.FinderSampler([_spine("labelmap")], weights={"labelmap": 1.0}, seed=5)
+    ct, classes, heat, info = sampler.draw()
+    bone = (classes > 0) & (classes < IGNORE)
+    assert bone.any() and float(np.median(ct[bone])) > float(np.median(ct[classes == 0])) + 100
+    assert info["source"] == "spine-labelmap"
+
+
+def test_the_same_seed_draws_the_same_windows():
+    a = finder_samples.FinderSampler([_spine()], weights={"real": 1.0}, seed=7).draw()
+    b = finder_samples.FinderSampler([_spine()], weights={"real": 1.0}, seed=7).draw()
+    assert np.array_equal(a[0], b[0]) and np.array_equal(a[1], b[1])
+
+
+def test_centre_heatmap_is_a_gaussian_of_the_given_width():
+    heat = finder_samples.centre_heatmap(np.array([[10.0, 10.0, 10.0]]), (21, 21, 21), 2.0, 6.0)
+    assert heat[10, 10, 10] == 1.0
+    assert abs(float(heat[10, 10, 13]) - np.exp(-(6.0 ** 2) / (2 * 6.0 ** 2))) < 1e-6
+
+
+TINY = finder_train.FinderConfig(base=4, crop_zyx=(32, 32, 32), spacing_mm=4.0)
+
+
+def test_the_finder_network_gives_the_classes_and_a_centre_channel_channels_last():
+    net = finder_train.build_finder(TINY)
+    out = net(finder_train.finder_input(np.zeros((2, 32, 32, 32), np.float32)))
+    assert out.shape == (2, finder_train.N_CLASSES + 1, 32, 32, 32)
+    assert not net.coords  # no z channel: position in the window must say nothing of the level
+
+
+def test_the_finder_loss_rewards_the_right_classes_and_centres_and_skips_ignored_voxels():
+    classes = torch.zeros(1, 8, 8, 8, dtype=torch.int64)
+    classes[0, 2:6, 2:6, 2:6] = 3
+    heat = torch.zeros(1, 8, 8, 8)
+    heat[0, 4, 4, 4] = 1.0
+
+    def logits(cls, centre):
+        out = torch.full((1, finder_train.N_CLASSES + 1, 8, 8, 8), -8.0)
+        out[:, :finder_train.N_CLASSES].scatter_(1, cls[:, None], 8.0)
+        out[:, finder_train.N_CLASSES] = torch.where(centre > 0.5, 8.0, -8.0)
+        return out
+
+    right = finder_train.finder_loss(logits(classes, heat), classes, heat)
+    wrong_class = finder_train.finder_loss(logits(torch.where(classes == 3, 4, classes), heat), classes, heat)
+    no_centre = finder_train.finder_loss(logits(classes, torch.zeros_like(heat)), classes, heat)
+    assert right < wrong_class and right < no_centre
+    ignored = classes.clone()
+    ignored[0, 2:6, 2:6, 2:6] = IGNORE  # the same wrong class on voxels no loss is due on costs nothing
+    a = finder_train.finder_loss(logits(torch.where(classes == 3, 4, classes), torch.zeros_like(heat)), ignored,
+                                 torch.zeros_like(heat))
+    b = finder_train.finder_loss(logits(classes, torch.zeros_like(heat)), ignored, torch.zeros_like(heat))
+    assert torch.isclose(a, b)
+
+
+def test_finder_phases_checkpoint_log_and_resume(tmp_path):
+    trainee = dataclasses.replace(finder_train.FINDER, new_config=lambda: TINY,
+                                  sources=lambda kinds, *_: [_spine()] if "real" in kinds else [])
+    state = tmp_path / "state"
+    phase = vertebra_train.Phase("pretrain", minutes=0.03, weights={"real": 1.0})
+    assert vertebra_train.train_phase(phase, state, [], None, TINY, minutes_left=5, trainee=trainee)
+    ckpt = torch.load(state / "pretrain.pt", weights_only=True)
+    assert ckpt["done"] and ckpt["step"] >= 1 and ckpt["config"] == TINY.to_dict()
+    rec = json.loads((state / "log.jsonl").read_text().splitlines()[-1])
+    assert rec["phase"] == "pretrain" and rec["steps_per_hour"] > 0 and "load_avg" in rec
+    resume = vertebra_train.export_resume(state, tmp_path / "finder_resume.pt", trainee=trainee)
+    assert torch.load(resume, weights_only=True)["format"] == "lumbarseg-finder-resume-1"
+    fine = vertebra_train.Phase("fold-X", minutes=0.03, init="pretrain", weights={"real": 1.0})
+    assert vertebra_train.train_phase(fine, state, [], None, TINY, minutes_left=5, trainee=trainee)
+    net = finder_train.build_finder(TINY)
+    net.load_state_dict(torch.load(state / "fold-X.pt", weights_only=True)["weights"])
+
+
+def test_training_phantoms_are_their_own_kind(tmp_path):
+    from LumbarSegLib.training.data import _phantom_paths
+
+    spine = _spine()
+    ct_path, seg_path = _phantom_paths(tmp_path, 42)
+    sitk.WriteImage(spine.ct, str(ct_path))
+    sitk.WriteImage(spine.labels, str(seg_path))
+    got = finder_train.finder_sources(["phantom"], [str(tmp_path)], None, ())
+    assert [s.kind for s in got] == ["phantom"]
+    assert finder_train.finder_sources(["real"], [str(tmp_path)], None, ()) == []
