@@ -152,3 +152,58 @@ def test_training_phantoms_are_their_own_kind(tmp_path):
     got = finder_train.finder_sources(["phantom"], [str(tmp_path)], None, ())
     assert [s.kind for s in got] == ["phantom"]
     assert finder_train.finder_sources(["real"], [str(tmp_path)], None, ()) == []
+
+
+# ------------------------------------------------------------------------------------------------------
+# At inference (inference/finder.py)
+# ------------------------------------------------------------------------------------------------------
+
+def test_the_strip_covers_the_column_and_its_anchors_on_the_fixed_grid():
+    from LumbarSegLib.inference import finder
+
+    ref = finder.strip_grid((10.0, -20.0), (-100.0, 60.0), (96, 64, 64), 2.0)
+    assert ref.GetSpacing() == (2.0, 2.0, 2.0) and ref.GetSize()[:2] == (64, 64)
+    z0 = ref.TransformIndexToPhysicalPoint((0, 0, 0))[2]
+    z1 = ref.TransformIndexToPhysicalPoint((0, 0, ref.GetSize()[2] - 1))[2]
+    assert z0 <= -100.0 - finder.STRIP_MARGIN_MM + 2 and z1 >= 60.0 + finder.STRIP_MARGIN_MM - 2
+    middle = ref.TransformContinuousIndexToPhysicalPoint([(n - 1) / 2 for n in ref.GetSize()])
+    assert np.allclose(middle[:2], (10.0, -20.0))
+    short = finder.strip_grid((0.0, 0.0), (0.0, 10.0), (96, 64, 64), 2.0)
+    assert short.GetSize()[2] == 96  # never less than one window
+
+
+def test_windows_cover_every_slice_and_blend_to_what_the_whole_strip_gives():
+    from LumbarSegLib.inference import finder
+
+    for n, w in ((96, 96), (100, 96), (250, 96), (400, 32)):
+        starts = finder.window_starts(n, w)
+        covered = np.zeros(n, bool)
+        for s in starts:
+            covered[s:s + w] = True
+        assert covered.all() and starts[-1] + w == n
+
+    class PerVoxel(torch.nn.Module):  # output depends on each voxel's input only: blending must not change it
+        def forward(self, x):
+            n_classes = 3
+            out = torch.zeros(x.shape[0], n_classes + 1, *x.shape[2:])
+            out[:, 1] = 6 * x[:, 0]
+            out[:, n_classes] = 10 * (x[:, 0] - 0.5)
+            return out
+
+    strip = np.random.default_rng(0).random((150, 8, 8)).astype(np.float32)
+    got = finder.strip_probabilities(PerVoxel(), strip, 64, 3)
+    whole = PerVoxel()(torch.from_numpy(strip)[None, None])
+    want = torch.cat([torch.softmax(whole[:, :3], 1), torch.sigmoid(whole[:, 3:])], 1)[0].numpy()
+    assert got.shape == (4, 150, 8, 8) and np.allclose(got, want, atol=1e-5)
+
+
+def test_centre_peaks_are_one_per_vertebra_top_first():
+    from LumbarSegLib.inference import finder
+
+    centres = np.array([[60.0, 16, 16], [45.0, 16, 17], [30.0, 15, 16]])  # 30 mm apart on a 2 mm grid
+    heat = finder_samples.centre_heatmap(centres, (80, 32, 32), 2.0, 6.0)
+    heat[45, 16, 17] = heat[45, 16, 16] = 1.0  # a plateau is still one peak
+    heat[5, 5, 5] = 0.3  # too weak to be a vertebra
+    peaks = finder.centre_peaks(heat, 2.0)
+    assert len(peaks) == 3
+    assert [round(p[0][0]) for p in peaks] == [60, 45, 30]

@@ -6,7 +6,8 @@
 - :mod:`.pipeline`: CT in, L1-L5 labels out (localizer, crop, XUNet, then stage 3 in :mod:`.vertebra_stage`).
 - Finding and naming the vertebrae: :mod:`.instances` (the XUNet's pieces split and merged into vertebrae),
   :mod:`.column` (off the spinal column is dropped), :mod:`.anchors` (ribs and sacrum read from the CT),
-  :mod:`.naming` (the column named at once, by counting).
+  :mod:`.naming` (the column named at once, by counting). :mod:`.finder`: the XUNet's successor on a fixed
+  2 mm grid slid along the spine, whose centre peaks are to be the instances (trained, not yet called).
 - :mod:`.orientation` (which end is cranial) and :mod:`.morphology` (post-processing).
 
 Uses :mod:`..io` below it; torch is imported here and in no lower layer.
