@@ -7,7 +7,8 @@
 - Finding and naming the vertebrae: :mod:`.instances` (the XUNet's pieces split and merged into vertebrae),
   :mod:`.column` (off the spinal column is dropped), :mod:`.anchors` (ribs and sacrum read from the CT),
   :mod:`.naming` (the column named at once, by counting). :mod:`.finder`: the XUNet's successor on a fixed
-  2 mm grid slid along the spine, whose centre peaks are to be the instances (trained, not yet called).
+  2 mm grid slid along the spine, whose centre peaks are to be the instances (training code in place;
+  no finder is trained or called yet).
 - :mod:`.orientation` (which end is cranial) and :mod:`.morphology` (post-processing).
 
 Uses :mod:`..io` below it; torch is imported here and in no lower layer.
