@@ -207,3 +207,40 @@ def test_centre_peaks_are_one_per_vertebra_top_first():
     peaks = finder.centre_peaks(heat, 2.0)
     assert len(peaks) == 3
     assert [round(p[0][0]) for p in peaks] == [60, 45, 30]
+
+
+def test_the_finder_gate_counts_found_centres_and_names():
+    from LumbarSegLib.training import finder_eval
+
+    truth = {19: np.array([0.0, 0.0, 60.0]), 20: np.array([0.0, 0.0, 30.0]), 21: np.array([0.0, 0.0, 0.0])}
+    right = [(np.array([1.0, 0.0, 61.0]), "thoracic", 0.9), (np.array([0.0, 2.0, 28.0]), "L1", 0.9),
+             (np.array([0.0, 0.0, -3.0]), "L2", 0.8)]
+    m = finder_eval.match(right, truth)
+    assert m["recall"] == [3, 3] and m["identified"] == [2, 2] and m["all_right"]
+    shifted = [(c, n, v) for (c, _, v), n in zip(right, ["L1", "L2", "L3"])]  # every name one level off
+    m = finder_eval.match(shifted, truth)
+    assert m["recall"] == [3, 3] and m["identified"] == [0, 2] and not m["all_right"]
+    missed = [right[0], (np.array([0.0, 0.0, 15.0]), "L1", 0.5)]  # between L1 and L2: found neither
+    m = finder_eval.match(missed, truth)
+    assert m["recall"] == [1, 3] and m["identified"] == [1, 2] and not m["all_right"]
+    extra = right + [(np.array([0.0, 0.0, -40.0]), "L3", 0.6)]  # an invented L3 spoils the scan
+    assert not finder_eval.match(extra, truth)["all_right"]
+    assert finder_eval.summarize([{"recall": [3, 3], "identified": [2, 2], "all_right": True},
+                                  {"recall": [1, 3], "identified": [0, 2], "all_right": False}]) == {
+        "centre_recall_10mm": [4, 6], "identification_20mm": [2, 4], "scans_all_right": [1, 2]}
+
+
+def test_the_finder_runs_along_a_column_and_reports_peaks_in_the_ct_frame():
+    from LumbarSegLib.training import finder_eval
+
+    torch.manual_seed(0)
+    net = finder_train.build_finder(TINY)
+    spine = _spine()
+    centres = [c for _, c in sorted(finder_samples.vertebra_centres(spine.labels).items())]
+    found = finder_eval.find(spine.ct, net, TINY, centres)
+    pts = np.array(centres)
+    for centre, name, value in found:  # whatever an untrained network finds lies on the strip, named a class
+        assert abs(centre[0] - np.median(pts[:, 0])) <= 32 * 4.0 / 2 + 1e-6
+        assert pts[:, 2].min() - 80 <= centre[2] <= pts[:, 2].max() + 80
+        assert name in finder_eval.CLASS_NAMES.values() and value >= 0.4
+    assert [c[2] for c, _, _ in found] == sorted((c[2] for c, _, _ in found), reverse=True)

@@ -44,6 +44,7 @@ Modules (imports point down the list; the engine never imports this package):
 * :mod:`.vertebra_train` - phases that outlive a session (stage 3's plan; any :class:`~.vertebra_train.Trainee`);
 * :mod:`.vertebra_eval` - stage 3's gate; :mod:`.vertebra_card` - its model card;
 * :mod:`.finder_samples` - the finder's windows along the spine; :mod:`.finder_train` - its network and plan;
+  :mod:`.finder_eval` - its gate (centre recall, identification) on held-out cases;
 * :mod:`.cli`           - ``lumbarseg train`` and ``evaluate-model``'s work;
 * :mod:`.commands`      - their arguments and registration (no torch: ``lumbarseg --help`` builds them).
 """
