@@ -80,13 +80,14 @@ def finder_batch_loss(net, batch: list, config: FinderConfig) -> torch.Tensor:
 
 def finder_sources(kinds, real_dirs, masks_root, leave_out) -> list[Source]:
     """Real CTs, training phantoms (the ``sub-ph`` cases among ``real_dirs``) and label maps, by kind."""
+    def kind_of(case_id: str) -> str:
+        return "phantom" if case_id.startswith(PHANTOM_PREFIX) else "real"
+
     sources = []
-    if {"real", "phantom"} & set(kinds):
-        for src in load_real_sources(real_dirs, leave_out):
-            kind = "phantom" if src.name.startswith(PHANTOM_PREFIX) else "real"
-            if kind in kinds:
-                src.kind = kind
-                sources.append(src)
+    if {"real", "phantom"} & set(kinds):  # only the cases of the kinds asked for are read
+        for src in load_real_sources(real_dirs, leave_out, keep=lambda cid: kind_of(cid) in kinds):
+            src.kind = kind_of(src.name)
+            sources.append(src)
     if "labelmap" in kinds:
         sources += load_labelmap_sources(masks_root, leave_out)
     return sources

@@ -88,8 +88,9 @@ def _instances(src: Source) -> list[Instance]:
     return [Instance(src, c, p) for c, p in whole_enough_centres(src.labels).items()]
 
 
-def load_real_sources(real_dirs, leave_out=()) -> list[Source]:
-    """The labelled real CTs under ``real_dirs``, without the subjects in ``leave_out``."""
+def load_real_sources(real_dirs, leave_out=(), keep=None) -> list[Source]:
+    """The labelled real CTs under ``real_dirs``, without the subjects in ``leave_out`` (and, given ``keep``,
+    only the cases whose id it accepts)."""
     from . import real_views
     from .data import find_cases
 
@@ -99,7 +100,7 @@ def load_real_sources(real_dirs, leave_out=()) -> list[Source]:
         if not Path(d).is_dir():
             continue
         for case in find_cases(d):
-            if subject_of(case.case_id) in held or case.case_id in leave_out:
+            if subject_of(case.case_id) in held or case.case_id in leave_out or (keep and not keep(case.case_id)):
                 continue
             ct, seg = real_views.load_source(str(case.ct), str(case.seg))
             out.append(Source(case.case_id, "real", seg, ct))
