@@ -21,14 +21,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-import SimpleITK as sitk
 
 from ..inference.networks import CONTEXT_CLASSES
-from ..inference.vertebra_stage import OUTSIDE_HU, crop_grid
+from ..inference.vertebra_stage import crop_grid
 from .augmentation import rotation_matrix
 from .data import training_labels
-from .vertebra_samples import (THICK_AXES, THICK_FRACTION, THICK_MM, Source, intensity_jitter, synthesize_ct,
-                               thick_slices, vertebra_centres)
+from .vertebra_samples import KindPool, Source, reimage, resample_turned, vertebra_centres
 
 
 @dataclass(frozen=True)
@@ -69,27 +67,21 @@ class FinderSampler:
                  seed: int = 0):
         self.grid = grid
         self.rng = np.random.default_rng(seed)
-        self.by_kind: dict[str, list[tuple[Source, dict[int, np.ndarray]]]] = {}
+        by_kind: dict[str, list[tuple[Source, dict[int, np.ndarray]]]] = {}
         for src in sources:
             centres = {c: p for c, p in vertebra_centres(src.labels).items() if c in CENTRE_CODES}
             if centres:
-                self.by_kind.setdefault(src.kind, []).append((src, centres))
-        weights = weights or {"real": 0.6, "labelmap": 0.4}
-        self.kinds = [k for k in weights if self.by_kind.get(k) and weights[k] > 0]
-        if not self.kinds:
-            raise ValueError("no spine to train on: no source of the kinds " + ", ".join(weights))
-        p = np.array([weights[k] for k in self.kinds], float)
-        self.kind_p = p / p.sum()
+                by_kind.setdefault(src.kind, []).append((src, centres))
+        self.pool = KindPool(by_kind, weights or {"real": 0.6, "labelmap": 0.4}, "spine")
 
     def counts(self) -> dict[str, int]:
-        return {k: len(v) for k, v in self.by_kind.items()}
+        return self.pool.counts()
 
     def draw(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict]:
         """(ct HU (z, y, x) float32, classes (z, y, x) uint8 (data.IGNORE where no loss is due), centre heatmap
         (z, y, x) float32, info)."""
         rng, grid = self.rng, self.grid
-        kind = self.kinds[int(rng.choice(len(self.kinds), p=self.kind_p))]
-        src, centres = self.by_kind[kind][int(rng.integers(len(self.by_kind[kind])))]
+        src, centres = self.pool.pick(rng)
         codes = sorted(centres)
         anchor = np.asarray(centres[codes[int(rng.integers(len(codes)))]], float)
         # LPS: x, y in-plane, z along the spine
@@ -98,17 +90,7 @@ class FinderSampler:
         rot = rotation_matrix(np.deg2rad([rng.uniform(-a, a) for a in ROTATE_DEG]))
         scale = rng.uniform(*SCALE)
         ref = crop_grid(middle, grid)
-        # Output point p -> source point m + scale * R (p - m): the spine turned and resized about the middle.
-        tf = sitk.AffineTransform(3)
-        tf.SetMatrix((rot * scale).ravel().tolist())
-        tf.SetCenter([float(v) for v in middle])
-        codes_arr = sitk.GetArrayFromImage(sitk.Resample(src.labels, ref, tf, sitk.sitkNearestNeighbor, 0,
-                                                         sitk.sitkUInt8))
-        if src.ct is not None:
-            ct = sitk.GetArrayFromImage(sitk.Resample(src.ct, ref, tf, sitk.sitkLinear, OUTSIDE_HU,
-                                                      sitk.sitkFloat32))
-        else:
-            ct = synthesize_ct(codes_arr, grid.spacing_mm, rng)
+        ct, codes_arr = resample_turned(src, ref, middle, rot, scale, grid.spacing_mm, rng)  # about the middle
         classes = training_labels(codes_arr, ct, (grid.spacing_mm,) * 3, CONTEXT_CLASSES)
         # Each source centre q sits at p = m + (scale R)^-1 (q - m) in the window; as voxels (z, y, x).
         inverse = np.linalg.inv(rot * scale)
@@ -117,11 +99,4 @@ class FinderSampler:
                for c in codes]
         heat = centre_heatmap(np.array(vox), grid.crop_zyx, grid.spacing_mm, CENTRE_SIGMA_MM)
         info = {"source": src.name, "levels": [int(c) for c in np.unique(codes_arr) if c]}
-        if rng.random() < THICK_FRACTION:
-            axis_name = str(rng.choice(list(THICK_AXES), p=list(THICK_AXES.values())))
-            thickness = float(rng.uniform(*THICK_MM))
-            ct = thick_slices(ct, {"axial": 0, "coronal": 1, "sagittal": 2}[axis_name], thickness,
-                              grid.spacing_mm, rng)
-            info["thick"] = (axis_name, round(thickness, 2))
-        return intensity_jitter(ct, rng), classes, heat, info
-
+        return reimage(ct, grid.spacing_mm, rng, info), classes, heat, info

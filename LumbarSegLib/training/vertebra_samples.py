@@ -136,6 +136,54 @@ def load_labelmap_sources(masks_root, leave_out=()) -> list[Source]:
     return out
 
 
+class KindPool:
+    """Items (of any sort) grouped by their source's kind, drawn with the weights given per kind: the part of
+    a training sampler that every sampler here shares."""
+
+    def __init__(self, items_by_kind: dict[str, list], weights: dict[str, float], what: str):
+        self.by_kind = {k: v for k, v in items_by_kind.items() if v}
+        self.kinds = [k for k in weights if self.by_kind.get(k) and weights[k] > 0]
+        if not self.kinds:
+            raise ValueError(f"no {what} to train on: no source of the kinds " + ", ".join(weights))
+        p = np.array([weights[k] for k in self.kinds], float)
+        self.kind_p = p / p.sum()
+
+    def counts(self) -> dict[str, int]:
+        return {k: len(v) for k, v in self.by_kind.items()}
+
+    def pick(self, rng: np.random.Generator):
+        """A kind by its weight, then one of its items uniformly."""
+        kind = self.kinds[int(rng.choice(len(self.kinds), p=self.kind_p))]
+        return self.by_kind[kind][int(rng.integers(len(self.by_kind[kind])))]
+
+
+def resample_turned(src: Source, ref: sitk.Image, pivot_mm, rot: np.ndarray, scale: float, spacing_mm: float,
+                    rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """(CT HU, VerSe codes), (z, y, x) on the grid ``ref``, of ``src`` turned by ``rot`` and resized by
+    ``scale`` about ``pivot_mm``: output point p -> source point c + scale * R (p - c). A label-map source's
+    CT is synthesised on the grid (:func:`synthesize_ct`)."""
+    tf = sitk.AffineTransform(3)
+    tf.SetMatrix((rot * scale).ravel().tolist())
+    tf.SetCenter([float(v) for v in pivot_mm])
+    codes = sitk.GetArrayFromImage(sitk.Resample(src.labels, ref, tf, sitk.sitkNearestNeighbor, 0, sitk.sitkUInt8))
+    if src.ct is not None:
+        ct = sitk.GetArrayFromImage(sitk.Resample(src.ct, ref, tf, sitk.sitkLinear, OUTSIDE_HU, sitk.sitkFloat32))
+    else:
+        ct = synthesize_ct(codes, spacing_mm, rng)
+    return ct, codes
+
+
+def reimage(ct: np.ndarray, spacing_mm: float, rng: np.random.Generator, info: dict) -> np.ndarray:
+    """The crop as another scanner would give it: thick slices on :data:`THICK_FRACTION` of crops (the axis
+    and thickness go into ``info["thick"]``), then intensity jitter. Float32."""
+    if rng.random() < THICK_FRACTION:
+        axis_name = str(rng.choice(list(THICK_AXES), p=list(THICK_AXES.values())))
+        thickness = float(rng.uniform(*THICK_MM))
+        ct = thick_slices(ct, {"axial": 0, "coronal": 1, "sagittal": 2}[axis_name], thickness, spacing_mm, rng)
+        info["thick"] = (axis_name, round(thickness, 2))
+    return intensity_jitter(ct, rng).astype(np.float32)
+
+
 class VertebraSampler:
     """Draws training crops from real and label-map sources with the weights given per kind."""
 
@@ -143,52 +191,31 @@ class VertebraSampler:
                  seed: int = 0):
         self.config = config
         self.rng = np.random.default_rng(seed)
-        self.by_kind: dict[str, list[Instance]] = {}
+        by_kind: dict[str, list[Instance]] = {}
         for src in sources:
-            self.by_kind.setdefault(src.kind, []).extend(_instances(src))
-        weights = weights or {"real": 0.6, "labelmap": 0.4}
-        self.kinds = [k for k in weights if self.by_kind.get(k) and weights[k] > 0]
-        if not self.kinds:
-            raise ValueError("no vertebra to train on: no source of the kinds " + ", ".join(weights))
-        p = np.array([weights[k] for k in self.kinds], float)
-        self.kind_p = p / p.sum()
+            by_kind.setdefault(src.kind, []).extend(_instances(src))
+        self.pool = KindPool(by_kind, weights or {"real": 0.6, "labelmap": 0.4}, "vertebra")
 
     def counts(self) -> dict[str, int]:
-        return {k: len(v) for k, v in self.by_kind.items()}
+        return self.pool.counts()
 
     def draw(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict]:
         """(ct HU crop (z, y, x) float32, centre in crop voxels (z, y, x), target uint8, info)."""
         rng = self.rng
-        kind = self.kinds[int(rng.choice(len(self.kinds), p=self.kind_p))]
-        inst = self.by_kind[kind][int(rng.integers(len(self.by_kind[kind])))]
+        inst = self.pool.pick(rng)
         jitter = rng.uniform(-JITTER_MM, JITTER_MM, 3)
         rot = rotation_matrix(np.deg2rad([rng.uniform(-a, a) for a in ROTATE_DEG]))
         scale = rng.uniform(*SCALE)
         ref = crop_grid(inst.centre_mm + jitter, self.config)
-        # Output point p -> source point c + scale * R (p - c): the vertebra turned and resized about its centre
-        # c, so the crop's middle (the heatmap's peak) lands up to sqrt(3) x JITTER_MM from it.
-        tf = sitk.AffineTransform(3)
-        tf.SetMatrix((rot * scale).ravel().tolist())
-        tf.SetCenter([float(v) for v in inst.centre_mm])
-        lab = sitk.GetArrayFromImage(sitk.Resample(inst.source.labels, ref, tf, sitk.sitkNearestNeighbor, 0,
-                                                   sitk.sitkUInt8))
-        if inst.source.ct is not None:
-            ct = sitk.GetArrayFromImage(sitk.Resample(inst.source.ct, ref, tf, sitk.sitkLinear, OUTSIDE_HU,
-                                                      sitk.sitkFloat32))
-        else:
-            ct = synthesize_ct(lab, self.config.spacing_mm, rng)
+        # The vertebra turned and resized about its centre c, so the crop's middle (the heatmap's peak) lands up
+        # to sqrt(3) x JITTER_MM from it.
+        ct, lab = resample_turned(inst.source, ref, inst.centre_mm, rot, scale, self.config.spacing_mm, rng)
         info = {"source": inst.source.name, "code": inst.code}
-        if rng.random() < THICK_FRACTION:
-            axis_name = str(rng.choice(list(THICK_AXES), p=list(THICK_AXES.values())))
-            thickness = float(rng.uniform(*THICK_MM))
-            ct = thick_slices(ct, {"axial": 0, "coronal": 1, "sagittal": 2}[axis_name], thickness,
-                              self.config.spacing_mm, rng)
-            info["thick"] = (axis_name, round(thickness, 2))
-        ct = intensity_jitter(ct, rng)
+        ct = reimage(ct, self.config.spacing_mm, rng, info)
         # The crop and its heatmap are centred on the jittered point, as at inference on a found centre.
         centre_vox = (np.asarray(self.config.crop_zyx, float) - 1) / 2
         target = (lab == inst.code).astype(np.uint8)
-        return ct.astype(np.float32), centre_vox.astype(np.float32), target, info
+        return ct, centre_vox.astype(np.float32), target, info
 
 
 def thick_slices(ct: np.ndarray, axis: int, thickness_mm: float, spacing_mm: float,
