@@ -17,8 +17,6 @@ the finder alone; the localizer's box and the counting stage come after it.
 from __future__ import annotations
 
 import argparse
-import json
-from pathlib import Path
 
 import numpy as np
 import SimpleITK as sitk
@@ -27,7 +25,7 @@ from ..constants import LABEL_NAMES, VERSE_NAMES
 from ..inference import finder
 from ..inference.preprocess import apply_window
 from ..inference.vertebra_stage import OUTSIDE_HU
-from .vertebra_samples import subject_of, whole_enough_centres
+from .vertebra_samples import whole_enough_centres
 
 FOUND_MM = 10.0
 IDENTIFIED_MM = 20.0
@@ -78,35 +76,25 @@ def match(found: list[tuple[np.ndarray, str, float]], truth: dict[int, np.ndarra
 
 
 def evaluate(state_dir, phases, real_dirs, log=print) -> list[dict]:
-    import torch
-
-    from . import real_views
-    from .data import find_cases
     from .finder_train import FinderConfig, build_finder
-    from .vertebra_eval import acquisitions
+    from .vertebra_eval import load_phase, phase_views
 
-    cases = [c for d in real_dirs if Path(d).is_dir() for c in find_cases(d)]
     rows = []
     for phase in phases:
-        state = torch.load(Path(state_dir) / f"{phase}.pt", map_location="cpu", weights_only=True)
-        held = {subject_of(s) for s in state["leave_out"]}
+        state = load_phase(state_dir, phase)
         config = FinderConfig.from_dict(state["config"])
         net = build_finder(config)
         net.load_state_dict({k: v.float() for k, v in state["weights"].items()})
-        for case in cases:
-            if subject_of(case.case_id) not in held:
+        for case_id, name, v_ct, v_seg in phase_views(state, real_dirs):
+            truth = whole_enough_centres(v_seg)
+            if not truth:
                 continue
-            ct, seg = real_views.load_source(str(case.ct), str(case.seg))
-            for name, (v_ct, v_seg) in acquisitions(ct, seg).items():
-                truth = whole_enough_centres(v_seg)
-                if not truth:
-                    continue
-                row = {"phase": phase, "case": case.case_id, "acquisition": name,
-                       "truth": [VERSE_NAMES.get(c, str(c)) for c in sorted(truth, key=lambda c: -truth[c][2])],
-                       **match(find(v_ct, net, config, list(truth.values())), truth)}
-                rows.append(row)
-                log(f"{phase} {case.case_id:>22s} {name:>16s}: recall {row['recall']} identified "
-                    f"{row['identified']} all right {row['all_right']}  truth {row['truth']} found {row['found']}")
+            row = {"phase": phase, "case": case_id, "acquisition": name,
+                   "truth": [VERSE_NAMES.get(c, str(c)) for c in sorted(truth, key=lambda c: -truth[c][2])],
+                   **match(find(v_ct, net, config, list(truth.values())), truth)}
+            rows.append(row)
+            log(f"{phase} {case_id:>22s} {name:>16s}: recall {row['recall']} identified "
+                f"{row['identified']} all right {row['all_right']}  truth {row['truth']} found {row['found']}")
     return rows
 
 
@@ -130,11 +118,10 @@ def main(argv=None) -> int:
     import torch
 
     torch.set_num_threads(2)
+    from .vertebra_eval import report
+
     rows = evaluate(args.state, args.phases, args.real)
-    summary = summarize(rows)
-    print(json.dumps(summary, indent=1))
-    if args.json:
-        Path(args.json).write_text(json.dumps({"summary": summary, "rows": rows}, indent=1))
+    report(summarize(rows), rows, args.json)
     return 0
 
 

@@ -54,42 +54,56 @@ def acquisitions(ct: sitk.Image, seg: sitk.Image) -> dict:
     return views
 
 
-def evaluate(state_dir, phases, real_dirs, fit: bool = False, reimage: bool = True, log=print) -> list[dict]:
-    """Rows (phase, case, acquisition, per-vertebra scores) for each phase's held-out (or, ``fit``, trained) cases."""
-    import torch
-
+def phase_views(state: dict, real_dirs, fit: bool = False, reimage: bool = True):
+    """(case id, acquisition, ct, seg) of the real cases under ``real_dirs`` that the checkpoint ``state`` held
+    out (``fit``: those it trained on), as stored and (``reimage``) re-imaged."""
     from . import real_views
     from .data import find_cases
 
-    cases = [c for d in real_dirs if Path(d).is_dir() for c in find_cases(d)]
+    held = {subject_of(s) for s in state["leave_out"]}
+    for case in [c for d in real_dirs if Path(d).is_dir() for c in find_cases(d)]:
+        if (subject_of(case.case_id) in held) == fit:
+            continue
+        ct, seg = real_views.load_source(str(case.ct), str(case.seg))
+        views = acquisitions(ct, seg) if reimage else {"as stored": (ct, seg)}
+        for name, (v_ct, v_seg) in views.items():
+            yield case.case_id, name, v_ct, v_seg
+
+
+def load_phase(state_dir, phase: str) -> dict:
+    import torch
+
+    return torch.load(Path(state_dir) / f"{phase}.pt", map_location="cpu", weights_only=True)
+
+
+def evaluate(state_dir, phases, real_dirs, fit: bool = False, reimage: bool = True, log=print) -> list[dict]:
+    """Rows (phase, case, acquisition, per-vertebra scores) for each phase's held-out (or, ``fit``, trained) cases."""
     rows = []
     for phase in phases:
-        state = torch.load(Path(state_dir) / f"{phase}.pt", map_location="cpu", weights_only=True)
-        held = {subject_of(s) for s in state["leave_out"]}
+        state = load_phase(state_dir, phase)
         net = load_weights(state)
-        for case in cases:
-            held_out = subject_of(case.case_id) in held
-            if held_out == fit:
-                continue
-            ct, seg = real_views.load_source(str(case.ct), str(case.seg))
-            views = acquisitions(ct, seg) if reimage else {"as stored": (ct, seg)}
-            for name, (v_ct, v_seg) in views.items():
-                t = time.time()
-                scores = score_case(v_ct, v_seg, net)
-                row = {"phase": phase, "step": state["step"], "case": case.case_id, "acquisition": name,
-                       "held_out": held_out, "vertebrae": scores, "seconds": round(time.time() - t, 1),
-                       "mean_dsc": round(float(np.mean([s["DSC"] for s in scores.values()])), 4) if scores else None}
-                rows.append(row)
-                log(f"{phase} {case.case_id:>22s} {name:>16s}: DSC {row['mean_dsc']}  "
-                    + " ".join(f"{c}:{s['DSC']:.2f}" for c, s in scores.items()))
+        for case_id, name, v_ct, v_seg in phase_views(state, real_dirs, fit, reimage):
+            t = time.time()
+            scores = score_case(v_ct, v_seg, net)
+            row = {"phase": phase, "step": state["step"], "case": case_id, "acquisition": name,
+                   "held_out": not fit, "vertebrae": scores, "seconds": round(time.time() - t, 1),
+                   "mean_dsc": round(float(np.mean([s["DSC"] for s in scores.values()])), 4) if scores else None}
+            rows.append(row)
+            log(f"{phase} {case_id:>22s} {name:>16s}: DSC {row['mean_dsc']}  "
+                + " ".join(f"{c}:{s['DSC']:.2f}" for c, s in scores.items()))
     return rows
+
+
+def report(summary: dict, rows: list[dict], json_path=None) -> None:
+    """Print the summary; write it with the rows to ``json_path`` when given."""
+    print(json.dumps(summary, indent=1))
+    if json_path:
+        Path(json_path).write_text(json.dumps({"summary": summary, "rows": rows}, indent=1))
 
 
 def end_to_end(state_dir, phase, real_dirs, xunet_model=None, log=print) -> list[dict]:
     """The whole pipeline with and without stage 3 on the cases held out from BOTH the XUNet model and the
     phase's network (the XUNet's own record of its training cases decides): L1-L5 DSC, names found."""
-    import torch
-
     from ..inference import pipeline
     from ..inference.models import load_model
     from ..io.label_maps import to_internal_labels
@@ -99,7 +113,7 @@ def end_to_end(state_dir, phase, real_dirs, xunet_model=None, log=print) -> list
     from .real_evaluation import held_out_cases
 
     model = load_model(xunet_model) if xunet_model else load_model()
-    state = torch.load(Path(state_dir) / f"{phase}.pt", map_location="cpu", weights_only=True)
+    state = load_phase(state_dir, phase)
     held = {subject_of(s) for s in state["leave_out"]}
     net = load_weights(state)
     cases = {c.case_id: c for d in real_dirs if Path(d).is_dir() for c in find_cases(d)}
@@ -153,10 +167,7 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     if args.combine:
         rows = [r for f in args.combine for r in json.loads(Path(f).read_text())["rows"]]
-        summary = summarize(rows)
-        print(json.dumps(summary, indent=1))
-        if args.json:
-            Path(args.json).write_text(json.dumps({"summary": summary, "rows": rows}, indent=1))
+        report(summarize(rows), rows, args.json)
         return 0
     if not (args.state and args.phases and args.real):
         p.error("--state, --phases and --real are needed unless --combine is given")
@@ -169,10 +180,7 @@ def main(argv=None) -> int:
             Path(args.json).write_text(json.dumps(rows, indent=1))
         return 0
     rows = evaluate(args.state, args.phases, args.real, fit=args.fit, reimage=not args.no_reimage)
-    summary = summarize(rows)
-    print(json.dumps(summary, indent=1))
-    if args.json:
-        Path(args.json).write_text(json.dumps({"summary": summary, "rows": rows}, indent=1))
+    report(summarize(rows), rows, args.json)
     return 0
 
 
