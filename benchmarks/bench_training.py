@@ -65,7 +65,7 @@ def run_once(repo: Path, args, workdir: Path, tag: str, extra: list[str]) -> dic
     return res
 
 
-def stage3(minutes: float, masks: str | None, workdir: Path, finder: bool = False) -> dict:
+def phase_steps_per_hour(minutes: float, masks: str | None, workdir: Path, finder: bool = False) -> dict:
     """Steps per hour of stage 3's (or with ``finder`` the finder's) real training loop (float32,
     channels-last, every thread)."""
     import shutil
@@ -117,7 +117,7 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     if args.stage3 or args.finder:
         Path(args.workdir).mkdir(parents=True, exist_ok=True)
-        print(json.dumps(stage3(args.minutes, args.masks, Path(args.workdir), finder=args.finder)))
+        print(json.dumps(phase_steps_per_hour(args.minutes, args.masks, Path(args.workdir), finder=args.finder)))
         return 0
     variants = [v.split("=", 1) for v in (args.variant or ["default="])]
     if any(len(v) != 2 for v in variants):

@@ -154,7 +154,6 @@ class ConvNormAct(nn.Sequential):
         )
 
 
-
 class DoubleConv(nn.Sequential):
     def __init__(self, in_ch: int, out_ch: int):
         super().__init__(ConvNormAct(in_ch, out_ch), ConvNormAct(out_ch, out_ch))

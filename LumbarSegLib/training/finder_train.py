@@ -97,8 +97,7 @@ def _sampler(sources, config: FinderConfig, weights, seed) -> FinderSampler:
     return FinderSampler(sources, FinderGrid(tuple(config.crop_zyx), config.spacing_mm), weights, seed)
 
 
-FINDER = Trainee("finder", FinderConfig, FinderConfig.from_dict, build_finder, _sampler, finder_batch_loss,
-                 finder_sources)
+FINDER = Trainee("finder", FinderConfig, build_finder, _sampler, finder_batch_loss, finder_sources)
 PLAN = [Phase("pretrain", 60.0, weights={"phantom": 0.7, "labelmap": 0.3})]
 PLAN += [Phase(name, 60.0, leave_out=held, init="pretrain", lr=5e-4,
                weights={"real": 0.5, "phantom": 0.35, "labelmap": 0.15}) for name, held in FOLDS.items()]

@@ -76,20 +76,19 @@ def stage3_batch_loss(net, batch: list, config: VertebraNetConfig) -> torch.Tens
 
 @dataclass(frozen=True)
 class Trainee:
-    """What a plan trains: ``name`` (the resume file's format), the configuration (``new_config``,
-    ``config_from_dict``; it has ``to_dict``), ``build`` (config -> channels-last network), ``sampler``
+    """What a plan trains: ``name`` (the resume file's format), ``new_config`` (the configuration; it has
+    ``to_dict``), ``build`` (config -> channels-last network), ``sampler``
     ((sources, config, weights, seed) -> an object with ``draw()`` and ``counts()``) and ``batch_loss``
     ((net, samples, config) -> loss)."""
     name: str
     new_config: Callable
-    config_from_dict: Callable
     build: Callable
     sampler: Callable
     batch_loss: Callable
     sources: Callable = None  # (kinds, real_dirs, masks_root, leave_out) -> sources; None: real and label maps
 
 
-STAGE3 = Trainee("stage3", VertebraNetConfig, VertebraNetConfig.from_dict, build, VertebraSampler, stage3_batch_loss)
+STAGE3 = Trainee("stage3", VertebraNetConfig, build, VertebraSampler, stage3_batch_loss)
 
 
 def default_sources(kinds, real_dirs, masks_root, leave_out) -> list:
