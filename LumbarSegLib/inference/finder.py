@@ -1,21 +1,29 @@
-"""The finder at inference (issue 23; trained by ``training/finder_train.py``, not yet called by the pipeline):
-the XUNet topology on a fixed 2 mm grid, slid along the spine instead of one crop stretched to 64 x 64 x 128.
+"""The finder at inference (issue 23; trained by ``training/finder_train.py``): the XUNet topology on a fixed
+2 mm grid, slid along the spine instead of one crop stretched to 64 x 64 x 128, with the CT alone as input.
 
+* :class:`FinderConfig`, :func:`build_finder`, :func:`load_finder` - its network and a saved one;
 * :func:`strip_grid` - an LPS-aligned strip of the fixed grid around the column: the window's width across
   it, the column's whole height (plus a margin for T12 and the sacrum) along it;
 * :func:`strip_probabilities` - the network on overlapping windows along the strip, blended with weights that
   fall off towards each window's top and bottom (a vertebra cut by a window's edge is judged by the window
   that holds it whole);
-* :func:`centre_peaks` - the centre channel's local maxima: one per vertebra, whatever its level; the
-  instances that the counting (:mod:`.naming`) names.
+* :func:`centre_peaks` - the centre channel's local maxima: one per vertebra, whatever its level;
+* :func:`find_vertebrae` - all of it on a CT: a :class:`Peak` per vertebra (its centre and the class evidence
+  around it), the instances that the counting (:func:`.naming.name_peaks`) names.
 """
 
 from __future__ import annotations
+
+from dataclasses import asdict, dataclass
 
 import numpy as np
 import SimpleITK as sitk
 import torch
 from scipy import ndimage
+
+from ..constants import LABEL_NAMES, NUM_CLASSES
+from .networks import CONTEXT_CLASSES, XUNet
+from .preprocess import apply_window
 
 # How far the strip reaches beyond the column's box at each end: T12 above L1 and the sacrum below L5 anchor
 # the count, and their centres lie a gap (26-37 mm) beyond.
@@ -26,6 +34,63 @@ OVERLAP = 1.0 / 3.0
 # shortest gap between vertebral centres, 22 mm, and some).
 PEAK_MIN = 0.4
 PEAK_APART_MM = 13.0
+# Between two peaks further apart than a missed vertebra leaves (instances.GAP_MISSED_MM), the strongest
+# local maximum of at least LOOK_AGAIN_MIN, at least PEAK_APART_MM from both, is a vertebra too (a weak
+# peak: a fractured, blurred or half-out-of-view body).
+LOOK_AGAIN_MIN = 0.15
+# Class probabilities are averaged over this radius around a peak (a vertebral body is 30-50 mm across).
+EVIDENCE_MM = 8.0
+N_CLASSES = NUM_CLASSES + len(CONTEXT_CLASSES)  # background, L1-L5, thoracic, caudal; then the centre channel
+CLASS_NAMES = {**LABEL_NAMES, **{NUM_CLASSES + i: name for i, name in enumerate(CONTEXT_CLASSES)}}
+
+
+@dataclass(frozen=True)
+class FinderConfig:
+    base: int = 8  # the bundled XUNet's width in the cpu configuration
+    crop_zyx: tuple[int, int, int] = (96, 64, 64)  # 192 mm along the spine (five or six vertebrae), 128 across
+    spacing_mm: float = 2.0
+    sigma_mm: float = 6.0  # of the Gaussian at each vertebral centre that the centre channel regresses
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "FinderConfig":
+        return cls(base=int(d["base"]), crop_zyx=tuple(int(v) for v in d["crop_zyx"]),
+                   spacing_mm=float(d["spacing_mm"]), sigma_mm=float(d["sigma_mm"]))
+
+
+def build_finder(config: FinderConfig) -> XUNet:
+    return XUNet(base=config.base, in_ch=1, num_classes=N_CLASSES + 1).to(memory_format=torch.channels_last_3d)
+
+
+def load_finder(state: dict, path="the finder's file") -> tuple[XUNet, FinderConfig]:
+    """(network in eval mode, its configuration) from a saved ``{"config", "weights"}`` (a training phase's
+    checkpoint; fp16 weights are widened); ``path`` names it in errors."""
+    from ..errors import ModelError
+    from .models import _load_state
+
+    try:
+        config = FinderConfig.from_dict(state["config"])
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ModelError(f"{path}: no finder configuration in it ({exc!r}).") from None
+    net = build_finder(config)
+    _load_state(net, state["weights"], "finder", path)
+    return net.eval(), config
+
+
+@dataclass
+class Peak:
+    """One vertebra the finder found: its centre (LPS x, y, z mm), the centre channel's value there, and the
+    mean class probabilities around it (``evidence``, index as :data:`CLASS_NAMES`, 0 background)."""
+    centre_mm: np.ndarray
+    value: float
+    evidence: np.ndarray
+
+    @property
+    def name(self) -> str:
+        """The class with the most evidence, background aside: L1..L5, "thoracic" or "caudal"."""
+        return CLASS_NAMES[int(np.argmax(self.evidence[1:])) + 1]
 
 
 def strip_grid(centre_mm, z_range_mm: tuple[float, float], crop_zyx, spacing_mm: float) -> sitk.Image:
@@ -94,3 +159,58 @@ def centre_peaks(heat: np.ndarray, spacing_mm: float, minimum: float = PEAK_MIN,
         if all(np.linalg.norm((p - q) * spacing_mm) > apart_mm for q, _ in kept):
             kept.append((p, v))
     return sorted(kept, key=lambda pv: -pv[0][0])
+
+
+def look_again(heat: np.ndarray, peaks: list[tuple[np.ndarray, float]], spacing_mm: float, missed_mm: float,
+               minimum: float = LOOK_AGAIN_MIN, apart_mm: float = PEAK_APART_MM) -> list[tuple[np.ndarray, float]]:
+    """``peaks`` (top first) with, in each gap wider than ``missed_mm``, the strongest local maximum of at
+    least ``minimum`` that lies ``apart_mm`` from both ends of the gap; top first."""
+    out = list(peaks)
+    weak = centre_peaks(heat, spacing_mm, minimum, apart_mm)
+    for (a, _), (b, _) in zip(peaks, peaks[1:]):
+        if np.linalg.norm((a - b) * spacing_mm) <= missed_mm:
+            continue
+        between = [(p, v) for p, v in weak if b[0] < p[0] < a[0]
+                   and min(np.linalg.norm((p - a) * spacing_mm), np.linalg.norm((p - b) * spacing_mm)) > apart_mm]
+        if between:
+            out.append(max(between, key=lambda pv: pv[1]))
+    return sorted(out, key=lambda pv: -pv[0][0])
+
+
+def find_vertebrae(ct: sitk.Image, net, config: FinderConfig, centre_xy, z_range_mm,
+                   outside_hu: float = -1000.0) -> list[Peak]:
+    """Every vertebra the finder sees along the column through ``centre_xy`` (LPS x, y mm) over ``z_range_mm``
+    (plus :data:`STRIP_MARGIN_MM`), top first. ``ct`` in HU, any orientation."""
+    from .instances import GAP_MISSED_MM
+
+    ref = strip_grid(centre_xy, z_range_mm, config.crop_zyx, config.spacing_mm)
+    hu = sitk.GetArrayFromImage(sitk.Resample(ct, ref, sitk.Transform(), sitk.sitkLinear, outside_hu,
+                                              sitk.sitkFloat32))
+    probs = strip_probabilities(net, apply_window(hu), config.crop_zyx[0], N_CLASSES)
+    heat = probs[N_CLASSES]
+    peaks = look_again(heat, centre_peaks(heat, config.spacing_mm), config.spacing_mm, GAP_MISSED_MM)
+    r = int(np.ceil(EVIDENCE_MM / config.spacing_mm))
+    out = []
+    for vox, value in peaks:
+        i = [int(v) for v in vox]
+        region = (slice(None),) + tuple(slice(max(0, v - r), v + r + 1) for v in i)
+        evidence = probs[:N_CLASSES][region].mean(axis=(1, 2, 3))
+        centre = np.asarray(ref.TransformContinuousIndexToPhysicalPoint([float(v) for v in vox[::-1]]))
+        out.append(Peak(centre, value, evidence))
+    return out
+
+
+def count_levels(canonical: sitk.Image, peaks: list[Peak], hu: np.ndarray | None = None):
+    """:func:`.naming.name_peaks` on ``peaks`` found in ``canonical`` (an LPS-aligned CT, as
+    :func:`.preprocess.to_canonical` gives): their centres in its (z, y, x) mm frame, its bone read for the ribs
+    and the sacrum (``hu``: its voxels, if already at hand)."""
+    from .naming import name_peaks
+
+    if not peaks:
+        return None
+    spacing_zyx = np.asarray(canonical.GetSpacing(), float)[::-1]
+    centres = [np.asarray(canonical.TransformPhysicalPointToContinuousIndex([float(v) for v in p.centre_mm]))[::-1]
+               * spacing_zyx for p in peaks]
+    hu = sitk.GetArrayViewFromImage(canonical) if hu is None else hu
+    return name_peaks(centres, np.array([p.evidence for p in peaks]), CONTEXT_CLASSES, [p.value for p in peaks],
+                      hu, spacing_zyx)

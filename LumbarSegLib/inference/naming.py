@@ -129,7 +129,7 @@ def decode_levels(offsets: list[int], evidence: np.ndarray, context_classes, net
         start = sacrum_start if chosen == "sacrum" else ribs_start
         diff = abs(ribs_start - sacrum_start)
         def names(s):  # of the vertebrae the network called lumbar (the first instance is the ribs' anchor)
-            return ", ".join(_level_name(s + o) for o in offsets[1 if first_is_anchor else 0:])
+            return ", ".join(level_name(s + o) for o in offsets[1 if first_is_anchor else 0:])
         counts = (f"counting up from the sacrum names them {names(sacrum_start)}; counting down from the ribs "
                   f"names them {names(ribs_start)}; the names shown follow the {chosen} count, which the "
                   f"network's evidence favours")
@@ -157,7 +157,7 @@ def _argmax_levels(evidence: np.ndarray) -> list[int]:
             for row in evidence]
 
 
-def _level_name(level: int) -> str:
+def level_name(level: int) -> str:
     if 1 <= level <= 5:
         return LABEL_NAMES[level]
     return f"T{12 + level}" if level < 1 else f"L{level}"  # 6: a sixth lumbar-type vertebra (or S1)
@@ -290,7 +290,7 @@ def _describe(naming: ColumnNaming, has_thoracic: bool) -> None:
     """Notes on renamed vertebrae and warnings on unreportable and unanchored ones, into ``naming``."""
     first = 1 if has_thoracic else 0
     levels, network = naming.levels[first:], naming.network_labels[first:]
-    outside = [_level_name(lev) for lev in levels if not 1 <= lev <= 5]
+    outside = [level_name(lev) for lev in levels if not 1 <= lev <= 5]
     if outside:
         why = ("the sequence fitted to the network's evidence" if naming.how == "unanchored" else
                f"counting from the {'thoracic vertebra above and the sacrum below' if naming.how == 'both' else naming.how}")
@@ -298,7 +298,7 @@ def _describe(naming: ColumnNaming, has_thoracic: bool) -> None:
                                f"lumbar; they are not reported as lumbar vertebrae. Check the levels.")
     if levels != network:
         old = ", ".join(LABEL_NAMES.get(lab, "?") for lab in network)
-        new = ", ".join(_level_name(lev) for lev in levels)
+        new = ", ".join(level_name(lev) for lev in levels)
         why = {"sacrum": "counted up from the sacrum below", "ribs": "counted down from the thoracic vertebra above",
                "both": "counted from the thoracic vertebra above and the sacrum below",
                "unanchored": "one consecutive sequence fitted to the network's evidence"}[naming.how]
@@ -307,10 +307,127 @@ def _describe(naming: ColumnNaming, has_thoracic: bool) -> None:
         naming.notes.append(f"Vertebrae renamed {old} -> {new} from superior to inferior{order}: {why}. "
                             f"Check the labels.")
     if naming.how == "unanchored":
-        named = ", ".join(_level_name(lev) for lev in levels if 1 <= lev <= 5)
+        named = ", ".join(level_name(lev) for lev in levels if 1 <= lev <= 5)
         # "not found", never "not in view": the bundled model's context classes never win a voxel (their output
         # weights are still near-copies of background), so both anchors go unfound even when plainly in view.
         naming.warnings.append(f"WARNING: the level names ({named}) are unanchored: neither the network nor the CT's "
                                f"bone showed the sacrum right below or a rib-bearing vertebra right above the column "
                                f"(out of view, or not recognised), so they rest on the network's reading of the "
                                f"vertebrae alone. Check the levels against the ribs or the sacrum.")
+
+
+# ------------------------------------------------------------------------------------------------------
+# Counting the finder's vertebrae (inference/finder.py): instances are its centre peaks, evidence its classes
+# ------------------------------------------------------------------------------------------------------
+
+@dataclass
+class PeakNaming:
+    """The level of each of the finder's peaks (top first): 0 is T12 and below it thoracic, 1..5 L1..L5, 6 and
+    more below L5 (6: the sacrum, or a sixth lumbar vertebra). ``how`` as :class:`ColumnNaming`'s; ``kept``:
+    the indices of the peaks counted (one of two peaks too close to be two vertebrae is dropped)."""
+    levels: list[int]
+    how: str
+    kept: list[int]
+    notes: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+
+    def lumbar(self) -> dict[int, int]:
+        """Peak index -> lumbar level (1..5) of the peaks named L1..L5."""
+        return {k: lev for k, lev in zip(self.kept, self.levels) if 1 <= lev <= 5}
+
+
+def _finder_anchors(classes: list[int], offsets: list[int], context_classes) -> tuple[int | None, int | None]:
+    """(ribs_start, sacrum_start) from the finder's own classes: the lowest peak it calls thoracic above the
+    highest it calls lumbar is T12 (level 0); the highest it calls caudal below the lowest lumbar one is the
+    sacrum (level 6). None where no such peak is in view."""
+    thoracic = NUM_CLASSES + list(context_classes).index("thoracic")
+    caudal = NUM_CLASSES + list(context_classes).index("caudal")
+    lumbar = [i for i, c in enumerate(classes) if 1 <= c < NUM_CLASSES]
+    top = lumbar[0] if lumbar else len(classes)
+    low = lumbar[-1] if lumbar else -1
+    above = [i for i, c in enumerate(classes) if c == thoracic and i < top]
+    below = [i for i, c in enumerate(classes) if c == caudal and i > low]
+    ribs = -offsets[above[-1]] if above else None
+    sacrum = 6 - offsets[below[0]] if below else None
+    return ribs, sacrum
+
+
+def name_peaks(centres_mm: list[np.ndarray], evidence: np.ndarray, context_classes, values=None,
+               hu: np.ndarray | None = None, spacing_zyx=None) -> PeakNaming | None:
+    """Name the finder's peaks by counting (the module docstring; :func:`name_column` for the XUNet's pieces).
+
+    ``centres_mm``: the peaks' centres (z, y, x mm in ``hu``'s frame), top first; ``evidence``: their class
+    probabilities (peaks, background + L1-L5 + ``context_classes``); ``values``: the centre channel's value at
+    each (the stronger of two peaks too close to be two vertebrae is kept). Anchors: the finder's thoracic
+    peaks above and caudal peaks below the lumbar ones, and, with the CT (``hu``, ``spacing_zyx``), the ribs
+    and sacrum read from its bone (:mod:`.anchors`) where the finder shows no thoracic vertebra above. None
+    without peaks."""
+    if not len(centres_mm):
+        return None
+    centres = [np.asarray(c, float) for c in centres_mm]
+    values = list(values) if values is not None else [1.0] * len(centres)
+    notes: list[str] = []
+    kept = [0]
+    same, _ = gap_thresholds(column_gaps(centres))
+    for i in range(1, len(centres)):
+        j = kept[-1]
+        if np.linalg.norm(centres[i] - centres[j]) < same:  # one vertebra: keep the stronger peak
+            notes.append(f"Two centres {np.linalg.norm(centres[i] - centres[j]):.0f} mm apart were taken as one "
+                         f"vertebra (neighbours are at least {same:.0f} mm apart).")
+            if values[i] > values[j]:
+                kept[-1] = i
+        else:
+            kept.append(i)
+    centres = [centres[k] for k in kept]
+    ev = np.asarray(evidence, float)[kept].copy()
+    ev[:, 0] = 0.0
+    ev /= np.maximum(ev.sum(axis=1, keepdims=True), 1e-12)
+    classes = [int(np.argmax(row)) for row in ev]
+    gaps = column_gaps(centres)
+    _, missed = gap_thresholds(gaps)
+    typical = missed / MISSED_RATIO
+    steps = [max(2, int(round(g / typical))) if g > missed else 1 for g in gaps]
+    offsets = [0] + [int(v) for v in np.cumsum(steps)]
+    warnings = [f"WARNING: the centres of two neighbouring vertebrae are {g:.0f} mm apart (neighbours are "
+                f"{GAP_SAME_MM:g}-{GAP_MISSED_MM:g} mm apart): {s - 1} vertebra(e) between them were probably "
+                f"missed and counted as such. Check the levels." for g, s in zip(gaps, steps) if s > 1]
+    ribs_start, sacrum_start = _finder_anchors(classes, offsets, context_classes)
+    if ribs_start is not None:
+        notes.append("Counted down from the thoracic (rib-bearing) vertebra the finder sees above the lumbar spine.")
+    if sacrum_start is not None:
+        notes.append("Counted up from the sacrum the finder sees below the lumbar spine.")
+    lumbar = [i for i, c in enumerate(classes) if 1 <= c < NUM_CLASSES]
+    if hu is not None and lumbar and ribs_start is None:
+        first, last = lumbar[0], lumbar[-1]
+        sub = offsets[first:last + 1]
+        ct = ct_anchors.detect(hu, spacing_zyx, centres[first:last + 1], LABEL_NAMES[classes[first]],
+                               LABEL_NAMES[classes[last]])
+        sub_offsets = [o - sub[0] for o in sub]
+        shift = offsets[first]  # the first lumbar peak's offset: the CT's starts count from it
+        ribs_sub, sacrum_sub = ct_anchors.apply_to_count(
+            ct, None, None if sacrum_start is None else sacrum_start + shift, sub_offsets, notes, warnings)
+        ribs_start = None if ribs_sub is None else ribs_sub - shift
+        sacrum_start = None if sacrum_sub is None else sacrum_sub - shift
+    network_levels = {c for c in classes if 1 <= c < NUM_CLASSES}
+    start, how, decode_warnings = decode_levels(offsets, ev, context_classes, network_levels, ribs_start,
+                                                sacrum_start, first_is_anchor=False)
+    warnings += decode_warnings
+    result = PeakNaming([start + o for o in offsets], how, kept, notes, warnings)
+    _describe_peaks(result, classes)
+    return result
+
+
+def _describe_peaks(naming: PeakNaming, classes: list[int]) -> None:
+    """Notes on vertebrae whose counted level differs from the finder's own class, and the unanchored warning."""
+    pairs = [(c, lev) for c, lev in zip(classes, naming.levels) if 1 <= lev <= 5 or 1 <= c < NUM_CLASSES]
+    if any(c != lev for c, lev in pairs):
+        old = ", ".join(LABEL_NAMES.get(c, "not lumbar") for c, _ in pairs)
+        new = ", ".join(level_name(lev) for _, lev in pairs)
+        naming.notes.append(f"Vertebrae renamed {old} -> {new} from superior to inferior: counted along the whole "
+                            f"column. Check the labels.")
+    named = [level_name(lev) for lev in naming.levels if 1 <= lev <= 5]
+    if naming.how == "unanchored" and named:
+        naming.warnings.append(f"WARNING: the level names ({', '.join(named)}) are unanchored: neither a rib-bearing "
+                               f"vertebra right above the lumbar spine nor the sacrum right below it was recognised "
+                               f"(out of view, or not recognised), so they rest on the finder's reading of each "
+                               f"vertebra's looks. Check the levels against the ribs or the sacrum.")

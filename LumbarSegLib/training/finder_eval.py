@@ -8,7 +8,10 @@ the finder alone; the localizer's box and the counting stage come after it.
 * centre recall: true vertebrae (every level, 5 mL and more in view) with a peak within :data:`FOUND_MM`;
 * identification rate (VerSe): true lumbar vertebrae whose nearest peak within :data:`IDENTIFIED_MM` carries
   their name (the class with the most probability around the peak);
-* scans with every lumbar name right: each true lumbar vertebra identified and no other peak named lumbar.
+* scans with every lumbar name right: each true lumbar vertebra identified and no other peak named lumbar;
+* and the same two for the peaks named by counting along the column (``counted``:
+  :func:`..inference.naming.name_peaks`, anchored by the finder's thoracic and caudal peaks and the CT's bone),
+  which is how a study names them.
 
     python -m LumbarSegLib.training.finder_eval --state ../finder_state --phases fold-A fold-B fold-C \
         --real DIR... [--json out.json]
@@ -23,36 +26,27 @@ import SimpleITK as sitk
 
 from ..constants import LABEL_NAMES, VERSE_NAMES
 from ..inference import finder
-from ..inference.preprocess import apply_window
+from ..inference.naming import level_name
+from ..inference.preprocess import to_canonical
 from ..inference.vertebra_stage import OUTSIDE_HU
 from .vertebra_samples import whole_enough_centres
 
 FOUND_MM = 10.0
 IDENTIFIED_MM = 20.0
-EVIDENCE_MM = 8.0  # class probabilities are averaged over this radius around a peak
-CLASS_NAMES = {**LABEL_NAMES, 6: "thoracic", 7: "caudal"}
 
 
-def find(ct: sitk.Image, net, config, centres_mm: list[np.ndarray]) -> list[tuple[np.ndarray, str, float]]:
-    """(centre LPS mm, class name, peak value) of each peak of the finder along the column through
-    ``centres_mm``, top first."""
+def find(ct: sitk.Image, net, config, centres_mm: list[np.ndarray]) -> tuple[list, list]:
+    """The finder along the column through ``centres_mm`` (LPS): (its peaks as (centre, class name, value),
+    the same peaks named by counting), top first."""
     pts = np.asarray(centres_mm, float)
-    ref = finder.strip_grid(np.median(pts[:, :2], axis=0), (pts[:, 2].min(), pts[:, 2].max()), config.crop_zyx,
-                            config.spacing_mm)
-    hu = sitk.GetArrayFromImage(sitk.Resample(ct, ref, sitk.Transform(), sitk.sitkLinear, OUTSIDE_HU,
-                                              sitk.sitkFloat32))
-    n_classes = len(CLASS_NAMES) + 1
-    probs = finder.strip_probabilities(net, apply_window(hu), config.crop_zyx[0], n_classes)
-    r = int(np.ceil(EVIDENCE_MM / config.spacing_mm))
-    out = []
-    for vox, value in finder.centre_peaks(probs[n_classes], config.spacing_mm):
-        lo = [max(0, int(v) - r) for v in vox]
-        evidence = probs[1:n_classes, lo[0]:int(vox[0]) + r + 1, lo[1]:int(vox[1]) + r + 1,
-                         lo[2]:int(vox[2]) + r + 1].mean(axis=(1, 2, 3))
-        name = CLASS_NAMES[int(np.argmax(evidence)) + 1]
-        out.append((np.asarray(ref.TransformContinuousIndexToPhysicalPoint([float(v) for v in vox[::-1]])),
-                    name, value))
-    return out
+    canonical = to_canonical(ct)
+    peaks = finder.find_vertebrae(canonical, net, config, np.median(pts[:, :2], axis=0),
+                                  (pts[:, 2].min(), pts[:, 2].max()), OUTSIDE_HU)
+    own = [(p.centre_mm, p.name, p.value) for p in peaks]
+    naming = finder.count_levels(canonical, peaks)
+    counted = [] if naming is None else [(peaks[k].centre_mm, level_name(lev), peaks[k].value)
+                                         for k, lev in zip(naming.kept, naming.levels)]
+    return own, counted
 
 
 def match(found: list[tuple[np.ndarray, str, float]], truth: dict[int, np.ndarray]) -> dict:
@@ -76,25 +70,25 @@ def match(found: list[tuple[np.ndarray, str, float]], truth: dict[int, np.ndarra
 
 
 def evaluate(state_dir, phases, real_dirs, log=print) -> list[dict]:
-    from .finder_train import FinderConfig, build_finder
     from .vertebra_eval import load_phase, phase_views
 
     rows = []
     for phase in phases:
         state = load_phase(state_dir, phase)
-        config = FinderConfig.from_dict(state["config"])
-        net = build_finder(config)
-        net.load_state_dict({k: v.float() for k, v in state["weights"].items()})
+        net, config = finder.load_finder(state, f"{state_dir}/{phase}")
         for case_id, name, v_ct, v_seg in phase_views(state, real_dirs):
             truth = whole_enough_centres(v_seg)
             if not truth:
                 continue
+            own, counted = find(v_ct, net, config, list(truth.values()))
             row = {"phase": phase, "case": case_id, "acquisition": name,
                    "truth": [VERSE_NAMES.get(c, str(c)) for c in sorted(truth, key=lambda c: -truth[c][2])],
-                   **match(find(v_ct, net, config, list(truth.values())), truth)}
+                   **match(own, truth), "counted": match(counted, truth)}
             rows.append(row)
-            log(f"{phase} {case_id:>22s} {name:>16s}: recall {row['recall']} identified "
-                f"{row['identified']} all right {row['all_right']}  truth {row['truth']} found {row['found']}")
+            c = row["counted"]
+            log(f"{phase} {case_id:>22s} {name:>16s}: recall {row['recall']} identified {row['identified']} "
+                f"(counted {c['identified']}) all right {row['all_right']} (counted {c['all_right']})  truth "
+                f"{row['truth']} found {row['found']} counted {c['found']}")
     return rows
 
 
@@ -104,8 +98,12 @@ def summarize(rows: list[dict]) -> dict:
         n = sum(r[key][1] for r in rows)
         return [k, n]
 
-    return {"centre_recall_10mm": pct("recall"), "identification_20mm": pct("identified"),
-            "scans_all_right": [sum(r["all_right"] for r in rows), len(rows)]}
+    out = {"centre_recall_10mm": pct("recall"), "identification_20mm": pct("identified"),
+           "scans_all_right": [sum(r["all_right"] for r in rows), len(rows)]}
+    counted = [r["counted"] for r in rows if "counted" in r]
+    if counted:  # the same peaks named by counting along the column (inference/naming.name_peaks)
+        out["counted"] = summarize(counted)
+    return out
 
 
 def main(argv=None) -> int:

@@ -12,16 +12,15 @@ with thick slices and intensity jitter as stage 3's crops are. Its targets:
 
 * ``classes``: background, L1-L5, thoracic, caudal (:func:`data.training_labels`: the bone of unlabelled
   neighbours beyond the labelled vertebrae is :data:`data.IGNORE`, not taught as background);
-* ``centres``: a Gaussian (:data:`CENTRE_SIGMA_MM`) at every labelled vertebra's centre whatever its level,
+* ``centres``: a Gaussian (the grid's ``sigma_mm``) at every labelled vertebra's centre whatever its level,
   the instances the counting stage names (:mod:`..inference.naming`).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 
+from ..inference.finder import FinderConfig
 from ..inference.networks import CONTEXT_CLASSES
 from ..inference.vertebra_stage import crop_grid
 from .augmentation import rotation_matrix
@@ -29,15 +28,7 @@ from .data import training_labels
 from .vertebra_samples import KindPool, Source, reimage, resample_turned, vertebra_centres
 
 
-@dataclass(frozen=True)
-class FinderGrid:
-    """The finder's window: ``crop_zyx`` voxels of ``spacing_mm`` (the attributes :func:`crop_grid` reads)."""
-    crop_zyx: tuple[int, int, int] = (96, 64, 64)  # 192 mm along the spine (five or six vertebrae), 128 across
-    spacing_mm: float = 2.0
-
-
-GRID = FinderGrid()
-CENTRE_SIGMA_MM = 6.0
+GRID = FinderConfig()  # the window: crop_zyx voxels of spacing_mm (the attributes crop_grid reads)
 SHIFT_MM = 60.0  # the window's centre lies this far at most above or below the chosen vertebra's (two levels)
 INPLANE_JITTER_MM = 8.0
 ROTATE_DEG = (10.0, 5.0, 5.0)  # about x (sagittal tilt), y, z
@@ -63,7 +54,7 @@ def centre_heatmap(centres_vox: np.ndarray, shape, spacing_mm: float, sigma_mm: 
 class FinderSampler:
     """Draws finder windows from real and label-map sources with the weights given per kind."""
 
-    def __init__(self, sources: list[Source], grid: FinderGrid = GRID, weights: dict[str, float] | None = None,
+    def __init__(self, sources: list[Source], grid: FinderConfig = GRID, weights: dict[str, float] | None = None,
                  seed: int = 0):
         self.grid = grid
         self.rng = np.random.default_rng(seed)
@@ -97,6 +88,6 @@ class FinderSampler:
         origin = np.asarray(ref.GetOrigin(), float)
         vox = [((middle + inverse @ (np.asarray(centres[c]) - middle)) - origin)[::-1] / grid.spacing_mm
                for c in codes]
-        heat = centre_heatmap(np.array(vox), grid.crop_zyx, grid.spacing_mm, CENTRE_SIGMA_MM)
+        heat = centre_heatmap(np.array(vox), grid.crop_zyx, grid.spacing_mm, grid.sigma_mm)
         info = {"source": src.name, "levels": [int(c) for c in np.unique(codes_arr) if c]}
         return reimage(ct, grid.spacing_mm, rng, info), classes, heat, info

@@ -16,44 +16,20 @@ instances of the count, and its gate are the next steps (docs/per_vertebra_stage
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
-
 import numpy as np
 import torch
 
-from ..constants import NUM_CLASSES
-from ..inference.networks import CONTEXT_CLASSES, XUNet
+from ..inference.finder import N_CLASSES, FinderConfig, build_finder
 from ..inference.preprocess import apply_window
 from .data import IGNORE
-from .finder_samples import CENTRE_SIGMA_MM, GRID, FinderGrid, FinderSampler
+from .finder_samples import FinderSampler
 from .losses import dice_ce_loss
 from .vertebra_samples import Source, load_labelmap_sources, load_real_sources
 from .vertebra_train import FOLDS, Phase, Trainee
 from .vertebra_train import main as _main
 
-N_CLASSES = NUM_CLASSES + len(CONTEXT_CLASSES)  # background, L1-L5, thoracic, caudal; then the centre channel
 CENTRE_WEIGHT = 10.0  # the heatmap's MSE, weighted up on the peaks (mostly background), against Dice + CE
 PHANTOM_PREFIX = "sub-ph"  # data.generate_phantoms' case ids
-
-
-@dataclass(frozen=True)
-class FinderConfig:
-    base: int = 8  # the bundled XUNet's width in the cpu configuration
-    crop_zyx: tuple[int, int, int] = GRID.crop_zyx
-    spacing_mm: float = GRID.spacing_mm
-    sigma_mm: float = CENTRE_SIGMA_MM
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "FinderConfig":
-        return cls(base=int(d["base"]), crop_zyx=tuple(d["crop_zyx"]), spacing_mm=float(d["spacing_mm"]),
-                   sigma_mm=float(d["sigma_mm"]))
-
-
-def build_finder(config: FinderConfig) -> XUNet:
-    return XUNet(base=config.base, in_ch=1, num_classes=N_CLASSES + 1).to(memory_format=torch.channels_last_3d)
 
 
 def finder_input(ct_hu: np.ndarray) -> torch.Tensor:
@@ -94,7 +70,7 @@ def finder_sources(kinds, real_dirs, masks_root, leave_out) -> list[Source]:
 
 
 def _sampler(sources, config: FinderConfig, weights, seed) -> FinderSampler:
-    return FinderSampler(sources, FinderGrid(tuple(config.crop_zyx), config.spacing_mm), weights, seed)
+    return FinderSampler(sources, config, weights, seed)
 
 
 FINDER = Trainee("finder", FinderConfig, build_finder, _sampler, finder_batch_loss, finder_sources)
