@@ -9,7 +9,7 @@ import pytest
 import SimpleITK as sitk
 from scipy import ndimage
 
-from LumbarSegLib.inference import morphology, pipeline
+from LumbarSegLib.inference import by_vertebra, morphology, pipeline
 from LumbarSegLib.errors import Cancelled
 
 from LumbarSegLib.constants import RESOURCES_DIR
@@ -142,7 +142,7 @@ def test_label_boxes_and_centres_agree_with_whole_volume_statistics():
     for lab, box in boxes.items():
         assert np.allclose(morphology.centre_of(labels, box, lab), ndimage.center_of_mass(labels == lab))
     messages = []
-    cut = pipeline.MIN_VERTEBRA_MEAN_HU
+    cut = by_vertebra.MIN_VERTEBRA_MEAN_HU
     hu[labels == 3] = cut - 20  # one soft-tissue "vertebra"
-    out = pipeline.drop_soft_tissue(labels, hu, messages)
+    out = by_vertebra.drop_soft_tissue(labels, hu, messages)
     assert sorted(morphology.label_boxes(out)) == [1, 5] and "L3" in messages[0]

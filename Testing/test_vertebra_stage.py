@@ -227,7 +227,7 @@ def test_two_seeds_on_one_vertebra_are_one():
 def test_stage3_vertebrae_are_reported_whole_and_apart():
     """tidy_vertebrae: each vertebra keeps its largest piece with its enclosed holes filled, never takes
     another vertebra's voxels, and a label stage 3 found nothing of is named."""
-    from LumbarSegLib.inference import pipeline
+    from LumbarSegLib.inference import by_vertebra
 
     refined = np.zeros((20, 20, 40), np.uint8)
     refined[4:16, 4:16, 2:14] = 1
@@ -235,7 +235,7 @@ def test_stage3_vertebrae_are_reported_whole_and_apart():
     refined[0:2, 0:2, 18:20] = 1  # an island of L1 elsewhere
     refined[4:16, 4:16, 20:32] = 2
     refined[9:11, 9:11, 24:28] = 1  # L1's voxels inside L2: an enclosed piece of another vertebra
-    out, empty = pipeline.tidy_vertebrae(refined, [1, 2, 3])
+    out, empty = by_vertebra.tidy_vertebrae(refined, [1, 2, 3])
     assert empty == [3]
     assert (out[8:12, 8:12, 6:10] == 1).all() and not out[0:2, 0:2, 18:20].any()
     assert (out[4:16, 4:16, 20:32] == 2).sum() == (refined == 2).sum()  # L2 never loses its voxels
@@ -243,7 +243,7 @@ def test_stage3_vertebrae_are_reported_whole_and_apart():
 
 
 def test_a_vertebra_of_soft_tissue_is_not_reported():
-    from LumbarSegLib.inference import pipeline
+    from LumbarSegLib.inference import by_vertebra
 
     hu = np.full((30, 30, 30), 40.0, np.float32)
     labels = np.zeros(hu.shape, np.uint8)
@@ -251,13 +251,13 @@ def test_a_vertebra_of_soft_tissue_is_not_reported():
     hu[2:10, 5:20, 5:20] = 260.0  # bone
     labels[15:25, 5:20, 5:20] = 2  # a blob on soft tissue (e.g. bowel) named L2
     messages: list[str] = []
-    out = pipeline.drop_soft_tissue(labels, hu, messages)
+    out = by_vertebra.drop_soft_tissue(labels, hu, messages)
     assert set(np.unique(out)) == {0, 1}
     assert len(messages) == 1 and "L2 (40 HU)" in messages[0]
-    assert pipeline.drop_soft_tissue(out, hu, []) is out  # bone alone: kept as it is
+    assert by_vertebra.drop_soft_tissue(out, hu, []) is out  # bone alone: kept as it is
     hu[2:10, 5:20, 5:20] = 85.0  # an osteoporotic vertebra (cancellous bone 40-140 HU) is still bone
     hu[15:25, 5:20, 5:20] = 68.0  # the brightest bowel blob measured
-    kept = pipeline.drop_soft_tissue(labels, hu, [])
+    kept = by_vertebra.drop_soft_tissue(labels, hu, [])
     assert set(np.unique(kept)) == {0, 1}
 
 

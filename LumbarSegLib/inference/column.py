@@ -2,7 +2,7 @@
 
 On a chest the networks can take a stretch of chest wall for lumbar vertebrae: thoracic-only phantoms drew
 L1-L5 pieces 90-160 mm lateral and anterior to the spine, each on ribs and the soft tissue between them
-(mean HU 103-226, so :func:`pipeline.drop_soft_tissue` kept most of them). The column is found in the CT itself, independently of the networks: over a slab of at least two vertebrae
+(mean HU 103-226, so :func:`by_vertebra.drop_soft_tissue` kept most of them). The column is found in the CT itself, independently of the networks: over a slab of at least two vertebrae
 around each piece, the densest structure about a vertebral body wide (the mean over the slab of how far each
 voxel is above bone's HU, summed over BODY_MM) near the image's left-right centre, where a CT puts the
 patient's midline (:func:`column_centre`). A piece whose centre lies more than :data:`OFF_COLUMN_MM` from it,

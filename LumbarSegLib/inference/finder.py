@@ -150,13 +150,15 @@ def strip_probabilities(net, strip_input: np.ndarray, window: int, n_classes: in
 def centre_peaks(heat: np.ndarray, spacing_mm: float, minimum: float = PEAK_MIN,
                  apart_mm: float = PEAK_APART_MM) -> list[tuple[np.ndarray, float]]:
     """(centre in voxels (z, y, x), peak value) of each local maximum of ``heat`` of at least ``minimum`` with
-    no higher one within ``apart_mm``; top (largest z) first."""
+    no higher one within ``apart_mm`` along the strip (z); top (largest z) first. Distance counts along the
+    column only: the strip holds one spine, so two maxima side by side at one height (a wide body's two
+    halves) are one vertebra."""
     size = max(3, 2 * int(np.ceil(apart_mm / spacing_mm)) + 1)
     local = (heat == ndimage.maximum_filter(heat, size=size, mode="constant")) & (heat >= minimum)
     peaks = [(np.asarray(p, float), float(heat[tuple(p)])) for p in np.argwhere(local)]
     kept: list[tuple[np.ndarray, float]] = []
     for p, v in sorted(peaks, key=lambda pv: -pv[1]):  # plateaus give several equal maxima: keep one
-        if all(np.linalg.norm((p - q) * spacing_mm) > apart_mm for q, _ in kept):
+        if all(abs(p[0] - q[0]) * spacing_mm > apart_mm for q, _ in kept):
             kept.append((p, v))
     return sorted(kept, key=lambda pv: -pv[0][0])
 
@@ -164,14 +166,14 @@ def centre_peaks(heat: np.ndarray, spacing_mm: float, minimum: float = PEAK_MIN,
 def look_again(heat: np.ndarray, peaks: list[tuple[np.ndarray, float]], spacing_mm: float, missed_mm: float,
                minimum: float = LOOK_AGAIN_MIN, apart_mm: float = PEAK_APART_MM) -> list[tuple[np.ndarray, float]]:
     """``peaks`` (top first) with, in each gap wider than ``missed_mm``, the strongest local maximum of at
-    least ``minimum`` that lies ``apart_mm`` from both ends of the gap; top first."""
+    least ``minimum`` that lies ``apart_mm`` (along the strip) from both ends of the gap; top first."""
     out = list(peaks)
     weak = centre_peaks(heat, spacing_mm, minimum, apart_mm)
     for (a, _), (b, _) in zip(peaks, peaks[1:]):
         if np.linalg.norm((a - b) * spacing_mm) <= missed_mm:
             continue
         between = [(p, v) for p, v in weak if b[0] < p[0] < a[0]
-                   and min(np.linalg.norm((p - a) * spacing_mm), np.linalg.norm((p - b) * spacing_mm)) > apart_mm]
+                   and min(a[0] - p[0], p[0] - b[0]) * spacing_mm > apart_mm]
         if between:
             out.append(max(between, key=lambda pv: pv[1]))
     return sorted(out, key=lambda pv: -pv[0][0])

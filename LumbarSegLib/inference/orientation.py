@@ -127,6 +127,26 @@ def order_contradiction(labels: np.ndarray, min_voxels: int) -> str | None:
     return None
 
 
+def peak_contradiction(names: list[str]) -> str | None:
+    """Why the finder's own classes of its peaks (top first: "L1".."L5", "thoracic", "caudal") say the image is
+    upside down: every thoracic peak below every lumbar one, the caudal (sacrum) peaks all above them, or at
+    least :data:`MIN_REVERSED_VERTEBRAE` lumbar peaks named exactly from L5 at the top to L1 at the bottom."""
+    lumbar = [i for i, n in enumerate(names) if n.startswith("L")]
+    if not lumbar:
+        return None
+    found = []
+    thoracic = [i for i, n in enumerate(names) if n == "thoracic"]
+    caudal = [i for i, n in enumerate(names) if n == "caudal"]
+    if thoracic and min(thoracic) > max(lumbar):
+        found.append("thoracic vertebrae (with ribs) lie below the lumbar spine")
+    if caudal and max(caudal) < min(lumbar):
+        found.append("the sacrum lies above the lumbar spine")
+    levels = [int(names[i][1:]) for i in lumbar]
+    if len(set(levels)) >= MIN_REVERSED_VERTEBRAE and levels == sorted(levels, reverse=True) and len(set(levels)) == len(levels):
+        found.append("the finder named the vertebrae from L5 at the top down to L1 at the bottom")
+    return " and ".join(found) if found else None
+
+
 def narrowing_downwards(probs: torch.Tensor) -> float:
     """How clearly what the network calls a vertebra (L1-L5, probabilities (C, z, y, x), LPS: a larger z is
     superior) narrows downwards: the correlation between height and axial area over the slices holding at

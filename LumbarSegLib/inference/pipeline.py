@@ -16,7 +16,7 @@ import SimpleITK as sitk
 import torch
 from scipy import ndimage
 
-from . import column, morphology, orientation, preprocess
+from . import by_vertebra, column, morphology, orientation, preprocess
 from . import naming as naming_module
 from ..constants import LABEL_NAMES, NUM_CLASSES
 from ..errors import Cancelled, InputError, ModelError
@@ -274,14 +274,16 @@ def anchor_names(labels: np.ndarray, kept: np.ndarray, spacing_xyz, context_clas
 
 
 def segment(image: sitk.Image, model: LumbarSegModel | None = None, device: str = "auto", box_lps=None,
-            progress=None, cancel=None, refine=None) -> SegmentationResult:
+            progress=None, cancel=None, refine=None, finder=None) -> SegmentationResult:
     """Segment L1-L5 in a CT (HU). ``box_lps`` = (min_xyz, max_xyz) in LPS mm skips the localizer.
 
     ``progress(stage, fraction)`` is called as stages start and end; ``cancel()`` returning True stops
     the run with :class:`Cancelled` at the next check. When the GPU runs out of memory the whole run is
     repeated on the CPU and the result's first message says so (``result.device`` is then "cpu").
     ``refine``: a stage-3 network (:mod:`vertebra_stage`) that re-segments each vertebra found on its own
-    crop, or None to keep the XUNet's vertebrae (``result.refined`` says which ran).
+    crop, or None to keep the XUNet's vertebrae (``result.refined`` says which ran). ``finder``: (network,
+    :class:`.finder.FinderConfig`) to find and name the vertebrae in the localizer's box by counting the
+    finder's peaks instead of the XUNet's pieces (:func:`.by_vertebra.segment_counted`; needs ``refine``).
     """
     stages = _Stages(progress, cancel)
     stages.start("load")
@@ -293,7 +295,7 @@ def segment(image: sitk.Image, model: LumbarSegModel | None = None, device: str 
     torch_device = resolve_device(device)
     model = model or load_model()
     try:
-        return _segment_on(image, _model_on(model, torch_device), torch_device, box_lps, stages, refine)
+        return _segment_on(image, _model_on(model, torch_device), torch_device, box_lps, stages, refine, finder)
     except torch.cuda.OutOfMemoryError as exc:
         if torch_device.type == "cpu":
             raise
@@ -303,7 +305,7 @@ def segment(image: sitk.Image, model: LumbarSegModel | None = None, device: str 
             torch.cuda.empty_cache()
         stages.start("load")
         cpu = torch.device("cpu")
-        result = _segment_on(image, _model_on(model, cpu), cpu, box_lps, stages, refine)
+        result = _segment_on(image, _model_on(model, cpu), cpu, box_lps, stages, refine, finder)
         result.messages.insert(0, f"The GPU ({torch_device}) ran out of memory ({reason}); the segmentation was "
                                   "run again on the CPU, which is slower but gives the same result.")
         return result
@@ -319,7 +321,7 @@ def _model_on(model: LumbarSegModel, device: torch.device) -> LumbarSegModel:
 
 
 def _segment_on(image: sitk.Image, model: LumbarSegModel, torch_device: torch.device, box_lps,
-                stages: _Stages, refine=None) -> SegmentationResult:
+                stages: _Stages, refine=None, finder=None) -> SegmentationResult:
     messages: list[str] = []
     if not model.trained:
         messages.append("WARNING: running with randomly initialised weights (no trained model found); "
@@ -341,7 +343,10 @@ def _segment_on(image: sitk.Image, model: LumbarSegModel, torch_device: torch.de
     dropped: dict = {}  # pieces too small to report (clean_labels says so in the messages)
     naming: dict = {}  # vertebra name -> how its level was decided (clean_labels fills it)
     naming_warnings: list[str] = []  # and what that count warned of
-    if box is not None:
+    if box is not None and finder is not None and refine is not None:
+        labels_canonical = _segment_counted(canonical, box, finder, refine, stages, messages, dropped, naming,
+                                            naming_warnings)
+    elif box is not None:
         lo, hi = box
         stages.start("segment")
         probs = xunet_probabilities(canonical, lo, hi, model, torch_device)
@@ -361,8 +366,8 @@ def _segment_on(image: sitk.Image, model: LumbarSegModel, torch_device: torch.de
                                                       np.asarray(canonical.GetSpacing(), float)[::-1], messages)
         if refine is not None and labels_canonical.any():
             stages.start("refine")
-            labels_canonical = refine_vertebrae(canonical, labels_canonical, refine, messages, stages.check)
-        labels_canonical = drop_soft_tissue(labels_canonical, sitk.GetArrayViewFromImage(canonical), messages)
+            labels_canonical = by_vertebra.refine_vertebrae(canonical, labels_canonical, refine, messages, stages.check)
+        labels_canonical = by_vertebra.drop_soft_tissue(labels_canonical, sitk.GetArrayViewFromImage(canonical), messages)
         orientation.decide(head_feet, bool(labels_canonical.any()), messages)
     else:
         stages.start("postprocess")
@@ -397,80 +402,28 @@ def _segment_on(image: sitk.Image, model: LumbarSegModel, torch_device: torch.de
                               naming_warnings=naming_warnings if found else [])
 
 
-# A vertebra is bone: the labelled vertebrae of the real CTs in ../shared average 222-458 HU over their voxels
-# (cortex and cancellous bone; 5 mm slices blur that down only at the surface). A "vertebra" averaging soft
-# tissue's HU is something else, never reported as a vertebra: the blobs the old model put on the sample
-# CT's bowel averaged 45-68 HU, and unenhanced muscle and organs lie at 40-60 HU. The bound stays under an
-# osteoporotic spine: the true vertebrae of the osteoporotic evaluation phantom 100214 (tight field of view,
-# cancellous bone 40-140 HU) average 90-99 HU and stage 3's masks of them 83-100 HU, and a bound of 100 HU
-# withheld the whole spine there (no lumbar spine reported, a false refusal).
-MIN_VERTEBRA_MEAN_HU = 75.0
-
-
-def drop_soft_tissue(labels: np.ndarray, hu: np.ndarray, messages: list[str]) -> np.ndarray:
-    """``labels`` without the vertebrae whose mean HU is under :data:`MIN_VERTEBRA_MEAN_HU`; each one named."""
-    boxes = morphology.label_boxes(labels)
-    means = {lab: float(np.mean(hu[box][labels[box] == lab], dtype=np.float64)) for lab, box in boxes.items()}
-    soft = {lab: m for lab, m in means.items() if m < MIN_VERTEBRA_MEAN_HU}
-    if not soft:
-        return labels
-    messages.append("Not reported, as their voxels average soft tissue's HU rather than bone's (a vertebra averages "
-                    f"over {MIN_VERTEBRA_MEAN_HU:g} HU): " + ", ".join(f"{LABEL_NAMES[lab]} ({m:.0f} HU)"
-                                                                     for lab, m in sorted(soft.items()))
-                    + ". The segmentation missed the spine there; if the image shows one, segment it by hand.")
-    out = labels.copy()
-    out[np.isin(labels, list(soft))] = 0
-    return out
-
-
-def tidy_vertebrae(refined: np.ndarray, present, check=None) -> tuple[np.ndarray, list[int]]:
-    """Stage 3's merged label map as reported: each vertebra of ``present`` keeps its largest piece, its enclosed
-    holes filled on voxels no vertebra took. No closing, unlike the XUNet's coarser pieces: on held-out
-    sub-verse005 (fold-A) a 2 mm closing lowered DSC by 0.0005 where the fill alone raised it by 0.0003.
-    Returns the map and the labels it holds nothing of. The gate (:mod:`..training.vertebra_eval`) scores
-    this too, so it measures what a study reports."""
-    out = np.zeros_like(refined)
-    empty = []
-    regions = ndimage.find_objects(refined, max_label=max(present)) if present else []  # one pass for all
-    for lab in present:
-        if check is not None:
-            check()
-        region = regions[lab - 1]
-        if region is None:
-            empty.append(lab)
-            continue
-        piece = ndimage.binary_fill_holes(preprocess.largest_component(refined[region] == lab))
-        out[region][piece & ((refined[region] == 0) | (refined[region] == lab))] = lab
-    return out, empty
-
-
-def refine_vertebrae(canonical: sitk.Image, labels: np.ndarray, net, messages: list[str], check=None) -> np.ndarray:
-    """Stage 3: each vertebra the XUNet found re-segmented on its own 1.25 mm crop around its centroid, with
-    its name kept; then each keeps its largest piece, filled (:func:`tidy_vertebrae`). A vertebra stage 3 finds
-    nothing of keeps the XUNet's voxels, and a message says so."""
-    from .vertebra_stage import VertebraSeed, segment_vertebrae
-
-    boxes = morphology.label_boxes(labels)
-    present = sorted(boxes)
-    centres = [morphology.centre_of(labels, boxes[lab], lab) for lab in present]
-    seeds = [VertebraSeed(np.asarray(canonical.TransformContinuousIndexToPhysicalPoint([float(c) for c in idx[::-1]])),
-                          lab) for lab, idx in zip(present, centres)]
-    dup: dict = {}
-    refined = segment_vertebrae(canonical, seeds, net, cancel=check, dropped=dup)
-    for lab, twin in sorted(dup.items()):
-        below = [LABEL_NAMES[v] for v in present if v > max(lab, twin)]
-        messages.append(f"{LABEL_NAMES[lab]} and {LABEL_NAMES[twin]} are one vertebra (the per-vertebra stage found "
-                        f"the same bone at both centres); it is reported as {LABEL_NAMES[twin]}"
-                        + (f", and the names below it ({', '.join(below)}) may be shifted: check the levels."
-                           if below else "."))
-    present = [lab for lab in present if lab not in dup]
-    out, empty = tidy_vertebrae(refined, present, check)
-    kept = []
-    for lab in empty:  # stage 3 found nothing at this centre: the XUNet's voxels stay
-        box = boxes[lab]
-        out[box][(labels[box] == lab) & (out[box] == 0)] = lab
-        kept.append(LABEL_NAMES[lab])
-    if kept:
-        messages.append(f"The per-vertebra stage found nothing of {', '.join(kept)} at its centre; the first "
-                        "segmentation was kept for it. Check it.")
-    return out
+def _segment_counted(canonical, box, finder, refine, stages: _Stages, messages, dropped, naming,
+                     naming_warnings) -> np.ndarray:
+    """The finder's path (:func:`.by_vertebra.segment_counted`) in the localizer's ``box``, with what every result
+    gets after it: pieces too small to report dropped, soft tissue dropped, upside-down anatomy refused."""
+    stages.start("segment")
+    mn, mx = index_box_to_lps(canonical, *box)
+    centre_xy = ((mn[0] + mx[0]) / 2, (mn[1] + mx[1]) / 2)
+    counted = by_vertebra.segment_counted(canonical, centre_xy, (mn[2], mx[2]), finder, refine, messages,
+                                          stages.check)
+    labels = counted.labels
+    stages.start("postprocess")
+    voxel_ml = float(np.prod(canonical.GetSpacing())) / 1000.0
+    volumes = {lab: float((labels[box_] == lab).sum()) * voxel_ml for lab, box_ in morphology.label_boxes(labels).items()}
+    minimum = vertebra_minimum_ml(volumes.values())
+    too_small = {lab: v for lab, v in volumes.items() if minimum is None or v < minimum}
+    if too_small:
+        messages.append(_dropped_message(too_small, minimum))
+        dropped.update(too_small)
+        labels = np.where(np.isin(labels, list(too_small)), 0, labels).astype(np.uint8)
+    labels = by_vertebra.drop_soft_tissue(labels, sitk.GetArrayViewFromImage(canonical), messages)
+    if labels.any():
+        orientation.refuse_if_upside_down([counted.upside_down])
+    naming.update(counted.naming)
+    naming_warnings.extend(counted.warnings)
+    return labels

@@ -30,8 +30,8 @@ TARGETS = {"as stored": 0.90, "re-imaged": 0.85, "fit": 0.93}
 
 def score_case(ct: sitk.Image, seg: sitk.Image, net) -> dict:
     """Per VerSe code: DSC/ASD/HD95 of stage 3 given the true centres of ``seg``'s vertebrae, as a study
-    reports them (:func:`pipeline.tidy_vertebrae`: each vertebra's largest piece, filled)."""
-    from ..inference.pipeline import tidy_vertebrae
+    reports them (:func:`..inference.by_vertebra.tidy_vertebrae`: each vertebra's largest piece, filled)."""
+    from ..inference.by_vertebra import tidy_vertebrae
 
     arr = sitk.GetArrayViewFromImage(seg)
     centres = whole_enough_centres(seg)

@@ -1,0 +1,103 @@
+"""The finder's path through stage 3 (inference/by_vertebra.segment_counted, issue 23): the finder's peaks on the
+CT, named by counting along the column, seed stage 3, and each vertebra gets the counted level.
+
+The two networks here are small rule-based torch modules, so the test knows what they see: the "finder" reads
+a vertebra's class from its HU (each box of the synthetic column is filled with its class's HU) and puts its
+centre at the middle of each bony box; the "stage 3" keeps the bone around the heatmap at the crop's middle.
+What is tested is the path between them: the strip, the peaks, the count, the seeds, the merged labels."""
+
+from __future__ import annotations
+
+import numpy as np
+import SimpleITK as sitk
+import torch
+import torch.nn.functional as F
+
+from LumbarSegLib.inference import by_vertebra, orientation
+from LumbarSegLib.inference.finder import N_CLASSES, FinderConfig
+from LumbarSegLib.inference.preprocess import apply_window
+from LumbarSegLib.inference.vertebra_net import VertebraNetConfig, window
+
+SP = 2.0
+GAP_MM = 31.0
+T, C = 6, 7
+
+
+def _hu_of(cls: int) -> float:
+    return 300.0 + 60.0 * cls  # 360 (L1) .. 720 (caudal) HU
+
+
+def _column(classes):
+    """A CT (LPS, 2 mm) with a 40 x 30 x 22 mm bony box per entry of ``classes`` (top first), GAP_MM apart; the
+    middle z (voxels) of each box."""
+    size = (80, 80, 200)  # x, y, z
+    ct = np.full(size[::-1], 40.0, np.float32)
+    mids = []
+    for i, cls in enumerate(classes):
+        zc = int(round(size[2] - 30 - i * GAP_MM / SP))
+        ct[zc - 5:zc + 6, 33:48, 30:50] = _hu_of(cls)
+        mids.append(zc)
+    img = sitk.GetImageFromArray(ct)
+    img.SetSpacing((SP, SP, SP))
+    img.SetOrigin((-80.0, -80.0, -200.0))
+    return img, mids
+
+
+class BandFinder(torch.nn.Module):
+    """Class k where the window's HU is k's band; the centre channel peaks in the middle of each bony box."""
+
+    def forward(self, x):
+        hu = x[:, 0] * 1800.0 - 500.0  # apply_window's inverse
+        out = torch.full((x.shape[0], N_CLASSES + 1) + x.shape[2:], -8.0)
+        out[:, 0] = torch.where(hu < 200, 8.0, -8.0)
+        for k in range(1, N_CLASSES):
+            out[:, k] = torch.where((hu - _hu_of(k)).abs() < 30, 8.0, -8.0)
+        bone = (hu > 200).float()[:, None]
+        pooled = F.avg_pool3d(F.avg_pool3d(bone, 5, 1, 2), 5, 1, 2)[:, 0]
+        out[:, N_CLASSES] = 14.0 * (pooled - 0.6)
+        return out
+
+
+class MiddleBone(torch.nn.Module):
+    """Stage 3 as a rule: the bone within about 17 mm of the crop's centre (where its heatmap is)."""
+
+    def __init__(self):
+        super().__init__()
+        self.config = VertebraNetConfig()
+
+    def forward(self, x):
+        bone = x[:, :1] > window(torch.tensor(200.0))
+        return torch.where(bone & (x[:, 1:2] > 0.002), 8.0, -8.0)
+
+
+def _run(classes):
+    img, mids = _column(classes)
+    messages: list[str] = []
+    got = by_vertebra.segment_counted(img, (-80 + 40 * SP - SP, -80 + 40 * SP - SP), (-180.0, 180.0),
+                                      (BandFinder(), FinderConfig()), MiddleBone(), messages)
+    return got, mids, messages
+
+
+def _level_at(labels, zc):
+    return int(np.bincount(labels[zc - 3:zc + 4, 35:46, 32:48].ravel()).argmax())
+
+
+def test_counted_levels_reach_the_label_map_where_the_finders_classes_are_off_by_one():
+    classes = [T, T, 2, 3, 4, 5, 5, C]  # the finder calls L1 "L2", ... (thick slices); T12 and the sacrum in view
+    got, mids, messages = _run(classes)
+    assert [_level_at(got.labels, z) for z in mids] == [0, 0, 1, 2, 3, 4, 5, 0]
+    assert got.naming == {f"L{i}": "both" for i in range(1, 6)} and not got.warnings and got.upside_down is None
+    assert any("renamed" in m for m in messages)
+
+
+def test_a_thoracic_column_gives_no_lumbar_vertebra_and_upside_down_anatomy_is_named():
+    got, _, _ = _run([T] * 6)
+    assert not got.labels.any() and got.naming == {}
+    got, mids, _ = _run([C, 5, 4, 3, 2, 1, T])  # the column mirrored head-to-feet
+    assert got.upside_down and "below the lumbar spine" in got.upside_down
+    assert orientation.peak_contradiction(["thoracic", "L1", "L2", "L3", "caudal"]) is None
+
+
+def test_the_window_and_the_finders_input_agree():
+    hu = np.array([-1000.0, 40.0, 500.0, 2000.0], np.float32)
+    assert np.allclose(apply_window(hu) * 1800.0 - 500.0, np.clip(hu, -500, 1300))
