@@ -246,3 +246,18 @@ def test_the_finder_runs_along_a_column_and_reports_peaks_in_the_ct_frame():
         assert name in finder.CLASS_NAMES.values() and value >= finder.LOOK_AGAIN_MIN
     assert [c[2] for c, _, _ in found] == sorted((c[2] for c, _, _ in found), reverse=True)
     assert len(counted) <= len(found) and all(any(c is f[0] for f in found) for c, _, _ in counted)
+
+
+def test_the_end_to_end_summary_scores_each_path_by_acquisition():
+    from LumbarSegLib.training import finder_eval
+
+    def path(dsc, right, wrong=(), warned=()):
+        return {"mean_dsc": dsc, "all_right": right, "wrong": list(wrong), "wrong_warned": list(warned)}
+
+    rows = [{"acquisition": "as stored", "truth": ["L1", "L2"], "finder": path(0.9, True),
+             "xunet": path(0.7, False, ["L2"], ["L2"])},
+            {"acquisition": "axial 5 mm", "truth": ["L1", "L2"], "finder": path(None, False, ["L1"])}]
+    got = finder_eval.summarize_end_to_end(rows)
+    assert got["finder"]["all"] == {"scans": 2, "mean_dsc": 0.45, "all_right": [1, 2], "wrong_warned": [0, 1]}
+    assert got["finder"]["axial 5 mm"]["mean_dsc"] == 0.0  # nothing found scores 0, not left out
+    assert got["xunet"]["all"]["scans"] == 1 and got["xunet"]["all"]["wrong_warned"] == [1, 1]

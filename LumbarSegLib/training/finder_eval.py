@@ -14,7 +14,7 @@ the finder alone; the localizer's box and the counting stage come after it.
   which is how a study names them.
 
     python -m LumbarSegLib.training.finder_eval --state ../finder_state --phases fold-A fold-B fold-C \
-        --real DIR... [--json out.json]
+        --real DIR... [--json out.json] [--end-to-end ../stage3_state]
 """
 
 from __future__ import annotations
@@ -92,6 +92,70 @@ def evaluate(state_dir, phases, real_dirs, log=print) -> list[dict]:
     return rows
 
 
+def end_to_end(finder_dir, stage3_dir, phases, real_dirs, log=print) -> list[dict]:
+    """The whole pipeline on the finder's path (``pipeline.segment(finder=..., refine=...)``) with the fold's
+    finder and the same fold's stage 3, on the subjects that fold held out, as stored and re-imaged: L1-L5 DSC
+    and the naming scores of ``evaluate-model --naming`` (:func:`.naming_eval.score_naming`). The localizer
+    that places the strip is the bundled one, which trained on every real case here: it only gives the box.
+    Where the bundled XUNet also held the case out, the bundled path (XUNet + the fold's stage 3) is scored
+    beside it."""
+    from ..inference import pipeline
+    from ..inference.models import load_model
+    from ..inference.vertebra_stage import load_weights
+    from ..io.label_maps import to_internal_labels
+    from ..measures.agreement import compare
+    from .naming_eval import score_naming
+    from .real_evaluation import held_out_cases
+    from .vertebra_eval import load_phase, phase_views
+
+    model = load_model()
+    rows = []
+    for phase in phases:
+        fstate = load_phase(finder_dir, phase)
+        sstate = load_phase(stage3_dir, phase)
+        if sorted(fstate["leave_out"]) != sorted(sstate["leave_out"]):
+            raise ValueError(f"{phase}: the finder and stage 3 held out different subjects")
+        found_by = finder.load_finder(fstate, f"{finder_dir}/{phase}")
+        net3 = load_weights(sstate)
+        for case_id, name, v_ct, v_seg in phase_views(fstate, real_dirs):
+            ref = to_internal_labels(sitk.GetArrayFromImage(v_seg), "verse")
+            truth = {f"L{k}" for k in np.unique(ref).tolist() if k}
+            row = {"phase": phase, "case": case_id, "acquisition": name, "truth": sorted(truth)}
+            paths = {"finder": found_by}
+            if case_id in held_out_cases(model.metadata, [case_id]):
+                paths["xunet"] = None
+            for key, found_with in paths.items():
+                res = pipeline.segment(v_ct, model=model, device="cpu", refine=net3, finder=found_with)
+                m = compare(sitk.GetArrayFromImage(res.labels), ref, v_ct.GetSpacing()[::-1])
+                dsc = [m[n]["DSC"] for n in m if n in truth]
+                named = score_naming(res.labels, res.naming, res.naming_warnings, v_seg, [])
+                row[key] = {"mean_dsc": round(float(np.mean(dsc)), 4) if dsc else None, "found": res.found,
+                            "dsc": {n: round(float(v["DSC"]), 3) for n, v in m.items()},
+                            **{k: named[k] for k in ("identified", "wrong", "wrong_warned", "all_right", "naming")}}
+            rows.append(row)
+            log(f"{phase} {case_id:>22s} {name:>16s}: " + "; ".join(
+                f"{k} DSC {row[k]['mean_dsc']} found {','.join(row[k]['found']) or '-'} wrong "
+                f"{','.join(row[k]['wrong']) or '-'}" for k in paths))
+    return rows
+
+
+def summarize_end_to_end(rows: list[dict]) -> dict:
+    """Mean DSC and names over the rows, per path, by acquisition and in all."""
+    out = {}
+    for key in ("finder", "xunet"):
+        sub = [r for r in rows if key in r]
+        if not sub:
+            continue
+        def part(rs):
+            d = [r[key]["mean_dsc"] or 0.0 for r in rs if r["truth"]]
+            return {"scans": len(rs), "mean_dsc": round(float(np.mean(d)), 4) if d else None,
+                    "all_right": [sum(r[key]["all_right"] for r in rs), len(rs)],
+                    "wrong_warned": [sum(len(r[key]["wrong_warned"]) for r in rs), sum(len(r[key]["wrong"]) for r in rs)]}
+        out[key] = {"all": part(sub), **{a: part([r for r in sub if r["acquisition"] == a])
+                                         for a in dict.fromkeys(r["acquisition"] for r in sub)}}
+    return out
+
+
 def summarize(rows: list[dict]) -> dict:
     def pct(key):
         k = sum(r[key][0] for r in rows)
@@ -112,12 +176,18 @@ def main(argv=None) -> int:
     p.add_argument("--phases", nargs="+", required=True)
     p.add_argument("--real", nargs="+", required=True)
     p.add_argument("--json", help="write the rows and the summary here")
+    p.add_argument("--end-to-end", metavar="STAGE3_STATE",
+                   help="score the whole pipeline on the finder's path with this stage-3 state's same folds")
     args = p.parse_args(argv)
     import torch
 
     torch.set_num_threads(2)
     from .vertebra_eval import report
 
+    if args.end_to_end:
+        rows = end_to_end(args.state, args.end_to_end, args.phases, args.real)
+        report(summarize_end_to_end(rows), rows, args.json)
+        return 0
     rows = evaluate(args.state, args.phases, args.real)
     report(summarize(rows), rows, args.json)
     return 0
