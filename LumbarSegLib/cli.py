@@ -228,6 +228,11 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--refine", action=argparse.BooleanOptionalAction, default=None,
                        help="re-segment each vertebra found on its own 1.25 mm crop with the per-vertebra model "
                             "(default: on when that model is installed; report.json's stage3 says whether it ran)")
+        p.add_argument("--finder", action=argparse.BooleanOptionalAction, default=None,
+                       help="find the vertebrae with the finder network along the column and name them by counting "
+                            "from the ribs and the sacrum, instead of the XUNet's pieces (needs the per-vertebra "
+                            "stage; default: on when the finder model is installed; report.json's finder says "
+                            "whether it ran)")
         p.add_argument("--dicom-seg", action="store_true",
                        help="also write a DICOM Segmentation (OUTDIR/<name>_seg.dcm) referencing the input DICOM series")
 

@@ -46,6 +46,10 @@ def _column(classes):
 class BandFinder(torch.nn.Module):
     """Class k where the window's HU is k's band; the centre channel peaks in the middle of each bony box."""
 
+    def __init__(self):
+        super().__init__()
+        self.config = FinderConfig()
+
     def forward(self, x):
         hu = x[:, 0] * 1800.0 - 500.0  # apply_window's inverse
         out = torch.full((x.shape[0], N_CLASSES + 1) + x.shape[2:], -8.0)
@@ -74,7 +78,7 @@ def _run(classes):
     img, mids = _column(classes)
     messages: list[str] = []
     got = by_vertebra.segment_counted(img, (-80 + 40 * SP - SP, -80 + 40 * SP - SP), (-180.0, 180.0),
-                                      (BandFinder(), FinderConfig()), MiddleBone(), messages)
+                                      BandFinder(), MiddleBone(), messages)
     return got, mids, messages
 
 

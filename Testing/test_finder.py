@@ -238,7 +238,7 @@ def test_the_finder_runs_along_a_column_and_reports_peaks_in_the_ct_frame():
     net = finder_train.build_finder(TINY)
     spine = _spine()
     centres = [c for _, c in sorted(finder_samples.vertebra_centres(spine.labels).items())]
-    found, counted = finder_eval.find(spine.ct, net, TINY, centres)
+    found, counted = finder_eval.find(spine.ct, net, centres)
     pts = np.array(centres)
     for centre, name, value in found:  # whatever an untrained network finds lies on the strip, named a class
         assert abs(centre[0] - np.median(pts[:, 0])) <= 32 * 4.0 / 2 + 1e-6
@@ -261,3 +261,32 @@ def test_the_end_to_end_summary_scores_each_path_by_acquisition():
     assert got["finder"]["all"] == {"scans": 2, "mean_dsc": 0.45, "all_right": [1, 2], "wrong_warned": [0, 1]}
     assert got["finder"]["axial 5 mm"]["mean_dsc"] == 0.0  # nothing found scores 0, not left out
     assert got["xunet"]["all"]["scans"] == 1 and got["xunet"]["all"]["wrong_warned"] == [1, 1]
+
+
+def test_a_finder_model_file_round_trips_and_is_chosen_only_with_stage_3(tmp_path):
+    import pytest
+
+    from LumbarSegLib.errors import InputError, ModelError
+    from LumbarSegLib.inference import finder
+
+    torch.manual_seed(1)
+    net = finder_train.build_finder(TINY)
+    path = finder.FINDER_BUNDLE.save({"config": TINY.to_dict(), "weights": net.state_dict()}, tmp_path / "f.pt",
+                                     {"training_data": {"real": {"cases": ["sub-x"]}}})
+    loaded, meta = finder.FINDER_BUNDLE.load(path)
+    x = finder_train.finder_input(np.random.default_rng(0).random((1, 32, 32, 32), np.float32) * 1000)
+    with torch.no_grad():
+        assert torch.allclose(net.eval()(x), loaded(x), atol=2e-2)  # fp16 weights
+    assert loaded.config == TINY and meta["training_data"]["real"]["cases"] == ["sub-x"]
+    stage3 = (object(), {})
+    chosen = finder.choose(None, stage3, path)
+    assert chosen[1]["name"] == "f.pt" and len(chosen[1]["sha256"]) == 64
+    assert finder.choose(None, stage3, tmp_path / "none.pt") is None  # not installed: the XUNet's path
+    assert finder.choose(None, None, path) is None and finder.choose(False, stage3, path) is None
+    with pytest.raises(InputError, match="per-vertebra stage"):
+        finder.choose(True, None, path)
+    with pytest.raises(InputError, match="--finder needs the finder model"):
+        finder.choose(True, stage3, tmp_path / "none.pt")
+    torch.save({"format": "lumbarseg-stage3-1", "config": {}, "weights": {}}, tmp_path / "s3.pt")
+    with pytest.raises(ModelError, match="finder model"):
+        finder.FINDER_BUNDLE.load(tmp_path / "s3.pt")

@@ -268,9 +268,12 @@ def test_run_study_says_whether_stage3_ran(tmp_path, monkeypatch):
     from LumbarSegLib.errors import InputError
     from LumbarSegLib.study.runner import StudyOptions, run_study
 
+    import dataclasses
+
     ct, _ = phantom()
     model = tmp_path / "lumbarseg_stage3.pt"
-    monkeypatch.setattr(vertebra_stage, "default_stage3_path", lambda: model)
+    # the bundled file's place (RESOURCES_DIR / file_name; an absolute name replaces the folder)
+    monkeypatch.setattr(vertebra_stage, "STAGE3", dataclasses.replace(vertebra_stage.STAGE3, file_name=str(model)))
 
     def run(name, refine):
         return run_study(StudyOptions(input=ct, output=str(tmp_path / name), device="cpu", quiet=True, refine=refine))
@@ -288,8 +291,25 @@ def test_run_study_says_whether_stage3_ran(tmp_path, monkeypatch):
     assert "refine" in on["timings_s"]  # the XUNet's vertebrae went through stage 3
     assert on["stage3"]["ran"] == bool(on["found"])
     assert on["provenance"]["stage3"] == on["stage3"] and on["provenance"]["options"]["refine"] is None
+    assert on["finder"] == {"ran": False, "model": None, "sha256": None} == on["provenance"]["finder"]
     off = run("off", False)
     assert off["stage3"]["ran"] is False and off["provenance"]["options"]["refine"] is False
+
+    # with a finder installed, its path runs and the report says so (a tiny untrained one: the plumbing only)
+    from LumbarSegLib.inference import finder
+    from LumbarSegLib.inference.finder import FinderConfig, build_finder
+
+    tiny = FinderConfig(base=4, crop_zyx=(32, 32, 32), spacing_mm=4.0)
+    torch.manual_seed(0)
+    found_by = tmp_path / "lumbarseg_finder.pt"
+    finder.FINDER_BUNDLE.save({"config": tiny.to_dict(), "weights": build_finder(tiny).state_dict()}, found_by, {})
+    monkeypatch.setattr(finder, "FINDER_BUNDLE", dataclasses.replace(finder.FINDER_BUNDLE, file_name=str(found_by)))
+    counted = run("counted", None)
+    assert counted["finder"]["model"] == "lumbarseg_finder.pt" and counted["finder"]["ran"] is True
+    assert counted["provenance"]["finder"] == counted["finder"] and "refine" not in counted["timings_s"]
+    with pytest.raises(InputError, match="needs that stage"):
+        run_study(StudyOptions(input=ct, output=str(tmp_path / "x"), device="cpu", quiet=True, refine=False,
+                               finder=True))
 
 
 def test_gate_combines_folds_scored_one_at_a_time(tmp_path):

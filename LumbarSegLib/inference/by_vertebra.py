@@ -111,16 +111,15 @@ class Counted:
     upside_down: str | None = None
 
 
-def segment_counted(canonical, centre_xy, z_range_mm, finder_model, net, messages: list[str],
+def segment_counted(canonical, centre_xy, z_range_mm, finder_net, net, messages: list[str],
                     check=None) -> Counted:
-    """The finder along the column through ``centre_xy`` (LPS x, y mm) over ``z_range_mm``, its peaks named by
-    counting, and each one named L1-L5 segmented by stage 3 (``net``) around its centre. ``finder_model``:
-    (network, :class:`.finder.FinderConfig`)."""
+    """The finder (``finder_net``) along the column through ``centre_xy`` (LPS x, y mm) over ``z_range_mm``, its
+    peaks named by counting, and each one named L1-L5 segmented by stage 3 (``net``) around its centre."""
     from . import finder, orientation
     from .vertebra_stage import VertebraSeed, segment_vertebrae
 
     labels = np.zeros(canonical.GetSize()[::-1], np.uint8)
-    peaks = finder.find_vertebrae(canonical, finder_model[0], finder_model[1], centre_xy, z_range_mm)
+    peaks = finder.find_vertebrae(canonical, finder_net, centre_xy, z_range_mm)
     if check is not None:
         check()
     counted = finder.count_levels(canonical, peaks, sitk.GetArrayViewFromImage(canonical))

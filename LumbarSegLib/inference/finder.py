@@ -22,6 +22,7 @@ import torch
 from scipy import ndimage
 
 from ..constants import LABEL_NAMES, NUM_CLASSES
+from .net_bundles import BundleKind
 from .networks import CONTEXT_CLASSES, XUNet
 from .preprocess import apply_window
 
@@ -61,22 +62,39 @@ class FinderConfig:
 
 
 def build_finder(config: FinderConfig) -> XUNet:
-    return XUNet(base=config.base, in_ch=1, num_classes=N_CLASSES + 1).to(memory_format=torch.channels_last_3d)
+    """The finder's network; its ``config`` attribute is ``config`` (the grid it runs on)."""
+    net = XUNet(base=config.base, in_ch=1, num_classes=N_CLASSES + 1).to(memory_format=torch.channels_last_3d)
+    net.config = config
+    return net
 
 
-def load_finder(state: dict, path="the finder's file") -> tuple[XUNet, FinderConfig]:
-    """(network in eval mode, its configuration) from a saved ``{"config", "weights"}`` (a training phase's
-    checkpoint; fp16 weights are widened); ``path`` names it in errors."""
-    from ..errors import ModelError
-    from .models import _load_state
+def _build_checked(config: dict) -> XUNet:
+    config = FinderConfig.from_dict(config)
+    if config.base < 1 or config.spacing_mm <= 0 or any(n % 16 or not 32 <= n <= 256 for n in config.crop_zyx):
+        raise ValueError(f"finder grid {config.crop_zyx} at {config.spacing_mm} mm, base {config.base}: implausible")
+    return build_finder(config)
 
-    try:
-        config = FinderConfig.from_dict(state["config"])
-    except (KeyError, TypeError, ValueError) as exc:
-        raise ModelError(f"{path}: no finder configuration in it ({exc!r}).") from None
-    net = build_finder(config)
-    _load_state(net, state["weights"], "finder", path)
-    return net.eval(), config
+
+FINDER_BUNDLE = BundleKind("finder", "lumbarseg-finder-1", "lumbarseg_finder.pt", _build_checked, "--finder",
+                           "docs/training.md")
+
+
+def choose(wanted, stage3, path=None):
+    """(network, description) of the finder a run uses, or None: ``wanted`` True (it must be there), False
+    (none) or None (the bundled one when it is there). Its path ends in stage 3 (:mod:`.by_vertebra`), so
+    without ``stage3`` it cannot run: asked for, that is an error; by default the XUNet's path runs."""
+    from ..errors import InputError
+
+    if wanted and not stage3:
+        raise InputError("--finder names the vertebrae that the per-vertebra stage then segments; it needs that "
+                         "stage: run without --no-refine, or without --finder.")
+    return FINDER_BUNDLE.choose(wanted, path) if stage3 else None
+
+
+def load_finder(state: dict, path="the finder's file") -> XUNet:
+    """The network in eval mode (its ``config`` attribute set) from a saved ``{"config", "weights"}`` (a training
+    phase's checkpoint or a model file's contents; fp16 weights are widened); ``path`` names it in errors."""
+    return FINDER_BUNDLE.network({**state, "format": FINDER_BUNDLE.format}, path)[0]
 
 
 @dataclass
@@ -179,12 +197,12 @@ def look_again(heat: np.ndarray, peaks: list[tuple[np.ndarray, float]], spacing_
     return sorted(out, key=lambda pv: -pv[0][0])
 
 
-def find_vertebrae(ct: sitk.Image, net, config: FinderConfig, centre_xy, z_range_mm,
-                   outside_hu: float = -1000.0) -> list[Peak]:
-    """Every vertebra the finder sees along the column through ``centre_xy`` (LPS x, y mm) over ``z_range_mm``
-    (plus :data:`STRIP_MARGIN_MM`), top first. ``ct`` in HU, any orientation."""
+def find_vertebrae(ct: sitk.Image, net, centre_xy, z_range_mm, outside_hu: float = -1000.0) -> list[Peak]:
+    """Every vertebra the finder ``net`` sees along the column through ``centre_xy`` (LPS x, y mm) over
+    ``z_range_mm`` (plus :data:`STRIP_MARGIN_MM`), top first. ``ct`` in HU, any orientation."""
     from .instances import GAP_MISSED_MM
 
+    config = net.config
     ref = strip_grid(centre_xy, z_range_mm, config.crop_zyx, config.spacing_mm)
     hu = sitk.GetArrayFromImage(sitk.Resample(ct, ref, sitk.Transform(), sitk.sitkLinear, outside_hu,
                                               sitk.sitkFloat32))

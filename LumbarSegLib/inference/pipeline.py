@@ -52,6 +52,7 @@ class SegmentationResult:
     trained: bool = True
     device: str = ""  # where the networks actually ran ("cpu" after a GPU out-of-memory fallback)
     refined: bool = False  # stage 3 (one network per vertebra) re-segmented the vertebrae found
+    counted: bool = False  # the finder found them and counting named them (:mod:`.by_vertebra`), not the XUNet
     # vertebra name -> how its level was decided: "sacrum", "ribs", "both" or "unanchored" (:mod:`naming`)
     naming: dict[str, str] = field(default_factory=dict)
     # what counting the column warned of (levels to check: transitional anatomy, a missed vertebra, unanchored)
@@ -281,8 +282,8 @@ def segment(image: sitk.Image, model: LumbarSegModel | None = None, device: str 
     the run with :class:`Cancelled` at the next check. When the GPU runs out of memory the whole run is
     repeated on the CPU and the result's first message says so (``result.device`` is then "cpu").
     ``refine``: a stage-3 network (:mod:`vertebra_stage`) that re-segments each vertebra found on its own
-    crop, or None to keep the XUNet's vertebrae (``result.refined`` says which ran). ``finder``: (network,
-    :class:`.finder.FinderConfig`) to find and name the vertebrae in the localizer's box by counting the
+    crop, or None to keep the XUNet's vertebrae (``result.refined`` says which ran). ``finder``: the finder's
+    network (:mod:`.finder`) to find and name the vertebrae in the localizer's box by counting the
     finder's peaks instead of the XUNet's pieces (:func:`.by_vertebra.segment_counted`; needs ``refine``).
     """
     stages = _Stages(progress, cancel)
@@ -398,6 +399,7 @@ def _segment_on(image: sitk.Image, model: LumbarSegModel, torch_device: torch.de
         box_lps_out = index_box_to_lps(canonical, *box)
     return SegmentationResult(out, found, box_index, box_lps_out, peak, stages.timings, messages, model.trained,
                               str(torch_device), refined=refine is not None and bool(found),
+                              counted=finder is not None and refine is not None and box is not None,
                               naming={name: how for name, how in naming.items() if name in found},
                               naming_warnings=naming_warnings if found else [])
 

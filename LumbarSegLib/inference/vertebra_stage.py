@@ -10,14 +10,13 @@ names. What is beyond the scan's field of view reads as air, as in training.
 
 from __future__ import annotations
 
-import functools
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import SimpleITK as sitk
 import torch
 
+from .net_bundles import BundleKind
 from .vertebra_net import VertebraNetConfig, VertebraUNet, build, network_input
 
 OUTSIDE_HU = -1000.0
@@ -175,88 +174,34 @@ def load_weights(state: dict) -> VertebraUNet:
 # The stage-3 model file: configuration, fp16 weights and provenance, read without running pickled code
 # ------------------------------------------------------------------------------------------------------
 
-STAGE3_MODEL_NAME = "lumbarseg_stage3.pt"
-BUNDLE_FORMAT = "lumbarseg-stage3-1"
+def _build_checked(config: dict) -> VertebraUNet:
+    config = VertebraNetConfig.from_dict(config)
+    config.check()
+    return build(config)
+
+
+STAGE3 = BundleKind("per-vertebra", "lumbarseg-stage3-1", "lumbarseg_stage3.pt", _build_checked, "--refine",
+                    "docs/per_vertebra_stage.md")
+BUNDLE_FORMAT = STAGE3.format
 
 
 def default_stage3_path():
-    from ..constants import RESOURCES_DIR
-
-    return RESOURCES_DIR / STAGE3_MODEL_NAME
+    return STAGE3.default_path()
 
 
 def save_bundle(state: dict, path, metadata: dict):
-    """A trained phase's state (``config``, ``weights``) as a shippable file with its provenance."""
-    import json
-    from pathlib import Path
-
-    path = Path(path)
-    bundle = {"format": BUNDLE_FORMAT, "config": state["config"], "metadata_json": json.dumps(metadata),
-              "weights": {k: v.half() if v.is_floating_point() else v for k, v in state["weights"].items()}}
-    tmp = path.with_suffix(".tmp")
-    torch.save(bundle, tmp)
-    tmp.replace(path)
-    return path
+    return STAGE3.save(state, path, metadata)
 
 
 def choose(refine, path=None) -> tuple[VertebraUNet, dict] | None:
     """The stage-3 network a run uses: ``refine`` True (it must be there), False (none) or None (the bundled
-    model when it is there). Loaded once per process and file."""
-    from ..errors import InputError
-
-    if refine is False:
-        return None
-    target = path or default_stage3_path()
-    if not target.exists():
-        if refine:
-            raise InputError(f"--refine needs the per-vertebra model {target.name}, which is not in "
-                             f"{target.parent}; run without --refine, or train it (docs/per_vertebra_stage.md).")
-        return None
-    return _load_cached(str(target), target.stat().st_mtime_ns)
-
-
-@functools.lru_cache(maxsize=2)
-def _load_cached(path: str, _mtime_ns: int):
-    from .models import files_sha256
-
-    net, meta = load_bundle(path)
-    return net, {"name": Path(path).name, "sha256": files_sha256([Path(path)]), "metadata": meta}
+    model when it is there)."""
+    return STAGE3.choose(refine, path)
 
 
 def load_bundle(path=None) -> tuple[VertebraUNet, dict] | None:
-    """(network, metadata) of a stage-3 file; None when ``path`` is None and no stage-3 model is bundled."""
-    from pathlib import Path
-
-    from ..errors import ModelError
-    from .models import _load_failure
-
-    if path is None:
-        path = default_stage3_path()
-        if not path.exists():
-            return None
-    path = Path(path)
-    try:
-        bundle = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # corrupt, another kind of file, pickled code
-        raise ModelError(f"Cannot read the per-vertebra model {path}: {_load_failure(exc)}.") from None
-    return bundle_network(bundle, path)
+    return STAGE3.load(path)
 
 
 def bundle_network(bundle, path) -> tuple[VertebraUNet, dict]:
-    """(network, metadata) of a stage-3 file's contents ``bundle`` as loaded from ``path`` (named in errors)."""
-    import json
-
-    from ..errors import ModelError
-    from .models import _load_failure, _load_state
-
-    try:
-        if not isinstance(bundle, dict) or bundle.get("format") != BUNDLE_FORMAT:
-            fmt = bundle.get("format") if isinstance(bundle, dict) else type(bundle).__name__
-            raise ValueError(f"format {fmt!r}, not {BUNDLE_FORMAT}")
-        config = VertebraNetConfig.from_dict(bundle["config"])
-        config.check()
-    except Exception as exc:  # another kind of file, implausible configuration
-        raise ModelError(f"Cannot read the per-vertebra model {path}: {_load_failure(exc)}.") from None
-    net = build(config)
-    _load_state(net, bundle["weights"], "per-vertebra", path)
-    return net.eval(), json.loads(bundle.get("metadata_json") or "{}")
+    return STAGE3.network(bundle, path)

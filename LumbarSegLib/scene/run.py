@@ -155,18 +155,23 @@ def apply_result(scene, volume_node, result, segmentation_node=None, roi_node=No
 
 def run_segmentation(scene, volume_node, *, model=None, device: str = "auto", segmentation_node=None,
                      roi_node=None, roi_mode: str = "auto", overwrite_edited: bool | str = False,
-                     progress=None, cancel=None, segment_fn=None, refine: bool | None = None):
+                     progress=None, cancel=None, segment_fn=None, refine: bool | None = None,
+                     finder: bool | None = None):
     """Synchronous whole flow (tests, scripting, the self-test): returns (result, ApplyOutcome). Without a
     ``segment_fn`` it runs the engine as a study does, the per-vertebra stage included when ``refine`` is
-    None and its model is installed (:func:`..inference.vertebra_stage.choose`)."""
+    None and its model is installed (:func:`..inference.vertebra_stage.choose`), and the finder likewise
+    (:func:`..inference.finder.choose`)."""
     if segment_fn is None:
         import functools
 
         from ..inference.pipeline import segment
+        from ..inference.finder import choose as choose_finder
         from ..inference.vertebra_stage import choose
 
         stage3 = choose(refine)
-        segment_fn = functools.partial(segment, refine=stage3[0] if stage3 else None)
+        found_by = choose_finder(finder, stage3)
+        segment_fn = functools.partial(segment, refine=stage3[0] if stage3 else None,
+                                       finder=found_by[0] if found_by else None)
     if roi_node is None:
         roi_node = find_crop_roi(scene, volume_node)
     inputs = prepare_run(volume_node, roi_node, roi_mode)

@@ -105,5 +105,8 @@ def provenance_line(provenance: dict) -> str:
     stage3 = provenance.get("stage3") or {}
     refined = (f" + per-vertebra stage {stage3.get('model') or '?'} (sha256 {(stage3.get('sha256') or '')[:12] or '?'})"
                if stage3.get("ran") else ", no per-vertebra stage")
+    finder = provenance.get("finder") or {}
+    if finder.get("ran"):
+        refined += f", vertebrae found by {finder.get('model') or '?'} (sha256 {(finder.get('sha256') or '')[:12] or '?'})"
     return (f"Made by LumbarSeg {provenance.get('lumbarseg_version', '?')}, model {model.get('name') or '?'} "
             f"(sha256 {(model.get('sha256') or '')[:12] or '?'}){trained}{refined} on {provenance.get('device') or '?'}")

@@ -22,7 +22,7 @@ from .console import PROG, StageProgress, err, step, untrained_banner
 
 # Options that say how a result was made (report.json's provenance); the paths stay in "input"/"reference".
 PROVENANCE_OPTIONS = ("model", "device", "format", "smoothing", "stl", "preview", "csv", "dicom_seg", "series",
-                      "crop_box", "reference_labels", "refine")
+                      "crop_box", "reference_labels", "refine", "finder")
 
 
 def _geometry(image) -> dict:
@@ -55,7 +55,7 @@ def load_model(spec, device: str, warn: bool = True):
 
 def _segment_and_write(loaded, options: StudyOptions, *, input_desc: dict, out, stem: str, model, reference=None,
                        reference_desc: dict | None = None, smoothing: float, timings: dict, dicom_source=None,
-                       progress, box_lps=None, stage3=None) -> dict:
+                       progress, box_lps=None, stage3=None, finder=None) -> dict:
     """Segment an already validated CT (:class:`images.LoadedCT`), write every output ``options`` ask for
     into the staging folder of ``out`` (:class:`outputs.OutputFolder`), commit it with ``report.json`` and
     return the report (the command line prints it: :func:`console.print_summary`).
@@ -77,7 +77,7 @@ def _segment_and_write(loaded, options: StudyOptions, *, input_desc: dict, out, 
     image = loaded.image
     t_start = time.perf_counter()
     result = pipeline.segment(image, model=model, device=options.device, box_lps=box_lps, progress=progress,
-                              refine=stage3[0] if stage3 else None)
+                              refine=stage3[0] if stage3 else None, finder=finder[0] if finder else None)
     device_used = str(resolve_device(options.device))
     extra_s = sum(timings.values())
     timings = {**timings, **result.timings}
@@ -153,6 +153,7 @@ def _segment_and_write(loaded, options: StudyOptions, *, input_desc: dict, out, 
         "input": {**input_desc, "nonfinite_voxels_set_to_air": nonfinite},
         "model": model_desc,
         "stage3": _stage3_desc(stage3, result.refined),
+        "finder": _stage3_desc(finder, result.counted),
         "device": device_used,
         "found": list(result.found),
         # how each name was decided: "sacrum", "ribs", "both" (counted from them) or "unanchored", and what
@@ -174,7 +175,8 @@ def _segment_and_write(loaded, options: StudyOptions, *, input_desc: dict, out, 
         "replaced_result": ({"input": (out.replaced_report.get("input") or {}).get("path"),
                              "created": out.replaced_report.get("created")} if out.replaced_report else None),
         "messages": messages,
-        "provenance": provenance(options, model_desc, device_used, messages, _stage3_desc(stage3, result.refined)),
+        "provenance": provenance(options, model_desc, device_used, messages, _stage3_desc(stage3, result.refined),
+                                 _stage3_desc(finder, result.counted)),
     }
     out.commit(report)  # report.json last, then the whole folder moves into place
     if seg_failure is not None:
@@ -189,15 +191,15 @@ def _dicom_description(loaded) -> dict:
                              "other_series": [s.to_dict() for s in loaded.all_series if s is not loaded.series]}}
 
 
-def _stage3_desc(stage3, ran: bool) -> dict:
-    """Whether the per-vertebra stage ran, and which model file (report.json's "stage3")."""
-    if not stage3:
+def _stage3_desc(chosen, ran: bool) -> dict:
+    """Whether a small network's stage ran, and which model file (report.json's "stage3" and "finder")."""
+    if not chosen:
         return {"ran": False, "model": None, "sha256": None}
-    return {"ran": bool(ran), "model": stage3[1]["name"], "sha256": stage3[1]["sha256"]}
+    return {"ran": bool(ran), "model": chosen[1]["name"], "sha256": chosen[1]["sha256"]}
 
 
 def provenance(options: StudyOptions, model_desc: dict, device_used: str, messages: list[str],
-               stage3: dict | None = None) -> dict:
+               stage3: dict | None = None, finder: dict | None = None) -> dict:
     """How a result was made, as report.json keeps it and every front end shows it: the LumbarSeg version,
     the model (name, file SHA-256, configuration, trained or not), the device, the options that shape the
     result and the warnings and notes of the run. The Slicer module copies it onto the segmentation node's
@@ -209,6 +211,7 @@ def provenance(options: StudyOptions, model_desc: dict, device_used: str, messag
                       "configuration": (model_desc.get("config") or {}).get("name"),
                       "trained": model_desc.get("trained", True)},
             "stage3": stage3 or {"ran": False, "model": None, "sha256": None},
+            "finder": finder or {"ran": False, "model": None, "sha256": None},
             "device": device_used,
             "options": {name: _plain(getattr(options, name)) for name in PROVENANCE_OPTIONS},
             "warnings": list(messages)}
@@ -244,6 +247,7 @@ class StudyOptions:
     crop_box: tuple | None = None  # XMIN YMIN ZMIN XMAX YMAX ZMAX (LPS mm): segment there, not the localizer's box
     progress_format: str = "text"  # "json": one JSON object per progress event (engine_process reads them)
     refine: bool | None = None  # stage 3 (one network per vertebra): on, off, or None = on when it is bundled
+    finder: bool | None = None  # find and name by counting the finder's peaks: on, off, or None = when bundled
     name: str | None = None  # the output files' stem; default: the input file's name ("image" for one in memory)
     input_facts: dict = field(default_factory=dict)  # more about the input for report.json (the demo's seed)
 
@@ -351,16 +355,19 @@ def run_study(options: StudyOptions, *, model=None, progress=None, timings: dict
         done()
         reference, reference_desc = _read_reference(options, out, stem, loaded.image)
         model = model or load_model(options.model, options.device)
+        from ..inference.finder import choose as choose_finder
         from ..inference.vertebra_stage import choose as choose_stage3
         from ..results.training_cases import training_case_of, training_data_note
 
         stage3 = choose_stage3(options.refine)
+        finder = choose_finder(options.finder, stage3)
         seen = None if memory else (training_case_of(model.metadata, options.input)  # not a held-out score
-                                    or (stage3 and training_case_of(stage3[1]["metadata"], options.input)))
+                                    or (stage3 and training_case_of(stage3[1]["metadata"], options.input))
+                                    or (finder and training_case_of(finder[1]["metadata"], options.input)))
         if seen:
             loaded.messages.append(training_data_note(seen))
         input_desc = {**input_desc, **options.input_facts, **_geometry(loaded.image), "in_model_training_data": seen}
         return _segment_and_write(loaded, options, input_desc=input_desc, out=out, stem=stem, model=model,
                                   reference=reference, reference_desc=reference_desc, smoothing=smoothing,
                                   timings=timings, dicom_source=dicom_source, progress=progress, box_lps=box_lps,
-                                  stage3=stage3)
+                                  stage3=stage3, finder=finder)

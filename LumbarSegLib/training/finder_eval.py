@@ -35,12 +35,12 @@ FOUND_MM = 10.0
 IDENTIFIED_MM = 20.0
 
 
-def find(ct: sitk.Image, net, config, centres_mm: list[np.ndarray]) -> tuple[list, list]:
+def find(ct: sitk.Image, net, centres_mm: list[np.ndarray]) -> tuple[list, list]:
     """The finder along the column through ``centres_mm`` (LPS): (its peaks as (centre, class name, value),
     the same peaks named by counting), top first."""
     pts = np.asarray(centres_mm, float)
     canonical = to_canonical(ct)
-    peaks = finder.find_vertebrae(canonical, net, config, np.median(pts[:, :2], axis=0),
+    peaks = finder.find_vertebrae(canonical, net, np.median(pts[:, :2], axis=0),
                                   (pts[:, 2].min(), pts[:, 2].max()), OUTSIDE_HU)
     own = [(p.centre_mm, p.name, p.value) for p in peaks]
     naming = finder.count_levels(canonical, peaks)
@@ -75,12 +75,12 @@ def evaluate(state_dir, phases, real_dirs, log=print) -> list[dict]:
     rows = []
     for phase in phases:
         state = load_phase(state_dir, phase)
-        net, config = finder.load_finder(state, f"{state_dir}/{phase}")
+        net = finder.load_finder(state, f"{state_dir}/{phase}")
         for case_id, name, v_ct, v_seg in phase_views(state, real_dirs):
             truth = whole_enough_centres(v_seg)
             if not truth:
                 continue
-            own, counted = find(v_ct, net, config, list(truth.values()))
+            own, counted = find(v_ct, net, list(truth.values()))
             row = {"phase": phase, "case": case_id, "acquisition": name,
                    "truth": [VERSE_NAMES.get(c, str(c)) for c in sorted(truth, key=lambda c: -truth[c][2])],
                    **match(own, truth), "counted": match(counted, truth)}
