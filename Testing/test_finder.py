@@ -290,3 +290,24 @@ def test_a_finder_model_file_round_trips_and_is_chosen_only_with_stage_3(tmp_pat
     torch.save({"format": "lumbarseg-stage3-1", "config": {}, "weights": {}}, tmp_path / "s3.pt")
     with pytest.raises(ModelError, match="finder model"):
         finder.FINDER_BUNDLE.load(tmp_path / "s3.pt")
+
+
+def test_the_finder_card_shows_the_gate_and_end_to_end_with_their_commands(tmp_path):
+    from LumbarSegLib.training import finder_card
+
+    log = tmp_path / "log.jsonl"
+    log.write_text(json.dumps({"phase": "all", "step": 900, "minutes": 60.0, "steps_per_hour": 2200,
+                               "load_avg": [2.0, 2.0, 1.9]}) + "\n")
+    gate = {"summary": {"centre_recall_10mm": [19, 20], "identification_20mm": [9, 12], "scans_all_right": [2, 4],
+                        "counted": {"centre_recall_10mm": [19, 20], "identification_20mm": [12, 12],
+                                    "scans_all_right": [4, 4]}}}
+    e2e = {"summary": {"finder": {"all": {"scans": 4, "mean_dsc": 0.9, "all_right": [4, 4], "wrong_warned": [0, 0]}}}}
+    (tmp_path / "gate.json").write_text(json.dumps(gate))
+    (tmp_path / "e2e.json").write_text(json.dumps(e2e))
+    model = tmp_path / "lumbarseg_finder.pt"
+    assert finder_card.main(["--gate", str(tmp_path / "gate.json"), "--end-to-end", str(tmp_path / "e2e.json"),
+                             "--log", str(log), "--model", str(model)]) == 0
+    md = model.with_suffix(".md").read_text()
+    assert "| identification within 20 mm (VerSe) | 75 % (9/12) | 100 % (12/12) |" in md
+    assert "| finder | all | 4 | 0.900 | 100 % (4/4) | - |" in md and "finder_eval" in md and "| all | 900 |" in md
+    assert json.loads(model.with_suffix(".json").read_text())["gate"]["counted"]["scans_all_right"] == [4, 4]
