@@ -5,6 +5,7 @@ simple synthetic torso), writes it to a temporary NIfTI so that reading is timed
 times read, localize, segment, postprocess, STL and total with the bundled model.
 
     python benchmarks/bench_pipeline.py [--repeat 3] [--device auto] [--shape 512 512 300] [--spacing 0.8 0.8 1.0]
+        [--finder-model ../finder_state/fold-A.pt]
 
 Peak memory is the process's resident high-water mark (``ru_maxrss``), which includes PyTorch's own
 allocations that ``tracemalloc`` cannot see; the table also shows the Python-heap peak from ``tracemalloc``
@@ -79,7 +80,7 @@ def make_ct(shape, spacing, path: Path) -> str:
     return source
 
 
-def run_once(path: Path, model, device: str, outdir: Path, trace: bool, refine=None) -> dict[str, float]:
+def run_once(path: Path, model, device: str, outdir: Path, trace: bool, refine=None, finder=None) -> dict[str, float]:
     times: dict[str, float] = {}
     t_total = time.perf_counter()
     t0 = time.perf_counter()
@@ -89,7 +90,7 @@ def run_once(path: Path, model, device: str, outdir: Path, trace: bool, refine=N
         import tracemalloc
 
         tracemalloc.start()
-    result = pipeline.segment(image, model=model, device=device, refine=refine)
+    result = pipeline.segment(image, model=model, device=device, refine=refine, finder=finder)
     if trace:
         times["python_heap_peak_mib"] = tracemalloc.get_traced_memory()[1] / 2**20
         tracemalloc.stop()
@@ -112,6 +113,9 @@ def main(argv=None) -> int:
     parser.add_argument("--tracemalloc", action="store_true")
     parser.add_argument("--refine", action=argparse.BooleanOptionalAction, default=None,
                         help="the per-vertebra stage (default: on when its model is installed, as segment)")
+    parser.add_argument("--finder", action=argparse.BooleanOptionalAction, default=None,
+                        help="the finder's path (default: on when its model is installed, as segment)")
+    parser.add_argument("--finder-model", help="a finder model file or training checkpoint instead of the bundled one")
     args = parser.parse_args(argv)
 
     device = str(resolve_device(args.device))
@@ -137,11 +141,24 @@ def main(argv=None) -> int:
     chosen = choose(args.refine)
     stage3 = chosen[0] if chosen else None
     print(f"Per-vertebra stage: {chosen[1]['name'] if chosen else 'off'}")
+    from LumbarSegLib.inference import finder as finder_module
+
+    if args.finder_model:  # a training checkpoint ({"config", "weights", ...}) or a model file
+        import torch
+
+        found_by = finder_module.load_finder(torch.load(args.finder_model, map_location="cpu", weights_only=True),
+                                             args.finder_model) if stage3 is not None else None
+        print(f"Finder: {args.finder_model if found_by is not None else 'off (needs the per-vertebra stage)'}")
+    else:
+        found = finder_module.choose(args.finder, chosen)
+        found_by = found[0] if found else None
+        print(f"Finder: {found[1]['name'] if found else 'off'}")
     baseline = peak_rss_mib()  # interpreter + torch + model: paid once, whatever the CT size
     runs = []
     with tmpdir:
         for i in range(args.repeat):
-            runs.append(run_once(path, model, device, Path(tmpdir.name) / f"stl{i}", args.tracemalloc, stage3))
+            runs.append(run_once(path, model, device, Path(tmpdir.name) / f"stl{i}", args.tracemalloc, stage3,
+                                 found_by))
             print(f"run {i + 1}/{args.repeat}: total {runs[-1]['total']:.2f} s, found {runs[-1]['found']} vertebrae",
                   flush=True)
     n_voxels = int(np.prod(args.shape))
