@@ -1,7 +1,7 @@
 """Stage 3 at inference: each vertebra segmented on its own crop, the crops merged into one label map.
 
-It takes a list of (centre, label) from whatever found the vertebrae (today the XUNet's kept pieces; the
-counting stage once it lands), so it does not care how they were found or named. Each crop is the CT
+It takes a list of (centre, label) from whatever found the vertebrae (the XUNet's kept pieces, or the finder's
+peaks named by counting: :mod:`.by_vertebra`), so it does not care how they were found or named. Each crop is the CT
 resampled onto a fixed 1.25 mm grid around the centre, axis-aligned in LPS, with the heatmap at its middle;
 all crops of a scan go through the network in batches. Merging: every voxel of the CT's own grid goes to
 the vertebra whose crop gives it the highest probability, if that is at least 0.5, so no voxel has two

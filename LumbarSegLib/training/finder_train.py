@@ -10,8 +10,8 @@ are the ``phantom`` kind.
     python -m LumbarSegLib.training.finder_train --state ../finder_state --real PHANTOMS ../shared/data/real \\
         ../shared/data/tptbox_l3 ../shared/data/real_boneonly --masks ../shared/data/masks --minutes 60
 
-Nothing at inference uses the finder yet: its sliding windows, the peaks of its centre channel as the
-instances of the count, and its gate are the next steps (docs/per_vertebra_stage.md).
+At inference its peaks are the instances that counting names (:mod:`..inference.finder`,
+:mod:`..inference.by_vertebra`); ``tools/train_finder.sh`` holds the commands in order (docs/training.md).
 """
 
 from __future__ import annotations
