@@ -238,7 +238,8 @@ def test_the_finder_runs_along_a_column_and_reports_peaks_in_the_ct_frame():
     net = finder_train.build_finder(TINY)
     spine = _spine()
     centres = [c for _, c in sorted(finder_samples.vertebra_centres(spine.labels).items())]
-    found, counted = finder_eval.find(spine.ct, net, centres)
+    found, counted, peaks = finder_eval.find(spine.ct, net, centres)
+    assert len(peaks) == len(found)
     pts = np.array(centres)
     for centre, name, value in found:  # whatever an untrained network finds lies on the strip, named a class
         assert abs(centre[0] - np.median(pts[:, 0])) <= 32 * 4.0 / 2 + 1e-6

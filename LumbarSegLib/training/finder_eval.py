@@ -35,9 +35,9 @@ FOUND_MM = 10.0
 IDENTIFIED_MM = 20.0
 
 
-def find(ct: sitk.Image, net, centres_mm: list[np.ndarray]) -> tuple[list, list]:
+def find(ct: sitk.Image, net, centres_mm: list[np.ndarray]) -> tuple[list, list, list]:
     """The finder along the column through ``centres_mm`` (LPS): (its peaks as (centre, class name, value),
-    the same peaks named by counting), top first."""
+    the same peaks named by counting, the peaks themselves), top first."""
     pts = np.asarray(centres_mm, float)
     canonical = to_canonical(ct)
     peaks = finder.find_vertebrae(canonical, net, np.median(pts[:, :2], axis=0),
@@ -46,7 +46,7 @@ def find(ct: sitk.Image, net, centres_mm: list[np.ndarray]) -> tuple[list, list]
     naming = finder.count_levels(canonical, peaks)
     counted = [] if naming is None else [(peaks[k].centre_mm, level_name(lev), peaks[k].value)
                                          for k, lev in zip(naming.kept, naming.levels)]
-    return own, counted
+    return own, counted, peaks
 
 
 def match(found: list[tuple[np.ndarray, str, float]], truth: dict[int, np.ndarray]) -> dict:
@@ -80,10 +80,13 @@ def evaluate(state_dir, phases, real_dirs, log=print) -> list[dict]:
             truth = whole_enough_centres(v_seg)
             if not truth:
                 continue
-            own, counted = find(v_ct, net, list(truth.values()))
+            own, counted, peaks = find(v_ct, net, list(truth.values()))
             row = {"phase": phase, "case": case_id, "acquisition": name,
                    "truth": [VERSE_NAMES.get(c, str(c)) for c in sorted(truth, key=lambda c: -truth[c][2])],
-                   **match(own, truth), "counted": match(counted, truth)}
+                   **match(own, truth), "counted": match(counted, truth),
+                   # each peak's height, value and class evidence, to calibrate the count's anchors on
+                   "peaks": [[round(float(p.centre_mm[2]), 1), round(p.value, 3), [round(float(e), 3) for e in p.evidence]]
+                             for p in peaks]}
             rows.append(row)
             c = row["counted"]
             log(f"{phase} {case_id:>22s} {name:>16s}: recall {row['recall']} identified {row['identified']} "
