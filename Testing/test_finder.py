@@ -312,3 +312,16 @@ def test_the_finder_card_shows_the_gate_and_end_to_end_with_their_commands(tmp_p
     assert "| identification within 20 mm (VerSe) | 75 % (9/12) | 100 % (12/12) |" in md
     assert "| finder | all | 4 | 0.900 | 100 % (4/4) | - |" in md and "finder_eval" in md and "| all | 900 |" in md
     assert json.loads(model.with_suffix(".json").read_text())["gate"]["counted"]["scans_all_right"] == [4, 4]
+
+
+def test_a_gap_wide_enough_for_a_missed_vertebra_is_looked_at_again():
+    from LumbarSegLib.inference import finder
+
+    centres = np.array([[90.0, 16, 16], [75.0, 16, 16], [60.0, 16, 16], [45.0, 16, 16]])  # 30 mm apart
+    heat = finder_samples.centre_heatmap(centres, (110, 32, 32), 2.0, 6.0)
+    heat[55:65] *= 0.3  # one vertebra blurred (a fracture, a thick slice): its peak falls under PEAK_MIN
+    strong = finder.centre_peaks(heat, 2.0)
+    assert [round(p[0][0]) for p in strong] == [90, 75, 45]
+    again = finder.look_again(heat, strong, 2.0, missed_mm=46.0)
+    assert [round(p[0][0]) for p in again] == [90, 75, 60, 45]
+    assert finder.look_again(heat, strong, 2.0, missed_mm=70.0) == strong  # the gap is not that wide
