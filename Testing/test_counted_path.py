@@ -100,6 +100,7 @@ def test_a_thoracic_column_gives_no_lumbar_vertebra_and_upside_down_anatomy_is_n
     got, mids, _ = _run([C, 5, 4, 3, 2, 1, T])  # the column mirrored head-to-feet
     assert got.upside_down and "below the lumbar spine" in got.upside_down
     assert orientation.peak_contradiction(["thoracic", "L1", "L2", "L3", "caudal"]) is None
+    assert orientation.peak_contradiction(["L3", "L4", "thoracic"]) is None  # one misread vertebra below: no
 
 
 def test_the_window_and_the_finders_input_agree():

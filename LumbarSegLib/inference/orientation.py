@@ -129,15 +129,16 @@ def order_contradiction(labels: np.ndarray, min_voxels: int) -> str | None:
 
 def peak_contradiction(names: list[str]) -> str | None:
     """Why the finder's own classes of its peaks (top first: "L1".."L5", "thoracic", "caudal") say the image is
-    upside down: every thoracic peak below every lumbar one, the caudal (sacrum) peaks all above them, or at
-    least :data:`MIN_REVERSED_VERTEBRAE` lumbar peaks named exactly from L5 at the top to L1 at the bottom."""
+    upside down: two or more thoracic peaks, every one below every lumbar one (a single one could be an L5 the
+    finder misread), the caudal (sacrum) peaks all above them, or at least :data:`MIN_REVERSED_VERTEBRAE` lumbar
+    peaks named exactly from L5 at the top to L1 at the bottom."""
     lumbar = [i for i, n in enumerate(names) if n.startswith("L")]
     if not lumbar:
         return None
     found = []
     thoracic = [i for i, n in enumerate(names) if n == "thoracic"]
     caudal = [i for i, n in enumerate(names) if n == "caudal"]
-    if thoracic and min(thoracic) > max(lumbar):
+    if len(thoracic) >= 2 and min(thoracic) > max(lumbar):
         found.append("thoracic vertebrae (with ribs) lie below the lumbar spine")
     if caudal and max(caudal) < min(lumbar):
         found.append("the sacrum lies above the lumbar spine")
