@@ -98,6 +98,33 @@ def test_evaluate_model_takes_the_naming_options():
     assert args.naming and args.naming_phantoms == 3 and args.real == ["somewhere"]
     with pytest.raises(Exception, match="seeds must be"):
         naming_eval.phantom_rows(None, 1, seed=5)
+    args = p.parse_args(["--naming", "--finder", "a.pt", "b.pt"])
+    assert args.finder == ["a.pt", "b.pt"]
+
+
+def test_a_finder_checkpoint_says_which_cases_it_held_out(tmp_path):
+    import torch
+
+    from LumbarSegLib.errors import InputError
+    from LumbarSegLib.inference.finder import FinderConfig, build_finder
+    from LumbarSegLib.training import cli, commands
+
+    tiny = FinderConfig(base=4, crop_zyx=(32, 32, 32), spacing_mm=4.0)
+    path = tmp_path / "fold-A.pt"
+    torch.save({"config": tiny.to_dict(), "weights": build_finder(tiny).state_dict(), "leave_out": ["verse005"]}, path)
+    net, info = naming_eval.load_finder(path)
+    assert net.config == tiny and info["held_out"]("sub-verse005") and not info["held_out"]("sub-verse007")
+    torch.save({"weights": {}}, tmp_path / "other.pt")
+    with pytest.raises(InputError, match="neither a finder model"):
+        naming_eval.load_finder(tmp_path / "other.pt")
+    import argparse
+
+    p = argparse.ArgumentParser()
+    commands.add_evaluate_arguments(p)
+    with pytest.raises(InputError, match="belong to --naming"):
+        cli.run_evaluate_model(p.parse_args(["--finder", str(path)]))
+    with pytest.raises(InputError, match="without --no-refine"):
+        cli.naming_finders(p.parse_args(["--naming", "--no-refine", "--finder", str(path)]))
 
 
 L4 = 23

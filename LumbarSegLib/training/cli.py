@@ -198,9 +198,21 @@ def naming_stage3(args) -> list:
     return [naming_eval.load_stage3(p) for p in paths]
 
 
+def naming_finders(args) -> list:
+    """The finders ``evaluate-model --naming`` runs (:func:`naming_eval.load_finder`): --finder's; none without."""
+    from . import naming_eval
+
+    for path in args.finder or []:
+        if not Path(path).is_file():
+            raise InputError(f"--finder {path}: no such file.")
+    if args.finder and args.no_refine:
+        raise InputError("--finder's path ends in the per-vertebra stage: give it without --no-refine.")
+    return [naming_eval.load_finder(p) for p in args.finder or []]
+
+
 def run_evaluate_model(args) -> int:
-    if (args.refine or args.no_refine or args.rows_json) and not args.naming:
-        raise InputError("--refine, --no-refine and --rows-json belong to --naming.")
+    if (args.refine or args.no_refine or args.rows_json or args.finder) and not args.naming:
+        raise InputError("--refine, --no-refine, --finder and --rows-json belong to --naming.")
     if (args.loo or args.fit) and not args.real:
         raise InputError("--loo and --fit need --real DIR: the folder(s) holding the real cases.")
     card = evaluation.evaluate_model(args.model, n=args.phantoms, seed=args.seed, fovs=args.fov,
@@ -216,10 +228,14 @@ def run_evaluate_model(args) -> int:
         from . import naming_eval
 
         model = load_model(choose_model(args.model, resolve_device(args.device)), allow_untrained=False)
+        stage3, finders = naming_stage3(args), naming_finders(args)
+        if finders and not stage3:
+            raise InputError("--finder's path ends in the per-vertebra stage, and no stage-3 model is installed: "
+                             "give --refine STAGE3.pt as well.")
         card["naming"] = naming_eval.measure(model, args.real, n_phantoms=args.naming_phantoms,
                                              seed=args.seed + args.phantoms, device=args.device,
                                              partial_views=args.partial_views, log=lambda s: print(s, flush=True),
-                                             stage3=naming_stage3(args))
+                                             stage3=stage3, finders=finders)
         if args.rows_json:
             from ..io.text_files import write_json
             write_json({"command": "lumbarseg " + " ".join(shlex.quote(a) for a in sys.argv[1:]),

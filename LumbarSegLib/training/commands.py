@@ -127,6 +127,10 @@ def add_evaluate_arguments(p: argparse.ArgumentParser):
                    "refines the phantoms, each real case the first that never trained on it (a case all trained on is "
                    "left out). Default: the bundled one, as a study runs it")
     p.add_argument("--no-refine", action="store_true", help="--naming without stage 3 (the XUNet's vertebrae)")
+    p.add_argument("--finder", nargs="+", metavar="FINDER.pt",
+                   help="finders for --naming (a model file or a training checkpoint of finder_train): the finder's "
+                   "path, the first for the phantoms, each real case with the first finder and stage 3 that never "
+                   "trained on it (then every real case in --real counts, the XUNet only placing the box)")
     p.add_argument("--rows-json", metavar="FILE", help="write --naming's rows (per scan the measurements the size and "
                    "column warnings read and each vertebra's truth) to FILE, for "
                    "python -m LumbarSegLib.training.column_calibration")

@@ -140,20 +140,32 @@ def score_naming(labels: sitk.Image, naming: dict, naming_warnings, truth: sitk.
                                 for n in predicted if n in true_lumbar}}
 
 
-def run_case(ct: sitk.Image, truth: sitk.Image, model, device: str = "cpu", refine=None) -> dict:
+def run_case(ct: sitk.Image, truth: sitk.Image, model, device: str = "cpu", refine=None, finder=None) -> dict:
     """One scan through the whole pipeline (stage 3 with the network ``refine``, as a study runs it; None: the
-    XUNet's vertebrae), scored: :func:`score_naming`, the size and column warnings and what they read
-    (:func:`column_calibration.scan_record`)."""
+    XUNet's vertebrae; ``finder``: the finder's path, its peaks named by counting), scored: :func:`score_naming`,
+    the size and column warnings and what they read (:func:`column_calibration.scan_record`)."""
     from ..inference import pipeline
     from ..measures import measurements
     from .column_calibration import scan_record
 
-    res = pipeline.segment(ct, model=model, device=device, refine=refine)
+    res = pipeline.segment(ct, model=model, device=device, refine=refine, finder=finder)
     hu = sitk.GetArrayViewFromImage(ct)
     measured = measurements.measure(sitk.GetArrayViewFromImage(res.labels), hu, ct)
     alarms = measurements.plausibility_warnings(measured)
     return {**score_naming(res.labels, res.naming, res.naming_warnings, truth, alarms), "refined": res.refined,
             **scan_record(res.labels, truth, measured)}
+
+
+def _held_out_test(state: dict, metadata: dict | None):
+    """``held_out(case_id)`` of a model file (its ``metadata`` lists the real cases it trained on) or of a training
+    checkpoint (``state`` lists the subjects it left out)."""
+    from .vertebra_samples import subject_of
+
+    if metadata is not None:
+        trained = {subject_of(c) for c in ((metadata.get("training_data") or {}).get("real") or {}).get("cases") or []}
+        return lambda cid: subject_of(cid) not in trained
+    held = {subject_of(s) for s in state["leave_out"]}
+    return lambda cid: subject_of(cid) in held
 
 
 def load_stage3(path) -> tuple:
@@ -163,25 +175,41 @@ def load_stage3(path) -> tuple:
     import torch
 
     from ..inference.vertebra_stage import BUNDLE_FORMAT, bundle_network, load_weights
-    from .vertebra_samples import subject_of
 
     state = torch.load(path, map_location="cpu", weights_only=True)
     if isinstance(state, dict) and state.get("format") == BUNDLE_FORMAT:
         net, meta = bundle_network(state, path)
-        trained = {subject_of(c) for c in ((meta.get("training_data") or {}).get("real") or {}).get("cases") or []}
-        return net, {"path": str(path), "held_out": lambda cid: subject_of(cid) not in trained}
+        return net, {"path": str(path), "held_out": _held_out_test(state, meta)}
     if not isinstance(state, dict) or "weights" not in state or "leave_out" not in state:
         raise InputError(f"{path} is neither a stage-3 model nor a stage-3 training checkpoint.")
-    held = {subject_of(s) for s in state["leave_out"]}
-    return load_weights(state), {"path": str(path), "held_out": lambda cid: subject_of(cid) in held}
+    return load_weights(state), {"path": str(path), "held_out": _held_out_test(state, None)}
+
+
+def load_finder(path) -> tuple:
+    """(network, description) of a finder: a model file (``lumbarseg_finder.pt``) or a training checkpoint of
+    :mod:`.finder_train`; ``held_out`` as :func:`load_stage3`'s."""
+    import torch
+
+    from ..inference.finder import FINDER_BUNDLE, load_finder as finder_network
+
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    if isinstance(state, dict) and state.get("format") == FINDER_BUNDLE.format:
+        net, meta = FINDER_BUNDLE.network(state, path)
+        return net, {"path": str(path), "held_out": _held_out_test(state, meta)}
+    if not isinstance(state, dict) or "weights" not in state or "leave_out" not in state:
+        raise InputError(f"{path} is neither a finder model nor a finder training checkpoint.")
+    return finder_network(state, path), {"path": str(path), "held_out": _held_out_test(state, None)}
 
 
 def real_rows(model, real_dirs, device: str = "cpu", partial_views: int = 4, log=print, stage3=(),
-              skipped=None) -> list[dict]:
+              skipped=None, finders=()) -> list[dict]:
     """Rows of the real cases in ``real_dirs`` that ``model`` never trained on: as stored, the fixed
     re-imagings (5 mm axial, 3 mm sagittal, 3 mm coronal) and ``partial_views`` fixed partial views each.
     ``stage3``: :func:`load_stage3` results; each case is refined by the first that never trained on it, and a
-    case that every one trained on is left out (its id appended to ``skipped``). Empty: no stage 3."""
+    case that every one trained on is left out (its id appended to ``skipped``). Empty: no stage 3.
+    ``finders``: :func:`load_finder` results: the finder's path, each case with the first finder and stage 3 that
+    never trained on it; the XUNet then only gives the localizer's box, so every real case counts, not only those
+    the XUNet held out."""
     from pathlib import Path
 
     from . import real_views
@@ -192,14 +220,15 @@ def real_rows(model, real_dirs, device: str = "cpu", partial_views: int = 4, log
     cases = {c.case_id: c for d in real_dirs if Path(d).is_dir() for c in find_cases(d)}
     trained = set(((model.metadata.get("training_data") or {}).get("real") or {}).get("cases") or [])
     rows = []
-    for cid in held_out_cases(model.metadata, sorted(cases)):
-        if cid in trained:  # held_out_cases never gives one; guards hand-edited metadata
+    for cid in (sorted(cases) if finders else held_out_cases(model.metadata, sorted(cases))):
+        if cid in trained and not finders:  # held_out_cases never gives one; guards hand-edited metadata
             raise InputError(f"The model lists {cid} both as trained on and as left out.")
         if cid not in cases:
             continue
         refine, stage3_path = next(((net, info["path"]) for net, info in stage3 if info["held_out"](cid)), (None, None))
-        if stage3 and refine is None:
-            log(f"naming {cid}: skipped, every stage-3 model given trained on it")
+        finder, finder_path = next(((net, info["path"]) for net, info in finders if info["held_out"](cid)), (None, None))
+        if (stage3 and refine is None) or (finders and finder is None):
+            log(f"naming {cid}: skipped, every {'stage-3 model' if refine is None else 'finder'} given trained on it")
             if skipped is not None:
                 skipped.append(cid)
             continue
@@ -208,17 +237,17 @@ def real_rows(model, real_dirs, device: str = "cpu", partial_views: int = 4, log
         rng = np.random.default_rng([PARTIAL_VIEW_SEED, int(np.frombuffer(cid.encode(), np.uint8).sum())])
         views += [("partial view", *real_views.make_view(ct, seg, rng, kind="tight")[:2]) for _ in range(partial_views)]
         for name, v_ct, v_seg in views:
-            row = {"source": cid, "acquisition": name, **run_case(v_ct, v_seg, model, device, refine),
-                   "stage3": stage3_path}
+            row = {"source": cid, "acquisition": name, **run_case(v_ct, v_seg, model, device, refine, finder),
+                   "stage3": stage3_path, "finder": finder_path}
             rows.append(row)
             log(_log_line(row))
     return rows
 
 
 def phantom_rows(model, n: int, seed: int, device: str = "cpu", fovs=PHANTOM_FOVS, log=print,
-                 refine=None) -> list[dict]:
+                 refine=None, finder=None) -> list[dict]:
     """Rows of ``n`` phantoms with seeds from ``seed`` (evaluation seeds only), cycling ``fovs``; ``refine``: the
-    stage-3 network (None: none)."""
+    stage-3 network (None: none); ``finder``: the finder (None: the XUNet's path)."""
     from .. import phantoms
     from .data import EVAL_SEED_START
 
@@ -229,7 +258,8 @@ def phantom_rows(model, n: int, seed: int, device: str = "cpu", fovs=PHANTOM_FOV
     for i in range(n):
         fov = fovs[i % len(fovs)]
         ct, truth = phantoms.generate_phantom(seed + i, fov=fov, shape_library=library)
-        row = {"source": f"phantom {seed + i}", "acquisition": f"phantom ({fov})", **run_case(ct, truth, model, device, refine)}
+        row = {"source": f"phantom {seed + i}", "acquisition": f"phantom ({fov})",
+               **run_case(ct, truth, model, device, refine, finder)}
         rows.append(row)
         log(_log_line(row))
     return rows
@@ -312,15 +342,17 @@ def untrained_context_classes(model) -> list[str]:
 
 
 def measure(model, real_dirs=(), n_phantoms: int = 10, seed: int = 100_000, device: str = "cpu",
-            partial_views: int = 4, log=print, stage3=()) -> dict:
+            partial_views: int = 4, log=print, stage3=(), finders=()) -> dict:
     """The card's ``naming`` section: rows and :func:`summarize` of them. ``stage3``: :func:`load_stage3` results,
     the first for the phantoms (the product's), each real case with the first that held it out; empty: none."""
     skipped: list[str] = []
-    rows = real_rows(model, real_dirs, device, partial_views, log, stage3, skipped) if real_dirs else []
-    rows += phantom_rows(model, n_phantoms, seed, device, log=log, refine=stage3[0][0] if stage3 else None)
+    rows = real_rows(model, real_dirs, device, partial_views, log, stage3, skipped, finders) if real_dirs else []
+    rows += phantom_rows(model, n_phantoms, seed, device, log=log, refine=stage3[0][0] if stage3 else None,
+                         finder=finders[0][0] if finders else None)
     return {"rows": rows, "summary": summarize(rows), "seed_phantoms": [seed, seed + n_phantoms - 1],
             "untrained_context_classes": untrained_context_classes(model),
-            "stage3": [info["path"] for _, info in stage3], "real_skipped_stage3_trained": skipped}
+            "stage3": [info["path"] for _, info in stage3], "finder": [info["path"] for _, info in finders],
+            "real_skipped_stage3_trained": skipped}
 
 
 def _pct(s: dict) -> str:
