@@ -5,6 +5,7 @@ docs/accuracy.md.
     python3 tools/measure_false_refusals.py phantoms --seed 5000 --n 15 --shape 160 160 120 --spacing 2 2 2.5
     python3 tools/measure_false_refusals.py phantoms --seed 7000 --n 5 --fov thoracic --shape 160 160 120 --spacing 2 2 2.5
     python3 tools/measure_false_refusals.py real ../shared/data
+    python3 tools/measure_false_refusals.py phantoms ... --refine --finder-model ../finder_state/fold-A.pt
 
 ``phantoms`` draws phantoms as ``lumbarseg phantom`` does (with the shape library when it is there; item i has
 seed SEED + i; ``--fov cycle`` cycles over every field of view) and prints, for each, the true levels, what
@@ -36,10 +37,13 @@ def upside_down(image: sitk.Image) -> sitk.Image:
     return flipped
 
 
+FINDER = None  # --finder-model: the finder's path (inference/by_vertebra.py) instead of the XUNet's
+
+
 def run(image, model, refine) -> tuple[str, list[str], list[str]]:
     """(outcome: "refused" / "warned" / "named", found, messages) of one run."""
     try:
-        result = pipeline.segment(image, model=model, device="cpu", refine=refine)
+        result = pipeline.segment(image, model=model, device="cpu", refine=refine, finder=FINDER)
     except orientation.OrientationError:
         return "refused", [], []
     warned = any(m.startswith("WARNING: the image may be upside down") for m in result.messages)
@@ -94,6 +98,8 @@ def main() -> None:
     r.add_argument("data", help="the shared data folder (holding real/ and ts_dicom/)")
     for q in (p, r):
         q.add_argument("--refine", action="store_true", help="run stage 3 too (the CLI's default when bundled)")
+        q.add_argument("--finder-model", help="the finder's path with this model file or training checkpoint "
+                       "(needs --refine); a checkpoint's held-out subjects are the only real cases it may score")
     args = parser.parse_args()
     import torch
 
@@ -103,6 +109,13 @@ def main() -> None:
     torch.set_num_threads(1)
     model = load_model()
     refine = choose(True)[0] if args.refine else None
+    if args.finder_model:
+        global FINDER
+        from LumbarSegLib.inference.finder import load_finder
+
+        if refine is None:
+            parser.error("--finder-model needs --refine")
+        FINDER = load_finder(torch.load(args.finder_model, map_location="cpu", weights_only=True), args.finder_model)
     rows = phantom_rows(args, model, refine) if args.what == "phantoms" else real_rows(args, model, refine)
     print("| case | truth | view | outcome | found | lumbar reported with none true | pieces dropped off the column |")
     print("|---|---|---|---|---|---|---|")
