@@ -123,7 +123,15 @@ def segment_counted(canonical, centre_xy, z_range_mm, finder_net, net, messages:
     if check is not None:
         check()
     counted = finder.count_levels(canonical, peaks, sitk.GetArrayViewFromImage(canonical))
-    if counted is None or not counted.lumbar():
+    if counted is None:
+        return Counted(labels)
+    if not counted.lumbar():
+        from .naming import level_name
+
+        how = {"ribs": "down from the ribs", "sacrum": "up from the sacrum", "both": "from the ribs and the sacrum",
+               "unanchored": "without an anchor"}[counted.how]
+        messages.append(f"The finder found {len(counted.levels)} vertebra(e) along the column, counted {how} as "
+                        f"{', '.join(level_name(v) for v in counted.levels)}: none of them lumbar.")
         return Counted(labels)
     messages.extend(counted.notes)
     messages.extend(counted.warnings)
