@@ -100,6 +100,7 @@ def test_a_thoracic_column_gives_no_lumbar_vertebra_and_upside_down_anatomy_is_n
     assert any("6 vertebra(e)" in m and "T7, T8, T9, T10, T11, T12: none of them lumbar" in m for m in messages)
     got, mids, _ = _run([C, 5, 4, 3, 2, 1, T, T])  # the column mirrored head-to-feet
     assert "thoracic vertebrae (with ribs) lie below" in got.upside_down and "sacrum lies above" in got.upside_down
+    assert not got.labels.any()  # nothing named: the pipeline refuses
     assert orientation.peak_contradiction(["thoracic", "L1", "L2", "L3", "caudal"]) is None
     assert orientation.peak_contradiction(["L3", "L4", "thoracic"]) is None  # one misread vertebra below: no
 

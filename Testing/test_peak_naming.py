@@ -50,9 +50,21 @@ def test_ribs_alone_count_down_and_sacrum_alone_counts_up():
     centres, ev = _column([T, T, 2, 2, 3])  # a partial view: T11, T12, then three lumbar vertebrae
     got = name_peaks(centres, ev, CONTEXT_CLASSES)
     assert got.how == "ribs" and _named(got) == [1, 2, 3]
-    centres, ev = _column([2, 4, 4, C])  # L3-L5 above the sacrum, with muddled classes
+    centres, ev = _column([3, 4, 5, C])  # L3-L5 above the sacrum
     got = name_peaks(centres, ev, CONTEXT_CLASSES)
-    assert got.how == "sacrum" and _named(got) == [3, 4, 5]
+    assert got.how == "sacrum" and _named(got) == [3, 4, 5] and not got.warnings
+
+
+def test_one_anchor_against_the_rest_of_the_column_is_warned_and_unanchored():
+    # L1 looks thoracic (a T12-like L1), the rest of the column is recognised: the whole column's evidence
+    # names it, and the warning says that counting down from the thoracic-looking vertebra would not
+    centres, ev = _column([T, T, 2, 3, 4, 5])
+    got = name_peaks(centres, ev, CONTEXT_CLASSES)
+    assert _named(got) == [1, 2, 3, 4, 5] and got.how == "unanchored"
+    assert any("do not agree on the levels" in w and "L2, L3, L4, L5" in w for w in got.warnings)
+    centres, ev = _column([2, 4, 4, C])  # muddled classes above the sacrum: L2-L4 or L3-L5?
+    got = name_peaks(centres, ev, CONTEXT_CLASSES)
+    assert got.how == "unanchored" and any("Check the levels" in w for w in got.warnings)
 
 
 def test_a_thoracic_only_column_names_no_lumbar_vertebra():
@@ -71,7 +83,7 @@ def test_without_anchors_the_names_follow_the_classes_and_are_warned_unanchored(
 def test_anchors_one_level_apart_warn_of_transitional_anatomy():
     centres, ev = _column([T, 1, 2, 3, 4, 5, 5, C])  # six vertebrae between T12 and the sacrum: an L6?
     got = name_peaks(centres, ev, CONTEXT_CLASSES)
-    assert any("transitional anatomy" in w for w in got.warnings)
+    assert any("transitional anatomy" in w for w in got.warnings) and got.how == "unanchored"
 
 
 def test_a_wide_gap_skips_a_level_and_two_close_peaks_are_one_vertebra():

@@ -125,6 +125,9 @@ def segment_counted(canonical, centre_xy, z_range_mm, finder_net, net, messages:
     counted = finder.count_levels(canonical, peaks, sitk.GetArrayViewFromImage(canonical))
     if counted is None:
         return Counted(labels)
+    upside_down = orientation.peak_contradiction([peaks[k].name for k in counted.kept])
+    if upside_down:  # lumbar-looking vertebrae in reversed anatomy: nothing is named (the pipeline refuses)
+        return Counted(labels, upside_down=upside_down)
     if not counted.lumbar():
         from .naming import level_name
 
@@ -135,7 +138,6 @@ def segment_counted(canonical, centre_xy, z_range_mm, finder_net, net, messages:
         return Counted(labels)
     messages.extend(counted.notes)
     messages.extend(counted.warnings)
-    upside_down = orientation.peak_contradiction([peaks[k].name for k in counted.kept])
     lumbar = counted.lumbar()
     seeds = [VertebraSeed(peaks[k].centre_mm, level) for k, level in sorted(lumbar.items())]
     dup: dict = {}
@@ -149,4 +151,4 @@ def segment_counted(canonical, centre_xy, z_range_mm, finder_net, net, messages:
         messages.append(f"The per-vertebra stage found no vertebra at the centre of {', '.join(LABEL_NAMES[v] for v in empty)}, "
                         "so it is not reported. Check that level.")
     names = {LABEL_NAMES[v]: counted.how for v in present if v not in empty}
-    return Counted(out, names, list(counted.warnings), upside_down)
+    return Counted(out, names, list(counted.warnings))

@@ -352,16 +352,41 @@ def _finder_anchors(classes: list[int], offsets: list[int], context_classes) -> 
     return ribs, sacrum
 
 
+def _peak_levels_score(start: int, offsets: list[int], evidence: np.ndarray, context_classes) -> float:
+    """Log-evidence of the levels ``start + offsets`` for the finder's peaks (thoracic above L1, caudal below L5)."""
+    return float(sum(np.log(EVIDENCE_FLOOR + evidence[i, _class_of_level(start + o, context_classes)])
+                     for i, o in enumerate(offsets)))
+
+
+def decode_peaks(offsets: list[int], evidence: np.ndarray, context_classes) -> int:
+    """The first peak's level that the finder's class evidence favours for the whole column, from a column of
+    thoracic vertebrae alone (T1 down) to one of the sacrum alone; ties go to the level nearest the median of
+    what each lumbar-looking peak says on its own."""
+    last = offsets[-1]
+    candidates = range(-11 - last, 7)
+    own = [c - o for c, o in zip((int(np.argmax(row)) for row in evidence), offsets) if 1 <= c < NUM_CLASSES]
+    middle = float(np.median(own)) if own else 0.0
+    return max(candidates, key=lambda s: (round(_peak_levels_score(s, offsets, evidence, context_classes), 6),
+                                          -abs(s - middle)))
+
+
 def name_peaks(centres_mm: list[np.ndarray], evidence: np.ndarray, context_classes, values=None,
                hu: np.ndarray | None = None, spacing_zyx=None) -> PeakNaming | None:
     """Name the finder's peaks by counting (the module docstring; :func:`name_column` for the XUNet's pieces).
 
     ``centres_mm``: the peaks' centres (z, y, x mm in ``hu``'s frame), top first; ``evidence``: their class
     probabilities (peaks, background + L1-L5 + ``context_classes``); ``values``: the centre channel's value at
-    each (the stronger of two peaks too close to be two vertebrae is kept). Anchors: the finder's thoracic
-    peaks above and caudal peaks below the lumbar ones, and, with the CT (``hu``, ``spacing_zyx``), the ribs
-    and sacrum read from its bone (:mod:`.anchors`) where the finder shows no thoracic vertebra above. None
-    without peaks."""
+    each (the stronger of two peaks too close to be two vertebrae is kept).
+
+    The whole column gets the one consecutive sequence of levels (gaps wide enough for a missed vertebra skip
+    a level) that the class evidence of every peak together favours, thoracic and sacrum included
+    (:func:`decode_peaks`): no single class decides, so a T12-like L1 does not shift every name. The anchors
+    then say how well founded it is: the peak counted T12 looking thoracic and the one counted L1 not (ribs),
+    the peak counted as the sacrum looking caudal and the one counted L5 not (sacrum); with the CT (``hu``,
+    ``spacing_zyx``) and no thoracic peak above, the ribs read from its bone (:mod:`.anchors`). Where counting
+    down from the lowest thoracic-looking peak, or up from the highest caudal-looking one, would give other
+    names, the names are unanchored and the warning says so ("transitional anatomy" when those two counts
+    differ by one). None without peaks."""
     if not len(centres_mm):
         return None
     centres = [np.asarray(c, float) for c in centres_mm]
@@ -391,28 +416,50 @@ def name_peaks(centres_mm: list[np.ndarray], evidence: np.ndarray, context_class
     warnings = [f"WARNING: the centres of two neighbouring vertebrae are {g:.0f} mm apart (neighbours are "
                 f"{GAP_SAME_MM:g}-{GAP_MISSED_MM:g} mm apart): {s - 1} vertebra(e) between them were probably "
                 f"missed and counted as such. Check the levels." for g, s in zip(gaps, steps) if s > 1]
-    ribs_start, sacrum_start = _finder_anchors(classes, offsets, context_classes)
-    if ribs_start is not None:
-        notes.append("Counted down from the thoracic (rib-bearing) vertebra the finder sees above the lumbar spine.")
-    if sacrum_start is not None:
-        notes.append("Counted up from the sacrum the finder sees below the lumbar spine.")
-    lumbar = [i for i, c in enumerate(classes) if 1 <= c < NUM_CLASSES]
-    if hu is not None and lumbar and ribs_start is None:
+    # what the finder's classes alone would anchor: T12 at the lowest thoracic-looking peak above the lumbar-looking
+    # ones, the sacrum at the highest caudal-looking peak below them; two such anchors agreeing are taken as they are
+    hard_ribs, hard_sacrum = _finder_anchors(classes, offsets, context_classes)
+    start = hard_ribs if hard_ribs is not None and hard_ribs == hard_sacrum else decode_peaks(offsets, ev, context_classes)
+    levels = [start + o for o in offsets]
+    thoracic = NUM_CLASSES + list(context_classes).index("thoracic")
+    caudal = NUM_CLASSES + list(context_classes).index("caudal")
+    at = {lev: i for i, lev in enumerate(levels)}
+    ribs = 0 in at and classes[at[0]] == thoracic and (1 not in at or classes[at[1]] != thoracic)
+    sacrum = 6 in at and classes[at[6]] == caudal and (5 not in at or classes[at[5]] != caudal)
+    lumbar = [i for i, lev in enumerate(levels) if 1 <= lev <= 5]
+    ct_disagrees = False
+    if hu is not None and lumbar and not any(c == thoracic for c in classes[:lumbar[0]]):
+        # the CT's own ribs right above the column counted lumbar (the finder shows no thoracic vertebra there)
         first, last = lumbar[0], lumbar[-1]
-        sub = offsets[first:last + 1]
-        ct = ct_anchors.detect(hu, spacing_zyx, centres[first:last + 1], LABEL_NAMES[classes[first]],
-                               LABEL_NAMES[classes[last]])
-        sub_offsets = [o - sub[0] for o in sub]
-        shift = offsets[first]  # the first lumbar peak's offset: the CT's starts count from it
-        ribs_sub, sacrum_sub = ct_anchors.apply_to_count(
-            ct, None, None if sacrum_start is None else sacrum_start + shift, sub_offsets, notes, warnings)
-        ribs_start = None if ribs_sub is None else ribs_sub - shift
-        sacrum_start = None if sacrum_sub is None else sacrum_sub - shift
-    network_levels = {c for c in classes if 1 <= c < NUM_CLASSES}
-    start, how, decode_warnings = decode_levels(offsets, ev, context_classes, network_levels, ribs_start,
-                                                sacrum_start, first_is_anchor=False)
-    warnings += decode_warnings
-    result = PeakNaming([start + o for o in offsets], how, kept, notes, warnings)
+        ct = ct_anchors.detect(hu, spacing_zyx, centres[first:last + 1], level_name(levels[first]),
+                               level_name(levels[last]))
+        warnings += ct.warnings
+        if ct.ribs and levels[first] == 1:
+            ribs = True
+            notes += [n for n in ct.notes if n.startswith("Ribs")]
+        elif ct.ribs:
+            ct_disagrees = True
+            warnings.append(f"WARNING: the CT shows ribs on the vertebra right above the one named "
+                            f"{level_name(levels[first])}; counting down from them would name it L1. Check the levels.")
+    disagree = [(name, s) for name, s in (("ribs", hard_ribs), ("sacrum", hard_sacrum)) if s is not None and s != start]
+    if ct_disagrees or disagree:
+        ribs = sacrum = False
+    if disagree:
+        def names(s):
+            return ", ".join(level_name(s + o) for o in offsets if 1 <= s + o <= 5) or "none lumbar"
+        counts = "; ".join(f"counting {'down from the lowest thoracic-looking' if n == 'ribs' else 'up from the caudal-looking'} "
+                           f"vertebra names them {names(s_)}" for n, s_ in disagree)
+        why = (f"WARNING: {TRANSITIONAL} (a sixth lumbar or a sacralised fifth vertebra, or a rib-bearing L1?): "
+               if hard_ribs is not None and hard_sacrum is not None and abs(hard_ribs - hard_sacrum) == 1 else
+               "WARNING: the vertebrae's looks do not agree on the levels: ")
+        warnings.append(f"{why}the names shown ({names(start)}) fit the whole column best, but {counts}. Check the "
+                        f"levels.")
+    how = "both" if ribs and sacrum else "ribs" if ribs else "sacrum" if sacrum else "unanchored"
+    if ribs:
+        notes.append("Counted down from the thoracic (rib-bearing) vertebra right above L1.")
+    if sacrum:
+        notes.append("Counted up from the sacrum right below L5.")
+    result = PeakNaming(levels, how, kept, notes, warnings)
     _describe_peaks(result, classes)
     return result
 

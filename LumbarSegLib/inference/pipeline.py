@@ -424,8 +424,8 @@ def _segment_counted(canonical, box, finder, refine, stages: _Stages, messages, 
         dropped.update(too_small)
         labels = np.where(np.isin(labels, list(too_small)), 0, labels).astype(np.uint8)
     labels = by_vertebra.drop_soft_tissue(labels, sitk.GetArrayViewFromImage(canonical), messages)
-    if labels.any():
-        orientation.refuse_if_upside_down([counted.upside_down])
+    # the finder saw lumbar-looking vertebrae in reversed anatomy (a lumbar spine, upside down): never named
+    orientation.refuse_if_upside_down([counted.upside_down])
     naming.update(counted.naming)
     naming_warnings.extend(counted.warnings)
     return labels
