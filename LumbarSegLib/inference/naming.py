@@ -396,9 +396,10 @@ def name_peaks(centres_mm: list[np.ndarray], evidence: np.ndarray, context_class
     same, _ = gap_thresholds(column_gaps(centres))
     for i in range(1, len(centres)):
         j = kept[-1]
-        if np.linalg.norm(centres[i] - centres[j]) < same:  # one vertebra: keep the stronger peak
-            notes.append(f"Two centres {np.linalg.norm(centres[i] - centres[j]):.0f} mm apart were taken as one "
-                         f"vertebra (neighbours are at least {same:.0f} mm apart).")
+        apart = abs(float(centres[j][0] - centres[i][0]))  # along the column: one beside the other is one vertebra
+        if apart < same:  # keep the stronger peak
+            notes.append(f"Two centres {apart:.0f} mm apart along the spine were taken as one vertebra (neighbours "
+                         f"are at least {same:.0f} mm apart).")
             if values[i] > values[j]:
                 kept[-1] = i
         else:
