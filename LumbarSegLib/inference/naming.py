@@ -380,13 +380,13 @@ def name_peaks(centres_mm: list[np.ndarray], evidence: np.ndarray, context_class
 
     The whole column gets the one consecutive sequence of levels (gaps wide enough for a missed vertebra skip
     a level) that the class evidence of every peak together favours, thoracic and sacrum included
-    (:func:`decode_peaks`): no single class decides, so a T12-like L1 does not shift every name. The anchors
-    then say how well founded it is: the peak counted T12 looking thoracic and the one counted L1 not (ribs),
-    the peak counted as the sacrum looking caudal and the one counted L5 not (sacrum); with the CT (``hu``,
-    ``spacing_zyx``) and no thoracic peak above, the ribs read from its bone (:mod:`.anchors`). Where counting
-    down from the lowest thoracic-looking peak, or up from the highest caudal-looking one, would give other
-    names, the names are unanchored and the warning says so ("transitional anatomy" when those two counts
-    differ by one). None without peaks."""
+    (:func:`decode_peaks`): no single class decides, so a T12-like L1 does not shift every name; a thoracic-
+    looking and a caudal-looking peak that agree with each other fix it. The anchors then say how well founded
+    it is, from the CT's bone (``hu``, ``spacing_zyx``; :mod:`.anchors`, nothing learned): ribs on the vertebra
+    right above the one counted L1 ("ribs"); the pelvis right below the one counted L5 where the finder also
+    sees the sacrum there ("sacrum"). Where counting down from the lowest thoracic-looking peak, or up from the
+    highest caudal-looking one, would give other names, the names are unanchored and the warning says so
+    ("transitional anatomy" when those two counts differ by one). None without peaks."""
     if not len(centres_mm):
         return None
     centres = [np.asarray(c, float) for c in centres_mm]
@@ -422,15 +422,13 @@ def name_peaks(centres_mm: list[np.ndarray], evidence: np.ndarray, context_class
     hard_ribs, hard_sacrum = _finder_anchors(classes, offsets, context_classes)
     start = hard_ribs if hard_ribs is not None and hard_ribs == hard_sacrum else decode_peaks(offsets, ev, context_classes)
     levels = [start + o for o in offsets]
-    thoracic = NUM_CLASSES + list(context_classes).index("thoracic")
     caudal = NUM_CLASSES + list(context_classes).index("caudal")
     at = {lev: i for i, lev in enumerate(levels)}
-    ribs = 0 in at and classes[at[0]] == thoracic and (1 not in at or classes[at[1]] != thoracic)
-    sacrum = 6 in at and classes[at[6]] == caudal and (5 not in at or classes[at[5]] != caudal)
+    # Anchored only where the CT's bone agrees (nothing learned): on held-out sub-verse005 the finder took L1 for a
+    # thoracic vertebra, and its count down from it would have shifted every name with nothing to warn.
+    ribs = sacrum = ct_disagrees = False
     lumbar = [i for i, lev in enumerate(levels) if 1 <= lev <= 5]
-    ct_disagrees = False
-    if hu is not None and lumbar and not any(c == thoracic for c in classes[:lumbar[0]]):
-        # the CT's own ribs right above the column counted lumbar (the finder shows no thoracic vertebra there)
+    if hu is not None and lumbar:
         first, last = lumbar[0], lumbar[-1]
         ct = ct_anchors.detect(hu, spacing_zyx, centres[first:last + 1], level_name(levels[first]),
                                level_name(levels[last]))
@@ -442,7 +440,18 @@ def name_peaks(centres_mm: list[np.ndarray], evidence: np.ndarray, context_class
             ct_disagrees = True
             warnings.append(f"WARNING: the CT shows ribs on the vertebra right above the one named "
                             f"{level_name(levels[first])}; counting down from them would name it L1. Check the levels.")
-    disagree = [(name, s) for name, s in (("ribs", hard_ribs), ("sacrum", hard_sacrum)) if s is not None and s != start]
+        # the sacrum: the CT's pelvis below and the finder's caudal-looking peak there (either alone can be an L5
+        # set deep between the iliac crests)
+        if ct.sacrum and levels[last] == 5 and 6 in at and classes[at[6]] == caudal:
+            sacrum = True
+            notes += [n for n in ct.notes if n.startswith("The sacrum")]
+    # a thoracic- or caudal-looking peak that would count otherwise; the CT's own ribs / pelvis overrule it
+    confirmed = {"ribs": ribs, "sacrum": sacrum}
+    disagree = [(name, s) for name, s in (("ribs", hard_ribs), ("sacrum", hard_sacrum))
+                if s is not None and s != start and not confirmed[name]]
+    if any(s is not None and s != start for s in (hard_ribs, hard_sacrum)) and not disagree:
+        notes.append("The finder took a vertebra next to the lumbar spine for another kind (thoracic or sacral); the "
+                     "CT's bone settles the count.")
     if ct_disagrees or disagree:
         ribs = sacrum = False
     if disagree:
@@ -456,10 +465,6 @@ def name_peaks(centres_mm: list[np.ndarray], evidence: np.ndarray, context_class
         warnings.append(f"{why}the names shown ({names(start)}) fit the whole column best, but {counts}. Check the "
                         f"levels.")
     how = "both" if ribs and sacrum else "ribs" if ribs else "sacrum" if sacrum else "unanchored"
-    if ribs:
-        notes.append("Counted down from the thoracic (rib-bearing) vertebra right above L1.")
-    if sacrum:
-        notes.append("Counted up from the sacrum right below L5.")
     result = PeakNaming(levels, how, kept, notes, warnings)
     _describe_peaks(result, classes)
     return result
