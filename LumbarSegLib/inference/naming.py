@@ -12,6 +12,9 @@ the class evidence of every instance together. Each name says how it was decided
 "unanchored"); when the two counts differ by one level the anatomy is transitional (a sixth lumbar or a
 sacralised fifth vertebra) and the result says "transitional anatomy: check the levels", never silently.
 
+With the finder (:mod:`.finder`) the instances are its centre peaks instead and :func:`name_peaks` names them:
+the whole column's class evidence picks the sequence, and only the CT's bone anchors it.
+
 Pure numpy/scipy on (z, y, x) arrays in LPS orientation (a larger z index is more superior), as
 :func:`pipeline.clean_labels` holds them: 0 background, 1..5 L1..L5, then the model's context classes.
 """
