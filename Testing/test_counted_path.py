@@ -103,8 +103,13 @@ def test_a_thoracic_column_gives_no_lumbar_vertebra_and_upside_down_anatomy_is_n
     got, mids, _ = _run([C, 5, 4, 3, 2, 1, T, T])  # the column mirrored head-to-feet
     assert "thoracic vertebrae (with ribs) lie below" in got.upside_down and "sacrum lies above" in got.upside_down
     assert not got.labels.any()  # nothing named: the pipeline refuses
-    assert orientation.peak_contradiction(["thoracic", "L1", "L2", "L3", "caudal"]) is None
-    assert orientation.peak_contradiction(["L3", "L4", "thoracic"]) is None  # one misread vertebra below: no
+    assert orientation.peak_contradiction(["thoracic", "L1", "L2", "L3", "caudal"]) == []
+    assert orientation.peak_contradiction(["L3", "L4", "thoracic"]) == []  # one misread vertebra below: no
+    # an upright partial view whose L5 and sacrum the finder took for thoracic: one piece of evidence only warns
+    messages: list[str] = []
+    assert orientation.finder_verdict(["L3", "L4", "thoracic", "thoracic"], messages) is None
+    assert len(messages) == 1 and messages[0].startswith("WARNING: the image may be upside down")
+    assert orientation.finder_verdict(["caudal", "L4", "L3", "thoracic", "thoracic"], [])
 
 
 def test_the_window_and_the_finders_input_agree():

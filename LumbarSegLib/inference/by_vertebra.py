@@ -125,7 +125,7 @@ def segment_counted(canonical, centre_xy, z_range_mm, finder_net, net, messages:
     counted = finder.count_levels(canonical, peaks, sitk.GetArrayViewFromImage(canonical))
     if counted is None:
         return Counted(labels)
-    upside_down = orientation.peak_contradiction([peaks[k].name for k in counted.kept])
+    upside_down = orientation.finder_verdict([peaks[k].name for k in counted.kept], messages)
     if upside_down:  # lumbar-looking vertebrae in reversed anatomy: nothing is named (the pipeline refuses)
         return Counted(labels, upside_down=upside_down)
     if not counted.lumbar():

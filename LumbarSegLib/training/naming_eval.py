@@ -148,7 +148,15 @@ def run_case(ct: sitk.Image, truth: sitk.Image, model, device: str = "cpu", refi
     from ..measures import measurements
     from .column_calibration import scan_record
 
-    res = pipeline.segment(ct, model=model, device=device, refine=refine, finder=finder)
+    from ..inference.orientation import OrientationError
+
+    try:
+        res = pipeline.segment(ct, model=model, device=device, refine=refine, finder=finder)
+    except OrientationError as exc:  # refused as upside down: nothing reported, and the row says why
+        empty = sitk.Image(ct.GetSize(), sitk.sitkUInt8)
+        empty.CopyInformation(ct)
+        return {**score_naming(empty, {}, [], truth, []), "refined": False, "refused": str(exc),
+                **scan_record(empty, truth, {})}
     hu = sitk.GetArrayViewFromImage(ct)
     measured = measurements.measure(sitk.GetArrayViewFromImage(res.labels), hu, ct)
     alarms = measurements.plausibility_warnings(measured)
