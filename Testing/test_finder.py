@@ -322,6 +322,8 @@ def test_a_gap_wide_enough_for_a_missed_vertebra_is_looked_at_again():
     heat[55:65] *= 0.3  # one vertebra blurred (a fracture, a thick slice): its peak falls under PEAK_MIN
     strong = finder.centre_peaks(heat, 2.0)
     assert [round(p[0][0]) for p in strong] == [90, 75, 45]
-    again = finder.look_again(heat, strong, 2.0, missed_mm=46.0)
+    weak = finder.centre_peaks(heat, 2.0, finder.LOOK_AGAIN_MIN)
+    assert [round(p[0][0]) for p in weak if p[1] >= finder.PEAK_MIN] == [90, 75, 45]  # the same strong peaks
+    again = finder.look_again(strong, weak, 2.0, missed_mm=46.0)
     assert [round(p[0][0]) for p in again] == [90, 75, 60, 45]
-    assert finder.look_again(heat, strong, 2.0, missed_mm=70.0) == strong  # the gap is not that wide
+    assert finder.look_again(strong, weak, 2.0, missed_mm=70.0) == strong  # the gap is not that wide

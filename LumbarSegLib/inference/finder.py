@@ -182,12 +182,12 @@ def centre_peaks(heat: np.ndarray, spacing_mm: float, minimum: float = PEAK_MIN,
     return sorted(kept, key=lambda pv: -pv[0][0])
 
 
-def look_again(heat: np.ndarray, peaks: list[tuple[np.ndarray, float]], spacing_mm: float, missed_mm: float,
-               minimum: float = LOOK_AGAIN_MIN, apart_mm: float = PEAK_APART_MM) -> list[tuple[np.ndarray, float]]:
-    """``peaks`` (top first) with, in each gap wider than ``missed_mm``, the strongest local maximum of at
-    least ``minimum`` that lies ``apart_mm`` (along the strip) from both ends of the gap; top first."""
+def look_again(peaks: list[tuple[np.ndarray, float]], weak: list[tuple[np.ndarray, float]], spacing_mm: float,
+               missed_mm: float, apart_mm: float = PEAK_APART_MM) -> list[tuple[np.ndarray, float]]:
+    """``peaks`` (top first) with, in each gap wider than ``missed_mm``, the strongest of the ``weak`` peaks
+    (:func:`centre_peaks` at :data:`LOOK_AGAIN_MIN`) that lies ``apart_mm`` (along the strip) from both ends of
+    the gap; top first."""
     out = list(peaks)
-    weak = centre_peaks(heat, spacing_mm, minimum, apart_mm)
     for (a, _), (b, _) in zip(peaks, peaks[1:]):
         if np.linalg.norm((a - b) * spacing_mm) <= missed_mm:
             continue
@@ -209,7 +209,10 @@ def find_vertebrae(ct: sitk.Image, net, centre_xy, z_range_mm, outside_hu: float
                                               sitk.sitkFloat32))
     probs = strip_probabilities(net, apply_window(hu), config.crop_zyx[0], N_CLASSES)
     heat = probs[N_CLASSES]
-    peaks = look_again(heat, centre_peaks(heat, config.spacing_mm), config.spacing_mm, GAP_MISSED_MM)
+    # one pass: the peaks kept at PEAK_MIN are those of the weaker threshold that reach it (the strongest are kept
+    # first, so weaker ones never suppress them)
+    weak = centre_peaks(heat, config.spacing_mm, LOOK_AGAIN_MIN)
+    peaks = look_again([pv for pv in weak if pv[1] >= PEAK_MIN], weak, config.spacing_mm, GAP_MISSED_MM)
     r = int(np.ceil(EVIDENCE_MM / config.spacing_mm))
     out = []
     for vox, value in peaks:
