@@ -351,3 +351,20 @@ def bundled():
     if not model.trained:
         pytest.skip("the bundled model is not installed")
     return model
+
+
+@pytest.fixture(scope="session")
+def finder_fold_a(tmp_path_factory):
+    """The finder's fold-A phase (held out: verse005, s0328) from the committed resume file
+    (Resources/Training/finder_resume.pt), for the finder's path until a finder is bundled; skips without it."""
+    import torch
+
+    from LumbarSegLib.inference.finder import load_finder
+    from LumbarSegLib.training import vertebra_train
+
+    resume = ROOT / "Resources" / "Training" / "finder_resume.pt"
+    if not resume.is_file():
+        pytest.skip("the finder's resume file is absent")
+    state = tmp_path_factory.mktemp("finder_state")
+    vertebra_train.import_resume(resume, state)
+    return load_finder(torch.load(state / "fold-A.pt", map_location="cpu", weights_only=True), "fold-A")

@@ -59,3 +59,37 @@ def test_thoracic_phantom_reports_no_lumbar_vertebra(bundled, shape_library):
     result = pipeline.segment(ct, model=bundled, device="cpu")
     assert result.found == []
     assert any("off the spinal column" in m for m in result.messages)
+
+
+@pytest.mark.slow
+def test_vertebrae_that_all_carry_ribs_are_not_reported_as_lumbar(bundled, shape_library):
+    """Thoracic phantom 7007 reported L1, L2, L4 and L5 (with stage 3) on vertebrae and ribs that all reach
+    62-112 mm out on both sides (by_vertebra.drop_thoracic)."""
+    from LumbarSegLib import phantoms
+    from LumbarSegLib.inference import pipeline, vertebra_stage
+
+    stage3 = vertebra_stage.choose(True)
+    if stage3 is None:
+        pytest.skip("stage 3 is not bundled")
+    ct, _ = phantoms.generate_phantom(7007, shape=(160, 160, 120), spacing=(2, 2, 2.5), fov="thoracic",
+                                      shape_library=shape_library)
+    result = pipeline.segment(ct, model=bundled, device="cpu", refine=stage3[0])
+    assert result.found == []
+    assert any("this is a thoracic column" in m for m in result.messages)
+
+
+@pytest.mark.slow
+def test_thoracic_phantoms_report_no_lumbar_vertebra_on_the_finders_path(bundled, shape_library, finder_fold_a):
+    """The finder's strip is as wide as a chest: on 7000 it drew L3 and L4 off the spine, on 7005 L2-L4 on
+    vertebrae that all carry ribs (by_vertebra.drop_thoracic)."""
+    from LumbarSegLib import phantoms
+    from LumbarSegLib.inference import pipeline, vertebra_stage
+
+    stage3 = vertebra_stage.choose(True)
+    if stage3 is None:
+        pytest.skip("stage 3 is not bundled")
+    for seed in (7000, 7005):
+        ct, _ = phantoms.generate_phantom(seed, shape=(160, 160, 120), spacing=(2, 2, 2.5), fov="thoracic",
+                                          shape_library=shape_library)
+        result = pipeline.segment(ct, model=bundled, device="cpu", refine=stage3[0], finder=finder_fold_a)
+        assert result.found == [], (seed, result.found)

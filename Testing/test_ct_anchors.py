@@ -137,3 +137,44 @@ def test_ribs_above_more_vertebrae_than_a_lumbar_spine_holds_do_not_anchor():
         ribs_start, _ = anchors.apply_to_count(seen, None, None, list(range(count)), notes, warnings)
         assert (ribs_start == 1) is anchored
         assert bool(warnings) is not anchored and (not warnings or "L7" in warnings[0])
+
+
+# ------------------------------------------------------------------------------------------------------
+# A thoracic column (anchors.thoracic_column, by_vertebra.drop_thoracic): vertebrae that all carry ribs
+# ------------------------------------------------------------------------------------------------------
+
+def test_a_column_whose_vertebrae_all_carry_ribs_is_thoracic_and_reports_nothing():
+    from LumbarSegLib.inference import by_vertebra
+
+    hu, labels, c = _column(n_lumbar=3, above=2)
+    for k in range(5):
+        _bar(hu, c[k], 90, 85)  # ribs on every vertebra (the thoracic-only phantoms: 62-112 mm both sides)
+    thoracic, reaches = anchors.thoracic_column(hu, (1.0, 1.0, 1.0), _centres_mm(labels))
+    assert thoracic and len(reaches) == anchors.THORACIC_ABOVE + 3
+    messages = []
+    out = by_vertebra.drop_thoracic(labels, hu, (1.0, 1.0, 1.0), messages)
+    assert not out.any()
+    assert any("thoracic column" in m and "L1, L2, L3" in m for m in messages)
+
+
+@pytest.mark.parametrize("lumbar_mm", [35, 49])  # real L1-L4 reach 25-49 mm (s0328's L4 49 mm)
+def test_a_lumbar_column_under_rib_bearing_vertebrae_is_kept(lumbar_mm):
+    from LumbarSegLib.inference import by_vertebra
+
+    hu, labels, c = _column(n_lumbar=5, above=2)
+    _bar(hu, c[0], 90, 90)  # T11, T12 with ribs
+    _bar(hu, c[1], 60, 62)
+    for k in range(2, 6):
+        _bar(hu, c[k], lumbar_mm, lumbar_mm)
+    _bar(hu, c[6], 110, 110, thick=9)  # L5 between the iliac crests (s0328: 110 mm)
+    assert not anchors.thoracic_column(hu, (1.0, 1.0, 1.0), _centres_mm(labels))[0]
+    messages = []
+    assert (by_vertebra.drop_thoracic(labels, hu, (1.0, 1.0, 1.0), messages) == labels).all()
+    assert messages == []
+
+
+def test_an_l5_between_the_iliac_crests_alone_in_view_is_kept():
+    hu, labels, c = _column(n_lumbar=1, above=0, below=1)
+    _bar(hu, c[0], 110, 110, thick=9)
+    _bar(hu, c[1], 110, 110, thick=9)
+    assert not anchors.thoracic_column(hu, (1.0, 1.0, 1.0), _centres_mm(labels))[0]

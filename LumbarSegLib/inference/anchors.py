@@ -59,6 +59,13 @@ MIN_SEED_ML = 2.0
 # process can touch it on one side (phantom 100200: T12's rib touches L1 on the left, 110 mm, right 29 mm).
 RIB_REACH_MM = 54.0
 CARRIES_RIB_MM = 52.0
+# A column whose vertebrae carry ribs on both sides - at least THORACIC_MIN_RIBS of those found and of the
+# THORACIC_ABOVE vertebrae right above them, and none clearly without (under CARRIES_RIB_MM on both sides) -
+# is thoracic, with no lumbar vertebra in it: on the thoracic-only phantoms 7000-7009 every vertebra reaches
+# 62-112 mm on both sides, while no lumbar vertebra of the real CTs in ../shared reaches 54 mm on both sides
+# except an L5 set between the iliac crests (s0328: 110 mm; its L4 49 mm), which alone never makes three.
+THORACIC_MIN_RIBS = 3
+THORACIC_ABOVE = 2
 # Below the last rib-bearing vertebra a spine holds five lumbar vertebrae, six with a transitional one: a count
 # that reaches further has taken other vertebrae for lumbar ones.
 MOST_BELOW_RIBS = 6
@@ -170,6 +177,22 @@ def detect_ribs(hu: np.ndarray, spacing, centres_mm: list[np.ndarray], top_name:
                          f"ends within {CARRIES_RIB_MM:g} mm), so that vertebra is taken as T12 and the count runs "
                          f"down from it.")
     return out
+
+
+def thoracic_column(hu: np.ndarray, spacing, centres_mm: list[np.ndarray]) -> tuple[bool, list]:
+    """(whether the column is thoracic, the reaches measured): the vertebrae at ``centres_mm`` (top first, z y x
+    mm in ``hu``'s frame) and the :data:`THORACIC_ABOVE` one gap after another above them, read as in
+    :func:`detect_ribs`; see :data:`THORACIC_MIN_RIBS`. A place with no vertebra (too little bone) counts for
+    neither side."""
+    gap = _median_gap(centres_mm)
+    top = np.asarray(centres_mm[0], float)
+    d = _direction(centres_mm[0], centres_mm[1]) if len(centres_mm) > 1 else np.array([1.0, 0.0, 0.0])
+    places = [top + k * gap * d for k in range(THORACIC_ABOVE, 0, -1)] + [np.asarray(c, float) for c in centres_mm]
+    reaches = [lateral_reach(hu, spacing, c, SLAB_SHARE * gap) for c in places]
+    seen = [r[:2] for r in reaches if r[2] >= MIN_SEED_ML]
+    ribs = sum(min(r) >= RIB_REACH_MM for r in seen)
+    without = sum(max(r) < CARRIES_RIB_MM for r in seen)
+    return ribs >= THORACIC_MIN_RIBS and without == 0, [tuple(round(v) for v in r[:2]) for r in reaches]
 
 
 def _longest_free_mm(occupied: np.ndarray, step_mm: float) -> float:

@@ -48,6 +48,28 @@ def drop_soft_tissue(labels: np.ndarray, hu: np.ndarray, messages: list[str]) ->
     return out
 
 
+def drop_thoracic(labels: np.ndarray, hu: np.ndarray, spacing_zyx, messages: list[str]) -> np.ndarray:
+    """``labels`` without any vertebra when they and the vertebrae right above them all carry ribs
+    (:func:`.anchors.thoracic_column`): a thoracic column has no lumbar vertebra, whatever looked lumbar in it."""
+    from .anchors import thoracic_column
+
+    boxes = morphology.label_boxes(labels)
+    if not boxes:
+        return labels
+    spacing_zyx = np.asarray(spacing_zyx, float)
+    order = sorted(boxes)  # L1 first: the top of the column
+    centres = [np.mean(np.argwhere(labels[boxes[lab]] == lab) + [s.start for s in boxes[lab]], axis=0) * spacing_zyx
+               for lab in order]
+    thoracic, reaches = thoracic_column(hu, spacing_zyx, centres)
+    if not thoracic:
+        return labels
+    messages.append("WARNING: not reported as lumbar vertebrae: " + ", ".join(LABEL_NAMES[lab] for lab in order)
+                    + ". Bone connected to them and to the vertebrae right above them runs out to both sides as far "
+                    "as ribs do (" + ", ".join(f"{r}/{l} mm" for r, l in reaches) + ", top first; a lumbar transverse "
+                    "process ends within 50 mm), so this is a thoracic column. Check the field of view.")
+    return np.zeros_like(labels)
+
+
 def tidy_vertebrae(refined: np.ndarray, present, check=None) -> tuple[np.ndarray, list[int]]:
     """Stage 3's merged label map as reported: each vertebra of ``present`` keeps its largest piece, its enclosed
     holes filled on voxels no vertebra took. No closing, unlike the XUNet's coarser pieces: on held-out

@@ -346,7 +346,7 @@ def _segment_on(image: sitk.Image, model: LumbarSegModel, torch_device: torch.de
     naming_warnings: list[str] = []  # and what that count warned of
     if box is not None and finder is not None and refine is not None:
         labels_canonical = _segment_counted(canonical, box, finder, refine, stages, messages, dropped, naming,
-                                            naming_warnings)
+                                            naming_warnings, model, torch_device)
     elif box is not None:
         lo, hi = box
         stages.start("segment")
@@ -369,6 +369,8 @@ def _segment_on(image: sitk.Image, model: LumbarSegModel, torch_device: torch.de
             stages.start("refine")
             labels_canonical = by_vertebra.refine_vertebrae(canonical, labels_canonical, refine, messages, stages.check)
         labels_canonical = by_vertebra.drop_soft_tissue(labels_canonical, sitk.GetArrayViewFromImage(canonical), messages)
+        labels_canonical = by_vertebra.drop_thoracic(labels_canonical, sitk.GetArrayViewFromImage(canonical),
+                                                     np.asarray(canonical.GetSpacing(), float)[::-1], messages)
         orientation.decide(head_feet, bool(labels_canonical.any()), messages)
     else:
         stages.start("postprocess")
@@ -405,16 +407,30 @@ def _segment_on(image: sitk.Image, model: LumbarSegModel, torch_device: torch.de
 
 
 def _segment_counted(canonical, box, finder, refine, stages: _Stages, messages, dropped, naming,
-                     naming_warnings) -> np.ndarray:
+                     naming_warnings, model: LumbarSegModel, torch_device) -> np.ndarray:
     """The finder's path (:func:`.by_vertebra.segment_counted`) in the localizer's ``box``, with what every result
-    gets after it: pieces too small to report dropped, soft tissue dropped, upside-down anatomy refused."""
+    gets after it: pieces off the spinal column, too small to report or of soft tissue's HU dropped, a thoracic
+    column dropped, upside-down anatomy refused - from
+    the finder's peaks and from the XUNet's head-feet check as on its own path (two XUNet passes, about a
+    second: the finder's classes alone named two of the four real CTs of ../shared/data/real turned upside
+    down)."""
     stages.start("segment")
+    head_feet = None
+    if model.trained:
+        lo, hi = box
+        probs = xunet_probabilities(canonical, lo, hi, model, torch_device)
+        with torch.inference_mode():
+            box_labels = preprocess.probabilities_to_labels(probs, np.asarray(hi) - np.asarray(lo))
+        head_feet = check_head_feet(canonical, lo, hi, model, torch_device, probs, box_labels)
     mn, mx = index_box_to_lps(canonical, *box)
     centre_xy = ((mn[0] + mx[0]) / 2, (mn[1] + mx[1]) / 2)
     counted = by_vertebra.segment_counted(canonical, centre_xy, (mn[2], mx[2]), finder, refine, messages,
                                           stages.check)
     labels = counted.labels
     stages.start("postprocess")
+    if labels.any():  # the finder's strip is as wide as a chest: thoracic phantom 7000 drew L3 and L4 off its spine
+        labels = column.drop_off_column(labels, sitk.GetArrayViewFromImage(canonical),
+                                        np.asarray(canonical.GetSpacing(), float)[::-1], messages)
     voxel_ml = float(np.prod(canonical.GetSpacing())) / 1000.0
     volumes = {lab: float((labels[box_] == lab).sum()) * voxel_ml for lab, box_ in morphology.label_boxes(labels).items()}
     minimum = vertebra_minimum_ml(volumes.values())
@@ -424,8 +440,11 @@ def _segment_counted(canonical, box, finder, refine, stages: _Stages, messages, 
         dropped.update(too_small)
         labels = np.where(np.isin(labels, list(too_small)), 0, labels).astype(np.uint8)
     labels = by_vertebra.drop_soft_tissue(labels, sitk.GetArrayViewFromImage(canonical), messages)
+    labels = by_vertebra.drop_thoracic(labels, sitk.GetArrayViewFromImage(canonical),
+                                       np.asarray(canonical.GetSpacing(), float)[::-1], messages)
     # the finder saw lumbar-looking vertebrae in reversed anatomy (a lumbar spine, upside down): never named
     orientation.refuse_if_upside_down([counted.upside_down])
+    orientation.decide(head_feet, bool(labels.any()), messages)
     naming.update(counted.naming)
     naming_warnings.extend(counted.warnings)
     return labels
