@@ -147,3 +147,18 @@ def test_real_ct_upside_down_is_refused_or_warned_and_upright_is_named(shared_da
         assert any(m.startswith("WARNING: the image may be upside down") for m in flipped.messages)
     if case == "sub-verse005":  # and the same CT the right way up is named L1-L5 (as in docs/accuracy.md's table)
         assert pipeline.segment(ct, model=bundled, device="cpu").found == ["L1", "L2", "L3", "L4", "L5"]
+
+
+@pytest.mark.slow
+def test_real_ct_upside_down_is_refused_on_the_finders_path(shared_data, bundled, finder_fold_a):
+    """The finder's classes alone named sub-verse014 turned upside down L1-L5; its path now also consults the
+    XUNet's head-feet check, which refuses it (as on the XUNet's path)."""
+    from LumbarSegLib.inference import vertebra_stage
+    from LumbarSegLib.io import images
+
+    stage3 = vertebra_stage.choose(True)
+    if stage3 is None:
+        pytest.skip("stage 3 is not bundled")
+    ct = images.load_ct(shared_data / "real" / "sub-verse014_ct.nii.gz").image
+    with pytest.raises(OrientationError):
+        pipeline.segment(upside_down(ct), model=bundled, device="cpu", refine=stage3[0], finder=finder_fold_a)
