@@ -115,3 +115,20 @@ def test_a_thoracic_column_gives_no_lumbar_vertebra_and_upside_down_anatomy_is_n
 def test_the_window_and_the_finders_input_agree():
     hu = np.array([-1000.0, 40.0, 500.0, 2000.0], np.float32)
     assert np.allclose(apply_window(hu) * 1800.0 - 500.0, np.clip(hu, -500, 1300))
+
+
+def test_the_strip_runs_along_the_column_of_bone_not_the_box_centre():
+    """The localizer's box can reach far in front of the spine (the pelvis of phantom 5009): the finder's strip,
+    128 mm across, is centred on the column of bone within the box's height instead."""
+    from LumbarSegLib.inference.pipeline import index_box_to_lps, strip_centre
+
+    img, _ = _column([1, 2, 3, 4, 5])  # bony boxes at y 33-48, x 30-50 (voxels): the column's centre
+    lo, hi = np.array([0, 0, 20]), np.array([80, 30, 180])  # a box centred 25 voxels (50 mm) in front of it
+    x, y = strip_centre(img, (lo, hi))
+    mn, mx = index_box_to_lps(img, lo, hi)
+    assert abs(y - (mn[1] + mx[1]) / 2) > 40
+    # the column (x 30-49, y 33-47 voxels), to within the body-wide filter's plateau
+    assert abs(x - (-80 + 39.5 * SP)) < 6 and abs(y - (-80 + 40 * SP)) < 6
+    empty = sitk.Image(img.GetSize(), sitk.sitkFloat32) - 1000.0
+    empty.CopyInformation(img)
+    assert strip_centre(empty, (lo, hi)) == ((mn[0] + mx[0]) / 2, (mn[1] + mx[1]) / 2)  # no bone: the box's centre

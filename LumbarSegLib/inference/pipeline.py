@@ -406,6 +406,23 @@ def _segment_on(image: sitk.Image, model: LumbarSegModel, torch_device: torch.de
                               naming_warnings=naming_warnings if found else [])
 
 
+def strip_centre(canonical: sitk.Image, box) -> tuple[float, float]:
+    """(x, y) LPS mm where the finder's strip runs: the column of bone over the box's height
+    (:func:`.column.column_centre`, on a slice every 4 mm or so), the box's centre where the slab shows no bone.
+    The strip is 128 mm across and the finder trained on windows centred on the spine; the box's centre can lie
+    far from it (64 mm in front of it on the lower-spine phantom 5009, whose box takes in the pelvis: the spine
+    at the strip's edge, nothing found)."""
+    lo, hi = box
+    spacing_zyx = np.asarray(canonical.GetSpacing(), float)[::-1]
+    step = max(1, int(round(4.0 / spacing_zyx[0])))
+    point = column.column_centre(sitk.GetArrayViewFromImage(canonical)[lo[2]:hi[2]:step], spacing_zyx[1:])
+    if point is None:
+        mn, mx = index_box_to_lps(canonical, lo, hi)
+        return (mn[0] + mx[0]) / 2, (mn[1] + mx[1]) / 2
+    x, y, _ = canonical.TransformContinuousIndexToPhysicalPoint([point[1], point[0], (lo[2] + hi[2]) / 2])
+    return x, y
+
+
 def _segment_counted(canonical, box, finder, refine, stages: _Stages, messages, dropped, naming,
                      naming_warnings, model: LumbarSegModel, torch_device) -> np.ndarray:
     """The finder's path (:func:`.by_vertebra.segment_counted`) in the localizer's ``box``, with what every result
@@ -423,8 +440,7 @@ def _segment_counted(canonical, box, finder, refine, stages: _Stages, messages, 
             box_labels = preprocess.probabilities_to_labels(probs, np.asarray(hi) - np.asarray(lo))
         head_feet = check_head_feet(canonical, lo, hi, model, torch_device, probs, box_labels)
     mn, mx = index_box_to_lps(canonical, *box)
-    centre_xy = ((mn[0] + mx[0]) / 2, (mn[1] + mx[1]) / 2)
-    counted = by_vertebra.segment_counted(canonical, centre_xy, (mn[2], mx[2]), finder, refine, messages,
+    counted = by_vertebra.segment_counted(canonical, strip_centre(canonical, box), (mn[2], mx[2]), finder, refine, messages,
                                           stages.check)
     labels = counted.labels
     stages.start("postprocess")
