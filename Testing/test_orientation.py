@@ -162,3 +162,17 @@ def test_real_ct_upside_down_is_refused_on_the_finders_path(shared_data, bundled
     ct = images.load_ct(shared_data / "real" / "sub-verse014_ct.nii.gz").image
     with pytest.raises(OrientationError):
         pipeline.segment(upside_down(ct), model=bundled, device="cpu", refine=stage3[0], finder=finder_fold_a)
+
+
+@pytest.mark.slow
+def test_an_upside_down_abdomen_that_looks_thoracic_to_the_finder_is_refused(abdomen_phantom, bundled, finder_fold_a):
+    """Turned over, phantom 100011's lumbar spine looked thoracic to the finder throughout: no lumbar vertebra and
+    "no lumbar spine found" instead of a refusal. Read turned back, the finder names its lumbar vertebrae."""
+    from LumbarSegLib.inference import vertebra_stage
+
+    stage3 = vertebra_stage.choose(True)
+    if stage3 is None:
+        pytest.skip("stage 3 is not bundled")
+    with pytest.raises(OrientationError, match="with the image turned head-to-feet"):
+        pipeline.segment(upside_down(abdomen_phantom), model=bundled, device="cpu", refine=stage3[0],
+                         finder=finder_fold_a)

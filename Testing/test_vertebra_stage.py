@@ -274,6 +274,11 @@ def test_run_study_says_whether_stage3_ran(tmp_path, monkeypatch):
     model = tmp_path / "lumbarseg_stage3.pt"
     # the bundled file's place (RESOURCES_DIR / file_name; an absolute name replaces the folder)
     monkeypatch.setattr(vertebra_stage, "STAGE3", dataclasses.replace(vertebra_stage.STAGE3, file_name=str(model)))
+    from LumbarSegLib.inference import finder
+
+    # the XUNet's path first: no finder installed (whether or not one is bundled)
+    monkeypatch.setattr(finder, "FINDER_BUNDLE", dataclasses.replace(finder.FINDER_BUNDLE,
+                                                                     file_name=str(tmp_path / "no_finder.pt")))
 
     def run(name, refine):
         return run_study(StudyOptions(input=ct, output=str(tmp_path / name), device="cpu", quiet=True, refine=refine))
@@ -296,7 +301,6 @@ def test_run_study_says_whether_stage3_ran(tmp_path, monkeypatch):
     assert off["stage3"]["ran"] is False and off["provenance"]["options"]["refine"] is False
 
     # with a finder installed, its path runs and the report says so (a tiny untrained one: the plumbing only)
-    from LumbarSegLib.inference import finder
     from LumbarSegLib.inference.finder import FinderConfig, build_finder
 
     tiny = FinderConfig(base=4, crop_zyx=(32, 32, 32), spacing_mm=4.0)
@@ -306,7 +310,7 @@ def test_run_study_says_whether_stage3_ran(tmp_path, monkeypatch):
     monkeypatch.setattr(finder, "FINDER_BUNDLE", dataclasses.replace(finder.FINDER_BUNDLE, file_name=str(found_by)))
     counted = run("counted", None)
     assert counted["finder"]["model"] == "lumbarseg_finder.pt" and counted["finder"]["ran"] is True
-    assert counted["provenance"]["finder"] == counted["finder"] and "refine" not in counted["timings_s"]
+    assert counted["provenance"]["finder"] == counted["finder"]
     with pytest.raises(InputError, match="needs that stage"):
         run_study(StudyOptions(input=ct, output=str(tmp_path / "x"), device="cpu", quiet=True, refine=False,
                                finder=True))

@@ -137,9 +137,11 @@ def test_session_segments_cancels_keeps_edits_and_exports(tmp_path):
     assert read_provenance(session.segmentation_node)["report"] == provenance
     stage3 = provenance["stage3"]  # the web app runs the per-vertebra stage as every front end does
     assert stage3["ran"] and stage3["model"] == "lumbarseg_stage3.pt"
+    finder = provenance["finder"]  # the finder's path, when a finder is bundled
+    found_by = (f", vertebrae found by lumbarseg_finder.pt (sha256 {finder['sha256'][:12]})" if finder["ran"] else "")
     assert session.model_summary() == (f"Made by LumbarSeg {__version__}, model cpu "
                                        f"(sha256 {provenance['model']['sha256'][:12]}) + per-vertebra stage "
-                                       f"lumbarseg_stage3.pt (sha256 {stage3['sha256'][:12]}) on cpu")
+                                       f"lumbarseg_stage3.pt (sha256 {stage3['sha256'][:12]}){found_by} on cpu")
     assert not session.has_edits()
 
     # An edit (L3 removed, as an eraser over all of it would) is detected; opening another CT asks first.

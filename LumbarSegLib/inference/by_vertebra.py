@@ -123,6 +123,20 @@ def refine_vertebrae(canonical: sitk.Image, labels: np.ndarray, net, messages: l
     return out
 
 
+def lumbar_turned_over(canonical: sitk.Image, finder_net, centre_xy, z_range_mm) -> int:
+    """How many vertebrae the finder names L1-L5 (by counting) along the same column with ``canonical`` (LPS-aligned)
+    turned head-to-feet: its voxels mirrored along z, the header kept."""
+    from . import finder
+
+    voxels = np.ascontiguousarray(sitk.GetArrayFromImage(canonical)[::-1])
+    turned = sitk.GetImageFromArray(voxels)
+    turned.CopyInformation(canonical)
+    ends = 2 * canonical.GetOrigin()[2] + (canonical.GetSize()[2] - 1) * canonical.GetSpacing()[2]
+    peaks = finder.find_vertebrae(turned, finder_net, centre_xy, (ends - max(z_range_mm), ends - min(z_range_mm)))
+    counted = finder.count_levels(turned, peaks, voxels)
+    return len(counted.lumbar()) if counted else 0
+
+
 @dataclass
 class Counted:
     """What :func:`segment_counted` found: the label map (z, y, x, on the canonical grid), name -> how its level
@@ -134,9 +148,10 @@ class Counted:
 
 
 def segment_counted(canonical, centre_xy, z_range_mm, finder_net, net, messages: list[str],
-                    check=None) -> Counted:
+                    check=None, on_stage3=None) -> Counted:
     """The finder (``finder_net``) along the column through ``centre_xy`` (LPS x, y mm) over ``z_range_mm``, its
-    peaks named by counting, and each one named L1-L5 segmented by stage 3 (``net``) around its centre."""
+    peaks named by counting, and each one named L1-L5 segmented by stage 3 (``net``) around its centre
+    (``on_stage3()`` is called as that starts: the progress bar's stage)."""
     from . import finder, orientation
     from .vertebra_stage import VertebraSeed, segment_vertebrae
 
@@ -153,6 +168,12 @@ def segment_counted(canonical, centre_xy, z_range_mm, finder_net, net, messages:
     if not counted.lumbar():
         from .naming import level_name
 
+        # a lumbar spine upside down can look thoracic to the finder throughout (abdominal phantom 100011): the
+        # finder reading lumbar vertebrae in the image turned over says so (a thoracic CT turned over does not)
+        turned = lumbar_turned_over(canonical, finder_net, centre_xy, z_range_mm)
+        if turned >= orientation.MIN_REVERSED_VERTEBRAE:
+            return Counted(labels, upside_down=f"the finder reads none of the {len(counted.levels)} vertebrae it found "
+                                               f"as lumbar, and {turned} as lumbar with the image turned head-to-feet")
         how = {"ribs": "down from the ribs", "sacrum": "up from the sacrum", "both": "from the ribs and the sacrum",
                "unanchored": "without an anchor"}[counted.how]
         messages.append(f"The finder found {len(counted.levels)} vertebra(e) along the column, counted {how} as "
@@ -163,6 +184,8 @@ def segment_counted(canonical, centre_xy, z_range_mm, finder_net, net, messages:
     lumbar = counted.lumbar()
     seeds = [VertebraSeed(peaks[k].centre_mm, level) for k, level in sorted(lumbar.items())]
     dup: dict = {}
+    if on_stage3 is not None:
+        on_stage3()
     refined = segment_vertebrae(canonical, seeds, net, cancel=check, dropped=dup)
     for lab, twin in sorted(dup.items()):
         messages.append(f"{LABEL_NAMES[lab]} and {LABEL_NAMES[twin]} are one vertebra (the per-vertebra stage found "

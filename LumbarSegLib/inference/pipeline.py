@@ -440,10 +440,11 @@ def _segment_counted(canonical, box, finder, refine, stages: _Stages, messages, 
             box_labels = preprocess.probabilities_to_labels(probs, np.asarray(hi) - np.asarray(lo))
         head_feet = check_head_feet(canonical, lo, hi, model, torch_device, probs, box_labels)
     mn, mx = index_box_to_lps(canonical, *box)
-    counted = by_vertebra.segment_counted(canonical, strip_centre(canonical, box), (mn[2], mx[2]), finder, refine, messages,
-                                          stages.check)
+    # the stages as a progress bar shows them: "segment" (the finder and the count), then "refine" (stage 3 and
+    # what is reported of it; with no lumbar vertebra counted, stage 3 does not run)
+    counted = by_vertebra.segment_counted(canonical, strip_centre(canonical, box), (mn[2], mx[2]), finder, refine,
+                                          messages, stages.check, on_stage3=lambda: stages.start("refine"))
     labels = counted.labels
-    stages.start("postprocess")
     if labels.any():  # the finder's strip is as wide as a chest: thoracic phantom 7000 drew L3 and L4 off its spine
         labels = column.drop_off_column(labels, sitk.GetArrayViewFromImage(canonical),
                                         np.asarray(canonical.GetSpacing(), float)[::-1], messages)
