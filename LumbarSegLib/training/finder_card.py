@@ -63,7 +63,9 @@ def card_markdown(gate: dict, e2e: dict | None, log_path, model_name: str) -> st
                 "`python -m LumbarSegLib.training.finder_eval --state STATE --phases fold-A fold-B fold-C --real ... "
                 "--end-to-end STAGE3_STATE`.", ""]
         out += end_to_end_lines(e2e["summary"]) + [""]
-    out += ["## Training", "", f"Machine: {platform.machine()}, 2 cores (load below).", ""]
+    out += ["## Training", "", f"Machine: {platform.machine()}, 2 cores (load below). The shipped file is the `all` "
+            "phase, trained from the pretrain on every real case (listed in the card's JSON) for longer than each "
+            "fold; the held-out numbers above are the folds', its estimate.", ""]
     out += training_lines(log_path) + [""]
     out += ["## Limits", "",
             "- Six real CTs and six label maps, three folds of two subjects: a small validation.",
