@@ -125,3 +125,16 @@ def test_a_wide_gap_skips_a_level_and_two_close_peaks_are_one_vertebra():
     got = name_peaks(centres, ev, CONTEXT_CLASSES, values=[0.9, 0.5, 0.9, 0.9, 0.9, 0.9, 0.9, 0.9])
     assert got.kept == [0, 2, 3, 4, 5, 6, 7]
     assert _named(got) == [1, 2, 3, 4, 5]
+
+
+def test_ribs_do_not_anchor_an_l1_cut_by_the_edge_of_the_image():
+    """Thoracic phantom 7007: its T12, cut by the image's lower edge, was counted L1 under T11's ribs and anchored.
+    A vertebra counted L1 at the image's edge may be a T12 whose ribs are out of view: warned, unanchored."""
+    centres, ev = _column([T, T, 1])
+    hu = _ct(centres, ribs_on=(0, 1))
+    whole = name_peaks(centres, ev, CONTEXT_CLASSES, hu=hu, spacing_zyx=SPACING)
+    assert whole.how == "ribs" and _named(whole) == [1]
+    cut_at = int(centres[2][0]) - 5  # the image ends 5 mm below the centre of the vertebra counted L1
+    cut = name_peaks([c - [cut_at, 0, 0] for c in centres], ev, CONTEXT_CLASSES, hu=hu[cut_at:], spacing_zyx=SPACING)
+    assert _named(cut) == [1] and cut.how == "unanchored"
+    assert any("edge of the image" in w for w in cut.warnings)
