@@ -88,8 +88,14 @@ def test_thoracic_phantoms_report_no_lumbar_vertebra_on_the_finders_path(bundled
     stage3 = vertebra_stage.choose(True)
     if stage3 is None:
         pytest.skip("stage 3 is not bundled")
-    for seed in (7000, 7005):
+    from LumbarSegLib.inference import finder
+
+    shipped = finder.choose(None, stage3)
+    # 7007 with the shipped finder: its T12, cut by the image's lower edge, was named L1 under T11's ribs (the
+    # column of the finder's peaks all carry ribs; a vertebra at the edge says nothing)
+    runs = [(7000, finder_fold_a), (7005, finder_fold_a)] + ([(7007, shipped[0])] if shipped else [])
+    for seed, found_by in runs:
         ct, _ = phantoms.generate_phantom(seed, shape=(160, 160, 120), spacing=(2, 2, 2.5), fov="thoracic",
                                           shape_library=shape_library)
-        result = pipeline.segment(ct, model=bundled, device="cpu", refine=stage3[0], finder=finder_fold_a)
+        result = pipeline.segment(ct, model=bundled, device="cpu", refine=stage3[0], finder=found_by)
         assert result.found == [], (seed, result.found)

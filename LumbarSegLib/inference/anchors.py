@@ -68,6 +68,10 @@ CARRIES_RIB_MM = 52.0
 # (110 mm out on one side, 22 on the other), under rib-bearing vertebrae.
 THORACIC_MIN_RIBS = 3
 THORACIC_ABOVE = 3
+# A vertebra whose centre lies this close to the image's first or last slice is cut by the field of view (half a
+# vertebra's height): its ribs may be out of view, so it says nothing about ribs (7007's T12 at the lower edge
+# read 25 mm on both sides)
+EDGE_MM = 12.0
 # Below the last rib-bearing vertebra a spine holds five lumbar vertebrae, six with a transitional one: a count
 # that reaches further has taken other vertebrae for lumbar ones.
 MOST_BELOW_RIBS = 6
@@ -191,7 +195,8 @@ def thoracic_column(hu: np.ndarray, spacing, centres_mm: list[np.ndarray]) -> tu
     d = _direction(centres_mm[0], centres_mm[1]) if len(centres_mm) > 1 else np.array([1.0, 0.0, 0.0])
     places = [top + k * gap * d for k in range(THORACIC_ABOVE, 0, -1)] + [np.asarray(c, float) for c in centres_mm]
     reaches = [lateral_reach(hu, spacing, c, SLAB_SHARE * gap) for c in places]
-    seen = [r[:2] for r in reaches if r[2] >= MIN_SEED_ML]
+    height = (hu.shape[0] - 1) * float(np.asarray(spacing, float)[0])
+    seen = [r[:2] for r, c in zip(reaches, places) if r[2] >= MIN_SEED_ML and EDGE_MM <= c[0] <= height - EDGE_MM]
     ribs = sum(min(r) >= RIB_REACH_MM for r in seen)
     without = sum(max(r) < CARRIES_RIB_MM for r in seen)
     return ribs >= THORACIC_MIN_RIBS and without == 0, [tuple(round(v) for v in r[:2]) for r in reaches]

@@ -48,9 +48,12 @@ def drop_soft_tissue(labels: np.ndarray, hu: np.ndarray, messages: list[str]) ->
     return out
 
 
-def drop_thoracic(labels: np.ndarray, hu: np.ndarray, spacing_zyx, messages: list[str]) -> np.ndarray:
+def drop_thoracic(labels: np.ndarray, hu: np.ndarray, spacing_zyx, messages: list[str], column=None) -> np.ndarray:
     """``labels`` without any vertebra when they and the vertebrae right above them all carry ribs
-    (:func:`.anchors.thoracic_column`): a thoracic column has no lumbar vertebra, whatever looked lumbar in it."""
+    (:func:`.anchors.thoracic_column`): a thoracic column has no lumbar vertebra, whatever looked lumbar in it.
+    ``column``: every vertebral centre found along the column (z, y, x mm, top first; the finder's), read instead
+    of the labelled vertebrae's own centres: a piece beside the spine (thoracic phantom 7007's cut T12, 57 mm to
+    the side) reads one-sided."""
     from .anchors import thoracic_column
 
     boxes = morphology.label_boxes(labels)
@@ -58,8 +61,9 @@ def drop_thoracic(labels: np.ndarray, hu: np.ndarray, spacing_zyx, messages: lis
         return labels
     spacing_zyx = np.asarray(spacing_zyx, float)
     order = sorted(boxes)  # L1 first: the top of the column
-    centres = [np.mean(np.argwhere(labels[boxes[lab]] == lab) + [s.start for s in boxes[lab]], axis=0) * spacing_zyx
-               for lab in order]
+    centres = column if column else [
+        np.mean(np.argwhere(labels[boxes[lab]] == lab) + [s.start for s in boxes[lab]], axis=0) * spacing_zyx
+        for lab in order]
     thoracic, reaches = thoracic_column(hu, spacing_zyx, centres)
     if not thoracic:
         return labels
@@ -145,6 +149,7 @@ class Counted:
     naming: dict = field(default_factory=dict)
     warnings: list = field(default_factory=list)
     upside_down: str | None = None
+    column: list = field(default_factory=list)  # every peak counted: its centre (z, y, x mm on the canonical grid)
 
 
 def segment_counted(canonical, centre_xy, z_range_mm, finder_net, net, messages: list[str],
@@ -196,4 +201,7 @@ def segment_counted(canonical, centre_xy, z_range_mm, finder_net, net, messages:
         messages.append(f"The per-vertebra stage found no vertebra at the centre of {', '.join(LABEL_NAMES[v] for v in empty)}, "
                         "so it is not reported. Check that level.")
     names = {LABEL_NAMES[v]: counted.how for v in present if v not in empty}
-    return Counted(out, names, list(counted.warnings))
+    spacing_zyx = np.asarray(canonical.GetSpacing(), float)[::-1]
+    column = [np.asarray(canonical.TransformPhysicalPointToContinuousIndex([float(v) for v in peaks[k].centre_mm]))[::-1]
+              * spacing_zyx for k in counted.kept]
+    return Counted(out, names, list(counted.warnings), column=column)

@@ -39,9 +39,6 @@ MISSED_ROOM = 0.4
 # predicted surfaces a few mm off; as pipeline.ANCHOR_GAP_MM before).
 ANCHOR_GAP_MM = 20.0
 EVIDENCE_FLOOR = 0.05  # the weight of a level the network gave no evidence for (log(0) would veto it)
-# A vertebra whose centre lies this close to the image's first or last slice is cut by the field of view (half a
-# vertebra's height)
-EDGE_MM = 12.0
 
 
 @dataclass
@@ -441,7 +438,7 @@ def name_peaks(centres_mm: list[np.ndarray], evidence: np.ndarray, context_class
         warnings += ct.warnings
         # a vertebra cut by the image's edge may be a T12 whose ribs are cut off (thoracic phantom 7007: its T12 at
         # the lower edge was counted L1 under the ribs of T11, anchored): ribs never anchor such a count
-        cut = min(centres[first][0], (hu.shape[0] - 1) * float(spacing_zyx[0]) - centres[first][0]) < EDGE_MM
+        cut = min(centres[first][0], (hu.shape[0] - 1) * float(spacing_zyx[0]) - centres[first][0]) < ct_anchors.EDGE_MM
         if ct.ribs and levels[first] == 1 and cut:
             warnings.append(f"WARNING: the vertebra counted L1 lies at the edge of the image, cut by it: it may be a T12 "
                             f"whose ribs are out of view, so the ribs above it do not anchor the count. Check the levels.")

@@ -458,7 +458,7 @@ def _segment_counted(canonical, box, finder, refine, stages: _Stages, messages, 
         labels = np.where(np.isin(labels, list(too_small)), 0, labels).astype(np.uint8)
     labels = by_vertebra.drop_soft_tissue(labels, sitk.GetArrayViewFromImage(canonical), messages)
     labels = by_vertebra.drop_thoracic(labels, sitk.GetArrayViewFromImage(canonical),
-                                       np.asarray(canonical.GetSpacing(), float)[::-1], messages)
+                                       np.asarray(canonical.GetSpacing(), float)[::-1], messages, counted.column)
     # the finder saw lumbar-looking vertebrae in reversed anatomy (a lumbar spine, upside down): never named
     orientation.refuse_if_upside_down([counted.upside_down])
     orientation.decide(head_feet, bool(labels.any()), messages)
