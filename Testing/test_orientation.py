@@ -18,10 +18,7 @@ THORACIC, CAUDAL = NUM_CLASSES, NUM_CLASSES + 1
 
 def upside_down(image: sitk.Image) -> sitk.Image:
     """``image`` with its voxels mirrored head-to-feet and its (canonical LPS) header unchanged."""
-    canonical = preprocess.to_canonical(image)
-    flipped = sitk.GetImageFromArray(np.ascontiguousarray(sitk.GetArrayFromImage(canonical)[::-1]))
-    flipped.CopyInformation(canonical)
-    return flipped
+    return preprocess.mirrored_head_to_feet(preprocess.to_canonical(image))
 
 
 def column(order_top_down, context_top=None, context_bottom=None):

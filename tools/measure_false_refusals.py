@@ -31,10 +31,7 @@ LUMBAR_CODES = range(20, 26)  # VerSe L1-L5 and L6
 
 
 def upside_down(image: sitk.Image) -> sitk.Image:
-    canonical = preprocess.to_canonical(image)
-    flipped = sitk.GetImageFromArray(np.ascontiguousarray(sitk.GetArrayFromImage(canonical)[::-1]))
-    flipped.CopyInformation(canonical)
-    return flipped
+    return preprocess.mirrored_head_to_feet(preprocess.to_canonical(image))
 
 
 FINDER = None  # --finder-model: the finder's path (inference/by_vertebra.py) instead of the XUNet's

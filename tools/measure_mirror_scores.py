@@ -27,10 +27,7 @@ from LumbarSegLib.inference.models import load_model  # noqa: E402
 
 
 def upside_down(image: sitk.Image) -> sitk.Image:
-    canonical = preprocess.to_canonical(image)
-    flipped = sitk.GetImageFromArray(np.ascontiguousarray(sitk.GetArrayFromImage(canonical)[::-1]))
-    flipped.CopyInformation(canonical)
-    return flipped
+    return preprocess.mirrored_head_to_feet(preprocess.to_canonical(image))
 
 
 def scores(image: sitk.Image, model, device):

@@ -132,12 +132,10 @@ def lumbar_turned_over(canonical: sitk.Image, finder_net, centre_xy, z_range_mm)
     turned head-to-feet: its voxels mirrored along z, the header kept."""
     from . import finder
 
-    voxels = np.ascontiguousarray(sitk.GetArrayFromImage(canonical)[::-1])
-    turned = sitk.GetImageFromArray(voxels)
-    turned.CopyInformation(canonical)
+    turned = preprocess.mirrored_head_to_feet(canonical)
     ends = 2 * canonical.GetOrigin()[2] + (canonical.GetSize()[2] - 1) * canonical.GetSpacing()[2]
     peaks = finder.find_vertebrae(turned, finder_net, centre_xy, (ends - max(z_range_mm), ends - min(z_range_mm)))
-    counted = finder.count_levels(turned, peaks, voxels)
+    counted = finder.count_levels(turned, peaks)
     return len(counted.lumbar()) if counted else 0
 
 

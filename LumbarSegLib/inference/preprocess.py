@@ -22,6 +22,14 @@ def to_canonical(image: sitk.Image) -> sitk.Image:
     return sitk.DICOMOrient(image, CANONICAL_ORIENTATION)
 
 
+def mirrored_head_to_feet(canonical: sitk.Image) -> sitk.Image:
+    """``canonical`` (LPS-aligned) with its voxels mirrored along z and its header kept: the CT a converter that
+    reversed the slice order leaves (what the orientation checks must catch, and the finder's turned-over read)."""
+    turned = sitk.GetImageFromArray(np.ascontiguousarray(sitk.GetArrayViewFromImage(canonical)[::-1]))
+    turned.CopyInformation(canonical)
+    return turned
+
+
 def apply_window(hu: np.ndarray, level: float = 400.0, width: float = 1800.0) -> np.ndarray:
     """Bone window (paper: level 400 / width 1800 HU) scaled to [0, 1] as float32."""
     lo = level - width / 2.0
