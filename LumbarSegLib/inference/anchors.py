@@ -185,6 +185,13 @@ def detect_ribs(hu: np.ndarray, spacing, centres_mm: list[np.ndarray], top_name:
     return out
 
 
+def cut_by_edge(hu: np.ndarray, spacing, centre_mm) -> bool:
+    """Whether the vertebra centred at ``centre_mm`` (z, y, x mm in ``hu``'s frame) is cut by the image's first or
+    last slice (:data:`EDGE_MM`)."""
+    height = (hu.shape[0] - 1) * float(np.asarray(spacing, float)[0])
+    return not EDGE_MM <= float(centre_mm[0]) <= height - EDGE_MM
+
+
 def thoracic_column(hu: np.ndarray, spacing, centres_mm: list[np.ndarray]) -> tuple[bool, list]:
     """(whether the column is thoracic, the reaches measured): the vertebrae at ``centres_mm`` (top first, z y x
     mm in ``hu``'s frame) and the :data:`THORACIC_ABOVE` one gap after another above them, read as in
@@ -195,8 +202,7 @@ def thoracic_column(hu: np.ndarray, spacing, centres_mm: list[np.ndarray]) -> tu
     d = _direction(centres_mm[0], centres_mm[1]) if len(centres_mm) > 1 else np.array([1.0, 0.0, 0.0])
     places = [top + k * gap * d for k in range(THORACIC_ABOVE, 0, -1)] + [np.asarray(c, float) for c in centres_mm]
     reaches = [lateral_reach(hu, spacing, c, SLAB_SHARE * gap) for c in places]
-    height = (hu.shape[0] - 1) * float(np.asarray(spacing, float)[0])
-    seen = [r[:2] for r, c in zip(reaches, places) if r[2] >= MIN_SEED_ML and EDGE_MM <= c[0] <= height - EDGE_MM]
+    seen = [r[:2] for r, c in zip(reaches, places) if r[2] >= MIN_SEED_ML and not cut_by_edge(hu, spacing, c)]
     ribs = sum(min(r) >= RIB_REACH_MM for r in seen)
     without = sum(max(r) < CARRIES_RIB_MM for r in seen)
     return ribs >= THORACIC_MIN_RIBS and without == 0, [tuple(round(v) for v in r[:2]) for r in reaches]

@@ -61,9 +61,7 @@ def drop_thoracic(labels: np.ndarray, hu: np.ndarray, spacing_zyx, messages: lis
         return labels
     spacing_zyx = np.asarray(spacing_zyx, float)
     order = sorted(boxes)  # L1 first: the top of the column
-    centres = column if column else [
-        np.mean(np.argwhere(labels[boxes[lab]] == lab) + [s.start for s in boxes[lab]], axis=0) * spacing_zyx
-        for lab in order]
+    centres = column or [morphology.centre_of(labels, boxes[lab], lab) * spacing_zyx for lab in order]
     thoracic, reaches = thoracic_column(hu, spacing_zyx, centres)
     if not thoracic:
         return labels
@@ -199,7 +197,4 @@ def segment_counted(canonical, centre_xy, z_range_mm, finder_net, net, messages:
         messages.append(f"The per-vertebra stage found no vertebra at the centre of {', '.join(LABEL_NAMES[v] for v in empty)}, "
                         "so it is not reported. Check that level.")
     names = {LABEL_NAMES[v]: counted.how for v in present if v not in empty}
-    spacing_zyx = np.asarray(canonical.GetSpacing(), float)[::-1]
-    column = [np.asarray(canonical.TransformPhysicalPointToContinuousIndex([float(v) for v in peaks[k].centre_mm]))[::-1]
-              * spacing_zyx for k in counted.kept]
-    return Counted(out, names, list(counted.warnings), column=column)
+    return Counted(out, names, list(counted.warnings), column=counted.centres_mm)

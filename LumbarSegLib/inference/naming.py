@@ -333,6 +333,7 @@ class PeakNaming:
     kept: list[int]
     notes: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    centres_mm: list = field(default_factory=list)  # of the peaks counted (``kept``), as given
 
     def lumbar(self) -> dict[int, int]:
         """Peak index -> lumbar level (1..5) of the peaks named L1..L5."""
@@ -438,10 +439,9 @@ def name_peaks(centres_mm: list[np.ndarray], evidence: np.ndarray, context_class
         warnings += ct.warnings
         # a vertebra cut by the image's edge may be a T12 whose ribs are cut off (thoracic phantom 7007: its T12 at
         # the lower edge was counted L1 under the ribs of T11, anchored): ribs never anchor such a count
-        cut = min(centres[first][0], (hu.shape[0] - 1) * float(spacing_zyx[0]) - centres[first][0]) < ct_anchors.EDGE_MM
-        if ct.ribs and levels[first] == 1 and cut:
-            warnings.append(f"WARNING: the vertebra counted L1 lies at the edge of the image, cut by it: it may be a T12 "
-                            f"whose ribs are out of view, so the ribs above it do not anchor the count. Check the levels.")
+        if ct.ribs and levels[first] == 1 and ct_anchors.cut_by_edge(hu, spacing_zyx, centres[first]):
+            warnings.append("WARNING: the vertebra counted L1 lies at the edge of the image, cut by it: it may be a T12 "
+                            "whose ribs are out of view, so the ribs above it do not anchor the count. Check the levels.")
         elif ct.ribs and levels[first] == 1:
             ribs = True
             notes += [n for n in ct.notes if n.startswith("Ribs")]
@@ -474,7 +474,7 @@ def name_peaks(centres_mm: list[np.ndarray], evidence: np.ndarray, context_class
         warnings.append(f"{why}the names shown ({names(start)}) fit the whole column best, but {counts}. Check the "
                         f"levels.")
     how = "both" if ribs and sacrum else "ribs" if ribs else "sacrum" if sacrum else "unanchored"
-    result = PeakNaming(levels, how, kept, notes, warnings)
+    result = PeakNaming(levels, how, kept, notes, warnings, centres)
     _describe_peaks(result, classes)
     return result
 

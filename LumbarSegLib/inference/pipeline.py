@@ -142,6 +142,13 @@ def xunet_probabilities(canonical: sitk.Image, lo, hi, model: LumbarSegModel, de
     return probs.flip(1) if mirror_z else probs
 
 
+def xunet_labels(canonical: sitk.Image, lo, hi, model: LumbarSegModel, device: torch.device):
+    """(the XUNet's probabilities on its grid, its labels on the box [lo, hi) of the canonical grid)."""
+    probs = xunet_probabilities(canonical, lo, hi, model, device)
+    with torch.inference_mode():
+        return probs, preprocess.probabilities_to_labels(probs, np.asarray(hi) - np.asarray(lo))
+
+
 def check_head_feet(canonical: sitk.Image, lo, hi, model: LumbarSegModel, device: torch.device,
                     probs: torch.Tensor, box_labels: np.ndarray) -> orientation.Verdict:
     """What the anatomy says about head and feet against the header (:mod:`orientation`): context classes on
@@ -350,9 +357,7 @@ def _segment_on(image: sitk.Image, model: LumbarSegModel, torch_device: torch.de
     elif box is not None:
         lo, hi = box
         stages.start("segment")
-        probs = xunet_probabilities(canonical, lo, hi, model, torch_device)
-        with torch.inference_mode():
-            box_labels = preprocess.probabilities_to_labels(probs, np.asarray(hi) - np.asarray(lo))
+        probs, box_labels = xunet_labels(canonical, lo, hi, model, torch_device)
         head_feet = None  # random weights say nothing about anatomy (and are announced as meaningless)
         if model.trained:
             head_feet = check_head_feet(canonical, lo, hi, model, torch_device, probs, box_labels)
@@ -435,9 +440,7 @@ def _segment_counted(canonical, box, finder, refine, stages: _Stages, messages, 
     head_feet = None
     if model.trained:
         lo, hi = box
-        probs = xunet_probabilities(canonical, lo, hi, model, torch_device)
-        with torch.inference_mode():
-            box_labels = preprocess.probabilities_to_labels(probs, np.asarray(hi) - np.asarray(lo))
+        probs, box_labels = xunet_labels(canonical, lo, hi, model, torch_device)
         head_feet = check_head_feet(canonical, lo, hi, model, torch_device, probs, box_labels)
     mn, mx = index_box_to_lps(canonical, *box)
     # the stages as a progress bar shows them: "segment" (the finder and the count), then "refine" (stage 3 and
@@ -445,9 +448,9 @@ def _segment_counted(canonical, box, finder, refine, stages: _Stages, messages, 
     counted = by_vertebra.segment_counted(canonical, strip_centre(canonical, box), (mn[2], mx[2]), finder, refine,
                                           messages, stages.check, on_stage3=lambda: stages.start("refine"))
     labels = counted.labels
+    hu, spacing_zyx = sitk.GetArrayViewFromImage(canonical), np.asarray(canonical.GetSpacing(), float)[::-1]
     if labels.any():  # the finder's strip is as wide as a chest: thoracic phantom 7000 drew L3 and L4 off its spine
-        labels = column.drop_off_column(labels, sitk.GetArrayViewFromImage(canonical),
-                                        np.asarray(canonical.GetSpacing(), float)[::-1], messages)
+        labels = column.drop_off_column(labels, hu, spacing_zyx, messages)
     voxel_ml = float(np.prod(canonical.GetSpacing())) / 1000.0
     volumes = {lab: float((labels[box_] == lab).sum()) * voxel_ml for lab, box_ in morphology.label_boxes(labels).items()}
     minimum = vertebra_minimum_ml(volumes.values())
@@ -456,9 +459,8 @@ def _segment_counted(canonical, box, finder, refine, stages: _Stages, messages, 
         messages.append(_dropped_message(too_small, minimum))
         dropped.update(too_small)
         labels = np.where(np.isin(labels, list(too_small)), 0, labels).astype(np.uint8)
-    labels = by_vertebra.drop_soft_tissue(labels, sitk.GetArrayViewFromImage(canonical), messages)
-    labels = by_vertebra.drop_thoracic(labels, sitk.GetArrayViewFromImage(canonical),
-                                       np.asarray(canonical.GetSpacing(), float)[::-1], messages, counted.column)
+    labels = by_vertebra.drop_soft_tissue(labels, hu, messages)
+    labels = by_vertebra.drop_thoracic(labels, hu, spacing_zyx, messages, counted.column)
     # the finder saw lumbar-looking vertebrae in reversed anatomy (a lumbar spine, upside down): never named
     orientation.refuse_if_upside_down([counted.upside_down])
     orientation.decide(head_feet, bool(labels.any()), messages)
