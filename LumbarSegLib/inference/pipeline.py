@@ -437,11 +437,6 @@ def _segment_counted(canonical, box, finder, refine, stages: _Stages, messages, 
     second: the finder's classes alone named two of the four real CTs of ../shared/data/real turned upside
     down)."""
     stages.start("segment")
-    head_feet = None
-    if model.trained:
-        lo, hi = box
-        probs, box_labels = xunet_labels(canonical, lo, hi, model, torch_device)
-        head_feet = check_head_feet(canonical, lo, hi, model, torch_device, probs, box_labels)
     mn, mx = index_box_to_lps(canonical, *box)
     # the stages as a progress bar shows them: "segment" (the finder and the count), then "refine" (stage 3 and
     # what is reported of it; with no lumbar vertebra counted, stage 3 does not run)
@@ -463,7 +458,10 @@ def _segment_counted(canonical, box, finder, refine, stages: _Stages, messages, 
     labels = by_vertebra.drop_thoracic(labels, hu, spacing_zyx, messages, counted.column)
     # the finder saw lumbar-looking vertebrae in reversed anatomy (a lumbar spine, upside down): never named
     orientation.refuse_if_upside_down([counted.upside_down])
-    orientation.decide(head_feet, bool(labels.any()), messages)
+    if labels.any() and model.trained:  # with nothing to name, orientation is never a reason to refuse
+        lo, hi = box
+        probs, box_labels = xunet_labels(canonical, lo, hi, model, torch_device)
+        orientation.decide(check_head_feet(canonical, lo, hi, model, torch_device, probs, box_labels), True, messages)
     naming.update(counted.naming)
     naming_warnings.extend(counted.warnings)
     return labels
