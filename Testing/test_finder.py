@@ -41,7 +41,7 @@ def _spine(kind="real"):
 def test_windows_vary_in_the_levels_they_hold_and_carry_the_xunets_classes():
     sampler = finder_samples.FinderSampler([_spine()], weights={"real": 1.0}, seed=3)
     seen, l1_heights = [], []
-    for _ in range(24):
+    for _ in range(40):
         ct, classes, heat, info = sampler.draw()
         assert ct.shape == classes.shape == heat.shape == finder_samples.GRID.crop_zyx
         assert ct.dtype == np.float32 and classes.dtype == np.uint8 and heat.dtype == np.float32
@@ -82,6 +82,25 @@ def test_the_same_seed_draws_the_same_windows():
     a = finder_samples.FinderSampler([_spine()], weights={"real": 1.0}, seed=7).draw()
     b = finder_samples.FinderSampler([_spine()], weights={"real": 1.0}, seed=7).draw()
     assert np.array_equal(a[0], b[0]) and np.array_equal(a[1], b[1])
+
+
+def test_some_windows_are_cut_to_a_narrow_scans_field_of_view():
+    sampler = finder_samples.FinderSampler([_spine()], weights={"real": 1.0}, seed=4)
+    cut = 0
+    for _ in range(16):
+        ct, classes, heat, info = sampler.draw()
+        if "fov" not in info:
+            continue
+        cut += 1
+        keep = np.zeros(ct.shape, bool)
+        keep[slice(*info["fov"]["z"]), slice(*info["fov"]["y"]), slice(*info["fov"]["x"])] = True
+        assert not keep.all()
+        # outside the scan: air, background, no centre - what the strip holds beyond an image at inference
+        assert np.all(ct[~keep] == finder_samples.OUTSIDE_HU)
+        assert not classes[~keep].any() and not heat[~keep].any()
+        width_mm = (info["fov"]["x"][1] - info["fov"]["x"][0]) * finder_samples.GRID.spacing_mm
+        assert 2 * finder_samples.FOV_HALF_WIDTH_MM[0] - 10 <= width_mm <= 2 * finder_samples.FOV_HALF_WIDTH_MM[1] + 10
+    assert 3 <= cut <= 13  # about half the windows
 
 
 def test_centre_heatmap_is_a_gaussian_of_the_given_width():

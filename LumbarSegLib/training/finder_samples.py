@@ -14,6 +14,11 @@ with thick slices and intensity jitter as stage 3's crops are. Its targets:
   neighbours beyond the labelled vertebrae is :data:`data.IGNORE`, not taught as background);
 * ``centres``: a Gaussian (the grid's ``sigma_mm``) at every labelled vertebra's centre whatever its level,
   the instances the counting stage names (:mod:`..inference.naming`).
+
+On :data:`FOV_CUT_FRACTION` of windows the field of view is cut (:func:`cut_field_of_view`): most real spine CTs
+are crops 80-110 mm wide around the column, with no rib tip, iliac wing or sacral ala in view, while the
+phantoms and label-map CTs show the whole body. Held out, the finder trained without the cut read L1 as thoracic
+and L5 as L3-L4 on such crops (it had the levels from the ribs and the pelvis, not from the vertebrae).
 """
 
 from __future__ import annotations
@@ -22,7 +27,7 @@ import numpy as np
 
 from ..inference.finder import FinderConfig
 from ..inference.networks import CONTEXT_CLASSES
-from ..inference.vertebra_stage import crop_grid
+from ..inference.vertebra_stage import OUTSIDE_HU, crop_grid
 from .augmentation import rotation_matrix
 from .data import training_labels
 from .vertebra_samples import KindPool, Source, reimage, resample_turned, vertebra_centres
@@ -36,6 +41,13 @@ SCALE = (0.9, 1.1)
 # The sacrum is no instance of the counting stage, but its centre is a landmark all the same: with it the
 # heatmap marks every segment of the column in view.
 CENTRE_CODES = tuple(sorted(set(range(1, 27)) | {28}))
+# The field-of-view cut: the share of windows cut, the half-width kept left-right and the reach kept in front of
+# and behind the window's middle (mm; the real crops in ../shared are 78-110 mm wide, the window 128 mm), and the
+# share of cut windows whose top or bottom also ends within the window (a crop's end in the middle of a vertebra).
+FOV_CUT_FRACTION = 0.5
+FOV_HALF_WIDTH_MM = (35.0, 64.0)
+FOV_REACH_MM = (40.0, 64.0)
+FOV_END_FRACTION = 0.3
 
 
 def centre_heatmap(centres_vox: np.ndarray, shape, spacing_mm: float, sigma_mm: float) -> np.ndarray:
@@ -90,4 +102,32 @@ class FinderSampler:
                for c in codes]
         heat = centre_heatmap(np.array(vox), grid.crop_zyx, grid.spacing_mm, grid.sigma_mm)
         info = {"source": src.name, "levels": [int(c) for c in np.unique(codes_arr) if c]}
-        return reimage(ct, grid.spacing_mm, rng, info), classes, heat, info
+        ct = reimage(ct, grid.spacing_mm, rng, info)
+        if rng.random() < FOV_CUT_FRACTION:
+            info["fov"] = cut_field_of_view(ct, classes, heat, grid.spacing_mm, rng)
+        return ct, classes, heat, info
+
+
+def cut_field_of_view(ct: np.ndarray, classes: np.ndarray, heat: np.ndarray, spacing_mm: float,
+                      rng: np.random.Generator) -> dict:
+    """Cut a window (z, y, x; in place) to a narrower scan's field of view, as the finder's strip shows one at
+    inference (outside the scan: :data:`OUTSIDE_HU`, background, no centre): left-right to a random half-width,
+    front and back to a random reach, and on :data:`FOV_END_FRACTION` of them the top or the bottom. Returns what
+    was kept (voxels)."""
+    nz, ny, nx = ct.shape
+    keep = np.zeros(ct.shape, bool)
+    mid_y, mid_x = (ny - 1) / 2, (nx - 1) / 2
+    half = rng.uniform(*FOV_HALF_WIDTH_MM) / spacing_mm
+    x0 = int(round(mid_x + rng.uniform(-4.0, 4.0) / spacing_mm - half))
+    x1 = int(round(mid_x + rng.uniform(-4.0, 4.0) / spacing_mm + half)) + 1
+    y0 = int(round(mid_y - rng.uniform(*FOV_REACH_MM) / spacing_mm))
+    y1 = int(round(mid_y + rng.uniform(*FOV_REACH_MM) / spacing_mm)) + 1
+    z0, z1 = 0, nz
+    if rng.random() < FOV_END_FRACTION:
+        end = int(rng.integers(nz // 6, nz // 3))
+        z0, z1 = (end, nz) if rng.random() < 0.5 else (0, nz - end)
+    keep[z0:z1, max(0, y0):y1, max(0, x0):x1] = True
+    ct[~keep] = OUTSIDE_HU
+    classes[~keep] = 0
+    heat[~keep] = 0.0
+    return {"z": (z0, z1), "y": (max(0, y0), min(ny, y1)), "x": (max(0, x0), min(nx, x1))}
