@@ -132,3 +132,35 @@ def test_the_strip_runs_along_the_column_of_bone_not_the_box_centre():
     empty = sitk.Image(img.GetSize(), sitk.sitkFloat32) - 1000.0
     empty.CopyInformation(img)
     assert strip_centre(empty, (lo, hi)) == ((mn[0] + mx[0]) / 2, (mn[1] + mx[1]) / 2)  # no bone: the box's centre
+
+
+def test_a_vertebra_whose_centre_lies_beyond_the_scan_counts_but_is_not_segmented(monkeypatch):
+    """sub-verse007 ends in the L3/L4 disc: the finder's centre channel peaks on what is in view of L4, its centre
+    beyond the image's edge; a surface of that piece must not be reported as L4."""
+    from dataclasses import replace
+
+    from LumbarSegLib.inference import finder
+
+    whole, mids = _column([T, 1, 2, 3, 4, 5])
+    img = whole[:, :, mids[-1] + 2:]  # the scan ends 4 mm above L5's middle: most of L5 is out of view
+    mids = [z - (mids[-1] + 2) for z in mids]
+    low = np.asarray(img.TransformContinuousIndexToPhysicalPoint((40.0, 40.0, -0.4)))  # within half a voxel
+    assert not by_vertebra.outside_scan(img, low)
+    assert by_vertebra.outside_scan(img, low - [0.0, 0.0, 0.3 * SP])
+    assert by_vertebra.outside_scan(img, low + [200.0, 0.0, 40.0])  # beside it
+    found = finder.find_vertebrae
+
+    def last_beyond_the_edge(*args, **kwargs):  # as the trained finder puts it: at L5's true middle
+        peaks = found(*args, **kwargs)
+        true_middle = np.asarray(whole.TransformIndexToPhysicalPoint((40, 40, int(mids[-1] + whole.GetSize()[2]
+                                                                               - img.GetSize()[2]))))
+        return peaks[:-1] + [replace(peaks[-1], centre_mm=true_middle)]
+
+    monkeypatch.setattr(finder, "find_vertebrae", last_beyond_the_edge)
+    messages: list[str] = []
+    got = by_vertebra.segment_counted(img, (-80 + 40 * SP - SP, -80 + 40 * SP - SP), (-180.0, 180.0),
+                                      BandFinder(), MiddleBone(), messages)
+    assert [_level_at(got.labels, z) for z in mids[:-1]] == [0, 1, 2, 3, 4]
+    assert not (got.labels == 5).any()  # L5 counted, not segmented
+    assert sorted(got.naming) == ["L1", "L2", "L3", "L4"]
+    assert any(m.startswith("L5 lie(s) mostly outside the scan") for m in messages), messages

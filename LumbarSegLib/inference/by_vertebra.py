@@ -148,6 +148,16 @@ class Counted:
     column: list = field(default_factory=list)  # every peak counted: its centre (z, y, x mm on the canonical grid)
 
 
+def outside_scan(image: sitk.Image, point_mm) -> bool:
+    """Whether ``point_mm`` (LPS) lies beyond the scan's voxels (more than half a voxel past the first or last
+    along any axis). A vertebra whose centre lies there has less than half of itself in view: the finder still
+    finds its centre (the centre channel peaks on a vertebra cut by the image's edge, so the count goes on), but a
+    surface of the piece in view would be reported as that whole vertebra (held-out sub-verse007 ends in the L3/L4
+    disc: an "L4" of 36 mL of L3's unlabelled end, the disc and L4's articular processes)."""
+    index = np.asarray(image.TransformPhysicalPointToContinuousIndex([float(v) for v in point_mm]))
+    return bool(np.any(index < -0.5) or np.any(index > np.asarray(image.GetSize()) - 0.5))
+
+
 def segment_counted(canonical, centre_xy, z_range_mm, finder_net, net, messages: list[str],
                     check=None, on_stage3=None) -> Counted:
     """The finder (``finder_net``) along the column through ``centre_xy`` (LPS x, y mm) over ``z_range_mm``, its
@@ -183,7 +193,11 @@ def segment_counted(canonical, centre_xy, z_range_mm, finder_net, net, messages:
     messages.extend(counted.notes)
     messages.extend(counted.warnings)
     lumbar = counted.lumbar()
-    seeds = [VertebraSeed(peaks[k].centre_mm, level) for k, level in sorted(lumbar.items())]
+    beyond = [level for k, level in sorted(lumbar.items()) if outside_scan(canonical, peaks[k].centre_mm)]
+    if beyond:
+        messages.append(f"{', '.join(LABEL_NAMES[v] for v in beyond)} lie(s) mostly outside the scan (the centre beyond "
+                        "the image's edge): counted for the names, not segmented.")
+    seeds = [VertebraSeed(peaks[k].centre_mm, level) for k, level in sorted(lumbar.items()) if level not in beyond]
     dup: dict = {}
     if on_stage3 is not None:
         on_stage3()
