@@ -127,6 +127,16 @@ def test_a_wide_gap_skips_a_level_and_two_close_peaks_are_one_vertebra():
     assert _named(got) == [1, 2, 3, 4, 5]
 
 
+def test_a_peak_off_the_columns_line_skips_no_level():
+    # T12's body out of a slab's view: its peak on the arch, 50 mm behind L1's (58 mm away in space, 28 along
+    # the spine): no vertebra was missed between them
+    centres, ev = _column([T, T, 2, 3, 4, 4], gaps=[28.0, 22.0, 28.0, 28.0, 26.0])
+    centres[0][1] += 50
+    got = name_peaks(centres, ev, CONTEXT_CLASSES)
+    assert not any("missed" in w for w in got.warnings)
+    assert got.levels == [0, 1, 2, 3, 4, 5]
+
+
 def test_ribs_do_not_anchor_an_l1_cut_by_the_edge_of_the_image():
     """Thoracic phantom 7007: its T12, cut by the image's lower edge, was counted L1 under T11's ribs and anchored.
     A vertebra counted L1 at the image's edge may be a T12 whose ribs are out of view: warned, unanchored."""

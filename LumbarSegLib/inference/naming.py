@@ -29,7 +29,7 @@ from scipy import ndimage
 from ..constants import LABEL_NAMES, NUM_CLASSES, TRANSITIONAL
 from . import anchors as ct_anchors
 from .instances import (GAP_MISSED_MM, GAP_SAME_MM, MISSED_RATIO, centre_mm, column_gaps, find_instances,
-                        gap_thresholds, height_mm, split_tall, z_extent)
+                        gap_thresholds, gaps_along_column, height_mm, split_tall, z_extent)
 
 # A missed vertebra also leaves room for itself: this share of a vertebra's height free of bone between
 # its neighbours (neighbours' masks overlap in height or leave a disc of 5-15 mm).
@@ -397,7 +397,7 @@ def name_peaks(centres_mm: list[np.ndarray], evidence: np.ndarray, context_class
     values = list(values) if values is not None else [1.0] * len(centres)
     notes: list[str] = []
     kept = [0]
-    same, _ = gap_thresholds(column_gaps(centres))
+    same, _ = gap_thresholds(gaps_along_column(centres))
     for i in range(1, len(centres)):
         j = kept[-1]
         apart = abs(float(centres[j][0] - centres[i][0]))  # along the column: one beside the other is one vertebra
@@ -413,7 +413,7 @@ def name_peaks(centres_mm: list[np.ndarray], evidence: np.ndarray, context_class
     ev[:, 0] = 0.0
     ev /= np.maximum(ev.sum(axis=1, keepdims=True), 1e-12)
     classes = [int(np.argmax(row)) for row in ev]
-    gaps = column_gaps(centres)
+    gaps = gaps_along_column(centres)
     _, missed = gap_thresholds(gaps)
     typical = missed / MISSED_RATIO
     steps = [max(2, int(round(g / typical))) if g > missed else 1 for g in gaps]
