@@ -135,6 +135,13 @@ def test_a_peak_off_the_columns_line_skips_no_level():
     got = name_peaks(centres, ev, CONTEXT_CLASSES)
     assert not any("missed" in w for w in got.warnings)
     assert got.levels == [0, 1, 2, 3, 4, 5]
+    # a weak peak beside the column 14 mm below L2 (held-out sub-ct_label-22): one vertebra with L2, and the
+    # column's scale still comes from its centres' spacing in space (no "missed" L3 below it)
+    centres, ev = _column([2, 2, 3, 4], gaps=[14.0, 16.0, 32.0])
+    centres[1][2] += 26
+    got = name_peaks(centres, ev, CONTEXT_CLASSES, values=[0.75, 0.54, 0.85, 0.76])
+    assert got.kept == [0, 2, 3] and _named(got) == [2, 3, 4]
+    assert not any("missed" in w for w in got.warnings)
 
 
 def test_ribs_do_not_anchor_an_l1_cut_by_the_edge_of_the_image():

