@@ -50,7 +50,8 @@ def card_markdown(gate: dict, e2e: dict | None, log_path, model_name: str) -> st
            "L1-L5, thoracic, caudal, and a Gaussian at every vertebral centre. Its centre peaks are the instances that "
            "counting from the ribs and the sacrum names (inference/naming.name_peaks); stage 3 then segments each. "
            "Trained on a 2-core CPU (float32) on training phantoms, real label maps drawn as synthetic CTs and the "
-           "real CTs, in windows at any height along the spine, thick slices simulated on every window.", "",
+           "real CTs, in windows at any height along the spine, thick slices simulated on every window and half of "
+           "them cut to a narrower scan's field of view (training/finder_samples.py).", "",
            "## Held out: each fold's finder on the subjects it never trained on, as stored and re-imaged", "",
            "Along the true column. `python -m LumbarSegLib.training.finder_eval --state STATE --phases fold-A fold-B "
            "fold-C --real <real CT folders>`.", ""]
