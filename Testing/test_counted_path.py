@@ -164,3 +164,16 @@ def test_a_vertebra_whose_centre_lies_beyond_the_scan_counts_but_is_not_segmente
     assert not (got.labels == 5).any()  # L5 counted, not segmented
     assert sorted(got.naming) == ["L1", "L2", "L3", "L4"]
     assert any(m.startswith("L5 lie(s) mostly outside the scan") for m in messages), messages
+
+
+def test_a_vertebra_reaching_the_scans_first_or_last_slice_is_said_to_be_cut():
+    labels = np.zeros((40, 8, 8), np.uint8)
+    labels[0:6, 2:6, 2:6] = 5  # L5 on the first slice (the feet's end in LPS)
+    labels[12:24, 2:6, 2:6] = 4
+    labels[30:40, 2:6, 2:6] = 1  # L1 on the last (the head's end)
+    notes = by_vertebra.cut_by_scan_ends(labels)
+    assert len(notes) == 2
+    assert notes[0].startswith("L1 reaches the upper end of the scan") and notes[1].startswith("L5 reaches the lower")
+    labels[30:40] = 0
+    labels[0:6] = 0
+    assert by_vertebra.cut_by_scan_ends(labels) == []

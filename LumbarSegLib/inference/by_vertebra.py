@@ -148,6 +148,19 @@ class Counted:
     column: list = field(default_factory=list)  # every peak counted: its centre (z, y, x mm on the canonical grid)
 
 
+def cut_by_scan_ends(labels: np.ndarray) -> list[str]:
+    """Notes on the vertebrae of ``labels`` (z, y, x, LPS: index 0 is the feet's end) that reach the scan's first
+    or last slice: the field of view may cut them, so their volume, height and surface are of the part in view
+    (held-out sub-verse007 ends in L4's top: an "L4" of 36 mL). A surface for surgical planning must say so."""
+    notes = []
+    for lab, box in sorted(morphology.label_boxes(labels).items()):
+        ends = [side for side, cut in (("lower", box[0].start == 0), ("upper", box[0].stop == labels.shape[0])) if cut]
+        if ends and lab in LABEL_NAMES:
+            notes.append(f"{LABEL_NAMES[lab]} reaches the {' and '.join(ends)} end of the scan: part of it may lie "
+                         "outside the field of view, so its volume, height and surface are those of the part in view.")
+    return notes
+
+
 def outside_scan(image: sitk.Image, point_mm) -> bool:
     """Whether ``point_mm`` (LPS) lies beyond the scan's voxels (more than half a voxel past the first or last
     along any axis). A vertebra whose centre lies there has less than half of itself in view: the finder still
