@@ -13,7 +13,7 @@ import SimpleITK as sitk
 import torch
 import torch.nn.functional as F
 
-from LumbarSegLib.inference import by_vertebra, orientation
+from LumbarSegLib.inference import by_vertebra, morphology, orientation
 from LumbarSegLib.inference.finder import N_CLASSES, FinderConfig
 from LumbarSegLib.inference.preprocess import apply_window
 from LumbarSegLib.inference.vertebra_net import VertebraNetConfig, window
@@ -171,9 +171,9 @@ def test_a_vertebra_reaching_the_scans_first_or_last_slice_is_said_to_be_cut():
     labels[0:6, 2:6, 2:6] = 5  # L5 on the first slice (the feet's end in LPS)
     labels[12:24, 2:6, 2:6] = 4
     labels[30:40, 2:6, 2:6] = 1  # L1 on the last (the head's end)
-    notes = by_vertebra.cut_by_scan_ends(labels)
+    notes = by_vertebra.cut_by_scan_ends(morphology.label_boxes(labels), labels.shape[0])
     assert len(notes) == 2
     assert notes[0].startswith("L1 reaches the upper end of the scan") and notes[1].startswith("L5 reaches the lower")
     labels[30:40] = 0
     labels[0:6] = 0
-    assert by_vertebra.cut_by_scan_ends(labels) == []
+    assert by_vertebra.cut_by_scan_ends(morphology.label_boxes(labels), labels.shape[0]) == []

@@ -148,14 +148,15 @@ class Counted:
     column: list = field(default_factory=list)  # every peak counted: its centre (z, y, x mm on the canonical grid)
 
 
-def cut_by_scan_ends(labels: np.ndarray) -> list[str]:
-    """Notes on the vertebrae of ``labels`` (z, y, x, LPS: index 0 is the feet's end) that reach the scan's first
-    or last slice: the field of view may cut them, so their volume, height and surface are of the part in view
-    (held-out sub-verse007 ends in L4's top: an "L4" of 36 mL). A surface for surgical planning must say so."""
+def cut_by_scan_ends(boxes: dict, n_slices: int) -> list[str]:
+    """Notes on the vertebrae whose boxes (label -> (z, y, x) slices of an LPS grid of ``n_slices`` slices, index 0
+    the feet's end; :func:`.morphology.label_boxes`) reach the scan's first or last slice: the field of view may cut
+    them, so their volume, height and surface are of the part in view (held-out sub-verse007's L3, cut by its crop).
+    A surface for surgical planning must say so."""
     notes = []
-    for lab, box in sorted(morphology.label_boxes(labels).items()):
-        ends = [side for side, cut in (("lower", box[0].start == 0), ("upper", box[0].stop == labels.shape[0])) if cut]
-        if ends and lab in LABEL_NAMES:
+    for lab, box in sorted(boxes.items()):
+        ends = [side for side, cut in (("lower", box[0].start == 0), ("upper", box[0].stop == n_slices)) if cut]
+        if ends:
             notes.append(f"{LABEL_NAMES[lab]} reaches the {' and '.join(ends)} end of the scan: part of it may lie "
                          "outside the field of view, so its volume, height and surface are those of the part in view.")
     return notes
@@ -165,8 +166,9 @@ def outside_scan(image: sitk.Image, point_mm) -> bool:
     """Whether ``point_mm`` (LPS) lies beyond the scan's voxels (more than half a voxel past the first or last
     along any axis). A vertebra whose centre lies there has less than half of itself in view: the finder still
     finds its centre (the centre channel peaks on a vertebra cut by the image's edge, so the count goes on), but a
-    surface of the piece in view would be reported as that whole vertebra (held-out sub-verse007 ends in the L3/L4
-    disc: an "L4" of 36 mL of L3's unlabelled end, the disc and L4's articular processes)."""
+    surface of the piece in view would be reported as that whole vertebra. (Held-out sub-verse007 ends in the L3/L4
+    disc; the fold-B finder's L4 centre lies just inside it, so that "L4" of 36 mL is reported, with the note of
+    :func:`cut_by_scan_ends`.)"""
     index = np.asarray(image.TransformPhysicalPointToContinuousIndex([float(v) for v in point_mm]))
     return bool(np.any(index < -0.5) or np.any(index > np.asarray(image.GetSize()) - 0.5))
 

@@ -380,8 +380,9 @@ def _segment_on(image: sitk.Image, model: LumbarSegModel, torch_device: torch.de
     else:
         stages.start("postprocess")
 
-    found = [LABEL_NAMES[lab] for lab in sorted(morphology.label_boxes(labels_canonical))]
-    messages.extend(by_vertebra.cut_by_scan_ends(labels_canonical))
+    boxes = morphology.label_boxes(labels_canonical)
+    found = [LABEL_NAMES[lab] for lab in sorted(boxes)]
+    messages.extend(by_vertebra.cut_by_scan_ends(boxes, labels_canonical.shape[0]))
     if not found:
         messages.append("No lumbar spine found in this image: no L1-L5 vertebra was detected "
                         "(e.g. a thoracic-only or non-spine field of view).")
