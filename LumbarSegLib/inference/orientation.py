@@ -156,10 +156,7 @@ def finder_verdict(names: list[str], messages: list[str]) -> str | None:
     if len(reasons) >= 2:
         return " and ".join(reasons)
     if reasons:
-        messages.append(f"WARNING: the image may be upside down (voxels mirrored head-to-feet against the header): "
-                        f"{reasons[0]}, to the finder. Nothing else in the anatomy says so, so the vertebrae were "
-                        f"named; if L1 is at the feet end, the names are reversed (L5 called L1): check the slice "
-                        f"order and direction in the file header.")
+        warn_upside_down(f"{reasons[0]}, to the finder. Nothing else in the anatomy says so", messages)
     return None
 
 
@@ -203,10 +200,16 @@ def decide(verdict: Verdict | None, vertebrae_reported: bool, messages: list[str
     if reasons:
         refuse_if_upside_down(reasons)
     if verdict.mirror:
-        messages.append(f"WARNING: the image may be upside down (voxels mirrored head-to-feet against the header): "
-                        f"{verdict.mirror}. Nothing else in the anatomy says so, and upright scans also score this "
-                        f"way, so the vertebrae were named; if L1 is at the feet end, the names are reversed "
-                        f"(L5 called L1): check the slice order and direction in the file header.")
+        warn_upside_down(f"{verdict.mirror}. Nothing else in the anatomy says so, and upright scans also score this "
+                         f"way", messages)
+
+
+def warn_upside_down(why: str, messages: list[str]) -> None:
+    """The warning of a weak sign of upside-down anatomy (``why``: the sign, and that nothing else says so): the
+    vertebrae are named all the same, and the user is told what a reversed header would do to the names."""
+    messages.append(f"WARNING: the image may be upside down (voxels mirrored head-to-feet against the header): "
+                    f"{why}, so the vertebrae were named; if L1 is at the feet end, the names are reversed (L5 "
+                    f"called L1): check the slice order and direction in the file header.")
 
 
 def refuse_if_upside_down(reasons) -> None:

@@ -175,6 +175,18 @@ def vertebra_minimum_ml(volumes_ml) -> float | None:
     return min(MIN_VERTEBRA_ML, max(MIN_SLIVER_ML, RELATIVE_MIN_VERTEBRA * float(np.median(whole))))
 
 
+def too_small_to_report(volumes: dict, messages: list[str], dropped: dict | None = None):
+    """(the smallest piece to report (:func:`vertebra_minimum_ml`), label -> mL of the pieces of ``volumes``
+    (label -> mL) under it), the latter named in ``messages`` and added to ``dropped``."""
+    minimum = vertebra_minimum_ml(volumes.values())
+    too_small = {lab: v for lab, v in volumes.items() if minimum is None or v < minimum}
+    if too_small:
+        messages.append(_dropped_message(too_small, minimum))
+        if dropped is not None:
+            dropped.update(too_small)
+    return minimum, too_small
+
+
 def _dropped_message(dropped: dict, minimum: float | None) -> str:
     pieces = ", ".join(f"{LABEL_NAMES[lab]} ({ml:.1f} mL)" for lab, ml in sorted(dropped.items()))
     if minimum is None:
@@ -212,12 +224,7 @@ def clean_labels(labels: np.ndarray, spacing_xyz, messages: list[str], context_c
         if region is not None:
             pieces[label] = (region, preprocess.largest_component(labels[region] == label))
     volumes = {label: float(mask.sum()) * voxel_ml for label, (_, mask) in pieces.items()}
-    minimum = vertebra_minimum_ml(volumes.values())
-    too_small = {lab: v for lab, v in volumes.items() if minimum is None or v < minimum}
-    if too_small:
-        messages.append(_dropped_message(too_small, minimum))
-        if dropped is not None:
-            dropped.update(too_small)
+    minimum, too_small = too_small_to_report(volumes, messages, dropped)
     # a piece is kept from this many voxels on (the context classes' anchors use the same count)
     min_voxels = max(1, int(math.ceil((minimum if minimum is not None else MIN_VERTEBRA_ML) / voxel_ml)))
     kept = np.zeros_like(labels)
@@ -373,10 +380,8 @@ def _segment_on(image: sitk.Image, model: LumbarSegModel, torch_device: torch.de
         if refine is not None and labels_canonical.any():
             stages.start("refine")
             labels_canonical = by_vertebra.refine_vertebrae(canonical, labels_canonical, refine, messages, stages.check)
-        labels_canonical = by_vertebra.drop_soft_tissue(labels_canonical, sitk.GetArrayViewFromImage(canonical), messages)
-        labels_canonical = by_vertebra.drop_thoracic(labels_canonical, sitk.GetArrayViewFromImage(canonical),
-                                                     np.asarray(canonical.GetSpacing(), float)[::-1], messages)
-        orientation.decide(head_feet, bool(labels_canonical.any()), messages)
+        labels_canonical = checked_vertebrae(labels_canonical, canonical, messages,
+                                             None if head_feet is None else lambda: head_feet)
     else:
         stages.start("postprocess")
 
@@ -411,6 +416,21 @@ def _segment_on(image: sitk.Image, model: LumbarSegModel, torch_device: torch.de
                               counted=finder is not None and refine is not None and box is not None,
                               naming={name: how for name, how in naming.items() if name in found},
                               naming_warnings=naming_warnings if found else [])
+
+
+def checked_vertebrae(labels: np.ndarray, canonical: sitk.Image, messages: list[str], head_feet=None,
+                      column_centres=None) -> np.ndarray:
+    """``labels`` (the canonical grid) less what no result may report, whichever path found the vertebrae: pieces
+    of soft tissue's HU, a thoracic column (``column_centres``: the finder's counted centres, when it ran;
+    :mod:`.by_vertebra`); then upside-down anatomy refused or warned of (:func:`orientation.decide`) from
+    ``head_feet()``, the XUNet's verdict, asked only when vertebrae are left (with nothing to name, orientation is
+    never a reason to refuse; None: untrained weights, which say nothing about anatomy)."""
+    hu, spacing_zyx = sitk.GetArrayViewFromImage(canonical), np.asarray(canonical.GetSpacing(), float)[::-1]
+    labels = by_vertebra.drop_soft_tissue(labels, hu, messages)
+    labels = by_vertebra.drop_thoracic(labels, hu, spacing_zyx, messages, column_centres)
+    if labels.any() and head_feet is not None:
+        orientation.decide(head_feet(), True, messages)
+    return labels
 
 
 def strip_centre(canonical: sitk.Image, box) -> tuple[float, float]:
@@ -450,20 +470,18 @@ def _segment_counted(canonical, box, finder, refine, stages: _Stages, messages, 
         labels = column.drop_off_column(labels, hu, spacing_zyx, messages)
     voxel_ml = float(np.prod(canonical.GetSpacing())) / 1000.0
     volumes = {lab: float((labels[box_] == lab).sum()) * voxel_ml for lab, box_ in morphology.label_boxes(labels).items()}
-    minimum = vertebra_minimum_ml(volumes.values())
-    too_small = {lab: v for lab, v in volumes.items() if minimum is None or v < minimum}
+    _, too_small = too_small_to_report(volumes, messages, dropped)
     if too_small:
-        messages.append(_dropped_message(too_small, minimum))
-        dropped.update(too_small)
         labels = np.where(np.isin(labels, list(too_small)), 0, labels).astype(np.uint8)
-    labels = by_vertebra.drop_soft_tissue(labels, hu, messages)
-    labels = by_vertebra.drop_thoracic(labels, hu, spacing_zyx, messages, counted.column)
     # the finder saw lumbar-looking vertebrae in reversed anatomy (a lumbar spine, upside down): never named
     orientation.refuse_if_upside_down([counted.upside_down])
-    if labels.any() and model.trained:  # with nothing to name, orientation is never a reason to refuse
+
+    def head_feet():
         lo, hi = box
         probs, box_labels = xunet_labels(canonical, lo, hi, model, torch_device)
-        orientation.decide(check_head_feet(canonical, lo, hi, model, torch_device, probs, box_labels), True, messages)
+        return check_head_feet(canonical, lo, hi, model, torch_device, probs, box_labels)
+
+    labels = checked_vertebrae(labels, canonical, messages, head_feet if model.trained else None, counted.column)
     naming.update(counted.naming)
     naming_warnings.extend(counted.warnings)
     return labels
