@@ -177,3 +177,22 @@ def test_a_vertebra_reaching_the_scans_first_or_last_slice_is_said_to_be_cut():
     labels[30:40] = 0
     labels[0:6] = 0
     assert by_vertebra.cut_by_scan_ends(morphology.label_boxes(labels), labels.shape[0]) == []
+
+
+def test_one_measure_of_the_field_of_view_cutting_a_vertebra():
+    """The pipeline's note (z ends only), the measurements' touches_image_edge and the trabecular ROIs read
+    morphology.ends_reached: a vertebra reaching only a side of the image is cut for the measurements, not noted."""
+    from LumbarSegLib.measures import measurements
+
+    labels = np.zeros((40, 8, 8), np.uint8)
+    labels[12:24, 2:8, 2:6] = 3  # reaches the last row (y) only
+    box = morphology.label_boxes(labels)[3]
+    assert morphology.ends_reached(box, labels.shape) == [(1, "upper")]
+    assert by_vertebra.cut_by_scan_ends({3: box}, labels.shape[0]) == []
+    image = sitk.GetImageFromArray(labels)
+    assert measurements.measure(labels, np.zeros(labels.shape, np.int16), image)["L3"]["touches_image_edge"] is True
+    labels[:] = 0
+    labels[12:24, 2:6, 2:6] = 3
+    box = morphology.label_boxes(labels)[3]
+    assert morphology.ends_reached(box, labels.shape) == []
+    assert measurements.measure(labels, np.zeros(labels.shape, np.int16), image)["L3"]["touches_image_edge"] is False

@@ -10,7 +10,7 @@
   :mod:`.column` (off the spinal column is dropped), :mod:`.anchors` (ribs and sacrum read from the CT),
   :mod:`.naming` (the column named at once, by counting). :mod:`.finder`: the XUNet's successor on a fixed
   2 mm grid slid along the spine, whose centre peaks are the instances that :func:`.naming.name_peaks`
-  counts (used when a finder model is installed; none is bundled yet).
+  counts (the default path, with the bundled finder; ``--no-finder`` keeps the XUNet's pieces).
 - :mod:`.orientation` (which end is cranial) and :mod:`.morphology` (post-processing).
 
 Uses :mod:`..io` below it; torch is imported here and in no lower layer.

@@ -152,10 +152,12 @@ def cut_by_scan_ends(boxes: dict, n_slices: int) -> list[str]:
     """Notes on the vertebrae whose boxes (label -> (z, y, x) slices of an LPS grid of ``n_slices`` slices, index 0
     the feet's end; :func:`.morphology.label_boxes`) reach the scan's first or last slice: the field of view may cut
     them, so their volume, height and surface are of the part in view (held-out sub-verse007's L3, cut by its crop).
-    A surface for surgical planning must say so."""
+    A surface for surgical planning must say so. Only the ends along the spine are noted: a spine-targeted crop
+    (78-110 mm wide) reaches across every vertebra's transverse processes, and each vertebra's measurements say
+    ``touches_image_edge`` for any end (:func:`.morphology.ends_reached`, the same measure)."""
     notes = []
     for lab, box in sorted(boxes.items()):
-        ends = [side for side, cut in (("lower", box[0].start == 0), ("upper", box[0].stop == n_slices)) if cut]
+        ends = [side for _, side in morphology.ends_reached(box[:1], (n_slices,))]
         if ends:
             notes.append(f"{LABEL_NAMES[lab]} reaches the {' and '.join(ends)} end of the scan: part of it may lie "
                          "outside the field of view, so its volume, height and surface are those of the part in view.")

@@ -27,6 +27,14 @@ def label_boxes(labels: np.ndarray) -> dict[int, tuple[slice, ...]]:
     return {i + 1: box for i, box in enumerate(ndimage.find_objects(labels)) if box is not None}
 
 
+def ends_reached(box: tuple[slice, ...], shape) -> list[tuple[int, str]]:
+    """The image's ends that ``box`` (slices of an array of ``shape``) reaches: (axis, "lower" | "upper") for each
+    first or last index it takes in. A vertebra whose box reaches one may be cut by the field of view: the one
+    measure of that which the pipeline's note, the plausibility warnings and the trabecular ROIs read."""
+    return [(axis, side) for axis, (sl, n) in enumerate(zip(box, shape))
+            for side, reached in (("lower", sl.start == 0), ("upper", sl.stop == n)) if reached]
+
+
 def centre_of(labels: np.ndarray, box: tuple[slice, ...], label: int) -> np.ndarray:
     """The voxel-index centroid (z, y, x) of ``label``, searched within its ``box``."""
     return np.argwhere(labels[box] == label).mean(axis=0) + [s.start for s in box]

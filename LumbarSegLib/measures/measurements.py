@@ -17,6 +17,7 @@ import SimpleITK as sitk
 from scipy import ndimage
 
 from ..constants import LABEL_NAMES
+from ..inference.morphology import ends_reached
 from ..io.text_files import write_text_atomic
 
 # Anatomical ranges of a whole adult lumbar vertebra (body and posterior elements). The 22 lumbar
@@ -64,7 +65,7 @@ def measure(labels: np.ndarray, ct_hu: np.ndarray, image: sitk.Image) -> dict[st
             "centroid_mm": [float(c) for c in centroid],
             "mean_hu": float(hu.mean()),
             "median_hu": float(np.median(hu)),
-            "touches_image_edge": any(sl.start == 0 or sl.stop == n for sl, n in zip(region, labels.shape)),
+            "touches_image_edge": bool(ends_reached(region, labels.shape)),
         }
     return out
 

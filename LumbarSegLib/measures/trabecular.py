@@ -61,6 +61,7 @@ from scipy import ndimage
 from . import bone_screening
 from .metal import METAL_CERTAIN_HU, METAL_HU, METAL_MIN_MM3, find_metal  # noqa: F401  (the rule's constants)
 from ..constants import LABEL_NAMES
+from ..inference.morphology import ends_reached
 
 # --------------------------------------------------------------------------------------------------
 # The rule's constants (documented in the module docstring and README)
@@ -327,7 +328,7 @@ def _measure_one(labels, ct_hu, image, label, bbox, centroids, outside_mask) -> 
     a_axis, l_axis = _frame_axes(s_axis)
     l_coord, a_coord, s_coord = _local_coordinates(image, region, (l_axis, a_axis, s_axis))
     frame = {"superior_lps": s_axis.tolist(), "anterior_lps": a_axis.tolist(), "superior_from": how}
-    touches_edge = any(s.start == 0 or s.stop == n for s, n in zip(bbox, labels.shape))
+    touches_edge = bool(ends_reached(bbox, labels.shape))
 
     wall = _posterior_wall(l_coord, a_coord, vertebra, image, l_axis, a_axis)
     if wall is None:
