@@ -180,6 +180,18 @@ def test_context_classes_grown_from_background_and_never_trained_are_flagged():
     lines = naming_eval.naming_markdown({"summary": naming_eval.summarize([]), "seed_phantoms": [1, 2],
                                          "untrained_context_classes": ["thoracic"]})
     assert any("never learned its context classes (thoracic)" in line for line in lines)
+    # on the finder's path the finder names the vertebrae: the XUNet's context classes are not its anchors there
+    assert naming_eval.measure(model, n_phantoms=0, log=lambda s: None)["untrained_context_classes"] == ["thoracic"]
+    assert naming_eval.measure(model, n_phantoms=0, log=lambda s: None,
+                               finders=[(None, {"path": "finder.pt"})])["untrained_context_classes"] == []
+
+
+def test_the_cards_limitation_counts_the_real_scans_its_naming_scored_held_out():
+    from LumbarSegLib.training import evaluation
+
+    scored = {"naming": {"summary": {"real_held_out_and_reimaged": {"scans": 24}}}}
+    assert "scores 24 real scans held out" in evaluation._limitation(scored, {"cases": ["a", "b"]})
+    assert "evaluated here on synthetic phantoms only" in evaluation._limitation({}, {"cases": ["a", "b"]})
 
 
 def test_column_warnings_count_as_false_alarms_on_right_results_and_detections_on_wrong_ones():

@@ -418,6 +418,12 @@ def _limitation(card: dict, real_training: dict | None) -> str:
         return ("- Phantom numbers do not transfer to clinical CT. The real cases are few, small spine-targeted crops "
                 "(and one bone-only scan given a synthetic body): a left-out score is an estimate from a handful of "
                 "scans, not a validation.")
+    real_named = ((card.get("naming") or {}).get("summary") or {}).get("real_held_out_and_reimaged", {}).get("scans")
+    if real_named:
+        return (f"- Phantom numbers do not transfer to clinical CT. The naming section scores {real_named} real scans "
+                "held out (the cases as stored, re-imaged and in partial views) by models that never trained on them: "
+                "an estimate from a handful of small spine-targeted crops, not a validation. Segmentation held out: "
+                "`evaluate-model --loo`.")
     if real_training:
         return (f"- Trained on synthetic phantoms and {len(real_training.get('cases') or [])} real CTs (listed above), "
                 "but evaluated here on synthetic phantoms only: no real case was scored held out (`evaluate-model "
