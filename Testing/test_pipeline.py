@@ -212,3 +212,28 @@ def test_nan_voxels_are_refused_not_segmented(untrained):
     img = sitk.GetImageFromArray(arr)
     with pytest.raises(InputError, match="NaN or infinite voxels; prepare it with io.prepare_ct"):
         pipeline.segment(img, model=untrained, device="cpu")
+
+
+def test_the_checks_after_either_path_ask_for_the_head_feet_verdict_only_when_vertebrae_are_left():
+    """pipeline.checked_vertebrae, which both paths end with: soft tissue dropped first; the XUNet's head-feet verdict
+    is computed (a second XUNet pass) and decided only when something is left to name."""
+    from LumbarSegLib.inference import orientation
+
+    labels = np.zeros((30, 20, 20), np.uint8)
+    labels[5:15, 5:15, 5:15] = 3
+    hu = np.full(labels.shape, 40, np.int16)  # soft tissue's HU everywhere: L3 is dropped
+    image = sitk.GetImageFromArray(hu)
+    asked = []
+
+    def verdict():
+        asked.append(1)
+        return orientation.Verdict(["the sacrum lies above the lumbar spine"])
+
+    messages: list[str] = []
+    out = pipeline.checked_vertebrae(labels, image, messages, verdict)
+    assert not out.any() and not asked and any("soft tissue's HU" in m for m in messages)
+    hu[labels > 0] = 400  # bone: L3 stays, and the verdict is asked for and refuses
+    with pytest.raises(orientation.OrientationError):
+        pipeline.checked_vertebrae(labels, sitk.GetImageFromArray(hu), [], verdict)
+    assert asked == [1]
+    assert pipeline.checked_vertebrae(labels, sitk.GetImageFromArray(hu), [], None).any()  # untrained: no verdict
