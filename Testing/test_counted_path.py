@@ -112,6 +112,18 @@ def test_a_thoracic_column_gives_no_lumbar_vertebra_and_upside_down_anatomy_is_n
     assert orientation.finder_verdict(["caudal", "L4", "L3", "thoracic", "thoracic"], [])
 
 
+def test_a_weak_sign_of_upside_down_anatomy_is_given_with_the_vertebrae_named_and_dropped_with_none():
+    """Thoracic phantom 7102: the finder read its top vertebra as lumbar above ten thoracic ones (one sign of
+    upside-down anatomy), the count named none lumbar, and "the vertebrae were named" was said of none."""
+    got, _, messages = _run([2] + [T] * 6)
+    assert not got.labels.any() and got.orientation_warnings == []
+    assert not any("upside down" in m for m in messages)
+    got, _, messages = _run([3, 4, 5, T, T])  # an upright partial view whose sacrum and below look thoracic
+    assert got.labels.any() and len(got.orientation_warnings) == 1
+    assert got.orientation_warnings[0].startswith("WARNING: the image may be upside down")
+    assert not any("upside down" in m for m in messages)  # the pipeline gives it once vertebrae are left
+
+
 def test_the_window_and_the_finders_input_agree():
     hu = np.array([-1000.0, 40.0, 500.0, 2000.0], np.float32)
     assert np.allclose(apply_window(hu) * 1800.0 - 500.0, np.clip(hu, -500, 1300))

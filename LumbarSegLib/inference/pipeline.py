@@ -482,6 +482,8 @@ def _segment_counted(canonical, box, finder, refine, stages: _Stages, messages, 
         return check_head_feet(canonical, lo, hi, model, torch_device, probs, box_labels)
 
     labels = checked_vertebrae(labels, canonical, messages, head_feet if model.trained else None, counted.column)
+    if labels.any():
+        messages.extend(counted.orientation_warnings)
     naming.update(counted.naming)
     naming_warnings.extend(counted.warnings)
     return labels
