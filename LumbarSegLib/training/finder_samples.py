@@ -7,8 +7,7 @@ sacrum, L1-L2, ... so where a vertebra lies in the window says nothing about its
 
 Each sample (:meth:`FinderSampler.draw`) is drawn from the sources of :mod:`.vertebra_samples` (the labelled
 real CTs, and real label maps without CT whose CT is synthesised on the window): a window centred up to
-:data:`SHIFT_MM` above or below a random vertebra's centre (and :data:`BEHIND_MM` behind it, where the pipeline's
-strip runs), turned and scaled about that point, re-imaged
+:data:`SHIFT_MM` above or below a random vertebra's centre, turned and scaled about that point, re-imaged
 with thick slices and intensity jitter as stage 3's crops are. Its targets:
 
 * ``classes``: background, L1-L5, thoracic, caudal (:func:`data.training_labels`: the bone of unlabelled
