@@ -103,27 +103,6 @@ def test_some_windows_are_cut_to_a_narrow_scans_field_of_view():
     assert 3 <= cut <= 13  # about half the windows
 
 
-def test_windows_run_behind_the_bodies_as_the_pipelines_strip_does_and_cut_scans_centre_on_the_spine():
-    """The strip runs through the densest bone, up to 25 mm behind the bodies (tools/measure_strip_offset.py): the
-    window's middle lies BEHIND_MM behind the chosen body's centre, and a cut field of view stays centred on it."""
-    sampler = finder_samples.FinderSampler([_spine()], weights={"real": 1.0}, seed=21)
-    spacing = finder_samples.GRID.spacing_mm
-    behind = []
-    for _ in range(30):
-        ct, classes, heat, info = sampler.draw()
-        if heat.max() < 0.9 or "fov" in info:
-            continue
-        # the bodies' centres lie in front of (LPS -y) the window's middle: the middle is behind them
-        behind.append(((heat.shape[1] - 1) / 2 - np.argwhere(heat > 0.9)[:, 1].mean()) * spacing)
-    lo, hi = finder_samples.BEHIND_MM
-    assert len(behind) >= 8 and lo - 6 <= min(behind) and 12 < max(behind) <= hi + 6 and np.mean(behind) > 2.0
-    ct = np.zeros((20, 64, 64), np.float32)
-    classes, heat = np.zeros(ct.shape, np.uint8), np.zeros(ct.shape, np.float32)
-    kept = finder_samples.cut_field_of_view(ct, classes, heat, spacing, np.random.default_rng(0), (20.0, 31.5))
-    reach = finder_samples.FOV_REACH_MM[0] / spacing
-    assert kept["y"][0] <= 20 - reach + 1 and kept["y"][1] >= min(64, 20 + reach)  # about the spine, not the middle
-
-
 def test_centre_heatmap_is_a_gaussian_of_the_given_width():
     heat = finder_samples.centre_heatmap(np.array([[10.0, 10.0, 10.0]]), (21, 21, 21), 2.0, 6.0)
     assert heat[10, 10, 10] == 1.0

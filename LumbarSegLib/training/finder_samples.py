@@ -35,19 +35,14 @@ from .vertebra_samples import KindPool, Source, reimage, resample_turned, verteb
 
 GRID = FinderConfig()  # the window: crop_zyx voxels of spacing_mm (the attributes crop_grid reads)
 SHIFT_MM = 60.0  # the window's centre lies this far at most above or below the chosen vertebra's (two levels)
-INPLANE_JITTER_MM = 8.0  # left and right of the chosen vertebra's body centre
-# The window's middle lies this far behind (LPS +y) the chosen vertebra's body centre: the pipeline runs the strip
-# through the densest bone of the slab (column.column_centre: body and arch together), -9.7 to +25.2 mm behind the
-# bodies' centres on the 24 real views of ../shared (median +17.8; tools/measure_strip_offset.py). Until session 8
-# the finder trained within INPLANE_JITTER_MM of the body's centre front and back as well.
-BEHIND_MM = (-10.0, 26.0)
+INPLANE_JITTER_MM = 8.0
 ROTATE_DEG = (10.0, 5.0, 5.0)  # about x (sagittal tilt), y, z
 SCALE = (0.9, 1.1)
 # The sacrum is no instance of the counting stage, but its centre is a landmark all the same: with it the
 # heatmap marks every segment of the column in view.
 CENTRE_CODES = tuple(sorted(set(range(1, 27)) | {28}))
 # The field-of-view cut: the share of windows cut, the half-width kept left-right and the reach kept in front of
-# and behind the vertebra's centre (mm; the real crops in ../shared are 78-110 mm wide, the window 128 mm), and the
+# and behind the window's middle (mm; the real crops in ../shared are 78-110 mm wide, the window 128 mm), and the
 # share of cut windows whose top or bottom also ends within the window (a crop's end in the middle of a vertebra).
 FOV_CUT_FRACTION = 0.5
 FOV_HALF_WIDTH_MM = (35.0, 64.0)
@@ -93,8 +88,8 @@ class FinderSampler:
         codes = sorted(centres)
         anchor = np.asarray(centres[codes[int(rng.integers(len(codes)))]], float)
         # LPS: x, y in-plane, z along the spine
-        middle = anchor + [rng.uniform(-INPLANE_JITTER_MM, INPLANE_JITTER_MM), rng.uniform(*BEHIND_MM),
-                           rng.uniform(-SHIFT_MM, SHIFT_MM)]
+        middle = anchor + [rng.uniform(-INPLANE_JITTER_MM, INPLANE_JITTER_MM),
+                           rng.uniform(-INPLANE_JITTER_MM, INPLANE_JITTER_MM), rng.uniform(-SHIFT_MM, SHIFT_MM)]
         rot = rotation_matrix(np.deg2rad([rng.uniform(-a, a) for a in ROTATE_DEG]))
         scale = rng.uniform(*SCALE)
         ref = crop_grid(middle, grid)
@@ -103,28 +98,25 @@ class FinderSampler:
         # Each source centre q sits at p = m + (scale R)^-1 (q - m) in the window; as voxels (z, y, x).
         inverse = np.linalg.inv(rot * scale)
         origin = np.asarray(ref.GetOrigin(), float)
-        def in_window(point):  # an LPS point of the source -> (z, y, x) voxels of the window
-            return ((middle + inverse @ (np.asarray(point) - middle)) - origin)[::-1] / grid.spacing_mm
-
-        vox = [in_window(centres[c]) for c in codes]
+        vox = [((middle + inverse @ (np.asarray(centres[c]) - middle)) - origin)[::-1] / grid.spacing_mm
+               for c in codes]
         heat = centre_heatmap(np.array(vox), grid.crop_zyx, grid.spacing_mm, grid.sigma_mm)
         info = {"source": src.name, "levels": [int(c) for c in np.unique(codes_arr) if c]}
         ct = reimage(ct, grid.spacing_mm, rng, info)
         if rng.random() < FOV_CUT_FRACTION:
-            info["fov"] = cut_field_of_view(ct, classes, heat, grid.spacing_mm, rng, in_window(anchor)[1:])
+            info["fov"] = cut_field_of_view(ct, classes, heat, grid.spacing_mm, rng)
         return ct, classes, heat, info
 
 
 def cut_field_of_view(ct: np.ndarray, classes: np.ndarray, heat: np.ndarray, spacing_mm: float,
-                      rng: np.random.Generator, spine_yx=None) -> dict:
+                      rng: np.random.Generator) -> dict:
     """Cut a window (z, y, x; in place) to a narrower scan's field of view, as the finder's strip shows one at
     inference (outside the scan: :data:`OUTSIDE_HU`, background, no centre): left-right to a random half-width,
-    front and back to a random reach, and on :data:`FOV_END_FRACTION` of them the top or the bottom. The scan is
-    centred on ``spine_yx`` (voxels; the window's middle when None): a spine CT's field of view is centred on the
-    vertebral bodies, wherever the strip runs. Returns what was kept (voxels)."""
+    front and back to a random reach, and on :data:`FOV_END_FRACTION` of them the top or the bottom. Returns what
+    was kept (voxels)."""
     nz, ny, nx = ct.shape
     keep = np.zeros(ct.shape, bool)
-    mid_y, mid_x = ((ny - 1) / 2, (nx - 1) / 2) if spine_yx is None else (float(spine_yx[0]), float(spine_yx[1]))
+    mid_y, mid_x = (ny - 1) / 2, (nx - 1) / 2
     half = rng.uniform(*FOV_HALF_WIDTH_MM) / spacing_mm
     x0 = int(round(mid_x + rng.uniform(-4.0, 4.0) / spacing_mm - half))
     x1 = int(round(mid_x + rng.uniform(-4.0, 4.0) / spacing_mm + half)) + 1
