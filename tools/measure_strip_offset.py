@@ -5,7 +5,8 @@ median of the true lumbar and thoracic bodies' centres (LPS mm: +x left, +y post
     python3 tools/measure_strip_offset.py ../shared/data/real ../shared/data/tptbox_l3 ../shared/data/real_boneonly
 
 The finder trained on windows centred within ``finder_samples.INPLANE_JITTER_MM`` of a body's centre; a strip placed
-further off puts the spine where training never did. Only the bundled localizer runs (it places the box).
+further off puts the spine where training never did - though on session 8's folds re-centring the strip on the bodies
+changed nothing end to end (docs/accuracy.md). Only the bundled localizer runs (it places the box).
 """
 
 from __future__ import annotations
