@@ -13,6 +13,7 @@ import numpy as np
 import SimpleITK as sitk
 from scipy import ndimage
 
+from ..inference.morphology import ends_reached
 from .geometry import _frame
 
 # VerSe codes
@@ -93,7 +94,7 @@ def _extract_shapes(path: Path):
     for code, sl in enumerate(objs, start=1):
         if sl is None or code == SACRUM or not (8 <= code <= 25):
             continue
-        if any(s.start == 0 or s.stop == n for s, n in zip(sl, arr.shape)):
+        if ends_reached(sl, arr.shape):
             continue  # truncated by the source FOV
         up, dn = cents.get(code - 1), cents.get(code + 1)
         c = cents[code]
