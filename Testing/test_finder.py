@@ -331,6 +331,21 @@ def test_the_finder_card_shows_the_gate_and_end_to_end_with_their_commands(tmp_p
     assert "| identification within 20 mm (VerSe) | 75 % (9/12) | 100 % (12/12) |" in md
     assert "| finder | all | 4 | 0.900 | 100 % (4/4) | - |" in md and "finder_eval" in md and "| all | 900 |" in md
     assert json.loads(model.with_suffix(".json").read_text())["gate"]["counted"]["scans_all_right"] == [4, 4]
+    assert "## Naming" not in md  # no naming run given: no section
+
+    # with evaluate-model's naming run on the folds: the split by the anchor in view, and the command that ran it
+    from LumbarSegLib.training import naming_eval
+
+    naming = {"command": "lumbarseg evaluate-model --naming --finder F/fold-A.pt", "naming": {
+        "summary": naming_eval.summarize([]), "seed_phantoms": [0, -1], "untrained_context_classes": []}}
+    (tmp_path / "naming.json").write_text(json.dumps(naming))
+    assert finder_card.main(["--gate", str(tmp_path / "gate.json"), "--naming", str(tmp_path / "naming.json"),
+                             "--log", str(log), "--model", str(model)]) == 0
+    md = model.with_suffix(".md").read_text()
+    assert "## Naming (held out)" in md and "| anchor in view | scans |" in md and "on no phantom" in md
+    assert "`lumbarseg evaluate-model --naming --finder F/fold-A.pt` with each fold's finder" in md
+    assert md.index("## Naming") < md.index("## Training")
+    assert "by_anchor" in json.loads(model.with_suffix(".json").read_text())["naming"]
 
 
 def test_a_gap_wide_enough_for_a_missed_vertebra_is_looked_at_again():

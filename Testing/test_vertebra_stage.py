@@ -3,6 +3,8 @@ and training that resumes across sessions."""
 
 from __future__ import annotations
 
+import json
+
 from pathlib import Path
 
 import numpy as np
@@ -161,6 +163,12 @@ def test_training_checkpoints_and_resumes_across_sessions(tmp_path):
                if v.is_floating_point())
     state2 = tmp_path / "state2"
     assert vertebra_train.import_resume(resume, state2) == ["pretrain"]
+    # the new machine's log holds the phase's last record: the card's training table keeps its speed and load
+    moved = [json.loads(line) for line in (state2 / "log.jsonl").read_text().splitlines()]
+    assert [r["phase"] for r in moved] == ["pretrain"] and moved[0]["unpacked_from"] == "resume.pt"
+    assert moved[0]["steps_per_hour"] == json.loads(log[-1])["steps_per_hour"] and moved[0]["step"] == first["step"]
+    assert vertebra_train.import_resume(resume, state2) == []  # already there: neither weights nor log rewritten
+    assert len((state2 / "log.jsonl").read_text().splitlines()) == 1
     net = vertebra_stage.load_weights(torch.load(state2 / "pretrain.pt", weights_only=True))
     ref = vertebra_stage.load_weights(first)
     for (k, a), (_, b) in zip(net.state_dict().items(), ref.state_dict().items()):

@@ -5,6 +5,7 @@
 #                                                # plan's unfinished phases
 #   bash tools/train_finder.sh save [PHASE...]   # pack the phases (default: all) into the committed resume file
 #   bash tools/train_finder.sh gate              # each fold on its held-out subjects; then end to end with stage 3
+#   bash tools/train_finder.sh naming            # evaluate-model's naming run on the folds (and stage 3's folds)
 #   bash tools/train_finder.sh ship              # the 'all' phase as Resources/Models/lumbarseg_finder.pt + its card
 #
 # STATE (default ../finder_state) holds the checkpoints and log.jsonl; PHANTOMS (default ../finder_phantoms)
@@ -35,7 +36,12 @@ case "${1:-}" in
       --json "$STATE/gate.json"
     $PY -m LumbarSegLib.training.finder_eval --state "$STATE" --phases fold-A fold-B fold-C --real $REAL \
       --end-to-end "$STAGE3_STATE" --json "$STATE/e2e.json" ;;
+  naming)
+    $PY -m LumbarSegLib.cli evaluate-model --model Resources/Models/lumbarseg_cpu.pt --phantoms 0 --no-real-ct \
+      --naming --naming-phantoms 0 --real $REAL --partial-views 4 \
+      --refine "$STAGE3_STATE"/fold-{A,B,C}.pt --finder "$STATE"/fold-{A,B,C}.pt -o "$STATE/naming.json" ;;
   ship)
+    NAMING_CARD=""; [ -f "$STATE/naming.json" ] && NAMING_CARD="$STATE/naming.json"
     $PY - "$STATE" "$MODEL" "$PHANTOMS" $REAL <<'PYEOF'
 import sys, torch
 from LumbarSegLib.inference.finder import FINDER_BUNDLE
@@ -50,6 +56,6 @@ meta = {"phase": "all", "steps": state["step"], "minutes": round(state["minutes"
 print(FINDER_BUNDLE.save(state, sys.argv[2], meta))
 PYEOF
     $PY -m LumbarSegLib.training.finder_card --gate "$STATE/gate.json" --end-to-end "$STATE/e2e.json" \
-      --log "$STATE/log.jsonl" --model "$MODEL" ;;
-  *) echo "usage: bash tools/train_finder.sh train [MINUTES] | save | gate | ship" >&2; exit 2 ;;
+      ${NAMING_CARD:+--naming "$NAMING_CARD"} --log "$STATE/log.jsonl" --model "$MODEL" ;;
+  *) echo "usage: bash tools/train_finder.sh train [MINUTES] | save | gate | naming | ship" >&2; exit 2 ;;
 esac

@@ -1,8 +1,9 @@
 """The model card of the finder, written from its gate (``finder_eval``), its end-to-end rows
-(``finder_eval --end-to-end``) and the training log.
+(``finder_eval --end-to-end``), its naming (``lumbarseg evaluate-model --naming ... --finder FOLDS -o J``: the
+card's split by the anchor in view and by acquisition) and the training log.
 
-    python -m LumbarSegLib.training.finder_card --gate gate.json [--end-to-end e2e.json] --log STATE/log.jsonl \\
-        --model Resources/Models/lumbarseg_finder.pt
+    python -m LumbarSegLib.training.finder_card --gate gate.json [--end-to-end e2e.json] [--naming J] \\
+        --log STATE/log.jsonl --model Resources/Models/lumbarseg_finder.pt
 
 writes ``<model>.md`` and ``<model>.json`` beside the model. Every number names the command that measured it.
 """
@@ -14,6 +15,7 @@ import json
 import platform
 from pathlib import Path
 
+from .naming_eval import naming_markdown
 from .vertebra_card import training_lines
 
 
@@ -42,7 +44,7 @@ def end_to_end_lines(summary: dict) -> list[str]:
     return lines
 
 
-def card_markdown(gate: dict, e2e: dict | None, log_path, model_name: str) -> str:
+def card_markdown(gate: dict, e2e: dict | None, log_path, model_name: str, naming_card: dict | None = None) -> str:
     out = [f"# Model card: {model_name} (the finder: find every vertebra, then count)", "",
            "Research use only; not a medical device.", "",
            "The XUNet topology (Inception blocks, base width 8) on a fixed 2 mm grid, in windows of 192 x 128 x 128 mm "
@@ -64,6 +66,10 @@ def card_markdown(gate: dict, e2e: dict | None, log_path, model_name: str) -> st
                 "`python -m LumbarSegLib.training.finder_eval --state STATE --phases fold-A fold-B fold-C --real ... "
                 "--end-to-end STAGE3_STATE`.", ""]
         out += end_to_end_lines(e2e["summary"]) + [""]
+    if naming_card:
+        # "this model" is each fold's finder and stage 3 there: a real case counts only where both held it out
+        out += naming_markdown(naming_card["naming"]) + [f"Measured by `{naming_card['command']}` with each fold's "
+                                                         "finder and stage 3.", ""]
     out += ["## Training", "", f"Machine: {platform.machine()}, 2 cores (load below). The shipped file is the `all` "
             "phase, trained from the pretrain on every real case (listed in the card's JSON) for longer than each "
             "fold; the held-out numbers above are the folds', its estimate.", ""]
@@ -80,15 +86,17 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m LumbarSegLib.training.finder_card", description=__doc__.split("\n\n")[0])
     p.add_argument("--gate", required=True)
     p.add_argument("--end-to-end")
+    p.add_argument("--naming", help="evaluate-model's card (-o) of a --naming run with the folds' finders")
     p.add_argument("--log", required=True)
     p.add_argument("--model", required=True)
     args = p.parse_args(argv)
     gate = json.loads(Path(args.gate).read_text())
     e2e = json.loads(Path(args.end_to_end).read_text()) if args.end_to_end else None
     model = Path(args.model)
-    model.with_suffix(".md").write_text(card_markdown(gate, e2e, args.log, model.name))
-    model.with_suffix(".json").write_text(json.dumps({"gate": gate["summary"], "end_to_end": e2e and e2e["summary"]},
-                                                     indent=1))
+    naming = json.loads(Path(args.naming).read_text()) if args.naming else None
+    model.with_suffix(".md").write_text(card_markdown(gate, e2e, args.log, model.name, naming))
+    model.with_suffix(".json").write_text(json.dumps({"gate": gate["summary"], "end_to_end": e2e and e2e["summary"],
+                                                      "naming": naming and naming["naming"]["summary"]}, indent=1))
     print(model.with_suffix(".md"))
     return 0
 

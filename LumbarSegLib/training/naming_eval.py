@@ -376,10 +376,11 @@ def naming_markdown(naming: dict) -> list[str]:
     head = ["| {} | scans | centre recall 10 mm | identification rate 20 mm | scans all names right | wrong names "
             "warned | size/column warning on a right result (false alarm) | on a wrong result (detection) |",
             "|---|---|---|---|---|---|---|---|"]
+    first, last = naming["seed_phantoms"]
+    phantoms = f"on phantoms with evaluation seeds {first}-{last}" if last >= first else "on no phantom"
     lines = ["## Naming (held out)", "",
              "The whole pipeline on the real cases held out from this model (as stored, the fixed re-imagings and "
-             f"partial views) and on phantoms with evaluation seeds {naming['seed_phantoms'][0]}-"
-             f"{naming['seed_phantoms'][1]}. Centre recall: true lumbar vertebrae with a reported centre within "
+             f"partial views) and {phantoms}. Centre recall: true lumbar vertebrae with a reported centre within "
              f"{RECALL_MM:g} mm; identification rate (VerSe): the centre of the same name within {IDENTIFIED_MM:g} mm "
              "and nearest to it; a wrong name is warned when it is unanchored or the count says 'check the levels'.",
              "", head[0].format("anchor in view"), head[1]]

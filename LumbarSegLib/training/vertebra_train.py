@@ -217,9 +217,22 @@ def run_plan(state_dir, real_dirs, masks_root, minutes: float, plan=None, only=N
 # The resume file committed between sessions
 # ------------------------------------------------------------------------------------------------------
 
+def _last_log_records(state_dir: Path) -> dict[str, dict]:
+    """Each phase's last record in ``state_dir/log.jsonl`` (its speed and load: the card's training table)."""
+    log = Path(state_dir) / "log.jsonl"
+    last = {}
+    for line in log.read_text().splitlines() if log.exists() else []:
+        if line.strip():
+            rec = json.loads(line)
+            last[rec["phase"]] = rec
+    return last
+
+
 def export_resume(state_dir, out_path, only=None, trainee: Trainee = STAGE3) -> Path:
-    """The phases' weights (fp16), step and minutes in one file (``only``: these phases); no optimiser state
+    """The phases' weights (fp16), step and minutes in one file (``only``: these phases), with each phase's last
+    log record (a new machine's card still shows how fast and on what load it trained); no optimiser state
     (Adam restarts)."""
+    logged = _last_log_records(state_dir)
     phases = {}
     for p in sorted(Path(state_dir).glob("*.pt")):
         ck = torch.load(p, map_location="cpu", weights_only=True)
@@ -228,6 +241,8 @@ def export_resume(state_dir, out_path, only=None, trainee: Trainee = STAGE3) -> 
         phases[ck["phase"]] = {k: ck[k] for k in ("step", "minutes", "done", "config", "leave_out")}
         phases[ck["phase"]]["weights"] = {k: v.half() if v.is_floating_point() else v
                                           for k, v in ck["weights"].items()}
+        if ck["phase"] in logged:
+            phases[ck["phase"]]["log"] = json.dumps(logged[ck["phase"]])  # a string: weights_only loads it
     out = Path(out_path)
     out.parent.mkdir(parents=True, exist_ok=True)
     _save(out, {"format": f"lumbarseg-{trainee.name}-resume-1", "phases": phases})
@@ -235,7 +250,8 @@ def export_resume(state_dir, out_path, only=None, trainee: Trainee = STAGE3) -> 
 
 
 def import_resume(resume_path, state_dir) -> list[str]:
-    """Unpack a resume file into ``state_dir`` (phases already there and further along are kept)."""
+    """Unpack a resume file into ``state_dir`` (phases already there and further along are kept); each phase
+    written gets its last log record back in ``log.jsonl``, marked with the file it came from."""
     data = torch.load(resume_path, map_location="cpu", weights_only=True)
     state_dir = Path(state_dir)
     state_dir.mkdir(parents=True, exist_ok=True)
@@ -244,9 +260,13 @@ def import_resume(resume_path, state_dir) -> list[str]:
         have = load_phase_weights(state_dir, name)
         if have and have["step"] >= ph["step"]:
             continue
+        log = ph.pop("log", None)
         state = dict(ph, phase=name, optimizer=None,
                      weights={k: v.float() if v.is_floating_point() else v for k, v in ph["weights"].items()})
         _save(state_dir / f"{name}.pt", state)
+        if log:
+            with open(state_dir / "log.jsonl", "a") as fh:
+                fh.write(json.dumps(dict(json.loads(log), unpacked_from=Path(resume_path).name)) + "\n")
         written.append(name)
     return written
 
