@@ -361,15 +361,3 @@ def test_a_gap_wide_enough_for_a_missed_vertebra_is_looked_at_again():
     again = finder.look_again(strong, weak, 2.0, missed_mm=46.0)
     assert [round(p[0][0]) for p in again] == [90, 75, 60, 45]
     assert finder.look_again(strong, weak, 2.0, missed_mm=70.0) == strong  # the gap is not that wide
-
-
-def test_thick_slices_lean_to_the_clinical_axial_scans_that_lose_names():
-    sampler = finder_samples.FinderSampler([_spine()], weights={"real": 1.0}, seed=9)
-    thick = [sampler.draw()[3].get("thick") for _ in range(60)]
-    drawn = [t for t in thick if t]
-    assert 0.6 * len(thick) <= len(drawn) <= 0.95 * len(thick)  # most windows, not all
-    # every thickness changes the 2 mm grid (stage 3's 1-2 mm draws would leave it as it is)
-    assert all(finder_samples.THICK_MM[0] <= mm <= finder_samples.THICK_MM[1] for _, mm in drawn)
-    assert min(mm for _, mm in drawn) > finder_samples.GRID.spacing_mm * 1.05
-    axial = sum(axis == "axial" for axis, _ in drawn)
-    assert axial > len(drawn) / 2 > sum(axis == "coronal" for axis, _ in drawn)

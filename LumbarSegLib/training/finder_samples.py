@@ -44,11 +44,6 @@ CENTRE_CODES = tuple(sorted(set(range(1, 27)) | {28}))
 # The field-of-view cut: the share of windows cut, the half-width kept left-right and the reach kept in front of
 # and behind the window's middle (mm; the real crops in ../shared are 78-110 mm wide, the window 128 mm), and the
 # share of cut windows whose top or bottom also ends within the window (a crop's end in the middle of a vertebra).
-# Thick slices on the finder's 2 mm grid: stage 3's 1-2 mm draws change nothing here, and the scans that lose
-# names are clinical 4-6 mm axial ones (a 5 mm L1 read as thoracic), so the finder's share leans there: 4-6 mm
-# axial is 30 % of windows (16 % with stage 3's shares). Session 9 on; earlier minutes had stage 3's.
-THICK_AXES = {"axial": 0.6, "sagittal": 0.25, "coronal": 0.15}
-THICK_MM = (2.5, 6.5)
 FOV_CUT_FRACTION = 0.5
 FOV_HALF_WIDTH_MM = (35.0, 64.0)
 FOV_REACH_MM = (40.0, 64.0)
@@ -107,7 +102,7 @@ class FinderSampler:
                for c in codes]
         heat = centre_heatmap(np.array(vox), grid.crop_zyx, grid.spacing_mm, grid.sigma_mm)
         info = {"source": src.name, "levels": [int(c) for c in np.unique(codes_arr) if c]}
-        ct = reimage(ct, grid.spacing_mm, rng, info, THICK_AXES, THICK_MM)
+        ct = reimage(ct, grid.spacing_mm, rng, info)
         if rng.random() < FOV_CUT_FRACTION:
             info["fov"] = cut_field_of_view(ct, classes, heat, grid.spacing_mm, rng)
         return ct, classes, heat, info

@@ -173,14 +173,12 @@ def resample_turned(src: Source, ref: sitk.Image, pivot_mm, rot: np.ndarray, sca
     return ct, codes
 
 
-def reimage(ct: np.ndarray, spacing_mm: float, rng: np.random.Generator, info: dict,
-            thick_axes: dict[str, float] = THICK_AXES, thick_mm: tuple[float, float] = THICK_MM) -> np.ndarray:
+def reimage(ct: np.ndarray, spacing_mm: float, rng: np.random.Generator, info: dict) -> np.ndarray:
     """The crop as another scanner would give it: thick slices on :data:`THICK_FRACTION` of crops (the axis
-    drawn by the shares ``thick_axes``, the thickness uniform in ``thick_mm``; both go into ``info["thick"]``),
-    then intensity jitter. Float32."""
+    and thickness go into ``info["thick"]``), then intensity jitter. Float32."""
     if rng.random() < THICK_FRACTION:
-        axis_name = str(rng.choice(list(thick_axes), p=list(thick_axes.values())))
-        thickness = float(rng.uniform(*thick_mm))
+        axis_name = str(rng.choice(list(THICK_AXES), p=list(THICK_AXES.values())))
+        thickness = float(rng.uniform(*THICK_MM))
         ct = thick_slices(ct, {"axial": 0, "coronal": 1, "sagittal": 2}[axis_name], thickness, spacing_mm, rng)
         info["thick"] = (axis_name, round(thickness, 2))
     return intensity_jitter(ct, rng).astype(np.float32)
