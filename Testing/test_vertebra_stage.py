@@ -4,7 +4,6 @@ and training that resumes across sessions."""
 from __future__ import annotations
 
 import json
-
 from pathlib import Path
 
 import numpy as np

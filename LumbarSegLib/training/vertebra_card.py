@@ -15,6 +15,7 @@ import platform
 from pathlib import Path
 
 from .vertebra_eval import TARGETS
+from .vertebra_train import last_log_records
 
 ACQUISITIONS = ("as stored", "axial 5 mm wide", "sagittal 3 mm", "coronal 3 mm")
 
@@ -49,10 +50,7 @@ def per_case_table(rows: list[dict]) -> list[str]:
 
 
 def training_lines(log_path) -> list[str]:
-    recs = [json.loads(line) for line in Path(log_path).read_text().splitlines() if line.strip()]
-    last = {}
-    for r in recs:
-        last[r["phase"]] = r
+    last = last_log_records(log_path)
     lines = ["| phase | steps | minutes | steps/hour (last stretch) | load average (1/5/15 min) |", "|---|---|---|---|---|"]
     for name, r in last.items():
         lines.append(f"| {name} | {r['step']} | {r['minutes']:.0f} | {r['steps_per_hour']} | "

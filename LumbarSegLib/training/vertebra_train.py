@@ -217,11 +217,11 @@ def run_plan(state_dir, real_dirs, masks_root, minutes: float, plan=None, only=N
 # The resume file committed between sessions
 # ------------------------------------------------------------------------------------------------------
 
-def _last_log_records(state_dir: Path) -> dict[str, dict]:
-    """Each phase's last record in ``state_dir/log.jsonl`` (its speed and load: the card's training table)."""
-    log = Path(state_dir) / "log.jsonl"
+def last_log_records(log_path) -> dict[str, dict]:
+    """Each phase's last record in a training log (``log.jsonl``: its steps, speed and load), in the order the
+    phases first appear: the cards' training tables and the resume file read it."""
     last = {}
-    for line in log.read_text().splitlines() if log.exists() else []:
+    for line in Path(log_path).read_text().splitlines():
         if line.strip():
             rec = json.loads(line)
             last[rec["phase"]] = rec
@@ -232,7 +232,8 @@ def export_resume(state_dir, out_path, only=None, trainee: Trainee = STAGE3) -> 
     """The phases' weights (fp16), step and minutes in one file (``only``: these phases), with each phase's last
     log record (a new machine's card still shows how fast and on what load it trained); no optimiser state
     (Adam restarts)."""
-    logged = _last_log_records(state_dir)
+    log = Path(state_dir) / "log.jsonl"
+    logged = last_log_records(log) if log.exists() else {}  # a state unpacked from an older file has none
     phases = {}
     for p in sorted(Path(state_dir).glob("*.pt")):
         ck = torch.load(p, map_location="cpu", weights_only=True)
