@@ -343,7 +343,8 @@ def test_the_finder_card_shows_the_gate_and_end_to_end_with_their_commands(tmp_p
                              "--log", str(log), "--model", str(model)]) == 0
     md = model.with_suffix(".md").read_text()
     assert "## Naming (held out)" in md and "| anchor in view | scans |" in md and "on no phantom" in md
-    assert "`lumbarseg evaluate-model --naming --finder F/fold-A.pt` with each fold's finder" in md
+    assert "`bash tools/train_finder.sh naming`, which runs `lumbarseg evaluate-model --naming --finder F/fold-A.pt` " \
+        "with each fold's finder (`--finder`, from STATE)" in md
     assert md.index("## Naming") < md.index("## Training")
     assert "by_anchor" in json.loads(model.with_suffix(".json").read_text())["naming"]
 

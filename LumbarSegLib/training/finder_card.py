@@ -68,8 +68,10 @@ def card_markdown(gate: dict, e2e: dict | None, log_path, model_name: str, namin
         out += end_to_end_lines(e2e["summary"]) + [""]
     if naming_card:
         # "this model" is each fold's finder and stage 3 there: a real case counts only where both held it out
-        out += naming_markdown(naming_card["naming"]) + [f"Measured by `{naming_card['command']}` with each fold's "
-                                                         "finder and stage 3.", ""]
+        # the command's paths are stripped to file names, so which fold file is which is said here
+        out += naming_markdown(naming_card["naming"]) + [
+            f"Measured by `bash tools/train_finder.sh naming`, which runs `{naming_card['command']}` with each fold's "
+            "finder (`--finder`, from STATE) and the same fold's stage 3 (`--refine`, from STAGE3_STATE).", ""]
     out += ["## Training", "", f"Machine: {platform.machine()}, 2 cores (load below). The shipped file is the `all` "
             "phase, trained from the pretrain on every real case (listed in the card's JSON) for longer than each "
             "fold; the held-out numbers above are the folds', its estimate.", ""]
