@@ -75,22 +75,24 @@ def card_markdown(gate: dict, fit: dict | None, e2e: list | None, log_path, mode
                 "`... vertebra_eval --fit --no-reimage --phases all ...`", ""]
         out += gate_table(fit["summary"], fit=True) + [""]
     if e2e:
-        out += ["## End to end, with and without stage 3", "",
+        out += ["## End to end on the XUNet's path (`--no-finder`), with and without stage 3", "",
                 "The whole pipeline (localizer, XUNet, then stage 3 on the XUNet's vertebrae) on the cases held out "
                 "from both the bundled XUNet and the fold's stage-3 network; mean DSC over the case's true L1-L5, names "
-                "by counting (inference/naming.py). "
+                "by counting (inference/naming.py). The default path (the finder's count, then stage 3) is scored end "
+                "to end on every held-out case in the finder's card (lumbarseg_finder.md). "
                 "`... vertebra_eval --end-to-end --phases fold-B ...`", "",
                 "| case | acquisition | XUNet alone | XUNet + stage 3 | names (stage 3) |", "|---|---|---|---|---|"]
         for r in e2e:
             out.append(f"| {r['case']} | {r['acquisition']} | {_fmt(r['xunet']['mean_dsc'])} | "
                        f"{_fmt(r['stage3']['mean_dsc'])} | {', '.join(r['stage3']['found']) or '-'} |")
         out.append("")
-    out += ["## Training", "", f"Machine: {platform.machine()}, 2 cores, shared with other work (load below).", ""]
+    out += ["## Training", "", f"Machine: {platform.machine()}, 2 cores (each phase's last stretch: its "
+            "speed and load on the machine that last trained it).", ""]
     out += training_lines(log_path) + [""]
     out += ["## Limits", "",
             "- Six real CTs (about 35 vertebrae) and six label maps: a small validation; three folds of two cases.",
-            "- Centres and names come from the XUNet until the counting stage lands: a wrong centre or name is not "
-            "fixed here.",
+            "- Stage 3 segments the centres it is given, under the names it is given (by default the finder's count, "
+            "with `--no-finder` the XUNet's pieces): a wrong centre or name is not fixed here.",
             "- Re-imaged scores are measured on the thick grid itself (a 5 mm axial view is scored on 5 mm voxels).", ""]
     return "\n".join(out)
 
