@@ -139,6 +139,9 @@ def test_label_boxes_and_centres_agree_with_whole_volume_statistics():
     hu = rng.normal(200, 80, labels.shape).astype(np.float32)
     boxes = morphology.label_boxes(labels)
     assert sorted(boxes) == [1, 3, 5]
+    # found on the block that holds labels, in the whole array's indices: find_objects' boxes on the whole array
+    assert boxes == {i + 1: b for i, b in enumerate(ndimage.find_objects(labels)) if b is not None}
+    assert morphology.label_boxes(np.zeros((3, 4, 5), np.uint8)) == {}
     for lab, box in boxes.items():
         assert np.allclose(morphology.centre_of(labels, box, lab), ndimage.center_of_mass(labels == lab))
     messages = []
