@@ -14,10 +14,9 @@ from pathlib import Path
 
 import numpy as np
 import SimpleITK as sitk
-from scipy import ndimage
 
 from ..constants import LABEL_NAMES
-from ..inference.morphology import ends_reached
+from ..inference.morphology import ends_reached, label_boxes
 from ..io.text_files import write_text_atomic
 
 # Anatomical ranges of a whole adult lumbar vertebra (body and posterior elements). The 22 lumbar
@@ -46,9 +45,8 @@ def measure(labels: np.ndarray, ct_hu: np.ndarray, image: sitk.Image) -> dict[st
     out = {}
     if not np.issubdtype(labels.dtype, np.integer):
         labels = labels.astype(np.int32)
-    objects = ndimage.find_objects(labels, max_label=max(LABEL_NAMES))
-    for label, region in enumerate(objects, start=1):
-        if region is None or label not in LABEL_NAMES:
+    for label, region in label_boxes(labels).items():
+        if label not in LABEL_NAMES:
             continue
         mask = labels[region] == label
         count = int(mask.sum())

@@ -61,7 +61,7 @@ from scipy import ndimage
 from . import bone_screening
 from .metal import METAL_CERTAIN_HU, METAL_HU, METAL_MIN_MM3, find_metal  # noqa: F401  (the rule's constants)
 from ..constants import LABEL_NAMES
-from ..inference.morphology import ends_reached
+from ..inference.morphology import centre_of, ends_reached, label_boxes
 
 # --------------------------------------------------------------------------------------------------
 # The rule's constants (documented in the module docstring and README)
@@ -307,15 +307,11 @@ def measure(labels: np.ndarray, ct_hu: np.ndarray, image: sitk.Image,
     ct_hu = np.asarray(ct_hu)
     if not np.issubdtype(labels.dtype, np.integer):
         labels = labels.astype(np.int32)
-    objects = ndimage.find_objects(labels, max_label=max(LABEL_NAMES))
-    present = [k for k, region in enumerate(objects, start=1) if region is not None and k in LABEL_NAMES]
-    centroids = {}
-    for k in present:
-        idx = np.argwhere(labels[objects[k - 1]] == k) + [s.start for s in objects[k - 1]]
-        centroids[k] = np.asarray(image.TransformContinuousIndexToPhysicalPoint(
-            [float(v) for v in idx.mean(axis=0)[::-1]]))
-    return {LABEL_NAMES[k]: _measure_one(labels, ct_hu, image, k, objects[k - 1], centroids, outside_mask)
-            for k in present}
+    boxes = {k: box for k, box in sorted(label_boxes(labels).items()) if k in LABEL_NAMES}
+    centroids = {k: np.asarray(image.TransformContinuousIndexToPhysicalPoint(
+        [float(v) for v in centre_of(labels, box, k)[::-1]])) for k, box in boxes.items()}
+    return {LABEL_NAMES[k]: _measure_one(labels, ct_hu, image, k, box, centroids, outside_mask)
+            for k, box in boxes.items()}
 
 
 def _measure_one(labels, ct_hu, image, label, bbox, centroids, outside_mask) -> VertebraTrabecular:
