@@ -46,6 +46,24 @@ def test_fully_reversed_label_order_contradicts_the_header():
     assert orientation.order_contradiction(column([4, 5, 3]), 10) is None  # a swap, not a reversal
 
 
+def test_the_head_feet_check_counts_millilitres_on_the_xunets_grid(bundled):
+    """The check reads the XUNet's own grid, each of its voxels the box's volume over the grid's: a thoracic piece
+    below the lumbar column contradicts the header from MIN_VERTEBRA_ML on, whatever the box's voxels."""
+    import torch
+
+    labels = column([1, 2, 3], None, THORACIC)  # 128 grid voxels a piece, 2,560 in all: the thoracic one at the feet
+    n_classes = NUM_CLASSES + len(bundled.config.context_classes)
+    probs = torch.nn.functional.one_hot(torch.from_numpy(labels).long(), n_classes).permute(3, 0, 1, 2).float()
+    lo, hi = (0, 0, 0), (50, 50, 40)
+    said = {}
+    for spacing in (1.0, 2.0):  # a box of 100 mL: the piece is 5 mL; of 800 mL: 40 mL
+        canonical = sitk.Image([50, 50, 40], sitk.sitkFloat32) - 1000.0
+        canonical.SetSpacing([spacing] * 3)
+        said[spacing] = pipeline.check_head_feet(canonical, lo, hi, bundled, "cpu", probs).anatomy[0]
+    assert said[1.0] is None
+    assert "thoracic vertebrae (with ribs) lie below the lumbar spine" in said[2.0]
+
+
 def test_mirror_test_needs_a_clear_win():
     upright = ViewScore(0.80, 50000)
     assert orientation.mirror_contradiction(upright, ViewScore(0.78, 45000)) is None

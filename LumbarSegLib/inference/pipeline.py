@@ -150,15 +150,19 @@ def xunet_labels(canonical: sitk.Image, lo, hi, model: LumbarSegModel, device: t
 
 
 def check_head_feet(canonical: sitk.Image, lo, hi, model: LumbarSegModel, device: torch.device,
-                    probs: torch.Tensor, box_labels: np.ndarray) -> orientation.Verdict:
+                    probs: torch.Tensor) -> orientation.Verdict:
     """What the anatomy says about head and feet against the header (:mod:`orientation`): context classes on
     the wrong side, L1-L5 in reversed order, a crop that the XUNet recognises better mirrored head-to-feet
     (one more XUNet pass, only when vertebrae were found) and whether the vertebrae narrow downwards.
-    :func:`orientation.decide` refuses or warns once the vertebrae to report are known."""
-    min_voxels = max(1, int(MIN_VERTEBRA_ML / (float(np.prod(canonical.GetSpacing())) / 1000.0)))
+    :func:`orientation.decide` refuses or warns once the vertebrae to report are known. Read on the XUNet's own
+    grid (``probs``): the checks compare mean heights and counts, which its labels upsampled to the box
+    would only restate, at 1.3 s of the finder's path."""
+    grid_labels = probs.argmax(dim=0).to(torch.uint8).numpy()
+    box_ml = float(np.prod((np.asarray(hi) - np.asarray(lo)) * np.asarray(canonical.GetSpacing()))) / 1000.0
+    min_voxels = max(1, int(MIN_VERTEBRA_ML / (box_ml / grid_labels.size)))
     verdict = orientation.Verdict(
-        [orientation.context_contradiction(box_labels, model.config.context_classes, min_voxels),
-         orientation.order_contradiction(box_labels, min_voxels)], narrowing=orientation.narrowing_downwards(probs))
+        [orientation.context_contradiction(grid_labels, model.config.context_classes, min_voxels),
+         orientation.order_contradiction(grid_labels, min_voxels)], narrowing=orientation.narrowing_downwards(probs))
     as_given = orientation.view_score(probs)
     if as_given.vertebra_voxels:
         mirrored = orientation.view_score(xunet_probabilities(canonical, lo, hi, model, device, mirror_z=True))
@@ -367,7 +371,7 @@ def _segment_on(image: sitk.Image, model: LumbarSegModel, torch_device: torch.de
         probs, box_labels = xunet_labels(canonical, lo, hi, model, torch_device)
         head_feet = None  # random weights say nothing about anatomy (and are announced as meaningless)
         if model.trained:
-            head_feet = check_head_feet(canonical, lo, hi, model, torch_device, probs, box_labels)
+            head_feet = check_head_feet(canonical, lo, hi, model, torch_device, probs)
         stages.start("postprocess")
         box_labels = clean_labels(box_labels, canonical.GetSpacing(), messages, model.config.context_classes,
                                   check=stages.check, dropped=dropped, naming=naming,
@@ -478,8 +482,8 @@ def _segment_counted(canonical, box, finder, refine, stages: _Stages, messages, 
 
     def head_feet():
         lo, hi = box
-        probs, box_labels = xunet_labels(canonical, lo, hi, model, torch_device)
-        return check_head_feet(canonical, lo, hi, model, torch_device, probs, box_labels)
+        return check_head_feet(canonical, lo, hi, model, torch_device,
+                               xunet_probabilities(canonical, lo, hi, model, torch_device))
 
     labels = checked_vertebrae(labels, canonical, messages, head_feet if model.trained else None, counted.column)
     if labels.any():
