@@ -156,7 +156,8 @@ def check_head_feet(canonical: sitk.Image, lo, hi, model: LumbarSegModel, device
     (one more XUNet pass, only when vertebrae were found) and whether the vertebrae narrow downwards.
     :func:`orientation.decide` refuses or warns once the vertebrae to report are known. Read on the XUNet's own
     grid (``probs``): the checks compare mean heights and counts, which its labels upsampled to the box
-    would only restate, at 1.3 s of the finder's path."""
+    would only restate, at a cost (1.3 s of the benchmark CT in session 10's profile) that the finder's path
+    would pay for nothing else."""
     grid_labels = probs.argmax(dim=0).to(torch.uint8).numpy()
     box_ml = float(np.prod((np.asarray(hi) - np.asarray(lo)) * np.asarray(canonical.GetSpacing()))) / 1000.0
     min_voxels = max(1, int(MIN_VERTEBRA_ML / (box_ml / grid_labels.size)))
