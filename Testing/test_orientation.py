@@ -104,9 +104,9 @@ def test_narrowing_downwards_is_the_sign_of_vertebrae_shrinking_towards_the_feet
         width = 16 - z // 3
         probs[0, z, :width, :width] = 0.0
         probs[1, z, :width, :width] = 1.0
-    assert orientation.narrowing_downwards(probs) < -0.9
-    assert orientation.narrowing_downwards(probs.flip(1)) > 0.9
-    assert orientation.narrowing_downwards(torch.zeros_like(probs)) == 0.0
+    assert orientation.narrowing_downwards(probs.argmax(dim=0).numpy()) < -0.9
+    assert orientation.narrowing_downwards(probs.flip(1).argmax(dim=0).numpy()) > 0.9
+    assert orientation.narrowing_downwards(torch.zeros_like(probs).argmax(dim=0).numpy()) == 0.0
 
 
 @pytest.mark.slow

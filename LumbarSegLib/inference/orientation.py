@@ -160,13 +160,12 @@ def finder_verdict(names: list[str], messages: list[str]) -> str | None:
     return None
 
 
-def narrowing_downwards(probs: torch.Tensor) -> float:
-    """How clearly what the network calls a vertebra (L1-L5, probabilities (C, z, y, x), LPS: a larger z is
-    superior) narrows downwards: the correlation between height and axial area over the slices holding at
-    least a fifth of the widest one's area. Positive: narrower below (upside-down anatomy); 0 when it cannot
-    be told (fewer than three such slices, or a constant area)."""
-    label = probs.argmax(dim=0)
-    area = ((label >= 1) & (label < NUM_CLASSES)).sum(dim=(1, 2)).numpy().astype(float)
+def narrowing_downwards(labels: np.ndarray) -> float:
+    """How clearly what the network calls a vertebra (L1-L5 in its labels (z, y, x), the argmax of its
+    probabilities; LPS: a larger z is superior) narrows downwards: the correlation between height and axial area
+    over the slices holding at least a fifth of the widest one's area. Positive: narrower below (upside-down
+    anatomy); 0 when it cannot be told (fewer than three such slices, or a constant area)."""
+    area = ((labels >= 1) & (labels < NUM_CLASSES)).sum(axis=(1, 2)).astype(float)
     if area.max() <= 0:
         return 0.0
     rows = np.flatnonzero(area >= 0.2 * area.max())

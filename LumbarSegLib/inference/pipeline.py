@@ -163,7 +163,8 @@ def check_head_feet(canonical: sitk.Image, lo, hi, model: LumbarSegModel, device
     min_voxels = max(1, int(MIN_VERTEBRA_ML / (box_ml / grid_labels.size)))
     verdict = orientation.Verdict(
         [orientation.context_contradiction(grid_labels, model.config.context_classes, min_voxels),
-         orientation.order_contradiction(grid_labels, min_voxels)], narrowing=orientation.narrowing_downwards(probs))
+         orientation.order_contradiction(grid_labels, min_voxels)],
+        narrowing=orientation.narrowing_downwards(grid_labels))
     as_given = orientation.view_score(probs)
     if as_given.vertebra_voxels:
         mirrored = orientation.view_score(xunet_probabilities(canonical, lo, hi, model, device, mirror_z=True))
