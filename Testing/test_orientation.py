@@ -59,7 +59,7 @@ def test_the_head_feet_check_counts_millilitres_on_the_xunets_grid(bundled):
     for spacing in (1.0, 2.0):  # a box of 100 mL: the piece is 5 mL; of 800 mL: 40 mL
         canonical = sitk.Image([50, 50, 40], sitk.sitkFloat32) - 1000.0
         canonical.SetSpacing([spacing] * 3)
-        said[spacing] = pipeline.check_head_feet(canonical, lo, hi, bundled, "cpu", probs).anatomy[0]
+        said[spacing] = pipeline.check_head_feet(canonical, lo, hi, bundled, probs, probs).anatomy[0]
     assert said[1.0] is None
     assert "thoracic vertebrae (with ribs) lie below the lumbar spine" in said[2.0]
 
@@ -70,6 +70,26 @@ def test_mirror_test_needs_a_clear_win():
     assert orientation.mirror_contradiction(upright, ViewScore(0.81, 51000)) is None  # too close to call
     assert "upside down" in orientation.mirror_contradiction(upright, ViewScore(0.83, 56000))
     assert orientation.mirror_contradiction(ViewScore(0.0, 0), ViewScore(0.9, 100)) is None
+
+
+def test_mirror_test_says_nothing_on_too_little_vertebra(bundled):
+    """A clear win of the mirrored view counts only where the XUNet sees MIRROR_MIN_ML of vertebra in both views
+    (the bone-only s0328: 25-43 mL, a score that turned with float rounding); the minimum is counted in the grid's
+    voxels, each the box's volume over the grid's."""
+    import torch
+
+    assert orientation.mirror_contradiction(ViewScore(0.80, 500), ViewScore(0.90, 600), min_voxels=501) is None
+    assert "upside down" in orientation.mirror_contradiction(ViewScore(0.80, 500), ViewScore(0.90, 600), min_voxels=500)
+    labels = column([1, 2, 3])  # 384 vertebra voxels on the grid
+    n_classes = NUM_CLASSES + len(bundled.config.context_classes)
+    sure = torch.nn.functional.one_hot(torch.from_numpy(labels).long(), n_classes).permute(3, 0, 1, 2).float()
+    unsure = sure * 0.6 + 0.4 / n_classes  # the same labels, less sure: the mirrored view wins clearly
+    said = {}
+    for spacing in (1.0, 2.0):  # a box of 100 mL: 384 of its grid's 1,920 voxels are 20 mL; of 800 mL: 160 mL
+        canonical = sitk.Image([50, 50, 40], sitk.sitkFloat32) - 1000.0
+        canonical.SetSpacing([spacing] * 3)
+        said[spacing] = pipeline.check_head_feet(canonical, (0, 0, 0), (50, 50, 40), bundled, unsure, sure).mirror
+    assert said[1.0] is None and "upside down" in said[2.0]
 
 
 MIRROR_SAYS = "the segmentation network recognises the vertebrae better with the image turned upside down"

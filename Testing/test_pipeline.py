@@ -216,7 +216,7 @@ def test_nan_voxels_are_refused_not_segmented(untrained):
 
 def test_the_checks_after_either_path_ask_for_the_head_feet_verdict_only_when_vertebrae_are_left():
     """pipeline.checked_vertebrae, which both paths end with: soft tissue dropped first; the XUNet's head-feet verdict
-    is computed (a second XUNet pass) and decided only when something is left to name."""
+    is computed (the XUNet on the crop mirrored) and decided only when something is left to name."""
     from LumbarSegLib.inference import orientation
 
     labels = np.zeros((30, 20, 20), np.uint8)

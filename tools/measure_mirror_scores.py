@@ -37,8 +37,8 @@ def scores(image: sitk.Image, model, device):
     if box is None:
         return None
     lo, hi = box
-    as_given = orientation.view_score(pipeline.xunet_probabilities(canonical, lo, hi, model, device))
-    mirrored = orientation.view_score(pipeline.xunet_probabilities(canonical, lo, hi, model, device, mirror_z=True))
+    as_given, mirrored = (orientation.view_score(p) for p in
+                          pipeline.xunet_probabilities(canonical, lo, hi, model, device, mirrored=True))
     if not as_given.vertebra_voxels or not mirrored.vertebra_voxels:
         return as_given, mirrored, float("nan")
     score = mirrored.confidence - as_given.confidence + orientation.VOLUME_WEIGHT * math.log(

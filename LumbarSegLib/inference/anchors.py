@@ -193,19 +193,27 @@ def cut_by_edge(hu: np.ndarray, spacing, centre_mm) -> bool:
 
 
 def thoracic_column(hu: np.ndarray, spacing, centres_mm: list[np.ndarray]) -> tuple[bool, list]:
-    """(whether the column is thoracic, the reaches measured): the vertebrae at ``centres_mm`` (top first, z y x
-    mm in ``hu``'s frame) and the :data:`THORACIC_ABOVE` one gap after another above them, read as in
+    """(whether the column is thoracic, the reaches measured, top first): the vertebrae at ``centres_mm`` (top
+    first, z y x mm in ``hu``'s frame) and the :data:`THORACIC_ABOVE` one gap after another above them, read as in
     :func:`detect_ribs`; see :data:`THORACIC_MIN_RIBS`. A place with no vertebra (too little bone) counts for
-    neither side."""
+    neither side. The column's own vertebrae are read first, from the lowest up, and the reading stops at the
+    first one clearly without ribs, which settles it (a lumbar column: one or two reads instead of eight or more,
+    0.4 s of a study); the reaches are then those read."""
     gap = _median_gap(centres_mm)
     top = np.asarray(centres_mm[0], float)
     d = _direction(centres_mm[0], centres_mm[1]) if len(centres_mm) > 1 else np.array([1.0, 0.0, 0.0])
     places = [top + k * gap * d for k in range(THORACIC_ABOVE, 0, -1)] + [np.asarray(c, float) for c in centres_mm]
-    reaches = [lateral_reach(hu, spacing, c, SLAB_SHARE * gap) for c in places]
-    seen = [r[:2] for r, c in zip(reaches, places) if r[2] >= MIN_SEED_ML and not cut_by_edge(hu, spacing, c)]
-    ribs = sum(min(r) >= RIB_REACH_MM for r in seen)
-    without = sum(max(r) < CARRIES_RIB_MM for r in seen)
-    return ribs >= THORACIC_MIN_RIBS and without == 0, [tuple(round(v) for v in r[:2]) for r in reaches]
+    reaches: dict[int, tuple] = {}
+    ribs, without = 0, False
+    for i in list(range(len(places) - 1, THORACIC_ABOVE - 1, -1)) + list(range(THORACIC_ABOVE)):  # lowest first
+        reaches[i] = r = lateral_reach(hu, spacing, places[i], SLAB_SHARE * gap)
+        if r[2] < MIN_SEED_ML or cut_by_edge(hu, spacing, places[i]):
+            continue
+        without = max(r[:2]) < CARRIES_RIB_MM
+        if without:
+            break
+        ribs += min(r[:2]) >= RIB_REACH_MM
+    return ribs >= THORACIC_MIN_RIBS and not without, [tuple(round(v) for v in reaches[i][:2]) for i in sorted(reaches)]
 
 
 def _longest_free_mm(occupied: np.ndarray, step_mm: float) -> float:

@@ -80,11 +80,11 @@ def tidy_vertebrae(refined: np.ndarray, present, check=None) -> tuple[np.ndarray
     this too, so it measures what a study reports."""
     out = np.zeros_like(refined)
     empty = []
-    regions = ndimage.find_objects(refined, max_label=max(present)) if present else []  # one pass for all
+    regions = morphology.label_boxes(refined) if present else {}  # one pass for all, on the block that holds labels
     for lab in present:
         if check is not None:
             check()
-        region = regions[lab - 1]
+        region = regions.get(lab)
         if region is None:
             empty.append(lab)
             continue

@@ -44,19 +44,26 @@ def column_centre(hu_slab: np.ndarray, spacing_yx) -> tuple[float, float] | None
     """(y, x) voxel position of the densest BODY_MM-wide structure of the slab ``hu_slab`` (z, y, x): the mean
     over the slab of how far each voxel is above BONE_HU (capped), summed over a square of BODY_MM; None
     when nothing in the slab is bone."""
-    excess = np.clip(np.asarray(hu_slab, np.float32) - BONE_HU, 0.0, BONE_CAP_HU).mean(axis=0)
-    if not excess.any():
-        return None
     size = np.maximum(1, np.round(BODY_MM / np.asarray(spacing_yx, float)).astype(int))
-    mass = ndimage.uniform_filter(excess, size=tuple(size), mode="constant")
     # a CT is centred on the patient, and the spine on the patient's midline: the arms, the hips and the
     # chest wall lie further out to the sides
     band = int(round(CENTRAL_BAND_MM / float(spacing_yx[1])))
-    middle = mass.shape[1] // 2
-    mass[:, :max(0, middle - band)] = 0.0
-    mass[:, middle + band + 1:] = 0.0
+    middle = np.shape(hu_slab)[2] // 2
+    # only the band and the disc's reach beyond it decide (half of a 512-wide CT at 0.8 mm: 0.2 s of a study);
+    # the whole slab only when the band holds no bone
+    start = max(0, middle - band - int(size[1]) // 2 - 1)
+    stop = middle + band + int(size[1]) // 2 + 2
+    for lo, hi in ((start, stop), (0, None)):
+        excess = np.clip(np.asarray(hu_slab[:, :, lo:hi], np.float32) - BONE_HU, 0.0, BONE_CAP_HU).mean(axis=0)
+        if excess.any():
+            break
+    else:
+        return None
+    mass = ndimage.uniform_filter(excess, size=tuple(size), mode="constant")
+    mass[:, :max(0, middle - band - lo)] = 0.0
+    mass[:, max(0, middle + band + 1 - lo):] = 0.0
     y, x = np.unravel_index(int(np.argmax(mass)), mass.shape)
-    return float(y), float(x)
+    return float(y), float(x + lo)
 
 
 def distances_from_column(labels: np.ndarray, hu: np.ndarray, spacing_zyx, pieces=None) -> dict[int, float | None]:

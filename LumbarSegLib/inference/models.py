@@ -102,8 +102,10 @@ class LumbarSegModel:
     files: list = field(default_factory=list)  # the file(s) the weights came from
 
     def to(self, device: torch.device) -> "LumbarSegModel":
-        self.localizer.to(device).eval()
-        self.xunet.to(device).eval()
+        """On ``device``, in eval mode and channels-last (the XUNet's pass takes 0.95 s on a 2-core CPU channels-last,
+        1.15 s in NCDHW; :func:`.pipeline.network_input` feeds both networks that layout)."""
+        for net in (self.localizer, self.xunet):
+            net.to(device, memory_format=torch.channels_last_3d).eval()
         return self
 
     @property
