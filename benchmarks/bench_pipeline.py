@@ -5,7 +5,7 @@ simple synthetic torso), writes it to a temporary NIfTI so that reading is timed
 times read, localize, segment, postprocess, STL and total with the bundled model.
 
     python benchmarks/bench_pipeline.py [--repeat 3] [--device auto] [--shape 512 512 300] [--spacing 0.8 0.8 1.0]
-        [--finder-model ../finder_state/fold-A.pt]
+        [--finder-model ../finder_state/fold-A.pt] [--profile 30]
 
 Peak memory is the process's resident high-water mark (``ru_maxrss``), which includes PyTorch's own
 allocations that ``tracemalloc`` cannot see; the table also shows the Python-heap peak from ``tracemalloc``
@@ -15,9 +15,11 @@ for the segmentation call alone when ``--tracemalloc`` is given (it slows numpy-
 from __future__ import annotations
 
 import argparse
+import cProfile
 import multiprocessing
 import os
 import platform
+import pstats
 import resource
 import statistics
 import sys
@@ -80,7 +82,8 @@ def make_ct(shape, spacing, path: Path) -> str:
     return source
 
 
-def run_once(path: Path, model, device: str, outdir: Path, trace: bool, refine=None, finder=None) -> dict[str, float]:
+def run_once(path: Path, model, device: str, outdir: Path, trace: bool, refine=None, finder=None,
+             profile=None) -> dict[str, float]:
     times: dict[str, float] = {}
     t_total = time.perf_counter()
     t0 = time.perf_counter()
@@ -90,7 +93,11 @@ def run_once(path: Path, model, device: str, outdir: Path, trace: bool, refine=N
         import tracemalloc
 
         tracemalloc.start()
+    if profile is not None:
+        profile.enable()
     result = pipeline.segment(image, model=model, device=device, refine=refine, finder=finder)
+    if profile is not None:
+        profile.disable()
     if trace:
         times["python_heap_peak_mib"] = tracemalloc.get_traced_memory()[1] / 2**20
         tracemalloc.stop()
@@ -111,6 +118,9 @@ def main(argv=None) -> int:
     parser.add_argument("--shape", type=int, nargs=3, default=(512, 512, 300))
     parser.add_argument("--spacing", type=float, nargs=3, default=(0.8, 0.8, 1.0))
     parser.add_argument("--tracemalloc", action="store_true")
+    parser.add_argument("--profile", type=int, metavar="N", default=0,
+                        help="cProfile the last run's segmentation and print the engine's N functions that take "
+                             "longest, calls included (profiling slows the run it watches)")
     parser.add_argument("--refine", action=argparse.BooleanOptionalAction, default=None,
                         help="the per-vertebra stage (default: on when its model is installed, as segment)")
     parser.add_argument("--finder", action=argparse.BooleanOptionalAction, default=None,
@@ -157,11 +167,16 @@ def main(argv=None) -> int:
     runs = []
     with tmpdir:
         for i in range(args.repeat):
+            last = i == args.repeat - 1
+            profile = cProfile.Profile() if args.profile and last else None
             runs.append(run_once(path, model, device, Path(tmpdir.name) / f"stl{i}", args.tracemalloc, stage3,
-                                 found_by))
+                                 found_by, profile))
             print(f"run {i + 1}/{args.repeat}: total {runs[-1]['total']:.2f} s, found {runs[-1]['found']} vertebrae",
                   flush=True)
     n_voxels = int(np.prod(args.shape))
+    if args.profile:
+        print("\nThe last run's segmentation under cProfile (its own total above is slowed by it):")
+        pstats.Stats(profile).sort_stats("cumulative").print_stats("LumbarSegLib", args.profile)
 
     print()
     print(f"{'stage':<12} {'median s':>9} {'min s':>8} {'max s':>8}")
