@@ -197,8 +197,8 @@ def thoracic_column(hu: np.ndarray, spacing, centres_mm: list[np.ndarray]) -> tu
     first, z y x mm in ``hu``'s frame) and the :data:`THORACIC_ABOVE` one gap after another above them, read as in
     :func:`detect_ribs`; see :data:`THORACIC_MIN_RIBS`. A place with no vertebra (too little bone) counts for
     neither side. The column's own vertebrae are read first, from the lowest up, and the reading stops at the
-    first one clearly without ribs, which settles it (a lumbar column: one or two reads instead of eight or more,
-    0.4 s of a study); the reaches are then those read."""
+    first one clearly without ribs, which settles it (a real lumbar column: one or two reads instead of eight or
+    more, 0.4 s of a study); the reaches are then those read."""
     gap = _median_gap(centres_mm)
     top = np.asarray(centres_mm[0], float)
     d = _direction(centres_mm[0], centres_mm[1]) if len(centres_mm) > 1 else np.array([1.0, 0.0, 0.0])

@@ -49,7 +49,7 @@ from ..errors import InputError
 MIRROR_SCORE_MARGIN = 0.025
 VOLUME_WEIGHT = 0.1
 # The mirror test says nothing unless the XUNet calls at least this much vertebra in each view (about two lumbar
-# vertebrae, 30-60 mL each). On the bone-only real CT s0328 it sees only 25-43 mL, and its score there turned with
+# vertebrae, 30-60 mL each). On the bone-only real CT s0328 it sees only 25-57 mL, and its score there turned with
 # the float rounding of the batch the two views ran in (upright: a warning one way, a refusal with the narrowing
 # the other); every other mirror verdict measured, on the real CTs and issue 24's phantoms, had 90 mL or more.
 MIRROR_MIN_ML = 60.0
