@@ -46,20 +46,32 @@ def test_fully_reversed_label_order_contradicts_the_header():
     assert orientation.order_contradiction(column([4, 5, 3]), 10) is None  # a swap, not a reversal
 
 
+BOX = ((0, 0, 0), (50, 50, 40))  # the crop box (x, y, z voxel indices) of _air_box's whole image
+
+
+def _air_box(spacing: float) -> sitk.Image:
+    """An image of BOX's size in air, ``spacing`` mm voxels: the box's volume sets each grid voxel's millilitres."""
+    image = sitk.Image(list(BOX[1]), sitk.sitkFloat32) - 1000.0
+    image.SetSpacing([spacing] * 3)
+    return image
+
+
+def _certain(labels: np.ndarray, model):
+    """The XUNet's probabilities (C, z, y, x) that are certain of ``labels``, over ``model``'s classes."""
+    import torch
+
+    n_classes = NUM_CLASSES + len(model.config.context_classes)
+    return torch.nn.functional.one_hot(torch.from_numpy(labels).long(), n_classes).permute(3, 0, 1, 2).float()
+
+
 def test_the_head_feet_check_counts_millilitres_on_the_xunets_grid(bundled):
     """The check reads the XUNet's own grid, each of its voxels the box's volume over the grid's: a thoracic piece
     below the lumbar column contradicts the header from MIN_VERTEBRA_ML on, whatever the box's voxels."""
-    import torch
-
     labels = column([1, 2, 3], None, THORACIC)  # 128 grid voxels a piece, 2,560 in all: the thoracic one at the feet
-    n_classes = NUM_CLASSES + len(bundled.config.context_classes)
-    probs = torch.nn.functional.one_hot(torch.from_numpy(labels).long(), n_classes).permute(3, 0, 1, 2).float()
-    lo, hi = (0, 0, 0), (50, 50, 40)
+    probs = _certain(labels, bundled)
     said = {}
     for spacing in (1.0, 2.0):  # a box of 100 mL: the piece is 5 mL; of 800 mL: 40 mL
-        canonical = sitk.Image([50, 50, 40], sitk.sitkFloat32) - 1000.0
-        canonical.SetSpacing([spacing] * 3)
-        said[spacing] = pipeline.check_head_feet(canonical, lo, hi, bundled, probs, probs).anatomy[0]
+        said[spacing] = pipeline.check_head_feet(_air_box(spacing), *BOX, bundled, probs, probs).anatomy[0]
     assert said[1.0] is None
     assert "thoracic vertebrae (with ribs) lie below the lumbar spine" in said[2.0]
 
@@ -74,21 +86,15 @@ def test_mirror_test_needs_a_clear_win():
 
 def test_mirror_test_says_nothing_on_too_little_vertebra(bundled):
     """A clear win of the mirrored view counts only where the XUNet sees MIRROR_MIN_ML of vertebra in both views
-    (the bone-only s0328: 25-43 mL, a score that turned with float rounding); the minimum is counted in the grid's
+    (the bone-only s0328: 25-57 mL, a score that turned with float rounding); the minimum is counted in the grid's
     voxels, each the box's volume over the grid's."""
-    import torch
-
     assert orientation.mirror_contradiction(ViewScore(0.80, 500), ViewScore(0.90, 600), min_voxels=501) is None
     assert "upside down" in orientation.mirror_contradiction(ViewScore(0.80, 500), ViewScore(0.90, 600), min_voxels=500)
-    labels = column([1, 2, 3])  # 384 vertebra voxels on the grid
-    n_classes = NUM_CLASSES + len(bundled.config.context_classes)
-    sure = torch.nn.functional.one_hot(torch.from_numpy(labels).long(), n_classes).permute(3, 0, 1, 2).float()
-    unsure = sure * 0.6 + 0.4 / n_classes  # the same labels, less sure: the mirrored view wins clearly
+    sure = _certain(column([1, 2, 3]), bundled)  # 384 vertebra voxels on the grid
+    unsure = sure * 0.6 + 0.4 / sure.shape[0]  # the same labels, less sure: the mirrored view wins clearly
     said = {}
     for spacing in (1.0, 2.0):  # a box of 100 mL: 384 of its grid's 1,920 voxels are 20 mL; of 800 mL: 160 mL
-        canonical = sitk.Image([50, 50, 40], sitk.sitkFloat32) - 1000.0
-        canonical.SetSpacing([spacing] * 3)
-        said[spacing] = pipeline.check_head_feet(canonical, (0, 0, 0), (50, 50, 40), bundled, unsure, sure).mirror
+        said[spacing] = pipeline.check_head_feet(_air_box(spacing), *BOX, bundled, unsure, sure).mirror
     assert said[1.0] is None and "upside down" in said[2.0]
 
 
