@@ -47,6 +47,7 @@ def test_ribs_on_both_sides_of_the_vertebra_above_fire_the_anchor():
     _bar(hu, c[1], 35, 35)  # L1's transverse processes
     got = anchors.detect(hu, (1.0, 1.0, 1.0), _centres_mm(labels))
     assert got.ribs and not got.sacrum
+    assert got.measures["above_far_area_mm2"] < anchors.RIB_PLATE_MM2  # bars: 2 x 36 mm x 5 mm a slice
     assert any("Ribs on the vertebra above L1" in n for n in got.notes)
 
 
@@ -54,6 +55,19 @@ def test_lumbar_transverse_processes_are_no_ribs():
     hu, labels, c = _column()
     _bar(hu, c[0], 48, 48)  # L3-like processes (96 mm tip to tip) on the vertebra above: no rib
     assert not anchors.detect(hu, (1.0, 1.0, 1.0), _centres_mm(labels)).ribs
+
+
+def test_iliac_wings_above_the_column_are_no_ribs():
+    """Turned head-to-feet, the pelvis lies right above the column and its wings reach out as far as ribs: plates,
+    not bars (upside-down phantoms 5007 and 7008 were "anchored by the ribs")."""
+    hu, labels, c = _column()
+    _bar(hu, c[0], 90, 90)  # a pair of ribs alone fires (the first test); add the wings' plates beside them
+    hu[c[0] - 12:c[0] + 13, Y0 - 30:Y0 + 30, X0 - 105:X0 - 57] = 600
+    hu[c[0] - 12:c[0] + 13, Y0 - 30:Y0 + 30, X0 + 57:X0 + 105] = 600
+    got = anchors.detect(hu, (1.0, 1.0, 1.0), _centres_mm(labels), top_name="L1")
+    assert not got.ribs
+    assert got.measures["above_far_area_mm2"] >= anchors.RIB_PLATE_MM2
+    assert any("as broad as an iliac wing" in w for w in got.warnings)
 
 
 def test_a_rib_on_one_side_only_does_not_fire():

@@ -1,8 +1,10 @@
 """Check the CT anchor detectors (LumbarSegLib.inference.anchors) against the truth, without any network:
 the column's centres come from the truth's lumbar labels, the verdict from the truth's T12/T13 (ribs above)
 and sacrum (label 26) in view. Prints one line per case and the hits, misses and false fires.
+``--upside-down`` reads each case turned head-to-feet too (voxels mirrored), where neither anchor may fire: the
+pelvis then lies right above the column and the ribs below it.
 
-    PYTHONPATH=. python tools/check_ct_anchors.py [--phantoms N --seed S] [CT MASK ...]
+    PYTHONPATH=. python tools/check_ct_anchors.py [--phantoms N --seed S] [--upside-down] [CT MASK ...]
 """
 from __future__ import annotations
 
@@ -36,17 +38,22 @@ def main(argv=None):
     p = argparse.ArgumentParser()
     p.add_argument("--phantoms", type=int, default=0)
     p.add_argument("--seed", type=int, default=100200)
-    p.add_argument("--fovs", default="abdomen,lumbar,lower,upper,tight,thoracic")
+    p.add_argument("--fovs", default="abdomen,lumbar,lower,upper,tight,thoracic",
+                   help="fields of view in turn, comma-separated; 'cycle': all of phantoms.FOV_CHOICES in turn")
+    p.add_argument("--shape", type=int, nargs=3, help="phantom grid (voxels); default: drawn per seed")
+    p.add_argument("--spacing", type=float, nargs=3, help="phantom spacing (mm); default: drawn per seed")
+    p.add_argument("--upside-down", action="store_true", help="each case turned head-to-feet too")
     p.add_argument("pairs", nargs="*")
     a = p.parse_args(argv)
     cases = []
     if a.phantoms:
         from LumbarSegLib import phantoms
         lib = phantoms.load_shape_library()
-        fovs = a.fovs.split(",")
+        fovs = list(phantoms.FOV_CHOICES) if a.fovs == "cycle" else a.fovs.split(",")
+        grid = {"shape": tuple(a.shape) if a.shape else None, "spacing": tuple(a.spacing) if a.spacing else None}
         for i in range(a.phantoms):
             fov = fovs[i % len(fovs)]
-            ct, seg = phantoms.generate_phantom(a.seed + i, fov=fov, shape_library=lib)
+            ct, seg = phantoms.generate_phantom(a.seed + i, fov=fov, shape_library=lib, **grid)
             cases.append((f"phantom {a.seed + i} {fov} {ct.GetSpacing()[2]:.2f}mm", ct, seg))
     for ct_path, seg_path in zip(a.pairs[::2], a.pairs[1::2]):
         cases.append((ct_path.split("/")[-1], sitk.ReadImage(ct_path), sitk.ReadImage(seg_path)))
@@ -61,8 +68,13 @@ def main(argv=None):
         if len(present0) >= 2:
             variants += [(" [top dropped]", present0[1:], centres0[1:], False, sac_t0),
                          (" [lowest dropped]", present0[:-1], centres0[:-1], ribs_t0, False)]
+        if a.upside_down:  # z mirrored: the lowest vertebra comes first; nothing rib-bearing above, no sacrum below
+            height = (hu.shape[0] - 1) * spacing[0]
+            turned = [np.array([height - c[0], c[1], c[2]]) for c in centres0[::-1]]
+            variants += [(" [upside down]", present0[::-1], turned, False, False)]
         for tag, present, centres, ribs_t, sac_t in variants:
-            one(name + tag, hu, spacing, present, centres, ribs_t, sac_t, tally)
+            case_hu = hu[::-1] if tag == " [upside down]" else hu
+            one(name + tag, case_hu, spacing, present, centres, ribs_t, sac_t, tally)
     for k, (h, mi, f, s) in tally.items():
         print(f"{k}: hits {h}, misses {mi}, false fires {f}, right silences {s}")
 

@@ -59,6 +59,13 @@ MIN_SEED_ML = 2.0
 # process can touch it on one side (phantom 100200: T12's rib touches L1 on the left, 110 mm, right 29 mm).
 RIB_REACH_MM = 54.0
 CARRIES_RIB_MM = 52.0
+# A rib is a bar, an iliac wing a plate. Turned head-to-feet, the pelvis lies right above the column and its wings
+# reach out like ribs (phantoms 5007 and 7008 upside down were "anchored by the ribs", 111 mm on both sides). The
+# bone connected to the vertebra above beyond RIB_REACH_MM, both sides together, averages (:func:`far_bone_area`, per
+# axial slice that holds any; `tools/check_ct_anchors.py --upside-down` at true centres on phantoms 5000-5014 and
+# 6000-6014 as issue 24 draws them) 221-991 square mm at the T12s upright, but 1,749-2,764 at the sacrum's level
+# turned upside down (s0328: 1,657; one phantom cut by its field of view 436). From RIB_PLATE_MM2 no anchor fires.
+RIB_PLATE_MM2 = 1300.0
 # A column whose vertebrae carry ribs on both sides - at least THORACIC_MIN_RIBS of those found and of the
 # THORACIC_ABOVE vertebrae right above them, and none clearly without (under CARRIES_RIB_MM on both sides) -
 # is thoracic, with no lumbar vertebra in it: on the thoracic-only phantoms 7000-7009 every vertebra reaches
@@ -131,14 +138,14 @@ def _bone(hu: np.ndarray, box: tuple, spacing) -> np.ndarray:
     return ndimage.gaussian_filter(np.asarray(hu[box], np.float32), sigma, mode="nearest") > BONE_HU
 
 
-def lateral_reach(hu: np.ndarray, spacing, centre_mm, half_height_mm: float) -> tuple[float, float, float]:
-    """(reach to the right, to the left, bone near the centre in mL): how far (mm, in x from the centre) the
-    bone connected to the vertebra at ``centre_mm`` (z, y, x in the array's mm) runs out on each side within
-    the axial slab of ``half_height_mm`` around it. Zeros when no vertebra is there (:data:`MIN_SEED_ML`)."""
+def _connected_bone(hu: np.ndarray, spacing, centre_mm, half_height_mm: float):
+    """(bone connected to the vertebra at ``centre_mm`` within the axial slab of ``half_height_mm`` around it - a
+    (z, y, x) mask, or None when no vertebra is there (:data:`MIN_SEED_ML`) - each column's x offset from the centre
+    in mm (1, x), bone near the centre in mL)."""
     spacing = np.asarray(spacing, float)
     box = _box(hu.shape, spacing, centre_mm, (half_height_mm, max(AP_MM), LATERAL_MM))
     if any(s.stop - s.start < 2 for s in box[1:]) or box[0].stop <= box[0].start:
-        return 0.0, 0.0, 0.0
+        return None, None, 0.0
     bone = _bone(hu, box, spacing)
     z, y, x = (np.arange(s.start, s.stop) * sp for s, sp in zip(box, spacing))
     dy, dx = y[:, None] - centre_mm[1], x[None, :] - centre_mm[2]
@@ -148,15 +155,39 @@ def lateral_reach(hu: np.ndarray, spacing, centre_mm, half_height_mm: float) -> 
     seed = bone & near
     seed_ml = float(seed.sum()) * float(np.prod(spacing)) / 1000.0
     if seed_ml < MIN_SEED_ML:
-        return 0.0, 0.0, seed_ml
+        return None, dx, seed_ml
     pieces, _ = ndimage.label(bone, np.ones((3, 3, 3), bool))
     ids = np.unique(pieces[seed])
-    connected = np.isin(pieces, ids[ids > 0])
+    return np.isin(pieces, ids[ids > 0]), dx, seed_ml
+
+
+def lateral_reach(hu: np.ndarray, spacing, centre_mm, half_height_mm: float) -> tuple[float, float, float]:
+    """(reach to the right, to the left, bone near the centre in mL): how far (mm, in x from the centre) the
+    bone connected to the vertebra at ``centre_mm`` (z, y, x in the array's mm) runs out on each side within
+    the axial slab of ``half_height_mm`` around it. Zeros when no vertebra is there (:data:`MIN_SEED_ML`)."""
+    connected, dx, seed_ml = _connected_bone(hu, spacing, centre_mm, half_height_mm)
+    if connected is None:
+        return 0.0, 0.0, seed_ml
     cols = np.flatnonzero(connected.any(axis=(0, 1)))
     if cols.size == 0:
         return 0.0, 0.0, seed_ml
     # LPS: a larger x is the patient's left
     return float(max(0.0, -dx[0, cols].min())), float(max(0.0, dx[0, cols].max())), seed_ml
+
+
+def far_bone_area(hu: np.ndarray, spacing, centre_mm, half_height_mm: float) -> float:
+    """The bone connected to the vertebra at ``centre_mm`` that lies beyond :data:`RIB_REACH_MM` to either side, in
+    square mm per axial slice (both sides together, averaged over the slab's slices that hold any): a rib's cross-section
+    or an iliac wing's (:data:`RIB_PLATE_MM2`). 0 when there is none."""
+    connected, dx, _ = _connected_bone(hu, spacing, centre_mm, half_height_mm)
+    if connected is None:
+        return 0.0
+    far = connected & (np.abs(dx) > RIB_REACH_MM)[None]
+    per_slice = far.sum(axis=(1, 2))
+    held = per_slice > 0
+    if not held.any():
+        return 0.0
+    return float(per_slice[held].mean()) * float(np.prod(np.asarray(spacing, float)[1:]))
 
 
 def detect_ribs(hu: np.ndarray, spacing, centres_mm: list[np.ndarray], top_name: str = "the highest piece") -> CtAnchors:
@@ -170,12 +201,22 @@ def detect_ribs(hu: np.ndarray, spacing, centres_mm: list[np.ndarray], top_name:
     own = lateral_reach(hu, spacing, top, half)
     above = lateral_reach(hu, spacing, top + gap * d, half)
     out.measures.update(top_reach_mm=own[:2], above_reach_mm=above[:2], above_seed_ml=above[2])
+    reaches_out = min(above[:2]) >= RIB_REACH_MM
+    if reaches_out:
+        plate = far_bone_area(hu, spacing, top + gap * d, half)
+        out.measures.update(above_far_area_mm2=plate)
     if max(own[:2]) >= CARRIES_RIB_MM:
         out.warnings.append(f"WARNING: bone connected to the vertebra named {top_name} runs {max(own[:2]):.0f} mm "
                             f"out to one side (further than a lumbar transverse process): it may carry a rib (a "
                             f"T12, or a transitional vertebra), so the ribs do not anchor the count. Check the levels.")
         return out
-    if min(above[:2]) >= RIB_REACH_MM:
+    if reaches_out:
+        if plate >= RIB_PLATE_MM2:
+            out.warnings.append(f"WARNING: the bone that runs out on both sides of the vertebra above {top_name} is as "
+                                f"broad as an iliac wing ({plate:.0f} square mm an axial slice beyond "
+                                f"{RIB_REACH_MM:g} mm; a pair of ribs is under {RIB_PLATE_MM2:.0f}), not like ribs, so "
+                                f"the ribs do not anchor the count. Is the image upside down? Check the levels.")
+            return out
         side = "both sides"
         out.ribs = True
         out.notes.append(f"Ribs on the vertebra above L1: the CT shows bone connected to the vertebra above "
