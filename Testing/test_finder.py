@@ -281,6 +281,12 @@ def test_the_end_to_end_summary_scores_each_path_by_acquisition():
     assert got["finder"]["all"] == {"scans": 2, "mean_dsc": 0.45, "all_right": [1, 2], "wrong_warned": [0, 1]}
     assert got["finder"]["axial 5 mm"]["mean_dsc"] == 0.0  # nothing found scores 0, not left out
     assert got["xunet"]["all"]["scans"] == 1 and got["xunet"]["all"]["wrong_warned"] == [1, 1]
+    assert "complete L1-L5" not in got["finder"]  # no view holds all five
+    whole = ["L1", "L2", "L3", "L4", "L5"]
+    rows += [{"acquisition": "as stored", "truth": whole, "finder": path(0.8, True)},
+             {"acquisition": "as stored", "truth": whole, "finder": path(0.6, True)}]
+    got = finder_eval.summarize_end_to_end(rows)["finder"]["complete L1-L5"]
+    assert list(got) == ["as stored"] and got["as stored"]["scans"] == 2 and got["as stored"]["mean_dsc"] == 0.7
 
 
 def test_a_finder_model_file_round_trips_and_is_chosen_only_with_stage_3(tmp_path):

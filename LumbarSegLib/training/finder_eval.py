@@ -142,8 +142,12 @@ def end_to_end(finder_dir, stage3_dir, phases, real_dirs, log=print) -> list[dic
     return rows
 
 
+COMPLETE = [f"L{k}" for k in range(1, 6)]
+
+
 def summarize_end_to_end(rows: list[dict]) -> dict:
-    """Mean DSC and names over the rows, per path, by acquisition and in all."""
+    """Mean DSC and names over the rows, per path, by acquisition and in all; and by acquisition over the views that
+    hold all of L1-L5 (``complete L1-L5``: the README's and issue 22's end-to-end measure)."""
     out = {}
     for key in ("finder", "xunet"):
         sub = [r for r in rows if key in r]
@@ -154,8 +158,12 @@ def summarize_end_to_end(rows: list[dict]) -> dict:
             return {"scans": len(rs), "mean_dsc": round(float(np.mean(d)), 4) if d else None,
                     "all_right": [sum(r[key]["all_right"] for r in rs), len(rs)],
                     "wrong_warned": [sum(len(r[key]["wrong_warned"]) for r in rs), sum(len(r[key]["wrong"]) for r in rs)]}
-        out[key] = {"all": part(sub), **{a: part([r for r in sub if r["acquisition"] == a])
-                                         for a in dict.fromkeys(r["acquisition"] for r in sub)}}
+        kinds = list(dict.fromkeys(r["acquisition"] for r in sub))
+        out[key] = {"all": part(sub), **{a: part([r for r in sub if r["acquisition"] == a]) for a in kinds}}
+        complete = [r for r in sub if r["truth"] == COMPLETE]
+        if complete:
+            out[key]["complete L1-L5"] = {a: part([r for r in complete if r["acquisition"] == a]) for a in kinds
+                                          if any(r["acquisition"] == a for r in complete)}
     return out
 
 
