@@ -105,6 +105,7 @@ def main() -> None:
     r.add_argument("data", help="the shared data folder (holding real/ and ts_dicom/)")
     for q in (p, r):
         q.add_argument("--refine", action="store_true", help="run stage 3 too (the CLI's default when bundled)")
+        q.add_argument("--threads", type=int, default=1, help="torch threads (1: beside a training run)")
         q.add_argument("--finder", action="store_true", help="the finder's path with the bundled finder, as a "
                        "study with stage 3 on runs (needs --refine)")
         q.add_argument("--finder-model", help="the finder's path with this model file or training checkpoint "
@@ -115,7 +116,7 @@ def main() -> None:
     from LumbarSegLib.inference.models import load_model
     from LumbarSegLib.inference.vertebra_stage import choose
 
-    torch.set_num_threads(1)
+    torch.set_num_threads(args.threads)
     model = load_model()
     refine = choose(True)[0] if args.refine else None
     if args.finder or args.finder_model:
