@@ -285,8 +285,14 @@ def test_the_end_to_end_summary_scores_each_path_by_acquisition():
     whole = ["L1", "L2", "L3", "L4", "L5"]
     rows += [{"acquisition": "as stored", "truth": whole, "finder": path(0.8, True)},
              {"acquisition": "as stored", "truth": whole, "finder": path(0.6, True)}]
-    got = finder_eval.summarize_end_to_end(rows)["finder"]["complete L1-L5"]
+    summary = finder_eval.summarize_end_to_end(rows)
+    got = summary["finder"]["complete L1-L5"]
     assert list(got) == ["as stored"] and got["as stored"]["scans"] == 2 and got["as stored"]["mean_dsc"] == 0.7
+    from LumbarSegLib.training.finder_card import end_to_end_lines
+
+    table = end_to_end_lines(summary)  # the card's table: one row per acquisition, then the complete views'
+    assert any(line.startswith("| finder | complete L1-L5, as stored | 2 | 0.700 |") for line in table)
+    assert sum(line.startswith("| finder | ") for line in table) == 4
 
 
 def test_a_finder_model_file_round_trips_and_is_chosen_only_with_stage_3(tmp_path):

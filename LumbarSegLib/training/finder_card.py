@@ -36,9 +36,15 @@ def gate_lines(summary: dict) -> list[str]:
 
 
 def end_to_end_lines(summary: dict) -> list[str]:
+    """The end-to-end summary (:func:`.finder_eval.summarize_end_to_end`) as a table: a row per path and acquisition,
+    then the complete L1-L5 views' rows."""
+    from .finder_eval import COMPLETE_KEY
+
     lines = ["| path | acquisition | scans | mean DSC | every name right | wrong names warned |", "|---|---|---|---|---|---|"]
     for path, parts in summary.items():
-        for name, s in parts.items():
+        rows = [(name, s) for name, s in parts.items() if name != COMPLETE_KEY]
+        rows += [(f"{COMPLETE_KEY}, {name}", s) for name, s in parts.get(COMPLETE_KEY, {}).items()]
+        for name, s in rows:
             dsc = "-" if s["mean_dsc"] is None else f"{s['mean_dsc']:.3f}"
             lines.append(f"| {path} | {name} | {s['scans']} | {dsc} | {_share(s['all_right'])} | {_share(s['wrong_warned'])} |")
     return lines

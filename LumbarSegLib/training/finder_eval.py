@@ -143,6 +143,7 @@ def end_to_end(finder_dir, stage3_dir, phases, real_dirs, log=print) -> list[dic
 
 
 COMPLETE = [f"L{k}" for k in range(1, 6)]
+COMPLETE_KEY = "complete L1-L5"
 
 
 def summarize_end_to_end(rows: list[dict]) -> dict:
@@ -162,7 +163,7 @@ def summarize_end_to_end(rows: list[dict]) -> dict:
         out[key] = {"all": part(sub), **{a: part([r for r in sub if r["acquisition"] == a]) for a in kinds}}
         complete = [r for r in sub if r["truth"] == COMPLETE]
         if complete:
-            out[key]["complete L1-L5"] = {a: part([r for r in complete if r["acquisition"] == a]) for a in kinds
+            out[key][COMPLETE_KEY] = {a: part([r for r in complete if r["acquisition"] == a]) for a in kinds
                                           if any(r["acquisition"] == a for r in complete)}
     return out
 
