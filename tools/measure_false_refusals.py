@@ -80,10 +80,12 @@ def phantom_rows(args, model, refine):
 
 def real_rows(args, model, refine):
     from LumbarSegLib.io import images
+    from LumbarSegLib.training.real_views import is_bone_only_file
 
     data = Path(args.data)
     for path in [p for folder in REAL_FOLDERS for p in sorted((data / folder).glob("*_ct.nii.gz"))]:
-        ct = images.load_ct(path).image
+        # a bone-only CT (soft tissue blanked to 0) is not in HU, which load_ct refuses: read as stored
+        ct = sitk.ReadImage(str(path)) if is_bone_only_file(str(path)) else images.load_ct(path).image
         for view, image in (("upright", ct), ("upside down", upside_down(ct))):
             yield table_row(path.name, "", view, run(image, model, refine), invented=False)
     if (data / "ts_dicom").is_dir():
