@@ -1,6 +1,6 @@
 """Refusals, orientation warnings, anchors and invented vertebrae of the whole pipeline (bundled models), on
 phantoms and real CTs, upright and upside down: the numbers of issue 24 and of the upside-down checks in
-docs/accuracy.md.
+docs/accuracy.md and docs/accuracy_history.md.
 
     python3 tools/measure_false_refusals.py phantoms --seed 5000 --n 15 --shape 160 160 120 --spacing 2 2 2.5
     python3 tools/measure_false_refusals.py phantoms --seed 7000 --n 5 --fov thoracic --shape 160 160 120 --spacing 2 2 2.5
@@ -74,8 +74,8 @@ def phantom_rows(args, model, refine):
         lumbar = any(c in LUMBAR_CODES for c in codes)
         views = [("upright", ct)] + ([("upside down", upside_down(ct))] if args.upside_down else [])
         for view, image in views:
-            yield table_row(f"seed {seed} ({fov or 'drawn'})", f"codes {codes[0]}-{codes[-1]}" if codes else "-", view,
-                      run(image, model, refine), invented=not lumbar)
+            yield table_row(f"seed {seed} ({fov or 'drawn'})", f"codes {codes[0]}-{codes[-1]}" if codes else "-",
+                            view, run(image, model, refine), invented=not lumbar)
 
 
 def real_rows(args, model, refine):
