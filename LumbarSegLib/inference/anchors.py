@@ -161,11 +161,8 @@ def _connected_bone(hu: np.ndarray, spacing, centre_mm, half_height_mm: float):
     return np.isin(pieces, ids[ids > 0]), dx, seed_ml
 
 
-def lateral_reach(hu: np.ndarray, spacing, centre_mm, half_height_mm: float) -> tuple[float, float, float]:
-    """(reach to the right, to the left, bone near the centre in mL): how far (mm, in x from the centre) the
-    bone connected to the vertebra at ``centre_mm`` (z, y, x in the array's mm) runs out on each side within
-    the axial slab of ``half_height_mm`` around it. Zeros when no vertebra is there (:data:`MIN_SEED_ML`)."""
-    connected, dx, seed_ml = _connected_bone(hu, spacing, centre_mm, half_height_mm)
+def _reach(connected, dx, seed_ml: float) -> tuple[float, float, float]:
+    """:func:`lateral_reach`'s answer from :func:`_connected_bone`'s."""
     if connected is None:
         return 0.0, 0.0, seed_ml
     cols = np.flatnonzero(connected.any(axis=(0, 1)))
@@ -175,11 +172,17 @@ def lateral_reach(hu: np.ndarray, spacing, centre_mm, half_height_mm: float) -> 
     return float(max(0.0, -dx[0, cols].min())), float(max(0.0, dx[0, cols].max())), seed_ml
 
 
-def far_bone_area(hu: np.ndarray, spacing, centre_mm, half_height_mm: float) -> float:
-    """The bone connected to the vertebra at ``centre_mm`` that lies beyond :data:`RIB_REACH_MM` to either side, in
-    square mm per axial slice (both sides together, averaged over the slab's slices that hold any): a rib's cross-section
-    or an iliac wing's (:data:`RIB_PLATE_MM2`). 0 when there is none."""
-    connected, dx, _ = _connected_bone(hu, spacing, centre_mm, half_height_mm)
+def lateral_reach(hu: np.ndarray, spacing, centre_mm, half_height_mm: float) -> tuple[float, float, float]:
+    """(reach to the right, to the left, bone near the centre in mL): how far (mm, in x from the centre) the
+    bone connected to the vertebra at ``centre_mm`` (z, y, x in the array's mm) runs out on each side within
+    the axial slab of ``half_height_mm`` around it. Zeros when no vertebra is there (:data:`MIN_SEED_ML`)."""
+    return _reach(*_connected_bone(hu, spacing, centre_mm, half_height_mm))
+
+
+def far_bone_area(connected, dx, spacing) -> float:
+    """Of :func:`_connected_bone`'s bone (``connected``, ``dx``), what lies beyond :data:`RIB_REACH_MM` to either side,
+    in square mm per axial slice (both sides together, averaged over the slab's slices that hold any): a rib's
+    cross-section or an iliac wing's (:data:`RIB_PLATE_MM2`). 0 when there is none."""
     if connected is None:
         return 0.0
     far = connected & (np.abs(dx) > RIB_REACH_MM)[None]
@@ -199,11 +202,12 @@ def detect_ribs(hu: np.ndarray, spacing, centres_mm: list[np.ndarray], top_name:
     d = _direction(centres_mm[0], centres_mm[1]) if len(centres_mm) > 1 else np.array([1.0, 0.0, 0.0])
     half = SLAB_SHARE * gap
     own = lateral_reach(hu, spacing, top, half)
-    above = lateral_reach(hu, spacing, top + gap * d, half)
+    bone_above = _connected_bone(hu, spacing, top + gap * d, half)  # read once: its reach, then its breadth
+    above = _reach(*bone_above)
     out.measures.update(top_reach_mm=own[:2], above_reach_mm=above[:2], above_seed_ml=above[2])
     reaches_out = min(above[:2]) >= RIB_REACH_MM
     if reaches_out:
-        plate = far_bone_area(hu, spacing, top + gap * d, half)
+        plate = far_bone_area(*bone_above[:2], spacing)
         out.measures.update(above_far_area_mm2=plate)
     if max(own[:2]) >= CARRIES_RIB_MM:
         out.warnings.append(f"WARNING: bone connected to the vertebra named {top_name} runs {max(own[:2]):.0f} mm "
