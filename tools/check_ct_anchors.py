@@ -64,16 +64,15 @@ def main(argv=None):
             print(f"{name}: no lumbar vertebra in view")
             continue
         # as found, and as if the network had missed the top or the lowest vertebra (a wrong anchor would fire)
-        variants = [("", present0, centres0, ribs_t0, sac_t0)]
+        variants = [("", hu, present0, centres0, ribs_t0, sac_t0)]
         if len(present0) >= 2:
-            variants += [(" [top dropped]", present0[1:], centres0[1:], False, sac_t0),
-                         (" [lowest dropped]", present0[:-1], centres0[:-1], ribs_t0, False)]
+            variants += [(" [top dropped]", hu, present0[1:], centres0[1:], False, sac_t0),
+                         (" [lowest dropped]", hu, present0[:-1], centres0[:-1], ribs_t0, False)]
         if a.upside_down:  # z mirrored: the lowest vertebra comes first; nothing rib-bearing above, no sacrum below
             height = (hu.shape[0] - 1) * spacing[0]
             turned = [np.array([height - c[0], c[1], c[2]]) for c in centres0[::-1]]
-            variants += [(" [upside down]", present0[::-1], turned, False, False)]
-        for tag, present, centres, ribs_t, sac_t in variants:
-            case_hu = hu[::-1] if tag == " [upside down]" else hu
+            variants += [(" [upside down]", hu[::-1], present0[::-1], turned, False, False)]
+        for tag, case_hu, present, centres, ribs_t, sac_t in variants:
             one(name + tag, case_hu, spacing, present, centres, ribs_t, sac_t, tally)
     for k, (h, mi, f, s) in tally.items():
         print(f"{k}: hits {h}, misses {mi}, false fires {f}, right silences {s}")

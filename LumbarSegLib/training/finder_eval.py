@@ -163,8 +163,8 @@ def summarize_end_to_end(rows: list[dict]) -> dict:
         out[key] = {"all": part(sub), **{a: part([r for r in sub if r["acquisition"] == a]) for a in kinds}}
         complete = [r for r in sub if r["truth"] == COMPLETE]
         if complete:
-            out[key][COMPLETE_KEY] = {a: part([r for r in complete if r["acquisition"] == a]) for a in kinds
-                                          if any(r["acquisition"] == a for r in complete)}
+            out[key][COMPLETE_KEY] = {a: part([r for r in complete if r["acquisition"] == a])
+                                      for a in dict.fromkeys(r["acquisition"] for r in complete)}
     return out
 
 
