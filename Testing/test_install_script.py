@@ -70,7 +70,7 @@ exit 0
 """
 
 
-def _install(tmp_path: Path, *args: str, venv_web: bool = False):
+def _install(tmp_path: Path, *args: str, venv_web: bool = False, env_extra: dict | None = None):
     repo = tmp_path / "repo"
     (repo / "tools").mkdir(parents=True)
     for name in ("install.sh", "install_system_packages.sh"):
@@ -85,6 +85,7 @@ def _install(tmp_path: Path, *args: str, venv_web: bool = False):
         (bin_dir / name).chmod(0o755)
     env = {k: v for k, v in os.environ.items() if k not in ("VIRTUAL_ENV", "CONDA_PREFIX", "PYTHON")}
     env["PATH"] = f"{bin_dir}{os.pathsep}{env['PATH']}"
+    env.update(env_extra or {})
     run = subprocess.run(["bash", str(repo / "tools" / "install.sh"), *args], env=env, capture_output=True,
                          text=True, timeout=120)
     calls = log.read_text(encoding="utf-8").splitlines() if log.exists() else []
@@ -122,3 +123,13 @@ def test_the_test_extras_hold_the_web_app_on_one_slicer_core():
     assert any(r.startswith("trame-slicer") for r in extras["web"])
     pins = {r for reqs in extras.values() for r in reqs if r.startswith("slicer-core")}
     assert pins == {"slicer-core==5.11.0.6"}
+
+
+def test_install_makes_venv_even_inside_another_environment(tmp_path):
+    # conda's base is active in many shells: the README's first command activates .venv right after install.sh
+    other = tmp_path / "other_env"
+    run, repo, pip_calls = _install(tmp_path, env_extra={"VIRTUAL_ENV": str(other), "CONDA_PREFIX": str(other)})
+    assert run.returncode == 0, run.stderr
+    assert (repo / ".venv" / "bin" / "python").is_file()
+    assert pip_calls == [".venv/bin/python -m pip install -q torch==2.13.0",
+                         ".venv/bin/python -m pip install -q -e .[test]"]

@@ -5,9 +5,10 @@
 # the MRML tests, pytest and playwright - one environment for everything, `lumbarseg serve` included.
 #
 # Where it installs:
-#   * inside an active virtual environment (or conda environment): into that one;
-#   * otherwise: into a virtual environment .venv in the repository, created if missing -
-#     afterwards run `. .venv/bin/activate` (or call .venv/bin/lumbarseg directly);
+#   * into a virtual environment .venv in the repository, created if missing - afterwards run
+#     `. .venv/bin/activate` (or call .venv/bin/lumbarseg directly). Also when another virtual or conda
+#     environment is active (conda's base often is, in every shell): the README's first command activates
+#     .venv next, so it must exist;
 #   * PYTHON=/path/to/python bash tools/install.sh: into that interpreter, as it is.
 #
 # --web is still accepted and changes nothing: the web app used to need its own environment .venv-web
@@ -28,8 +29,6 @@ CREATED=""
 VENV=.venv
 if [ -n "${PYTHON:-}" ]; then
   PY=$PYTHON
-elif [ -n "${VIRTUAL_ENV:-}" ] || [ -n "${CONDA_PREFIX:-}" ]; then
-  PY=python3
 else
   if [ ! -x $VENV/bin/python ]; then
     python3 -m venv $VENV
