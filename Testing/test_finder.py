@@ -293,6 +293,14 @@ def test_the_end_to_end_summary_scores_each_path_by_acquisition():
     table = end_to_end_lines(summary)  # the card's table: one row per acquisition, then the complete views'
     assert any(line.startswith("| finder | complete L1-L5, as stored | 2 | 0.700 |") for line in table)
     assert sum(line.startswith("| finder | ") for line in table) == 4
+    from LumbarSegLib.training.finder_card import case_lines
+
+    rows = [{"case": "sub-a", "acquisition": "as stored", "finder": path(0.9, True)},
+            {"case": "sub-a", "acquisition": "axial 5 mm", "finder": path(0.4, False)},
+            {"case": "sub-b", "acquisition": "as stored", "finder": path(0.8, True), "xunet": path(0.7, True)}]
+    assert case_lines(rows) == ["| case | as stored | axial 5 mm |", "|---|---|---|",
+                                "| sub-a | 0.900 | 0.400 |", "| sub-b | 0.800 | - |"]
+    assert case_lines(rows, "xunet")[2:] == ["| sub-b | 0.700 |"]
 
 
 def test_a_finder_model_file_round_trips_and_is_chosen_only_with_stage_3(tmp_path):

@@ -50,6 +50,19 @@ def end_to_end_lines(summary: dict) -> list[str]:
     return lines
 
 
+def case_lines(rows: list[dict], path: str = "finder") -> list[str]:
+    """The end-to-end rows (:func:`.finder_eval.end_to_end`) of ``path`` as a table of mean DSC: a row per held-out
+    case, a column per acquisition (the README's per-case row comes from here)."""
+    acquisitions = list(dict.fromkeys(r["acquisition"] for r in rows if path in r))
+    cases = list(dict.fromkeys(r["case"] for r in rows if path in r))
+    dsc = {(r["case"], r["acquisition"]): r[path]["mean_dsc"] for r in rows if path in r}
+    lines = ["| case | " + " | ".join(acquisitions) + " |", "|---|" + "---|" * len(acquisitions)]
+    for case in cases:
+        cells = ["-" if dsc.get((case, a)) is None else f"{dsc[(case, a)]:.3f}" for a in acquisitions]
+        lines.append(f"| {case} | " + " | ".join(cells) + " |")
+    return lines
+
+
 def card_markdown(gate: dict, e2e: dict | None, log_path, model_name: str, naming_card: dict | None = None) -> str:
     out = [f"# Model card: {model_name} (the finder: find every vertebra, then count)", "",
            "Research use only; not a medical device.", "",
@@ -72,6 +85,9 @@ def card_markdown(gate: dict, e2e: dict | None, log_path, model_name: str, namin
                 "`python -m LumbarSegLib.training.finder_eval --state STATE --phases fold-A fold-B fold-C --real ... "
                 "--end-to-end STAGE3_STATE`.", ""]
         out += end_to_end_lines(e2e["summary"]) + [""]
+        if e2e.get("rows"):
+            out += ["Per held-out case on the finder's path (mean DSC over the case's true L1-L5):", ""]
+            out += case_lines(e2e["rows"]) + [""]
     if naming_card:
         # "this model" is each fold's finder and stage 3 there: a real case counts only where both held it out
         # the command's paths are stripped to file names, so which fold file is which is said here
