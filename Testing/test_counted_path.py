@@ -28,12 +28,14 @@ def _hu_of(cls: int) -> float:
 
 
 def _column(classes):
-    """A CT (LPS, 2 mm) with a 40 x 30 x 22 mm bony box per entry of ``classes`` (top first), GAP_MM apart; the
-    middle z (voxels) of each box."""
+    """A CT (LPS, 2 mm) with a 40 x 30 x 22 mm bony box per entry of ``classes`` (top first; None: none there),
+    GAP_MM apart; the middle z (voxels) of each box."""
     size = (80, 80, 200)  # x, y, z
     ct = np.full(size[::-1], 40.0, np.float32)
     mids = []
     for i, cls in enumerate(classes):
+        if cls is None:  # no vertebra here: a gap where one was missed
+            continue
         zc = int(round(size[2] - 30 - i * GAP_MM / SP))
         ct[zc - 5:zc + 6, 33:48, 30:50] = _hu_of(cls)
         mids.append(zc)
@@ -208,3 +210,40 @@ def test_one_measure_of_the_field_of_view_cutting_a_vertebra():
     box = morphology.label_boxes(labels)[3]
     assert morphology.ends_reached(box, labels.shape) == []
     assert measurements.measure(labels, np.zeros(labels.shape, np.int16), image)["L3"]["touches_image_edge"] is False
+
+
+class AllBone(torch.nn.Module):
+    """Stage 3 gone wrong: every bone of the crop, so neighbouring crops take the same bone."""
+
+    def __init__(self):
+        super().__init__()
+        self.config = VertebraNetConfig()
+
+    def forward(self, x):
+        return torch.where(x[:, :1] > window(torch.tensor(200.0)), 8.0, -8.0)
+
+
+def test_two_centres_on_one_bone_make_the_names_a_naming_warning():
+    """Stage 3 finding the same bone at two counted centres means the count took one vertebra for two: the names
+    on one side may be shifted, so the names carry "check the levels" (a naming warning), not only a message."""
+    from LumbarSegLib.results.naming_basis import CHECK_LEVELS, level_check
+
+    img, _ = _column([T, 1, 2, 3, 4, 5, C])
+    messages: list[str] = []
+    got = by_vertebra.segment_counted(img, (-80 + 40 * SP - SP, -80 + 40 * SP - SP), (-180.0, 180.0),
+                                      BandFinder(), AllBone(), messages)
+    dup = [w for w in got.warnings if "are one vertebra" in w]
+    assert dup and all(w.startswith("WARNING:") and w in messages for w in dup)
+    for name, how in got.naming.items():
+        assert level_check(how, got.warnings) == CHECK_LEVELS, name
+    # a chain (A on B's bone, B on C's) names the vertebra left at its end
+    assert by_vertebra.kept_twin(1, {1: 2, 2: 3}) == 3 and by_vertebra.kept_twin(4, {1: 2}) == 4
+
+
+def test_a_count_with_no_lumbar_vertebra_keeps_its_doubts():
+    """A column counted with no lumbar vertebra whose count has doubts (here a vertebra missed in a wide gap):
+    "no lumbar spine" is then itself less certain, and the messages say why (the count's warnings)."""
+    got, _, messages = _run([T, T, None, T, T])
+    assert not got.labels.any()
+    assert any("none of them lumbar" in m for m in messages)
+    assert any(m.startswith("WARNING:") and "missed" in m for m in messages)

@@ -155,3 +155,16 @@ def test_ribs_do_not_anchor_an_l1_cut_by_the_edge_of_the_image():
     cut = name_peaks([c - [cut_at, 0, 0] for c in centres], ev, CONTEXT_CLASSES, hu=hu[cut_at:], spacing_zyx=SPACING)
     assert _named(cut) == [1] and cut.how == "unanchored"
     assert any("edge of the image" in w for w in cut.warnings)
+
+
+def test_a_lumbar_looking_vertebra_counted_below_l5_from_the_ribs_is_transitional_not_anchored():
+    """Counting down from the ribs to a sixth lumbar-looking vertebra: an L6, or the ribs' count one level off
+    (a rib-bearing T12 counted L1). The XUNet's path warns of it; the finder's path must not settle it silently."""
+    centres, ev = _column([T, 1, 2, 3, 4, 5, 5])  # T12 with ribs, then six lumbar-looking vertebrae
+    got = name_peaks(centres, ev, CONTEXT_CLASSES, hu=_ct(centres, ribs_on=(0,)), spacing_zyx=SPACING)
+    assert got.levels[:6] == [0, 1, 2, 3, 4, 5] and got.how == "unanchored"
+    assert any("transitional anatomy" in w and "looks lumbar" in w for w in got.warnings)
+    # the same column ending in a caudal-looking vertebra: the ribs anchor it, without a doubt
+    centres, ev = _column([T, 1, 2, 3, 4, 5, C])
+    got = name_peaks(centres, ev, CONTEXT_CLASSES, hu=_ct(centres, ribs_on=(0,)), spacing_zyx=SPACING)
+    assert got.how == "ribs" and not got.warnings and _named(got) == [1, 2, 3, 4, 5]

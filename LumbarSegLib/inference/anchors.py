@@ -17,8 +17,9 @@ bone (HU) at fixed places along the column the pipeline found:
 
 The sacrum check alone cannot tell the sacrum from an L5 set deep between the iliac crests: on the real
 s0328 the iliac wings abut L5 and the pelvis fills every axial slice from the L4/L5 disc down, so with L5
-missed it "sees the sacrum" below L4. :mod:`naming` therefore uses it only to confirm the ribs' count
-(both anchors agreeing), never alone.
+missed it "sees the sacrum" below L4. :mod:`naming` therefore never takes it alone: on the XUNet's path only to
+confirm the ribs' count (both anchors agreeing), on the finder's only with the finder's own caudal-looking peak
+right below the vertebra counted L5.
 
 Both fire only on clear evidence; a false anchor shifts every name (the worst error this tool can make), a
 missed one only leaves the names unanchored and warned of. Pure numpy/scipy on (z, y, x) arrays in LPS

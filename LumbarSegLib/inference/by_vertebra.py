@@ -93,6 +93,16 @@ def tidy_vertebrae(refined: np.ndarray, present, check=None) -> tuple[np.ndarray
     return out, empty
 
 
+def kept_twin(label: int, dup: dict) -> int:
+    """The label a duplicate seed's vertebra is reported under: ``dup`` (:func:`.vertebra_stage.duplicates`) can
+    chain (A on B's bone, B on C's), and the name to give is the one left at the chain's end."""
+    for _ in range(len(dup) + 1):
+        if label not in dup:
+            break
+        label = dup[label]
+    return label
+
+
 def refine_vertebrae(canonical: sitk.Image, labels: np.ndarray, net, messages: list[str], check=None) -> np.ndarray:
     """Stage 3: each vertebra the XUNet found re-segmented on its own 1.25 mm crop around its centroid, with
     its name kept; then each keeps its largest piece, filled (:func:`tidy_vertebrae`). A vertebra stage 3 finds
@@ -106,7 +116,8 @@ def refine_vertebrae(canonical: sitk.Image, labels: np.ndarray, net, messages: l
                           lab) for lab, idx in zip(present, centres)]
     dup: dict = {}
     refined = segment_vertebrae(canonical, seeds, net, cancel=check, dropped=dup)
-    for lab, twin in sorted(dup.items()):
+    for lab in sorted(dup):
+        twin = kept_twin(lab, dup)
         below = [LABEL_NAMES[v] for v in present if v > max(lab, twin)]
         messages.append(f"{LABEL_NAMES[lab]} and {LABEL_NAMES[twin]} are one vertebra (the per-vertebra stage found "
                         f"the same bone at both centres); it is reported as {LABEL_NAMES[twin]}"
@@ -210,6 +221,9 @@ def segment_counted(canonical, centre_xy, z_range_mm, finder_net, net, messages:
                "unanchored": "without an anchor"}[counted.how]
         messages.append(f"The finder found {len(counted.levels)} vertebra(e) along the column, counted {how} as "
                         f"{', '.join(level_name(v) for v in counted.levels)}: none of them lumbar.")
+        # what doubts the count (another count would name some lumbar, a missed vertebra): "no lumbar spine" is
+        # then itself uncertain, and the result says so rather than refusing plainly
+        messages.extend(counted.warnings)
         return Counted(labels)
     messages.extend(counted.notes)
     messages.extend(counted.warnings)
@@ -223,13 +237,18 @@ def segment_counted(canonical, centre_xy, z_range_mm, finder_net, net, messages:
     if on_stage3 is not None:
         on_stage3()
     refined = segment_vertebrae(canonical, seeds, net, cancel=check, dropped=dup)
-    for lab, twin in sorted(dup.items()):
-        messages.append(f"{LABEL_NAMES[lab]} and {LABEL_NAMES[twin]} are one vertebra (the per-vertebra stage found "
-                        f"the same bone at both centres); it is reported as {LABEL_NAMES[twin]}. Check the levels.")
+    # two counted centres on one bone: the count took one vertebra for two, so names on one side of it may be
+    # shifted. A naming warning, so every front end shows "check the levels" against these names
+    dup_warnings = [f"WARNING: {LABEL_NAMES[lab]} and {LABEL_NAMES[kept_twin(lab, dup)]} are one vertebra (the "
+                    f"per-vertebra stage found the same bone at both centres); it is reported as "
+                    f"{LABEL_NAMES[kept_twin(lab, dup)]}, and the names on one side of it may be shifted. Check the "
+                    f"levels." for lab in sorted(dup)]
+    messages.extend(dup_warnings)
     present = [s.label for s in seeds if s.label not in dup]
     out, empty = tidy_vertebrae(refined, present, check)
     if empty:
         messages.append(f"The per-vertebra stage found no vertebra at the centre of {', '.join(LABEL_NAMES[v] for v in empty)}, "
                         "so it is not reported. Check that level.")
     names = {LABEL_NAMES[v]: counted.how for v in present if v not in empty}
-    return Counted(out, names, list(counted.warnings), column=counted.centres_mm, orientation_warnings=hints)
+    return Counted(out, names, list(counted.warnings) + dup_warnings, column=counted.centres_mm,
+                   orientation_warnings=hints)

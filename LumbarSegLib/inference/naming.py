@@ -311,8 +311,7 @@ def _describe(naming: ColumnNaming, has_thoracic: bool) -> None:
                             f"Check the labels.")
     if naming.how == "unanchored":
         named = ", ".join(level_name(lev) for lev in levels if 1 <= lev <= 5)
-        # "not found", never "not in view": the bundled model's context classes never win a voxel (their output
-        # weights are still near-copies of background), so both anchors go unfound even when plainly in view.
+        # "not recognised", never "not in view": an anchor in view can go unrecognised (cut, or thick slices)
         naming.warnings.append(f"WARNING: the level names ({named}) are unanchored: neither the network nor the CT's "
                                f"bone showed the sacrum right below or a rib-bearing vertebra right above the column "
                                f"(out of view, or not recognised), so they rest on the network's reading of the "
@@ -463,6 +462,11 @@ def name_peaks(centres_mm: list[np.ndarray], evidence: np.ndarray, context_class
     if any(s is not None and s != start for s in (hard_ribs, hard_sacrum)) and not disagree:
         notes.append("The finder took a vertebra next to the lumbar spine for another kind (thoracic or sacral); the "
                      "CT's bone settles the count.")
+    # a lumbar-looking vertebra counted below L5 (an L6, or the count one level off) is never settled silently
+    if not sacrum and any(lev == 6 and 1 <= c < NUM_CLASSES for lev, c in zip(levels, classes)):
+        ct_disagrees = True
+        warnings.append(f"WARNING: {TRANSITIONAL} (a sixth lumbar vertebra, or a rib-bearing one counted L1?): the "
+                        f"vertebra below the one named L5 looks lumbar.")
     if ct_disagrees or disagree:
         ribs = sacrum = False
     if disagree:

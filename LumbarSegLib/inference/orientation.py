@@ -19,7 +19,7 @@ How much each weighs (measured with ``tools/measure_false_refusals.py``, see doc
 * the context classes and the label order are anatomy and refuse the run on their own
   (:class:`OrientationError`, an :class:`InputError`: nothing is written), because reversed names are worse
   than none. The bundled model's context classes never fire (their probability stays at 0.05-0.06 on every
-  case measured), so with it the naming stage's sacrum and rib anchors are never found either;
+  case measured; the naming stage reads its anchors from the CT's bone instead);
 * the mirror test is weak evidence. Upright phantoms score as high as real CTs upside down (upright
   abdomens at 2 x 2 x 2.5 mm up to 0.12; the four real CTs of ``../shared/data/real`` upside down 0.031-0.089),
   so on its own it only warns. It refuses together with the anatomy of the column found: lumbar vertebrae
