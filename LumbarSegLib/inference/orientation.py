@@ -169,8 +169,9 @@ def finder_verdict(names: list[str], messages: list[str]) -> str | None:
 def narrowing_downwards(labels: np.ndarray) -> float:
     """How clearly what the network calls a vertebra (L1-L5 in its labels (z, y, x), the argmax of its
     probabilities; LPS: a larger z is superior) narrows downwards: the correlation between height and axial area
-    over the slices holding at least a fifth of the widest one's area. Positive: narrower below (upside-down
-    anatomy); 0 when it cannot be told (fewer than three such slices, or a constant area)."""
+    over the span from the lowest to the highest slice holding at least a fifth of the widest one's area (the
+    discs' thinner slices within it included). Positive: narrower below (upside-down anatomy); 0 when it cannot be
+    told (a span under three slices, or a constant area)."""
     area = ((labels >= 1) & (labels < NUM_CLASSES)).sum(axis=(1, 2)).astype(float)
     if area.max() <= 0:
         return 0.0
