@@ -219,3 +219,18 @@ def test_a_symlinked_output_folder_is_written_where_it_points(tmp_path):
     assert link.is_symlink() and (link / "L1.stl").read_bytes() == b"run 2"
     assert sorted(p.name for p in real.iterdir()) == ["L1.stl", "report.json"]
     assert _hidden_leftovers(tmp_path) == [] and _hidden_leftovers(real.parent) == []
+
+
+def test_a_sibling_targets_staging_folder_is_not_taken_for_a_stale_one(tmp_path):
+    """Batch ids keep dots (case1 and case1.v2 run side by side on two workers): the run into case1 must not
+    remove case1.v2's staging folder, which its own lock holds, as a stale folder of its own."""
+    with OutputFolder(tmp_path / "case1.v2") as sibling:
+        (sibling.staging / "L1.stl").write_bytes(b"in progress")
+        (tmp_path / ".case1.k1ll3d.partial").mkdir()  # a killed run's leftover of case1 itself
+        with OutputFolder(tmp_path / "case1") as out:
+            out.commit(_report(run=1))
+        assert (sibling.staging / "L1.stl").read_bytes() == b"in progress"
+        assert not (tmp_path / ".case1.k1ll3d.partial").exists()
+        sibling.commit(_report(run=2))
+    assert (tmp_path / "case1.v2" / "L1.stl").read_bytes() == b"in progress"
+    assert _hidden_leftovers(tmp_path) == []

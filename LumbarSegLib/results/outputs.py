@@ -284,13 +284,22 @@ class OutputFolder:
             self._release_lock()
         return True
 
+    def _is_own_hidden(self, name: str) -> bool:
+        """Whether ``name`` is one of this target's staging/replaced folders: ``.<target>.<random>.partial`` (or
+        ``.replaced``), the random part (mkdtemp's) without a dot. A sibling target whose name extends this one's
+        by a dotted suffix (``case1`` and ``case1.v2``, batch ids keep dots) has its own, never touched here."""
+        prefix = f".{self.target.name}."
+        for suffix in (_STAGING_SUFFIX, _REPLACED_SUFFIX):
+            if name.startswith(prefix) and name.endswith(suffix) and len(name) > len(prefix) + len(suffix):
+                return "." not in name[len(prefix):-len(suffix)]
+        return False
+
     def _remove_stale(self) -> None:
         """Staging/replaced folders of runs that were killed (we hold the lock, so none is alive). A run
         killed between the two renames of :meth:`commit` left no target and the earlier result in its
         replaced folder: that result is put back, as an interrupted run must leave the target as it was."""
-        prefix = f".{self.target.name}."
-        stale = [path for path in self.target.parent.glob(f"{glob.escape(prefix)}*")
-                 if path.is_dir() and not path.is_symlink() and path.name.endswith((_STAGING_SUFFIX, _REPLACED_SUFFIX))]
+        stale = [path for path in self.target.parent.glob(f"{glob.escape(f'.{self.target.name}.')}*")
+                 if path.is_dir() and not path.is_symlink() and self._is_own_hidden(path.name)]
         if not self.target.exists():
             earlier = [path for path in stale if path.name.endswith(_REPLACED_SUFFIX) and read_result_report(path)]
             if earlier:
