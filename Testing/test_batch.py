@@ -268,12 +268,24 @@ def test_bad_command_lines_are_one_error_line_and_run_nothing(tmp_path, capsys):
              ([tmp_path, "-o", tmp_path / "file"], "is an existing file"),
              ([tmp_path, "-o", single], "holds one study's result"),
              ([tmp_path / "file", "-o", tmp_path / "o2", "--workers", "0"], "--workers 0"),
-             ([tmp_path / "empty.csv", "-o", tmp_path / "o3"], "no such file")]
+             ([tmp_path / "empty.csv", "-o", tmp_path / "o3"], "no such file"),
+             ([tmp_path / "file", "-o", tmp_path / "o4", "--finder", "--no-refine"], "per-vertebra stage")]
     for args, message in cases:
         rc = cli.main(["batch", *map(str, args)])
         err = capsys.readouterr().err
         assert rc == 2 and message in err and err.count("\n") == 1 and "Traceback" not in err, (args, err)
-    assert not any((tmp_path / name).exists() for name in ("o1", "o2", "o3"))
+    assert not any((tmp_path / name).exists() for name in ("o1", "o2", "o3", "o4"))
+
+
+def test_every_study_of_a_batch_gets_the_stages_asked_for():
+    """--no-finder / --no-refine reach each study's options (they were dropped: every study ran the default)."""
+    from LumbarSegLib.batch.command import study_template
+
+    for flags, want in (([], (None, None)), (["--no-finder"], (None, False)), (["--no-refine", "--no-finder"],
+                                                                               (False, False))):
+        args = cli.build_parser().parse_args(["batch", "x.nii.gz", "-o", "out", *flags])
+        template = study_template(args)
+        assert (template.refine, template.finder) == want, flags
 
 
 def test_a_folder_holding_another_inputs_result_is_a_failed_row_not_replaced(tmp_path):

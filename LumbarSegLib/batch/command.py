@@ -308,6 +308,19 @@ def run_batch(studies, template: StudyOptions, out_root, *, scheduler: str | Non
 # Command line
 # --------------------------------------------------------------------------------------------------
 
+def study_template(args) -> StudyOptions:
+    """Every study's options from ``batch``'s command line (its input and output filled in per study), the
+    stages asked for (``--refine``, ``--finder``) checked once here against the installed models."""
+    from ..inference.finder import choose as choose_finder
+    from ..inference.vertebra_stage import choose as choose_stage3
+
+    choose_finder(args.finder, choose_stage3(args.refine))
+    return StudyOptions(input="", output="", reference_labels=args.reference_labels, model=args.model,
+                        device=args.device, stl=args.stl, dicom_seg=args.dicom_seg, preview=args.preview,
+                        format=args.format, smoothing=args.smoothing, overwrite=args.overwrite, quiet=True,
+                        csv=args.csv, refine=args.refine, finder=args.finder)
+
+
 def cmd_batch(args) -> int:
     from .studies import find_studies
     from .summary import SUMMARY_NAME
@@ -317,6 +330,7 @@ def cmd_batch(args) -> int:
         raise InputError(f"--workers {args.workers}: give at least 1 worker.")
     if args.workers is not None and args.scheduler is not None:
         raise InputError("--workers sizes the local cluster; with --scheduler the cluster has its own workers.")
+    template = study_template(args)  # a stage asked for but not installed is one error, before anything runs
     if args.scheduler is not None:  # reached (or refused in one line) before anything is read or created
         from .cluster import check_scheduler
 
@@ -330,10 +344,6 @@ def cmd_batch(args) -> int:
     # The model is checked here, once (a wrong --model is one error, not a failed row per study); on an
     # existing cluster the workers may have another device than this machine, so it is read for the CPU.
     load_model(args.model, "cpu" if args.scheduler is not None else args.device)
-    template = StudyOptions(input="", output="", reference_labels=args.reference_labels, model=args.model,
-                            device=args.device, stl=args.stl, dicom_seg=args.dicom_seg, preview=args.preview,
-                            format=args.format, smoothing=args.smoothing, overwrite=args.overwrite, quiet=True,
-                            csv=args.csv)
     t0 = time.perf_counter()
     rows = run_batch(studies, template, out_root, scheduler=args.scheduler, workers=args.workers,
                      quiet=args.quiet)
