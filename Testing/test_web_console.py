@@ -57,3 +57,43 @@ def test_one_result_prints_no_vtk_error_on_the_server_console():
     assert "has 0 connections but is not optional" not in console, console[-4000:]
     errors = [line for line in console.splitlines() if line.startswith("ERROR:") or "ERR|" in line]
     assert errors == [], "\n".join(errors[:12])
+
+
+OPEN_CHILD = r"""
+import sys
+from trame.app import get_server
+from LumbarSegLib.web.app import LumbarSegWebApp
+from LumbarSegLib.web.session import SAMPLE_CT
+
+app = LumbarSegWebApp(get_server("open-test", client_type="vue3"), device="cpu")
+app.state.ls_owner = "owner"
+app._open(SAMPLE_CT, "sample")
+edited = app.session.scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "edited")  # no hash of ours: an edit
+app.session.segmentation_node = edited
+app._open(SAMPLE_CT, "again")
+assert app.state.ls_ask_open and not app.state.ls_error, app.state.ls_error
+app.confirm_open("owner", False)  # keep the edits: nothing opened, nothing removed
+assert edited.GetScene() is app.session.scene and not app.state.ls_ask_open
+app._open(SAMPLE_CT, "again")
+# the page writes the shared state: a path it puts there is never what opens (the pending CT lives on the server)
+app.state.ls_pending_open = {"path": sys.argv[1], "label": "from the page"}
+app.confirm_open("owner", True)  # discard them: the pending CT opens
+assert edited.GetScene() is None and app.state.ls_status.startswith("Opened again"), app.state.ls_status
+print("LUMBARSEG-TEST: ok", flush=True)
+app.close()
+"""
+
+
+def test_opening_another_ct_over_edits_asks_and_keeps_the_pending_path_on_the_server(tmp_path):
+    import shutil
+
+    from LumbarSegLib.web.session import SAMPLE_CT
+
+    require_trame_slicer()
+    elsewhere = tmp_path / "not_offered.nrrd"  # a CT on the server that the page was never offered
+    shutil.copy(SAMPLE_CT, elsewhere)
+    env = dict(os.environ, PYTHONPATH=str(ROOT), VTK_DEFAULT_OPENGL_WINDOW="vtkEGLRenderWindow")
+    env.pop("DISPLAY", None)
+    run = subprocess.run([sys.executable, "-c", OPEN_CHILD, str(elsewhere)], cwd=ROOT, env=env, capture_output=True, text=True,
+                         timeout=300)
+    assert run.returncode == 0 and "LUMBARSEG-TEST: ok" in run.stdout, (run.stdout + run.stderr)[-4000:]

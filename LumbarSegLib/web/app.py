@@ -72,6 +72,9 @@ class LumbarSegWebApp:
         self.max_upload_bytes = int(max_upload_bytes)
         self._owner_seen: dict[str, float] = {}
         self._upload: PieceUpload | None = None  # the owner's upload under way, one at a time
+        # the CT waiting for "discard the edits?": kept here, not in the shared state, which the page can write
+        # (a path from the page would open any file on the server)
+        self._pending_open: tuple[Path, str] | None = None
         self._poll_task = None
         self._init_state()
         from .panel import build_ui
@@ -95,7 +98,7 @@ class LumbarSegWebApp:
             "ls_naming": "", "ls_model": "", "ls_has_seg": False, "ls_ask_replace": False, "ls_ask_open": False,
             "ls_server_cts": [{"title": e["title"], "value": e["value"]} for e in self.server_cts],
             "ls_server_choice": None, "ls_max_upload": self.max_upload_bytes, "ls_uploading": False,
-            "ls_stem": "LumbarSeg", "ls_show_roi": True, "ls_edited": False, "ls_pending_open": None,
+            "ls_stem": "LumbarSeg", "ls_show_roi": True, "ls_edited": False,
             "ls_segmentations": [], "ls_active_seg": None,
         })
 
@@ -112,7 +115,7 @@ class LumbarSegWebApp:
         s.ls_naming = sess.naming_summary()
         s.ls_model = sess.model_summary()
         s.ls_has_seg = sess.segmentation_node is not None
-        s.ls_edited = sess.has_edits()
+        s.ls_edited = sess.shown_is_edited()
         s.ls_stem = sess.stem()
         s.ls_segmentations = sess.segmentations()
         s.ls_active_seg = sess.segmentation_node.GetID() if sess.segmentation_node is not None else None
@@ -282,7 +285,7 @@ class LumbarSegWebApp:
         try:
             volume = self.session.open_ct(path, label, discard_edits=discard_edits)
         except EditedSegmentation:
-            s.ls_pending_open = {"path": str(path), "label": label}
+            self._pending_open = (Path(path), label)
             s.ls_ask_open = True
             return
         except LumbarSegError as exc:
@@ -301,9 +304,9 @@ class LumbarSegWebApp:
     def confirm_open(self, client_id, discard: bool):
         if not self._owns(client_id):
             return READ_ONLY
-        pending, self.state.ls_pending_open, self.state.ls_ask_open = self.state.ls_pending_open, None, False
+        pending, self._pending_open, self.state.ls_ask_open = self._pending_open, None, False
         if discard and pending:
-            self._open(Path(pending["path"]), pending["label"], discard_edits=True)
+            self._open(*pending, discard_edits=True)
 
     # --- segmenting
 
@@ -312,7 +315,7 @@ class LumbarSegWebApp:
             return READ_ONLY
         if self.session.running:
             return
-        if self.session.has_edits():
+        if self.session.shown_is_edited():
             self.state.ls_ask_replace = True  # the page asks: replace the edited one, or keep it
             return
         self._start(replace_edited=False)
@@ -329,7 +332,7 @@ class LumbarSegWebApp:
         s.ls_error = ""
         try:
             self.session.start(replace_edited=replace_edited)
-        except LumbarSegError as exc:
+        except Exception as exc:  # noqa: BLE001 - anything (an unwritable work folder too) is shown, as Slicer does
             self._fail(exc)
             return
         s.ls_running, s.ls_progress, s.ls_status = True, 0, "Starting the engine..."
@@ -354,7 +357,7 @@ class LumbarSegWebApp:
             return
         try:
             self.session.finish()
-        except LumbarSegError as exc:
+        except Exception as exc:  # noqa: BLE001 - an unexpected one too, or the page would show the last stage
             s.ls_status = "The segmentation did not finish; the scene is as it was."
             self._fail(exc)
             return

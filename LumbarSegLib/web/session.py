@@ -60,10 +60,16 @@ class StudySession(scene_session.StudySession):
 
     # --- opening a CT
 
-    def has_edits(self) -> bool:
-        """The segmentation shown was changed by the user since LumbarSeg made it."""
+    def shown_is_edited(self) -> bool:
+        """The segmentation shown was changed by the user since LumbarSeg made it (what a new run would replace)."""
         node = self.segmentation_node
         return node is not None and node.GetScene() is not None and is_user_edited(node)
+
+    def has_edits(self) -> bool:
+        """A segmentation of the study was changed by the user since LumbarSeg made it: the one shown, or an
+        edited one kept (hidden) when a new run's result went into a new segmentation. Opening another CT
+        removes them all, so each one counts."""
+        return any(is_user_edited(node) for node in list(self.scene.GetNodesByClass("vtkMRMLSegmentationNode")))
 
     def open_ct(self, path, label: str | None = None, *, discard_edits: bool = False):
         """Read and validate ``path`` (file or DICOM folder), replacing the open study. An edited
