@@ -360,7 +360,9 @@ class LumbarSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._job = None
         self.ui.progressBar.setVisible(False)
         self.updateButtonStates()
-        p = self._parameterNode
+        # the user may be in another module (exit() let go of the parameter node; the run went on): the result
+        # goes into the scene's parameter node all the same, and the module shows it when entered again
+        p = self._parameterNode or self.logic.getParameterNode()
         try:
             with slicer.util.WaitCursor():
                 outcome = self.logic.finishSegmentation(slicer.mrmlScene, job, p.referenceSegmentation, p.metricsTable)

@@ -382,3 +382,38 @@ def test_logic_asks_before_replacing_an_earlier_stl_export(tmp_path):
     assert {f: Path(f).stat().st_mtime_ns for f in first} == stamps  # kept
     again = logic.exportStlAsking(segmentation, str(tmp_path), lambda q: True)
     assert sorted(map(str, again)) == sorted(map(str, first))
+
+
+def test_a_run_that_ends_while_the_user_is_in_another_module_is_loaded_all_the_same(monkeypatch):
+    """exit() lets go of the parameter node and the run goes on (the timer keeps polling): its result goes into
+    the scene's parameter node, not into an AttributeError that lost it."""
+    import contextlib
+
+    module, widget = gui_widget(monkeypatch)
+    slicer = sys.modules["slicer"]
+    shown = []
+    for name, stand_in in (("WaitCursor", contextlib.nullcontext), ("setSliceViewerLayers", lambda **kw: None),
+                           ("resetThreeDViews", lambda: None), ("errorDisplay", shown.append),
+                           ("warningDisplay", lambda *a, **kw: shown.append(a))):
+        monkeypatch.setattr(slicer.util, name, stand_in, raising=False)
+    monkeypatch.setattr(slicer, "mrmlScene", "scene", raising=False)  # the application's scene
+    p, widget._parameterNode = widget._parameterNode, None
+    widget.addObserver = widget.removeObserver = lambda node, event, method: None
+    widget.setParameterNode(p)  # the module entered
+    widget.exit()  # the user went to another module
+    assert widget._parameterNode is None
+    session = SimpleNamespace(poll=lambda: [], result_text=lambda: "Found L1.", result_alert=lambda: None)
+    finished = []
+
+    def finish(scene, job, reference, table):
+        finished.append((reference, table))
+        return SimpleNamespace(segmentation_node="segmentation", roi_node="roi", metrics_table="table")
+
+    widget.logic.getParameterNode, widget.logic.session, widget.logic.finishSegmentation = (lambda: p,
+                                                                                            lambda: session, finish)
+    widget._timer = SimpleNamespace(stop=lambda: None)
+    widget._job = SimpleNamespace(process=SimpleNamespace(running=False), settings={}, volume_node="ct")
+    widget.onPollJob()
+    assert shown == [] and finished == [(None, None)]
+    assert (p.outputSegmentation, p.cropROI, p.metricsTable) == ("segmentation", "roi", "table")
+    assert widget.ui.statusLabel.text == "Found L1."
