@@ -247,3 +247,15 @@ def test_a_count_with_no_lumbar_vertebra_keeps_its_doubts():
     assert not got.labels.any()
     assert any("none of them lumbar" in m for m in messages)
     assert any(m.startswith("WARNING:") and "missed" in m for m in messages)
+
+
+def test_on_the_xunets_path_two_names_on_one_bone_are_a_naming_warning_too():
+    img, mids = _column([1, 2, 3, 4, 5])
+    labels = np.zeros(img.GetSize()[::-1], np.uint8)
+    for level, zc in enumerate(mids, start=1):  # the XUNet's vertebrae: each box under its name
+        labels[zc - 5:zc + 6, 33:48, 30:50] = level
+    messages: list[str] = []
+    naming_warnings: list[str] = []
+    by_vertebra.refine_vertebrae(img, labels, AllBone(), messages, naming_warnings=naming_warnings)
+    assert naming_warnings and all(w.startswith("WARNING:") and "Check the levels" in w for w in naming_warnings)
+    assert set(naming_warnings) <= set(messages)

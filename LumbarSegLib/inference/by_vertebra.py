@@ -103,10 +103,12 @@ def kept_twin(label: int, dup: dict) -> int:
     return label
 
 
-def refine_vertebrae(canonical: sitk.Image, labels: np.ndarray, net, messages: list[str], check=None) -> np.ndarray:
+def refine_vertebrae(canonical: sitk.Image, labels: np.ndarray, net, messages: list[str], check=None,
+                     naming_warnings: list[str] | None = None) -> np.ndarray:
     """Stage 3: each vertebra the XUNet found re-segmented on its own 1.25 mm crop around its centroid, with
     its name kept; then each keeps its largest piece, filled (:func:`tidy_vertebrae`). A vertebra stage 3 finds
-    nothing of keeps the XUNet's voxels, and a message says so."""
+    nothing of keeps the XUNet's voxels, and a message says so. Two names on one bone doubt the names: that
+    warning also goes into ``naming_warnings`` (so the names show "check the levels")."""
     from .vertebra_stage import VertebraSeed, segment_vertebrae
 
     boxes = morphology.label_boxes(labels)
@@ -119,10 +121,13 @@ def refine_vertebrae(canonical: sitk.Image, labels: np.ndarray, net, messages: l
     for lab in sorted(dup):
         twin = kept_twin(lab, dup)
         below = [LABEL_NAMES[v] for v in present if v > max(lab, twin)]
-        messages.append(f"{LABEL_NAMES[lab]} and {LABEL_NAMES[twin]} are one vertebra (the per-vertebra stage found "
-                        f"the same bone at both centres); it is reported as {LABEL_NAMES[twin]}"
-                        + (f", and the names below it ({', '.join(below)}) may be shifted: check the levels."
-                           if below else "."))
+        warning = (f"WARNING: {LABEL_NAMES[lab]} and {LABEL_NAMES[twin]} are one vertebra (the per-vertebra stage "
+                   f"found the same bone at both centres); it is reported as {LABEL_NAMES[twin]}"
+                   + (f", and the names below it ({', '.join(below)}) may be shifted" if below else "")
+                   + ". Check the levels.")
+        messages.append(warning)
+        if naming_warnings is not None:
+            naming_warnings.append(warning)
     present = [lab for lab in present if lab not in dup]
     out, empty = tidy_vertebrae(refined, present, check)
     kept = []

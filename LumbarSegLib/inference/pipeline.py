@@ -384,7 +384,8 @@ def _segment_on(image: sitk.Image, model: LumbarSegModel, torch_device: torch.de
                                                       np.asarray(canonical.GetSpacing(), float)[::-1], messages)
         if refine is not None and labels_canonical.any():
             stages.start("refine")
-            labels_canonical = by_vertebra.refine_vertebrae(canonical, labels_canonical, refine, messages, stages.check)
+            labels_canonical = by_vertebra.refine_vertebrae(canonical, labels_canonical, refine, messages, stages.check,
+                                                            naming_warnings)
         labels_canonical = checked_vertebrae(labels_canonical, canonical, messages,
                                              None if head_feet is None else lambda: head_feet)
     else:
