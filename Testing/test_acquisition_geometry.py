@@ -75,6 +75,17 @@ def test_tilted_series_is_regularized_onto_a_true_grid(tmp_path):
     assert any(f"gantry tilt of {TILT_DEG:.1f} degrees" in m and "regular" in m for m in loaded.messages)
 
 
+def test_a_tilted_series_without_its_rescale_is_refused_as_any_series_is(tmp_path):
+    """Stored values without the rescale intercept (0..4095, no air below zero): the wedges that regularizing
+    adds outside the sheared stack must not read as air and let it through the HU check."""
+    sheared, _ = tilted_phantom()
+    stored = sitk.Cast(sheared + 1024, sitk.sitkInt16)  # what the scanner stored; the intercept -1024 is lost
+    folder = tmp_path / "tilted_raw"
+    write_ct_series(stored, folder, seed=1)
+    with pytest.raises(InputError, match="without its rescale intercept"):
+        images.load_ct(folder)
+
+
 def test_tilt_is_measured_from_the_slice_positions():
     orientation = [1, 0, 0, 0, 1, 0]
     straight = [[0, 0, 2.5 * k] for k in range(5)]

@@ -189,7 +189,11 @@ def read_tilted_series(files, geometry: SeriesGeometry, where):
     if len({s.shape for s in slices}) != 1:
         raise InputError(f"{where}: the DICOM series is unusable: its slices differ in size.")
     tilt = geometry.tilt_degrees()
-    regular = regularize_sheared_series(np.stack(slices), geometry, spacing, AIR_HU)
+    stack = np.stack(slices)
+    # the wedges outside the sheared stack read as air - unless the stack itself holds none (stored values without
+    # their rescale, 0..4095): then as its own darkest value, so the HU check that follows still sees that
+    outside = AIR_HU if float(stack.min()) <= AIR_HU / 2 else float(stack.min())
+    regular = regularize_sheared_series(stack, geometry, spacing, outside)
     size = "x".join(str(v) for v in regular.GetSize())
     regular.SetMetaData(REGULARIZED_NOTE_KEY, (
         f"The DICOM series was acquired with a gantry tilt of {tilt:.1f} degrees (its slices are sheared); it was "
