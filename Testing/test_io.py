@@ -119,6 +119,20 @@ def test_slice_position_problem_accepts_oblique_and_descending_series():
     assert "not in the order of their positions" in slice_position_problem(shuffled, orientation)
 
 
+def test_slice_positions_are_checked_against_one_evenly_spaced_stack():
+    """ITK stacks a series evenly (slice k at the first position + k mean steps): a spacing that drifts, each gap
+    plausible on its own, would put the anatomy millimetres off and is refused; positions written to 0.1 mm
+    (0.625 mm slices at 0.6 / 0.7 mm) are a regular stack and are read."""
+    from LumbarSegLib.io.slice_positions import slice_position_problem
+
+    orientation = [1, 0, 0, 0, 1, 0]
+    drifting = np.concatenate([np.arange(100) * 1.0, 99 + np.arange(1, 101) * 0.91])
+    problem = slice_position_problem([[0, 0, z] for z in drifting], orientation)
+    assert problem is not None and "mm off an evenly spaced stack" in problem
+    rounded = np.round(np.arange(200) * 0.625, 1)
+    assert slice_position_problem([[0, 0, z] for z in rounded], orientation) is None
+
+
 def test_real_dicom_series(shared_data):
     folder = shared_data / "ts_dicom"
     if not folder.is_dir():

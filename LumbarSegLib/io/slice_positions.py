@@ -27,7 +27,11 @@ from ..errors import InputError
 TILT_TOLERANCE = 1e-3  # in-plane shift per mm of slice step below this (0.06 degrees) is no tilt
 SHEAR_RESIDUAL_MM = 0.1  # slices shifting in-plane by more than this off one straight line are irregular
 DUPLICATE_MM = 0.01  # two slices closer than this lie at the same position
-GAP_TOLERANCE = 0.1  # a gap this much (relative) off the typical one means a missing slice or mixed stacks
+# A slice this far (relative to the mean step) off the regular stack that ITK makes of the series (slice k at the
+# first position + k mean steps) means a missing slice, mixed stacks or a drifting spacing: the volume's anatomy
+# would lie that far off. POSITION_ROUNDING_MM allows positions written to 0.1 mm (0.625 mm slices at 0.6/0.7).
+GAP_TOLERANCE = 0.2
+POSITION_ROUNDING_MM = 0.05
 
 
 def slice_position_problem(positions, orientation) -> str | None:
@@ -50,10 +54,13 @@ def slice_position_problem(positions, orientation) -> str | None:
                 "Export the series again, or convert it to NIfTI.")
     gaps = np.abs(gaps)
     typical = float(np.median(gaps))
-    if np.any(np.abs(gaps - typical) > GAP_TOLERANCE * typical + DUPLICATE_MM):
+    mean = (along[-1] - along[0]) / (len(along) - 1)
+    off = np.abs(along - (along[0] + mean * np.arange(len(along))))
+    if float(off.max()) > GAP_TOLERANCE * abs(mean) + POSITION_ROUNDING_MM:
         return (f"its slice spacing is not uniform (gaps of {gaps.min():.3g} to {gaps.max():.3g} mm, mostly "
-                f"{typical:.3g} mm): slices are missing, or it mixes stacks. A volume made from it would have a "
-                f"wrong geometry. Export the complete series again.")
+                f"{typical:.3g} mm): slices are missing, or it mixes stacks (a slice lies {off.max():.2g} mm off an "
+                f"evenly spaced stack). A volume made from it would have a wrong geometry. Export the complete "
+                f"series again.")
     return None
 
 
