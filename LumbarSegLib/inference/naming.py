@@ -429,8 +429,7 @@ def name_peaks(centres_mm: list[np.ndarray], evidence: np.ndarray, context_class
     levels = [start + o for o in offsets]
     caudal = NUM_CLASSES + list(context_classes).index("caudal")
     at = {lev: i for i, lev in enumerate(levels)}
-    # Anchored only where the CT's bone agrees (nothing learned): on held-out sub-verse005 the finder took L1 for a
-    # thoracic vertebra, and its count down from it would have shifted every name with nothing to warn.
+    # anchored only where the CT's bone agrees (nothing learned): a finder's T12-like L1 shifted sub-verse005 unwarned
     ribs = sacrum = ct_disagrees = False
     lumbar = [i for i, lev in enumerate(levels) if 1 <= lev <= 5]
     if hu is not None and lumbar:
