@@ -194,22 +194,30 @@ def test_the_rows_and_the_naming_line_say_how_the_run_named_each_level(tmp_path)
 def test_an_edited_segmentation_kept_hidden_still_asks_before_another_ct_is_opened(tmp_path):
     """Edited result A kept ("keep" when segmenting again), the new result B shown: opening another CT would
     remove A too, so it asks first, as for the one shown."""
-    from LumbarSegLib.scene.segments import ATTR_CONTENT_HASH, segmentation_content_hash
+    import numpy as np
+    import SimpleITK as sitk
+
+    from LumbarSegLib.scene.segments import ATTR_CONTENT_HASH, labels_to_segmentation
+    from LumbarSegLib.scene.volumes import volume_node_to_sitk
 
     scene = slicer.vtkMRMLScene()
     session = StudySession(scene, tmp_path / "exports")
     session.open_ct(SAMPLE_CT, "sample")
-    edited = scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "A")  # the user's edits: no hash of ours matches
-    edited.GetSegmentation().AddEmptySegment("L1")
+    ct = volume_node_to_sitk(session.volume_node)
+    box = np.zeros(sitk.GetArrayViewFromImage(ct).shape, np.uint8)
+    box[30:50, 40:60, 40:60] = 1
+    labels = sitk.GetImageFromArray(box)
+    labels.CopyInformation(ct)
+    edited = labels_to_segmentation(scene, labels, session.volume_node, name="A")  # result A, then edited by the user
     edited.SetAttribute(ATTR_CONTENT_HASH, "what LumbarSeg made before the edit")
-    shown = scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "B")
-    shown.GetSegmentation().AddEmptySegment("L1")
-    shown.SetAttribute(ATTR_CONTENT_HASH, segmentation_content_hash(shown))
+    shown = labels_to_segmentation(scene, labels, session.volume_node, name="B")  # result B, as LumbarSeg made it
     session.segmentation_node = shown
     assert session.has_edits() and not session.shown_is_edited()  # a new run would not ask to replace B
     with pytest.raises(EditedSegmentation):
         session.open_ct(SAMPLE_CT, "another")
     assert edited.GetScene() is scene  # nothing removed
     scene.RemoveNode(edited)
+    assert not session.has_edits()
+    scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "empty")  # one an editor made and left empty: nobody's work
     assert not session.has_edits()
     session.open_ct(SAMPLE_CT, "another")

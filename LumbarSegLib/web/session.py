@@ -68,8 +68,10 @@ class StudySession(scene_session.StudySession):
     def has_edits(self) -> bool:
         """A segmentation of the study was changed by the user since LumbarSeg made it: the one shown, or an
         edited one kept (hidden) when a new run's result went into a new segmentation. Opening another CT
-        removes them all, so each one counts."""
-        return any(is_user_edited(node) for node in list(self.scene.GetNodesByClass("vtkMRMLSegmentationNode")))
+        removes them all, so each one counts (an empty one that holds no segment is nobody's work)."""
+        return self.shown_is_edited() or any(
+            is_user_edited(node) and node.GetSegmentation().GetNumberOfSegments()
+            for node in list(self.scene.GetNodesByClass("vtkMRMLSegmentationNode")))
 
     def open_ct(self, path, label: str | None = None, *, discard_edits: bool = False):
         """Read and validate ``path`` (file or DICOM folder), replacing the open study. An edited
