@@ -362,7 +362,7 @@ class LumbarSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.updateButtonStates()
         # the user may be in another module (exit() let go of the parameter node; the run went on): the result
         # goes into the scene's parameter node all the same, and the module shows it when entered again
-        p = self._parameterNode or self.logic.getParameterNode()
+        p = self._parameterNode if self._parameterNode is not None else self.logic.getParameterNode()
         try:
             with slicer.util.WaitCursor():
                 outcome = self.logic.finishSegmentation(slicer.mrmlScene, job, p.referenceSegmentation, p.metricsTable)

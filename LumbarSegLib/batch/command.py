@@ -309,12 +309,14 @@ def run_batch(studies, template: StudyOptions, out_root, *, scheduler: str | Non
 # --------------------------------------------------------------------------------------------------
 
 def study_template(args) -> StudyOptions:
-    """Every study's options from ``batch``'s command line (its input and output filled in per study), the
-    stages asked for (``--refine``, ``--finder``) checked once here against the installed models."""
-    from ..inference.finder import choose as choose_finder
-    from ..inference.vertebra_stage import choose as choose_stage3
+    """Every study's options from ``batch``'s command line (its input and output filled in per study), a stage
+    asked for (``--refine``, ``--finder``) checked once here against the installed models (the defaults need no
+    check: each study takes what is installed)."""
+    if args.refine or args.finder:
+        from ..inference.finder import choose as choose_finder
+        from ..inference.vertebra_stage import choose as choose_stage3
 
-    choose_finder(args.finder, choose_stage3(args.refine))
+        choose_finder(args.finder, choose_stage3(args.refine))
     return StudyOptions(input="", output="", reference_labels=args.reference_labels, model=args.model,
                         device=args.device, stl=args.stl, dicom_seg=args.dicom_seg, preview=args.preview,
                         format=args.format, smoothing=args.smoothing, overwrite=args.overwrite, quiet=True,

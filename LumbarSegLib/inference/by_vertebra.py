@@ -103,6 +103,23 @@ def kept_twin(label: int, dup: dict) -> int:
     return label
 
 
+def one_bone_warnings(dup: dict, present=None) -> list[str]:
+    """A naming warning per duplicate of ``dup`` (stage 3 found the same bone at two named centres): the count took
+    one vertebra for two, so names may be shifted - those below it among ``present`` (labels), when given."""
+    out = []
+    for lab in sorted(dup):
+        twin = kept_twin(lab, dup)
+        if present is None:
+            shifted = ", and the names on one side of it may be shifted"
+        else:
+            below = [LABEL_NAMES[v] for v in present if v > max(lab, twin)]
+            shifted = f", and the names below it ({', '.join(below)}) may be shifted" if below else ""
+        out.append(f"WARNING: {LABEL_NAMES[lab]} and {LABEL_NAMES[twin]} are one vertebra (the per-vertebra stage "
+                   f"found the same bone at both centres); it is reported as {LABEL_NAMES[twin]}{shifted}. Check the "
+                   f"levels.")
+    return out
+
+
 def refine_vertebrae(canonical: sitk.Image, labels: np.ndarray, net, messages: list[str], check=None,
                      naming_warnings: list[str] | None = None) -> np.ndarray:
     """Stage 3: each vertebra the XUNet found re-segmented on its own 1.25 mm crop around its centroid, with
@@ -118,16 +135,10 @@ def refine_vertebrae(canonical: sitk.Image, labels: np.ndarray, net, messages: l
                           lab) for lab, idx in zip(present, centres)]
     dup: dict = {}
     refined = segment_vertebrae(canonical, seeds, net, cancel=check, dropped=dup)
-    for lab in sorted(dup):
-        twin = kept_twin(lab, dup)
-        below = [LABEL_NAMES[v] for v in present if v > max(lab, twin)]
-        warning = (f"WARNING: {LABEL_NAMES[lab]} and {LABEL_NAMES[twin]} are one vertebra (the per-vertebra stage "
-                   f"found the same bone at both centres); it is reported as {LABEL_NAMES[twin]}"
-                   + (f", and the names below it ({', '.join(below)}) may be shifted" if below else "")
-                   + ". Check the levels.")
-        messages.append(warning)
-        if naming_warnings is not None:
-            naming_warnings.append(warning)
+    doubts = one_bone_warnings(dup, present)
+    messages.extend(doubts)
+    if naming_warnings is not None:
+        naming_warnings.extend(doubts)
     present = [lab for lab in present if lab not in dup]
     out, empty = tidy_vertebrae(refined, present, check)
     kept = []
@@ -242,12 +253,8 @@ def segment_counted(canonical, centre_xy, z_range_mm, finder_net, net, messages:
     if on_stage3 is not None:
         on_stage3()
     refined = segment_vertebrae(canonical, seeds, net, cancel=check, dropped=dup)
-    # two counted centres on one bone: the count took one vertebra for two, so names on one side of it may be
-    # shifted. A naming warning, so every front end shows "check the levels" against these names
-    dup_warnings = [f"WARNING: {LABEL_NAMES[lab]} and {LABEL_NAMES[kept_twin(lab, dup)]} are one vertebra (the "
-                    f"per-vertebra stage found the same bone at both centres); it is reported as "
-                    f"{LABEL_NAMES[kept_twin(lab, dup)]}, and the names on one side of it may be shifted. Check the "
-                    f"levels." for lab in sorted(dup)]
+    # a naming warning, so every front end shows "check the levels" against these names
+    dup_warnings = one_bone_warnings(dup)
     messages.extend(dup_warnings)
     present = [s.label for s in seeds if s.label not in dup]
     out, empty = tidy_vertebrae(refined, present, check)

@@ -430,7 +430,7 @@ def name_peaks(centres_mm: list[np.ndarray], evidence: np.ndarray, context_class
     caudal = NUM_CLASSES + list(context_classes).index("caudal")
     at = {lev: i for i, lev in enumerate(levels)}
     # anchored only where the CT's bone agrees (nothing learned): a finder's T12-like L1 shifted sub-verse005 unwarned
-    ribs = sacrum = ct_disagrees = False
+    ribs = sacrum = doubted = False
     lumbar = [i for i, lev in enumerate(levels) if 1 <= lev <= 5]
     if hu is not None and lumbar:
         first, last = lumbar[0], lumbar[-1]
@@ -446,7 +446,7 @@ def name_peaks(centres_mm: list[np.ndarray], evidence: np.ndarray, context_class
             ribs = True
             notes += [n for n in ct.notes if n.startswith("Ribs")]
         elif ct.ribs:
-            ct_disagrees = True
+            doubted = True
             warnings.append(f"WARNING: the CT shows ribs on the vertebra right above the one named "
                             f"{level_name(levels[first])}; counting down from them would name it L1. Check the levels.")
         # the sacrum: the CT's pelvis below and the finder's caudal-looking peak there (either alone can be an L5
@@ -463,10 +463,10 @@ def name_peaks(centres_mm: list[np.ndarray], evidence: np.ndarray, context_class
                      "CT's bone settles the count.")
     # a lumbar-looking vertebra counted below L5 (an L6, or the count one level off) is never settled silently
     if not sacrum and any(lev == 6 and 1 <= c < NUM_CLASSES for lev, c in zip(levels, classes)):
-        ct_disagrees = True
+        doubted = True
         warnings.append(f"WARNING: {TRANSITIONAL} (a sixth lumbar vertebra, or a rib-bearing one counted L1?): the "
                         f"vertebra below the one named L5 looks lumbar.")
-    if ct_disagrees or disagree:
+    if doubted or disagree:
         ribs = sacrum = False
     if disagree:
         def names(s):
