@@ -144,6 +144,32 @@ def test_sampler_draws_one_vertebra_against_the_rest(tmp_path):
     assert vertebra_samples.load_labelmap_sources(tmp_path / "masks", leave_out=["sub-verse999"]) == []
 
 
+def test_sampler_mirrors_half_of_the_draws_left_right(tmp_path):
+    """A vertebra with a process on its left only: a mirrored draw has it on the right, crops and target alike."""
+    arr = np.zeros((60, 60, 60), np.uint8)
+    arr[20:40, 20:40, 20:40] = 20
+    arr[25:35, 25:35, 40:55] = 20  # array x grows towards the patient's left (LPS)
+    labels = sitk.GetImageFromArray(arr)
+    src = vertebra_samples.Source("masks/verse999", "labelmap", labels)
+    centre = vertebra_samples.vertebra_centres(labels)[20]
+    ref = vertebra_stage.crop_grid(centre, SMALL)
+    rng = np.random.default_rng(0)
+    _, plain = vertebra_samples.resample_turned(src, ref, centre, np.eye(3), 1.0, SMALL.spacing_mm, rng)
+    _, mirrored = vertebra_samples.resample_turned(src, ref, centre, vertebra_samples.MIRROR_LR, 1.0,
+                                                   SMALL.spacing_mm, rng)
+    def process_on_the_left(mask) -> bool:  # the far end of the bone from its centroid, along x
+        x = np.argwhere(mask)[:, 2]
+        return x.max() - x.mean() > x.mean() - x.min()
+
+    assert process_on_the_left(plain) and not process_on_the_left(mirrored)
+    assert (plain > 0).sum() == pytest.approx((mirrored > 0).sum(), rel=0.05)
+    sampler = vertebra_samples.VertebraSampler([src], SMALL, {"labelmap": 1.0}, seed=1)
+    draws = [sampler.draw() for _ in range(12)]
+    assert {info["mirrored"] for *_, info in draws} == {True, False}
+    for _, _, target, info in draws:
+        assert process_on_the_left(target) != info["mirrored"]
+
+
 @pytest.mark.slow
 def test_training_checkpoints_and_resumes_across_sessions(tmp_path):
     masks = _label_map(tmp_path)

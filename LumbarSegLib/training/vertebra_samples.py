@@ -8,7 +8,7 @@ Sources, each a list of vertebra instances (a label map, a VerSe code, a centre 
   crop from the labels (:func:`synthesize_ct`, SynthSeg's idea with CT's own tissue ranges).
 
 Every crop is drawn with its centre jittered by up to ``JITTER_MM``, a rotation of up to 15 deg, a scale of
-+-10 %, then re-imaged with thick slices (:func:`thick_slices`: axial, sagittal or coronal, 1-6 mm, the slice
++-10 %, mirrored left-right on half of the draws (:data:`MIRROR_SHARE`), then re-imaged with thick slices (:func:`thick_slices`: axial, sagittal or coronal, 1-6 mm, the slice
 profile's blur, subsampled and brought back to the grid) and intensity jitter. The target is never
 re-imaged: the network learns the vertebra as it is, from the scan as it was stored.
 
@@ -37,6 +37,10 @@ SCALE = (0.9, 1.1)
 THICK_MM = (1.0, 6.0)
 THICK_AXES = {"axial": 0.5, "sagittal": 0.3, "coronal": 0.2}  # share of crops given thick slices that way
 THICK_FRACTION = 0.8  # share of crops re-imaged with thick slices at all
+# A vertebra mirrored left-right is still a plausible vertebra with the same code, so each real or label-map
+# shape counts twice; its asymmetries (scoliosis, a one-sided osteophyte) then occur on either side.
+MIRROR_SHARE = 0.5
+MIRROR_LR = np.diag([-1.0, 1.0, 1.0])  # LPS x is the patient's left-right
 VERTEBRA_CODES = tuple(range(1, 26)) + (28,)  # VerSe C1-L6 and T13; the sacrum (26) is context, not a target
 _SUBJECT = re.compile(r"(verse\d+|s\d{4}|sample\d+|label-\d+)")
 
@@ -159,8 +163,8 @@ class KindPool:
 
 def resample_turned(src: Source, ref: sitk.Image, pivot_mm, rot: np.ndarray, scale: float, spacing_mm: float,
                     rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    """(CT HU, VerSe codes), (z, y, x) on the grid ``ref``, of ``src`` turned by ``rot`` and resized by
-    ``scale`` about ``pivot_mm``: output point p -> source point c + scale * R (p - c). A label-map source's
+    """(CT HU, VerSe codes), (z, y, x) on the grid ``ref``, of ``src`` turned by ``rot`` (a mirror included)
+    and resized by ``scale`` about ``pivot_mm``: output point p -> source point c + scale * R (p - c). A label-map source's
     CT is synthesised on the grid (:func:`synthesize_ct`)."""
     tf = sitk.AffineTransform(3)
     tf.SetMatrix((rot * scale).ravel().tolist())
@@ -205,12 +209,15 @@ class VertebraSampler:
         inst = self.pool.pick(rng)
         jitter = rng.uniform(-JITTER_MM, JITTER_MM, 3)
         rot = rotation_matrix(np.deg2rad([rng.uniform(-a, a) for a in ROTATE_DEG]))
+        mirrored = bool(rng.random() < MIRROR_SHARE)
+        if mirrored:
+            rot = rot @ MIRROR_LR
         scale = rng.uniform(*SCALE)
         ref = crop_grid(inst.centre_mm + jitter, self.config)
         # The vertebra turned and resized about its centre c, so the crop's middle (the heatmap's peak) lands up
         # to sqrt(3) x JITTER_MM from it.
         ct, lab = resample_turned(inst.source, ref, inst.centre_mm, rot, scale, self.config.spacing_mm, rng)
-        info = {"source": inst.source.name, "code": inst.code}
+        info = {"source": inst.source.name, "code": inst.code, "mirrored": mirrored}
         ct = reimage(ct, self.config.spacing_mm, rng, info)
         # The crop and its heatmap are centred on the jittered point, as at inference on a found centre.
         centre_vox = (np.asarray(self.config.crop_zyx, float) - 1) / 2
