@@ -192,3 +192,22 @@ def test_an_l5_between_the_iliac_crests_alone_in_view_is_kept():
     _bar(hu, c[0], 110, 110, thick=9)
     _bar(hu, c[1], 110, 110, thick=9)
     assert not anchors.thoracic_column(hu, (1.0, 1.0, 1.0), _centres_mm(labels))[0]
+
+
+def test_the_sacrum_below_an_l5_between_the_iliac_crests_is_not_read_as_ribs():
+    """A pelvic scan: L5 deep between the iliac crests and two sacral peaks of the finder below it, all reaching
+    110 mm out on both sides. Read with the sacral peaks the column looked thoracic and L5 was not reported."""
+    from LumbarSegLib.inference import by_vertebra
+
+    hu, labels, c = _column(n_lumbar=1, above=0, below=2)
+    for k in range(3):
+        _bar(hu, c[k], 110, 110, thick=9)
+    peaks = [np.array([c[k], Y0, X0], float) for k in range(3)]
+    assert anchors.thoracic_column(hu, (1.0, 1.0, 1.0), peaks)[0]  # the hazard, read with the sacrum
+    counted = naming.PeakNaming(levels=[5, 6, 7], how="unanchored", kept=[0, 1, 2], centres_mm=peaks)
+    column = by_vertebra.down_to_l5(counted)
+    assert len(column) == 1 and np.allclose(column[0], peaks[0])
+    messages = []
+    assert (by_vertebra.drop_thoracic(labels, hu, (1.0, 1.0, 1.0), messages, column) == labels).all()
+    assert messages == []
+

@@ -172,7 +172,9 @@ class Counted:
     naming: dict = field(default_factory=dict)
     warnings: list = field(default_factory=list)
     upside_down: str | None = None
-    column: list = field(default_factory=list)  # every peak counted: its centre (z, y, x mm on the canonical grid)
+    # the centres (z, y, x mm on the canonical grid) of the peaks counted L5 or above, top first: what
+    # :func:`drop_thoracic` reads (the sacrum's alae and the iliac wings below reach as far out as ribs)
+    column: list = field(default_factory=list)
     # a weak sign of upside-down anatomy (:func:`.orientation.finder_verdict`): the pipeline warns of it only when a
     # vertebra is reported ("the vertebrae were named" said of none misled on thoracic phantom 7102)
     orientation_warnings: list = field(default_factory=list)
@@ -203,6 +205,14 @@ def outside_scan(image: sitk.Image, point_mm) -> bool:
     :func:`cut_by_scan_ends`.)"""
     index = np.asarray(image.TransformPhysicalPointToContinuousIndex([float(v) for v in point_mm]))
     return bool(np.any(index < -0.5) or np.any(index > np.asarray(image.GetSize()) - 0.5))
+
+
+def down_to_l5(counted) -> list:
+    """The centres of ``counted``'s peaks (a :class:`.naming.PeakNaming`) named L5 or above, top first. A peak
+    counted below L5 is the sacrum (or an L6 among the iliac crests): its bone runs out to both sides as far as
+    ribs do, so with an L5 deep between the crests and two sacral peaks below, a pelvic scan read as a "thoracic
+    column" and its L5 went unreported."""
+    return [c for c, level in zip(counted.centres_mm, counted.levels) if level <= 5]
 
 
 def segment_counted(canonical, centre_xy, z_range_mm, finder_net, net, messages: list[str],
@@ -262,5 +272,5 @@ def segment_counted(canonical, centre_xy, z_range_mm, finder_net, net, messages:
         messages.append(f"The per-vertebra stage found no vertebra at the centre of {', '.join(LABEL_NAMES[v] for v in empty)}, "
                         "so it is not reported. Check that level.")
     names = {LABEL_NAMES[v]: counted.how for v in present if v not in empty}
-    return Counted(out, names, list(counted.warnings) + dup_warnings, column=counted.centres_mm,
+    return Counted(out, names, list(counted.warnings) + dup_warnings, column=down_to_l5(counted),
                    orientation_warnings=hints)
