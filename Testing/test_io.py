@@ -206,6 +206,31 @@ def test_no_bone():
         images.validate_ct(_ct(values=arr))
 
 
+def _padded_body(offset: int, padding: int) -> np.ndarray:
+    """A body of fat, muscle and bone in air, HU + ``offset``, with ``padding`` outside a circular field of view."""
+    rng = np.random.default_rng(1)
+    arr = np.full((10, 40, 40), -1000, np.int16)
+    arr[:, 8:32, 8:32] = -100
+    arr[:, 12:28, 12:28] = 50
+    arr[:, 16:24, 16:24] = 700
+    arr = np.clip(arr + rng.normal(0, 10, arr.shape), -1024, 3000).astype(np.int16) + offset
+    yy, xx = np.mgrid[:40, :40]
+    arr[:, (yy - 19.5) ** 2 + (xx - 19.5) ** 2 > 19 ** 2] = padding
+    return arr
+
+
+def test_stored_values_with_padding_but_no_intercept_are_refused():
+    """GE keeps -2000 outside the reconstructed circle: with the intercept lost, the padding passed the range check
+    and the CT was segmented 1024 HU off. A CT in HU with padding, and one whose air is clipped at -1024, pass."""
+    with pytest.raises(InputError, match="padding outside the field of view.*without its rescale intercept"):
+        images.validate_ct(_ct(values=_padded_body(1024, -2000)))
+    images.validate_ct(_ct(values=_padded_body(0, -3024)))
+    images.validate_ct(_ct(values=_padded_body(0, -2000)))
+    tight = _padded_body(0, -2000)
+    tight[tight == -1000] = 40  # a tight field of view: no air, only fat at its lowest
+    images.validate_ct(_ct(values=tight))
+
+
 @pytest.mark.parametrize("spacing", [(0.05, 1.0, 1.0), (1.0, 1.0, 25.0), (1.0, float("nan"), 1.0)])
 def test_absurd_spacing(spacing):
     img = _ct()
