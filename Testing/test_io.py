@@ -206,6 +206,29 @@ def test_no_bone():
         images.validate_ct(_ct(values=arr))
 
 
+@pytest.mark.parametrize("form_offset", [268, 292])  # qform's x offset; sform's (srow_x[3])
+def test_a_nifti_whose_qform_and_sform_disagree_is_read_with_a_warning(tmp_path, form_offset):
+    """A tool that moves one of the two orientations and leaves the other: viewers disagree on where the anatomy
+    lies, and ITK reads one silently. The warning names the one used (ITK's, as 3D Slicer's)."""
+    import struct
+
+    img = _ct()
+    img.SetOrigin((10.0, -20.0, 30.0))
+    sitk.WriteImage(img, str(tmp_path / "agree.nii"))
+    agree = images.load_ct(tmp_path / "agree.nii")
+    assert not any("qform" in m for m in agree.messages)
+    header = bytearray((tmp_path / "agree.nii").read_bytes())
+    moved = struct.unpack("<f", header[form_offset:form_offset + 4])[0] + 25.0
+    header[form_offset:form_offset + 4] = struct.pack("<f", moved)
+    (tmp_path / "moved.nii").write_bytes(bytes(header))
+    loaded = images.load_ct(tmp_path / "moved.nii")
+    x = loaded.image.GetOrigin()[0]  # LPS: the header's RAS x offset, -10, negated; the moved form's is -15
+    assert min(abs(x - 10.0), abs(x + 15.0)) < 0.01
+    used = ("qform", "sform")[(form_offset == 292) == (abs(x + 15.0) < 0.01)]
+    warning = [m for m in loaded.messages if "qform and sform" in m]
+    assert len(warning) == 1 and "disagree by up to 25 mm" in warning[0] and f"The {used} was used" in warning[0]
+
+
 def _padded_body(offset: int, padding: int) -> np.ndarray:
     """A body of fat, muscle and bone in air, HU + ``offset``, with ``padding`` outside a circular field of view."""
     rng = np.random.default_rng(1)

@@ -102,6 +102,9 @@ def read_image(path, series_uid: str | None = None) -> sitk.Image:
                          f"an image format ({_first_line(exc)}). Accepted: {_accepted_formats()}.") from None
     if _suffix(path) in (".nii", ".nii.gz"):
         image = nifti.restore_nonfinite(path, image)
+        note = nifti.orientation_note(path, image)
+        if note:
+            image.SetMetaData(nifti.ORIENTATION_NOTE_KEY, note)
     return image
 
 
@@ -338,8 +341,9 @@ def load_ct(path, memory_limit_bytes: int | None = None, series_uid: str | None 
     if size is not None and len(size) >= 3:
         check_memory(size, memory_limit_bytes, what=str(path))
     image = read_image(path, series_uid)
-    if image.HasMetaDataKey(REGULARIZED_NOTE_KEY):  # a gantry-tilted series, resampled: say so
-        messages.append(image.GetMetaData(REGULARIZED_NOTE_KEY))
+    for key in (REGULARIZED_NOTE_KEY, nifti.ORIENTATION_NOTE_KEY):  # a tilted series resampled; two orientations
+        if image.HasMetaDataKey(key):
+            messages.append(image.GetMetaData(key))
     image, mask, warnings_ = prepare_ct(image, memory_limit_bytes, name=str(path))
     return LoadedCT(image, mask, messages + warnings_, chosen, series)
 

@@ -4,7 +4,9 @@ ITK reads NIfTI through niftilib, which (1) zero-fills the missing part of a tru
 interrupted download, and (2) replaces every NaN or infinite float by 0 while loading
 (``nifti_read_buffer``; there is no option to keep them). Both give a CT that looks plausible and a
 confident wrong result, so :mod:`io` checks the header and voxel bytes here; NRRD and MetaImage readers
-already fail loudly or keep NaN.
+already fail loudly or keep NaN. (3) A header holds two orientations, the qform and the sform; a tool that
+edits one and leaves the other stale makes viewers disagree on where the anatomy lies and which side is left,
+and ITK says nothing: :func:`orientation_note` does.
 """
 
 from __future__ import annotations
@@ -20,6 +22,8 @@ import SimpleITK as sitk
 from ..errors import InputError
 
 FLOAT_TYPES = {16: np.float32, 64: np.float64}  # NIfTI datatype codes FLOAT32, FLOAT64
+ORIENTATION_NOTE_KEY = "LumbarSeg_qform_sform_note"  # image metadata: the warning of :func:`orientation_note`
+ORIENTATION_TOLERANCE_MM = 1.0  # a voxel corner placed further apart than this by the two is a disagreement
 
 
 def _open(path: Path):
@@ -119,3 +123,59 @@ def restore_nonfinite(path, image: sitk.Image) -> sitk.Image:
     for key in image.GetMetaDataKeys():
         restored.SetMetaData(key, image.GetMetaData(key))
     return restored
+
+
+def _forms(header: bytes) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+    """(qform, sform, dims (i, j, k)) as 3 x 4 RAS matrices of a NIfTI-1/-2 header whose qform_code and
+    sform_code are both set, else None."""
+    layout = header_layout(header)
+    if layout is None:
+        return None
+    e = layout["endian"]
+    if struct.unpack(e + "i", header[:4])[0] == 348:
+        codes = struct.unpack(e + "2h", header[252:256])
+        quat = struct.unpack(e + "6f", header[256:280])
+        srow = struct.unpack(e + "12f", header[280:328])
+        pixdim = struct.unpack(e + "8f", header[76:108])
+        dims = struct.unpack(e + "8h", header[40:56])
+    else:
+        codes = struct.unpack(e + "2i", header[344:352])
+        quat = struct.unpack(e + "6d", header[352:400])
+        srow = struct.unpack(e + "12d", header[400:496])
+        pixdim = struct.unpack(e + "8d", header[104:168])
+        dims = struct.unpack(e + "8q", header[16:80])
+    if min(codes) <= 0 or dims[0] < 3:
+        return None
+    b, c, d = quat[:3]
+    a = np.sqrt(max(0.0, 1.0 - (b * b + c * c + d * d)))
+    rot = np.array([[a * a + b * b - c * c - d * d, 2 * (b * c - a * d), 2 * (b * d + a * c)],
+                    [2 * (b * c + a * d), a * a + c * c - b * b - d * d, 2 * (c * d - a * b)],
+                    [2 * (b * d - a * c), 2 * (c * d + a * b), a * a + d * d - c * c - b * b]])
+    qfac = -1.0 if pixdim[0] < 0 else 1.0  # NIfTI: 0 means 1
+    qform = np.column_stack([rot @ np.diag([pixdim[1], pixdim[2], qfac * pixdim[3]]), quat[3:]])
+    return qform, np.asarray(srow, float).reshape(3, 4), np.asarray(dims[1:4], float)
+
+
+def orientation_note(path, image: sitk.Image) -> str | None:
+    """A warning when the file's qform and sform both say where the voxels lie and disagree by more than
+    :data:`ORIENTATION_TOLERANCE_MM` at a corner of the image, naming the one ITK (and so 3D Slicer) used."""
+    path = Path(path)
+    try:
+        with _open(path) as fh:
+            forms = _forms(fh.read(540))
+    except (OSError, EOFError, zlib.error, struct.error):
+        return None
+    if forms is None:
+        return None
+    qform, sform, dims = forms
+    corners = np.array([[i, j, k, 1.0] for i in (0, dims[0] - 1) for j in (0, dims[1] - 1) for k in (0, dims[2] - 1)])
+    q, s_ = corners @ qform.T, corners @ sform.T
+    apart = float(np.linalg.norm(q - s_, axis=1).max())
+    if not apart > ORIENTATION_TOLERANCE_MM:
+        return None
+    lps = np.array([image.TransformContinuousIndexToPhysicalPoint(c[:3].tolist()) for c in corners]) * [-1, -1, 1]
+    used = ("sform" if np.abs(lps - s_).max() < np.abs(lps - q).max() else "qform")
+    return (f"WARNING: {path.name} holds two orientations that disagree by up to {apart:.0f} mm over the image (its "
+            f"qform and sform headers; a tool changed one and left the other). The {used} was used, as 3D Slicer "
+            f"reads it; a viewer that reads the other shows the anatomy and the results elsewhere, perhaps mirrored. "
+            f"Check left and right, and fix the header.")
