@@ -127,6 +127,27 @@ def test_a_duplicated_slice_is_refused_before_segmenting(tmp_path, synthetic_ser
     assert not (tmp_path / "o").exists()
 
 
+def test_a_localizer_stored_in_the_series_is_left_out_of_the_ct_and_the_seg(tmp_path, synthetic_series):
+    """A coronal localizer with the CT's SeriesInstanceUID made the series look like one with missing slices,
+    and a sound CT was refused. The CT is read without it, with a note, and the SEG references the CT's slices."""
+    folder, grid, labels = synthetic_series
+    ds = pydicom.dcmread(sorted(folder.iterdir())[0])
+    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+    ds.ImageOrientationPatient = [1, 0, 0, 0, 0, -1]
+    ds.ImagePositionPatient = [0.0, 40.0, 120.0]
+    ds.save_as(folder / "zz_localizer.dcm", enforce_file_format=True)
+    loaded = images.load_ct(folder)
+    np.testing.assert_array_equal(sitk.GetArrayViewFromImage(loaded.image), sitk.GetArrayViewFromImage(grid))
+    assert loaded.image.GetOrigin() == pytest.approx(grid.GetOrigin())
+    slices = grid.GetSize()[2]
+    assert any(f"1 image(s) of another orientation or size beside its {slices} slices" in m for m in loaded.messages)
+    datasets = dicom_seg.read_source_series(folder)
+    assert len(datasets) == slices and ds.SOPInstanceUID not in {d.SOPInstanceUID for d in datasets}
+    seg_path = dicom_seg.write_dicom_seg(labels, datasets, tmp_path / "seg.dcm")
+    back, _ = read_back(seg_path, folder, grid)
+    np.testing.assert_array_equal(back, sitk.GetArrayViewFromImage(labels))
+
+
 @pytest.mark.parametrize("change", ["no position", "multi-frame"])
 def test_instances_a_seg_cannot_be_matched_to_are_a_clean_error(tmp_path, synthetic_series, change):
     folder, grid, labels = synthetic_series

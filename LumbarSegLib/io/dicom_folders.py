@@ -1,6 +1,7 @@
 """Finding the DICOM series in a folder: the folder itself, or the folders below it.
 
-GDCM groups a folder's files into series (same SeriesInstanceUID, orientation and size). Exports from a
+GDCM groups a folder's files into series by SeriesInstanceUID alone; a localizer stored in the CT's series
+(another orientation or size) is left out when the series is read (:func:`.slice_positions.main_stack`). Exports from a
 PACS or a CD usually put each series in a folder of its own (``DICOM/ST0/SE0``, ``DICOMDIR`` beside it);
 when the folder given holds no series itself, the folders below it are searched, and every series found
 is one to choose from, exactly as the series of one folder: the one with the most slices is used, the
@@ -25,7 +26,7 @@ MAX_SUBFOLDERS = 2000
 
 @dataclass(frozen=True)
 class DicomSeries:
-    """One series of a DICOM folder (GDCM's grouping: same SeriesInstanceUID, orientation and size)."""
+    """One series of a DICOM folder (GDCM's grouping: same SeriesInstanceUID)."""
 
     uid: str
     description: str

@@ -21,7 +21,7 @@ from . import nifti, nrrd
 from .dicom_folders import (DicomSeries, describe_series_choice, dicom_series_files, list_dicom_series,  # noqa: F401
                             select_dicom_series)
 from .input_checks import check_input_kind, check_orthogonal_direction
-from .slice_positions import REGULARIZED_NOTE_KEY, check_series_files, read_tilted_series
+from .slice_positions import REGULARIZED_NOTE_KEY, SERIES_NOTE_KEY, check_series_files, read_tilted_series
 
 IMAGE_SUFFIXES = (".nii.gz", ".nii", ".seg.nrrd", ".nrrd", ".mha", ".mhd")
 
@@ -79,17 +79,21 @@ def read_image(path, series_uid: str | None = None) -> sitk.Image:
         raise InputError(f"{path}: no such file or folder. Give a CT as {_accepted_formats()}.")
     check_input_kind(path)  # a named pipe would block the reader forever
     if path.is_dir():
-        files = dicom_series_files(path, series_uid)
-        geometry = check_series_files(files, path)  # GDCM would stack duplicated or missing slices wrongly
+        # GDCM would stack duplicated or missing slices wrongly, or a localizer stored in the series with them
+        files, geometry, left_out = check_series_files(dicom_series_files(path, series_uid), path)
         if geometry is not None and geometry.tilt_degrees():  # sheared slices: onto a regular grid
-            return read_tilted_series(files, geometry, path)
-        reader = sitk.ImageSeriesReader()
-        reader.SetFileNames(list(files))
-        try:
-            return reader.Execute()
-        except RuntimeError as exc:
-            raise InputError(f"{path}: the DICOM series could not be read ({_first_line(exc)}). "
-                             f"Check that the series is complete, or convert it to NIfTI.") from None
+            image = read_tilted_series(files, geometry, path)
+        else:
+            reader = sitk.ImageSeriesReader()
+            reader.SetFileNames(files)
+            try:
+                image = reader.Execute()
+            except RuntimeError as exc:
+                raise InputError(f"{path}: the DICOM series could not be read ({_first_line(exc)}). "
+                                 f"Check that the series is complete, or convert it to NIfTI.") from None
+        if left_out:
+            image.SetMetaData(SERIES_NOTE_KEY, left_out)
+        return image
     if path.stat().st_size == 0:
         raise InputError(f"{path}: the file is empty (0 bytes). Give a CT as {_accepted_formats()}.")
     if _suffix(path) in (".nii", ".nii.gz"):
@@ -341,7 +345,8 @@ def load_ct(path, memory_limit_bytes: int | None = None, series_uid: str | None 
     if size is not None and len(size) >= 3:
         check_memory(size, memory_limit_bytes, what=str(path))
     image = read_image(path, series_uid)
-    for key in (REGULARIZED_NOTE_KEY, nifti.ORIENTATION_NOTE_KEY):  # a tilted series resampled; two orientations
+    # a tilted series resampled, a localizer left out of a series, a NIfTI's two orientations: say so
+    for key in (REGULARIZED_NOTE_KEY, SERIES_NOTE_KEY, nifti.ORIENTATION_NOTE_KEY):
         if image.HasMetaDataKey(key):
             messages.append(image.GetMetaData(key))
     image, mask, warnings_ = prepare_ct(image, memory_limit_bytes, name=str(path))

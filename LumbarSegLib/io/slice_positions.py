@@ -141,39 +141,83 @@ def regularize_sheared_series(slices: np.ndarray, geometry: SeriesGeometry, pixe
     return sitk.Resample(sheared, reference, sitk.Transform(), sitk.sitkLinear, float(air), sitk.sitkFloat32)
 
 
-def read_series_geometry(files, where) -> SeriesGeometry:
-    """Image Position/Orientation (Patient) of a series' files (headers only), in the order of ``files``."""
+def read_series_geometry(files, where) -> tuple[SeriesGeometry, list]:
+    """Image Position/Orientation (Patient) of a series' files (headers only), in the order of ``files``, and
+    each file's stack key (:func:`main_stack`): its orientation and its rows x columns."""
     import pydicom
 
-    positions, orientation = [], None
+    positions, keys = [], []
     for name in files:
         ds = pydicom.dcmread(name, stop_before_pixels=True,
-                             specific_tags=["ImagePositionPatient", "ImageOrientationPatient"])
+                             specific_tags=["ImagePositionPatient", "ImageOrientationPatient", "Rows", "Columns"])
         if "ImagePositionPatient" not in ds or "ImageOrientationPatient" not in ds:
             raise InputError(f"{where}: the DICOM file {Path(name).name} has no Image Position/Orientation "
                              f"(Patient), so the slices cannot be put in order. Export the series again, or "
                              f"convert it to NIfTI.")
         positions.append([float(v) for v in ds.ImagePositionPatient])
-        if orientation is None:
-            orientation = [float(v) for v in ds.ImageOrientationPatient]
-    return SeriesGeometry(np.asarray(positions, float), np.asarray(orientation, float).reshape(2, 3))
+        keys.append(stack_key(ds))
+    geometry = SeriesGeometry(np.asarray(positions, float), np.asarray(keys[0][0], float).reshape(2, 3))
+    return geometry, keys
 
 
-def check_series_files(files, where) -> SeriesGeometry | None:
-    """Read the positions of a series' files (headers only) and raise :class:`InputError` for a series that
-    does not stack into one regular volume (:func:`slice_position_problem`, :func:`shear_problem`); return
-    its geometry (None for a single file)."""
-    if len(files) < 2:  # a single file: one slice, or an enhanced multi-frame image with its own geometry
+ORIENTATION_SAME = 1e-3  # direction cosines closer than this are one orientation
+
+
+def stack_key(ds) -> tuple:
+    """(orientation (6 cosines), (rows, columns)) of a DICOM dataset; None for what it lacks."""
+    orientation = ds.get("ImageOrientationPatient")
+    return (tuple(float(v) for v in orientation) if orientation else None,
+            (int(ds.get("Rows") or 0), int(ds.get("Columns") or 0)))
+
+
+def main_stack(keys) -> list[int] | None:
+    """The indices of the largest group of files that share an orientation and an image size, when ``keys``
+    (:func:`stack_key`, one per file of a series) hold more than one group; None when they are one stack. A
+    localizer stored in the CT's series (another orientation and size) made the whole series look like one
+    with missing slices, and a sound CT was refused."""
+    groups: list[tuple[tuple, list[int]]] = []
+    for i, (orientation, size) in enumerate(keys):
+        for (o, sz), members in groups:
+            if sz == size and (o is None) == (orientation is None) and (
+                    o is None or np.abs(np.subtract(o, orientation)).max() < ORIENTATION_SAME):
+                members.append(i)
+                break
+        else:
+            groups.append(((orientation, size), [i]))
+    if len(groups) < 2:
         return None
-    geometry = read_series_geometry(files, where)
+    return max(groups, key=lambda g: len(g[1]))[1]
+
+
+def check_series_files(files, where) -> tuple[list, SeriesGeometry | None, str | None]:
+    """Read the positions of a series' files (headers only) and raise :class:`InputError` for a series that
+    does not stack into one regular volume (:func:`slice_position_problem`, :func:`shear_problem`). Returns
+    the files to stack (a series that mixes stacks keeps its largest, :func:`main_stack`, ordered along its
+    slice normal as GDCM orders a series), its geometry (None for a single file), and a note on what was left
+    out (None when nothing was)."""
+    files = list(files)
+    if len(files) < 2:  # a single file: one slice, or an enhanced multi-frame image with its own geometry
+        return files, None, None
+    geometry, keys = read_series_geometry(files, where)
+    note = None
+    keep = main_stack(keys)
+    if keep is not None:
+        orientation = np.asarray(keys[keep[0]][0], float).reshape(2, 3)
+        normal = np.cross(orientation[0], orientation[1])
+        keep = sorted(keep, key=lambda i: float(geometry.positions[i] @ normal))
+        note = (f"The DICOM series also holds {len(files) - len(keep)} image(s) of another orientation or size "
+                f"beside its {len(keep)} slices (a localizer stored in the series?); they were left out.")
+        files = [files[i] for i in keep]
+        geometry = SeriesGeometry(geometry.positions[keep], orientation)
     problem = slice_position_problem(geometry.positions, geometry.orientation)
     if problem is None and geometry.tilt_degrees():
         problem = shear_problem(geometry)
     if problem:
         raise InputError(f"{where}: the DICOM series is unusable: {problem}")
-    return geometry
+    return files, geometry, note
 
 
+SERIES_NOTE_KEY = "lumbarseg_series_note"  # metadata of an image read from part of a series: what was left out
 REGULARIZED_NOTE_KEY = "lumbarseg_geometry_note"  # metadata of a regularized image: what was done, for messages
 AIR_HU = -1024.0
 
