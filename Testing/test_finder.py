@@ -382,3 +382,7 @@ def test_a_gap_wide_enough_for_a_missed_vertebra_is_looked_at_again():
     again = finder.look_again(strong, weak, 2.0, missed_mm=46.0)
     assert [round(p[0][0]) for p in again] == [90, 75, 60, 45]
     assert finder.look_again(strong, weak, 2.0, missed_mm=70.0) == strong  # the gap is not that wide
+    # a peak on an arch 50 mm behind its neighbour, 28 mm below it along the spine: far in space, no room along it
+    arch = [(np.array([50.0, 16, 16]), 0.9), (np.array([36.0, 41, 16]), 0.9)]
+    between = [(np.array([43.0, 28, 16]), 0.4)]
+    assert finder.look_again(arch, arch + between, 2.0, missed_mm=46.0) == arch
