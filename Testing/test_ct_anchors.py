@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from LumbarSegLib.inference import anchors, naming
+from LumbarSegLib.inference import anchors, naming, peak_naming
 
 GAP = 30  # mm between vertebral centres; the grid is 1 mm
 SHAPE = (230, 120, 240)  # z, y, x
@@ -204,7 +204,7 @@ def test_the_sacrum_below_an_l5_between_the_iliac_crests_is_not_read_as_ribs():
         _bar(hu, c[k], 110, 110, thick=9)
     peaks = [np.array([c[k], Y0, X0], float) for k in range(3)]
     assert anchors.thoracic_column(hu, (1.0, 1.0, 1.0), peaks)[0]  # the hazard, read with the sacrum
-    counted = naming.PeakNaming(levels=[5, 6, 7], how="unanchored", kept=[0, 1, 2], centres_mm=peaks)
+    counted = peak_naming.PeakNaming(levels=[5, 6, 7], how="unanchored", kept=[0, 1, 2], centres_mm=peaks)
     column = by_vertebra.down_to_l5(counted)
     assert len(column) == 1 and np.allclose(column[0], peaks[0])
     messages = []

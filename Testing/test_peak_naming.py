@@ -1,4 +1,4 @@
-"""Counting the finder's vertebrae (inference/naming.name_peaks, issue 23): its centre peaks are the instances,
+"""Counting the finder's vertebrae (inference/peak_naming.name_peaks, issue 23): its centre peaks are the instances,
 its classes the evidence for the whole column at once; the names are anchored only where the CT's own bone shows
 the ribs above L1 or the pelvis below L5 (with the finder seeing the sacrum there)."""
 
@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from LumbarSegLib.inference.naming import name_peaks
+from LumbarSegLib.inference.peak_naming import name_peaks
 from LumbarSegLib.inference.networks import CONTEXT_CLASSES
 
 GAP = 30.0  # mm between vertebral centres; the CT's grid is 1 mm

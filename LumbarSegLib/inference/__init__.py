@@ -9,7 +9,7 @@
 - Finding and naming the vertebrae: :mod:`.instances` (the XUNet's pieces split and merged into vertebrae),
   :mod:`.column` (off the spinal column is dropped), :mod:`.anchors` (ribs and sacrum read from the CT),
   :mod:`.naming` (the column named at once, by counting). :mod:`.finder`: the XUNet's successor on a fixed
-  2 mm grid slid along the spine, whose centre peaks are the instances that :func:`.naming.name_peaks`
+  2 mm grid slid along the spine, whose centre peaks are the instances that :func:`.peak_naming.name_peaks`
   counts (the default path, with the bundled finder; ``--no-finder`` keeps the XUNet's pieces).
 - :mod:`.orientation` (which end is cranial) and :mod:`.morphology` (post-processing).
 

@@ -5,7 +5,7 @@ Two ways to seed it:
 * :func:`refine_vertebrae` - the XUNet's vertebrae, as named by :func:`.pipeline.clean_labels` (the bundled
   path);
 * :func:`segment_counted` - the finder's centre peaks, named by counting along the whole column
-  (:func:`.finder.find_vertebrae`, :func:`.naming.name_peaks`; issue 23's path, taken when a finder is given).
+  (:func:`.finder.find_vertebrae`, :func:`.peak_naming.name_peaks`; issue 23's path, taken when a finder is given).
 
 Both end in :func:`tidy_vertebrae` (each vertebra's largest piece, filled), and the pipeline then drops what
 averages soft tissue's HU (:func:`drop_soft_tissue`).
@@ -208,7 +208,7 @@ def outside_scan(image: sitk.Image, point_mm) -> bool:
 
 
 def down_to_l5(counted) -> list:
-    """The centres of ``counted``'s peaks (a :class:`.naming.PeakNaming`) named L5 or above, top first. A peak
+    """The centres of ``counted``'s peaks (a :class:`.peak_naming.PeakNaming`) named L5 or above, top first. A peak
     counted below L5 is the sacrum (or an L6 among the iliac crests): its bone runs out to both sides as far as
     ribs do, so with an L5 deep between the crests and two sacral peaks below, a pelvic scan read as a "thoracic
     column" and its L5 went unreported."""

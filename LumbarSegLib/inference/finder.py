@@ -9,7 +9,7 @@
   that holds it whole);
 * :func:`centre_peaks` - the centre channel's local maxima: one per vertebra, whatever its level;
 * :func:`find_vertebrae` - all of it on a CT: a :class:`Peak` per vertebra (its centre and the class evidence
-  around it), the instances that the counting (:func:`.naming.name_peaks`) names.
+  around it), the instances that the counting (:func:`.peak_naming.name_peaks`) names.
 """
 
 from __future__ import annotations
@@ -227,10 +227,10 @@ def find_vertebrae(ct: sitk.Image, net, centre_xy, z_range_mm, outside_hu: float
 
 
 def count_levels(canonical: sitk.Image, peaks: list[Peak], hu: np.ndarray | None = None):
-    """:func:`.naming.name_peaks` on ``peaks`` found in ``canonical`` (an LPS-aligned CT, as
+    """:func:`.peak_naming.name_peaks` on ``peaks`` found in ``canonical`` (an LPS-aligned CT, as
     :func:`.preprocess.to_canonical` gives): their centres in its (z, y, x) mm frame, its bone read for the ribs
     and the sacrum (``hu``: its voxels, if already at hand)."""
-    from .naming import name_peaks
+    from .peak_naming import name_peaks
 
     if not peaks:
         return None

@@ -68,8 +68,9 @@ def card_markdown(gate: dict, e2e: dict | None, log_path, model_name: str, namin
            "Research use only; not a medical device.", "",
            "The XUNet topology (Inception blocks, base width 8) on a fixed 2 mm grid, in windows of 192 x 128 x 128 mm "
            "slid along the column; input: the CT alone in a bone window (no position channel); outputs: background, "
-           "L1-L5, thoracic, caudal, and a Gaussian at every vertebral centre. Its centre peaks are the instances that "
-           "counting from the ribs and the sacrum names (inference/naming.name_peaks); stage 3 then segments each. "
+           "L1-L5, thoracic, caudal, and a Gaussian at every vertebral centre. Its centre peaks are the instances "
+           "that counting from the ribs and the sacrum names (inference/peak_naming.name_peaks); stage 3 then "
+           "segments each. "
            "Trained on a 2-core CPU (float32) on training phantoms, real label maps drawn as synthetic CTs and the "
            "real CTs, in windows at any height along the spine, thick slices simulated on every window and half of "
            "them cut to a narrower scan's field of view (training/finder_samples.py).", "",

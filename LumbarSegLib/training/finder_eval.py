@@ -10,7 +10,7 @@ the finder alone; the localizer's box and the counting stage come after it.
   their name (the class with the most probability around the peak);
 * scans with every lumbar name right: each true lumbar vertebra identified and no other peak named lumbar;
 * and the same two for the peaks named by counting along the column (``counted``:
-  :func:`..inference.naming.name_peaks`, anchored by the finder's thoracic and caudal peaks and the CT's bone),
+  :func:`..inference.peak_naming.name_peaks`, anchored by the finder's thoracic and caudal peaks and the CT's bone),
   which is how a study names them.
 
     python -m LumbarSegLib.training.finder_eval --state ../finder_state --phases fold-A fold-B fold-C \
@@ -177,7 +177,7 @@ def summarize(rows: list[dict]) -> dict:
     out = {"centre_recall_10mm": pct("recall"), "identification_20mm": pct("identified"),
            "scans_all_right": [sum(r["all_right"] for r in rows), len(rows)]}
     counted = [r["counted"] for r in rows if "counted" in r]
-    if counted:  # the same peaks named by counting along the column (inference/naming.name_peaks)
+    if counted:  # the same peaks named by counting along the column (inference/peak_naming.name_peaks)
         out["counted"] = summarize(counted)
     return out
 
