@@ -8,6 +8,8 @@ import numpy as np
 import pytest
 
 from LumbarSegLib.inference import anchors, naming, peak_naming
+from LumbarSegLib.constants import NUM_CLASSES
+from LumbarSegLib.inference.networks import CONTEXT_CLASSES
 
 GAP = 30  # mm between vertebral centres; the grid is 1 mm
 SHAPE = (230, 120, 240)  # z, y, x
@@ -204,10 +206,31 @@ def test_the_sacrum_below_an_l5_between_the_iliac_crests_is_not_read_as_ribs():
         _bar(hu, c[k], 110, 110, thick=9)
     peaks = [np.array([c[k], Y0, X0], float) for k in range(3)]
     assert anchors.thoracic_column(hu, (1.0, 1.0, 1.0), peaks)[0]  # the hazard, read with the sacrum
-    counted = peak_naming.PeakNaming(levels=[5, 6, 7], how="unanchored", kept=[0, 1, 2], centres_mm=peaks)
+    lumbar, caudal = 5, NUM_CLASSES + list(CONTEXT_CLASSES).index("caudal")
+    counted = peak_naming.PeakNaming(levels=[5, 6, 7], how="unanchored", kept=[0, 1, 2], centres_mm=peaks,
+                                     classes=[lumbar, caudal, caudal])
     column = by_vertebra.down_to_l5(counted)
     assert len(column) == 1 and np.allclose(column[0], peaks[0])
     messages = []
     assert (by_vertebra.drop_thoracic(labels, hu, (1.0, 1.0, 1.0), messages, column) == labels).all()
     assert messages == []
+
+
+def test_a_thoracic_column_counted_too_low_keeps_its_rib_bearing_peaks():
+    """T9-T12 counted L4, L5, "6" and "7" (the finder read T9 and T10 as lumbar): T11 and T12 are no sacrum, and
+    their ribs with T9's and T10's make the column thoracic, so nothing is reported as lumbar."""
+    from LumbarSegLib.inference import by_vertebra
+
+    hu, labels, c = _column(n_lumbar=2, above=0, below=2)
+    for k in range(4):
+        _bar(hu, c[k], 90, 85)
+    peaks = [np.array([c[k], Y0, X0], float) for k in range(4)]
+    thoracic = NUM_CLASSES + list(CONTEXT_CLASSES).index("thoracic")
+    counted = peak_naming.PeakNaming(levels=[4, 5, 6, 7], how="unanchored", kept=[0, 1, 2, 3], centres_mm=peaks,
+                                     classes=[4, 5, thoracic, thoracic])
+    column = by_vertebra.down_to_l5(counted)
+    assert len(column) == 4
+    messages = []
+    assert not by_vertebra.drop_thoracic(labels, hu, (1.0, 1.0, 1.0), messages, column).any()
+    assert any("thoracic column" in m for m in messages)
 

@@ -19,7 +19,7 @@ import numpy as np
 import SimpleITK as sitk
 from scipy import ndimage
 
-from ..constants import LABEL_NAMES
+from ..constants import LABEL_NAMES, NUM_CLASSES
 from . import morphology, preprocess
 
 # A vertebra is bone: the labelled vertebrae of the real CTs in ../shared average 222-458 HU over their voxels
@@ -51,9 +51,9 @@ def drop_soft_tissue(labels: np.ndarray, hu: np.ndarray, messages: list[str]) ->
 def drop_thoracic(labels: np.ndarray, hu: np.ndarray, spacing_zyx, messages: list[str], column=None) -> np.ndarray:
     """``labels`` without any vertebra when they and the vertebrae right above them all carry ribs
     (:func:`.anchors.thoracic_column`): a thoracic column has no lumbar vertebra, whatever looked lumbar in it.
-    ``column``: every vertebral centre found along the column (z, y, x mm, top first; the finder's), read instead
-    of the labelled vertebrae's own centres: a piece beside the spine (thoracic phantom 7007's cut T12, 57 mm to
-    the side) reads one-sided."""
+    ``column``: the vertebral centres found along the column (z, y, x mm, top first; the finder's, without the
+    sacrum: :func:`down_to_l5`), read instead of the labelled vertebrae's own centres: a piece beside the spine
+    (thoracic phantom 7007's cut T12, 57 mm to the side) reads one-sided."""
     from .anchors import thoracic_column
 
     boxes = morphology.label_boxes(labels)
@@ -208,11 +208,16 @@ def outside_scan(image: sitk.Image, point_mm) -> bool:
 
 
 def down_to_l5(counted) -> list:
-    """The centres of ``counted``'s peaks (a :class:`.peak_naming.PeakNaming`) named L5 or above, top first. A peak
-    counted below L5 is the sacrum (or an L6 among the iliac crests): its bone runs out to both sides as far as
-    ribs do, so with an L5 deep between the crests and two sacral peaks below, a pelvic scan read as a "thoracic
-    column" and its L5 went unreported."""
-    return [c for c, level in zip(counted.centres_mm, counted.levels) if level <= 5]
+    """The centres of ``counted``'s peaks (a :class:`.peak_naming.PeakNaming`), top first, without those counted
+    below L5 that the finder takes for the sacrum (its caudal class). The sacrum's alae and the iliac wings run
+    out to both sides as far as ribs do: with an L5 deep between the crests and two sacral peaks below, a pelvic
+    scan read as a "thoracic column" and its L5 went unreported. A peak counted below L5 that looks like any
+    other vertebra stays (a thoracic column counted too low: T11 and T12 counted "6" and "7" carry its ribs)."""
+    from .networks import CONTEXT_CLASSES
+
+    caudal = NUM_CLASSES + list(CONTEXT_CLASSES).index("caudal")
+    classes = counted.classes or [None] * len(counted.levels)
+    return [c for c, level, cls in zip(counted.centres_mm, counted.levels, classes) if level <= 5 or cls != caudal]
 
 
 def segment_counted(canonical, centre_xy, z_range_mm, finder_net, net, messages: list[str],

@@ -29,6 +29,7 @@ class PeakNaming:
     notes: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     centres_mm: list = field(default_factory=list)  # of the peaks counted (``kept``), as given
+    classes: list = field(default_factory=list)  # the finder's own class of each peak counted (0..5, context)
 
     def lumbar(self) -> dict[int, int]:
         """Peak index -> lumbar level (1..5) of the peaks named L1..L5."""
@@ -175,7 +176,7 @@ def name_peaks(centres_mm: list[np.ndarray], evidence: np.ndarray, context_class
         warnings.append(f"{why}the names shown ({names(start)}) fit the whole column best, but {counts}. Check the "
                         f"levels.")
     how = "both" if ribs and sacrum else "ribs" if ribs else "sacrum" if sacrum else "unanchored"
-    result = PeakNaming(levels, how, kept, notes, warnings, centres)
+    result = PeakNaming(levels, how, kept, notes, warnings, centres, classes)
     _describe_peaks(result, classes)
     return result
 
