@@ -211,30 +211,33 @@ def validate_ct(image: sitk.Image, memory_limit_bytes: int | None = None, name: 
         hint = (" It looks like an MR image or a CT stored without its rescale intercept." if lo >= 0
                 else " It has no air and/or no bone, as in an MR image or a tight crop.")
         raise InputError(f"{name} has intensities {lo:g}..{hi:g}; {accepted}.{hint}")
-    beside = lowest_beside_padding(image, lo) if lo < PADDING_BELOW_HU else None
-    if beside is not None and beside > LOST_INTERCEPT_LOWEST:
+    beside = beside_padding(image, lo) if lo < PADDING_BELOW_HU else None
+    if beside is not None and beside[0] > LOST_INTERCEPT_LOWEST and beside[1] > LOST_INTERCEPT_MEDIAN:
         raise InputError(f"{name} has intensities {lo:g}..{hi:g}, but {lo:g} is padding outside the field of view "
-                         f"and nothing else lies below {beside:g}: no air and no fat, as in a CT stored without its "
-                         f"rescale intercept (air near 0, soft tissue near 1000); {accepted}.")
+                         f"and nothing else lies below {beside[0]:g} (half of it above {beside[1]:g}): no air and no "
+                         f"fat, as in a CT stored without its rescale intercept (air near 0, soft tissue near 1000); "
+                         f"{accepted}.")
 
 
 # A lost rescale intercept with the scanner's padding value kept (GE stores -2000 outside the reconstructed circle)
 # passed the range check above on the padding alone and was segmented 1024 HU off. Padding lies below any air
 # (air is -1000, clipped at -1024 by some scanners) and fills a large share of the voxels; besides it, a CT in
-# HU holds air or at least fat (-100, with noise lower still) somewhere in any field of view with a body.
+# HU holds air or at least fat (-100, with noise lower still) somewhere in any field of view with a body, and
+# half of its voxels lie below bone's HU, where stored values put soft tissue near 1000.
 PADDING_BELOW_HU = -1100.0
 PADDING_SHARE = 0.01
 LOST_INTERCEPT_LOWEST = -50.0
+LOST_INTERCEPT_MEDIAN = 300.0
 
 
-def lowest_beside_padding(image: sitk.Image, lo: float) -> float | None:
-    """The lowest value other than ``lo`` when ``lo`` fills at least :data:`PADDING_SHARE` of the voxels (read on
-    every second voxel along each axis: an eighth of the time), else None."""
+def beside_padding(image: sitk.Image, lo: float) -> tuple[float, float] | None:
+    """(lowest, median) of the values other than ``lo`` when ``lo`` fills at least :data:`PADDING_SHARE` of the
+    voxels, else None; read on every second voxel along each axis (an eighth of the time)."""
     sample = sitk.GetArrayViewFromImage(image)[::2, ::2, ::2]
     if np.count_nonzero(sample == lo) < PADDING_SHARE * sample.size:
         return None
     rest = sample[sample > lo]  # NaN compares false: left out
-    return float(rest.min()) if rest.size else None
+    return (float(rest.min()), float(np.median(rest))) if rest.size else None
 
 
 AIR_HU = -1000.0
