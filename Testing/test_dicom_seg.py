@@ -39,6 +39,8 @@ def read_back(seg_path: Path, source_folder: Path, grid: sitk.Image) -> tuple[np
     slice_of = {}
     for path in sorted(source_folder.iterdir()):
         ds = pydicom.dcmread(path, stop_before_pixels=True)
+        if "ImagePositionPatient" not in ds:  # a screen capture beside the slices: no frame references it
+            continue
         uid = ds.SOPInstanceUID or ds.file_meta.MediaStorageSOPInstanceUID  # empty in some anonymised files
         slice_of[uid] = grid.TransformPhysicalPointToIndex([float(v) for v in ds.ImagePositionPatient])
     out = np.zeros(grid.GetSize()[::-1], np.uint8)
@@ -127,20 +129,30 @@ def test_a_duplicated_slice_is_refused_before_segmenting(tmp_path, synthetic_ser
     assert not (tmp_path / "o").exists()
 
 
-def test_a_localizer_stored_in_the_series_is_left_out_of_the_ct_and_the_seg(tmp_path, synthetic_series):
-    """A coronal localizer with the CT's SeriesInstanceUID made the series look like one with missing slices,
-    and a sound CT was refused. The CT is read without it, with a note, and the SEG references the CT's slices."""
+@pytest.mark.parametrize("kind", ["coronal", "axial localizer", "screen capture"])
+def test_a_localizer_stored_in_the_series_is_left_out_of_the_ct_and_the_seg(tmp_path, synthetic_series, kind):
+    """A localizer (coronal, or axial with ImageType LOCALIZER) or a screen capture without a position, stored with
+    the CT's SeriesInstanceUID, made the series look like one with missing slices (or without positions), and a
+    sound CT was refused. The CT is read without it, with a note, and the SEG references the CT's slices."""
     folder, grid, labels = synthetic_series
     ds = pydicom.dcmread(sorted(folder.iterdir())[0])
     ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
-    ds.ImageOrientationPatient = [1, 0, 0, 0, 0, -1]
-    ds.ImagePositionPatient = [0.0, 40.0, 120.0]
+    if kind == "coronal":
+        ds.ImageOrientationPatient = [1, 0, 0, 0, 0, -1]
+        ds.ImagePositionPatient = [0.0, 40.0, 120.0]
+    elif kind == "axial localizer":
+        ds.ImageType = ["ORIGINAL", "PRIMARY", "LOCALIZER"]
+        ds.ImagePositionPatient = [0.0, 0.0, 300.0]
+    else:
+        del ds.ImagePositionPatient
+        del ds.ImageOrientationPatient
     ds.save_as(folder / "zz_localizer.dcm", enforce_file_format=True)
     loaded = images.load_ct(folder)
     np.testing.assert_array_equal(sitk.GetArrayViewFromImage(loaded.image), sitk.GetArrayViewFromImage(grid))
     assert loaded.image.GetOrigin() == pytest.approx(grid.GetOrigin())
     slices = grid.GetSize()[2]
-    assert any(f"1 image(s) of another orientation or size beside its {slices} slices" in m for m in loaded.messages)
+    assert any(f"1 image(s) of another orientation or size, or localizers, beside its {slices} slices" in m
+               for m in loaded.messages)
     datasets = dicom_seg.read_source_series(folder)
     assert len(datasets) == slices and ds.SOPInstanceUID not in {d.SOPInstanceUID for d in datasets}
     seg_path = dicom_seg.write_dicom_seg(labels, datasets, tmp_path / "seg.dcm")

@@ -141,52 +141,52 @@ def regularize_sheared_series(slices: np.ndarray, geometry: SeriesGeometry, pixe
     return sitk.Resample(sheared, reference, sitk.Transform(), sitk.sitkLinear, float(air), sitk.sitkFloat32)
 
 
-def read_series_geometry(files, where) -> tuple[SeriesGeometry, list]:
-    """Image Position/Orientation (Patient) of a series' files (headers only), in the order of ``files``, and
-    each file's stack key (:func:`main_stack`): its orientation and its rows x columns."""
+def read_series_headers(files) -> tuple[list, list]:
+    """Each file's Image Position (Patient) (None where it has none) and stack key (:func:`stack_key`), in the
+    order of ``files`` (headers only)."""
     import pydicom
 
     positions, keys = [], []
     for name in files:
-        ds = pydicom.dcmread(name, stop_before_pixels=True,
-                             specific_tags=["ImagePositionPatient", "ImageOrientationPatient", "Rows", "Columns"])
-        if "ImagePositionPatient" not in ds or "ImageOrientationPatient" not in ds:
-            raise InputError(f"{where}: the DICOM file {Path(name).name} has no Image Position/Orientation "
-                             f"(Patient), so the slices cannot be put in order. Export the series again, or "
-                             f"convert it to NIfTI.")
-        positions.append([float(v) for v in ds.ImagePositionPatient])
+        ds = pydicom.dcmread(name, stop_before_pixels=True, specific_tags=[
+            "ImagePositionPatient", "ImageOrientationPatient", "Rows", "Columns", "ImageType"])
+        position = ds.get("ImagePositionPatient")
+        positions.append([float(v) for v in position] if position else None)
         keys.append(stack_key(ds))
-    geometry = SeriesGeometry(np.asarray(positions, float), np.asarray(keys[0][0], float).reshape(2, 3))
-    return geometry, keys
+    return positions, keys
 
 
 ORIENTATION_SAME = 1e-3  # direction cosines closer than this are one orientation
 
 
 def stack_key(ds) -> tuple:
-    """(orientation (6 cosines), (rows, columns)) of a DICOM dataset; None for what it lacks."""
+    """(orientation (6 cosines), (rows, columns), whether a localizer) of a DICOM dataset; None for the
+    orientation it lacks."""
     orientation = ds.get("ImageOrientationPatient")
+    image_type = ds.get("ImageType") or ()
+    image_type = [image_type] if isinstance(image_type, str) else list(image_type)
     return (tuple(float(v) for v in orientation) if orientation else None,
-            (int(ds.get("Rows") or 0), int(ds.get("Columns") or 0)))
+            (int(ds.get("Rows") or 0), int(ds.get("Columns") or 0)),
+            any(str(v).upper() == "LOCALIZER" for v in image_type))
 
 
 def main_stack(keys) -> list[int] | None:
-    """The indices of the largest group of files that share an orientation and an image size, when ``keys``
-    (:func:`stack_key`, one per file of a series) hold more than one group; None when they are one stack. A
-    localizer stored in the CT's series (another orientation and size) made the whole series look like one
-    with missing slices, and a sound CT was refused."""
+    """The indices of the largest group of files that share an orientation and an image size and are not
+    localizers (ImageType LOCALIZER), when ``keys`` (:func:`stack_key`, one per file of a series) hold more than
+    one group; None when they are one stack. A localizer or a screen capture stored in the CT's series made
+    the whole series look like one with missing slices, and a sound CT was refused."""
     groups: list[tuple[tuple, list[int]]] = []
-    for i, (orientation, size) in enumerate(keys):
-        for (o, sz), members in groups:
-            if sz == size and (o is None) == (orientation is None) and (
+    for i, (orientation, size, localizer) in enumerate(keys):
+        for (o, sz, loc), members in groups:
+            if sz == size and loc == localizer and (o is None) == (orientation is None) and (
                     o is None or np.abs(np.subtract(o, orientation)).max() < ORIENTATION_SAME):
                 members.append(i)
                 break
         else:
-            groups.append(((orientation, size), [i]))
+            groups.append(((orientation, size, localizer), [i]))
     if len(groups) < 2:
         return None
-    return max(groups, key=lambda g: len(g[1]))[1]
+    return max(groups, key=lambda g: (not g[0][2], len(g[1])))[1]  # a localizer stack only when nothing else
 
 
 def check_series_files(files, where) -> tuple[list, SeriesGeometry | None, str | None]:
@@ -198,17 +198,24 @@ def check_series_files(files, where) -> tuple[list, SeriesGeometry | None, str |
     files = list(files)
     if len(files) < 2:  # a single file: one slice, or an enhanced multi-frame image with its own geometry
         return files, None, None
-    geometry, keys = read_series_geometry(files, where)
-    note = None
+    positions, keys = read_series_headers(files)
     keep = main_stack(keys)
+    note = None
     if keep is not None:
-        orientation = np.asarray(keys[keep[0]][0], float).reshape(2, 3)
+        note = (f"The DICOM series also holds {len(files) - len(keep)} image(s) of another orientation or size, or "
+                f"localizers, beside its {len(keep)} slices; they were left out.")
+    kept = keep if keep is not None else list(range(len(files)))
+    for i in kept:
+        if positions[i] is None or keys[i][0] is None:
+            raise InputError(f"{where}: the DICOM file {Path(files[i]).name} has no Image Position/Orientation "
+                             f"(Patient), so the slices cannot be put in order. Export the series again, or "
+                             f"convert it to NIfTI.")
+    orientation = np.asarray(keys[kept[0]][0], float).reshape(2, 3)
+    if keep is not None:
         normal = np.cross(orientation[0], orientation[1])
-        keep = sorted(keep, key=lambda i: float(geometry.positions[i] @ normal))
-        note = (f"The DICOM series also holds {len(files) - len(keep)} image(s) of another orientation or size "
-                f"beside its {len(keep)} slices (a localizer stored in the series?); they were left out.")
-        files = [files[i] for i in keep]
-        geometry = SeriesGeometry(geometry.positions[keep], orientation)
+        kept = sorted(kept, key=lambda i: float(np.asarray(positions[i]) @ normal))
+        files = [files[i] for i in kept]
+    geometry = SeriesGeometry(np.asarray([positions[i] for i in kept], float), orientation)
     problem = slice_position_problem(geometry.positions, geometry.orientation)
     if problem is None and geometry.tilt_degrees():
         problem = shear_problem(geometry)
