@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from LumbarSegLib.io import images, label_maps
+from LumbarSegLib.io import images, label_maps, nifti
 from LumbarSegLib.errors import InputError
 from conftest import series_with, write_dicom_series  # noqa: E402  shared test helpers
 
@@ -227,6 +227,26 @@ def test_a_nifti_whose_qform_and_sform_disagree_is_read_with_a_warning(tmp_path,
     used = ("qform", "sform")[(form_offset == 292) == (abs(x + 15.0) < 0.01)]
     warning = [m for m in loaded.messages if "qform and sform" in m]
     assert len(warning) == 1 and "disagree by up to 25 mm" in warning[0] and f"The {used} was used" in warning[0]
+    assert "a tool changed one and left the other" in warning[0]
+
+
+def test_a_sheared_sform_is_said_to_be_one_and_a_4d_nifti_is_refused_cleanly(tmp_path):
+    import struct
+
+    sitk.WriteImage(_ct(), str(tmp_path / "sheared.nii"))
+    header = bytearray((tmp_path / "sheared.nii").read_bytes())
+    header[284:288] = struct.pack("<f", 0.3)  # srow_x[1]: x moves with j, a shear the qform cannot hold
+    (tmp_path / "sheared.nii").write_bytes(bytes(header))
+    image = sitk.ReadImage(str(tmp_path / "sheared.nii"))
+    note = nifti.orientation_note(tmp_path / "sheared.nii", image)
+    assert note is not None and "its sform holds a shear" in note
+    four = sitk.JoinSeries([_ct(), _ct()])
+    sitk.WriteImage(four, str(tmp_path / "four.nii"))
+    header = bytearray((tmp_path / "four.nii").read_bytes())
+    header[292:296] = struct.pack("<f", struct.unpack("<f", header[292:296])[0] + 25.0)
+    (tmp_path / "four.nii").write_bytes(bytes(header))
+    with pytest.raises(InputError, match="4D"):
+        images.load_ct(tmp_path / "four.nii")
 
 
 def _padded_body(offset: int, padding: int) -> np.ndarray:

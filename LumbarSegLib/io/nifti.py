@@ -152,7 +152,8 @@ def _forms(header: bytes) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
                     [2 * (b * c + a * d), a * a + c * c - b * b - d * d, 2 * (c * d - a * b)],
                     [2 * (b * d - a * c), 2 * (c * d + a * b), a * a + d * d - c * c - b * b]])
     qfac = -1.0 if pixdim[0] < 0 else 1.0  # NIfTI: 0 means 1
-    qform = np.column_stack([rot @ np.diag([pixdim[1], pixdim[2], qfac * pixdim[3]]), quat[3:]])
+    steps = [v if v > 0 else 1.0 for v in pixdim[1:4]]  # niftilib reads a spacing <= 0 as 1
+    qform = np.column_stack([rot @ np.diag([steps[0], steps[1], qfac * steps[2]]), quat[3:]])
     return qform, np.asarray(srow, float).reshape(3, 4), np.asarray(dims[1:4], float)
 
 
@@ -160,6 +161,8 @@ def orientation_note(path, image: sitk.Image) -> str | None:
     """A warning when the file's qform and sform both say where the voxels lie and disagree by more than
     :data:`ORIENTATION_TOLERANCE_MM` at a corner of the image, naming the one ITK (and so 3D Slicer) used."""
     path = Path(path)
+    if image.GetDimension() != 3:  # refused as such by io.validate_ct
+        return None
     try:
         with _open(path) as fh:
             forms = _forms(fh.read(540))
@@ -175,7 +178,11 @@ def orientation_note(path, image: sitk.Image) -> str | None:
         return None
     lps = np.array([image.TransformContinuousIndexToPhysicalPoint(c[:3].tolist()) for c in corners]) * [-1, -1, 1]
     used = ("sform" if np.abs(lps - s_).max() < np.abs(lps - q).max() else "qform")
+    axes = sform[:, :3] / np.linalg.norm(sform[:, :3], axis=0)
+    # a qform is a rotation and cannot hold a shear (a tilted acquisition, an affine registration's output)
+    why = ("its sform holds a shear, which the qform cannot" if np.abs(axes.T @ axes - np.eye(3)).max() > 1e-3
+           else "a tool changed one and left the other")
     return (f"WARNING: {path.name} holds two orientations that disagree by up to {apart:.0f} mm over the image (its "
-            f"qform and sform headers; a tool changed one and left the other). The {used} was used, as 3D Slicer "
-            f"reads it; a viewer that reads the other shows the anatomy and the results elsewhere, perhaps mirrored. "
-            f"Check left and right, and fix the header.")
+            f"qform and sform headers; {why}). The {used} was used, as 3D Slicer reads it; a viewer that reads the "
+            f"other shows the anatomy and the results elsewhere, perhaps mirrored. Check left and right, and fix "
+            f"the header.")
