@@ -52,7 +52,8 @@ def per_case_table(rows: list[dict]) -> list[str]:
 def training_lines(log_path) -> list[str]:
     last = last_log_records(log_path)
     lines = ["| phase | steps | minutes | steps/hour (last stretch) | load average (1/5/15 min) |", "|---|---|---|---|---|"]
-    for name, r in last.items():
+    # in the plan's order (pretrain, the folds, all), whatever order an unpacked resume file logged them in
+    for name, r in sorted(last.items(), key=lambda kv: (kv[0] != "pretrain", kv[0] == "all", kv[0])):
         lines.append(f"| {name} | {r['step']} | {r['minutes']:.0f} | {r['steps_per_hour']} | "
                      f"{' / '.join(str(v) for v in r['load_avg'])} |")
     return lines
