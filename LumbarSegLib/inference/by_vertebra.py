@@ -172,8 +172,8 @@ class Counted:
     naming: dict = field(default_factory=dict)
     warnings: list = field(default_factory=list)
     upside_down: str | None = None
-    # the centres (z, y, x mm on the canonical grid) of the peaks counted L5 or above, top first: what
-    # :func:`drop_thoracic` reads (the sacrum's alae and the iliac wings below reach as far out as ribs)
+    # the centres (z, y, x mm on the canonical grid) of the peaks counted, top first, without the sacrum's
+    # (:func:`down_to_l5`): what :func:`drop_thoracic` reads
     column: list = field(default_factory=list)
     # a weak sign of upside-down anatomy (:func:`.orientation.finder_verdict`): the pipeline warns of it only when a
     # vertebra is reported ("the vertebrae were named" said of none misled on thoracic phantom 7102)
