@@ -211,12 +211,15 @@ def validate_ct(image: sitk.Image, memory_limit_bytes: int | None = None, name: 
         hint = (" It looks like an MR image or a CT stored without its rescale intercept." if lo >= 0
                 else " It has no air and/or no bone, as in an MR image or a tight crop.")
         raise InputError(f"{name} has intensities {lo:g}..{hi:g}; {accepted}.{hint}")
-    beside = beside_padding(image, lo) if lo < PADDING_BELOW_HU else None
-    if beside is not None and beside[0] > LOST_INTERCEPT_LOWEST and beside[1] > LOST_INTERCEPT_MEDIAN:
-        raise InputError(f"{name} has intensities {lo:g}..{hi:g}, but {lo:g} is padding outside the field of view "
-                         f"and nothing else lies below {beside[0]:g} (half of it above {beside[1]:g}): no air and no "
-                         f"fat, as in a CT stored without its rescale intercept (air near 0, soft tissue near 1000); "
-                         f"{accepted}.")
+    rest = beside_padding(image, lo) if lo < PADDING_BELOW_HU else None
+    lowest = float(rest.min()) if rest is not None else None
+    if lowest is not None and lowest > LOST_INTERCEPT_LOWEST:  # a CT in HU with padding stops here
+        median = float(np.median(rest))  # a partial sort of the sample: only where the lowest value looks stored
+        if median > LOST_INTERCEPT_MEDIAN:
+            raise InputError(f"{name} has intensities {lo:g}..{hi:g}, but {lo:g} is padding outside the field of "
+                             f"view and nothing else lies below {lowest:g} (half of it above "
+                             f"{median:g}): no air and no fat, as in a CT stored without its rescale intercept (air "
+                             f"near 0, soft tissue near 1000); {accepted}.")
 
 
 # A lost rescale intercept with the scanner's padding value kept (GE stores -2000 outside the reconstructed circle)
@@ -230,14 +233,14 @@ LOST_INTERCEPT_LOWEST = -50.0
 LOST_INTERCEPT_MEDIAN = 300.0
 
 
-def beside_padding(image: sitk.Image, lo: float) -> tuple[float, float] | None:
-    """(lowest, median) of the values other than ``lo`` when ``lo`` fills at least :data:`PADDING_SHARE` of the
-    voxels, else None; read on every second voxel along each axis (an eighth of the time)."""
+def beside_padding(image: sitk.Image, lo: float) -> np.ndarray | None:
+    """The values other than ``lo`` when ``lo`` fills at least :data:`PADDING_SHARE` of the voxels, else None (or
+    when nothing else is there); read on every second voxel along each axis (an eighth of the time)."""
     sample = sitk.GetArrayViewFromImage(image)[::2, ::2, ::2]
     if np.count_nonzero(sample == lo) < PADDING_SHARE * sample.size:
         return None
     rest = sample[sample > lo]  # NaN compares false: left out
-    return (float(rest.min()), float(np.median(rest))) if rest.size else None
+    return rest if rest.size else None
 
 
 AIR_HU = -1000.0
