@@ -40,7 +40,7 @@ def read_source_series(folder, series_uid: str | None = None) -> list:
     import pydicom
 
     from .images import dicom_series_files
-    from .slice_positions import main_stack, stack_key
+    from .slice_positions import along_normal, main_stack, stack_key
 
     folder = Path(folder)
     if not folder.is_dir():
@@ -49,10 +49,11 @@ def read_source_series(folder, series_uid: str | None = None) -> list:
     datasets = [pydicom.dcmread(f, stop_before_pixels=True) for f in dicom_series_files(folder, series_uid)]
     keep = main_stack([stack_key(ds) for ds in datasets])  # the slices io.read_ct stacks, not a localizer beside them
     if keep is not None:
+        # in stack order, as io.read_ct reads them (check_references refuses a stack without positions cleanly)
+        if "ImageOrientationPatient" in datasets[keep[0]] and all("ImagePositionPatient" in datasets[i] for i in keep):
+            keep = along_normal(keep, [ds.get("ImagePositionPatient") for ds in datasets],
+                                datasets[keep[0]].ImageOrientationPatient)
         datasets = [datasets[i] for i in keep]
-        if all("ImagePositionPatient" in ds for ds in datasets):  # in stack order, as io.read_ct reads them
-            row, col = np.asarray(datasets[0].ImageOrientationPatient, float).reshape(2, 3)
-            datasets.sort(key=lambda ds: float(np.asarray(ds.ImagePositionPatient, float) @ np.cross(row, col)))
     check_references(datasets, folder)
     return datasets
 

@@ -189,6 +189,14 @@ def main_stack(keys) -> list[int] | None:
     return max(groups, key=lambda g: (not g[0][2], len(g[1])))[1]  # a localizer stack only when nothing else
 
 
+def along_normal(indices, positions, orientation) -> list[int]:
+    """``indices`` ordered by their ``positions`` (Image Position (Patient)) along the slice normal of
+    ``orientation`` (six cosines), ascending, as GDCM orders a series."""
+    row, col = np.asarray(orientation, float).reshape(2, 3)
+    normal = np.cross(row, col)
+    return sorted(indices, key=lambda i: float(np.asarray(positions[i], float) @ normal))
+
+
 def check_series_files(files, where) -> tuple[list, SeriesGeometry | None, str | None]:
     """Read the positions of a series' files (headers only) and raise :class:`InputError` for a series that
     does not stack into one regular volume (:func:`slice_position_problem`, :func:`shear_problem`). Returns
@@ -212,8 +220,7 @@ def check_series_files(files, where) -> tuple[list, SeriesGeometry | None, str |
                              f"convert it to NIfTI.")
     orientation = np.asarray(keys[kept[0]][0], float).reshape(2, 3)
     if keep is not None:
-        normal = np.cross(orientation[0], orientation[1])
-        kept = sorted(kept, key=lambda i: float(np.asarray(positions[i]) @ normal))
+        kept = along_normal(kept, positions, orientation)
         files = [files[i] for i in kept]
     geometry = SeriesGeometry(np.asarray([positions[i] for i in kept], float), orientation)
     problem = slice_position_problem(geometry.positions, geometry.orientation)
