@@ -19,7 +19,7 @@ import numpy as np
 import SimpleITK as sitk
 from scipy import ndimage
 
-from ..constants import LABEL_NAMES, NUM_CLASSES
+from ..constants import LABEL_NAMES
 from . import morphology, preprocess
 
 # A vertebra is bone: the labelled vertebrae of the real CTs in ../shared average 222-458 HU over their voxels
@@ -213,9 +213,10 @@ def down_to_l5(counted) -> list:
     out to both sides as far as ribs do: with an L5 deep between the crests and two sacral peaks below, a pelvic
     scan read as a "thoracic column" and its L5 went unreported. A peak counted below L5 that looks like any
     other vertebra stays (a thoracic column counted too low: T11 and T12 counted "6" and "7" carry its ribs)."""
+    from .naming import class_of_level
     from .networks import CONTEXT_CLASSES
 
-    caudal = NUM_CLASSES + list(CONTEXT_CLASSES).index("caudal")
+    caudal = class_of_level(6, CONTEXT_CLASSES)  # the class of a vertebra below L5
     classes = counted.classes or [None] * len(counted.levels)
     return [c for c, level, cls in zip(counted.centres_mm, counted.levels, classes) if level <= 5 or cls != caudal]
 
