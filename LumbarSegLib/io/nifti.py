@@ -31,18 +31,20 @@ def _open(path: Path):
 
 
 def header_layout(header: bytes) -> dict | None:
-    """Byte order, datatype, bits per voxel, voxel offset and voxel count of a NIfTI-1/-2 header, or None
-    when it is not a parseable NIfTI header."""
+    """Byte order, NIfTI version (1 or 2), datatype, bits per voxel, voxel offset and voxel count of a NIfTI-1/-2
+    header, or None when it is not a parseable NIfTI header."""
     for endian in "<>":
         if len(header) >= 348 and struct.unpack(endian + "i", header[:4])[0] == 348:
             dims = struct.unpack(endian + "8h", header[40:56])
             datatype, bitpix = struct.unpack(endian + "hh", header[70:74])
             offset = int(struct.unpack(endian + "f", header[108:112])[0])
+            version = 1
             break
         if len(header) >= 540 and struct.unpack(endian + "i", header[:4])[0] == 540:
             datatype, bitpix = struct.unpack(endian + "hh", header[12:16])
             dims = struct.unpack(endian + "8q", header[16:80])
             offset = int(struct.unpack(endian + "q", header[168:176])[0])
+            version = 2
             break
     else:
         return None
@@ -50,8 +52,8 @@ def header_layout(header: bytes) -> dict | None:
     if not 1 <= ndim <= 7 or bitpix <= 0 or any(d < 0 for d in dims[1:ndim + 1]):
         return None
     count = int(np.prod(dims[1:ndim + 1], dtype=np.int64))
-    return {"endian": endian, "datatype": int(datatype), "bitpix": int(bitpix), "offset": offset, "count": count,
-            "expected_bytes": offset + count * int(bitpix) // 8}
+    return {"endian": endian, "version": version, "datatype": int(datatype), "bitpix": int(bitpix),
+            "offset": offset, "count": count, "expected_bytes": offset + count * int(bitpix) // 8}
 
 
 def check_complete(path) -> None:
@@ -132,7 +134,7 @@ def _forms(header: bytes) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
     if layout is None:
         return None
     e = layout["endian"]
-    if struct.unpack(e + "i", header[:4])[0] == 348:
+    if layout["version"] == 1:
         codes = struct.unpack(e + "2h", header[252:256])
         quat = struct.unpack(e + "6f", header[256:280])
         srow = struct.unpack(e + "12f", header[280:328])
