@@ -72,7 +72,8 @@ def decode_peaks(offsets: list[int], evidence: np.ndarray, context_classes) -> i
 
 def name_peaks(centres_mm: list[np.ndarray], evidence: np.ndarray, context_classes, values=None,
                hu: np.ndarray | None = None, spacing_zyx=None) -> PeakNaming | None:
-    """Name the finder's peaks by counting (:mod:`.naming`'s docstring; :func:`.naming.name_column` for the XUNet's pieces).
+    """Name the finder's peaks by counting (:mod:`.naming`'s docstring; :func:`.naming.name_column` for the
+    XUNet's pieces).
 
     ``centres_mm``: the peaks' centres (z, y, x mm in ``hu``'s frame), top first; ``evidence``: their class
     probabilities (peaks, background + L1-L5 + ``context_classes``); ``values``: the centre channel's value at

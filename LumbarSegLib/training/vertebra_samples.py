@@ -8,9 +8,10 @@ Sources, each a list of vertebra instances (a label map, a VerSe code, a centre 
   crop from the labels (:func:`synthesize_ct`, SynthSeg's idea with CT's own tissue ranges).
 
 Every crop is drawn with its centre jittered by up to ``JITTER_MM``, a rotation of up to 15 deg, a scale of
-+-10 %, mirrored left-right on half of the draws (:data:`MIRROR_SHARE`), then re-imaged with thick slices (:func:`thick_slices`: axial, sagittal or coronal, 1-6 mm, the slice
-profile's blur, subsampled and brought back to the grid) and intensity jitter. The target is never
-re-imaged: the network learns the vertebra as it is, from the scan as it was stored.
++-10 %, mirrored left-right on half of the draws (:data:`MIRROR_SHARE`), then re-imaged with thick slices
+(:func:`thick_slices`: axial, sagittal or coronal, 1-6 mm, the slice profile's blur, subsampled and brought back
+to the grid) and intensity jitter. The target is never re-imaged: the network learns the vertebra as it is, from
+the scan as it was stored.
 
 A held-out subject leaves every source: its CT and its own masks (``subject_of``).
 """
@@ -164,8 +165,8 @@ class KindPool:
 def resample_turned(src: Source, ref: sitk.Image, pivot_mm, rot: np.ndarray, scale: float, spacing_mm: float,
                     rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     """(CT HU, VerSe codes), (z, y, x) on the grid ``ref``, of ``src`` turned by ``rot`` (a mirror included)
-    and resized by ``scale`` about ``pivot_mm``: output point p -> source point c + scale * R (p - c). A label-map source's
-    CT is synthesised on the grid (:func:`synthesize_ct`)."""
+    and resized by ``scale`` about ``pivot_mm``: output point p -> source point c + scale * R (p - c). A
+    label-map source's CT is synthesised on the grid (:func:`synthesize_ct`)."""
     tf = sitk.AffineTransform(3)
     tf.SetMatrix((rot * scale).ravel().tolist())
     tf.SetCenter([float(v) for v in pivot_mm])
