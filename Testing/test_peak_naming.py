@@ -27,14 +27,14 @@ def _column(classes, gaps=None, confidence=0.8):
     return centres, ev
 
 
-def _ct(centres, ribs_on=(), sacrum_on=None, extra_above=0):
+def _ct(centres, ribs_on=(), sacrum_on=None, extra_above=0, extra_below=0):
     """A CT (z, y, x, 1 mm) with a bony body (30 mm wide, 22 mm high) at each centre and ``extra_above`` more
-    above them; ribs (90 mm out on both sides) on the bodies at ``ribs_on``, sacral alae abutting iliac wings
-    at ``sacrum_on`` (indices into ``centres``)."""
+    above them, ``extra_below`` more below; ribs (90 mm out on both sides) on the bodies at ``ribs_on``, sacral
+    alae abutting iliac wings at ``sacrum_on`` (indices into ``centres``)."""
     hu = np.zeros((300, 120, 240), np.float32)
     zs = [int(c[0]) for c in centres]
     zs = [zs[0] + GAP * k for k in range(extra_above, 0, -1)] + zs
-    for z in zs:
+    for z in zs + [zs[-1] - GAP * k for k in range(1, extra_below + 1)]:
         hu[int(z) - 11:int(z) + 11, Y0 - 15:Y0 + 15, X0 - 15:X0 + 15] = 400
 
     def bar(z, right, left, thick=5):
@@ -75,8 +75,8 @@ def test_thoracic_and_caudal_peaks_agreeing_overrule_shifted_classes():
 
 
 def test_ribs_alone_count_down_and_the_sacrum_needs_the_finder_and_the_pelvis():
-    centres, ev = _column([T, T, 2, 2, 3])  # a partial view: T11, T12, then three lumbar vertebrae
-    got = name_peaks(centres, ev, CONTEXT_CLASSES, hu=_ct(centres, ribs_on=(0, 1)), spacing_zyx=SPACING)
+    centres, ev = _column([T, T, 2, 2, 3])  # a partial view: T11, T12, then three lumbar vertebrae (and L4 unfound)
+    got = name_peaks(centres, ev, CONTEXT_CLASSES, hu=_ct(centres, ribs_on=(0, 1), extra_below=1), spacing_zyx=SPACING)
     assert got.how == "ribs" and _named(got) == [1, 2, 3]
     centres, ev = _column([3, 4, 5, C])  # L3-L5 above the sacrum
     got = name_peaks(centres, ev, CONTEXT_CLASSES, hu=_ct(centres, sacrum_on=3), spacing_zyx=SPACING)
@@ -148,7 +148,7 @@ def test_ribs_do_not_anchor_an_l1_cut_by_the_edge_of_the_image():
     """Thoracic phantom 7007: its T12, cut by the image's lower edge, was counted L1 under T11's ribs and anchored.
     A vertebra counted L1 at the image's edge may be a T12 whose ribs are out of view: warned, unanchored."""
     centres, ev = _column([T, T, 1])
-    hu = _ct(centres, ribs_on=(0, 1))
+    hu = _ct(centres, ribs_on=(0, 1), extra_below=1)  # L2 in view, not found
     whole = name_peaks(centres, ev, CONTEXT_CLASSES, hu=hu, spacing_zyx=SPACING)
     assert whole.how == "ribs" and _named(whole) == [1]
     cut_at = int(centres[2][0]) - 5  # the image ends 5 mm below the centre of the vertebra counted L1
@@ -168,3 +168,23 @@ def test_a_lumbar_looking_vertebra_counted_below_l5_from_the_ribs_is_transitiona
     centres, ev = _column([T, 1, 2, 3, 4, 5, C])
     got = name_peaks(centres, ev, CONTEXT_CLASSES, hu=_ct(centres, ribs_on=(0,)), spacing_zyx=SPACING)
     assert got.how == "ribs" and not got.warnings and _named(got) == [1, 2, 3, 4, 5]
+
+
+def test_ribs_do_not_anchor_a_column_that_ends_below_its_lumbar_vertebra():
+    """Thoracic phantom 7008 upside down: its T1 was counted L1 under T2's ribs and "anchored by the ribs", with no
+    bone below it though the image went on. An upright spine goes on below every lumbar vertebra: warned, unanchored,
+    and asked whether the image is upside down."""
+    centres, ev = _column([T, T, 1])
+    ended = name_peaks(centres, ev, CONTEXT_CLASSES, hu=_ct(centres, ribs_on=(0, 1)), spacing_zyx=SPACING)
+    assert _named(ended) == [1] and ended.how == "unanchored"
+    assert any("spine seems to end right below the vertebra counted L1" in w and "upside down" in w
+               for w in ended.warnings)
+    # the image ending right below it (the next vertebra out of view) says nothing: the ribs anchor it
+    cut_at = int(centres[2][0]) - 20
+    shifted = [c - [cut_at, 0, 0] for c in centres]
+    cut = name_peaks(shifted, ev, CONTEXT_CLASSES, hu=_ct(centres, ribs_on=(0, 1))[cut_at:], spacing_zyx=SPACING)
+    assert cut.how == "ribs" and not cut.warnings
+    # nor does a column ending in L5 (the sacrum below it leans back, off the column's line)
+    centres, ev = _column([T, 1, 2, 3, 4, 5])
+    got = name_peaks(centres, ev, CONTEXT_CLASSES, hu=_ct(centres, ribs_on=(0,)), spacing_zyx=SPACING)
+    assert got.how == "ribs" and _named(got) == [1, 2, 3, 4, 5]

@@ -238,6 +238,23 @@ def cut_by_edge(hu: np.ndarray, spacing, centre_mm) -> bool:
     return not EDGE_MM <= float(centre_mm[0]) <= height - EDGE_MM
 
 
+def spine_ends_below(hu: np.ndarray, spacing, centres_mm: list[np.ndarray]) -> bool:
+    """Whether the spine visibly ends right below the lowest of ``centres_mm`` (top first, z y x mm in ``hu``'s frame):
+    one gap further down the column lies inside the image (not within :data:`EDGE_MM` of its first slice) and holds
+    no vertebra by the bone (:data:`MIN_SEED_ML` near the column's axis). An upright spine never ends below a lumbar
+    vertebra (the next one or the sacrum follows); a thoracic phantom turned head-to-feet does: thoracic phantom 7008
+    upside down had its T1 counted L1 under T2's ribs, with no bone below it, and was "anchored by the ribs"."""
+    gap = _median_gap(centres_mm)
+    low = np.asarray(centres_mm[-1], float)
+    # the whole column's direction: two neighbouring peaks can sit 30 mm apart front to back (7008's lowest two),
+    # and one gap along that line lands on the aorta
+    d = _direction(centres_mm[0], centres_mm[-1]) if len(centres_mm) > 1 else np.array([1.0, 0.0, 0.0])
+    below = low - gap * d
+    if cut_by_edge(hu, spacing, below):
+        return False  # out of view (or at its edge): the image cannot say
+    return lateral_reach(hu, spacing, below, SLAB_SHARE * gap)[2] < MIN_SEED_ML
+
+
 def thoracic_column(hu: np.ndarray, spacing, centres_mm: list[np.ndarray]) -> tuple[bool, list]:
     """(whether the column is thoracic, the reaches measured, top first): the vertebrae at ``centres_mm`` (top
     first, z y x mm in ``hu``'s frame) and the :data:`THORACIC_ABOVE` one gap after another above them, read as in

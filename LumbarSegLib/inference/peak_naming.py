@@ -140,6 +140,14 @@ def name_peaks(centres_mm: list[np.ndarray], evidence: np.ndarray, context_class
         if ct.ribs and levels[first] == 1 and ct_anchors.cut_by_edge(hu, spacing_zyx, centres[first]):
             warnings.append("WARNING: the vertebra counted L1 lies at the edge of the image, cut by it: it may be a T12 "
                             "whose ribs are out of view, so the ribs above it do not anchor the count. Check the levels.")
+        # below the lowest vertebra counted L1-L4 the spine goes on (L5 is left out: the sacrum below it leans back)
+        elif (ct.ribs and levels[first] == 1 and levels[-1] <= 4
+              and ct_anchors.spine_ends_below(hu, spacing_zyx, centres)):
+            warnings.append(f"WARNING: the spine seems to end right below the vertebra counted "
+                            f"{level_name(levels[-1])}: the image shows no vertebra where the next one down would be. "
+                            f"An upright spine goes on below every lumbar vertebra; a thoracic spine turned "
+                            f"head-to-feet ends like this, its first ribs looking like T12's. The ribs do not anchor "
+                            f"the count. Is the image upside down? Check the levels.")
         elif ct.ribs and levels[first] == 1:
             ribs = True
             notes += [n for n in ct.notes if n.startswith("Ribs")]
