@@ -96,6 +96,8 @@ def class_evidence(masks: list[np.ndarray], labels: np.ndarray, n_classes: int,
 
 
 def class_of_level(level: int, context_classes) -> int | None:
+    """The network's class of ``level`` (1-5: L1-L5; below 1 the thoracic context class, above 5 the caudal one),
+    None when ``context_classes`` lacks that class."""
     if 1 <= level <= 5:
         return level
     name = "thoracic" if level < 1 else "caudal"
@@ -243,12 +245,11 @@ def name_column(labels: np.ndarray, kept: np.ndarray, spacing_xyz, context_class
         ct = ct_anchors.detect(hu, spacing_zyx, [centre_mm(m, spacing_zyx) + shift for m in masks],
                                LABEL_NAMES[network[0]], LABEL_NAMES[network[-1]])
     ribs_piece = sacrum_piece = None
-    if "thoracic" in context_classes:
-        ribs_piece = _context_neighbour(labels, NUM_CLASSES + list(context_classes).index("thoracic"), masks[0],
-                                        True, min_voxels, sz)
-    if "caudal" in context_classes:
-        sacrum_piece = _context_neighbour(labels, NUM_CLASSES + list(context_classes).index("caudal"), masks[-1],
-                                          False, min_voxels, sz)
+    thoracic, caudal = class_of_level(0, context_classes), class_of_level(6, context_classes)
+    if thoracic is not None:
+        ribs_piece = _context_neighbour(labels, thoracic, masks[0], True, min_voxels, sz)
+    if caudal is not None:
+        sacrum_piece = _context_neighbour(labels, caudal, masks[-1], False, min_voxels, sz)
     if ribs_piece is not None:
         # the lowest thoracic vertebra of that piece (a thoracic column is one class: split it first)
         thoracic, _ = split_tall([ribs_piece], spacing_zyx)

@@ -40,8 +40,7 @@ def _finder_anchors(classes: list[int], offsets: list[int], context_classes) -> 
     """(ribs_start, sacrum_start) from the finder's own classes: the lowest peak it calls thoracic above the
     highest it calls lumbar is T12 (level 0); the highest it calls caudal below the lowest lumbar one is the
     sacrum (level 6). None where no such peak is in view."""
-    thoracic = NUM_CLASSES + list(context_classes).index("thoracic")
-    caudal = NUM_CLASSES + list(context_classes).index("caudal")
+    thoracic, caudal = class_of_level(0, context_classes), class_of_level(6, context_classes)
     lumbar = [i for i, c in enumerate(classes) if 1 <= c < NUM_CLASSES]
     top = lumbar[0] if lumbar else len(classes)
     low = lumbar[-1] if lumbar else -1
@@ -125,7 +124,7 @@ def name_peaks(centres_mm: list[np.ndarray], evidence: np.ndarray, context_class
     hard_ribs, hard_sacrum = _finder_anchors(classes, offsets, context_classes)
     start = hard_ribs if hard_ribs is not None and hard_ribs == hard_sacrum else decode_peaks(offsets, ev, context_classes)
     levels = [start + o for o in offsets]
-    caudal = NUM_CLASSES + list(context_classes).index("caudal")
+    caudal = class_of_level(6, context_classes)
     at = {lev: i for i, lev in enumerate(levels)}
     # anchored only where the CT's bone agrees (nothing learned): a finder's T12-like L1 shifted sub-verse005 unwarned
     ribs = sacrum = doubted = False
