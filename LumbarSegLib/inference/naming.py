@@ -245,11 +245,11 @@ def name_column(labels: np.ndarray, kept: np.ndarray, spacing_xyz, context_class
         ct = ct_anchors.detect(hu, spacing_zyx, [centre_mm(m, spacing_zyx) + shift for m in masks],
                                LABEL_NAMES[network[0]], LABEL_NAMES[network[-1]])
     ribs_piece = sacrum_piece = None
-    thoracic, caudal = class_of_level(0, context_classes), class_of_level(6, context_classes)
-    if thoracic is not None:
-        ribs_piece = _context_neighbour(labels, thoracic, masks[0], True, min_voxels, sz)
-    if caudal is not None:
-        sacrum_piece = _context_neighbour(labels, caudal, masks[-1], False, min_voxels, sz)
+    thoracic_class, caudal_class = class_of_level(0, context_classes), class_of_level(6, context_classes)
+    if thoracic_class is not None:
+        ribs_piece = _context_neighbour(labels, thoracic_class, masks[0], True, min_voxels, sz)
+    if caudal_class is not None:
+        sacrum_piece = _context_neighbour(labels, caudal_class, masks[-1], False, min_voxels, sz)
     if ribs_piece is not None:
         # the lowest thoracic vertebra of that piece (a thoracic column is one class: split it first)
         thoracic, _ = split_tall([ribs_piece], spacing_zyx)
