@@ -5,7 +5,10 @@ simple synthetic torso), writes it to a temporary NIfTI so that reading is timed
 times read, localize, segment, postprocess, STL and total with the bundled model.
 
     python benchmarks/bench_pipeline.py [--repeat 3] [--device auto] [--shape 512 512 300] [--spacing 0.8 0.8 1.0]
-        [--finder-model ../finder_state/fold-A.pt] [--profile 30]
+        [--finder-model ../finder_state/fold-A.pt] [--profile 30] [--no-kept-heap]
+
+``--no-kept-heap`` runs the segmentation with glibc's own malloc settings instead of ``inference.heap``'s (freed
+memory kept for reuse): run both, alternately, to see what that saves on a machine.
 
 Peak memory is the process's resident high-water mark (``ru_maxrss``), which includes PyTorch's own
 allocations that ``tracemalloc`` cannot see; the table also shows the Python-heap peak from ``tracemalloc``
@@ -126,7 +129,13 @@ def main(argv=None) -> int:
     parser.add_argument("--finder", action=argparse.BooleanOptionalAction, default=None,
                         help="the finder's path (default: on when its model is installed, as segment)")
     parser.add_argument("--finder-model", help="a finder model file or training checkpoint instead of the bundled one")
+    parser.add_argument("--kept-heap", action=argparse.BooleanOptionalAction, default=True,
+                        help="keep freed memory for reuse while a study runs (inference.heap; the default, as segment)")
     args = parser.parse_args(argv)
+    if not args.kept_heap:
+        import contextlib
+
+        pipeline.heap.kept_heap = contextlib.nullcontext
 
     device = str(resolve_device(args.device))
     model = load_model(args.model)
@@ -150,7 +159,8 @@ def main(argv=None) -> int:
 
     chosen = choose(args.refine)
     stage3 = chosen[0] if chosen else None
-    print(f"Per-vertebra stage: {chosen[1]['name'] if chosen else 'off'}")
+    print(f"Per-vertebra stage: {chosen[1]['name'] if chosen else 'off'}; freed memory "
+          f"{'kept for reuse (inference.heap)' if args.kept_heap else 'given back at once (glibc as it is)'}")
     from LumbarSegLib.inference import finder as finder_module
 
     if args.finder_model:  # a training checkpoint ({"config", "weights", ...}) or a model file
