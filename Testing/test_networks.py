@@ -4,7 +4,8 @@ import pytest
 import torch
 
 from LumbarSegLib.inference.networks import (CONFIGS, DoubleConv, InceptionBlock, LocalizerUNet,
-                                             MultiScaleDecoderLevel, XUNet, build_networks, count_parameters)
+                                             MultiScaleDecoderLevel, XUNet, _resize_to, build_networks,
+                                             count_parameters)
 
 
 def conv_norm_act(cin, cout, k=3):
@@ -151,3 +152,14 @@ def test_the_instance_norm_keeps_channels_last_and_the_function_of_instancenorm3
     inn.load_state_dict(gn.state_dict())  # the same parameter names and shapes
     x = torch.randn(2, gn.num_channels, 5, 6, 7)
     assert torch.allclose(gn(x), inn(x), atol=1e-5)
+
+
+@pytest.mark.parametrize("size, target", [((32, 16, 16), (16, 8, 8)), ((32, 16, 16), (8, 4, 4)),
+                                          ((32, 16, 16), (8, 8, 4)), ((31, 16, 16), (15, 8, 8))])
+def test_a_finer_map_pools_to_the_coarser_grid_as_adaptive_pooling_does_and_stays_channels_last(size, target):
+    x = torch.randn((2, 3) + size).contiguous(memory_format=torch.channels_last_3d)
+    like = torch.empty((2, 3) + target)
+    out = _resize_to(x, like)
+    assert torch.equal(out, torch.nn.functional.adaptive_max_pool3d(x, target))
+    whole_multiples = all(a % b == 0 for a, b in zip(size, target))
+    assert out.is_contiguous(memory_format=torch.channels_last_3d) == whole_multiples
