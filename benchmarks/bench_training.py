@@ -14,6 +14,9 @@ vertebrae drawn here), and prints its steps per hour and the load average before
 the finder (``training/finder_train.py``: the XUNet on a fixed 2 mm grid) the same way, on windows of the same
 label maps.
 
+``--widths 16 32 64 128 256`` times a candidate stage-3 network instead (the same loop and data);
+``--no-kept-heap`` times either loop with glibc's own malloc settings, not ``inference.heap``'s.
+
 ``--variant NAME=OPTIONS`` runs each checkout once per variant with those extra ``train`` options (e.g. the
 CPU's bfloat16 autocast and torch.compile against plain float32); the compile time counts in the first
 steps' time, so give enough --minutes for it to pay off.
@@ -65,15 +68,20 @@ def run_once(repo: Path, args, workdir: Path, tag: str, extra: list[str]) -> dic
     return res
 
 
-def phase_steps_per_hour(minutes: float, masks: str | None, workdir: Path, finder: bool = False) -> dict:
+def phase_steps_per_hour(minutes: float, masks: str | None, workdir: Path, finder: bool = False, widths=None,
+                         kept_heap: bool = True) -> dict:
     """Steps per hour of stage 3's (or with ``finder`` the finder's) real training loop (float32,
-    channels-last, every thread)."""
+    channels-last, every thread), with freed memory kept for reuse as a training run keeps it (``kept_heap``);
+    ``widths``: stage 3's channels per level instead of its default (a candidate network's speed)."""
+    import contextlib
+    import dataclasses
     import shutil
 
     import numpy as np
     import SimpleITK as sitk
     import torch
 
+    from LumbarSegLib.inference import heap
     from LumbarSegLib.training import finder_train, vertebra_train
 
     root = Path(masks) if masks else Path(__file__).resolve().parents[2] / "shared" / "data" / "masks"
@@ -92,10 +100,14 @@ def phase_steps_per_hour(minutes: float, masks: str | None, workdir: Path, finde
     torch.set_num_threads(os.cpu_count() or 1)
     load_before = [round(v, 2) for v in os.getloadavg()]
     phase = vertebra_train.Phase("bench", minutes, weights={"labelmap": 1.0})
-    vertebra_train.train_phase(phase, state, [], root, trainee.new_config(), minutes + 1, log=lambda m: None,
-                               trainee=trainee)
+    config = trainee.new_config()
+    if widths:
+        config = dataclasses.replace(config, widths=tuple(widths))
+    with heap.kept_heap() if kept_heap else contextlib.nullcontext():
+        vertebra_train.train_phase(phase, state, [], root, config, minutes + 1, log=lambda m: None, trainee=trainee)
     rec = json.loads((state / "log.jsonl").read_text().splitlines()[-1])
-    return {"network": trainee.name, "steps_per_hour": rec["steps_per_hour"], "batch": vertebra_train.BATCH,
+    return {"network": trainee.name, "widths": list(getattr(config, "widths", ())) or None,
+            "kept_heap": kept_heap, "steps_per_hour": rec["steps_per_hour"], "batch": vertebra_train.BATCH,
             "steps": rec["step"], "minutes": rec["minutes"], "threads": rec["threads"],
             "load_avg_before": load_before, "load_avg_after": rec["load_avg"], "masks": str(root)}
 
@@ -114,10 +126,15 @@ def main(argv=None) -> int:
     p.add_argument("--stage3", action="store_true", help="time stage 3's training loop instead")
     p.add_argument("--finder", action="store_true", help="time the finder's training loop instead")
     p.add_argument("--masks", default=None, help="label maps for --stage3 / --finder (default ../shared/data/masks)")
+    p.add_argument("--widths", type=int, nargs="+", help="--stage3: channels per level of a candidate network "
+                                                          "(default: stage 3's, 16 32 64 128)")
+    p.add_argument("--kept-heap", action=argparse.BooleanOptionalAction, default=True,
+                   help="--stage3 / --finder: keep freed memory for reuse, as a training run does (inference.heap)")
     args = p.parse_args(argv)
     if args.stage3 or args.finder:
         Path(args.workdir).mkdir(parents=True, exist_ok=True)
-        print(json.dumps(phase_steps_per_hour(args.minutes, args.masks, Path(args.workdir), finder=args.finder)))
+        print(json.dumps(phase_steps_per_hour(args.minutes, args.masks, Path(args.workdir), finder=args.finder,
+                                              widths=args.widths, kept_heap=args.kept_heap)))
         return 0
     variants = [v.split("=", 1) for v in (args.variant or ["default="])]
     if any(len(v) != 2 for v in variants):
