@@ -10,8 +10,8 @@ sessions 15-17 that was about a fifth of a study's time and of a training step's
   median 12.7 -> 10.1 s over five rounds (stage 3 8.6 -> 6.5 s), and 13.5 -> 11.1 s over three at a slower hour;
 - ``benchmarks/bench_training.py --stage3``: 467 and 486 -> 596 and 656 steps an hour.
 
-The price is about 500 MiB more peak memory on a 512x512x300 CT (the kept heap fragments), which
-``io.images.BYTES_PER_VOXEL`` counts. When the last user leaves, the settings go back and ``malloc_trim`` returns
+The price is 0.3-0.6 GiB more peak memory (the kept heap fragments), about the same on 150, 300 and 500 slices
+of 512x512 (``io.images.BYTES_PER_VOXEL`` says why its per-voxel figure stays). When the last user leaves, the settings go back and ``malloc_trim`` returns
 the free memory to the system, so a batch worker or the web server does not hold a study's peak between
 studies. Elsewhere (macOS, Windows, other C libraries) :func:`kept_heap` changes nothing.
 """

@@ -27,9 +27,10 @@ IMAGE_SUFFIXES = (".nii.gz", ".nii", ".seg.nrrd", ".nrrd", ".mha", ".mhd")
 
 # Peak working memory of one segmentation, per input voxel: the HU image, its canonical copy, float
 # resampling buffers, the label maps and STL meshing. benchmarks/bench_pipeline.py measured ~21 bytes per
-# voxel above the interpreter+torch baseline on a 512x512x300 CT, and 25.5-29.7 since freed memory is kept
-# for reuse while a study runs (inference.heap: its blocks fragment); rounded up.
-BYTES_PER_VOXEL = 30
+# voxel above the interpreter+torch baseline on a 512x512x300 CT; rounded up. Freed memory kept for reuse while
+# a study runs (inference.heap) adds 0.3-0.6 GiB whatever the CT's size (the networks' crops are fixed), not per
+# voxel: 512x512x150, 300 and 500 slices measured +0.40, +0.6 and +0.26 GiB (session 17), so this stays.
+BYTES_PER_VOXEL = 24
 MIN_SPACING_MM = 0.1
 MAX_SPACING_MM = 20.0
 
