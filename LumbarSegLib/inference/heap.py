@@ -11,9 +11,10 @@ sessions 15-17 that was about a fifth of a study's time and of a training step's
 - ``benchmarks/bench_training.py --stage3``: 467 and 486 -> 596 and 656 steps an hour.
 
 The price is 0.3-0.6 GiB more peak memory (the kept heap fragments), about the same on 150, 300 and 500 slices
-of 512x512 (``io.images.BYTES_PER_VOXEL`` says why its per-voxel figure stays). When the last user leaves, the settings go back and ``malloc_trim`` returns
-the free memory to the system, so a batch worker or the web server does not hold a study's peak between
-studies. Elsewhere (macOS, Windows, other C libraries) :func:`kept_heap` changes nothing.
+of 512x512 (``io.images.BYTES_PER_VOXEL`` says why its per-voxel figure stays). When the last user leaves, the
+settings go back and ``malloc_trim`` returns the free memory to the system, so a batch worker or the web server
+does not hold a study's peak between studies. Elsewhere (macOS, Windows, other C libraries) :func:`kept_heap`
+changes nothing.
 """
 
 from __future__ import annotations
