@@ -135,7 +135,9 @@ def main(argv=None) -> int:
     if not args.kept_heap:
         import contextlib
 
-        pipeline.heap.kept_heap = contextlib.nullcontext
+        from LumbarSegLib.inference import heap
+
+        heap.kept_heap = contextlib.nullcontext  # what pipeline.segment enters
 
     device = str(resolve_device(args.device))
     model = load_model(args.model)

@@ -71,8 +71,9 @@ def run_once(repo: Path, args, workdir: Path, tag: str, extra: list[str]) -> dic
 def phase_steps_per_hour(minutes: float, masks: str | None, workdir: Path, finder: bool = False, widths=None,
                          kept_heap: bool = True) -> dict:
     """Steps per hour of stage 3's (or with ``finder`` the finder's) real training loop (float32,
-    channels-last, every thread), with freed memory kept for reuse as a training run keeps it (``kept_heap``);
-    ``widths``: stage 3's channels per level instead of its default (a candidate network's speed)."""
+    channels-last, every thread), with freed memory kept for reuse as ``train_phase`` keeps it, or not
+    (``kept_heap`` False: glibc as it is); ``widths``: stage 3's channels per level instead of its default (a
+    candidate network's speed)."""
     import contextlib
     import dataclasses
     import shutil
@@ -103,8 +104,9 @@ def phase_steps_per_hour(minutes: float, masks: str | None, workdir: Path, finde
     config = trainee.new_config()
     if widths:
         config = dataclasses.replace(config, widths=tuple(widths))
-    with heap.kept_heap() if kept_heap else contextlib.nullcontext():
-        vertebra_train.train_phase(phase, state, [], root, config, minutes + 1, log=lambda m: None, trainee=trainee)
+    if not kept_heap:
+        heap.kept_heap = contextlib.nullcontext
+    vertebra_train.train_phase(phase, state, [], root, config, minutes + 1, log=lambda m: None, trainee=trainee)
     rec = json.loads((state / "log.jsonl").read_text().splitlines()[-1])
     return {"network": trainee.name, "widths": list(getattr(config, "widths", ())) or None,
             "kept_heap": kept_heap, "steps_per_hour": rec["steps_per_hour"], "batch": vertebra_train.BATCH,

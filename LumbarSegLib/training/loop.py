@@ -18,8 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..inference import preprocess
-from ..inference.heap import kept_heap
+from ..inference import heap, preprocess
 from ..constants import LABEL_NAMES
 from ..inference.networks import ModelConfig, build_networks, load_compatible_state
 from .losses import _box_iou, dice_ce_loss, dice_per_label, localizer_loss
@@ -128,7 +127,7 @@ def load_checkpoint(path) -> dict:
 
 def train_worker(*args, **kwargs):
     """:func:`_train_worker`, with freed memory kept for the next step's activations (:mod:`..inference.heap`)."""
-    with kept_heap():
+    with heap.kept_heap():
         return _train_worker(*args, **kwargs)
 
 
