@@ -4,6 +4,7 @@ and training that resumes across sessions."""
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -202,6 +203,24 @@ def test_training_checkpoints_and_resumes_across_sessions(tmp_path):
                                 weights={"labelmap": 1.0})
     assert vertebra_train.train_phase(fine, state2, [], masks, SMALL, minutes_left=5)
     assert torch.load(state2 / "fold-X.pt", weights_only=True)["leave_out"] == ["verse000"]
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(shutil.which("g++") is None, reason="torch.compile needs a C++ compiler")
+def test_a_compiled_run_trains_the_network_it_checkpoints(tmp_path):
+    masks = _label_map(tmp_path)
+    phase = vertebra_train.Phase("pretrain", minutes=0.05, weights={"labelmap": 1.0})
+    state = tmp_path / "state"
+    assert vertebra_train.train_phase(phase, state, [], masks, SMALL, minutes_left=5, compile_net=True)
+    saved = torch.load(state / "pretrain.pt", weights_only=True)
+    # the checkpoint holds the plain network's weights (no torch.compile wrapper names), and they moved
+    net = vertebra_stage.load_weights(saved)
+    torch.manual_seed(0)
+    untrained = vertebra_train.STAGE3.build(SMALL)
+    assert set(saved["weights"]) == set(untrained.state_dict())
+    assert any(not torch.allclose(a, b) for a, b in zip(net.state_dict().values(), untrained.state_dict().values()))
+    rec = json.loads((state / "log.jsonl").read_text().splitlines()[-1])
+    assert rec["compiled"] is True and rec["first_step_s"] > 0 and rec["step"] >= 1
 
 
 @pytest.mark.skipif(not (SHARED / "real").is_dir(), reason="needs ../shared/data")

@@ -15,7 +15,9 @@ the finder (``training/finder_train.py``: the XUNet on a fixed 2 mm grid) the sa
 label maps.
 
 ``--widths 16 32 64 128 256`` times a candidate stage-3 network instead (the same loop and data);
-``--no-kept-heap`` times either loop with glibc's own malloc settings, not ``inference.heap``'s.
+``--no-kept-heap`` times either loop with glibc's own malloc settings, not ``inference.heap``'s; ``--compile``
+times it through torch.compile (``--compile`` of ``vertebra_train`` / ``finder_train``). Each prints steps per hour
+over the whole run (a compile included) and ``steady_steps_per_hour`` after the first step (the compile's).
 
 ``--variant NAME=OPTIONS`` runs each checkout once per variant with those extra ``train`` options (e.g. the
 CPU's bfloat16 autocast and torch.compile against plain float32); the compile time counts in the first
@@ -69,11 +71,11 @@ def run_once(repo: Path, args, workdir: Path, tag: str, extra: list[str]) -> dic
 
 
 def phase_steps_per_hour(minutes: float, masks: str | None, workdir: Path, finder: bool = False, widths=None,
-                         kept_heap: bool = True) -> dict:
+                         kept_heap: bool = True, compile_net: bool = False) -> dict:
     """Steps per hour of stage 3's (or with ``finder`` the finder's) real training loop (float32,
     channels-last, every thread), with freed memory kept for reuse as ``train_phase`` keeps it, or not
     (``kept_heap`` False: glibc as it is); ``widths``: stage 3's channels per level instead of its default (a
-    candidate network's speed)."""
+    candidate network's speed); ``compile_net``: through torch.compile."""
     import contextlib
     import dataclasses
     import shutil
@@ -106,10 +108,14 @@ def phase_steps_per_hour(minutes: float, masks: str | None, workdir: Path, finde
         config = dataclasses.replace(config, widths=tuple(widths))
     if not kept_heap:
         heap.kept_heap = contextlib.nullcontext
-    vertebra_train.train_phase(phase, state, [], root, config, minutes + 1, log=lambda m: None, trainee=trainee)
+    vertebra_train.train_phase(phase, state, [], root, config, minutes + 1, log=lambda m: None, trainee=trainee,
+                               compile_net=compile_net)
     rec = json.loads((state / "log.jsonl").read_text().splitlines()[-1])
+    steady_s = 60 * rec["minutes"] - rec["first_step_s"]
     return {"network": trainee.name, "widths": list(getattr(config, "widths", ())) or None,
-            "kept_heap": kept_heap, "steps_per_hour": rec["steps_per_hour"], "batch": vertebra_train.BATCH,
+            "kept_heap": kept_heap, "compiled": compile_net, "steps_per_hour": rec["steps_per_hour"],
+            "steady_steps_per_hour": round(3600 * (rec["step"] - 1) / steady_s) if steady_s > 0 else None,
+            "first_step_s": rec["first_step_s"], "batch": vertebra_train.BATCH,
             "steps": rec["step"], "minutes": rec["minutes"], "threads": rec["threads"],
             "load_avg_before": load_before, "load_avg_after": rec["load_avg"], "masks": str(root)}
 
@@ -132,11 +138,13 @@ def main(argv=None) -> int:
                                                           "(default: stage 3's, 16 32 64 128)")
     p.add_argument("--kept-heap", action=argparse.BooleanOptionalAction, default=True,
                    help="--stage3 / --finder: keep freed memory for reuse, as a training run does (inference.heap)")
+    p.add_argument("--compile", action="store_true", help="--stage3 / --finder: the steps through torch.compile")
     args = p.parse_args(argv)
     if args.stage3 or args.finder:
         Path(args.workdir).mkdir(parents=True, exist_ok=True)
         print(json.dumps(phase_steps_per_hour(args.minutes, args.masks, Path(args.workdir), finder=args.finder,
-                                              widths=args.widths, kept_heap=args.kept_heap)))
+                                              widths=args.widths, kept_heap=args.kept_heap,
+                                              compile_net=args.compile)))
         return 0
     variants = [v.split("=", 1) for v in (args.variant or ["default="])]
     if any(len(v) != 2 for v in variants):

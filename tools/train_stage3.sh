@@ -21,6 +21,7 @@ case "${1:-}" in
   train)
     args=()
     [ -f "$RESUME" ] && args=(--resume-from "$RESUME")
+    command -v g++ >/dev/null && args+=(--compile)  # torch.compile's faster steps need a C++ compiler
     $PY -m LumbarSegLib.training.vertebra_train --state "$STATE" --real $REAL --masks "$SHARED/masks" \
       --minutes "${2:-150}" --threads "$(nproc)" "${args[@]}" ;;
   save)
