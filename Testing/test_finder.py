@@ -70,6 +70,31 @@ def test_the_centre_heatmap_peaks_inside_each_vertebra():
     assert checked >= 10
 
 
+def test_the_sacrums_first_segment_is_a_centre_of_the_heatmap_one_gap_below_l5():
+    src = _spine()
+    arr = sitk.GetArrayFromImage(src.labels)
+    z = np.argwhere(arr == 26)[:, 0]
+    arr[max(0, z.min() - 40):z.min(), 50:70, 47:74] = 26  # a sacrum 80 mm tall, its first 22 mm like a vertebra
+    tall = sitk.GetImageFromArray(arr)
+    tall.CopyInformation(src.labels)
+    ct = sitk.GetArrayFromImage(src.ct)
+    ct[arr == 26] = 500.0
+    bone = sitk.GetImageFromArray(ct)
+    bone.CopyInformation(src.ct)
+    centres = finder_samples.column_centres(tall)
+    assert sorted(centres) == CODES
+    top_z = float(tall.TransformIndexToPhysicalPoint((0, 0, int(np.argwhere(arr == 26)[:, 0].max())))[2])
+    whole = float(np.mean([tall.TransformIndexToPhysicalPoint((0, 0, int(k)))[2] for k in np.argwhere(arr == 26)[:, 0]]))
+    # its top, about one gap below L5 as the next vertebra would be; not the whole sacrum's centre, far lower
+    assert top_z - finder_samples.SACRUM_TOP_MM <= centres[26][2] <= top_z
+    assert centres[26][2] - whole > 20.0
+    assert abs((centres[24][2] - centres[26][2]) - GAP_MM) < 0.25 * GAP_MM
+    # the sampler's windows mark it: a heatmap peak on the sacrum
+    sampler = finder_samples.FinderSampler([Source("sacrum", "real", tall, bone)], weights={"real": 1.0}, seed=5)
+    caudal = 7  # background, L1-L5, thoracic, caudal
+    assert any(((heat > 0.95) & (classes == caudal)).any() for _, classes, heat, _ in (sampler.draw() for _ in range(30)))
+
+
 def test_a_label_map_source_gets_a_synthetic_ct():
     sampler = finder_samples.FinderSampler([_spine("labelmap")], weights={"labelmap": 1.0}, seed=5)
     ct, classes, heat, info = sampler.draw()

@@ -38,9 +38,16 @@ SHIFT_MM = 60.0  # the window's centre lies this far at most above or below the 
 INPLANE_JITTER_MM = 8.0
 ROTATE_DEG = (10.0, 5.0, 5.0)  # about x (sagittal tilt), y, z
 SCALE = (0.9, 1.1)
-# The sacrum is no instance of the counting stage, but its centre is a landmark all the same: with it the
-# heatmap marks every segment of the column in view.
+# The sacrum is no instance of the counting stage, but its first segment's centre is a landmark all the same: with it
+# the heatmap marks every segment of the column in view, and the count's sacrum anchor (a caudal-looking peak right
+# below L5, :mod:`..inference.peak_naming`) has a peak to find. Its centre is that of the sacrum's top SACRUM_TOP_MM
+# (S1's body and alae, about one gap below L5's centre as a vertebra's would be), not the whole sacrum's (40-70 mm
+# below L5: a count would take the gap for a missed vertebra). Until session 18 the centres came from
+# vertebra_centres alone, which leaves the sacrum out, so no finder trained before then learned a sacral peak: on
+# pelvic phantoms its centre channel stayed under 0.2 below L5 and the sacrum anchor never fired.
 CENTRE_CODES = tuple(sorted(set(range(1, 27)) | {28}))
+SACRUM_CODE = 26
+SACRUM_TOP_MM = 30.0
 # The field-of-view cut: the share of windows cut, the half-width kept left-right and the reach kept in front of
 # and behind the window's middle (mm; the real crops in ../shared are 78-110 mm wide, the window 128 mm), and the
 # share of cut windows whose top or bottom also ends within the window (a crop's end in the middle of a vertebra).
@@ -63,6 +70,30 @@ def centre_heatmap(centres_vox: np.ndarray, shape, spacing_mm: float, sigma_mm: 
     return out
 
 
+def sacrum_top_centre(labels) -> np.ndarray | None:
+    """The centre (LPS mm) of the sacrum's top :data:`SACRUM_TOP_MM` (the most superior voxels of VerSe code
+    :data:`SACRUM_CODE` in ``labels``, a SimpleITK image); None without a sacrum."""
+    import SimpleITK as sitk
+
+    idx = np.argwhere(sitk.GetArrayViewFromImage(labels) == SACRUM_CODE)[:, ::-1].astype(float)  # (x, y, z) indices
+    if not len(idx):
+        return None
+    matrix = np.asarray(labels.GetDirection(), float).reshape(3, 3) * np.asarray(labels.GetSpacing(), float)
+    points = np.asarray(labels.GetOrigin(), float) + idx @ matrix.T
+    return points[points[:, 2] >= points[:, 2].max() - SACRUM_TOP_MM].mean(axis=0)
+
+
+def column_centres(labels) -> dict[int, np.ndarray]:
+    """VerSe code -> centre (LPS mm) of every segment of the column in ``labels`` that the centre channel marks:
+    each vertebra's centroid (:func:`.vertebra_samples.vertebra_centres`) and the sacrum's top
+    (:func:`sacrum_top_centre`)."""
+    centres = {c: p for c, p in vertebra_centres(labels).items() if c in CENTRE_CODES}
+    sacrum = sacrum_top_centre(labels)
+    if sacrum is not None:
+        centres[SACRUM_CODE] = sacrum
+    return centres
+
+
 class FinderSampler:
     """Draws finder windows from real and label-map sources with the weights given per kind."""
 
@@ -72,7 +103,7 @@ class FinderSampler:
         self.rng = np.random.default_rng(seed)
         by_kind: dict[str, list[tuple[Source, dict[int, np.ndarray]]]] = {}
         for src in sources:
-            centres = {c: p for c, p in vertebra_centres(src.labels).items() if c in CENTRE_CODES}
+            centres = column_centres(src.labels)
             if centres:
                 by_kind.setdefault(src.kind, []).append((src, centres))
         self.pool = KindPool(by_kind, weights or {"real": 0.6, "labelmap": 0.4}, "spine")
