@@ -21,7 +21,8 @@ case "${1:-}" in
   train)
     args=()
     [ -f "$RESUME" ] && args=(--resume-from "$RESUME")
-    command -v g++ >/dev/null && args+=(--compile)  # torch.compile's faster steps need a C++ compiler
+    # torch.compile's faster steps need a C++ compiler, and inductor reads its templates as UTF-8 (not under LANG=C)
+    command -v g++ >/dev/null && args+=(--compile) && export PYTHONUTF8=1
     $PY -m LumbarSegLib.training.vertebra_train --state "$STATE" --real $REAL --masks "$SHARED/masks" \
       --minutes "${2:-150}" --threads "$(nproc)" "${args[@]}" ;;
   save)

@@ -132,6 +132,18 @@ def load_phase_weights(state_dir: Path, name: str) -> dict | None:
     return torch.load(p, map_location="cpu", weights_only=True)
 
 
+def compiled(net, log=print):
+    """``torch.compile(net)`` for the training steps (it fuses each GroupNorm with its LeakyReLU, whose backward was a
+    fifth of a stage-3 step on a CPU), or ``net`` itself where inductor cannot load: it reads its kernel templates in
+    the locale's encoding, so under an ASCII locale (CI's) importing it fails; ``PYTHONUTF8=1`` avoids that."""
+    try:
+        return torch.compile(net, dynamic=False)
+    except UnicodeDecodeError as e:
+        log(f"torch.compile is unavailable here ({e.reason} while inductor read its templates in the locale's "
+            f"encoding, {e.encoding}): training without it. Run with PYTHONUTF8=1 to compile.")
+        return net
+
+
 def train_phase(phase: Phase, state_dir: Path, real_dirs, masks_root, config, minutes_left: float, log=print,
                 seed: int = 0, trainee: Trainee = STAGE3, compile_net: bool = False) -> bool:
     """Train ``phase`` of ``trainee`` for at most ``minutes_left`` minutes; True when its budget is used up.
@@ -158,8 +170,8 @@ def train_phase(phase: Phase, state_dir: Path, real_dirs, masks_root, config, mi
         net.load_state_dict({k: v.float() for k, v in init["weights"].items()})
         log(f"{phase.name}: starting from {phase.init} (step {init['step']})")
     net = net.to(memory_format=torch.channels_last_3d).train()
-    # torch.compile fuses each GroupNorm with its LeakyReLU: their backward was a fifth of a stage-3 step on a CPU
-    forward = torch.compile(net, dynamic=False) if compile_net else net
+    forward = compiled(net, log) if compile_net else net
+    compile_net = forward is not net
     kinds = [k for k, w in phase.weights.items() if w > 0]
     sources = (trainee.sources or default_sources)(kinds, real_dirs, masks_root, phase.leave_out)
     sampler = trainee.sampler(sources, config, phase.weights, seed=seed + 1000 * step + 1)
