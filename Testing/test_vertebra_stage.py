@@ -228,7 +228,7 @@ print(json.dumps({"names_as_plain": set(saved["weights"]) == set(untrained.state
 @pytest.mark.skipif(shutil.which("g++") is None, reason="torch.compile needs a C++ compiler")
 def test_a_compiled_run_trains_the_network_it_checkpoints(tmp_path):
     # in a fresh interpreter in UTF-8 mode, as tools/train_stage3.sh runs it: inductor reads its kernel templates in the
-    # locale's encoding, and CI's locale is ASCII
+    # locale's encoding, which was ASCII in the whole suite on a clean clone
     masks = _label_map(tmp_path)
     state = tmp_path / "state"
     run = subprocess.run([sys.executable, "-c", _COMPILED_RUN, str(state), str(masks)], capture_output=True, text=True,

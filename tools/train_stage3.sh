@@ -21,7 +21,7 @@ case "${1:-}" in
   train)
     args=()
     [ -f "$RESUME" ] && args=(--resume-from "$RESUME")
-    # torch.compile's faster steps need a C++ compiler, and inductor reads its templates as UTF-8 (not under LANG=C)
+    # torch.compile's faster steps need a C++ compiler, and inductor reads its templates in the locale's encoding
     command -v g++ >/dev/null && args+=(--compile) && export PYTHONUTF8=1
     $PY -m LumbarSegLib.training.vertebra_train --state "$STATE" --real $REAL --masks "$SHARED/masks" \
       --minutes "${2:-150}" --threads "$(nproc)" "${args[@]}" ;;

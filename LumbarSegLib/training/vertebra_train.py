@@ -135,7 +135,8 @@ def load_phase_weights(state_dir: Path, name: str) -> dict | None:
 def compiled(net, log=print):
     """``torch.compile(net)`` for the training steps (it fuses each GroupNorm with its LeakyReLU, whose backward was a
     fifth of a stage-3 step on a CPU), or ``net`` itself where inductor cannot load: it reads its kernel templates in
-    the locale's encoding, so under an ASCII locale (CI's) importing it fails; ``PYTHONUTF8=1`` avoids that."""
+    the locale's encoding, so where that is ASCII (it was in the whole test suite on a clean clone) importing it fails;
+    ``PYTHONUTF8=1`` avoids that."""
     try:
         return torch.compile(net, dynamic=False)
     except UnicodeDecodeError as e:
