@@ -34,6 +34,7 @@ import torch.nn.functional as F
 
 from ..inference import heap
 from ..inference.vertebra_net import VertebraNetConfig, build, network_input
+from .loop import compiled
 from .vertebra_samples import VertebraSampler, load_labelmap_sources, load_real_sources
 
 CHECKPOINT_MINUTES = 10.0
@@ -132,19 +133,6 @@ def load_phase_weights(state_dir: Path, name: str) -> dict | None:
     return torch.load(p, map_location="cpu", weights_only=True)
 
 
-def compiled(net, log=print):
-    """``torch.compile(net)`` for the training steps (it fuses each GroupNorm with its LeakyReLU, whose backward was a
-    fifth of a stage-3 step on a CPU), or ``net`` itself where inductor cannot load: it reads its kernel templates in
-    the locale's encoding, so where that is ASCII (it was in the whole test suite on a clean clone) importing it fails;
-    ``PYTHONUTF8=1`` avoids that."""
-    try:
-        return torch.compile(net, dynamic=False)
-    except UnicodeDecodeError as e:
-        log(f"torch.compile is unavailable here ({e.reason} while inductor read its templates in the locale's "
-            f"encoding, {e.encoding}): training without it. Run with PYTHONUTF8=1 to compile.")
-        return net
-
-
 def train_phase(phase: Phase, state_dir: Path, real_dirs, masks_root, config, minutes_left: float, log=print,
                 seed: int = 0, trainee: Trainee = STAGE3, compile_net: bool = False) -> bool:
     """Train ``phase`` of ``trainee`` for at most ``minutes_left`` minutes; True when its budget is used up.
@@ -172,7 +160,6 @@ def train_phase(phase: Phase, state_dir: Path, real_dirs, masks_root, config, mi
         log(f"{phase.name}: starting from {phase.init} (step {init['step']})")
     net = net.to(memory_format=torch.channels_last_3d).train()
     forward = compiled(net, log) if compile_net else net
-    compile_net = forward is not net
     kinds = [k for k, w in phase.weights.items() if w > 0]
     sources = (trainee.sources or default_sources)(kinds, real_dirs, masks_root, phase.leave_out)
     sampler = trainee.sampler(sources, config, phase.weights, seed=seed + 1000 * step + 1)
@@ -188,7 +175,7 @@ def train_phase(phase: Phase, state_dir: Path, real_dirs, masks_root, config, mi
         rec = {"time": time.strftime("%Y-%m-%dT%H:%M:%S"), "phase": phase.name, "step": step,
                "minutes": round(minutes_done, 2), "loss": round(float(np.mean(losses[-50:])), 4) if losses else None,
                "steps_per_hour": round(3600 * steps_this_run / max(run_s, 1e-6)), "load_avg": _load_avg(),
-               "threads": torch.get_num_threads(), "compiled": compile_net,
+               "threads": torch.get_num_threads(), "compiled": forward is not net,
                "first_step_s": None if first_step_s is None else round(first_step_s, 1), "done": done}
         with open(state_dir / "log.jsonl", "a") as fh:
             fh.write(json.dumps(rec) + "\n")
