@@ -20,6 +20,7 @@ from LumbarSegLib.inference import preprocess
 from LumbarSegLib.io import label_maps
 from LumbarSegLib.errors import InputError
 from LumbarSegLib.training import evaluation
+from LumbarSegLib.training.losses import dice_ce_loss
 from LumbarSegLib.inference.models import default_model_path, load_model
 from LumbarSegLib.inference.networks import CONFIGS
 from conftest import TINY  # shared test helpers
@@ -128,7 +129,7 @@ def test_training_labels_context_classes_and_ignored_unlabelled_neighbours():
 
 
 def test_losses_leave_ignored_voxels_out():
-    from LumbarSegLib.training.losses import dice_ce_loss, dice_per_label
+    from LumbarSegLib.training.losses import dice_per_label
 
     logits = torch.randn(1, 8, 4, 6, 6)
     labels = torch.randint(0, 8, (1, 4, 6, 6))
@@ -446,6 +447,35 @@ def test_gpu_path_on_the_cpu_loader_workers_and_bfloat16(tmp_path, monkeypatch):
         assert net["steps"] == 3 and np.isfinite(net["final_train_loss"])
         assert np.isfinite(net["final_validation"]["val_loss"])
     assert all(torch.isfinite(v).all() for v in ck["state"].values() if v.is_floating_point())
+
+
+@pytest.mark.slow
+def test_a_training_step_that_is_not_finite_is_skipped_and_counted(tmp_path, monkeypatch):
+    from LumbarSegLib.training import loop
+
+    _tiny_cli(monkeypatch)
+    data = tmp_path / "data"
+    write_case(data, "sub-001")
+    write_case(data, "sub-002", orientation="LPS")
+    training_calls = []
+
+    def nan_at_the_second_step(logits, labels):
+        loss = dice_ce_loss(logits, labels)
+        if torch.is_grad_enabled():  # not validation
+            training_calls.append(1)
+            if len(training_calls) == 2:
+                return loss * float("nan")
+        return loss
+
+    monkeypatch.setattr(loop, "dice_ce_loss", nan_at_the_second_step)
+    out = tmp_path / "model.pt"
+    assert cli.main(["train", str(data), "-o", str(out), "--config", "tiny", "--cache", str(tmp_path / "cache"),
+                     "--sequential", "--jobs", "1", "--crops", "2", "--val-fraction", "0.5", "--batch", "2",
+                     "--batch-localizer", "2", "--max-steps", "3", "--epochs", "3"]) == 0
+    ck = torch.load(out.with_name("model.xunet.ckpt"), map_location="cpu", weights_only=True)
+    assert ck["step"] == 3 and ck["skipped"] == 1 and json.loads(ck["history_json"])[-1]["skipped_steps"] == 1
+    assert all(torch.isfinite(v).all() for v in ck["state"].values() if v.is_floating_point())
+    assert load_model(out).trained  # the bundle's weights pass the loader's check for values that are not numbers
 
 
 def test_training_device_and_batch_options_are_checked(tmp_path, capsys):

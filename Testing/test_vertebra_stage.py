@@ -255,6 +255,53 @@ def test_where_inductor_cannot_load_the_run_trains_plain_and_says_so(tmp_path, m
     assert rec["compiled"] is False and rec["step"] >= 1
 
 
+def test_a_step_with_gradients_that_are_not_numbers_is_skipped():
+    from LumbarSegLib.training.loop import optimiser_step
+
+    torch.manual_seed(0)
+    net = torch.nn.Linear(3, 1)
+    opt = torch.optim.Adam(net.parameters(), lr=0.1)
+    before = [p.detach().clone() for p in net.parameters()]
+    x = torch.ones(2, 3)
+    assert not optimiser_step(opt, net(x).sum() * float("nan"))  # the loss itself
+    assert not optimiser_step(opt, torch.sqrt(net(x) - net(x)).sum())  # a finite loss (0) whose gradients are NaN
+    assert all(torch.equal(a, b) for a, b in zip(before, net.parameters())) and not opt.state
+    assert optimiser_step(opt, net(x).sum())
+    assert not any(torch.equal(a, b) for a, b in zip(before, net.parameters()))
+
+
+def _loss_not_finite_at(steps):
+    """Stage 3's batch loss, made NaN at the given steps (1-based; None: every step)."""
+    calls = []
+
+    def batch_loss(net, batch, config):
+        calls.append(1)
+        loss = vertebra_train.stage3_batch_loss(net, batch, config)
+        return loss * float("nan") if steps is None or len(calls) in steps else loss
+    return batch_loss
+
+
+def test_a_run_skips_a_step_that_is_not_finite_and_stops_on_a_run_of_them(tmp_path):
+    import dataclasses
+
+    masks = _label_map(tmp_path)
+    phase = vertebra_train.Phase("pretrain", minutes=0.05, weights={"labelmap": 1.0})
+    once = dataclasses.replace(vertebra_train.STAGE3, batch_loss=_loss_not_finite_at({1}))
+    said = []
+    assert vertebra_train.train_phase(phase, tmp_path / "once", [], masks, SMALL, minutes_left=5, log=said.append,
+                                      trainee=once)
+    rec = json.loads((tmp_path / "once" / "log.jsonl").read_text().splitlines()[-1])
+    assert rec["skipped_steps"] == 1 and rec["step"] >= 1 and any("step 1: loss or gradients" in m for m in said)
+    saved = torch.load(tmp_path / "once" / "pretrain.pt", weights_only=True)
+    assert all(torch.isfinite(v).all() for v in saved["weights"].values() if v.is_floating_point())
+
+    always = dataclasses.replace(vertebra_train.STAGE3, batch_loss=_loss_not_finite_at(None))
+    long_phase = dataclasses.replace(phase, minutes=5)  # it stops on the tenth step, long before its budget
+    with pytest.raises(RuntimeError, match="10 training steps in a row"):
+        vertebra_train.train_phase(long_phase, tmp_path / "always", [], masks, SMALL, minutes_left=5,
+                                   log=said.append, trainee=always)
+
+
 @pytest.mark.skipif(not (SHARED / "real").is_dir(), reason="needs ../shared/data")
 def test_a_held_out_subject_leaves_every_source():
     real = vertebra_samples.load_real_sources([SHARED / "real"], leave_out=["verse005"])

@@ -138,6 +138,37 @@ def compiled(net, log=print):
         return net
 
 
+# Steps in a row whose loss or gradients are not finite before a run stops: one such step is skipped (a batch lost),
+# a run of them means the network itself has gone wrong.
+MAX_NONFINITE_IN_A_ROW = 10
+
+
+def optimiser_step(optim, loss: torch.Tensor) -> bool:
+    """Back-propagate ``loss`` and take one step of ``optim``, unless the loss or a gradient is not finite: then
+    the weights and the optimiser's state stay as they were and False comes back.
+
+    Why: one step of NaN gradients spreads through Adam to every weight, and from there into every later checkpoint
+    of a run that may have lasted hours. It happened once in CI, at the third step of a tiny XUNet trained in
+    bfloat16 autocast on the CPU, and did not recur in isolation."""
+    optim.zero_grad(set_to_none=True)
+    if not torch.isfinite(loss.detach()):
+        return False
+    loss.backward()
+    grads = [p.grad for group in optim.param_groups for p in group["params"] if p.grad is not None]
+    if grads and not torch.isfinite(torch.nn.utils.get_total_norm(grads)):
+        optim.zero_grad(set_to_none=True)
+        return False
+    optim.step()
+    return True
+
+
+def nonfinite_error(kind: str, in_a_row: int, step: int) -> RuntimeError:
+    """What a run says when it stops on :data:`MAX_NONFINITE_IN_A_ROW` non-finite steps."""
+    return RuntimeError(f"{kind}: {in_a_row} training steps in a row gave a loss or gradients that are not numbers "
+                        f"(NaN or infinite), up to step {step}; the run stops here, and its last checkpoint keeps the "
+                        f"weights from before. Resume with float32 or a lower learning rate.")
+
+
 def train_worker(*args, **kwargs):
     """:func:`_train_worker`, with freed memory kept for the next step's activations (:mod:`..inference.heap`)."""
     with heap.kept_heap():
@@ -165,12 +196,12 @@ def _train_worker(kind: str, train_paths, val_paths, config_dict: dict, opts: di
     config = ModelConfig.from_dict(config_dict)
     loc, xu = build_networks(config)
     net = loc if kind == "localizer" else xu
-    state = {"step": 0, "epoch": 0, "elapsed": 0.0, "history": []}
+    state = {"step": 0, "epoch": 0, "elapsed": 0.0, "history": [], "skipped": 0}
     ck = load_checkpoint(resume_path) if resume_path and Path(resume_path).is_file() else None
     if ck is not None:
         net.load_state_dict(ck["state"])
         state = {"step": int(ck["step"]), "epoch": int(ck["epoch"]), "elapsed": float(ck["elapsed"]),
-                 "history": json.loads(ck.get("history_json", "[]"))}
+                 "history": json.loads(ck.get("history_json", "[]")), "skipped": int(ck.get("skipped", 0))}
         print(f"[{kind}] resumed from {resume_path}: step {state['step']}, epoch {state['epoch']}, "
               f"{state['elapsed'] / 60:.1f} min done", file=sys.stderr, flush=True)
     elif init_state is not None:
@@ -214,6 +245,7 @@ def _train_worker(kind: str, train_paths, val_paths, config_dict: dict, opts: di
             "kind": kind, "config": config.to_dict(), "state": _to_cpu(net.state_dict()),
             "optim": _to_cpu(optim.state_dict()),
             "step": state["step"], "epoch": state["epoch"], "elapsed": state["elapsed"], "done": done,
+            "skipped": state["skipped"],
             "history_json": json.dumps(state["history"]), "opts_json": json.dumps(opts),
             "last_val_json": json.dumps(last_val or {}), "train_loss": float(train_loss or float("nan")),
         })
@@ -242,6 +274,7 @@ def _train_worker(kind: str, train_paths, val_paths, config_dict: dict, opts: di
     val_every = float(opts.get("val_minutes", 10)) * 60
     batch_in_epoch = 0
     batches_iter = iter(loader) if not finished() else None
+    in_a_row = 0  # non-finite steps in a row (optimiser_step)
     while not finished():
         x, y = next(batches_iter)
         x = x.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last_3d)
@@ -252,11 +285,16 @@ def _train_worker(kind: str, train_paths, val_paths, config_dict: dict, opts: di
             out = forward(x)
         out = out.float()
         loss = localizer_loss(out, y) if kind == "localizer" else dice_ce_loss(out, y)
-        optim.zero_grad(set_to_none=True)
-        loss.backward()
-        optim.step()
-        lv = loss.item()
-        ema = lv if ema is None else 0.95 * ema + 0.05 * lv
+        if optimiser_step(optim, loss):
+            lv = loss.item()
+            ema = lv if ema is None else 0.95 * ema + 0.05 * lv
+            in_a_row = 0
+        else:
+            state["skipped"] += 1
+            in_a_row += 1
+            bar.write(f"[{kind}] step {state['step'] + 1}: loss or gradients not finite; step skipped, weights kept")
+            if in_a_row >= MAX_NONFINITE_IN_A_ROW:
+                raise nonfinite_error(kind, in_a_row, state["step"] + 1)
         state["step"] += 1
         batch_in_epoch += 1
         now = time.time()
@@ -283,9 +321,10 @@ def _train_worker(kind: str, train_paths, val_paths, config_dict: dict, opts: di
     # Final validation (the budget usually ends mid-epoch).
     last_val = _validate(kind, net, val_items, device, precision)
     state["history"].append({"epoch": state["epoch"], "step": state["step"], "minutes": round(state["elapsed"] / 60, 2),
-                             "train_loss": ema, "val": last_val, "final": True})
+                             "train_loss": ema, "val": last_val, "final": True, "skipped_steps": state["skipped"]})
+    skipped = f"  ({state['skipped']} non-finite steps skipped)" if state["skipped"] else ""
     print(f"[{kind}] done: step {state['step']} epoch {state['epoch']} {state['elapsed'] / 60:.1f} min  "
-          f"{_format_val(kind, last_val)}", file=sys.stderr, flush=True)
+          f"{_format_val(kind, last_val)}{skipped}", file=sys.stderr, flush=True)
     save(True, last_val, ema)
     if done_flag:
         Path(done_flag).write_text("done\n")
