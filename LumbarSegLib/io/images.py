@@ -371,6 +371,16 @@ def read_ct(path, memory_limit_bytes: int | None = None, series_uid: str | None 
     return loaded.image
 
 
+def index_to_lps_matrix(image: sitk.Image) -> np.ndarray:
+    """4x4 matrix mapping a (continuous) voxel index (x, y, z, 1) of ``image`` to LPS mm: its direction and spacing
+    in ``[:3, :3]``, its origin in ``[:3, 3]``. What every measure, surface and training target that reads voxel
+    positions uses, oblique and permuted grids included."""
+    m = np.eye(4)
+    m[:3, :3] = np.asarray(image.GetDirection(), float).reshape(3, 3) @ np.diag(image.GetSpacing())
+    m[:3, 3] = image.GetOrigin()
+    return m
+
+
 def output_stem(path) -> str:
     """'case01' for case01.nii.gz / case01.seg.nrrd / a DICOM folder 'case01/'."""
     path = Path(os.path.normpath(str(path)))

@@ -17,6 +17,7 @@ import SimpleITK as sitk
 
 from ..constants import LABEL_NAMES
 from ..inference.morphology import ends_reached, label_boxes
+from ..io.images import index_to_lps_matrix
 from ..io.text_files import write_text_atomic
 
 # Anatomical ranges of a whole adult lumbar vertebra (body and posterior elements). The 22 lumbar
@@ -40,7 +41,7 @@ def measure(labels: np.ndarray, ct_hu: np.ndarray, image: sitk.Image) -> dict[st
     labels = np.asarray(labels)
     ct_hu = np.asarray(ct_hu)
     voxel_ml = float(np.prod(image.GetSpacing())) / 1000.0
-    index_to_lps = np.asarray(image.GetDirection(), float).reshape(3, 3) @ np.diag(image.GetSpacing())
+    index_to_lps = index_to_lps_matrix(image)[:3, :3]
     s_axis = index_to_lps[2]  # S coordinate per unit step of index x, y, z
     out = {}
     if not np.issubdtype(labels.dtype, np.integer):

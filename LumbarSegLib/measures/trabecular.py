@@ -62,6 +62,7 @@ from . import bone_screening
 from .metal import METAL_CERTAIN_HU, METAL_HU, METAL_MIN_MM3, find_metal  # noqa: F401  (the rule's constants)
 from ..constants import LABEL_NAMES
 from ..inference.morphology import centre_of, ends_reached, label_boxes
+from ..io.images import index_to_lps_matrix
 
 # --------------------------------------------------------------------------------------------------
 # The rule's constants (documented in the module docstring and README)
@@ -198,8 +199,8 @@ def _frame_axes(s_axis: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 def _local_coordinates(image: sitk.Image, region, axes) -> list[np.ndarray]:
     """For each unit axis (LPS), the coordinate (mm) of every voxel of the crop ``region`` (z, y, x)."""
-    index_to_lps = np.asarray(image.GetDirection(), float).reshape(3, 3) @ np.diag(image.GetSpacing())
-    origin = np.asarray(image.GetOrigin(), float)
+    matrix = index_to_lps_matrix(image)
+    index_to_lps, origin = matrix[:3, :3], matrix[:3, 3]
     k0, j0, i0 = (s.start for s in region)
     shape = tuple(s.stop - s.start for s in region)
     kk = np.arange(shape[0], dtype=np.float32)[:, None, None]
@@ -215,7 +216,7 @@ def _local_coordinates(image: sitk.Image, region, axes) -> list[np.ndarray]:
 
 
 def _voxel_extent_along(image: sitk.Image, axis: np.ndarray) -> float:
-    index_to_lps = np.asarray(image.GetDirection(), float).reshape(3, 3) @ np.diag(image.GetSpacing())
+    index_to_lps = index_to_lps_matrix(image)[:3, :3]
     return float(np.abs(axis @ index_to_lps).sum())
 
 

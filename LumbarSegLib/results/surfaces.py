@@ -26,19 +26,11 @@ from vtk.util import numpy_support
 
 from ..constants import LABEL_NAMES, RESEARCH_NOTICE
 from ..errors import InputError, LumbarSegError
+from ..io.images import index_to_lps_matrix
 
 STL_COORDINATE_SYSTEM = "LPS"
 DEFAULT_SMOOTHING = 0.5
 SMOOTHING_RANGE = (0.0, 1.0)
-
-
-def index_to_lps_matrix(image: sitk.Image) -> np.ndarray:
-    """4x4 matrix mapping (continuous) voxel index (x, y, z, 1) to LPS mm."""
-    direction = np.asarray(image.GetDirection(), dtype=float).reshape(3, 3)
-    m = np.eye(4)
-    m[:3, :3] = direction @ np.diag(image.GetSpacing())
-    m[:3, 3] = image.GetOrigin()
-    return m
 
 
 def _vtk_image(mask_zyx: np.ndarray, origin_index_xyz) -> vtk.vtkImageData:

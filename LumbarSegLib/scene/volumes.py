@@ -5,16 +5,14 @@ from __future__ import annotations
 import numpy as np
 import SimpleITK as sitk
 
+from ..io.images import index_to_lps_matrix
 from .scene import LPS_RAS, matrix_to_numpy, numpy_to_matrix, slicer_module, unique_name, vtk_module
 
 
 def sitk_geometry_to_ijk_to_ras(image: sitk.Image) -> np.ndarray:
-    direction = np.asarray(image.GetDirection(), float).reshape(3, 3)
-    spacing = np.asarray(image.GetSpacing(), float)
-    m = np.eye(4)
-    m[:3, :3] = LPS_RAS @ direction @ np.diag(spacing)
-    m[:3, 3] = LPS_RAS @ np.asarray(image.GetOrigin(), float)
-    return m
+    ras = np.eye(4)
+    ras[:3, :3] = LPS_RAS
+    return ras @ index_to_lps_matrix(image)
 
 
 def _set_sitk_geometry_from_ijk_to_ras(image: sitk.Image, ijk_to_ras: np.ndarray, name: str = "The volume") -> None:

@@ -28,6 +28,7 @@ import numpy as np
 from ..inference.finder import FinderConfig
 from ..inference.networks import CONTEXT_CLASSES
 from ..inference.vertebra_stage import OUTSIDE_HU, crop_grid
+from ..io.images import index_to_lps_matrix
 from .augmentation import rotation_matrix
 from .data import training_labels
 from .vertebra_samples import KindPool, Source, reimage, resample_turned, vertebra_centres
@@ -78,8 +79,8 @@ def sacrum_top_centre(labels) -> np.ndarray | None:
     idx = np.argwhere(sitk.GetArrayViewFromImage(labels) == SACRUM_CODE)[:, ::-1].astype(float)  # (x, y, z) indices
     if not len(idx):
         return None
-    matrix = np.asarray(labels.GetDirection(), float).reshape(3, 3) * np.asarray(labels.GetSpacing(), float)
-    points = np.asarray(labels.GetOrigin(), float) + idx @ matrix.T
+    matrix = index_to_lps_matrix(labels)
+    points = matrix[:3, 3] + idx @ matrix[:3, :3].T
     return points[points[:, 2] >= points[:, 2].max() - SACRUM_TOP_MM].mean(axis=0)
 
 

@@ -29,6 +29,7 @@ from scipy import ndimage
 
 from ..constants import LABEL_NAMES, VERSE_LUMBAR
 from ..errors import InputError
+from ..io.images import index_to_lps_matrix
 from ..results.naming_basis import level_check
 
 RECALL_MM = 10.0
@@ -72,8 +73,8 @@ def anchor_in_view(truth: sitk.Image) -> str:
 def _superior_mm(image: sitk.Image, mask: np.ndarray) -> np.ndarray:
     """The LPS z (mm, superior positive) of each voxel of ``mask`` (an array of ``image``)."""
     idx = np.argwhere(mask)[:, ::-1].astype(float)  # (x, y, z) indices
-    d = np.asarray(image.GetDirection(), float).reshape(3, 3)
-    return image.GetOrigin()[2] + idx @ (d[2] * np.asarray(image.GetSpacing(), float))
+    matrix = index_to_lps_matrix(image)
+    return matrix[2, 3] + idx @ matrix[2, :3]
 
 
 def beyond_labels(labels: sitk.Image, truth: sitk.Image, name: str, true: dict) -> bool:
