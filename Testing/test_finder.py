@@ -226,10 +226,6 @@ def test_windows_cover_every_slice_and_blend_to_what_the_whole_strip_gives():
         for s in starts:
             covered[s:s + w] = True
         assert covered.all() and starts[-1] + w == n
-    # away from the strip's ends every slice is judged by at least two window placements (finder.OVERLAP)
-    starts = finder.window_starts(400, 96)
-    placements = sum(np.isin(np.arange(400), np.arange(s, s + 96)).astype(int) for s in starts)
-    assert placements[48:-48].min() >= 2
 
     class PerVoxel(torch.nn.Module):  # output depends on each voxel's input only: blending must not change it
         def forward(self, x):

@@ -31,10 +31,8 @@ from .preprocess import apply_window
 # the count, and their centres lie a gap (26-37 mm) beyond; with 40 mm the sacrum's peak sat on the strip's last
 # slices on held-out sub-verse005, cut off or missed.
 STRIP_MARGIN_MM = 60.0
-# Windows overlap by this share of their height: every slice is judged by two or three window placements, so a
-# vertebra's evidence depends less on where the windows happen to fall (with one third, held-out sub-verse008 at
-# 5 mm read its L1 as thoracic on the pipeline's strip and right on one 30 mm shorter; 1.33 times the passes).
-OVERLAP = 0.5
+# Windows overlap by this share of their height.
+OVERLAP = 1.0 / 3.0
 # A peak of the centre channel: a local maximum of at least PEAK_MIN, no other within PEAK_APART_MM (half the
 # shortest gap between vertebral centres, 22 mm, and some).
 PEAK_MIN = 0.4
