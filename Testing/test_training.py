@@ -459,15 +459,15 @@ def test_a_training_step_that_is_not_finite_is_skipped_and_counted(tmp_path, mon
     write_case(data, "sub-002", orientation="LPS")
     training_calls = []
 
-    def nan_at_the_second_step(logits, labels):
+    def nan_at_the_first_step(logits, labels):  # before any finite loss: nothing to show as the loss yet
         loss = dice_ce_loss(logits, labels)
         if torch.is_grad_enabled():  # not validation
             training_calls.append(1)
-            if len(training_calls) == 2:
+            if len(training_calls) == 1:
                 return loss * float("nan")
         return loss
 
-    monkeypatch.setattr(loop, "dice_ce_loss", nan_at_the_second_step)
+    monkeypatch.setattr(loop, "dice_ce_loss", nan_at_the_first_step)
     out = tmp_path / "model.pt"
     assert cli.main(["train", str(data), "-o", str(out), "--config", "tiny", "--cache", str(tmp_path / "cache"),
                      "--sequential", "--jobs", "1", "--crops", "2", "--val-fraction", "0.5", "--batch", "2",

@@ -301,7 +301,7 @@ def _train_worker(kind: str, train_paths, val_paths, config_dict: dict, opts: di
         state["elapsed"] += now - t_last
         t_last = now
         bar.update(1)
-        bar.set_postfix_str(f"ep {state['epoch']} loss {ema:.4f} lr {optim.param_groups[0]['lr']:.1e} "
+        bar.set_postfix_str(f"ep {state['epoch']} loss {ema if ema is not None else float('nan'):.4f} lr {optim.param_groups[0]['lr']:.1e} "
                             f"{state['elapsed'] / 60:.0f}min", refresh=False)
         if batch_in_epoch == steps_per_epoch:
             batch_in_epoch = 0
