@@ -162,11 +162,30 @@ def optimiser_step(optim, loss: torch.Tensor) -> bool:
     return True
 
 
-def nonfinite_error(kind: str, in_a_row: int, step: int) -> RuntimeError:
-    """What a run says when it stops on :data:`MAX_NONFINITE_IN_A_ROW` non-finite steps."""
-    return RuntimeError(f"{kind}: {in_a_row} training steps in a row gave a loss or gradients that are not numbers "
-                        f"(NaN or infinite), up to step {step}; the run stops here, and its last checkpoint keeps the "
-                        f"weights from before. Resume with float32 or a lower learning rate.")
+class FiniteSteps:
+    """The optimiser steps of one run through :func:`optimiser_step`: a skipped step is counted (``skipped``, from
+    those counted before a resume) and said (``log``, prefixed by ``name``); :data:`MAX_NONFINITE_IN_A_ROW` in a
+    row stop the run with an error, its last checkpoint keeping the weights from before. Both training loops (this
+    module's and :func:`.vertebra_train.train_phase`) step through it."""
+
+    def __init__(self, optim, name: str, log=print, skipped: int = 0):
+        self.optim, self.name, self.log = optim, name, log
+        self.skipped, self.in_a_row = skipped, 0
+
+    def step(self, loss: torch.Tensor, step_number: int) -> bool:
+        """:func:`optimiser_step` on ``loss`` (the run's ``step_number``-th step); whether it was taken."""
+        if optimiser_step(self.optim, loss):
+            self.in_a_row = 0
+            return True
+        self.skipped += 1
+        self.in_a_row += 1
+        self.log(f"{self.name}: step {step_number}: loss or gradients not finite; step skipped, weights kept")
+        if self.in_a_row >= MAX_NONFINITE_IN_A_ROW:
+            raise RuntimeError(f"{self.name}: {self.in_a_row} training steps in a row gave a loss or gradients that "
+                               f"are not numbers (NaN or infinite), up to step {step_number}; the run stops here, and "
+                               f"its last checkpoint keeps the weights from before. Resume with float32 or a lower "
+                               f"learning rate.")
+        return False
 
 
 def train_worker(*args, **kwargs):
@@ -196,12 +215,12 @@ def _train_worker(kind: str, train_paths, val_paths, config_dict: dict, opts: di
     config = ModelConfig.from_dict(config_dict)
     loc, xu = build_networks(config)
     net = loc if kind == "localizer" else xu
-    state = {"step": 0, "epoch": 0, "elapsed": 0.0, "history": [], "skipped": 0}
+    state = {"step": 0, "epoch": 0, "elapsed": 0.0, "history": []}
     ck = load_checkpoint(resume_path) if resume_path and Path(resume_path).is_file() else None
     if ck is not None:
         net.load_state_dict(ck["state"])
         state = {"step": int(ck["step"]), "epoch": int(ck["epoch"]), "elapsed": float(ck["elapsed"]),
-                 "history": json.loads(ck.get("history_json", "[]")), "skipped": int(ck.get("skipped", 0))}
+                 "history": json.loads(ck.get("history_json", "[]"))}
         print(f"[{kind}] resumed from {resume_path}: step {state['step']}, epoch {state['epoch']}, "
               f"{state['elapsed'] / 60:.1f} min done", file=sys.stderr, flush=True)
     elif init_state is not None:
@@ -245,7 +264,7 @@ def _train_worker(kind: str, train_paths, val_paths, config_dict: dict, opts: di
             "kind": kind, "config": config.to_dict(), "state": _to_cpu(net.state_dict()),
             "optim": _to_cpu(optim.state_dict()),
             "step": state["step"], "epoch": state["epoch"], "elapsed": state["elapsed"], "done": done,
-            "skipped": state["skipped"],
+            "skipped": steps.skipped,
             "history_json": json.dumps(state["history"]), "opts_json": json.dumps(opts),
             "last_val_json": json.dumps(last_val or {}), "train_loss": float(train_loss or float("nan")),
         })
@@ -274,7 +293,7 @@ def _train_worker(kind: str, train_paths, val_paths, config_dict: dict, opts: di
     val_every = float(opts.get("val_minutes", 10)) * 60
     batch_in_epoch = 0
     batches_iter = iter(loader) if not finished() else None
-    in_a_row = 0  # non-finite steps in a row (optimiser_step)
+    steps = FiniteSteps(optim, kind, bar.write, int(ck.get("skipped", 0)) if ck is not None else 0)
     while not finished():
         x, y = next(batches_iter)
         x = x.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last_3d)
@@ -285,23 +304,17 @@ def _train_worker(kind: str, train_paths, val_paths, config_dict: dict, opts: di
             out = forward(x)
         out = out.float()
         loss = localizer_loss(out, y) if kind == "localizer" else dice_ce_loss(out, y)
-        if optimiser_step(optim, loss):
+        if steps.step(loss, state["step"] + 1):
             lv = loss.item()
             ema = lv if ema is None else 0.95 * ema + 0.05 * lv
-            in_a_row = 0
-        else:
-            state["skipped"] += 1
-            in_a_row += 1
-            bar.write(f"[{kind}] step {state['step'] + 1}: loss or gradients not finite; step skipped, weights kept")
-            if in_a_row >= MAX_NONFINITE_IN_A_ROW:
-                raise nonfinite_error(kind, in_a_row, state["step"] + 1)
         state["step"] += 1
         batch_in_epoch += 1
         now = time.time()
         state["elapsed"] += now - t_last
         t_last = now
         bar.update(1)
-        bar.set_postfix_str(f"ep {state['epoch']} loss {ema if ema is not None else float('nan'):.4f} lr {optim.param_groups[0]['lr']:.1e} "
+        shown = ema if ema is not None else float("nan")  # no step finite yet
+        bar.set_postfix_str(f"ep {state['epoch']} loss {shown:.4f} lr {optim.param_groups[0]['lr']:.1e} "
                             f"{state['elapsed'] / 60:.0f}min", refresh=False)
         if batch_in_epoch == steps_per_epoch:
             batch_in_epoch = 0
@@ -321,8 +334,8 @@ def _train_worker(kind: str, train_paths, val_paths, config_dict: dict, opts: di
     # Final validation (the budget usually ends mid-epoch).
     last_val = _validate(kind, net, val_items, device, precision)
     state["history"].append({"epoch": state["epoch"], "step": state["step"], "minutes": round(state["elapsed"] / 60, 2),
-                             "train_loss": ema, "val": last_val, "final": True, "skipped_steps": state["skipped"]})
-    skipped = f"  ({state['skipped']} non-finite steps skipped)" if state["skipped"] else ""
+                             "train_loss": ema, "val": last_val, "final": True, "skipped_steps": steps.skipped})
+    skipped = f"  ({steps.skipped} non-finite steps skipped)" if steps.skipped else ""
     print(f"[{kind}] done: step {state['step']} epoch {state['epoch']} {state['elapsed'] / 60:.1f} min  "
           f"{_format_val(kind, last_val)}{skipped}", file=sys.stderr, flush=True)
     save(True, last_val, ema)

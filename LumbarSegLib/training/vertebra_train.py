@@ -34,7 +34,7 @@ import torch.nn.functional as F
 
 from ..inference import heap
 from ..inference.vertebra_net import VertebraNetConfig, build, network_input
-from .loop import MAX_NONFINITE_IN_A_ROW, compiled, nonfinite_error, optimiser_step
+from .loop import FiniteSteps, compiled
 from .vertebra_samples import VertebraSampler, load_labelmap_sources, load_real_sources
 
 CHECKPOINT_MINUTES = 10.0
@@ -176,7 +176,7 @@ def train_phase(phase: Phase, state_dir: Path, real_dirs, masks_root, config, mi
                "minutes": round(minutes_done, 2), "loss": round(float(np.mean(losses[-50:])), 4) if losses else None,
                "steps_per_hour": round(3600 * steps_this_run / max(run_s, 1e-6)), "load_avg": _load_avg(),
                "threads": torch.get_num_threads(), "compiled": forward is not net,
-               "first_step_s": None if first_step_s is None else round(first_step_s, 1), "skipped_steps": skipped,
+               "first_step_s": None if first_step_s is None else round(first_step_s, 1), "skipped_steps": steps.skipped,
                "done": done}
         with open(state_dir / "log.jsonl", "a") as fh:
             fh.write(json.dumps(rec) + "\n")
@@ -187,7 +187,7 @@ def train_phase(phase: Phase, state_dir: Path, real_dirs, masks_root, config, mi
     t_last = time.time()
     t_ckpt = time.time()
     steps_run = 0
-    skipped = in_a_row = 0  # steps whose loss or gradients were not finite (loop.optimiser_step): all, and in a row
+    steps = FiniteSteps(opt, phase.name, log)
     first_step_s = None
     deadline = time.time() + 60 * minutes_left
     with heap.kept_heap():  # each step's activations reuse the last step's memory: 20-35 % more steps an hour
@@ -196,15 +196,8 @@ def train_phase(phase: Phase, state_dir: Path, real_dirs, masks_root, config, mi
             for g in opt.param_groups:
                 g["lr"] = learning_rate(phase, minutes_done)
             loss = trainee.batch_loss(forward, batch, config)
-            if optimiser_step(opt, loss):
+            if steps.step(loss, step + 1):
                 losses.append(float(loss.detach()))
-                in_a_row = 0
-            else:
-                skipped += 1
-                in_a_row += 1
-                log(f"{phase.name}: step {step + 1}: loss or gradients not finite; step skipped, weights kept")
-                if in_a_row >= MAX_NONFINITE_IN_A_ROW:
-                    raise nonfinite_error(phase.name, in_a_row, step + 1)
             step += 1
             steps_run += 1
             now = time.time()
