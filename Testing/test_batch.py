@@ -12,6 +12,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import SimpleITK as sitk
 
@@ -27,9 +28,14 @@ BATCH_TIMEOUT_S = 900  # a shared 2-core machine; a study takes 2-30 s there
 
 
 def _phantom(seed: int) -> sitk.Image:
+    """A lumbar phantom with all of L1-L5 in view. Not every seed gives one on this small grid: seed 13's column
+    lies at the back edge of the 154 mm field of view, so only slivers of the fronts of L2-L5 show, and "no
+    lumbar spine" is a fair answer there, not the batch's failure."""
     from LumbarSegLib import phantoms
 
-    return phantoms.generate_phantom(seed, **PHANTOM)[0]
+    ct, labels = phantoms.generate_phantom(seed, **PHANTOM)
+    assert set(range(20, 25)) <= set(np.unique(sitk.GetArrayViewFromImage(labels)).tolist()), f"seed {seed}"
+    return ct
 
 
 def _batch_command(*args) -> list[str]:
@@ -66,7 +72,7 @@ def first_batch(tmp_path_factory):
     for seed in (11, 12):
         sitk.WriteImage(_phantom(seed), str(data / f"ph{seed}.nii.gz"))
     series = {}
-    for seed in (13, 14):
+    for seed in (14, 16):
         files = write_ct_series(_phantom(seed), data / "dicom", seed=1000 * seed)
         series[seed] = sitk.ImageFileReader()
         series[seed].SetFileName(str(files[0]))
