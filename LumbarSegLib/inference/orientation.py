@@ -24,7 +24,7 @@ How much each weighs (measured with ``tools/measure_false_refusals.py``, see doc
   abdomens at 2 x 2 x 2.5 mm up to 0.12; the four real CTs of ``../shared/data/real`` upside down 0.031-0.089),
   so on its own it only warns. It refuses together with the anatomy of the column found: lumbar vertebrae
   widen from L1 to L5, so the network's vertebrae narrowing downwards (:func:`narrowing_downwards` at least
-  :data:`MIN_NARROWING`) supports it;
+  :data:`MIN_NARROWING`, over at least :data:`MIN_NARROWING_SPAN_MM` of the column) supports it;
 * none of it counts when no vertebra is reported: a CT with no lumbar spine is never refused for its
   orientation (:func:`decide`).
 
@@ -59,6 +59,12 @@ MIN_REVERSED_VERTEBRAE = 3
 # ../shared/data/real upright and -0.20 to +0.70 upside down (three of four over 0.38); on upright phantoms it
 # spreads from -0.8 to +0.6, which is why it only supports the mirror test and never refuses alone.
 MIN_NARROWING = 0.2
+# ... over at least this much of the column (about three vertebrae with their discs): the widening is a trend from L1
+# to L5, and over two vertebrae the pieces cut by a tight crop's ends decide the sign. Upright tight crops of two
+# lumbar levels of the real CTs (62-95 mm) gave -0.5 to +0.53; with the mirror test's weak vote, the bone-only s0328
+# cropped to L3-L4 (76 mm, +0.52) was refused as upside down. Over the real CTs' whole columns (125-199 mm) the
+# correlation separates upright from upside down as above.
+MIN_NARROWING_SPAN_MM = 100.0
 
 
 class OrientationError(InputError):
@@ -166,19 +172,20 @@ def finder_verdict(names: list[str], messages: list[str]) -> str | None:
     return None
 
 
-def narrowing_downwards(labels: np.ndarray) -> float:
+def narrowing_downwards(labels: np.ndarray, row_mm: float) -> float:
     """How clearly what the network calls a vertebra (L1-L5 in its labels (z, y, x), the argmax of its
-    probabilities; LPS: a larger z is superior) narrows downwards: the correlation between height and axial area
-    over the span from the lowest to the highest slice holding at least a fifth of the widest one's area (the
-    discs' thinner slices within it included). Positive: narrower below (upside-down anatomy); 0 when it cannot be
-    told (a span under three slices, or a constant area)."""
+    probabilities; LPS: a larger z is superior; ``row_mm``: the height of one z row) narrows downwards: the
+    correlation between height and axial area over the span from the lowest to the highest slice holding at least a
+    fifth of the widest one's area (the discs' thinner slices within it included). Positive: narrower below
+    (upside-down anatomy); 0 when it cannot be told (a span under three slices or :data:`MIN_NARROWING_SPAN_MM`, or
+    a constant area)."""
     area = ((labels >= 1) & (labels < NUM_CLASSES)).sum(axis=(1, 2)).astype(float)
     if area.max() <= 0:
         return 0.0
     rows = np.flatnonzero(area >= 0.2 * area.max())
     heights = np.arange(rows[0], rows[-1] + 1, dtype=float)
     span = area[rows[0]:rows[-1] + 1]
-    if span.size < 3 or span.std() == 0:
+    if span.size < 3 or span.size * row_mm < MIN_NARROWING_SPAN_MM or span.std() == 0:
         return 0.0
     return float(np.corrcoef(heights, span)[0, 1])
 
