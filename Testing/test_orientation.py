@@ -130,11 +130,11 @@ def test_narrowing_downwards_is_the_sign_of_vertebrae_shrinking_towards_the_feet
         width = 16 - z // 3
         probs[0, z, :width, :width] = 0.0
         probs[1, z, :width, :width] = 1.0
-    assert orientation.narrowing_downwards(probs.argmax(dim=0).numpy(), 4.0) < -0.9  # 30 rows of 4 mm: 120 mm
-    assert orientation.narrowing_downwards(probs.flip(1).argmax(dim=0).numpy(), 4.0) > 0.9
-    assert orientation.narrowing_downwards(torch.zeros_like(probs).argmax(dim=0).numpy(), 4.0) == 0.0
+    assert orientation.narrowing_downwards(probs.argmax(dim=0).numpy(), 120.0) < -0.9  # 30 rows of 4 mm
+    assert orientation.narrowing_downwards(probs.flip(1).argmax(dim=0).numpy(), 120.0) > 0.9
+    assert orientation.narrowing_downwards(torch.zeros_like(probs).argmax(dim=0).numpy(), 120.0) == 0.0
     # over 90 mm (two vertebrae and their discs) it says nothing: a tight crop's cut ends decide the sign there
-    assert orientation.narrowing_downwards(probs.flip(1).argmax(dim=0).numpy(), 3.0) == 0.0
+    assert orientation.narrowing_downwards(probs.flip(1).argmax(dim=0).numpy(), 90.0) == 0.0
 
 
 @pytest.mark.slow

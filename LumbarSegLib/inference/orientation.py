@@ -172,9 +172,9 @@ def finder_verdict(names: list[str], messages: list[str]) -> str | None:
     return None
 
 
-def narrowing_downwards(labels: np.ndarray, row_mm: float) -> float:
+def narrowing_downwards(labels: np.ndarray, height_mm: float) -> float:
     """How clearly what the network calls a vertebra (L1-L5 in its labels (z, y, x), the argmax of its
-    probabilities; LPS: a larger z is superior; ``row_mm``: the height of one z row) narrows downwards: the
+    probabilities; LPS: a larger z is superior; ``height_mm``: the height of all its z rows) narrows downwards: the
     correlation between height and axial area over the span from the lowest to the highest slice holding at least a
     fifth of the widest one's area (the discs' thinner slices within it included). Positive: narrower below
     (upside-down anatomy); 0 when it cannot be told (a span under three slices or :data:`MIN_NARROWING_SPAN_MM`, or
@@ -185,7 +185,7 @@ def narrowing_downwards(labels: np.ndarray, row_mm: float) -> float:
     rows = np.flatnonzero(area >= 0.2 * area.max())
     heights = np.arange(rows[0], rows[-1] + 1, dtype=float)
     span = area[rows[0]:rows[-1] + 1]
-    if span.size < 3 or span.size * row_mm < MIN_NARROWING_SPAN_MM or span.std() == 0:
+    if span.size < 3 or span.size * height_mm / len(labels) < MIN_NARROWING_SPAN_MM or span.std() == 0:
         return 0.0
     return float(np.corrcoef(heights, span)[0, 1])
 

@@ -167,8 +167,7 @@ def check_head_feet(canonical: sitk.Image, lo, hi, model: LumbarSegModel, probs:
          orientation.order_contradiction(grid_labels, min_voxels)],
         mirror=orientation.mirror_contradiction(orientation.view_score(probs), orientation.view_score(mirrored),
                                                 int(np.ceil(orientation.MIRROR_MIN_ML / voxel_ml))),
-        narrowing=orientation.narrowing_downwards(grid_labels, (hi[2] - lo[2]) * canonical.GetSpacing()[2]
-                                                  / grid_labels.shape[0]))
+        narrowing=orientation.narrowing_downwards(grid_labels, (hi[2] - lo[2]) * canonical.GetSpacing()[2]))
 
 
 def vertebra_minimum_ml(volumes_ml) -> float | None:
