@@ -6,12 +6,12 @@ wrong one is warned.
 
     python3 tools/measure_tight_crops.py ../finder_state ../stage3_state ../shared/data [--threads 2]
 
-For each crop: the levels it was cut to, what was reported, the level under each reported vertebra (the truth's
-label that most of its labelled voxels carry; "-" where it lies on none), how the names were decided, whether a
-naming warning ("unanchored", "check the levels") or the upside-down warning came with them, and an outcome:
-``right`` (every reported name lies on its own level; a piece cut by the crop's end counts where the truth labels
-it), ``wrong, warned``, ``wrong, unwarned``, ``refused`` or ``none`` (no vertebra reported). A vertebra the truth
-leaves unlabelled (sub-verse007 ends at L3) scores by the labelled voxels it covers.
+For each crop, scored as `evaluate-model --naming` scores a scan (`naming_eval.run_case`): the levels it was cut
+to, the vertebrae reported, those identified (their name's true centre within 20 mm), the wrong ones, those the
+truth leaves unlabelled at the crop's edge (not scored: sub-verse007's labels end at L3), how the names were
+decided, and an outcome: ``right``, ``wrong, warned`` (every wrong name carries "unanchored" or "check the
+levels"), ``wrong, unwarned``, ``refused`` (as upside down) or ``none`` (no vertebra reported). The cases are read
+as the held-out evaluations read them (`vertebra_eval.phase_views`: canonical, a bone-only CT given its body).
 """
 
 from __future__ import annotations
@@ -26,16 +26,17 @@ import SimpleITK as sitk
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from LumbarSegLib.inference import finder, orientation, pipeline, preprocess  # noqa: E402
+from LumbarSegLib.inference import finder  # noqa: E402
 from LumbarSegLib.io.label_maps import to_internal_labels  # noqa: E402
 
 FOLDERS = ("real", "tptbox_l3", "real_boneonly")
 MARGIN_MM = 3.0
 
 
-def crops(ct: sitk.Image, labels: np.ndarray):
-    """(levels, crop) for every run of two or three adjacent lumbar levels in ``labels`` (internal codes, the
-    voxels of ``ct``, LPS), cut along z to those levels and :data:`MARGIN_MM`."""
+def crops(ct: sitk.Image, seg: sitk.Image):
+    """(levels, CT crop, mask crop) for every run of two or three adjacent lumbar levels in ``seg`` (VerSe codes, on
+    the grid of ``ct``, LPS), cut along z to those levels and :data:`MARGIN_MM`."""
+    labels = to_internal_labels(sitk.GetArrayFromImage(seg), "verse")
     present = [int(v) for v in np.unique(labels) if 1 <= v <= 5]
     margin = int(round(MARGIN_MM / ct.GetSpacing()[2]))
     for n in (2, 3):
@@ -45,13 +46,18 @@ def crops(ct: sitk.Image, labels: np.ndarray):
                 continue
             rows = np.flatnonzero(np.isin(labels, levels).any(axis=(1, 2)))
             lo, hi = max(0, int(rows[0]) - margin), min(labels.shape[0], int(rows[-1]) + 1 + margin)
-            yield levels, lo, hi, ct[:, :, lo:hi]
+            yield levels, ct[:, :, lo:hi], seg[:, :, lo:hi]
 
 
-def level_under(found_labels: np.ndarray, truth: np.ndarray, code: int) -> str:
-    """The truth's level that most labelled voxels under the reported vertebra ``code`` carry, or "-"."""
-    under = truth[(found_labels == code) & (truth > 0)]
-    return f"L{int(np.bincount(under).argmax())}" if under.size else "-"
+def outcome(row: dict) -> str:
+    """One crop's outcome from its :func:`.naming_eval.run_case` row."""
+    if "refused" in row:
+        return "refused"
+    if not row["found"]:
+        return "none"
+    if row["all_right"]:
+        return "right"
+    return "wrong, warned" if set(row["wrong"]) <= set(row["wrong_warned"]) else "wrong, unwarned"
 
 
 def main() -> None:
@@ -65,41 +71,28 @@ def main() -> None:
 
     from LumbarSegLib.inference.models import load_model
     from LumbarSegLib.inference.vertebra_stage import load_weights
-    from LumbarSegLib.training.data import find_cases
-    from LumbarSegLib.training.vertebra_eval import load_phase
+    from LumbarSegLib.training.naming_eval import run_case
+    from LumbarSegLib.training.vertebra_eval import load_phase, phase_views
 
     torch.set_num_threads(args.threads)
     model = load_model()
-    cases = [c for folder in FOLDERS for c in find_cases(Path(args.data) / folder)]
+    real_dirs = [Path(args.data) / folder for folder in FOLDERS]
     outcomes: Counter = Counter()
-    print("| fold | case | cut to | reported | on | names | outcome |\n|---|---|---|---|---|---|---|")
+    print("| fold | case | cut to | reported | identified | wrong | unlabelled at the edge | names | outcome |\n"
+          "|---|---|---|---|---|---|---|---|---|")
     for phase in ("fold-A", "fold-B", "fold-C"):
         fstate, sstate = load_phase(args.finder_state, phase), load_phase(args.stage3_state, phase)
+        if sorted(fstate["leave_out"]) != sorted(sstate["leave_out"]):
+            raise SystemExit(f"{phase}: the finder and stage 3 held out different subjects")
         finder_net, stage3 = finder.load_finder(fstate, phase), load_weights(sstate)
-        for case in cases:
-            if not any(held in case.case_id for held in fstate["leave_out"]):
-                continue
-            ct = preprocess.to_canonical(sitk.ReadImage(str(case.ct)))
-            seg = sitk.Resample(sitk.ReadImage(str(case.seg)), ct, sitk.Transform(), sitk.sitkNearestNeighbor, 0)
-            truth = to_internal_labels(sitk.GetArrayFromImage(seg), "verse")
-            for levels, lo, hi, crop in crops(ct, truth):
-                on, how = {}, ""
-                try:
-                    result = pipeline.segment(crop, model=model, device="cpu", refine=stage3, finder=finder_net)
-                except orientation.OrientationError:
-                    outcome = "refused"
-                else:
-                    found = sitk.GetArrayFromImage(result.labels)
-                    on = {name: level_under(found, truth[lo:hi], int(name[1:])) for name in result.found}
-                    how = ", ".join(sorted(set(result.naming.values())))
-                    warned = any("unanchored" in m or "check the levels" in m or "upside down" in m
-                                 for m in result.messages)
-                    outcome = ("none" if not on else "right" if all(k == v for k, v in on.items())
-                               else "wrong, warned" if warned else "wrong, unwarned")
-                outcomes[outcome] += 1
-                cut = "-".join(f"L{v}" for v in (levels[0], levels[-1]))
-                print(f"| {phase} | {case.case_id} | {cut} | {', '.join(on) or '-'} | "
-                      f"{', '.join(on.values()) or '-'} | {how or '-'} | {outcome} |", flush=True)
+        for case_id, _, ct, seg in phase_views(fstate, real_dirs, reimage=False):
+            for levels, ct_crop, seg_crop in crops(ct, seg):
+                row = run_case(ct_crop, seg_crop, model, refine=stage3, finder=finder_net)
+                outcomes[outcome(row)] += 1
+                cells = [", ".join(row[k]) or "-" for k in ("found", "identified", "wrong", "beyond_labels")]
+                how = ", ".join(sorted(set(row["naming"].values()))) or "-"
+                print(f"| {phase} | {case_id} | L{levels[0]}-L{levels[-1]} | {' | '.join(cells)} | {how} | "
+                      f"{outcome(row)} |", flush=True)
     print("\n" + ", ".join(f"{k} {v}" for k, v in sorted(outcomes.items())) + f" of {sum(outcomes.values())} crops")
 
 
